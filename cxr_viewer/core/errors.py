@@ -1,0 +1,87 @@
+"""Domain exceptions. Each message is written for a radiologist and names the fix.
+
+The core raises these; only the Qt layer turns them into dialogs and the CLI into
+JSON ``error`` objects (``code`` + ``message``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CXRError(Exception):
+    """Base class: ``code`` is a stable machine-readable identifier."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = None if path is None else Path(path)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+# --- reading images -------------------------------------------------------
+class ImageReadError(CXRError):
+    """The file could not be turned into pixels."""
+
+    code = "unreadable_image"
+
+
+class EmptyFileError(ImageReadError):
+    code = "empty_file"
+
+
+class TruncatedFileError(ImageReadError):
+    code = "truncated_file"
+
+
+class NotAnImageError(ImageReadError):
+    code = "not_an_image"
+
+
+class UnsupportedImageError(ImageReadError):
+    """Readable, but in a form we do not handle (photometric interpretation, bit depth...)."""
+
+    code = "unsupported_image"
+
+
+class NoPixelDataError(ImageReadError):
+    code = "no_pixel_data"
+
+
+class MissingDecoderError(ImageReadError):
+    """Compressed transfer syntax with no installed decoder; the message names the package."""
+
+    code = "missing_decoder"
+
+
+class ImageTooLargeError(ImageReadError):
+    code = "image_too_large"
+
+
+# --- models -------------------------------------------------------------------
+class BundleError(CXRError):
+    """A model bundle is malformed or unusable."""
+
+    code = "invalid_bundle"
+
+
+class BundleHashMismatchError(BundleError):
+    code = "bundle_hash_mismatch"
+
+
+class UnsafeWeightsError(BundleError):
+    """Weights in a format that can execute code (pickle) are refused."""
+
+    code = "unsafe_weights"
+
+
+class UnknownModelError(CXRError):
+    code = "unknown_model"
+
+
+class InferenceError(CXRError):
+    code = "inference_failed"
