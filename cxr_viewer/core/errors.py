@@ -85,3 +85,16 @@ class UnknownModelError(CXRError):
 
 class InferenceError(CXRError):
     code = "inference_failed"
+
+
+# --- training data and configuration (raised by cxr-train) -------------------------
+class TrainingDataError(CXRError):
+    """A training manifest, dataset folder or split file is unusable; the message says what to fix."""
+
+    code = "invalid_training_data"
+
+
+class TrainingConfigError(CXRError):
+    """A training option or YAML config value is invalid."""
+
+    code = "invalid_training_config"
