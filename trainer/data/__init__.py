@@ -1,0 +1,1 @@
+"""Training data: the CSV manifest, adapters that build it, patient-level splits, datasets."""
