@@ -1,0 +1,12 @@
+"""Networks, bundles and the one preprocessing path shared by viewer and trainer.
+
+Importing this package registers the built-in architectures with the registry.
+Torch is imported here, so GUI code imports this package lazily.
+"""
+
+from __future__ import annotations
+
+from cxr_viewer.core.models import classifier as _classifier  # noqa: F401  (registers models)
+from cxr_viewer.core.models.registry import create_model, list_models, register_model
+
+__all__ = ["create_model", "list_models", "register_model"]

@@ -1,0 +1,656 @@
+"""Model bundles: ``manifest.json`` + ``model.safetensors``, the trainer/viewer contract.
+
+See ``docs/bundle-format.md``. Weights load only from safetensors, only after their
+sha256 matches the manifest; pickle-based files are refused outright. The network
+is rebuilt with :func:`cxr_viewer.core.models.create_model` from the manifest, so
+the viewer never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+import threading
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr_viewer.core.errors import BundleError, BundleHashMismatchError, UnknownModelError, UnsafeWeightsError
+from cxr_viewer.core.models.preprocess import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+TASKS = ("multilabel", "binary", "multiclass", "text_segmentation", "ssl_encoder", "detection_heatmap")
+CLASSIFIER_TASKS = ("multilabel", "binary", "multiclass")
+# File types that can execute code when loaded (pickle, torch.save zips): never opened.
+UNSAFE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".joblib", ".npy", ".npz", ".tar")
+DTYPES = ("float16", "float32", "bfloat16")
+
+__all__ = [
+    "BundleInfo",
+    "LoadedBundle",
+    "Manifest",
+    "find_bundles",
+    "load_bundle",
+    "model_card_markdown",
+    "read_manifest",
+    "save_bundle",
+    "sha256_file",
+]
+
+_KNOWN_KEYS = (
+    "schema_version", "name", "version", "task", "trained", "architecture", "labels", "thresholds",
+    "preprocessing", "cam", "text_encoder", "provenance", "metrics", "intended_use", "limitations",
+    "golden", "weights", "enabled", "description",
+)  # fmt: skip
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Manifest:
+    """A validated bundle manifest. Unknown top-level keys are kept in ``extra`` and written back."""
+
+    name: str
+    version: str
+    task: str
+    architecture: dict[str, Any]
+    labels: list[str] = field(default_factory=list)
+    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    trained: bool = False
+    cam: dict[str, Any] = field(default_factory=dict)
+    text_encoder: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    intended_use: str = "Research use only. Not a medical device."
+    limitations: list[str] = field(default_factory=list)
+    golden: list[dict[str, Any]] = field(default_factory=list)
+    weights: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    description: str = ""
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str | Path | None = None) -> "Manifest":
+        """Validate a manifest dict; every problem is listed in one :class:`BundleError`."""
+        where = f" in {source}" if source else ""
+        if not isinstance(d, Mapping):
+            raise BundleError(f"The model manifest{where} is not a JSON object.", path=source)
+        problems: list[str] = []
+
+        def need(key: str, typ: type | tuple[type, ...], what: str) -> Any:
+            if key not in d:
+                problems.append(f"missing '{key}' ({what})")
+                return None
+            if not isinstance(d[key], typ):
+                problems.append(f"'{key}' must be {what}")
+                return None
+            return d[key]
+
+        sv = d.get("schema_version", SCHEMA_VERSION)
+        if not isinstance(sv, int) or sv < 1:
+            problems.append("'schema_version' must be a positive integer")
+        elif sv > SCHEMA_VERSION:
+            problems.append(f"schema_version {sv} is newer than this viewer understands ({SCHEMA_VERSION}); update cxr-viewer")
+        name = need("name", str, "a text name")
+        version = need("version", str, "a version text such as '0.1.0'")
+        task = need("task", str, "one of " + ", ".join(TASKS))
+        if task is not None and task not in TASKS:
+            problems.append(f"'task' is {task!r}; expected one of {', '.join(TASKS)}")
+        arch = need("architecture", Mapping, "an object with 'name' and 'kwargs'")
+        if arch is not None:
+            if not isinstance(arch.get("name"), str):
+                problems.append("'architecture.name' must name a registered architecture")
+            if not isinstance(arch.get("kwargs", {}), Mapping):
+                problems.append("'architecture.kwargs' must be an object")
+        labels = d.get("labels", [])
+        if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+            problems.append("'labels' must be a list of non-empty label names")
+            labels = []
+        elif len(set(labels)) != len(labels):
+            problems.append("'labels' contains duplicates")
+        if task in CLASSIFIER_TASKS:
+            if not labels:
+                problems.append(f"a {task} bundle needs 'labels'")
+            n = (arch or {}).get("kwargs", {}).get("num_classes") if isinstance(arch, Mapping) else None
+            if isinstance(n, int) and labels and n != len(labels):
+                problems.append(f"architecture has {n} outputs but {len(labels)} labels are listed")
+        thresholds: dict[str, dict[str, Any]] = {}
+        raw_thr = d.get("thresholds", {}) or {}
+        if not isinstance(raw_thr, Mapping):
+            problems.append("'thresholds' must map label -> {value, method, source}")
+        else:
+            for label, t in raw_thr.items():
+                entry = {"value": t} if isinstance(t, (int, float)) and not isinstance(t, bool) else t
+                if not isinstance(entry, Mapping) or not isinstance(entry.get("value"), (int, float)):
+                    problems.append(f"threshold for {label!r} needs a numeric 'value'")
+                    continue
+                if labels and label not in labels:
+                    problems.append(f"threshold given for unknown label {label!r}")
+                    continue
+                v = float(entry["value"])
+                if not 0.0 <= v <= 1.0:
+                    problems.append(f"threshold for {label!r} is {v}; it must lie in [0, 1]")
+                thresholds[label] = {**dict(entry), "value": v}
+        try:
+            pre = Preprocessing.from_dict(d.get("preprocessing") or {})
+        except (TypeError, ValueError) as exc:
+            problems.append(str(exc))
+            pre = Preprocessing()
+        golden = d.get("golden", []) or []
+        if not isinstance(golden, list) or not all(
+            isinstance(g, Mapping) and isinstance(g.get("image"), str) and isinstance(g.get("scores"), Mapping)
+            for g in golden
+        ):
+            problems.append("'golden' must be a list of {image, scores}")
+            golden = []
+        weights = d.get("weights", {}) or {}
+        if not isinstance(weights, Mapping):
+            problems.append("'weights' must be an object with 'file', 'sha256', 'dtype'")
+            weights = {}
+        for key, typ, what in (
+            ("trained", bool, "true or false"),
+            ("enabled", bool, "true or false"),
+            ("cam", Mapping, "an object"),
+            ("provenance", Mapping, "an object"),
+            ("metrics", Mapping, "an object"),
+            ("limitations", list, "a list of texts"),
+            ("intended_use", str, "a text"),
+        ):
+            if key in d and d[key] is not None and not isinstance(d[key], typ):
+                problems.append(f"'{key}' must be {what}")
+        te = d.get("text_encoder")
+        if te is not None and not isinstance(te, Mapping):
+            problems.append("'text_encoder' must be an object or null")
+        if problems:
+            raise BundleError(
+                f"The model bundle{where} has an invalid manifest: " + "; ".join(problems) + ".", path=source
+            )
+        extra = {k: v for k, v in d.items() if k not in _KNOWN_KEYS}
+        return cls(
+            name=name,
+            version=version,
+            task=task,
+            architecture={"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))},
+            labels=list(labels),
+            thresholds=thresholds,
+            preprocessing=pre,
+            trained=bool(d.get("trained", False)),
+            cam=dict(d.get("cam") or {}),
+            text_encoder=None if te is None else dict(te),
+            provenance=dict(d.get("provenance") or {}),
+            metrics=dict(d.get("metrics") or {}),
+            intended_use=str(d.get("intended_use") or cls.intended_use),
+            limitations=[str(x) for x in (d.get("limitations") or [])],
+            golden=[dict(g) for g in golden],
+            weights=dict(weights),
+            enabled=bool(d.get("enabled", True)),
+            description=str(d.get("description", "")),
+            schema_version=int(sv),
+            extra=extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "trained": self.trained,
+            "description": self.description,
+            "architecture": {"name": self.architecture["name"], "kwargs": dict(self.architecture.get("kwargs", {}))},
+            "labels": list(self.labels),
+            "thresholds": {k: dict(v) for k, v in self.thresholds.items()},
+            "preprocessing": self.preprocessing.to_dict(),
+            "cam": dict(self.cam),
+            "text_encoder": self.text_encoder,
+            "provenance": dict(self.provenance),
+            "metrics": dict(self.metrics),
+            "intended_use": self.intended_use,
+            "limitations": list(self.limitations),
+            "golden": [dict(g) for g in self.golden],
+            "enabled": self.enabled,
+            "weights": dict(self.weights),
+        }
+        d.update(self.extra)
+        return d
+
+    # ------------------------------------------------------------------ helpers
+    def threshold(self, label: str) -> float:
+        """Operating threshold for ``label`` (0.5 when the trainer recorded none)."""
+        t = self.thresholds.get(label)
+        return 0.5 if t is None else float(t["value"])
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task in CLASSIFIER_TASKS
+
+    @property
+    def cam_layers(self) -> list[str]:
+        layers = self.cam.get("target_layers") or []
+        return [str(x) for x in layers]
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+@dataclass
+class LoadedBundle:
+    """A bundle ready to run: validated manifest + network in eval mode on ``device``.
+
+    ``lock`` serialises use of ``model`` across threads (hooks for Grad-CAM mutate it).
+    """
+
+    manifest: Manifest
+    model: "nn.Module"
+    path: Path
+    sha256: str
+    device: "torch.device"
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest.labels
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.manifest.preprocessing
+
+    def describe(self) -> dict[str, Any]:
+        """The short model identity written into results and JSON output."""
+        return {
+            "name": self.manifest.name,
+            "version": self.manifest.version,
+            "sha256": self.sha256,
+            "trained": self.manifest.trained,
+            "task": self.manifest.task,
+        }
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What a folder scan found: the manifest (cheap, no weights read) or why it is unusable."""
+
+    path: Path
+    manifest: Manifest | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest is not None and self.error is None
+
+    @property
+    def enabled(self) -> bool:
+        return self.ok and self.manifest is not None and self.manifest.enabled
+
+
+# ---------------------------------------------------------------------- saving
+def _classifier_cam_default(manifest: Manifest) -> None:
+    if manifest.cam.get("target_layers") or manifest.architecture["name"] not in ("classifier",):
+        return
+    backbone = manifest.architecture.get("kwargs", {}).get("backbone", "resnet18")
+    from cxr_viewer.core.models.classifier import default_cam_layer
+
+    manifest.cam["target_layers"] = [default_cam_layer(backbone)]
+
+
+def save_bundle(
+    model: "nn.Module",
+    manifest: Mapping[str, Any] | Manifest,
+    out_dir: str | Path,
+    *,
+    dtype: str = "float16",
+    onnx: bool = False,
+) -> Path:
+    """Write ``model.safetensors`` + ``manifest.json`` (with sha256) into ``out_dir``.
+
+    Floating tensors are stored as ``dtype`` (float16 halves the download; load
+    upcasts). The manifest's architecture is rebuilt and the weights loaded strictly
+    before anything is written, so a bundle that saves is a bundle that loads.
+    With ``onnx=True`` a ``model.onnx`` is exported and checked against torch.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}")
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(dict(manifest))
+    m = Manifest.from_dict(m.to_dict())  # private copy
+    _classifier_cam_default(m)
+    target = getattr(torch, dtype)
+    state: dict[str, torch.Tensor] = {}
+    for key, t in model.state_dict().items():
+        t = t.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(target)
+        state[key] = t.clone().contiguous()
+    # Check the manifest really describes this network.
+    from cxr_viewer.core.models.registry import create_model
+
+    try:
+        probe = create_model(m.architecture["name"], **m.architecture["kwargs"])
+        probe.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    except UnknownModelError:
+        raise
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise BundleError(f"The manifest's architecture does not match the model being saved: {exc}") from exc
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / WEIGHTS_FILE
+    tmp = weights.with_suffix(".safetensors.tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "bundle": m.name, "version": m.version})
+    os.replace(tmp, weights)
+    m.weights = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights), "dtype": dtype}
+    if onnx:
+        from cxr_viewer.core.inference.onnx_backend import export_onnx
+
+        probe.eval()
+        onnx_path = export_onnx(probe, m.preprocessing, out / ONNX_FILE)
+        m.extra["onnx"] = {"file": ONNX_FILE, "sha256": sha256_file(onnx_path), "weights_sha256": m.weights["sha256"]}
+    _write_json(out / MANIFEST_FILE, m.to_dict())
+    log.info("saved bundle %s %s to %s", m.name, m.version, out)
+    return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- loading
+def _unsafe(path: Path) -> UnsafeWeightsError:
+    return UnsafeWeightsError(
+        f"'{path.name}' is a PyTorch/pickle file, which can run code when opened, so it was not loaded. "
+        "Only model bundles with 'model.safetensors' and 'manifest.json' are accepted; "
+        "convert the checkpoint with 'cxr-train export'.",
+        path=path,
+    )
+
+
+def _check_safetensors_bytes(head: bytes, path: Path) -> None:
+    """Refuse anything that is not a safetensors file by its first bytes."""
+    if head[:1] == b"\x80" or head[:2] == b"PK" or head[:1] in (b"c", b"("):
+        raise _unsafe(path)
+    if len(head) < 9:
+        raise BundleError(f"The weights file '{path.name}' is truncated; copy the bundle again.", path=path)
+    (n,) = struct.unpack("<Q", head[:8])
+    if n <= 0 or n > 100 * 1024 * 1024 or head[8:9] != b"{":
+        raise BundleError(f"'{path.name}' is not a safetensors weights file; the bundle is damaged.", path=path)
+
+
+def _resolve_bundle_dir(path: Path) -> Path:
+    """A folder, its manifest.json, or a zip (extracted once into the user cache)."""
+    if path.is_file() and path.name == MANIFEST_FILE:
+        return path.parent
+    if path.is_dir():
+        return path
+    if not path.exists():
+        raise BundleError(f"No model bundle at '{path}'.", path=path)
+    if path.suffix.lower() in UNSAFE_SUFFIXES:
+        raise _unsafe(path)
+    if zipfile.is_zipfile(path):
+        return _extract_zip(path)
+    if path.suffix.lower() == ".safetensors":
+        raise BundleError(
+            f"'{path.name}' is only the weights; pick the bundle folder that also holds manifest.json.", path=path
+        )
+    raise BundleError(f"'{path.name}' is not a model bundle (a folder or .zip with manifest.json).", path=path)
+
+
+def _extract_zip(path: Path) -> Path:
+    from cxr_viewer.core.paths import user_cache_dir
+
+    digest = sha256_file(path)[:20]
+    dest = user_cache_dir() / "bundles" / digest
+    if (dest / ".complete").exists():
+        return _single_root(dest)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if not any(n.rsplit("/", 1)[-1] == MANIFEST_FILE for n in names):
+                raise BundleError(f"The archive '{path.name}' holds no manifest.json; it is not a model bundle.", path=path)
+            for n in names:
+                p = Path(n)
+                if p.is_absolute() or ".." in p.parts:
+                    raise BundleError(f"The archive '{path.name}' contains unsafe paths and was refused.", path=path)
+                if p.suffix.lower() in UNSAFE_SUFFIXES and p.parts[0] != "golden":
+                    raise _unsafe(p)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=digest, dir=dest.parent))
+            zf.extractall(tmp)
+    except zipfile.BadZipFile as exc:
+        raise BundleError(f"The archive '{path.name}' is damaged: {exc}.", path=path) from exc
+    (tmp / ".complete").touch()
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another thread or process won the race
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _single_root(dest)
+
+
+def _single_root(dest: Path) -> Path:
+    if (dest / MANIFEST_FILE).exists():
+        return dest
+    subs = [p for p in dest.iterdir() if p.is_dir() and (p / MANIFEST_FILE).exists()]
+    if len(subs) == 1:
+        return subs[0]
+    raise BundleError("The archive does not hold exactly one bundle folder with manifest.json.", path=dest)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read and validate a bundle's manifest without touching the weights (cheap)."""
+    bdir = _resolve_bundle_dir(Path(path))
+    mpath = bdir / MANIFEST_FILE
+    if not mpath.exists():
+        raise BundleError(f"The folder '{bdir.name}' has no manifest.json; it is not a model bundle.", path=bdir)
+    try:
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"The manifest of '{bdir.name}' is not valid JSON ({exc}).", path=mpath) from exc
+    return Manifest.from_dict(data, source=bdir.name)
+
+
+def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu") -> LoadedBundle:
+    """Validate, hash-check and rebuild a bundle; the model comes back in eval mode on ``device``."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    from cxr_viewer.core.models.registry import create_model
+
+    path = Path(path_or_zip)
+    bdir = _resolve_bundle_dir(path)
+    manifest = read_manifest(bdir)
+    wname = str(manifest.weights.get("file") or WEIGHTS_FILE)
+    wpath = bdir / wname
+    if Path(wname).suffix.lower() != ".safetensors" or Path(wname).is_absolute() or ".." in Path(wname).parts:
+        raise _unsafe(Path(wname))
+    if not wpath.exists():
+        stray = [p for p in bdir.iterdir() if p.suffix.lower() in UNSAFE_SUFFIXES]
+        if stray:
+            raise _unsafe(stray[0])
+        raise BundleError(f"The bundle '{manifest.name}' is missing its weights file '{wname}'.", path=bdir)
+    data = wpath.read_bytes()
+    _check_safetensors_bytes(data[:16], wpath)
+    digest = hashlib.sha256(data).hexdigest()
+    expected = str(manifest.weights.get("sha256") or "").lower()
+    if not expected:
+        raise BundleError(
+            f"The bundle '{manifest.name}' records no sha256 for its weights, so they cannot be verified.", path=bdir
+        )
+    if digest != expected:
+        raise BundleHashMismatchError(
+            f"The weights of model '{manifest.name}' {manifest.version} do not match their recorded checksum: "
+            "the file was changed or damaged. Reinstall the model bundle.",
+            path=wpath,
+        )
+    try:
+        state = st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"The weights of '{manifest.name}' cannot be read: {exc}.", path=wpath) from exc
+    del data
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        model = create_model(manifest.architecture["name"], **manifest.architecture["kwargs"])
+    except UnknownModelError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"Model '{manifest.name}' cannot be built from its manifest: {exc}.", path=bdir) from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(
+            f"The weights of '{manifest.name}' do not fit the architecture in its manifest ({str(exc)[:300]}).",
+            path=wpath,
+        ) from exc
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    log.info("loaded bundle %s %s (%s) on %s", manifest.name, manifest.version, digest[:12], dev)
+    return LoadedBundle(manifest=manifest, model=model, path=bdir, sha256=digest, device=dev)
+
+
+def find_bundles(dirs: Iterable[str | Path] | None = None) -> list[BundleInfo]:
+    """Scan folders for bundles (sub-folders with manifest.json, or .zip files); reads manifests only.
+
+    Defaults to the application's ``resources/models`` and the user's models folder.
+    Unusable bundles are returned with ``error`` set so a models panel can show why.
+    """
+    from cxr_viewer.core.paths import default_models_dir, user_models_dir
+
+    roots = [Path(d) for d in dirs] if dirs is not None else [default_models_dir(), user_models_dir()]
+    found: list[BundleInfo] = []
+    seen: set[Path] = set()
+    for root in roots:
+        if not root.is_dir():
+            continue
+        candidates: list[Path] = []
+        if (root / MANIFEST_FILE).exists():
+            candidates.append(root)
+        else:
+            for p in sorted(root.iterdir()):
+                if (p.is_dir() and (p / MANIFEST_FILE).exists()) or (p.is_file() and p.suffix.lower() == ".zip"):
+                    candidates.append(p)
+        for cand in candidates:
+            key = cand.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                found.append(BundleInfo(cand, read_manifest(cand)))
+            except BundleError as exc:
+                found.append(BundleInfo(cand, None, exc.message))
+    return found
+
+
+# ---------------------------------------------------------------------- model card
+def _fmt_metric(v: Any) -> str:
+    if isinstance(v, Mapping) and "value" in v:
+        s = f"{float(v['value']):.3f}"
+        ci = v.get("ci95")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2:
+            s += f" (95% CI {float(ci[0]):.3f}–{float(ci[1]):.3f})"
+        return s
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def model_card_markdown(manifest: Manifest | Mapping[str, Any]) -> str:
+    """Human-readable model card: data, metrics with CIs, thresholds, intended use, limits."""
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
+    lines = [f"# {m.name} {m.version}", ""]
+    if not m.trained:
+        lines += ["> **UNTRAINED — random weights.** Scores from this model mean nothing; it exists for testing.", ""]
+    if m.description:
+        lines += [m.description, ""]
+    arch = m.architecture
+    kw = ", ".join(f"{k}={v}" for k, v in arch.get("kwargs", {}).items())
+    pre = m.preprocessing
+    lines += [
+        f"- **Task:** {m.task}",
+        f"- **Architecture:** {arch['name']}({kw})",
+        f"- **Input:** {pre.size[0]}×{pre.size[1]}, {pre.resize}, {pre.channels} channel(s), window={pre.window}",
+    ]
+    if m.weights.get("sha256"):
+        lines.append(f"- **Weights sha256:** `{m.weights['sha256'][:16]}…` ({m.weights.get('dtype', '?')})")
+    lines.append("")
+    lines += ["## Intended use", "", m.intended_use, ""]
+    prov = m.provenance
+    lines += ["## Training data", ""]
+    datasets = prov.get("datasets") or []
+    if datasets:
+        for ds in datasets:
+            lines.append(f"- {ds if not isinstance(ds, Mapping) else ', '.join(f'{k}: {v}' for k, v in ds.items())}")
+    else:
+        lines.append("- not recorded")
+    for key, label in (("split_file", "Split file"), ("split_sha256", "Split sha256"), ("code_version", "Code"), ("created", "Created")):
+        if prov.get(key):
+            lines.append(f"- {label}: {prov[key]}")
+    lines.append("")
+    if m.labels:
+        lines += ["## Labels and operating thresholds", "", "| label | threshold | chosen by |", "|---|---|---|"]
+        for lab in m.labels:
+            t = m.thresholds.get(lab)
+            if t is None:
+                lines.append(f"| {lab} | 0.500 | default (no calibration recorded) |")
+            else:
+                how = " on ".join(str(x) for x in (t.get("method"), t.get("source")) if x) or "not recorded"
+                lines.append(f"| {lab} | {float(t['value']):.3f} | {how} |")
+        lines.append("")
+    lines += ["## Held-out metrics", ""]
+    if m.metrics:
+        for metric, val in m.metrics.items():
+            if isinstance(val, Mapping) and val and all(isinstance(x, Mapping) for x in val.values()):
+                lines += [f"**{metric}**", "", "| label | value |", "|---|---|"]
+                lines += [f"| {lab} | {_fmt_metric(v)} |" for lab, v in val.items()]
+                lines.append("")
+            else:
+                lines.append(f"- {metric}: {_fmt_metric(val)}")
+        lines.append("")
+    else:
+        lines += ["No held-out evaluation recorded.", ""]
+    lines += ["## Limitations", ""]
+    lims = list(m.limitations) or ["None recorded — treat as unvalidated."]
+    lines += [f"- {x}" for x in lims]
+    return "\n".join(lines).rstrip() + "\n"
