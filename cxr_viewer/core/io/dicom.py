@@ -1,0 +1,576 @@
+"""DICOM radiographs -> :class:`ImageRecord`, as small pure steps.
+
+The order follows the DICOM grayscale pipeline (PS3.4 N.2.1): stored values ->
+modality LUT (PS3.3 C.11.1) -> VOI LUT / window (PS3.3 C.11.2) -> presentation
+(MONOCHROME1 means "bright = low value", PS3.3 C.7.6.3.1.2). We apply the modality
+LUT and the MONOCHROME1 inversion to the pixels and keep the VOI window apart as
+``ImageRecord.default_window`` so the display can re-window the full range.
+
+Every size check happens before pixel data is decoded, so a header claiming an
+absurd image cannot make us allocate it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import MutableSequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_viewer.core.errors import (
+    EmptyFileError,
+    ImageReadError,
+    ImageTooLargeError,
+    MissingDecoderError,
+    NoPixelDataError,
+    NotAnImageError,
+    TruncatedFileError,
+    UnsupportedImageError,
+)
+from cxr_viewer.core.io.record import ImageRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydicom.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 100_000_000
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_DATA_TAG_BYTES = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+
+#: pip packages that decode each compressed transfer syntax (in order of preference).
+_DECODER_PACKAGES: dict[str, tuple[str, ...]] = {
+    "1.2.840.10008.1.2.4.50": ("pylibjpeg-libjpeg", "pillow"),  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": ("pylibjpeg-libjpeg",),  # JPEG extended 12-bit
+    "1.2.840.10008.1.2.4.57": ("pylibjpeg-libjpeg",),  # JPEG lossless
+    "1.2.840.10008.1.2.4.70": ("pylibjpeg-libjpeg",),  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80": ("pyjpegls", "pylibjpeg-libjpeg"),  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": ("pyjpegls", "pylibjpeg-libjpeg"),  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": ("pylibjpeg-openjpeg",),  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": ("pylibjpeg-openjpeg",),  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": ("pylibjpeg-openjpeg",),  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.202": ("pylibjpeg-openjpeg",),  # HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.203": ("pylibjpeg-openjpeg",),  # HTJ2K
+    "1.2.840.10008.1.2.5": ("pylibjpeg-rle",),  # RLE lossless
+}
+
+#: Header tags the folder scan and the metadata panel need (read without pixels).
+HEADER_KEYWORDS: tuple[str, ...] = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "StudyDate",
+    "StudyTime", "StudyDescription", "SeriesDescription", "SeriesNumber", "InstanceNumber",
+    "AccessionNumber", "Modality", "ViewPosition", "BodyPartExamined", "PatientName", "PatientID",
+    "PatientSex", "PatientAge", "PatientBirthDate", "Manufacturer", "Rows", "Columns",
+    "NumberOfFrames", "PhotometricInterpretation", "BitsStored",
+)
+
+
+# --------------------------------------------------------------------------- reading
+def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRecord:
+    """Read the first frame of a DICOM file as an :class:`ImageRecord`."""
+    path = Path(path)
+    ds = _dcmread(path, stop_before_pixels=False)
+    notices: list[str] = []
+
+    pixel_kw = next((kw for kw in _PIXEL_KEYWORDS if kw in ds), None)
+    if pixel_kw is None:
+        if _file_contains(path, _PIXEL_DATA_TAG_BYTES) and "Rows" in ds:
+            raise TruncatedFileError(
+                f"The DICOM file {path.name} is cut short: its image data ends early. "
+                "Copy or export it again from the PACS.",
+                path=path,
+            )
+        raise NoPixelDataError(_no_pixels_message(ds, path), path=path)
+
+    check_frame_size(ds, max_pixels, path)
+    if pixel_kw == "PixelData":
+        check_decoder(ds, path)
+        check_native_length(ds, path, notices)
+
+    frames = number_of_frames(ds)
+    if frames > 1:
+        notices.append(f"This file holds {frames} frames; showing the first.")
+
+    stored = decode_first_frame(ds, path)
+    values, value_notices = stored_to_values(stored, ds)
+    notices.extend(value_notices)
+
+    lo, hi = float(values.min()), float(values.max())
+    window_vals, window_note = voi_window(ds, values)
+    if window_note:
+        notices.append(window_note)
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    invert = photometric == "MONOCHROME1"
+    if not invert and photometric == "MONOCHROME2" and str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
+        invert = True
+        notices.append("The file asks for an inverted display (Presentation LUT INVERSE); inverted so bone is bright.")
+    elif invert:
+        notices.append("MONOCHROME1 image (bright = low value): inverted so bone is bright.")
+
+    pixels = normalise(values, lo, hi, invert=invert)
+    default_window = None
+    if window_vals is not None and hi > lo:
+        default_window = values_window_to_unit(window_vals, lo, hi, invert=invert)
+
+    spacing, spacing_source, spacing_note = pixel_spacing(ds)
+    if spacing_note:
+        notices.append(spacing_note)
+
+    metadata = header_metadata(ds)
+    for kw in _PIXEL_KEYWORDS:
+        if kw in ds:
+            del ds[kw]
+    log.debug("read DICOM %s: %dx%d, %s", path.name, pixels.shape[0], pixels.shape[1], photometric)
+    return ImageRecord(
+        pixels=pixels,
+        source=path,
+        format="dicom",
+        spacing_mm=spacing,
+        spacing_source=spacing_source,
+        default_window=default_window,
+        metadata=metadata,
+        notices=tuple(notices),
+        header=ds,
+    )
+
+
+def read_header(path: str | Path, *, specific_tags: list[str] | None = None) -> "Dataset":
+    """Header of a DICOM file without its pixel data (fast; for scans and the tag browser)."""
+    path = Path(path)
+    return _dcmread(path, stop_before_pixels=True, specific_tags=specific_tags)
+
+
+def _dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] | None = None) -> "Dataset":
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageReadError(f"The file {path.name} does not exist (was it moved or deleted?).", path=path) from None
+    except OSError as exc:
+        raise ImageReadError(f"The file {path.name} cannot be opened: {exc.strerror or exc}.", path=path) from exc
+    if size == 0:
+        raise EmptyFileError(f"The file {path.name} is empty (0 bytes). Copy or export it again.", path=path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(
+                path, force=True, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags
+            )
+    except InvalidDicomError as exc:
+        raise NotAnImageError(f"The file {path.name} is not a DICOM image.", path=path) from exc
+    except (EOFError, OSError, ValueError, KeyError, TypeError, struct_error()) as exc:
+        if isinstance(exc, PermissionError):
+            raise ImageReadError(f"You have no permission to read {path.name}.", path=path) from exc
+        raise TruncatedFileError(
+            f"The DICOM file {path.name} is damaged or cut short and cannot be read. "
+            "Copy or export it again from the PACS.",
+            path=path,
+        ) from exc
+
+
+def struct_error() -> type[Exception]:
+    import struct
+
+    return struct.error
+
+
+def _file_contains(path: Path, needle: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return needle in fh.read()
+    except OSError:
+        return False
+
+
+def _no_pixels_message(ds: "Dataset", path: Path) -> str:
+    kind = ""
+    try:
+        from pydicom.uid import UID
+
+        sop = ds.get("SOPClassUID")
+        if sop:
+            kind = f" (a '{UID(str(sop)).name}' object)"
+    except Exception:  # noqa: BLE001 - a naming nicety only
+        kind = ""
+    return (
+        f"The DICOM file {path.name}{kind} holds no image pixels: it may be a report, a "
+        "presentation state or a file that was cut short. Open the image file of the study instead."
+    )
+
+
+# --------------------------------------------------------------------------- checks
+def number_of_frames(ds: "Dataset") -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def check_frame_size(ds: "Dataset", max_pixels: int, path: Path) -> None:
+    """Refuse an image whose declared frame is larger than ``max_pixels`` (before decoding)."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise UnsupportedImageError(
+            f"The DICOM file {path.name} does not say how many rows and columns its image has.", path=path
+        ) from None
+    if rows <= 0 or cols <= 0:
+        raise UnsupportedImageError(f"The DICOM file {path.name} declares an empty image ({rows} x {cols}).", path=path)
+    if rows * cols * samples > max_pixels:
+        raise ImageTooLargeError(
+            f"The DICOM file {path.name} declares an image of {cols} x {rows} pixels, far larger than any "
+            f"radiograph (limit {max_pixels:,} pixels). The file is probably damaged.",
+            path=path,
+        )
+
+
+def check_decoder(ds: "Dataset", path: Path) -> None:
+    """Fail early, naming the package to install, when a compressed syntax has no decoder."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    tsyntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")))
+    if not tsyntax.is_encapsulated and tsyntax.is_transfer_syntax:
+        return
+    name = tsyntax.name if tsyntax.is_transfer_syntax else str(tsyntax)
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise UnsupportedImageError(
+            f"The DICOM file {path.name} is compressed as '{name}', which cxr-viewer cannot decode "
+            "(no Python decoder exists for it). Ask the PACS to export it uncompressed or as JPEG 2000.",
+            path=path,
+        ) from None
+    if decoder.is_available:
+        return
+    packages = _DECODER_PACKAGES.get(str(tsyntax), ("python-gdcm",))
+    raise MissingDecoderError(
+        f"The DICOM file {path.name} is compressed as '{name}' and no decoder for it is installed. "
+        f"Install one with: pip install {packages[0]}",
+        path=path,
+    )
+
+
+def check_native_length(ds: "Dataset", path: Path, notices: list[str]) -> None:
+    """Compare uncompressed pixel data with the size the header declares."""
+    from pydicom.uid import UID
+
+    tsyntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")))
+    if tsyntax.is_encapsulated:
+        return
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    frame_px = rows * cols * samples
+    if photometric == "YBR_FULL_422":
+        frame_px = rows * cols * 2
+    frame_bytes = (frame_px * bits + 7) // 8
+    have = len(ds.PixelData)
+    frames = number_of_frames(ds)
+    if have < frame_bytes:
+        raise TruncatedFileError(
+            f"The DICOM file {path.name} is cut short: it holds {have:,} bytes of image data but its "
+            f"header declares {frame_bytes:,}. Copy or export it again from the PACS.",
+            path=path,
+        )
+    if bits != 1 and have < frame_bytes * frames:
+        notices.append(f"The file is cut short: only some of its {frames} frames are present.")
+
+
+# --------------------------------------------------------------------------- pixels
+def decode_first_frame(ds: "Dataset", path: Path) -> np.ndarray:
+    """Decoded stored values of frame 0 (RGB for colour images)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    tsyntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")))
+    try:
+        if any(kw in ds for kw in ("FloatPixelData", "DoubleFloatPixelData")) or not tsyntax.is_transfer_syntax:
+            from pydicom.pixels import pixel_array
+
+            arr = pixel_array(ds, index=0)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr, _meta = get_decoder(tsyntax).as_array(ds, index=0)
+    except (ImageReadError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types; all mean "cannot decode"
+        log.debug("decoder failed: %s", type(exc).__name__)
+        raise TruncatedFileError(
+            f"The image data in {path.name} could not be decoded; the file is damaged or cut short. "
+            "Copy or export it again from the PACS.",
+            path=path,
+        ) from exc
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4) and arr.shape[0] >= 1:  # frames slipped through
+        arr = arr[0]
+    return arr
+
+
+def fix_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    """Keep only the ``bits_stored`` low bits (PS3.5 8.1.1), sign-extending signed data.
+
+    Old files may carry overlays or garbage in the unused high bits; pydicom already
+    handles most cases, and this step is idempotent when it did.
+    """
+    if arr.dtype.kind not in "iu":
+        return arr
+    width = arr.dtype.itemsize * 8
+    if bits_stored <= 0 or bits_stored >= width:
+        return arr
+    mask = (1 << bits_stored) - 1
+    work = arr.astype(np.int64) & mask
+    if signed:
+        sign = 1 << (bits_stored - 1)
+        work = (work ^ sign) - sign
+    return work
+
+
+def to_luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an RGB array, as float."""
+    rgb = rgb.astype(np.float32, copy=False)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def stored_to_values(stored: np.ndarray, ds: "Dataset") -> tuple[np.ndarray, list[str]]:
+    """Stored values -> modality values (float64 HxW); colour collapses to luminance."""
+    from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
+
+    notices: list[str] = []
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(stored, ds)
+        notices.append("Palette colour image: converted to grayscale (luminance).")
+        return to_luminance(rgb).astype(np.float64), notices
+    if samples > 1 or stored.ndim == 3:
+        notices.append(f"Colour image ({photometric}): converted to grayscale (luminance).")
+        return to_luminance(stored[..., :3]).astype(np.float64), notices
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise UnsupportedImageError(
+            f"This DICOM image uses the photometric interpretation '{photometric}', which cxr-viewer does not show."
+        )
+    bits_stored = int(ds.get("BitsStored", stored.dtype.itemsize * 8) or 0)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    arr = fix_bits(stored, bits_stored, signed)
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    return values, notices
+
+
+def voi_window(ds: "Dataset", values: np.ndarray) -> tuple[tuple[float, float] | None, str | None]:
+    """The file's default VOI as ``(lo, hi)`` in modality units, with an explanatory notice.
+
+    Window centre/width (PS3.3 C.11.2.1.2) wins over a VOI LUT sequence when both
+    are present, as pydicom does by default. A VOI LUT that is not a straight line is
+    approximated by the range over which it rises.
+    """
+    centers, widths = _multi(ds.get("WindowCenter")), _multi(ds.get("WindowWidth"))
+    if centers and widths:
+        c, w = centers[0], widths[0]
+        func = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
+        if w <= 0 or not np.isfinite(c) or not np.isfinite(w):
+            return None, "The file's window width is not valid; showing the full range."
+        if func == "LINEAR_EXACT":
+            lo, hi = c - w / 2.0, c + w / 2.0
+        else:  # LINEAR (PS3.3 C.11.2.1.2.1); SIGMOID approximated by the same line
+            lo, hi = c - 0.5 - (w - 1) / 2.0, c - 0.5 + (w - 1) / 2.0
+            if hi <= lo:
+                hi = lo + 1.0
+        note = None
+        if len(centers) > 1:
+            explanation = _multi_str(ds.get("WindowCenterWidthExplanation"))
+            which = f" ('{explanation[0]}')" if explanation else ""
+            note = f"The file offers {len(centers)} windows; using the first{which}."
+        if func == "SIGMOID":
+            note = ((note + " ") if note else "") + "Its sigmoid window is shown as a linear one."
+        return (float(lo), float(hi)), note
+    seq = ds.get("VOILUTSequence")
+    if seq:
+        try:
+            item = seq[0]
+            from pydicom.pixels.processing import apply_voi_lut  # noqa: F401 - ensures support
+
+            descriptor = [int(v) for v in item.LUTDescriptor]
+            first = descriptor[1]
+            lut = _lut_values(item)
+            if lut.size < 2 or lut.max() == lut.min():
+                return None, "The file's VOI LUT is flat; showing the full range."
+            rising = np.nonzero(lut > lut.min())[0]
+            top = np.nonzero(lut < lut.max())[0]
+            lo = first + max(int(rising[0]) - 1, 0)
+            hi = first + min(int(top[-1]) + 1, lut.size - 1)
+            note = "The file's VOI lookup table is approximated by a linear window."
+            if len(seq) > 1:
+                note = f"The file offers {len(seq)} VOI lookup tables; using the first. " + note
+            return (float(lo), float(max(hi, lo + 1))), note
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return None, "The file's VOI lookup table cannot be read; showing the full range."
+    return None, None
+
+
+def _lut_values(item: Any) -> np.ndarray:
+    data = item.LUTData
+    if isinstance(data, (bytes, bytearray)):
+        bits = int(item.LUTDescriptor[2])
+        return np.frombuffer(data, dtype=np.uint8 if bits <= 8 else "<u2").astype(np.float64)
+    if isinstance(data, (int, float)):
+        return np.asarray([data], dtype=np.float64)
+    return np.asarray(list(data), dtype=np.float64)
+
+
+def _multi(value: Any) -> list[float]:
+    if value is None or value == "":
+        return []
+    items = list(value) if isinstance(value, (list, tuple, MutableSequence)) else [value]
+    out = []
+    for v in items:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            return []
+    return out
+
+
+def _multi_str(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def normalise(values: np.ndarray, lo: float, hi: float, *, invert: bool) -> np.ndarray:
+    """Modality values -> float32 [0, 1] over their own range; inverted for MONOCHROME1."""
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.float32)
+    out = ((values - lo) / (hi - lo)).astype(np.float32)
+    if invert:
+        np.subtract(np.float32(1.0), out, out=out)
+    return out
+
+
+def values_window_to_unit(window: tuple[float, float], lo: float, hi: float, *, invert: bool) -> tuple[float, float]:
+    """``(lo, hi)`` of a window in modality units -> ``(center, width)`` in the record's [0, 1] units."""
+    span = hi - lo
+    a, b = (window[0] - lo) / span, (window[1] - lo) / span
+    if invert:
+        a, b = 1.0 - b, 1.0 - a
+    return float((a + b) / 2.0), float(max(b - a, 1e-6))
+
+
+# --------------------------------------------------------------------------- header
+def pixel_spacing(ds: "Dataset") -> tuple[tuple[float, float] | None, str | None, str | None]:
+    """(row, column) spacing in mm, where it came from, and a notice if it is missing or odd.
+
+    ``PixelSpacing`` is at the patient (or calibrated) where the file provides it;
+    ``ImagerPixelSpacing`` is at the detector, so distances read larger than in the
+    patient by the geometric magnification, which ``EstimatedRadiographicMagnificationFactor``
+    corrects when present (PS3.3 10.7.1.3).
+    """
+
+    def pair(keyword: str) -> tuple[float, float] | None:
+        value = ds.get(keyword)
+        try:
+            r, c = float(value[0]), float(value[1])
+        except (TypeError, ValueError, IndexError):
+            return None
+        return (r, c) if r > 0 and c > 0 and np.isfinite(r) and np.isfinite(c) else None
+
+    spacing = pair("PixelSpacing")
+    if spacing is not None:
+        return spacing, "PixelSpacing", None
+    imager = pair("ImagerPixelSpacing")
+    if imager is not None:
+        try:
+            mag = float(ds.get("EstimatedRadiographicMagnificationFactor") or 0)
+        except (TypeError, ValueError):
+            mag = 0.0
+        if mag > 0:
+            return (imager[0] / mag, imager[1] / mag), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor", None
+        return imager, "ImagerPixelSpacing", None
+    if "PixelSpacing" in ds or "ImagerPixelSpacing" in ds:
+        return None, None, "The file's pixel spacing is zero or invalid; measurements are in pixels."
+    return None, None, "The file gives no pixel spacing; measurements are in pixels."
+
+
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
+
+
+def parse_age(value: Any) -> float | None:
+    """DICOM Age String (``"045Y"``, ``"006M"``, ``"003W"``, ``"010D"``) -> years."""
+    if value is None:
+        return None
+    m = _AGE.match(str(value))
+    if not m:
+        return None
+    n, unit = int(m.group(1)), (m.group(2) or "Y").upper()
+    return {"Y": float(n), "M": n / 12.0, "W": n * 7 / 365.25, "D": n / 365.25}[unit]
+
+
+def _text(ds: "Dataset", keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MutableSequence)):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: "Dataset", keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def blank_metadata() -> dict[str, Any]:
+    """The metadata keys every record carries (empty for PNG/JPEG/TIFF)."""
+    return {
+        "modality": "", "view_position": "", "body_part": "", "patient_age_years": None, "patient_sex": "",
+        "photometric": "", "bits_stored": None, "rows": None, "columns": None, "frames": 1,
+        "transfer_syntax": "", "study_instance_uid": "", "series_instance_uid": "", "sop_instance_uid": "",
+        "study_date": "", "study_description": "", "series_description": "", "manufacturer": "",
+        "patient_name": "", "patient_id": "",
+    }
+
+
+def header_metadata(ds: "Dataset") -> dict[str, Any]:
+    """Plain values for the overlay and the JSON output. Patient name and ID are for display only."""
+    return {
+        "modality": _text(ds, "Modality"),
+        "view_position": _text(ds, "ViewPosition"),
+        "body_part": _text(ds, "BodyPartExamined"),
+        "patient_age_years": parse_age(ds.get("PatientAge")),
+        "patient_sex": _text(ds, "PatientSex"),
+        "photometric": _text(ds, "PhotometricInterpretation"),
+        "bits_stored": _int(ds, "BitsStored"),
+        "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"),
+        "frames": number_of_frames(ds),
+        "transfer_syntax": _transfer_syntax_name(ds),
+        "study_instance_uid": _text(ds, "StudyInstanceUID"),
+        "series_instance_uid": _text(ds, "SeriesInstanceUID"),
+        "sop_instance_uid": _text(ds, "SOPInstanceUID"),
+        "study_date": _text(ds, "StudyDate"),
+        "study_description": _text(ds, "StudyDescription"),
+        "series_description": _text(ds, "SeriesDescription"),
+        "manufacturer": _text(ds, "Manufacturer"),
+        "patient_name": _text(ds, "PatientName"),
+        "patient_id": _text(ds, "PatientID"),
+    }
+
+
+def _transfer_syntax_name(ds: "Dataset") -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    return "" if uid is None else str(getattr(uid, "name", uid))

@@ -1,0 +1,47 @@
+"""The one front door for reading a radiograph file: dispatch on content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxr_viewer.core.errors import EmptyFileError, ImageReadError, NotAnImageError
+from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.io.sniff import HEAD_BYTES, sniff_bytes
+
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRecord:
+    """Read a DICOM, PNG, JPEG or TIFF file, whatever its name says, as an :class:`ImageRecord`.
+
+    Raises a subclass of :class:`~cxr_viewer.core.errors.ImageReadError` whose message
+    says what is wrong with the file; never anything else for bad input.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"{path.name} is a folder; open it as a folder to list its studies.", path=path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    except FileNotFoundError:
+        raise ImageReadError(f"The file {path.name} does not exist (was it moved or deleted?).", path=path) from None
+    except PermissionError:
+        raise ImageReadError(f"You have no permission to read {path.name}.", path=path) from None
+    except OSError as exc:
+        raise ImageReadError(f"The file {path.name} cannot be opened: {exc.strerror or exc}.", path=path) from exc
+    if not head:
+        raise EmptyFileError(f"The file {path.name} is empty (0 bytes). Copy or export it again.", path=path)
+    kind = sniff_bytes(head)
+    if kind == "dicom":
+        from cxr_viewer.core.io.dicom import read_dicom
+
+        return read_dicom(path, max_pixels=max_pixels)
+    if kind in ("png", "jpeg", "tiff"):
+        from cxr_viewer.core.io.raster import read_raster
+
+        return read_raster(path, max_pixels=max_pixels, fmt=kind)
+    raise NotAnImageError(
+        f"The file {path.name} is not a DICOM, PNG, JPEG or TIFF image "
+        "(its contents do not match any of these formats, whatever its name says).",
+        path=path,
+    )
