@@ -46,6 +46,7 @@ __all__ = [
     "Manifest",
     "find_bundles",
     "load_bundle",
+    "make_untrained_bundle",
     "model_card_markdown",
     "read_manifest",
     "save_bundle",
@@ -405,14 +406,20 @@ def _unsafe(path: Path) -> UnsafeWeightsError:
 
 
 def _check_safetensors_bytes(head: bytes, path: Path) -> None:
-    """Refuse anything that is not a safetensors file by its first bytes."""
-    if head[:1] == b"\x80" or head[:2] == b"PK" or head[:1] in (b"c", b"("):
+    """Refuse anything that is not a safetensors file by its first bytes.
+
+    safetensors starts with a little-endian u64 header length then ``{``; anything
+    else that looks like pickle (protocol byte 0x80) or a torch.save zip is unsafe.
+    """
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n <= 100 * 1024 * 1024 and head[8:9] == b"{":
+            return
+    if head[:1] == b"\x80" or head[:2] == b"PK":
         raise _unsafe(path)
     if len(head) < 9:
         raise BundleError(f"The weights file '{path.name}' is truncated; copy the bundle again.", path=path)
-    (n,) = struct.unpack("<Q", head[:8])
-    if n <= 0 or n > 100 * 1024 * 1024 or head[8:9] != b"{":
-        raise BundleError(f"'{path.name}' is not a safetensors weights file; the bundle is damaged.", path=path)
+    raise BundleError(f"'{path.name}' is not a safetensors weights file; the bundle is damaged.", path=path)
 
 
 def _resolve_bundle_dir(path: Path) -> Path:
@@ -654,3 +661,48 @@ def model_card_markdown(manifest: Manifest | Mapping[str, Any]) -> str:
     lims = list(m.limitations) or ["None recorded — treat as unvalidated."]
     lines += [f"- {x}" for x in lims]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------- untrained bundles
+def make_untrained_bundle(
+    out_dir: str | Path,
+    *,
+    name: str = "untrained-classifier",
+    labels: Iterable[str] = ("Finding",),
+    backbone: str = "resnet18",
+    size: tuple[int, int] = (224, 224),
+    task: str = "multilabel",
+    thresholds: Mapping[str, float] | None = None,
+    seed: int = 0,
+    dtype: str = "float16",
+    onnx: bool = False,
+) -> Path:
+    """A random-weight classifier bundle (``trained: false``) for tests, benchmarks and demos.
+
+    It goes through :func:`save_bundle` like any trained bundle, so everything that
+    consumes it exercises the real contract; the UI labels it UNTRAINED.
+    """
+    import torch
+
+    from cxr_viewer.core.models.registry import create_model
+
+    labels = list(labels)
+    kwargs = {"backbone": backbone, "num_classes": len(labels)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model("classifier", **kwargs).eval()
+    manifest = {
+        "name": name,
+        "version": "0.0.0",
+        "task": task,
+        "trained": False,
+        "architecture": {"name": "classifier", "kwargs": kwargs},
+        "labels": labels,
+        "thresholds": {
+            lab: {"value": float((thresholds or {}).get(lab, 0.5)), "method": "fixed", "source": "untrained default"}
+            for lab in labels
+        },
+        "preprocessing": {"size": list(size)},
+        "limitations": ["Random weights: for software testing and timing only."],
+    }
+    return save_bundle(model, manifest, out_dir, dtype=dtype, onnx=onnx)
