@@ -77,7 +77,7 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
 
     pixel_kw = next((kw for kw in _PIXEL_KEYWORDS if kw in ds), None)
     if pixel_kw is None:
-        if _file_contains(path, _PIXEL_DATA_TAG_BYTES) and "Rows" in ds:
+        if _file_contains(path, _PIXEL_DATA_TAG_BYTES):
             raise TruncatedFileError(
                 f"The DICOM file {path.name} is cut short: its image data ends early. "
                 "Copy or export it again from the PACS.",
@@ -397,8 +397,6 @@ def voi_window(ds: "Dataset", values: np.ndarray) -> tuple[tuple[float, float] |
     if seq:
         try:
             item = seq[0]
-            from pydicom.pixels.processing import apply_voi_lut  # noqa: F401 - ensures support
-
             descriptor = [int(v) for v in item.LUTDescriptor]
             first = descriptor[1]
             lut = _lut_values(item)
@@ -418,10 +416,13 @@ def voi_window(ds: "Dataset", values: np.ndarray) -> tuple[tuple[float, float] |
 
 
 def _lut_values(item: Any) -> np.ndarray:
+    """LUT Data as numbers: OW data holds one 16-bit word per entry (PS3.3 C.11.2.1.1)."""
+    n_entries = int(item.LUTDescriptor[0]) or 65536
     data = item.LUTData
     if isinstance(data, (bytes, bytearray)):
-        bits = int(item.LUTDescriptor[2])
-        return np.frombuffer(data, dtype=np.uint8 if bits <= 8 else "<u2").astype(np.float64)
+        if len(data) >= 2 * n_entries:
+            return np.frombuffer(data, dtype="<u2", count=n_entries).astype(np.float64)
+        return np.frombuffer(data, dtype=np.uint8, count=min(n_entries, len(data))).astype(np.float64)
     if isinstance(data, (int, float)):
         return np.asarray([data], dtype=np.float64)
     return np.asarray(list(data), dtype=np.float64)
