@@ -98,3 +98,22 @@ class TrainingConfigError(CXRError):
     """A training option or YAML config value is invalid."""
 
     code = "invalid_training_config"
+
+
+# --- inference requests -----------------------------------------------------------
+class AnalysisCancelledError(CXRError):
+    """The user (or a newer request) cancelled an analysis; not a failure to report."""
+
+    code = "cancelled"
+
+
+class NoSegmentationModelError(CXRError):
+    """Report-conditioned segmentation was asked for but no segmentation bundle is installed."""
+
+    code = "no_segmentation_model"
+
+
+class UnknownLabelError(CXRError):
+    """A heatmap or threshold was requested for a label no loaded model predicts."""
+
+    code = "unknown_label"
