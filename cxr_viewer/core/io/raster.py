@@ -9,6 +9,7 @@ what was changed. The declared size is checked before any pixel is decoded.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -48,14 +49,18 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, fmt: 
             with Image.open(path) as im:
                 fmt = fmt or (im.format or "").lower()
                 _check_size(im.size, max_pixels, path)
+                if fmt == "tiff" and _needs_tifffile(im):
+                    return _read_tiff_fallback(path, max_pixels, notices)
                 frames = int(getattr(im, "n_frames", 1) or 1)
                 if frames > 1:
                     notices.append(f"This file holds {frames} pages; showing the first.")
                 arr, mode_notices = _pil_to_gray(im)
                 notices.extend(mode_notices)
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as exc:  # Pillow's own guard fired before ours could
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        claimed = f" of {int(m.group(1)):,} pixels" if m else ""
         raise ImageTooLargeError(
-            f"The image {path.name} declares a size far larger than any radiograph "
+            f"The image {path.name} declares a size{claimed}, far larger than any radiograph "
             f"(limit {max_pixels:,} pixels). The file is probably damaged.",
             path=path,
         ) from None
@@ -88,6 +93,16 @@ def _check_size(size: tuple[int, int], max_pixels: int, path: Path) -> None:
             f"(limit {max_pixels:,} pixels). The file is probably damaged.",
             path=path,
         )
+
+
+def _needs_tifffile(im: "object") -> bool:
+    """Pillow reads 16-bit colour TIFF as 8-bit RGB (losing bits); tifffile keeps them."""
+    bits = getattr(im, "tag_v2", {}).get(258)  # BitsPerSample
+    try:
+        deepest = max(bits) if isinstance(bits, tuple) else int(bits or 8)
+    except (TypeError, ValueError):
+        return False
+    return deepest > 8 and not (im.mode.startswith("I") or im.mode == "F")
 
 
 def _pil_to_gray(im: "object") -> tuple[np.ndarray, list[str]]:
@@ -202,9 +217,12 @@ def _read_tiff_fallback(path: Path, max_pixels: int, notices: list[str]) -> Imag
     arr = np.asarray(arr)
     if arr.ndim == 3:
         if arr.shape[-1] in (3, 4):
-            notices.append("Colour image: converted to grayscale (luminance).")
-            arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
-            arr = arr.astype(np.float64)
+            if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
+                arr = arr[..., 0]
+            else:
+                notices.append("Colour image: converted to grayscale (luminance).")
+                lum = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+                arr = np.rint(lum).astype(arr.dtype) if arr.dtype.kind == "u" else lum
         else:
             arr = arr[0]
     if arr.ndim != 2:
