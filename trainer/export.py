@@ -1,0 +1,151 @@
+"""Writing bundles: provenance, metrics, thresholds and golden images around ``save_bundle``.
+
+The bundle is the whole contract with the viewer (docs/bundle-format.md): the viewer
+rebuilds the network from ``architecture`` with ``create_model`` and feeds it through
+``preprocess`` with the manifest's ``preprocessing`` (the exact spec the trainer's
+datasets used), never importing this package.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr_viewer.core.errors import TrainingConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+INTENDED_USE = "Research use only, not a medical device."
+DEFAULT_LIMITATIONS = [
+    "Not validated for clinical use; scores are research outputs and must not guide patient care.",
+    "Trained on public data whose labels were partly mined from report text (noisy).",
+    "Performance on images from other hospitals, devices, paediatric or lateral views is unknown.",
+]
+
+
+def code_version() -> str:
+    """``git describe`` of the source checkout when available, else the installed package version."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=repo, capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        if out.stdout.strip():
+            return f"git:{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return f"cxr-viewer {version('cxr-viewer')}"
+    except Exception:  # noqa: BLE001 - metadata missing in odd installs
+        return "unknown"
+
+
+def base_provenance(config: Mapping[str, Any], split_info: Mapping[str, str], *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    datasets = [d for d in str(split_info.get("datasets", "")).split(",") if d]
+    prov = {
+        "datasets": datasets,
+        "split_file": split_info.get("split_file", ""),
+        "split_sha256": split_info.get("split_sha256", ""),
+        "config": dict(config),
+        "code_version": code_version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    prov.update(dict(extra or {}))
+    return prov
+
+
+def write_bundle(model: "nn.Module", manifest: Mapping[str, Any], out_dir: str | Path, *, dtype: str = "float32") -> Path:
+    """``save_bundle`` with our defaults (intended use, limitations) filled in."""
+    from cxr_viewer.core.models.bundle import save_bundle
+
+    m = dict(manifest)
+    m.setdefault("intended_use", INTENDED_USE)
+    m.setdefault("limitations", list(DEFAULT_LIMITATIONS))
+    return save_bundle(model, m, out_dir, dtype=dtype)
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingConfigError(f"Metrics file {path} not found; run `cxr-train evaluate` first.", path=path)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def export_bundle(
+    bundle: str | Path,
+    out_dir: str | Path,
+    *,
+    metrics: str | Path | Mapping[str, Any] | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    dtype: str = "float16",
+    golden_images: list[str] | None = None,
+    limitations: list[str] | None = None,
+    onnx: bool = False,
+) -> Path:
+    """Final bundle from a trained (and calibrated) bundle: metrics in, golden images recorded.
+
+    Golden images are stored as small PNGs inside the bundle with the scores the
+    *exported* weights give them (after the dtype round trip), so the viewer's
+    ``--self-test`` compares like with like.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from cxr_viewer.core.io import read_image
+    from cxr_viewer.core.models.bundle import load_bundle, save_bundle
+    from cxr_viewer.core.models.preprocess import preprocess
+    from trainer.tasks.classify import scores_from_logits
+
+    src = load_bundle(bundle)
+    m = src.manifest.to_dict()
+    if metrics is not None:
+        m["metrics"] = {**m.get("metrics", {}), **(load_metrics(metrics) if not isinstance(metrics, Mapping) else dict(metrics))}
+    if name:
+        m["name"] = name
+    if version:
+        m["version"] = version
+    m["intended_use"] = INTENDED_USE
+    if limitations:
+        m["limitations"] = list(limitations)
+    elif not m.get("limitations"):
+        m["limitations"] = list(DEFAULT_LIMITATIONS)
+    out = Path(out_dir)
+    if out.resolve() == Path(bundle).resolve():
+        raise TrainingConfigError("Export to a new folder: --out must differ from the source bundle.")
+    m["golden"] = []
+    save_bundle(src.model, m, out, dtype=dtype, onnx=onnx)
+    if golden_images and src.manifest.is_classifier:
+        exported = load_bundle(out)
+        (out / "golden").mkdir(exist_ok=True)
+        for i, path in enumerate(golden_images):
+            record = read_image(path)
+            px = record.model_pixels()
+            small = Image.fromarray((np.clip(px, 0, 1) * 255 + 0.5).astype(np.uint8))
+            small.thumbnail((256, 256))
+            rel = f"golden/golden_{i}.png"
+            small.save(out / rel)
+            x = preprocess(read_image(out / rel), exported.manifest.preprocessing)[None]
+            with torch.no_grad():
+                s = scores_from_logits(exported.task, exported.model(x))[0].tolist()
+            m["golden"].append({"image": rel, "scores": {lab: round(float(v), 6) for lab, v in zip(exported.labels, s)}})
+        save_bundle(exported.model, m, out, dtype=dtype, onnx=onnx)  # same weights -> same sha256
+    for extra in ("report.md",):
+        p = Path(bundle) / extra
+        if p.is_file():
+            shutil.copy2(p, out / extra)
+    log.info("exported bundle to %s", out)
+    return out

@@ -1,0 +1,1 @@
+"""Lightning modules on the shared core models (pre-training, fine-tuning, segmentation)."""
