@@ -1,0 +1,143 @@
+"""``cxr-viewer [FILES_OR_FOLDERS...]``: start the window, or render it offscreen to a PNG.
+
+``--screenshot OUT.png FILE`` builds the real main window on Qt's offscreen
+platform, waits for every background task, grabs the window and exits: 0 on
+success, 2 when the file cannot be shown (message on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCREENSHOT_SIZE = (1440, 900)
+LOAD_TIMEOUT_S = 180.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cxr-viewer",
+        description="Chest X-ray viewer. Open DICOM, PNG or JPEG files, or folders of studies.",
+    )
+    p.add_argument("paths", nargs="*", metavar="FILES_OR_FOLDERS", help="images or folders to open")
+    p.add_argument("--screenshot", metavar="OUT.png", type=Path,
+                   help="render the main window offscreen with the files loaded, save it as PNG and exit")
+    p.add_argument("--show-demographics", action="store_true",
+                   help="show patient name/ID/age/date on the image in --screenshot (hidden by default)")
+    p.add_argument("--models", metavar="DIR", type=Path, help="folder of model bundles to use")
+    p.add_argument("--size", metavar="WxH", default=f"{SCREENSHOT_SIZE[0]}x{SCREENSHOT_SIZE[1]}",
+                   help="window size for --screenshot (default %(default)s)")
+    return p
+
+
+def has_display() -> bool:
+    """Whether a window can be shown: a display server, or Qt told to draw offscreen."""
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform and platform.split(":")[0] in ("offscreen", "minimal", "vnc", "eglfs", "linuxfb"):
+        return True
+    if sys.platform.startswith("linux") or "bsd" in sys.platform:
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True  # Windows and macOS always have a window server
+
+
+def _fail(message: str) -> int:
+    print(f"cxr-viewer: {message}", file=sys.stderr)
+    return 2
+
+
+def _parse_size(text: str) -> tuple[int, int] | None:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        return None
+    return (w, h) if 320 <= w <= 8000 and 240 <= h <= 8000 else None
+
+
+def gui_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.models is not None and not args.models.is_dir():
+        return _fail(f"the models folder {args.models} does not exist")
+    if args.screenshot is not None:
+        return _screenshot(args)
+    if not has_display():
+        return _fail(
+            "no display found, so no window can open. Use `cxr-viewer --screenshot OUT.png FILE` "
+            "to render an image, or `cxr-viewer analyze FILE --json` for results."
+        )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = _application()
+    from cxr_viewer.qt.main_window import MainWindow
+
+    window = MainWindow(models_dir=args.models)
+    window.show()
+    if args.paths:
+        window.open_paths(args.paths)
+    return int(app.exec())
+
+
+def _application():  # -> QApplication
+    from PySide6.QtWidgets import QApplication
+
+    from cxr_viewer.qt.main_window import APPLICATION, ORGANIZATION
+    from cxr_viewer.qt.theme import apply_dark_theme
+
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "cxr-viewer"])
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    app.setApplicationDisplayName("cxr-viewer")
+    apply_dark_theme(app)
+    return app
+
+
+def _screenshot(args: argparse.Namespace) -> int:
+    if not args.paths:
+        return _fail("--screenshot needs a file or folder to show")
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        return _fail(f"{Path(missing[0]).name} does not exist (was it moved or deleted?)")
+    size = _parse_size(args.size)
+    if size is None:
+        return _fail(f"--size must look like 1440x900, not {args.size!r}")
+    out = Path(args.screenshot)
+    if not out.parent.exists():
+        return _fail(f"the folder {out.parent} does not exist")
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"  # must be set before the QApplication exists
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app = _application()
+    from PySide6.QtCore import QSettings
+
+    from cxr_viewer.qt.main_window import MainWindow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # A throwaway settings file: a screenshot neither reads nor changes the user's layout.
+        settings = QSettings(str(Path(tmp) / "screenshot.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(settings=settings, interactive=False, persist=False, models_dir=args.models)
+        window.session.set_preference("show_demographics", bool(args.show_demographics))
+        window.resize(*size)
+        window.show()
+        app.processEvents()
+        window.open_paths(args.paths)
+        if not window.wait_idle(LOAD_TIMEOUT_S):
+            window.close()
+            return _fail("timed out waiting for the image to load")
+        if window.session.record is None:
+            message = window.last_error or "nothing could be shown"
+            window.close()
+            return _fail(message)
+        app.processEvents()
+        ok = window.grab().save(str(out), "PNG")
+        window.close()
+        app.processEvents()
+    if not ok:
+        return _fail(f"could not write {out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(gui_main())

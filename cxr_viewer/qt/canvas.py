@@ -1,0 +1,743 @@
+"""The image canvas: a QGraphicsView whose scene is in image pixel coordinates.
+
+Scene x = column, y = row; pixel ``[r, c]`` covers ``[c, c+1) x [r, r+1)``. Zoom,
+rotation and mirroring live in the *view* transform, so the image and every
+overlay item (heatmap, masks, rulers) move together and cannot drift apart.
+The canvas only listens to the :class:`Session` and asks it for changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import (
+    QColor,
+    QDragEnterEvent,
+    QDragMoveEvent,
+    QDropEvent,
+    QFont,
+    QMouseEvent,
+    QPainter,
+    QPen,
+    QPixmap,
+    QResizeEvent,
+    QTransform,
+    QWheelEvent,
+)
+from PySide6.QtWidgets import QFrame, QGraphicsItem, QGraphicsPixmapItem, QGraphicsScene, QGraphicsView, QWidget
+
+from cxr_viewer.core.imaging.windowing import quantize, window_to_uint8
+from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.session import DisplayState, HeatmapLayer, MaskLayer, Measurement, Session, make_measurement
+from cxr_viewer.qt.overlays import ColorBar, MeasurementItem, gray_to_qimage, make_heatmap_item, make_mask_item
+
+log = logging.getLogger(__name__)
+
+MODES = ("pan", "measure", "window")
+Z_IMAGE, Z_HEATMAP, Z_MASKS, Z_MEASURE = 0.0, 10.0, 20.0, 50.0
+_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
+_CLICK_SLOP_PX = 5  # a press and release closer than this is a click, not a drag
+_WL_WIDTH_PX = 150.0  # dragging this far right doubles the window width
+_WL_CENTER_PX = 300.0  # dragging this far down moves the centre by one window width
+_FIT_MARGIN = 0.98
+
+
+@dataclass(frozen=True)
+class PixelInfo:
+    """What is under the mouse: pixel indices and the [0, 1] value there."""
+
+    row: int
+    col: int
+    value: float
+
+
+def _opposite(code: str) -> str:
+    return "".join(_OPPOSITE.get(ch, ch) for ch in code)
+
+
+class ImageCanvas(QGraphicsView):
+    """Shows the session's image, overlays and measurements; turns mouse input into requests."""
+
+    pixel_hovered = Signal(object)  # PixelInfo | None
+    files_dropped = Signal(list)  # list[Path]
+    view_changed = Signal()
+    mode_changed = Signal(str)
+
+    def __init__(self, session: Session, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self._scene = QGraphicsScene(self)
+        self.setScene(self._scene)
+        self.setBackgroundBrush(QColor("#000000"))
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.NoAnchor)
+        self.setResizeAnchor(QGraphicsView.ViewportAnchor.NoAnchor)
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.FullViewportUpdate)
+        self.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.SmoothPixmapTransform)
+        self.setMouseTracking(True)
+        self.viewport().setMouseTracking(True)
+        self.setAcceptDrops(True)
+        self.setMinimumSize(200, 200)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+
+        self._image_item = QGraphicsPixmapItem()
+        self._image_item.setZValue(Z_IMAGE)
+        self._image_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+        self._image_item.setShapeMode(QGraphicsPixmapItem.ShapeMode.BoundingRectShape)
+        self._scene.addItem(self._image_item)
+        self._heatmap_item: QGraphicsItem | None = None
+        self._mask_items: list[QGraphicsItem] = []
+        self._measure_items: list[MeasurementItem] = []
+        self._draft: MeasurementItem | None = None
+        self._draft_start: tuple[float, float] | None = None
+        self._awaiting_second_click = False
+
+        self._record: ImageRecord | None = None
+        self._codes: np.ndarray | None = None
+        self._u8: np.ndarray | None = None
+        self._state = session.display
+        self._mode = "pan"
+        self._drag: tuple[str, QPoint, object] | None = None
+        self._show_demographics = bool(session.preference("show_demographics"))
+        self._measure_colour = QColor(str(session.preference("measure_color")))
+
+        self._render_timer = QTimer(self)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.setInterval(30)  # live window/level: at most ~30 redraws a second
+        self._render_timer.timeout.connect(self._render_now)
+
+        self.colorbar = ColorBar(self.viewport())
+        self.colorbar.hide()
+
+        ev = session.events
+        ev.record_changed.connect(self._on_record)
+        ev.display_changed.connect(self._on_display)
+        ev.heatmap_changed.connect(self._on_heatmap)
+        ev.masks_changed.connect(self._on_masks)
+        ev.measurements_changed.connect(self._on_measurements)
+        ev.preferences_changed.connect(self._on_preference)
+        if session.record is not None:
+            self._on_record(session.record)
+
+    def disconnect_session(self) -> None:
+        """Stop listening (the session outlives widgets in tests and embedding)."""
+        ev = self.session.events
+        for sig, slot in (
+            (ev.record_changed, self._on_record),
+            (ev.display_changed, self._on_display),
+            (ev.heatmap_changed, self._on_heatmap),
+            (ev.masks_changed, self._on_masks),
+            (ev.measurements_changed, self._on_measurements),
+            (ev.preferences_changed, self._on_preference),
+        ):
+            sig.disconnect(slot)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def record(self) -> ImageRecord | None:
+        return self._record
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def set_mode(self, mode: str) -> None:
+        """Left-button tool: ``pan``, ``measure`` or ``window`` (right-drag always windows)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self._cancel_draft()
+        self._mode = mode
+        self._restore_cursor()
+        self.mode_changed.emit(mode)
+
+    def _restore_cursor(self) -> None:
+        cursor = {"pan": Qt.CursorShape.OpenHandCursor, "measure": Qt.CursorShape.CrossCursor}
+        self.viewport().setCursor(cursor.get(self._mode, Qt.CursorShape.SizeAllCursor))
+
+    @property
+    def display_range(self) -> tuple[float, float]:
+        """The (lo, hi) pixel range currently mapped to black..white."""
+        return self._state.window
+
+    @property
+    def zoom(self) -> float:
+        return self._state.zoom
+
+    def rendered_array(self) -> np.ndarray | None:
+        """The 8-bit image currently shown (image orientation, before rotation/zoom)."""
+        self.flush()
+        return self._u8
+
+    def flush(self) -> None:
+        """Finish a pending throttled redraw now."""
+        if self._render_timer.isActive():
+            self._render_now()
+
+    def fit(self) -> None:
+        self.session.set_zoom_mode("fit")
+        self._apply_geometry(force=True)
+
+    def actual_size(self) -> None:
+        self.session.set_zoom(1.0, "actual")
+
+    def zoom_by(self, factor: float, anchor: QPoint | None = None) -> None:
+        """Zoom keeping the image point under ``anchor`` (viewport coords) where it is."""
+        if self._record is None or factor <= 0:
+            return
+        anchor = anchor if anchor is not None else self.viewport().rect().center()
+        scene_pt = self.mapToScene(anchor)
+        self.session.set_zoom(self._state.zoom * factor, "free")
+        self._keep_under(scene_pt, QPointF(anchor))
+
+    def image_to_viewport(self, row: float, col: float) -> QPointF:
+        """Where the centre of pixel (row, col) is drawn, in viewport coordinates."""
+        return QPointF(self.mapFromScene(QPointF(col + 0.5, row + 0.5)))
+
+    def viewport_to_image(self, pos: QPoint | QPointF) -> tuple[float, float]:
+        """(row, col) image point (pixel centres at integers) under a viewport position."""
+        pt = self.mapToScene(QPointF(pos).toPoint()) if isinstance(pos, QPointF) else self.mapToScene(pos)
+        return pt.y() - 0.5, pt.x() - 0.5
+
+    def pixel_at(self, pos: QPoint) -> PixelInfo | None:
+        if self._record is None:
+            return None
+        pt = self.mapToScene(pos)
+        row, col = math.floor(pt.y()), math.floor(pt.x())
+        h, w = self._record.shape
+        if not (0 <= row < h and 0 <= col < w):
+            return None
+        return PixelInfo(row, col, float(self._record.pixels[row, col]))
+
+    @property
+    def heatmap_item(self) -> QGraphicsItem | None:
+        return self._heatmap_item
+
+    @property
+    def mask_items(self) -> list[QGraphicsItem]:
+        return list(self._mask_items)
+
+    @property
+    def measurement_items(self) -> list[MeasurementItem]:
+        return list(self._measure_items)
+
+    @property
+    def show_demographics(self) -> bool:
+        return self._show_demographics
+
+    def set_show_demographics(self, show: bool) -> None:
+        self._show_demographics = bool(show)
+        self.viewport().update()
+
+    def measure(self, p0: tuple[float, float], p1: tuple[float, float]) -> Measurement:
+        """Add a measurement between two (row, col) image points (what the ruler tool does)."""
+        return self.session.add_measurement(self._clamp(p0), self._clamp(p1))
+
+    # ------------------------------------------------------------------ session events
+    def _on_record(self, record: ImageRecord | None) -> None:
+        self._cancel_draft()
+        self._record = record
+        self._codes = None if record is None else quantize(record.pixels)
+        if record is None:
+            self._image_item.setPixmap(QPixmap())
+            self._u8 = None
+            self._scene.setSceneRect(QRectF())
+        else:
+            h, w = record.shape
+            pad = 2.0 * max(h, w)  # room to pan an image edge to the viewport centre
+            self._scene.setSceneRect(QRectF(-pad, -pad, w + 2 * pad, h + 2 * pad))
+        self._state = self.session.display
+        self._render_now()
+        self._apply_geometry(force=True)
+
+    def _on_display(self, state: DisplayState) -> None:
+        old, self._state = self._state, state
+        if (old.window, old.invert) != (state.window, state.invert):
+            if self._drag is not None and self._drag[0] == "window":
+                if not self._render_timer.isActive():
+                    self._render_timer.start()
+            else:
+                self._render_now()
+        if (old.orientation, old.zoom, old.zoom_mode) != (state.orientation, state.zoom, state.zoom_mode):
+            self._apply_geometry()
+        self.viewport().update()
+        self.view_changed.emit()
+
+    def _on_heatmap(self, layer: HeatmapLayer | None) -> None:
+        if self._heatmap_item is not None:
+            self._scene.removeItem(self._heatmap_item)
+            self._heatmap_item = None
+        if layer is not None and self._record is not None:
+            self._heatmap_item = make_heatmap_item(layer, self._record.shape)
+            self._heatmap_item.setZValue(Z_HEATMAP)
+            self._scene.addItem(self._heatmap_item)
+        self.colorbar.set_layer(layer if self._record is not None else None)
+        self._place_colorbar()
+
+    def _on_masks(self, masks: list[MaskLayer]) -> None:
+        for item in self._mask_items:
+            self._scene.removeItem(item)
+        self._mask_items = []
+        if self._record is None:
+            return
+        for i, layer in enumerate(masks):
+            item = make_mask_item(layer, self._record.shape)
+            item.setZValue(Z_MASKS + i)
+            self._scene.addItem(item)
+            self._mask_items.append(item)
+        self.viewport().update()
+
+    def _on_measurements(self, measurements: list[Measurement]) -> None:
+        for item in self._measure_items:
+            self._scene.removeItem(item)
+        self._measure_items = []
+        for m in measurements:
+            item = self._new_measure_item(m)
+            self._measure_items.append(item)
+
+    def _on_preference(self, key: str, value: object) -> None:
+        if key == "show_demographics":
+            self.set_show_demographics(bool(value))
+        elif key == "measure_color":
+            self._measure_colour = QColor(str(value))
+
+    # ------------------------------------------------------------------ rendering
+    def _render_now(self) -> None:
+        self._render_timer.stop()
+        if self._record is None or self._codes is None:
+            return
+        lo, hi = self._state.window
+        self._u8 = window_to_uint8(self._codes, lo, hi, invert=self._state.invert)
+        self._image_item.setPixmap(QPixmap.fromImage(gray_to_qimage(self._u8)))
+
+    def _fit_zoom(self) -> float:
+        assert self._record is not None
+        h, w = self._record.shape
+        if self._state.orientation.quarter_turns % 2:
+            h, w = w, h
+        vp = self.viewport().size()
+        return max(min(vp.width() / w, vp.height() / h) * _FIT_MARGIN, 1e-3)
+
+    def _view_transform(self, state: DisplayState) -> QTransform:
+        # Qt applies the last call first: mirror, then rotate clockwise, then zoom.
+        t = QTransform()
+        t.scale(state.zoom, state.zoom)
+        t.rotate(state.rotation)
+        if state.mirrored:
+            t.scale(-1.0, 1.0)
+        return t
+
+    def _apply_geometry(self, force: bool = False) -> None:
+        if self._record is None:
+            return
+        state = self._state
+        if state.zoom_mode == "fit":
+            z = self._fit_zoom()
+            if not math.isclose(z, state.zoom, rel_tol=1e-9):
+                self.session.set_zoom(z, "fit")  # re-enters via _on_display
+                if not force:
+                    return
+                state = self._state
+        keep = self.mapToScene(self.viewport().rect().center())
+        self.setTransform(self._view_transform(state))
+        self._image_item.setTransformationMode(
+            Qt.TransformationMode.FastTransformation if state.zoom >= 3 else Qt.TransformationMode.SmoothTransformation
+        )
+        if state.zoom_mode == "fit" or force:
+            h, w = self._record.shape
+            self.centerOn(QPointF(w / 2.0, h / 2.0))
+        else:
+            self.centerOn(keep)
+
+    def _keep_under(self, scene_pt: QPointF, anchor: QPointF) -> None:
+        now = self.transform().map(scene_pt)
+        hbar, vbar = self.horizontalScrollBar(), self.verticalScrollBar()
+        here = QPointF(hbar.value(), vbar.value()) + anchor
+        dx, dy = now.x() - here.x(), now.y() - here.y()
+        hbar.setValue(hbar.value() + round(dx))
+        vbar.setValue(vbar.value() + round(dy))
+
+    def _place_colorbar(self) -> None:
+        vp = self.viewport().rect()
+        h = min(260, max(140, vp.height() // 3))
+        self.colorbar.setGeometry(vp.width() - self.colorbar.width() - 12, (vp.height() - h) // 2, self.colorbar.width(), h)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._place_colorbar()
+        if self._record is not None and self._state.zoom_mode == "fit":
+            self._apply_geometry(force=True)
+
+    # ------------------------------------------------------------------ foreground text
+    def drawForeground(self, painter: QPainter, rect: QRectF) -> None:  # noqa: N802 - Qt override
+        if self._record is None:
+            self._draw_placeholder(painter)
+            return
+        painter.save()
+        painter.resetTransform()
+        font = QFont(painter.font())
+        font.setPointSizeF(9.5)
+        painter.setFont(font)
+        vp = self.viewport().rect()
+        margin = 10
+        if self._show_demographics:
+            self._draw_block(painter, self.demographic_lines(), vp, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop, margin)
+        self._draw_block(painter, self.display_lines(), vp, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop, margin)
+        self._draw_block(painter, self.image_lines(), vp, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignBottom, margin)
+        self._draw_orientation(painter, vp)
+        self._draw_scale_bar(painter, vp, margin)
+        self._draw_mask_legend(painter, vp, margin)
+        painter.restore()
+
+    def _draw_placeholder(self, painter: QPainter) -> None:
+        painter.save()
+        painter.resetTransform()
+        painter.setPen(QColor("#6b7078"))
+        font = QFont(painter.font())
+        font.setPointSizeF(12)
+        painter.setFont(font)
+        painter.drawText(
+            QRectF(self.viewport().rect()),
+            Qt.AlignmentFlag.AlignCenter,
+            "Drop a chest X-ray (DICOM, PNG, JPEG) or a folder here\nor use File > Open (Ctrl+O)",
+        )
+        painter.restore()
+
+    def _draw_block(self, painter: QPainter, lines: list[str], vp: object, align: Qt.AlignmentFlag, margin: int) -> None:
+        if not lines:
+            return
+        fm = painter.fontMetrics()
+        lh = fm.height()
+        total = lh * len(lines)
+        right = bool(align & Qt.AlignmentFlag.AlignRight)
+        bottom = bool(align & Qt.AlignmentFlag.AlignBottom)
+        y0 = vp.height() - margin - total if bottom else margin
+        for i, text in enumerate(lines):
+            w = fm.horizontalAdvance(text)
+            x = vp.width() - margin - w if right else margin
+            y = y0 + i * lh + fm.ascent()
+            painter.setPen(QColor(0, 0, 0, 220))
+            painter.drawText(QPointF(x + 1, y + 1), text)
+            painter.setPen(QColor("#e8e8e8"))
+            painter.drawText(QPointF(x, y), text)
+
+    def demographic_lines(self) -> list[str]:
+        """Patient identity lines for the top-left corner (empty when nothing is known)."""
+        if self._record is None:
+            return []
+        md = self._record.metadata
+        lines = []
+        name = str(md.get("patient_name") or "").replace("^", " ").strip()
+        if name:
+            lines.append(name)
+        if md.get("patient_id"):
+            lines.append(f"ID {md['patient_id']}")
+        age = md.get("patient_age_years")
+        sex = md.get("patient_sex") or ""
+        parts = []
+        if age is not None:
+            parts.append(f"{age:.0f} y" if age >= 2 else f"{age * 12:.0f} mo")
+        if sex:
+            parts.append(str(sex))
+        if parts:
+            lines.append(" / ".join(parts))
+        date = str(md.get("study_date") or "")
+        if len(date) == 8 and date.isdigit():
+            date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        if date:
+            lines.append(f"Study {date}")
+        return lines
+
+    def display_lines(self) -> list[str]:
+        """Acquisition and display state for the top-right corner."""
+        if self._record is None:
+            return []
+        md = self._record.metadata
+        head = " ".join(str(v) for v in (md.get("modality"), md.get("view_position")) if v)
+        desc = str(md.get("series_description") or md.get("study_description") or "")
+        c, w = self._state.center_width
+        lines = [s for s in (head, desc) if s]
+        lines.append(f"C {c:.3f}  W {w:.3f}" + (f"  ({self._state.preset})" if self._state.preset else ""))
+        lines.append(f"Zoom {self._state.zoom * 100:.0f}%")
+        flags = []
+        if self._state.invert:
+            flags.append("Inverted")
+        if self._state.rotation:
+            flags.append(f"Rotated {self._state.rotation}°")
+        if self._state.mirrored:
+            flags.append("Mirrored")
+        if flags:
+            lines.append(", ".join(flags))
+        return lines
+
+    def image_lines(self) -> list[str]:
+        if self._record is None:
+            return []
+        h, w = self._record.shape
+        lines = [f"{w} × {h} px"]
+        if self._record.spacing_mm is not None:
+            r, c = self._record.spacing_mm
+            lines.append(f"{r:.3f} mm/px" if math.isclose(r, c, rel_tol=1e-6) else f"{r:.3f} × {c:.3f} mm/px")
+        else:
+            lines.append("No pixel spacing: measurements in px")
+        return lines
+
+    def orientation_labels(self) -> dict[str, str]:
+        """Patient direction at each screen edge (left/right/top/bottom) from PatientOrientation."""
+        codes = self._patient_orientation()
+        if codes is None:
+            return {}
+        row_dir, col_dir = codes  # towards increasing column, towards increasing row
+        inv, ok = self.transform().inverted()
+        if not ok:
+            return {}
+        labels = {}
+        for edge, (dx, dy) in {"right": (1, 0), "left": (-1, 0), "bottom": (0, 1), "top": (0, -1)}.items():
+            v = inv.map(QPointF(dx, dy)) - inv.map(QPointF(0, 0))
+            if abs(v.x()) >= abs(v.y()):
+                labels[edge] = row_dir if v.x() > 0 else _opposite(row_dir)
+            else:
+                labels[edge] = col_dir if v.y() > 0 else _opposite(col_dir)
+        return labels
+
+    def _patient_orientation(self) -> tuple[str, str] | None:
+        header = self._record.header if self._record is not None else None
+        value = getattr(header, "PatientOrientation", None) if header is not None else None
+        try:
+            parts = [str(v).strip().upper() for v in value] if value is not None else []
+        except TypeError:
+            parts = []
+        if len(parts) != 2 or not all(parts) or not all(set(p) <= set(_OPPOSITE) for p in parts):
+            return None
+        return parts[0], parts[1]
+
+    def _draw_orientation(self, painter: QPainter, vp: object) -> None:
+        labels = self.orientation_labels()
+        if not labels:
+            return
+        font = QFont(painter.font())
+        font.setPointSizeF(12)
+        font.setBold(True)
+        painter.setFont(font)
+        fm = painter.fontMetrics()
+        pos = {
+            "left": QPointF(8, vp.height() / 2 + fm.ascent() / 2),
+            "right": QPointF(vp.width() - 8 - fm.horizontalAdvance(labels["right"]), vp.height() / 2 + fm.ascent() / 2),
+            "top": QPointF(vp.width() / 2 - fm.horizontalAdvance(labels["top"]) / 2, 8 + fm.ascent()),
+            "bottom": QPointF(vp.width() / 2 - fm.horizontalAdvance(labels["bottom"]) / 2, vp.height() - 8 - fm.descent()),
+        }
+        for edge, text in labels.items():
+            painter.setPen(QColor(0, 0, 0, 220))
+            painter.drawText(pos[edge] + QPointF(1, 1), text)
+            painter.setPen(QColor("#f0c040"))
+            painter.drawText(pos[edge], text)
+        font.setPointSizeF(9.5)
+        font.setBold(False)
+        painter.setFont(font)
+
+    def scale_bar(self) -> tuple[float, float] | None:
+        """(length in mm, length in screen px) of the scale bar, or None without spacing."""
+        if self._record is None or self._record.spacing_mm is None:
+            return None
+        spacing = self._record.spacing_mm[1] if self._state.rotation in (0, 180) else self._record.spacing_mm[0]
+        px_per_mm = self._state.zoom / spacing
+        for mm in (200, 100, 50, 20, 10, 5, 2, 1):
+            if mm * px_per_mm <= 160:
+                return float(mm), mm * px_per_mm
+        return 1.0, px_per_mm
+
+    def _draw_scale_bar(self, painter: QPainter, vp: object, margin: int) -> None:
+        bar = self.scale_bar()
+        if bar is None:
+            return
+        mm, px = bar
+        x1 = vp.width() - margin
+        x0 = x1 - px
+        y = vp.height() - margin - 4
+        for colour, off in ((QColor(0, 0, 0, 220), 1), (QColor("#e8e8e8"), 0)):
+            pen = QPen(colour, 2)
+            painter.setPen(pen)
+            painter.drawLine(QPointF(x0 + off, y + off), QPointF(x1 + off, y + off))
+            painter.drawLine(QPointF(x0 + off, y - 5 + off), QPointF(x0 + off, y + off))
+            painter.drawLine(QPointF(x1 + off, y - 5 + off), QPointF(x1 + off, y + off))
+            text = f"{mm:.0f} mm"
+            tw = painter.fontMetrics().horizontalAdvance(text)
+            painter.drawText(QPointF((x0 + x1) / 2 - tw / 2 + off, y - 8 + off), text)
+
+    def _draw_mask_legend(self, painter: QPainter, vp: object, margin: int) -> None:
+        masks = [m for m in self.session.masks if m.visible]
+        if not masks:
+            return
+        fm = painter.fontMetrics()
+        lh = fm.height() + 2
+        y = vp.height() - margin - lh * (len(masks) + 2) - 30
+        for m in masks:
+            text = m.text if len(m.text) <= 40 else m.text[:39] + "…"
+            painter.fillRect(QRectF(margin, y + 3, 12, 12), QColor(*m.color))
+            painter.setPen(QColor("#e8e8e8"))
+            painter.drawText(QPointF(margin + 18, y + fm.ascent() + 1), text)
+            y += lh
+
+    # ------------------------------------------------------------------ measurements
+    def _clamp(self, p: tuple[float, float]) -> tuple[float, float]:
+        if self._record is None:
+            return p
+        h, w = self._record.shape
+        return float(min(max(p[0], -0.5), h - 0.5)), float(min(max(p[1], -0.5), w - 0.5))
+
+    def _new_measure_item(self, m: Measurement | None) -> MeasurementItem:
+        item = MeasurementItem(m, self._measure_colour)
+        item.setZValue(Z_MEASURE)
+        self._scene.addItem(item)
+        return item
+
+    def _update_draft(self, pos: QPoint) -> None:
+        if self._draft is None or self._draft_start is None:
+            return
+        p1 = self._clamp(self.viewport_to_image(pos))
+        self._draft.set_measurement(make_measurement(self._record, self._draft_start, p1))
+
+    def _start_draft(self, pos: QPoint) -> None:
+        self._cancel_draft()
+        self._draft_start = self._clamp(self.viewport_to_image(pos))
+        self._draft = self._new_measure_item(None)
+        self._update_draft(pos)
+
+    def _finish_draft(self, pos: QPoint) -> None:
+        start = self._draft_start
+        self._cancel_draft()
+        if start is not None:
+            self.measure(start, self.viewport_to_image(pos))
+
+    def _cancel_draft(self) -> None:
+        if self._draft is not None:
+            self._scene.removeItem(self._draft)
+        self._draft = None
+        self._draft_start = None
+        self._awaiting_second_click = False
+
+    # ------------------------------------------------------------------ mouse
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        pos = event.position().toPoint()
+        button = event.button()
+        if self._record is None:
+            super().mousePressEvent(event)
+            return
+        if button == Qt.MouseButton.RightButton or (button == Qt.MouseButton.LeftButton and self._mode == "window"):
+            self._drag = ("window", pos, self._state.center_width)
+            self.viewport().setCursor(Qt.CursorShape.SizeAllCursor)
+        elif button == Qt.MouseButton.MiddleButton or (button == Qt.MouseButton.LeftButton and self._mode == "pan"):
+            self._drag = ("pan", pos, pos)
+            self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
+        elif button == Qt.MouseButton.LeftButton and self._mode == "measure":
+            if self._awaiting_second_click:
+                self._finish_draft(pos)
+            else:
+                self._start_draft(pos)
+                self._drag = ("measure", pos, None)
+        event.accept()
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        pos = event.position().toPoint()
+        self.pixel_hovered.emit(self.pixel_at(pos))
+        if self._drag is None:
+            if self._awaiting_second_click:
+                self._update_draft(pos)
+            return
+        kind, start, data = self._drag
+        if kind == "window":
+            c0, w0 = data  # type: ignore[misc]
+            d = pos - start
+            width = w0 * 2.0 ** (d.x() / _WL_WIDTH_PX)
+            center = c0 + d.y() / _WL_CENTER_PX * w0
+            self.session.set_center_width(center, width)
+        elif kind == "pan":
+            last: QPoint = data  # type: ignore[assignment]
+            d = pos - last
+            self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() - d.x())
+            self.verticalScrollBar().setValue(self.verticalScrollBar().value() - d.y())
+            self._drag = ("pan", start, pos)
+            if self._state.zoom_mode == "fit":
+                self.session.set_zoom_mode("free")
+            self.viewport().update()
+        elif kind == "measure":
+            self._update_draft(pos)
+        event.accept()
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        pos = event.position().toPoint()
+        if self._drag is not None:
+            kind, start, _ = self._drag
+            self._drag = None
+            if kind == "window":
+                self._render_now()
+            elif kind == "measure":
+                if (pos - start).manhattanLength() < _CLICK_SLOP_PX:
+                    self._awaiting_second_click = True  # click-click measuring
+                else:
+                    self._finish_draft(pos)
+            if kind != "measure":
+                self._restore_cursor()
+        event.accept()
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        if self._mode == "measure":
+            self.mousePressEvent(event)
+            return
+        if event.button() == Qt.MouseButton.LeftButton and self._record is not None:
+            self.fit()
+        event.accept()
+
+    def leaveEvent(self, event: object) -> None:  # noqa: N802 - Qt override
+        self.pixel_hovered.emit(None)
+        super().leaveEvent(event)
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
+        steps = event.angleDelta().y() / 120.0
+        if steps == 0 or self._record is None:
+            event.ignore()
+            return
+        step = float(self.session.preference("zoom_step") or 1.25)
+        self.zoom_by(step**steps, event.position().toPoint())
+        event.accept()
+
+    def keyPressEvent(self, event: object) -> None:  # noqa: N802 - Qt override
+        if getattr(event, "key", lambda: None)() == Qt.Key.Key_Escape and (self._draft is not None):
+            self._cancel_draft()
+            return
+        super().keyPressEvent(event)
+
+    # ------------------------------------------------------------------ drag and drop
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:  # noqa: N802 - Qt override
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        paths = dropped_paths(event)
+        if paths:
+            event.acceptProposedAction()
+            self.files_dropped.emit(paths)
+        else:
+            event.ignore()
+
+
+def dropped_paths(event: QDropEvent) -> list[Path]:
+    """Local files and folders carried by a drop."""
+    mime = event.mimeData()
+    if not mime.hasUrls():
+        return []
+    return [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile()]

@@ -1,0 +1,721 @@
+"""The main window: menus, toolbar, status bar, docks, loading and persistence.
+
+All state lives in the :class:`Session`; this window wires widgets to it, sends
+slow work (reading, scanning, thumbnails) to a :class:`TaskRunner`, and turns
+errors into non-blocking messages. Other panels (findings, heatmap controls,
+report) attach with :meth:`MainWindow.add_panel` and may queue their own work
+with :meth:`MainWindow.submit`; :meth:`wait_idle` then waits for it as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QEventLoop, QSettings, QSize, Qt, QThread, Signal
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QDialog,
+    QDialogButtonBox,
+    QDockWidget,
+    QFileDialog,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QProgressBar,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cxr_viewer.core.errors import CXRError
+from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.session import DEFAULT_PREFERENCES, DisplayState, Session
+from cxr_viewer.qt.canvas import ImageCanvas, PixelInfo, dropped_paths
+from cxr_viewer.qt.icons import icon
+from cxr_viewer.qt.study_browser import StudyBrowser, make_thumbnail, thumbnail_array
+from cxr_viewer.qt.tag_browser import TagBrowser
+from cxr_viewer.qt.workers import Task, TaskRunner
+
+log = logging.getLogger(__name__)
+
+ORGANIZATION = "cxr-viewer"
+APPLICATION = "cxr-viewer"
+MAX_RECENT = 10
+IMAGE_FILTER = "Chest X-rays (*.dcm *.dicom *.dic *.png *.jpg *.jpeg *.tif *.tiff);;All files (*)"
+PRESET_KEYS = ("1", "2", "3", "4", "5", "6")
+
+#: Mouse gestures listed in the shortcuts dialog next to the keyboard actions.
+MOUSE_HELP = (
+    ("Window / level", "Right-drag (left/right: width, up/down: level)"),
+    ("Zoom around the cursor", "Mouse wheel"),
+    ("Pan", "Middle-drag, or left-drag with the Pan tool"),
+    ("Measure a distance", "Measure tool: drag, or click start and end"),
+    ("Fit to window", "Double-click"),
+)
+
+
+def user_message(exc: BaseException, path: Path | None = None) -> str:
+    """A sentence for the radiologist; domain errors already carry one."""
+    if isinstance(exc, CXRError):
+        return exc.message
+    name = path.name if path is not None else "the file"
+    if isinstance(exc, MemoryError):
+        return f"Not enough memory to open {name}. Close other programs and try again."
+    return f"Could not open {name} because of an unexpected error ({type(exc).__name__}). Details are in the log."
+
+
+class MainWindow(QMainWindow):
+    """The viewer window. ``interactive=False`` (screenshots, batch) never opens dialogs."""
+
+    idle = Signal()  # all background work has finished
+    image_loaded = Signal(object)  # ImageRecord
+    load_failed = Signal(str)  # the message shown to the user
+
+    def __init__(
+        self,
+        session: Session | None = None,
+        settings: QSettings | None = None,
+        *,
+        interactive: bool = True,
+        persist: bool = True,
+        models_dir: Path | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.session = session if session is not None else Session()
+        self.settings = settings if settings is not None else QSettings(ORGANIZATION, APPLICATION)
+        self.interactive = interactive
+        self.persist = persist
+        self.models_dir = models_dir
+        self.last_error: str | None = None
+        self.error_dialog: QMessageBox | None = None
+        self._current_path: Path | None = None
+        self._panels: list[QDockWidget] = []
+        self._hidden_docks: list[QDockWidget] = []
+        self.action_map: dict[str, QAction] = {}  # every action by key; the shortcuts dialog lists them
+
+        self.setWindowTitle("cxr-viewer")
+        self.setAcceptDrops(True)
+        self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
+        self.runner = TaskRunner(self.session, self)
+
+        self.canvas = ImageCanvas(self.session, self)
+        self.setCentralWidget(self.canvas)
+        self._build_docks()
+        self._build_actions()
+        self._build_menus()
+        self._build_toolbar()
+        self._build_status_bar()
+        self._connect()
+        self._restore_settings()
+        self.canvas.set_mode("pan")
+
+    # ------------------------------------------------------------------ construction
+    def _build_docks(self) -> None:
+        self.study_browser = StudyBrowser(self)
+        self.studies_dock = self._dock(self.study_browser, "Studies", "dock_studies", Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.tag_browser = TagBrowser(self)
+        self.tags_dock = self._dock(self.tag_browser, "DICOM tags", "dock_tags", Qt.DockWidgetArea.RightDockWidgetArea)
+        self.tags_dock.hide()
+        self.resizeDocks([self.studies_dock], [230], Qt.Orientation.Horizontal)
+
+    def _dock(self, widget: QWidget, title: str, name: str, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)  # needed for saveState/restoreState
+        dock.setWidget(widget)
+        dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetClosable
+            | QDockWidget.DockWidgetFeature.DockWidgetMovable
+            | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+        )
+        self.addDockWidget(area, dock)
+        return dock
+
+    def add_panel(self, widget: QWidget, title: str, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
+        """Dock a panel (findings, heatmap controls, report...) on the right; returns its dock."""
+        slug = "".join(ch if ch.isalnum() else "_" for ch in title.lower())
+        dock = self._dock(widget, title, f"panel_{slug}", area)
+        self._panels.append(dock)
+        if self.persist and self.settings.contains("window/state"):
+            self.restoreDockWidget(dock)
+        self._panels_menu.addAction(dock.toggleViewAction())
+        return dock
+
+    @property
+    def panels(self) -> list[QDockWidget]:
+        return list(self._panels)
+
+    def _act(
+        self,
+        key: str,
+        text: str,
+        slot: Callable[..., Any] | None = None,
+        shortcut: str | QKeySequence.StandardKey | Sequence[str] | None = None,
+        icon_name: str | None = None,
+        tip: str | None = None,
+        checkable: bool = False,
+    ) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            if isinstance(shortcut, QKeySequence.StandardKey):
+                action.setShortcuts(shortcut)
+            elif isinstance(shortcut, str):
+                action.setShortcut(QKeySequence(shortcut))
+            else:
+                action.setShortcuts([QKeySequence(s) for s in shortcut])
+        if icon_name:
+            action.setIcon(icon(icon_name))
+        action.setCheckable(checkable)
+        keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in action.shortcuts())
+        action.setToolTip(f"{tip or text.replace('&', '')}" + (f"  ({keys})" if keys else ""))
+        action.setStatusTip(tip or text.replace("&", ""))
+        if slot is not None:
+            action.triggered.connect(slot)
+        action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        self.addAction(action)  # shortcuts work even with the menu bar hidden
+        self.action_map[key] = action
+        return action
+
+    def _build_actions(self) -> None:
+        s, c = self.session, self.canvas
+        a = self._act
+        a("open_file", "&Open File…", self.open_file_dialog, QKeySequence.StandardKey.Open, "open", "Open a DICOM, PNG or JPEG file")
+        a("open_folder", "Open &Folder…", self.open_folder_dialog, "Ctrl+Shift+O", "folder", "Scan a folder into the study browser")
+        a("export_view", "&Export View as PNG…", self.export_view_dialog, "Ctrl+E", "export", "Save what the canvas shows as a PNG")
+        a("quit", "&Quit", self.close, QKeySequence.StandardKey.Quit)
+
+        a("fit", "&Fit to Window", c.fit, "F", "fit")
+        a("actual_size", "Actual &Size (1:1)", c.actual_size, "Ctrl+0", "actual", "One image pixel per screen pixel")
+        a("zoom_in", "Zoom &In", lambda: c.zoom_by(float(s.preference("zoom_step"))), ["+", "=", "Ctrl++"], "zoom_in")
+        a("zoom_out", "Zoom &Out", lambda: c.zoom_by(1.0 / float(s.preference("zoom_step"))), ["-", "Ctrl+-"], "zoom_out")
+        a("rotate_cw", "Rotate &Right 90°", lambda: s.rotate(90), "R", "rotate")
+        a("rotate_ccw", "Rotate &Left 90°", lambda: s.rotate(-90), "Shift+R")
+        a("flip_h", "Flip &Horizontal", s.flip_horizontal, "H", "flip_h")
+        a("flip_v", "Flip &Vertical", s.flip_vertical, "V", "flip_v")
+        a("invert", "&Invert", s.toggle_invert, "I", "invert", "Invert grey levels", checkable=True)
+        a("reset", "&Reset View", s.reset_display, "Home", "reset", "Default window, no rotation, fitted")
+        a("demographics", "Show &Demographics", lambda on: s.set_preference("show_demographics", on), "D",
+          tip="Show patient name, ID, age and date on the image", checkable=True)
+        a("toggle_panels", "Hide/Show &Panels", self.toggle_panels, "Ctrl+B")
+        a("fullscreen", "F&ull Screen", self.toggle_fullscreen, "F11")
+
+        self.preset_group = QActionGroup(self)
+        self.preset_group.setExclusionPolicy(QActionGroup.ExclusionPolicy.ExclusiveOptional)
+        from cxr_viewer.core.session import window_presets
+
+        for key, name in zip(PRESET_KEYS, window_presets()):
+            act = a(f"preset_{name}", f"{name}", lambda _=False, n=name: s.apply_preset(n), key,
+                    tip=f"Window preset: {name}", checkable=True)
+            self.preset_group.addAction(act)
+
+        self.mode_group = QActionGroup(self)
+        for mode, text, key, ic in (
+            ("pan", "&Pan Tool", "P", "pan"),
+            ("measure", "&Measure Distance", "M", "measure"),
+            ("window", "&Window/Level Tool", "W", "window"),
+        ):
+            act = a(f"mode_{mode}", text, lambda _=False, m=mode: c.set_mode(m), key, ic, checkable=True)
+            self.mode_group.addAction(act)
+        self.action_map["mode_pan"].setChecked(True)
+        a("clear_measurements", "&Clear Measurements", s.clear_measurements, ["Delete", "Backspace"])
+        tags = self.tags_dock.toggleViewAction()
+        tags.setText("DICOM &Tag Browser")
+        tags.setShortcut(QKeySequence("Ctrl+T"))
+        tags.setIcon(icon("tags"))
+        tags.setToolTip("DICOM tag browser  (Ctrl+T)")
+        self.addAction(tags)
+        self.action_map["tag_browser"] = tags
+        studies = self.studies_dock.toggleViewAction()
+        studies.setText("&Study Browser")
+        studies.setShortcut(QKeySequence("Ctrl+Shift+B"))
+        self.addAction(studies)
+        self.action_map["study_browser"] = studies
+
+        a("shortcuts", "&Keyboard Shortcuts", self.show_shortcuts, ["F1", "?"])
+        a("about", "&About cxr-viewer", self.show_about)
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        m = bar.addMenu("&File")
+        m.addAction(self.action_map["open_file"])
+        m.addAction(self.action_map["open_folder"])
+        self.recent_menu = m.addMenu("Open &Recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        m.addSeparator()
+        m.addAction(self.action_map["export_view"])
+        m.addSeparator()
+        m.addAction(self.action_map["quit"])
+
+        m = bar.addMenu("&View")
+        for key in ("fit", "actual_size", "zoom_in", "zoom_out"):
+            m.addAction(self.action_map[key])
+        m.addSeparator()
+        for key in ("rotate_cw", "rotate_ccw", "flip_h", "flip_v", "invert"):
+            m.addAction(self.action_map[key])
+        m.addSeparator()
+        presets = m.addMenu("Window &Presets")
+        for act in self.preset_group.actions():
+            presets.addAction(act)
+        m.addAction(self.action_map["reset"])
+        m.addSeparator()
+        m.addAction(self.action_map["demographics"])
+        panels = m.addMenu("P&anels")
+        panels.addAction(self.action_map["study_browser"])
+        panels.addAction(self.action_map["tag_browser"])
+        self._panels_menu = panels
+        m.addAction(self.action_map["toggle_panels"])
+        m.addAction(self.action_map["fullscreen"])
+
+        m = bar.addMenu("&Tools")
+        for act in self.mode_group.actions():
+            m.addAction(act)
+        m.addAction(self.action_map["clear_measurements"])
+        m.addSeparator()
+        m.addAction(self.action_map["tag_browser"])
+
+        m = bar.addMenu("&Help")
+        m.addAction(self.action_map["shortcuts"])
+        m.addAction(self.action_map["about"])
+
+    def _build_toolbar(self) -> None:
+        tb = QToolBar("Main toolbar", self)
+        tb.setObjectName("toolbar_main")
+        tb.setIconSize(QSize(22, 22))
+        tb.setMovable(False)
+        for key in ("open_file", "open_folder", None, "mode_pan", "mode_measure", "mode_window", None,
+                    "fit", "actual_size", "zoom_in", "zoom_out", None, "rotate_cw", "flip_h", "flip_v", "invert",
+                    "reset", None, "tag_browser", "export_view"):
+            if key is None:
+                tb.addSeparator()
+            else:
+                tb.addAction(self.action_map[key])
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, tb)
+        self.toolbar = tb
+
+    def _build_status_bar(self) -> None:
+        sb = self.statusBar()
+        sb.setSizeGripEnabled(False)
+        self.busy_bar = QProgressBar(self)
+        self.busy_bar.setRange(0, 0)  # indeterminate: reading has no meaningful percentage
+        self.busy_bar.setFixedWidth(110)
+        self.busy_bar.setTextVisible(False)
+        self.busy_bar.hide()
+        self.pixel_label = QLabel("", self)
+        self.window_label = QLabel("", self)
+        self.zoom_label = QLabel("", self)
+        self.spacing_label = QLabel("", self)
+        for w in (self.pixel_label, self.window_label, self.zoom_label, self.spacing_label):
+            w.setTextFormat(Qt.TextFormat.PlainText)
+        self.pixel_label.setMinimumWidth(230)
+        sb.addPermanentWidget(self.busy_bar)
+        sb.addPermanentWidget(self.pixel_label)
+        sb.addPermanentWidget(self.window_label)
+        sb.addPermanentWidget(self.zoom_label)
+        sb.addPermanentWidget(self.spacing_label)
+        sb.showMessage("Ready: drop a chest X-ray or a folder, or press Ctrl+O")
+
+    def _connect(self) -> None:
+        ev = self.session.events
+        ev.display_changed.connect(self._on_display)
+        ev.record_changed.connect(self._on_record)
+        ev.studies_changed.connect(self.study_browser.set_patients)
+        ev.open_files_changed.connect(self.study_browser.set_opened_files)
+        ev.busy_changed.connect(self._on_busy)
+        ev.error.connect(self._on_session_error)
+        ev.preferences_changed.connect(self._on_preference)
+        self.canvas.pixel_hovered.connect(self._on_pixel)
+        self.canvas.files_dropped.connect(self.open_paths)
+        self.canvas.mode_changed.connect(self._on_mode)
+        self.study_browser.open_requested.connect(self.open_file)
+
+    def _disconnect(self) -> None:
+        ev = self.session.events
+        for sig, slot in (
+            (ev.display_changed, self._on_display),
+            (ev.record_changed, self._on_record),
+            (ev.studies_changed, self.study_browser.set_patients),
+            (ev.open_files_changed, self.study_browser.set_opened_files),
+            (ev.busy_changed, self._on_busy),
+            (ev.error, self._on_session_error),
+            (ev.preferences_changed, self._on_preference),
+        ):
+            sig.disconnect(slot)
+        self.canvas.disconnect_session()
+
+    # ------------------------------------------------------------------ opening
+    def open_paths(self, paths: Iterable[str | Path]) -> None:
+        """Open files and folders (command line, drop, dialogs): folders go to the study browser."""
+        files: list[Path] = []
+        for p in (Path(x) for x in paths):
+            if p.is_dir():
+                self.open_folder(p)
+            else:
+                files.append(p)
+        for p in files[1:]:
+            if p.is_file():
+                self.session.add_open_file(p)
+        if files:
+            self.open_file(files[0])
+
+    def open_file(self, path: str | Path) -> Task:
+        """Read an image off the GUI thread; a newer request supersedes this one."""
+        path = Path(path)
+        self.statusBar().showMessage(f"Opening {path.name}…")
+        return self.runner.submit(
+            _read_image, path, channel="load",
+            on_result=lambda rec, p=path: self._on_loaded(p, rec),
+            on_error=lambda exc, p=path: self._on_load_error(p, exc),
+        )
+
+    def open_folder(self, folder: str | Path) -> Task:
+        """Scan a folder (headers only) into the study browser, then make thumbnails."""
+        folder = Path(folder)
+        self.statusBar().showMessage(f"Scanning {folder.name}…")
+        return self.runner.submit(
+            _scan_folder, folder,
+            on_result=lambda result, f=folder: self._on_scanned(f, result),
+            on_error=lambda exc, f=folder: self.show_error(user_message(exc, f), "Could not scan the folder"),
+        )
+
+    def _on_loaded(self, path: Path, record: ImageRecord) -> None:
+        self._current_path = path
+        self.session.set_record(record)
+        self.add_recent(path)
+        self.setWindowTitle(f"{path.name} — cxr-viewer")
+        lo, hi = self.session.display.window
+        if not self.study_browser.has_thumbnail(path):
+            self.study_browser.set_thumbnail(path, thumbnail_array(record.pixels, lo, hi))
+        self.study_browser.select_path(path)
+        notes = " ".join(record.notices)
+        self.statusBar().showMessage(f"Opened {path.name}" + (f" — {notes}" if notes else ""), 10000)
+        self.image_loaded.emit(record)
+
+    def _on_load_error(self, path: Path, exc: BaseException) -> None:
+        if not isinstance(exc, CXRError):
+            log.error("unexpected error while reading an image", exc_info=exc)
+        self.show_error(user_message(exc, path), "Could not open image")
+
+    def _on_scanned(self, folder: Path, result: Any) -> None:
+        patients = list(result)
+        skipped = list(getattr(result, "skipped", []))
+        if patients:
+            self.session.add_studies(patients)
+            msg = f"Found {sum(len(p.instances) for p in patients)} image(s) in {folder.name}"
+            if skipped:
+                msg += f"; skipped {len(skipped)} file(s) that are not readable images"
+            self.statusBar().showMessage(msg, 15000)
+            if self.session.record is None:
+                first = patients[0].instances[0].path
+                self.open_file(first)
+            self._queue_thumbnails()
+        else:
+            reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:3])
+            self.show_error(
+                f"No readable chest X-ray images were found in {folder.name}." + (f" ({reasons})" if reasons else ""),
+                "Nothing to show",
+            )
+
+    def _queue_thumbnails(self) -> None:
+        paths = self.study_browser.missing_thumbnails()
+        if paths:
+            self.runner.submit(_thumbnails, paths, on_progress=self._on_thumbnail)
+
+    def _on_thumbnail(self, item: tuple[Path, Any]) -> None:
+        path, thumb = item
+        if thumb is not None:
+            self.study_browser.set_thumbnail(path, thumb)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
+        """Queue other background work (e.g. analysis); it counts for busy/idle."""
+        return self.runner.submit(fn, *args, **kwargs)
+
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Process events until no background work is left (screenshots, tests)."""
+        deadline = time.monotonic() + timeout_s
+        app = QApplication.instance()
+        while time.monotonic() < deadline:
+            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            if not self.session.busy and self.runner.pending == 0:
+                app.processEvents()
+                self.canvas.flush()
+                return True
+            QThread.msleep(5)
+        return False
+
+    # ------------------------------------------------------------------ dialogs
+    def open_file_dialog(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Open chest X-ray", self._last_dir(), IMAGE_FILTER)
+        if paths:
+            self.open_paths(paths)
+
+    def open_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open folder of studies", self._last_dir())
+        if folder:
+            self.open_folder(folder)
+
+    def export_view_dialog(self) -> None:
+        if self.session.record is None:
+            self.statusBar().showMessage("Nothing to export: open an image first", 5000)
+            return
+        stem = self._current_path.stem if self._current_path else "view"
+        path, _ = QFileDialog.getSaveFileName(self, "Export view as PNG", str(Path(self._last_dir()) / f"{stem}_view.png"), "PNG image (*.png)")
+        if path:
+            self.export_view(path)
+
+    def export_view(self, path: str | Path) -> bool:
+        """Save the canvas as shown (window, zoom, overlays, corner text) to a PNG."""
+        self.canvas.flush()
+        path = Path(path).with_suffix(".png") if Path(path).suffix.lower() != ".png" else Path(path)
+        ok = self.canvas.viewport().grab().save(str(path), "PNG")
+        if ok:
+            self.statusBar().showMessage(f"Saved view to {path.name}", 8000)
+        else:
+            self.show_error(f"Could not write {path.name}. Check that the folder exists and is writable.", "Export failed")
+        return ok
+
+    def show_error(self, message: str, title: str = "Problem") -> None:
+        """Tell the user without blocking: status bar always, a modeless dialog when interactive."""
+        self.last_error = message
+        self.statusBar().showMessage(message, 20000)
+        if self.interactive:
+            if self.error_dialog is not None:
+                self.error_dialog.close()
+            box = QMessageBox(QMessageBox.Icon.Warning, title, message, QMessageBox.StandardButton.Ok, self)
+            box.setWindowModality(Qt.WindowModality.NonModal)
+            box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, False)
+            box.show()
+            self.error_dialog = box
+        self.load_failed.emit(message)
+
+    def shortcut_rows(self) -> list[tuple[str, str]]:
+        """(action, keys) for every action that has a shortcut, then the mouse gestures."""
+        rows = []
+        for act in self.action_map.values():
+            keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in act.shortcuts())
+            if keys:
+                rows.append((act.text().replace("&", ""), keys))
+        return rows + list(MOUSE_HELP)
+
+    def show_shortcuts(self) -> QDialog:
+        dlg = QDialog(self)
+        dlg.setWindowTitle("Keyboard shortcuts")
+        rows = self.shortcut_rows()
+        table = QTableWidget(len(rows), 2, dlg)
+        table.setHorizontalHeaderLabels(["Action", "Shortcut"])
+        table.verticalHeader().hide()
+        table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        for r, (name, keys) in enumerate(rows):
+            table.setItem(r, 0, QTableWidgetItem(name))
+            table.setItem(r, 1, QTableWidgetItem(keys))
+        table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        table.horizontalHeader().setStretchLastSection(True)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, dlg)
+        buttons.rejected.connect(dlg.close)
+        layout = QVBoxLayout(dlg)
+        layout.addWidget(table)
+        layout.addWidget(buttons)
+        dlg.resize(520, 560)
+        dlg.setModal(False)
+        dlg.show()
+        self.shortcuts_dialog = dlg
+        return dlg
+
+    def show_about(self) -> None:
+        from cxr_viewer import __version__
+
+        box = QMessageBox(QMessageBox.Icon.Information, "About cxr-viewer",
+                          f"cxr-viewer {__version__}\n\nChest X-ray viewer with local analysis; "
+                          "everything runs on this computer.\n\nResearch use only. Not a medical device.",
+                          QMessageBox.StandardButton.Ok, self)
+        box.setWindowModality(Qt.WindowModality.NonModal)
+        box.show()
+
+    # ------------------------------------------------------------------ view actions
+    def toggle_panels(self) -> None:
+        """Hide every dock for a full-size image; pressing again brings the same ones back."""
+        docks = [d for d in self.findChildren(QDockWidget) if d.parent() is self]
+        visible = [d for d in docks if d.isVisible()]
+        if visible:
+            self._hidden_docks = visible
+            for d in visible:
+                d.hide()
+        else:
+            for d in self._hidden_docks or [self.studies_dock]:
+                d.show()
+            self._hidden_docks = []
+
+    def toggle_fullscreen(self) -> None:
+        self.showNormal() if self.isFullScreen() else self.showFullScreen()
+
+    # ------------------------------------------------------------------ session -> widgets
+    def _on_record(self, record: ImageRecord | None) -> None:
+        self.tag_browser.set_record(record)
+        self.spacing_label.setText(_spacing_text(record))
+        self.spacing_label.setToolTip(_spacing_tip(record))
+
+    def _on_display(self, state: DisplayState) -> None:
+        c, w = state.center_width
+        self.window_label.setText(f"C {c:.3f}  W {w:.3f}")
+        self.zoom_label.setText(f"Zoom {state.zoom * 100:.0f}%")
+        inv = self.action_map["invert"]
+        if inv.isChecked() != state.invert:
+            inv.blockSignals(True)
+            inv.setChecked(state.invert)
+            inv.blockSignals(False)
+        for act in self.preset_group.actions():
+            want = act.text() == state.preset
+            if act.isChecked() != want:
+                act.setChecked(want)
+
+    def _on_pixel(self, info: PixelInfo | None) -> None:
+        if info is None:
+            self.pixel_label.setText("")
+        else:
+            self.pixel_label.setText(f"row {info.row}, col {info.col}: value {info.value:.4f}")
+
+    def _on_busy(self, busy: bool) -> None:
+        self.busy_bar.setVisible(busy)
+        if not busy:
+            self.idle.emit()
+
+    def _on_mode(self, mode: str) -> None:
+        act = self.action_map.get(f"mode_{mode}")
+        if act is not None and not act.isChecked():
+            act.setChecked(True)
+
+    def _on_session_error(self, exc: BaseException) -> None:
+        self.show_error(user_message(exc), "Problem")
+
+    def _on_preference(self, key: str, value: Any) -> None:
+        if key == "show_demographics":
+            act = self.action_map["demographics"]
+            if act.isChecked() != bool(value):
+                act.setChecked(bool(value))
+            self.study_browser.set_show_identity(bool(value))
+        if self.persist:
+            self.settings.setValue(f"preferences/{key}", value)
+
+    # ------------------------------------------------------------------ recent files and settings
+    def recent_files(self) -> list[Path]:
+        value = self.settings.value("recent_files", [], type=list) or []
+        return [Path(v) for v in value if v]
+
+    def add_recent(self, path: Path) -> None:
+        if not self.persist:
+            return
+        items = [str(path.resolve())] + [str(p) for p in self.recent_files() if str(p) != str(path.resolve())]
+        self.settings.setValue("recent_files", items[:MAX_RECENT])
+
+    def _fill_recent_menu(self) -> None:
+        menu: QMenu = self.recent_menu
+        menu.clear()
+        recent = self.recent_files()
+        for i, path in enumerate(recent, start=1):
+            act = menu.addAction(f"&{i % 10} {path.name}")
+            act.setToolTip(str(path.parent))
+            act.setEnabled(path.exists())
+            act.triggered.connect(lambda _=False, p=path: self.open_paths([p]))
+        if not recent:
+            menu.addAction("(none)").setEnabled(False)
+        else:
+            menu.addSeparator()
+            menu.addAction("Clear list", lambda: self.settings.remove("recent_files"))
+
+    def _last_dir(self) -> str:
+        recent = self.recent_files()
+        return str(recent[0].parent) if recent else str(Path.home())
+
+    def _restore_settings(self) -> None:
+        st = self.settings
+        for key, default in DEFAULT_PREFERENCES.items():
+            value = st.value(f"preferences/{key}", default, type=type(default))
+            self.session.set_preference(key, value)
+        show = bool(self.session.preference("show_demographics"))
+        self.action_map["demographics"].setChecked(show)
+        self.study_browser.set_show_identity(show)
+        self.canvas.set_show_demographics(show)
+        geometry = st.value("window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1400, 900)
+        state = st.value("window/state")
+        if isinstance(state, QByteArray) and not state.isEmpty():
+            self.restoreState(state)
+
+    def save_settings(self) -> None:
+        if not self.persist:
+            return
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
+        for key, value in self.session.preferences.items():
+            self.settings.setValue(f"preferences/{key}", value)
+        self.settings.sync()
+
+    # ------------------------------------------------------------------ Qt events
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        paths = dropped_paths(event)
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        self.save_settings()
+        self.runner.cancel_all()
+        self.runner.wait(3000)
+        if self.error_dialog is not None:
+            self.error_dialog.close()
+        self._disconnect()
+        super().closeEvent(event)
+
+
+# --------------------------------------------------------------------------- worker functions
+def _read_image(path: Path) -> ImageRecord:
+    from cxr_viewer.core.io import read_image
+
+    return read_image(path)
+
+
+def _scan_folder(folder: Path) -> Any:
+    from cxr_viewer.core.io import scan_folder
+
+    return scan_folder(folder)
+
+
+def _thumbnails(paths: list[Path]) -> Iterator[tuple[Path, Any]]:
+    for path in paths:
+        try:
+            yield make_thumbnail(path)
+        except Exception:  # noqa: BLE001 - a bad file keeps its placeholder, the rest go on
+            log.debug("no thumbnail for one file", exc_info=True)
+            yield path, None
+
+
+def _spacing_text(record: ImageRecord | None) -> str:
+    if record is None:
+        return ""
+    if record.spacing_mm is None:
+        return "Spacing: unknown (px)"
+    r, c = record.spacing_mm
+    return f"Spacing {r:.3f} mm" if abs(r - c) < 1e-6 else f"Spacing {r:.3f} × {c:.3f} mm"
+
+
+def _spacing_tip(record: ImageRecord | None) -> str:
+    if record is None:
+        return ""
+    from cxr_viewer.core.imaging.geometry import describe_spacing
+
+    return describe_spacing(record)
