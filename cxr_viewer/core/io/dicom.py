@@ -86,6 +86,7 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise NoPixelDataError(_no_pixels_message(ds, path), path=path)
 
     check_frame_size(ds, max_pixels, path)
+    check_transfer_syntax(ds, path)
     if pixel_kw == "PixelData":
         check_decoder(ds, path)
         check_native_length(ds, path, notices)
@@ -231,13 +232,27 @@ def check_frame_size(ds: "Dataset", max_pixels: int, path: Path) -> None:
         )
 
 
+def check_transfer_syntax(ds: "Dataset", path: Path) -> None:
+    """A damaged or private Transfer Syntax UID cannot be decoded: say so plainly."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    value = meta.get("TransferSyntaxUID") if meta is not None else None
+    if value is not None and not UID(str(value)).is_transfer_syntax:
+        raise UnsupportedImageError(
+            f"The DICOM file {path.name} declares an unknown encoding (Transfer Syntax '{value}'), "
+            "so its image cannot be decoded. The file may be damaged; export it again.",
+            path=path,
+        )
+
+
 def check_decoder(ds: "Dataset", path: Path) -> None:
     """Fail early, naming the package to install, when a compressed syntax has no decoder."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID
 
     tsyntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")))
-    if not tsyntax.is_encapsulated and tsyntax.is_transfer_syntax:
+    if tsyntax.is_transfer_syntax and not tsyntax.is_encapsulated:
         return
     name = tsyntax.name if tsyntax.is_transfer_syntax else str(tsyntax)
     try:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
-from cxr_viewer.core.errors import EmptyFileError, ImageReadError, NotAnImageError
+from cxr_viewer.core.errors import CXRError, EmptyFileError, ImageReadError, ImageTooLargeError, NotAnImageError
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.io.sniff import HEAD_BYTES, sniff_bytes
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -32,16 +36,34 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if not head:
         raise EmptyFileError(f"The file {path.name} is empty (0 bytes). Copy or export it again.", path=path)
     kind = sniff_bytes(head)
-    if kind == "dicom":
-        from cxr_viewer.core.io.dicom import read_dicom
+    if kind is None:
+        raise NotAnImageError(
+            f"The file {path.name} is not a DICOM, PNG, JPEG or TIFF image "
+            "(its contents do not match any of these formats, whatever its name says).",
+            path=path,
+        )
+    try:
+        with warnings.catch_warnings():
+            # pydicom and Pillow warn about odd values while parsing; our notices say what matters
+            warnings.simplefilter("ignore", UserWarning)
+            if kind == "dicom":
+                from cxr_viewer.core.io.dicom import read_dicom
 
-        return read_dicom(path, max_pixels=max_pixels)
-    if kind in ("png", "jpeg", "tiff"):
-        from cxr_viewer.core.io.raster import read_raster
+                return read_dicom(path, max_pixels=max_pixels)
+            from cxr_viewer.core.io.raster import read_raster
 
-        return read_raster(path, max_pixels=max_pixels, fmt=kind)
-    raise NotAnImageError(
-        f"The file {path.name} is not a DICOM, PNG, JPEG or TIFF image "
-        "(its contents do not match any of these formats, whatever its name says).",
-        path=path,
-    )
+            return read_raster(path, max_pixels=max_pixels, fmt=kind)
+    except CXRError:
+        raise
+    except MemoryError:
+        raise ImageTooLargeError(
+            f"There is not enough memory to open {path.name}. Close other images or programs and try again.",
+            path=path,
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - damaged files reach library code paths in endless ways
+        log.debug("unexpected %s while reading a %s file", type(exc).__name__, kind)
+        raise ImageReadError(
+            f"The {kind.upper()} file {path.name} is damaged and cannot be read "
+            f"({type(exc).__name__}). Copy or export it again.",
+            path=path,
+        ) from exc
