@@ -76,6 +76,30 @@ def write_bundle(model: "nn.Module", manifest: Mapping[str, Any], out_dir: str |
     return save_bundle(model, m, out_dir, dtype=dtype)
 
 
+def rewrite_manifest(manifest: Any, bundle_dir: str | Path, *, weights_from: str | Path | None = None) -> Path:
+    """Write ``manifest.json`` next to unchanged weights (thresholds, metrics, golden images).
+
+    The weights file is not re-encoded (only copied from ``weights_from`` when given), so
+    its sha256 stays what the manifest records; the copy is re-hashed to be sure.
+    """
+    from cxr_viewer.core.errors import BundleHashMismatchError
+    from cxr_viewer.core.models.bundle import MANIFEST_FILE, Manifest, sha256_file
+
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(dict(manifest))
+    dest = Path(bundle_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    wname = str(m.weights.get("file") or "model.safetensors")
+    if weights_from is not None and Path(weights_from).resolve() != dest.resolve():
+        shutil.copy2(Path(weights_from) / wname, dest / wname)
+    if sha256_file(dest / wname) != m.weights.get("sha256"):
+        raise BundleHashMismatchError(f"The weights in {dest} do not match the manifest being written.", path=dest)
+    m = Manifest.from_dict(m.to_dict())  # validate before writing
+    tmp = dest / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(m.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(dest / MANIFEST_FILE)
+    return dest
+
+
 def load_metrics(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -142,7 +166,9 @@ def export_bundle(
             with torch.no_grad():
                 s = scores_from_logits(exported.task, exported.model(x))[0].tolist()
             m["golden"].append({"image": rel, "scores": {lab: round(float(v), 6) for lab, v in zip(exported.labels, s)}})
-        save_bundle(exported.model, m, out, dtype=dtype, onnx=onnx)  # same weights -> same sha256
+        final = exported.manifest
+        final.golden = m["golden"]
+        rewrite_manifest(final, out)  # weights untouched: the recorded sha256 stays valid
     for extra in ("report.md",):
         p = Path(bundle) / extra
         if p.is_file():
