@@ -13,6 +13,7 @@ from cxr_viewer.core.errors import (
     ImageTooLargeError,
     MissingDecoderError,
     NoPixelDataError,
+    NotAnImageError,
     TruncatedFileError,
     UnsupportedImageError,
 )
@@ -223,6 +224,11 @@ def test_metadata_and_header(tmp_path: Path) -> None:
     assert "PixelData" not in rec.header and rec.header.PatientAge == "045Y"
     hdr = read_header(f)
     assert hdr.Rows == 32 and "PixelData" not in hdr
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "x.dcm", format="PNG")
+    with pytest.raises(NotAnImageError, match="PNG image"):
+        read_header(tmp_path / "x.dcm")
 
 
 def test_parse_age() -> None:

@@ -141,7 +141,16 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
 
 def read_header(path: str | Path, *, specific_tags: list[str] | None = None) -> "Dataset":
     """Header of a DICOM file without its pixel data (fast; for scans and the tag browser)."""
+    from cxr_viewer.core.io.sniff import sniff_file
+
     path = Path(path)
+    try:
+        kind = sniff_file(path)
+    except OSError:
+        kind = "dicom"  # let _dcmread report the missing or unreadable file
+    if kind != "dicom" and path.exists() and path.stat().st_size > 0:
+        what = f"a {kind.upper()} image" if kind else "not a DICOM file"
+        raise NotAnImageError(f"The file {path.name} is {what}, so it has no DICOM header.", path=path)
     return _dcmread(path, stop_before_pixels=True, specific_tags=specific_tags)
 
 

@@ -205,11 +205,11 @@ def _maybe_dicom_suffix(suffix: str) -> bool:
 
 
 def _add_dicom(file: Path, patients: dict, studies: dict, series: dict) -> None:
-    from cxr_viewer.core.io.dicom import read_header
+    from cxr_viewer.core.io.dicom import _dcmread  # the file was sniffed as DICOM already
 
     # specific_tags=_SCAN_TAGS was measured slower than a full header read (pydicom parses
     # every element header either way and converts values lazily), so it is not used.
-    ds = read_header(file)
+    ds = _dcmread(file, stop_before_pixels=True)
     if "Rows" not in ds or "Columns" not in ds:
         what = ""
         sop = ds.get("SOPClassUID")
