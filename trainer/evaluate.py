@@ -281,7 +281,7 @@ def cam_gallery(
 ) -> str | None:
     """Top-``k`` false positives (highest scores among negatives) and false negatives (lowest
     scores among positives) at the operating threshold, each with its Grad-CAM overlay."""
-    from cxr_viewer.core.inference.cam import compute_cam
+    from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
 
     j = loaded.labels.index(label)
@@ -292,15 +292,16 @@ def cam_gallery(
     if not fp and not fn:
         return None
     plt = _plt()
+    engine = InferenceEngine([loaded], device=str(next(loaded.model.parameters()).device), backend="torch", cache_size=0)
     rows = [("false positive", fp), ("false negative", fn)]
-    cols = max(len(fp), len(fn), 1)
+    cols = max(len(fp), len(fn), 2)
     fig, axes = plt.subplots(2, cols, figsize=(2.4 * cols, 5.0), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, (kind, idx) in enumerate(rows):
         for c, i in enumerate(idx):
             record = read_image(frame["image"].iloc[i])
-            heat = compute_cam(loaded, record, label)
+            heat = engine.cam(record, label, faithfulness=False).values  # the viewer's Grad-CAM path
             ax = axes[r, c]
             ax.imshow(record.model_pixels(), cmap="gray")
             ax.imshow(np.asarray(heat), cmap="jet", alpha=0.35, vmin=0, vmax=1)
