@@ -198,11 +198,12 @@ class ImageCanvas(QGraphicsView):
 
     def image_to_viewport(self, row: float, col: float) -> QPointF:
         """Where the centre of pixel (row, col) is drawn, in viewport coordinates."""
-        return QPointF(self.mapFromScene(QPointF(col + 0.5, row + 0.5)))
+        return self.viewportTransform().map(QPointF(col + 0.5, row + 0.5))
 
     def viewport_to_image(self, pos: QPoint | QPointF) -> tuple[float, float]:
         """(row, col) image point (pixel centres at integers) under a viewport position."""
-        pt = self.mapToScene(QPointF(pos).toPoint()) if isinstance(pos, QPointF) else self.mapToScene(pos)
+        inv, _ = self.viewportTransform().inverted()
+        pt = inv.map(QPointF(pos))
         return pt.y() - 0.5, pt.x() - 0.5
 
     def pixel_at(self, pos: QPoint) -> PixelInfo | None:

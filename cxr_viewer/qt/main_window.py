@@ -101,6 +101,7 @@ class MainWindow(QMainWindow):
         self._current_path: Path | None = None
         self._panels: list[QDockWidget] = []
         self._hidden_docks: list[QDockWidget] = []
+        self._state_restored = False
         self.action_map: dict[str, QAction] = {}  # every action by key; the shortcuts dialog lists them
 
         self.setWindowTitle("cxr-viewer")
@@ -145,8 +146,8 @@ class MainWindow(QMainWindow):
         slug = "".join(ch if ch.isalnum() else "_" for ch in title.lower())
         dock = self._dock(widget, title, f"panel_{slug}", area)
         self._panels.append(dock)
-        if self.persist and self.settings.contains("window/state"):
-            self.restoreDockWidget(dock)
+        if not (self._state_restored and self.restoreDockWidget(dock)):
+            dock.show()  # a panel the saved layout does not know yet
         self._panels_menu.addAction(dock.toggleViewAction())
         return dock
 
@@ -650,7 +651,7 @@ class MainWindow(QMainWindow):
             self.resize(1400, 900)
         state = st.value("window/state")
         if isinstance(state, QByteArray) and not state.isEmpty():
-            self.restoreState(state)
+            self._state_restored = self.restoreState(state)
 
     def save_settings(self) -> None:
         if not self.persist:
