@@ -36,7 +36,7 @@ def run_fractions(args: argparse.Namespace) -> Path:
         if not bundles[init]:
             raise TrainingConfigError(f"--inits includes {init} but no --{init} encoder bundle was given.")
     rows: list[dict[str, Any]] = []
-    split_file = args.split_file
+    split_file = args.split_file or _shared_split(args, root)
     for fraction in sorted(args.fractions):
         for init in args.inits:
             run = copy.copy(args)
@@ -47,7 +47,6 @@ def run_fractions(args: argparse.Namespace) -> Path:
             run.split_file = split_file
             run.resume = False
             res = run_finetune(run)
-            split_file = split_file or str(res.run_dir / "splits.csv")  # every run shares the first split
             ev = evaluate(res.bundle_dir, args.manifest, res.run_dir / "eval", split="test", split_file=split_file,
                           n_boot=args.bootstrap, seed=args.seed, gallery=0)  # fmt: skip
             m = json.loads((ev / "metrics.json").read_text())
@@ -61,6 +60,20 @@ def run_fractions(args: argparse.Namespace) -> Path:
     _plot(rows, root / "results.png")
     (root / "results.md").write_text(_table(rows, args), encoding="utf-8")
     return root / "results.md"
+
+
+def _shared_split(args: argparse.Namespace, root: Path) -> str:
+    """One patient-level split with every requested fraction, shared by all runs."""
+    from trainer.data.manifest import label_columns, read_manifest
+    from trainer.data.splits import label_fractions, make_splits, write_split_file
+
+    frame = read_manifest(args.manifest).frame
+    labels = list(args.labels or label_columns(frame))
+    frame = make_splits(frame, seed=args.seed, val=args.val_frac, test=args.test_frac, labels=labels)
+    frame = label_fractions(frame, tuple(sorted(set(args.fractions) | {1.0})), seed=args.seed, labels=labels)
+    path = root / "splits.csv"
+    write_split_file(frame, path)
+    return str(path)
 
 
 def _fmt(v: Any) -> str:

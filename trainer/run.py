@@ -87,8 +87,12 @@ def prepare_frame(args: argparse.Namespace, run_dir: Path, labels: list[str] | N
     else:
         frame = make_splits(frame, seed=args.seed, val=args.val_frac, test=args.test_frac, labels=labels)
     check_patient_level(frame)
-    if labels and not any(c.startswith("frac_") for c in frame.columns):
-        fractions = tuple(sorted(set(STANDARD_FRACTIONS) | {float(getattr(args, "fraction", 1.0))}))
+    from trainer.data.splits import fraction_column
+
+    wanted = float(getattr(args, "fraction", 1.0))
+    if labels and fraction_column(wanted) not in frame.columns:
+        fractions = tuple(sorted(set(STANDARD_FRACTIONS) | {wanted}))
+        frame = frame.drop(columns=[c for c in frame.columns if str(c).startswith("frac_")])
         frame = label_fractions(frame, fractions, seed=args.seed, labels=labels)
     sha = write_split_file(frame, split_path)
     info = {"split_file": str(split_path.resolve()), "split_sha256": sha, "datasets": ",".join(manifest.datasets)}
@@ -218,6 +222,7 @@ def build_trainer(
         strategy=args.strategy,
         precision=precision,
         max_epochs=int(args.max_epochs),
+        max_time=getattr(args, "max_time", None) or None,
         gradient_clip_val=float(args.grad_clip) or None,
         accumulate_grad_batches=int(args.accumulate),
         limit_train_batches=args.limit_train_batches,
