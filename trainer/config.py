@@ -83,6 +83,7 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue runs/<name> from its last checkpoint")
     g.add_argument("--ckpt-every-n-steps", type=int, default=0, help="also checkpoint every N steps (0 = per epoch only)")
     g.add_argument("--limit-train-batches", type=float, default=1.0, help="debug: use part of each epoch")
+    g.add_argument("--max-time", default=None, help="stop training after this wall time, DD:HH:MM:SS (Lightning max_time)")
     g.add_argument("--progress", default="auto", choices=["auto", "rich", "tqdm", "none"])
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
 
