@@ -1,0 +1,419 @@
+"""The inference engine: bundles in, findings / heatmaps / QC flags out.
+
+Designed for a Qt worker thread: every public method is synchronous and
+thread-safe (one lock per model, because CAM hooks mutate it; ONNX Runtime
+sessions are thread-safe on their own), and long calls take a
+:class:`~cxr_viewer.core.inference.results.CancelToken` checked between stages.
+Results are cached by (image content hash, weights sha256, thresholds).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_viewer.core.errors import BundleError, CXRError, InferenceError, UnknownLabelError
+from cxr_viewer.core.inference.qc import check_quality
+from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
+from cxr_viewer.core.io.record import ImageRecord
+
+if TYPE_CHECKING:
+    import torch
+
+    from cxr_viewer.core.inference.onnx_backend import OnnxRunner
+    from cxr_viewer.core.models.bundle import LoadedBundle
+    from cxr_viewer.core.models.preprocess import Preprocessing
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InferenceEngine", "configure_threads", "select_device"]
+
+NO_MODELS_WARNING = (
+    "No models found: only the image checks were run. Install model bundles in the models folder "
+    "or pass --models DIR."
+)
+
+
+def select_device(preference: "str | torch.device" = "auto") -> "torch.device":
+    """CUDA, then Apple MPS, then CPU for ``auto``; an explicit choice that is unavailable is an error."""
+    import torch
+
+    pref = str(preference).lower()
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(pref)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError("A CUDA GPU was requested but none is available; use --device cpu or auto.")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InferenceError("Apple MPS was requested but is not available; use --device cpu or auto.")
+    return dev
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Intra-op CPU threads for torch: ``threads``, else ``CXR_VIEWER_THREADS``, else torch's default.
+
+    torch defaults to the number of physical cores, which suits a desktop; the
+    variable lets a shared server keep the viewer to a few cores.
+    """
+    import torch
+
+    n = threads or int(os.environ.get("CXR_VIEWER_THREADS", "0") or 0)
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def _scores(logits: np.ndarray, task: str) -> np.ndarray:
+    """Logits (L,) -> probabilities: softmax across labels for multiclass, else independent sigmoids."""
+    z = logits.astype(np.float64)
+    if task == "multiclass":
+        e = np.exp(z - z.max())
+        return e / e.sum()
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class InferenceEngine:
+    """Runs every classifier bundle on an image; makes heatmaps on request.
+
+    ``backend``: ``auto`` uses a verified ONNX Runtime export on CPU (faster) and
+    torch on GPU; ``torch`` or ``onnx`` force one (``onnx`` still falls back to
+    torch, with a log warning, if the export cannot be verified).
+    """
+
+    def __init__(
+        self,
+        bundles: Iterable["LoadedBundle"] | None = None,
+        *,
+        device: "str | torch.device" = "auto",
+        backend: str = "auto",
+        cache_size: int = 64,
+        onnx_cache_dir: str | Path | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if backend not in ("auto", "torch", "onnx"):
+            raise ValueError("backend must be auto, torch or onnx")
+        self.device = select_device(device)
+        self.threads = configure_threads(threads)
+        self.backend = backend
+        self.onnx_cache_dir = onnx_cache_dir
+        self._lock = threading.RLock()
+        self._bundles: list[LoadedBundle] = []
+        self._runners: dict[str, OnnxRunner | None] = {}  # sha -> runner (None: torch)
+        self._user_thresholds: dict[tuple[str, str], float] = {}
+        self._cache: OrderedDict[tuple, AnalysisResult] = OrderedDict()
+        self._cam_cache: OrderedDict[tuple, Heatmap] = OrderedDict()
+        self._cache_size = cache_size
+        self.load_errors: list[tuple[Path, str]] = []
+        for b in bundles or []:
+            self.add_bundle(b)
+
+    # ------------------------------------------------------------------ bundles
+    @classmethod
+    def from_dirs(
+        cls, dirs: Sequence[str | Path] | None = None, *, device: "str | torch.device" = "auto", **kwargs: Any
+    ) -> "InferenceEngine":
+        """Load every enabled bundle found in ``dirs`` (default: app + user model folders).
+
+        Bundles that fail to load are skipped and listed in ``load_errors`` with the reason.
+        """
+        from cxr_viewer.core.models.bundle import find_bundles, load_bundle
+
+        engine = cls(None, device=device, **kwargs)
+        for info in find_bundles(dirs):
+            if not info.ok:
+                engine.load_errors.append((info.path, info.error or "invalid bundle"))
+                continue
+            if not info.enabled:
+                continue
+            try:
+                engine.add_bundle(load_bundle(info.path, device=engine.device))
+            except CXRError as exc:
+                log.warning("skipping model bundle %s: %s", info.path.name, exc.message)
+                engine.load_errors.append((info.path, exc.message))
+        return engine
+
+    def add_bundle(self, bundle: "LoadedBundle") -> None:
+        with self._lock:
+            if any(b.sha256 == bundle.sha256 for b in self._bundles):
+                return
+            if any(b.name == bundle.name for b in self._bundles):
+                raise BundleError(f"Two loaded models are both named {bundle.name!r}; remove one of them.")
+            if bundle.device != self.device:
+                bundle.model.to(self.device)
+                bundle.device = self.device
+            self._bundles.append(bundle)
+            self._cache.clear()
+
+    def remove_bundle(self, name: str) -> None:
+        with self._lock:
+            self._bundles = [b for b in self._bundles if b.name != name]
+            self._cache.clear()
+            self._cam_cache.clear()
+
+    @property
+    def bundles(self) -> list["LoadedBundle"]:
+        with self._lock:
+            return list(self._bundles)
+
+    @property
+    def classifiers(self) -> list["LoadedBundle"]:
+        return [b for b in self.bundles if b.manifest.is_classifier]
+
+    def bundles_for_task(self, task: str) -> list["LoadedBundle"]:
+        """E.g. ``text_segmentation`` bundles for the segmentation step."""
+        return [b for b in self.bundles if b.task == task]
+
+    def bundle(self, name: str) -> "LoadedBundle":
+        for b in self.bundles:
+            if b.name == name:
+                return b
+        raise InferenceError(f"No loaded model is named {name!r}.")
+
+    # ------------------------------------------------------------------ thresholds
+    def threshold(self, bundle: "LoadedBundle", label: str) -> tuple[float, str]:
+        """The threshold in force for ``label``: the user's if set, else the bundle's."""
+        user = self._user_thresholds.get((bundle.name, label))
+        if user is not None:
+            return user, "user"
+        t = bundle.manifest.thresholds.get(label) or {}
+        return bundle.manifest.threshold(label), str(t.get("method") or "default")
+
+    def set_threshold(self, model: str, label: str, value: float | None) -> None:
+        """Override (or with ``None`` restore) a label's operating threshold."""
+        b = self.bundle(model)
+        if label not in b.labels:
+            raise UnknownLabelError(f"Model {model!r} has no label {label!r}.")
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise InferenceError("A threshold must lie between 0 and 1.")
+        with self._lock:
+            if value is None:
+                self._user_thresholds.pop((model, label), None)
+            else:
+                self._user_thresholds[(model, label)] = float(value)
+
+    # ------------------------------------------------------------------ backends
+    def backend_for(self, bundle: "LoadedBundle") -> str:
+        return "onnx" if self._runner(bundle) is not None else "torch"
+
+    def _runner(self, bundle: "LoadedBundle") -> "OnnxRunner | None":
+        if self.backend == "torch" or self.device.type != "cpu":
+            return None
+        with bundle.lock:
+            if bundle.sha256 not in self._runners:
+                from cxr_viewer.core.inference.onnx_backend import onnx_runner_for
+
+                self._runners[bundle.sha256] = onnx_runner_for(
+                    bundle, cache_dir=self.onnx_cache_dir, threads=self.threads
+                )
+            return self._runners[bundle.sha256]
+
+    def warmup(self, cancel: CancelToken | None = None) -> None:
+        """Prepare backends (ONNX export/verification) and run one forward per model."""
+        for b in self.classifiers:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            self._forward(b, self._zeros(b.preprocessing))
+
+    @staticmethod
+    def _zeros(spec: "Preprocessing") -> "torch.Tensor":
+        import torch
+
+        return torch.zeros(1, spec.channels, *spec.size)
+
+    def _forward(self, bundle: "LoadedBundle", batch: "torch.Tensor") -> np.ndarray:
+        """Logits (N, L) as float64 numpy, via ONNX or torch."""
+        import torch
+
+        runner = self._runner(bundle)
+        if runner is not None:
+            return np.asarray(runner(batch.numpy()), dtype=np.float64)
+        with bundle.lock, torch.inference_mode():
+            out = bundle.model(batch.to(self.device, non_blocking=True))
+            return out.float().cpu().numpy().astype(np.float64)
+
+    # ------------------------------------------------------------------ analysis
+    def _cache_key(self, record: ImageRecord, bundles: Sequence["LoadedBundle"]) -> tuple:
+        thr = tuple(sorted((k, v) for k, v in self._user_thresholds.items()))
+        return (record.content_hash, tuple(b.sha256 for b in bundles), thr)
+
+    def analyze(
+        self, record: ImageRecord, *, cancel: CancelToken | None = None, models: Sequence[str] | None = None
+    ) -> AnalysisResult:
+        """Findings from every classifier (or those named in ``models``) plus QC flags.
+
+        Thread-safe; raises AnalysisCancelledError if ``cancel`` fires between stages.
+        """
+        from cxr_viewer.core.models.preprocess import preprocess
+
+        t_all = time.perf_counter()
+        bundles = self.classifiers
+        if models is not None:
+            bundles = [b for b in bundles if b.name in set(models)]
+        key = self._cache_key(record, bundles)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return replace(hit, cached=True)
+        timing: dict[str, float] = {}
+        t0 = time.perf_counter()
+        qc: list[QCFlag] = check_quality(record)
+        timing["qc"] = (time.perf_counter() - t0) * 1e3
+        findings: list[Finding] = []
+        backends: dict[str, str] = {}
+        tensors: dict[Preprocessing, torch.Tensor] = {}
+        t_pre = 0.0
+        for b in bundles:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            spec = b.preprocessing
+            if spec not in tensors:  # models sharing a preprocessing share the tensor
+                t0 = time.perf_counter()
+                tensors[spec] = preprocess(record, spec)[None]
+                t_pre += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            try:
+                logits = self._forward(b, tensors[spec])[0]
+            except CXRError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - report which model failed, in words
+                log.exception("model %s failed", b.name)
+                raise InferenceError(f"Model {b.name!r} failed on this image: {exc}") from exc
+            timing[f"inference:{b.name}"] = (time.perf_counter() - t0) * 1e3
+            backends[b.name] = self.backend_for(b)
+            if logits.shape[-1] != len(b.labels):
+                raise InferenceError(f"Model {b.name!r} returned {logits.shape[-1]} scores for {len(b.labels)} labels.")
+            probs = _scores(logits, b.task)
+            for label, p in zip(b.labels, probs):
+                thr, method = self.threshold(b, label)
+                findings.append(Finding(label, float(p), thr, b.name, b.version, method, b.manifest.trained))
+        timing["preprocess"] = t_pre * 1e3
+        timing["total"] = (time.perf_counter() - t_all) * 1e3
+        warnings: list[str] = []
+        if not bundles:
+            warnings.append(NO_MODELS_WARNING)
+        elif any(not b.manifest.trained for b in bundles):
+            warnings.append("Some models are UNTRAINED (random weights): their scores mean nothing.")
+        result = AnalysisResult(
+            content_hash=record.content_hash,
+            findings=tuple(findings),
+            qc=tuple(qc),
+            models=tuple(b.describe() for b in bundles),
+            timing_ms=timing,
+            warnings=tuple(warnings),
+            backend=backends,
+        )
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    # ------------------------------------------------------------------ heatmaps
+    def _bundle_for_label(self, label: str, model: str | None) -> "LoadedBundle":
+        candidates = self.classifiers if model is None else [self.bundle(model)]
+        for b in candidates:
+            if label in b.labels:
+                return b
+        known = sorted({lab for b in candidates for lab in b.labels})
+        where = f"model {model!r}" if model else "the loaded models"
+        raise UnknownLabelError(
+            f"No heatmap for {label!r}: {where} do not predict it. Available: {', '.join(known) or 'none'}."
+        )
+
+    def cam(
+        self,
+        record: ImageRecord,
+        label: str,
+        method: str = "gradcam",
+        *,
+        model: str | None = None,
+        faithfulness: bool = True,
+        cancel: CancelToken | None = None,
+    ) -> Heatmap:
+        """Heatmap for ``label`` at the ORIGINAL image size (float32 HxW in [0, 1]).
+
+        Runs on torch (gradients), serialised with other uses of the same model.
+        ``faithfulness`` adds the ROAD score (about a second per percentile on CPU).
+        """
+        from cxr_viewer.core.inference.cam import (
+            DEFAULT_ROAD_PERCENTILES,
+            canonical_method,
+            compute_cam,
+            road_faithfulness,
+        )
+        from cxr_viewer.core.models.preprocess import preprocess, restore_map
+
+        key_method = canonical_method(method)
+        b = self._bundle_for_label(label, model)
+        idx = b.labels.index(label)
+        ckey = (record.content_hash, b.sha256, label, key_method, faithfulness)
+        with self._lock:
+            hit = self._cam_cache.get(ckey)
+            if hit is not None:
+                self._cam_cache.move_to_end(ckey)
+                return hit
+        layers = b.manifest.cam_layers
+        if not layers:
+            cam_layer = getattr(b.model, "cam_layer_name", None)
+            if cam_layer is None:
+                raise InferenceError(f"Model {b.name!r} names no heatmap layer in its bundle.")
+            layers = [cam_layer()]
+        t0 = time.perf_counter()
+        x = preprocess(record, b.preprocessing)[None].to(self.device)
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        with b.lock:
+            net_map = compute_cam(b.model, x, idx, method=key_method, target_layers=layers)
+            import torch
+
+            with torch.inference_mode():
+                score = float(_scores(b.model(x).float().cpu().numpy()[0], b.task)[idx])
+        t_cam = (time.perf_counter() - t0) * 1e3
+        faith = None
+        if faithfulness:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            with b.lock:
+                faith = road_faithfulness(b.model, x, net_map, idx, multiclass=b.task == "multiclass")
+        values = restore_map(net_map, b.preprocessing, record.shape)
+        hi = float(values.max()) if values.size else 0.0
+        if hi > 0:
+            values = values / hi
+        values = np.clip(values, 0.0, 1.0).astype(np.float32)
+        heat = Heatmap(
+            values=values,
+            label=label,
+            method=key_method,
+            model=b.name,
+            target_index=idx,
+            target_layer=",".join(layers),
+            faithfulness=faith,
+            faithfulness_method=f"ROAD combined, percentiles {list(DEFAULT_ROAD_PERCENTILES)}" if faithfulness else "",
+            score=score,
+            timing_ms=t_cam,
+        )
+        with self._lock:
+            self._cam_cache[ckey] = heat
+            while len(self._cam_cache) > 4:
+                self._cam_cache.popitem(last=False)
+        return heat
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._cam_cache.clear()

@@ -1,0 +1,156 @@
+"""Plain result objects (no torch): what the engine returns and the UI/CLI show.
+
+Everything here is immutable data with ``to_dict`` for JSON output, so results
+can cross threads and be cached safely.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cxr_viewer.core.errors import AnalysisCancelledError
+
+__all__ = ["AnalysisResult", "CancelToken", "Finding", "Heatmap", "QCFlag", "SEVERITIES"]
+
+SEVERITIES = ("info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class QCFlag:
+    """An image-quality / suitability flag shown beside the scores (``severity``: info|warning|error)."""
+
+    code: str
+    message: str
+    severity: str = "warning"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message, "severity": self.severity}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One label's score from one model, with the operating threshold it is judged against."""
+
+    label: str
+    score: float
+    threshold: float
+    model: str
+    model_version: str = ""
+    threshold_method: str = ""
+    trained: bool = True
+
+    @property
+    def positive(self) -> bool:
+        return self.score >= self.threshold
+
+    def with_threshold(self, threshold: float, method: str = "user") -> "Finding":
+        """The same score judged against a user-chosen threshold (the score never changes)."""
+        return Finding(self.label, self.score, float(threshold), self.model, self.model_version, method, self.trained)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "score": round(float(self.score), 6),
+            "threshold": round(float(self.threshold), 6),
+            "positive": self.positive,
+            "model": self.model,
+            "model_version": self.model_version,
+            "threshold_method": self.threshold_method,
+            "trained": self.trained,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Heatmap:
+    """A class-activation map at the ORIGINAL image size (float32 HxW, normalised to [0, 1]).
+
+    ``faithfulness`` is the ROAD score of :mod:`cxr_viewer.core.inference.cam`
+    (higher = removing the highlighted pixels changes the score more than removing
+    the others; near 0 = the map does not explain the score); ``None`` if not computed.
+    """
+
+    values: np.ndarray
+    label: str
+    method: str
+    model: str
+    target_index: int
+    target_layer: str = ""
+    faithfulness: float | None = None
+    faithfulness_method: str = ""
+    score: float | None = None
+    timing_ms: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.values.shape[0]), int(self.values.shape[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "method": self.method,
+            "model": self.model,
+            "target_layer": self.target_layer,
+            "faithfulness": None if self.faithfulness is None else round(float(self.faithfulness), 6),
+            "faithfulness_method": self.faithfulness_method,
+            "shape": list(self.shape),
+        }
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """Everything one analysis produced for one image."""
+
+    content_hash: str
+    findings: tuple[Finding, ...]
+    qc: tuple[QCFlag, ...]
+    models: tuple[dict[str, Any], ...]
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    cached: bool = False
+    backend: dict[str, str] = field(default_factory=dict)  # model name -> "torch" | "onnx"
+
+    @property
+    def positives(self) -> list[Finding]:
+        return [f for f in self.findings if f.positive]
+
+    @property
+    def reliable(self) -> bool:
+        """False when a QC error says the scores should not be read (e.g. a CT image)."""
+        return not any(f.severity == "error" for f in self.qc)
+
+    def finding(self, label: str, model: str | None = None) -> Finding | None:
+        for f in self.findings:
+            if f.label == label and (model is None or f.model == model):
+                return f
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "qc": [q.to_dict() for q in self.qc],
+            "findings": [f.to_dict() for f in self.findings],
+            "models": [dict(m) for m in self.models],
+            "timing_ms": {k: round(float(v), 3) for k, v in self.timing_ms.items()},
+            "warnings": list(self.warnings),
+        }
+
+
+class CancelToken:
+    """Thread-safe cancellation flag a Qt worker passes into long engine calls."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise AnalysisCancelledError("The analysis was cancelled.")

@@ -1,0 +1,93 @@
+"""Every CAM method yields a finite map at the original image size; faithfulness is a number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_viewer.core.errors import InferenceError, UnknownLabelError
+from cxr_viewer.core.inference.cam import CAM_METHODS, canonical_method, compute_cam, road_faithfulness
+from cxr_viewer.core.inference.engine import InferenceEngine
+from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.models import create_model
+from cxr_viewer.core.models.bundle import make_untrained_bundle
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> InferenceEngine:
+    root = tmp_path_factory.mktemp("cam_models")
+    make_untrained_bundle(root / "nih", name="nih", labels=["Effusion", "Nodule"], size=(64, 64), seed=3)
+    return InferenceEngine.from_dirs([root], device="cpu", backend="torch")
+
+
+@pytest.fixture(scope="module")
+def record(data_dir: Path) -> ImageRecord:
+    from cxr_viewer.core.io import read_image
+
+    rec = read_image(sorted((data_dir / "nih14" / "images").iterdir())[0])
+    # a non-square crop exercises the letterbox inverse
+    px = rec.pixels[:, : int(rec.shape[1] * 0.7)]
+    return ImageRecord(pixels=np.ascontiguousarray(px), source=None, format="array")
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_each_method_maps_at_original_size(engine: InferenceEngine, record: ImageRecord, method: str) -> None:
+    heat = engine.cam(record, "Nodule", method, faithfulness=False)
+    assert heat.values.shape == record.shape and heat.values.dtype == np.float32
+    assert np.isfinite(heat.values).all()
+    assert heat.values.min() >= 0.0 and heat.values.max() <= 1.0
+    assert heat.method == method and heat.label == "Nodule" and heat.model == "nih"
+    assert heat.target_layer == "backbone.layer4" and heat.target_index == 1
+    assert heat.faithfulness is None
+    assert 0.0 <= heat.score <= 1.0
+
+
+def test_faithfulness_is_a_bounded_number(engine: InferenceEngine, record: ImageRecord) -> None:
+    heat = engine.cam(record, "Effusion", "gradcam++", faithfulness=True)
+    assert isinstance(heat.faithfulness, float) and -1.0 <= heat.faithfulness <= 1.0
+    assert "ROAD" in heat.faithfulness_method
+    assert heat.to_dict()["faithfulness"] == pytest.approx(heat.faithfulness, abs=1e-6)
+
+
+def test_road_detects_a_faithful_map() -> None:
+    """A model that scores one image region gets a higher ROAD score for a map on that region."""
+
+    class RegionModel(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x[:, 0, 8:24, 8:24].mean(dim=(1, 2)) * 4.0)[:, None]
+
+    model = RegionModel().eval()
+    x = torch.full((1, 1, 32, 32), 0.1)
+    x[..., 8:24, 8:24] = 1.0  # the evidence the model scores
+    right = np.zeros((32, 32), np.float32)
+    right[8:24, 8:24] = 1.0
+    right += np.random.default_rng(0).random((32, 32)).astype(np.float32) * 0.01  # break ties
+    good = road_faithfulness(model, x, right, 0)
+    bad = road_faithfulness(model, x, 1.0 - right, 0)
+    assert good > 0.05 and bad < -0.05
+
+
+def test_gradcam_reaches_frozen_models() -> None:
+    """Loaded bundles freeze parameters; gradients must still reach the hooked layer."""
+    model = create_model("classifier", backbone="resnet18", num_classes=2).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    maps = [compute_cam(model, torch.randn(1, 1, 64, 64), 0, method=m, target_layers=["backbone.layer3"]) for m in ("gradcam", "layercam")]
+    assert any(float(m.max()) > 0 for m in maps)
+
+
+def test_bad_requests_give_clear_errors(engine: InferenceEngine, record: ImageRecord) -> None:
+    with pytest.raises(UnknownLabelError, match="Effusion, Nodule"):
+        engine.cam(record, "Cardiomegaly")
+    with pytest.raises(InferenceError, match="Choose one of"):
+        engine.cam(record, "Nodule", "magiccam")
+    assert canonical_method("GradCAMPlusPlus") == "gradcam++"
+    model = create_model("classifier", backbone="resnet18", num_classes=2)
+    with pytest.raises(InferenceError, match="target_layers"):
+        compute_cam(model, torch.zeros(1, 1, 64, 64), 0, target_layers=["backbone.layer9"])
