@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cxr_viewer.core.models import create_model
-from cxr_viewer.core.models.segmenter import TextUNet, encoder_state_from, load_encoder_weights
+from cxr_viewer.core.models.segmenter import TextUNet
 
 torch.set_num_threads(1)
 
@@ -80,19 +80,14 @@ def test_bad_inputs_are_refused() -> None:
         create_model("text_unet_tiny", fusion="cross-attention")
 
 
-def test_encoder_init_from_project_encoder() -> None:
-    """An ``encoder`` (CXREncoder, timm ResNet) state dict loads into the U-Net encoder."""
+def test_encoder_state_loads_into_unet_encoder() -> None:
+    """Weights named as smp names them load; a different backbone is refused clearly."""
     torch.manual_seed(1)
-    enc = create_model("encoder", backbone="resnet18", in_chans=1)
-    state = enc.state_dict()
+    donor = create_model("text_unet_tiny")
     seg = create_model("text_unet_tiny")
-    loaded, missing = load_encoder_weights(seg, state)
-    assert "conv1.weight" in loaded and "layer2.0.conv1.weight" in loaded
-    assert not missing
-    torch.testing.assert_close(seg.unet.encoder.conv1.weight, enc.backbone.conv1.weight)
-    torch.testing.assert_close(seg.unet.encoder.layer1[0].bn1.running_var, enc.backbone.layer1[0].bn1.running_var)
-    # another TextUNet's full state dict: only its encoder is taken, decoder/fusion keys are ignored
-    mapped = encoder_state_from(create_model("text_unet_tiny").state_dict())
-    assert "conv1.weight" in mapped and not any(k.startswith(("decoder", "fusion", "segmentation")) for k in mapped)
+    loaded, missing = seg.load_encoder_state(donor.unet.encoder.state_dict())
+    assert "conv1.weight" in loaded and "layer2.0.conv1.weight" in loaded and not missing
+    torch.testing.assert_close(seg.unet.encoder.conv1.weight, donor.unet.encoder.conv1.weight)
+    torch.testing.assert_close(seg.unet.encoder.layer1[0].bn1.running_var, donor.unet.encoder.layer1[0].bn1.running_var)
     with pytest.raises(ValueError, match="same backbone"):
-        load_encoder_weights(seg, {"backbone.stem.weight": torch.zeros(3)})
+        seg.load_encoder_state({"stem.weight": torch.zeros(3)})

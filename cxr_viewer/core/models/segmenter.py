@@ -18,7 +18,6 @@ sentence embeddings, so every sentence of a report costs one fusion + decoder pa
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch import nn
 
 from cxr_viewer.core.models.registry import register_model
 
-__all__ = ["TextUNet", "FUSIONS", "encoder_state_from", "load_encoder_weights"]
+__all__ = ["TextUNet", "FUSIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -153,62 +152,24 @@ class TextUNet(nn.Module):
 
     # --- initialisation from a self-supervised encoder ------------------------------
     def load_encoder_state(self, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-        """Copy matching encoder weights from another network's state dict.
+        """Load encoder weights named as smp's encoder names them (``conv1.weight``, ``layer1.0...``).
 
-        Returns (loaded keys, encoder keys left at their initial values).
+        Other bundles' encoders are renamed to these keys by the trainer
+        (``trainer.tasks.recon.timm_resnet_to_smp``, the one mapping). Tensors whose
+        name or shape does not fit are skipped; if none fit, the backbones differ and
+        a :class:`ValueError` says so. Returns (loaded keys, encoder keys left as initialised).
         """
-        return load_encoder_weights(self, state)
-
-
-# Prefixes under which other networks of this project keep a ResNet-style encoder:
-# CXREncoder / CXRClassifier ("backbone."), a TextUNet ("unet.encoder."), a bare
-# smp model ("encoder."), timm wrappers ("model.").
-_ENCODER_PREFIXES = ("unet.encoder.", "backbone.", "encoder.", "model.", "module.")
-_HEAD_KEYS = re.compile(r"^(fc|head|classifier|global_pool)\.")
-
-
-def encoder_state_from(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys of an encoder inside ``state`` renamed to the smp/timm ResNet naming (``conv1.weight``...).
-
-    The ONE place that knows how encoders of other bundles map onto the U-Net
-    encoder; timm and smp ResNets share torchvision's key names, so a recon or
-    SimCLR encoder bundle built on a timm ResNet loads directly.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        k = key
-        for p in _ENCODER_PREFIXES:
-            if k.startswith(p):
-                k = k[len(p) :]
-                break
-        else:
-            if any(key.startswith(p) for p in ("unet.decoder.", "decoder.", "fusion.", "unet.segmentation_head.")):
-                continue
-        if _HEAD_KEYS.match(k):
-            continue
-        out[k] = value
-    return out
-
-
-def load_encoder_weights(model: TextUNet, state: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """Load an encoder state dict (any project naming) into ``model.unet.encoder``.
-
-    Tensors whose name or shape does not match are skipped; if nothing matches, the
-    encoder architectures differ and a :class:`ValueError` names both.
-    """
-    mapped = encoder_state_from(state)
-    target = model.unet.encoder.state_dict()
-    usable = {k: v for k, v in mapped.items() if k in target and tuple(target[k].shape) == tuple(v.shape)}
-    if not usable:
-        raise ValueError(
-            f"none of the {len(mapped)} encoder weights fit the U-Net encoder {model.encoder_name!r}; "
-            "the pre-trained encoder must use the same backbone"
-        )
-    model.unet.encoder.load_state_dict(usable, strict=False)
-    missing = sorted(set(target) - set(usable))
-    # smp keeps unused deep stages (e.g. layer4 at depth 3); only report the ones the forward uses
-    log.info("encoder init: %d tensors loaded, %d left at init", len(usable), len(missing))
-    return sorted(usable), missing
+        target = self.unet.encoder.state_dict()
+        usable = {k: v for k, v in state.items() if k in target and tuple(target[k].shape) == tuple(v.shape)}
+        if not usable:
+            raise ValueError(
+                f"none of the {len(state)} encoder weights fit the U-Net encoder {self.encoder_name!r}; "
+                "the pre-trained encoder must use the same backbone"
+            )
+        self.unet.encoder.load_state_dict(usable, strict=False)
+        missing = sorted(set(target) - set(usable))
+        log.info("encoder init: %d tensors loaded, %d left as initialised", len(usable), len(missing))
+        return sorted(usable), missing
 
 
 # --- tiny configurations for tests and CPU smoke runs -----------------------------------

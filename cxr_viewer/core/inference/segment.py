@@ -1,0 +1,239 @@
+"""Report-conditioned segmentation at inference time: image + sentences -> masks on the image.
+
+:class:`Segmenter` wraps a loaded ``text_segmentation`` bundle. For one image and N
+sentences it preprocesses the image once with the bundle's own ``preprocessing``
+(the one shared path), runs the U-Net encoder once, fuses each cached sentence
+embedding at the bottleneck and decodes all sentences as one batch. Probabilities
+are mapped back to the ORIGINAL image pixels with :func:`restore_map`, so masks
+overlay the radiograph exactly whatever the letterbox or crop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_viewer.core.errors import AnalysisCancelledError, BundleError, InferenceError
+
+if TYPE_CHECKING:
+    from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.core.models.bundle import LoadedBundle
+
+__all__ = ["Mask", "Segmenter", "load_segmenter", "PALETTE", "NEGATIVE_COLOUR", "REGION_LABEL"]
+
+log = logging.getLogger(__name__)
+
+#: The label under which a segmentation bundle stores its threshold.
+REGION_LABEL = "region"
+#: Distinct, colour-blind-friendly overlay colours (Okabe-Ito), assigned in sentence order.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+)
+#: Sentences that read as normal ("Both lungs are clear.") are drawn in a neutral grey.
+NEGATIVE_COLOUR = (170, 170, 170)
+
+
+@dataclass(frozen=True, eq=False)
+class Mask:
+    """The region one sentence refers to, at the original image size."""
+
+    text: str
+    prob: np.ndarray  # float32 HxW in [0, 1]
+    mask: np.ndarray  # bool HxW: prob >= threshold
+    threshold: float
+    area_fraction: float  # fraction of the image's pixels inside the mask
+    colour: tuple[int, int, int]
+    negative: bool = False  # the sentence reads as normal / absent (see core.report.regions)
+    regions: tuple[str, ...] = field(default_factory=tuple)  # region phrases the sentence names
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.mask.any())
+
+    def to_png(self, path: str | Path) -> Path:
+        """Write the binary mask as an 8-bit PNG (0/255) the size of the image."""
+        from PIL import Image
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(self.mask.astype(np.uint8) * 255, mode="L").save(path)
+        return path
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "area_fraction": round(float(self.area_fraction), 6),
+            "threshold": float(self.threshold),
+            "negative": bool(self.negative),
+            "regions": list(self.regions),
+        }
+
+
+def _cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+class Segmenter:
+    """Draws the region each sentence names, with a ``text_segmentation`` bundle.
+
+    ``text_encoder`` defaults to the encoder the manifest names (cached embeddings);
+    pass one to share it between segmenters or to use a local CLIP folder.
+    """
+
+    def __init__(self, bundle: "LoadedBundle", text_encoder: Any = None, *, max_batch: int = 16) -> None:
+        import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet for bundles)
+
+        man = bundle.manifest
+        if man.task != "text_segmentation":
+            raise BundleError(
+                f"The model '{man.name}' is a {man.task} model, not a report-conditioned segmentation model."
+            )
+        self.bundle = bundle
+        self.model = bundle.model
+        self.spec = man.preprocessing
+        self.max_batch = max(1, int(max_batch))
+        thr = man.thresholds.get(REGION_LABEL) or (next(iter(man.thresholds.values())) if man.thresholds else None)
+        self.threshold = 0.5 if thr is None else float(thr["value"])
+        self.conditioned = bool(getattr(self.model, "conditioned", True))
+        self.text_encoder = None
+        if self.conditioned:
+            if text_encoder is None:
+                from cxr_viewer.core.models.text import get_text_encoder
+
+                if not man.text_encoder:
+                    raise BundleError(f"The segmentation model '{man.name}' does not name its text encoder.")
+                text_encoder = get_text_encoder(man.text_encoder)
+            want = int((man.text_encoder or {}).get("dim") or getattr(self.model, "text_dim", 0) or 0)
+            if want and int(text_encoder.dim) != want:
+                raise BundleError(
+                    f"The segmentation model '{man.name}' expects {want}-value text embeddings, "
+                    f"but the text encoder {text_encoder.name!r} gives {text_encoder.dim}."
+                )
+            self.text_encoder = text_encoder
+
+    # ------------------------------------------------------------------ pieces
+    def embed(self, phrases: Sequence[str]) -> np.ndarray:
+        """Sentence embeddings (N, dim), from the encoder's cache when seen before."""
+        if self.text_encoder is None:
+            return np.zeros((len(phrases), 0), dtype=np.float32)
+        return np.asarray(self.text_encoder.encode(list(phrases)), dtype=np.float32)
+
+    def image_tensor(self, record: "ImageRecord | np.ndarray") -> Any:
+        """The network input (1, C, H, W) on the model's device, via the shared ``preprocess``."""
+        from cxr_viewer.core.models.preprocess import preprocess
+
+        return preprocess(record, self.spec)[None].to(self.bundle.device)
+
+    def probabilities(self, x: Any, emb: np.ndarray, *, cancel: Any = None) -> Any:
+        """Network-space probabilities (N, H, W) for one image tensor and N embeddings."""
+        import torch
+
+        n = emb.shape[0] if self.conditioned else 1
+        out = []
+        with self.bundle.lock, torch.inference_mode():
+            feats = self.model.encode(x)
+            for i in range(0, n, self.max_batch):
+                if _cancelled(cancel):
+                    raise AnalysisCancelledError("Segmentation was cancelled.")
+                t = torch.from_numpy(emb[i : i + self.max_batch]).to(x.device) if self.conditioned else None
+                out.append(torch.sigmoid(self.model.decode(feats, t)[:, 0].float()))
+        return torch.cat(out, 0)
+
+    # ------------------------------------------------------------------ API
+    def segment(
+        self,
+        record: "ImageRecord | np.ndarray",
+        phrases: Sequence[str],
+        *,
+        cancel: Any | Callable[[], bool] = None,
+    ) -> list[Mask]:
+        """One :class:`Mask` per non-empty phrase, in order, at the original image size.
+
+        ``cancel`` is a ``threading.Event`` or a callable returning True to stop; a
+        cancelled run raises :class:`AnalysisCancelledError` and returns nothing.
+        """
+        from cxr_viewer.core.report import region_phrases
+
+        texts = [str(p).strip() for p in phrases]
+        texts = [t for t in texts if t]
+        if not texts:
+            return []
+        shape = tuple(int(v) for v in record.shape[:2])  # ImageRecord.shape and arrays alike
+        if _cancelled(cancel):
+            raise AnalysisCancelledError("Segmentation was cancelled.")
+        try:
+            emb = self.embed(texts)
+            x = self.image_tensor(record)
+            probs = self.probabilities(x, emb, cancel=cancel)
+        except AnalysisCancelledError:
+            raise
+        except (RuntimeError, ValueError) as exc:
+            raise InferenceError(f"Segmentation failed: {exc}") from exc
+        if not self.conditioned:  # image-only model: the same map for every sentence
+            probs = probs.expand(len(texts), *probs.shape[1:])
+        masks: list[Mask] = []
+        total = float(shape[0] * shape[1])
+        from cxr_viewer.core.models.preprocess import restore_map
+
+        colour_i = 0
+        for text, p in zip(texts, probs):
+            if _cancelled(cancel):
+                raise AnalysisCancelledError("Segmentation was cancelled.")
+            full = np.clip(restore_map(p, self.spec, shape), 0.0, 1.0).astype(np.float32, copy=False)
+            binary = full >= self.threshold
+            reading = region_phrases(text)
+            if reading.negative:
+                colour = NEGATIVE_COLOUR
+            else:
+                colour = PALETTE[colour_i % len(PALETTE)]
+                colour_i += 1
+            masks.append(
+                Mask(
+                    text=text,
+                    prob=full,
+                    mask=binary,
+                    threshold=self.threshold,
+                    area_fraction=float(binary.sum()) / total,
+                    colour=colour,
+                    negative=reading.negative,
+                    regions=tuple(reading.phrases),
+                )
+            )
+        log.debug("segmented %d sentences", len(masks))
+        return masks
+
+    def segment_report(
+        self, record: "ImageRecord | np.ndarray", report_text: str, *, cancel: Any = None
+    ) -> list[Mask]:
+        """Masks for every FINDINGS/IMPRESSION sentence of a report (all sentences if it has no headers)."""
+        from cxr_viewer.core.report import parse_report
+
+        sentences = [s.text for s in parse_report(report_text).finding_sentences()]
+        return self.segment(record, sentences, cancel=cancel)
+
+
+def load_segmenter(path: str | Path, *, device: Any = None, text_encoder: Any = None) -> Segmenter:
+    """Load a ``text_segmentation`` bundle (folder or zip) and wrap it; CUDA/MPS when present."""
+    import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet before the bundle is rebuilt)
+    from cxr_viewer.core.models.bundle import load_bundle
+
+    if device is None:
+        from cxr_viewer.core.models.text import _pick_device
+
+        device = _pick_device(None)
+    return Segmenter(load_bundle(path, device=device), text_encoder=text_encoder)
