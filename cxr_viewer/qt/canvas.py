@@ -21,6 +21,7 @@ from PySide6.QtGui import (
     QDragMoveEvent,
     QDropEvent,
     QFont,
+    QKeyEvent,
     QMouseEvent,
     QPainter,
     QPen,
@@ -31,7 +32,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QFrame, QGraphicsItem, QGraphicsPixmapItem, QGraphicsScene, QGraphicsView, QWidget
 
-from cxr_viewer.core.imaging.windowing import quantize, window_to_uint8
+from cxr_viewer.core.imaging.windowing import window_to_uint8
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import DisplayState, HeatmapLayer, MaskLayer, Measurement, Session, make_measurement
 from cxr_viewer.qt.overlays import ColorBar, MeasurementItem, gray_to_qimage, make_heatmap_item, make_mask_item
@@ -100,7 +101,6 @@ class ImageCanvas(QGraphicsView):
         self._awaiting_second_click = False
 
         self._record: ImageRecord | None = None
-        self._codes: np.ndarray | None = None
         self._u8: np.ndarray | None = None
         self._state = session.display
         self._mode = "pan"
@@ -123,6 +123,7 @@ class ImageCanvas(QGraphicsView):
         ev.masks_changed.connect(self._on_masks)
         ev.measurements_changed.connect(self._on_measurements)
         ev.preferences_changed.connect(self._on_preference)
+        self._restore_cursor()
         if session.record is not None:
             self._on_record(session.record)
 
@@ -244,7 +245,6 @@ class ImageCanvas(QGraphicsView):
     def _on_record(self, record: ImageRecord | None) -> None:
         self._cancel_draft()
         self._record = record
-        self._codes = None if record is None else quantize(record.pixels)
         if record is None:
             self._image_item.setPixmap(QPixmap())
             self._u8 = None
@@ -311,10 +311,11 @@ class ImageCanvas(QGraphicsView):
     # ------------------------------------------------------------------ rendering
     def _render_now(self) -> None:
         self._render_timer.stop()
-        if self._record is None or self._codes is None:
+        if self._record is None:
             return
         lo, hi = self._state.window
-        self._u8 = window_to_uint8(self._codes, lo, hi, invert=self._state.invert)
+        # float path: benchmarks/bench_viewer.py measured it faster here than the uint16 lookup table
+        self._u8 = window_to_uint8(self._record.pixels, lo, hi, invert=self._state.invert)
         self._image_item.setPixmap(QPixmap.fromImage(gray_to_qimage(self._u8)))
 
     def _fit_zoom(self) -> float:
@@ -365,9 +366,11 @@ class ImageCanvas(QGraphicsView):
         vbar.setValue(vbar.value() + round(dy))
 
     def _place_colorbar(self) -> None:
+        # right edge, under the top-right text block and clear of the mid-height orientation label
         vp = self.viewport().rect()
-        h = min(260, max(140, vp.height() // 3))
-        self.colorbar.setGeometry(vp.width() - self.colorbar.width() - 12, (vp.height() - h) // 2, self.colorbar.width(), h)
+        top = 8 * self.fontMetrics().height()
+        h = max(120, min(240, vp.height() // 2 - top - 16))
+        self.colorbar.setGeometry(vp.width() - self.colorbar.width() - 10, top, self.colorbar.width(), h)
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
@@ -442,12 +445,12 @@ class ImageCanvas(QGraphicsView):
         age = md.get("patient_age_years")
         sex = md.get("patient_sex") or ""
         parts = []
+        if sex:
+            parts.append(f"Sex {sex}")
         if age is not None:
             parts.append(f"{age:.0f} y" if age >= 2 else f"{age * 12:.0f} mo")
-        if sex:
-            parts.append(str(sex))
         if parts:
-            lines.append(" / ".join(parts))
+            lines.append(", ".join(parts))
         date = str(md.get("study_date") or "")
         if len(date) == 8 and date.isdigit():
             date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
@@ -581,6 +584,8 @@ class ImageCanvas(QGraphicsView):
         for m in masks:
             text = m.text if len(m.text) <= 40 else m.text[:39] + "…"
             painter.fillRect(QRectF(margin, y + 3, 12, 12), QColor(*m.color))
+            painter.setPen(QColor(0, 0, 0, 220))
+            painter.drawText(QPointF(margin + 19, y + fm.ascent() + 2), text)
             painter.setPen(QColor("#e8e8e8"))
             painter.drawText(QPointF(margin + 18, y + fm.ascent() + 1), text)
             y += lh
@@ -708,9 +713,9 @@ class ImageCanvas(QGraphicsView):
         self.zoom_by(step**steps, event.position().toPoint())
         event.accept()
 
-    def keyPressEvent(self, event: object) -> None:  # noqa: N802 - Qt override
-        if getattr(event, "key", lambda: None)() == Qt.Key.Key_Escape and (self._draft is not None):
-            self._cancel_draft()
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        if event.key() == Qt.Key.Key_Escape and self._draft is not None:
+            self._cancel_draft()  # Esc abandons a half-drawn ruler
             return
         super().keyPressEvent(event)
 

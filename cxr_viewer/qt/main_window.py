@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QToolBar,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -127,6 +128,7 @@ class MainWindow(QMainWindow):
         self.tag_browser = TagBrowser(self)
         self.tags_dock = self._dock(self.tag_browser, "DICOM tags", "dock_tags", Qt.DockWidgetArea.RightDockWidgetArea)
         self.tags_dock.hide()
+        self.tags_dock.visibilityChanged.connect(self._size_tags_dock)
         self.resizeDocks([self.studies_dock], [230], Qt.Orientation.Horizontal)
 
     def _dock(self, widget: QWidget, title: str, name: str, area: Qt.DockWidgetArea) -> QDockWidget:
@@ -266,6 +268,7 @@ class MainWindow(QMainWindow):
         presets = m.addMenu("Window &Presets")
         for act in self.preset_group.actions():
             presets.addAction(act)
+        self.presets_menu = presets
         m.addAction(self.action_map["reset"])
         m.addSeparator()
         m.addAction(self.action_map["demographics"])
@@ -292,11 +295,21 @@ class MainWindow(QMainWindow):
         tb.setObjectName("toolbar_main")
         tb.setIconSize(QSize(22, 22))
         tb.setMovable(False)
-        for key in ("open_file", "open_folder", None, "mode_pan", "mode_measure", "mode_window", None,
+        for key in ("open_file", "open_folder", None, "mode_pan", "mode_measure", "mode_window", "presets", None,
                     "fit", "actual_size", "zoom_in", "zoom_out", None, "rotate_cw", "flip_h", "flip_v", "invert",
                     "reset", None, "tag_browser", "export_view"):
             if key is None:
                 tb.addSeparator()
+            elif key == "presets":
+                self.preset_button = QToolButton(tb)
+                self.preset_button.setObjectName("presetButton")
+                self.preset_button.setMenu(self.presets_menu)
+                self.preset_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+                self.preset_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+                self.preset_button.setToolTip("Window presets (keys 1-6)")
+                self.preset_button.setText("Default")
+                self.preset_button.setMinimumWidth(96)
+                tb.addWidget(self.preset_button)
             else:
                 tb.addAction(self.action_map[key])
         self.addToolBar(Qt.ToolBarArea.TopToolBarArea, tb)
@@ -396,8 +409,12 @@ class MainWindow(QMainWindow):
         if not self.study_browser.has_thumbnail(path):
             self.study_browser.set_thumbnail(path, thumbnail_array(record.pixels, lo, hi))
         self.study_browser.select_path(path)
-        notes = " ".join(record.notices)
-        self.statusBar().showMessage(f"Opened {path.name}" + (f" — {notes}" if notes else ""), 10000)
+        n = len(record.notices)
+        self.statusBar().setToolTip("\n".join(record.notices))
+        self.statusBar().showMessage(
+            f"Opened {path.name}" + (f" ({n} note{'s' if n > 1 else ''} on this file: hover here to read)" if n else ""),
+            15000,
+        )
         self.image_loaded.emit(record)
 
     def _on_load_error(self, path: Path, exc: BaseException) -> None:
@@ -540,6 +557,12 @@ class MainWindow(QMainWindow):
         box.setWindowModality(Qt.WindowModality.NonModal)
         box.show()
 
+    def _size_tags_dock(self, visible: bool) -> None:
+        """Give the tag browser room for its value column the first time it opens."""
+        if visible and not self._state_restored and not getattr(self, "_tags_sized", False):
+            self._tags_sized = True
+            self.resizeDocks([self.tags_dock], [480], Qt.Orientation.Horizontal)
+
     # ------------------------------------------------------------------ view actions
     def toggle_panels(self) -> None:
         """Hide every dock for a full-size image; pressing again brings the same ones back."""
@@ -576,6 +599,7 @@ class MainWindow(QMainWindow):
             want = act.text() == state.preset
             if act.isChecked() != want:
                 act.setChecked(want)
+        self.preset_button.setText(f"{state.preset or 'Custom'} window")
 
     def _on_pixel(self, info: PixelInfo | None) -> None:
         if info is None:

@@ -82,9 +82,10 @@ class TagBrowser(QWidget):
                 if value not in (None, ""):
                     root.appendRow(_row("", str(key), "", str(value)))
             root.appendRow(_row("", "format", "", record.format))
-        self.view.setColumnWidth(0, 92)
-        self.view.setColumnWidth(1, 190)
-        self.view.setColumnWidth(2, 34)
+        fm = self.view.fontMetrics()
+        self.view.setColumnWidth(0, fm.horizontalAdvance("(0000,0000)") + 36)  # room for the tree indent
+        self.view.setColumnWidth(1, fm.horizontalAdvance("ReferringPhysicianName") + 12)
+        self.view.setColumnWidth(2, fm.horizontalAdvance("VRW") + 8)
         self._on_search(self.search.text())
 
     def _add_dataset(self, parent: QStandardItem, ds: Any) -> None:

@@ -17,6 +17,7 @@ QToolBar {{ background: #202226; border: none; border-bottom: 1px solid #111; sp
 QToolButton {{ color: #d6d8db; padding: 3px; border-radius: 3px; }}
 QToolButton:hover {{ background: #33373d; }}
 QToolButton:checked {{ background: #2b4b6b; }}
+QToolButton#presetButton {{ padding: 3px 18px 3px 6px; border: 1px solid #3a3d42; }}
 QStatusBar {{ background: #202226; color: #c9ccd1; border-top: 1px solid #111; }}
 QStatusBar QLabel {{ color: #c9ccd1; padding: 0 6px; }}
 QMenuBar {{ background: #202226; color: #d6d8db; }}

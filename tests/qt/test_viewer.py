@@ -120,6 +120,10 @@ def test_invert_inverts_rendered_pixels(qtbot, window, helpers, nih_png):
     shot1 = canvas.viewport().grab().toImage().pixelColor(centre).red()
     assert abs(shot1 - (255 - shot0)) <= 3, "what is on screen is inverted too"
     assert window.action_map["invert"].isChecked()
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_I)  # the keyboard shortcut toggles it back
+    assert not window.session.display.invert
+    assert np.array_equal(canvas.rendered_array(), before.astype(np.uint8))
 
 
 def _measure_by_drag(helpers, canvas, p0, p1):
@@ -154,6 +158,11 @@ def test_measure_in_px_without_spacing(qtbot, window, helpers, nih_png):
     b = canvas.image_to_viewport(400, 500).toPoint()
     helpers.drag(canvas.viewport(), a, a, Qt.MouseButton.LeftButton, steps=1)
     assert window.session.measurements == []
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_Escape)  # Esc abandons the half-drawn ruler
+    helpers.drag(canvas.viewport(), b, b, Qt.MouseButton.LeftButton, steps=1)
+    assert window.session.measurements == []
+    helpers.drag(canvas.viewport(), a, a, Qt.MouseButton.LeftButton, steps=1)
     helpers.drag(canvas.viewport(), b, b, Qt.MouseButton.LeftButton, steps=1)
     [m] = window.session.measurements
     assert m.unit == "px" and m.label.endswith(" px") and "mm" not in m.label
