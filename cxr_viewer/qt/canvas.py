@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QPoint, QPointF, QRect, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
     QDragEnterEvent,
@@ -413,7 +413,7 @@ class ImageCanvas(QGraphicsView):
         )
         painter.restore()
 
-    def _draw_block(self, painter: QPainter, lines: list[str], vp: object, align: Qt.AlignmentFlag, margin: int) -> None:
+    def _draw_block(self, painter: QPainter, lines: list[str], vp: QRect, align: Qt.AlignmentFlag, margin: int) -> None:
         if not lines:
             return
         fm = painter.fontMetrics()
@@ -521,7 +521,7 @@ class ImageCanvas(QGraphicsView):
             return None
         return parts[0], parts[1]
 
-    def _draw_orientation(self, painter: QPainter, vp: object) -> None:
+    def _draw_orientation(self, painter: QPainter, vp: QRect) -> None:
         labels = self.orientation_labels()
         if not labels:
             return
@@ -556,7 +556,7 @@ class ImageCanvas(QGraphicsView):
                 return float(mm), mm * px_per_mm
         return 1.0, px_per_mm
 
-    def _draw_scale_bar(self, painter: QPainter, vp: object, margin: int) -> None:
+    def _draw_scale_bar(self, painter: QPainter, vp: QRect, margin: int) -> None:
         bar = self.scale_bar()
         if bar is None:
             return
@@ -574,7 +574,7 @@ class ImageCanvas(QGraphicsView):
             tw = painter.fontMetrics().horizontalAdvance(text)
             painter.drawText(QPointF((x0 + x1) / 2 - tw / 2 + off, y - 8 + off), text)
 
-    def _draw_mask_legend(self, painter: QPainter, vp: object, margin: int) -> None:
+    def _draw_mask_legend(self, painter: QPainter, vp: QRect, margin: int) -> None:
         masks = [m for m in self.session.masks if m.visible]
         if not masks:
             return
