@@ -1,0 +1,117 @@
+"""`cxr-viewer analyze` and `--self-test` end to end, with tiny random-weight bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_viewer.core.models.bundle import make_untrained_bundle
+from cxr_viewer.headless import analyze_main, self_test_main
+
+SIIM = "siim_pneumothorax_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli_models")
+    make_untrained_bundle(root / "nih", name="nih", labels=["Effusion", "Nodule"], size=(64, 64), seed=5)
+    make_untrained_bundle(root / "tb", name="tb", labels=["Tuberculosis"], size=(64, 64), seed=6)
+    return root
+
+
+@pytest.fixture(scope="module")
+def png(data_dir: Path) -> Path:
+    return sorted((data_dir / "nih14" / "images").iterdir())[0]
+
+
+def test_analyze_subprocess_good_and_bad_inputs(models: Path, dicom_dir: Path, png: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.dcm"  # a real DICOM cut off inside its pixel data
+    bad.write_bytes((dicom_dir / "pydicom-data_RG1_UNCR.dcm").read_bytes()[:200_000])
+    out = tmp_path / "result.json"
+    env = {**os.environ, "CXR_VIEWER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr_viewer.cli", "analyze", str(dicom_dir / SIIM), str(png), str(bad),
+         "--models", str(models), "--json", str(out), "--cam", "Nodule", "--cam-out", str(tmp_path / "cams"),
+         "--backend", "torch", "--threads", "2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = json.loads(out.read_text())
+    assert [d["status"] for d in data] == ["ok", "ok", "error"]
+    assert data[0]["file"] == str(dicom_dir / SIIM)
+    assert data[2]["error"]["code"] not in ("", "internal_error") and data[2]["error"]["message"]
+    for d in data[:2]:
+        labels = [(f["model"], f["label"]) for f in d["findings"]]
+        assert labels == [("nih", "Effusion"), ("nih", "Nodule"), ("tb", "Tuberculosis")]
+        for f in d["findings"]:
+            assert 0 <= f["score"] <= 1 and f["positive"] == (f["score"] >= f["threshold"])
+        assert {m["name"] for m in d["models"]} == {"nih", "tb"} and all(len(m["sha256"]) == 64 for m in d["models"])
+        assert {"read", "preprocess", "inference:nih", "inference:tb", "cam"} <= set(d["timing_ms"])
+        assert isinstance(d["qc"], list)
+        cam = d["cam"]
+        assert cam["label"] == "Nodule" and cam["method"] == "gradcam" and isinstance(cam["faithfulness"], float)
+        img = Image.open(cam["path"])
+        assert img.mode == "L" and img.size == (d["image"]["columns"], d["image"]["rows"])
+    assert Image.open(data[1]["cam"]["path"]).size == Image.open(png).size
+
+
+def test_analyze_in_process_stdout_npy_and_reserved_report(models: Path, png: Path, tmp_path: Path, capsys) -> None:
+    rc = analyze_main([str(png), "--models", str(models), "--cam", "Tuberculosis", "--cam-format", "npy",
+                       "--cam-method", "eigencam", "--no-faithfulness", "--cam-out", str(tmp_path), "--backend", "torch"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    arr = np.load(data[0]["cam"]["path"])
+    assert arr.dtype == np.float32 and arr.shape == (data[0]["image"]["rows"], data[0]["image"]["columns"])
+    assert data[0]["cam"]["faithfulness"] is None
+    # unknown CAM label and the reserved segmentation options: clear errors in the JSON, exit 2
+    rc = analyze_main([str(png), "--models", str(models), "--cam", "Cardiomegaly", "--report", "left effusion",
+                       "--backend", "torch"])
+    assert rc == 2
+    obj = json.loads(capsys.readouterr().out)[0]
+    assert obj["status"] == "ok" and obj["cam"]["error"]["code"] == "unknown_label"
+    assert obj["segmentation"]["error"]["code"] == "no_segmentation_model"
+
+
+def test_analyze_without_models_still_reads_and_checks(tmp_path: Path, png: Path, capsys) -> None:
+    small = tmp_path / "small.png"
+    Image.open(png).convert("L").resize((128, 128)).save(small)
+    rc = analyze_main([str(small), "--models", str(tmp_path / "empty")])
+    assert rc == 0
+    obj = json.loads(capsys.readouterr().out)[0]
+    assert obj["status"] == "ok" and obj["findings"] == []
+    assert any("no models found" in w.lower() for w in obj["warnings"])
+    assert "low_resolution" in {q["code"] for q in obj["qc"]}
+
+
+def test_self_test_passes_then_detects_changes(tmp_path: Path, png: Path, capsys) -> None:
+    from cxr_viewer.core.inference.golden import add_golden
+
+    b = make_untrained_bundle(tmp_path / "m" / "nih", name="nih", labels=["Effusion", "Nodule"], size=(64, 64), seed=7)
+    entries = add_golden(b, [png])
+    assert entries[0]["image"].startswith("golden/") and set(entries[0]["scores"]) == {"Effusion", "Nodule"}
+    assert self_test_main(["--models", str(tmp_path / "m"), "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "OK    nih 0.0.0 [UNTRAINED]" in out and "1 golden image(s) match" in out
+    # a recorded score that no longer matches
+    man = json.loads((b / "manifest.json").read_text())
+    man["golden"][0]["scores"]["Nodule"] += 0.01
+    (b / "manifest.json").write_text(json.dumps(man))
+    assert self_test_main(["--models", str(tmp_path / "m"), "--backend", "torch"]) == 1
+    assert "FAIL  nih 0.0.0" in capsys.readouterr().out
+    # tampered weights
+    man["golden"][0]["scores"]["Nodule"] -= 0.01
+    (b / "manifest.json").write_text(json.dumps(man))
+    w = b / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-3] ^= 0x55
+    w.write_bytes(bytes(data))
+    assert self_test_main(["--models", str(tmp_path / "m")]) == 1
+    assert "checksum" in capsys.readouterr().out
