@@ -120,6 +120,7 @@ def make_loader(
     views: int = 1,
     augment: str | None = None,
     cache: Any = None,
+    shuffle: bool | None = None,
 ) -> Any:
     import torch
     from torch.utils.data import DataLoader
@@ -141,7 +142,7 @@ def make_loader(
     return DataLoader(
         ds,
         batch_size=batch,
-        shuffle=train,
+        shuffle=train if shuffle is None else shuffle,
         drop_last=train and views == 2 and len(ds) > batch,  # BatchNorm in the projector needs >1 sample
         num_workers=int(args.num_workers),
         persistent_workers=int(args.num_workers) > 0,
@@ -186,6 +187,11 @@ def build_trainer(
     from lightning.pytorch.loggers import CSVLogger
 
     ckpt_dir = run_dir / "checkpoints"
+    logs = run_dir / "logs"
+    if args.resume and logs.is_dir():
+        # CSVLogger empties its folder: keep the interrupted run's logs as logs.partN/
+        n = len(list(run_dir.glob("logs.part*")))
+        logs.rename(run_dir / f"logs.part{n}")
     callbacks: list[Any] = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -278,7 +284,7 @@ def run_pretrain(args: argparse.Namespace, method: str) -> RunResult:
         )  # fmt: skip
         aug = "ssl" if args.augment == "light" else args.augment
         tl = make_loader(train, spec, [], args, train=True, views=2, augment=aug, cache=cache)
-        vl = make_loader(val, spec, [], args, train=True, views=2, augment=aug, cache=cache)
+        vl = make_loader(val, spec, [], args, train=True, views=2, augment=aug, cache=cache, shuffle=False)
     elif method == "recon":
         from trainer.tasks.recon import ReconTask
 

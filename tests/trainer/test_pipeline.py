@@ -177,6 +177,7 @@ def test_resume_continues_step_and_optimizer(runs: Path, nih_manifest: Path, cap
     k = next(iter(adam1))
     assert float(adam1[k]["step"]) == steps_per_epoch and float(adam2[k]["step"]) == 2 * steps_per_epoch
     assert c2["lr_schedulers"][0]["last_epoch"] == 2 * steps_per_epoch  # warm-up/cosine continued too
+    assert (runs / "resume" / "logs.part0" / "metrics.csv").is_file()  # the first part's log is kept
     # the resumed run reused the first run's split file
     cfg = (runs / "resume" / "config.yaml").read_text()
     assert "resume: true" in cfg and "max_epochs: 2" in cfg
