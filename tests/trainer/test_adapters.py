@@ -196,6 +196,8 @@ def test_generic_csv_and_folder(data_dir: Path) -> None:
     assert len(d) == 5 and not label_columns(d)
     # DICOM patient ids are pseudonymised, never copied
     assert all(p.startswith("h") and len(p) == 13 for p in d["patient_id"])
+    c = build_manifest("folder", data_dir / "covid_ieee8023")  # mask folders are not images
+    assert len(c) > 500 and not c["image"].str.contains("masks_").any()
 
 
 def test_bad_folders_raise_clear_errors(tmp_path: Path) -> None:

@@ -514,7 +514,9 @@ def folder(root: Path) -> "pd.DataFrame":
 
     rows = []
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES or "mask" in p.stem.lower():
+        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if any("mask" in part.lower() for part in p.relative_to(root).parts):  # segmentation masks, not images
             continue
         patient = p.stem
         if p.suffix.lower() in (".dcm", ".dicom"):
