@@ -100,3 +100,40 @@ def test_bad_bundles_and_encoders_are_refused(tmp_path: Path, minilm: MiniLMEnco
 
     with pytest.raises(BundleError, match="384"):
         load_segmenter(_bundle(tmp_path / "seg"), device="cpu", text_encoder=Small())
+
+
+def test_cancel_stops_segmentation(bundle: Path, minilm: MiniLMEncoder) -> None:
+    import threading
+
+    from cxr_viewer.core.errors import AnalysisCancelledError
+    from cxr_viewer.core.inference.results import CancelToken
+
+    seg = load_segmenter(bundle, device="cpu", text_encoder=minilm)
+    img = np.zeros((80, 100), np.float32)
+    ev = threading.Event()
+    ev.set()
+    token = CancelToken()
+    token.cancel()
+    for cancel in (ev, token, lambda: True):
+        with pytest.raises(AnalysisCancelledError):
+            seg.segment(img, ["left lung"], cancel=cancel)
+    assert len(seg.segment(img, ["left lung"], cancel=CancelToken())) == 1
+    assert seg.segment(img, []) == []
+
+
+def test_write_report_masks_for_headless(bundle: Path, minilm: MiniLMEncoder, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cxr_viewer.core.inference.segment import write_report_masks
+
+    seg = load_segmenter(bundle, device="cpu", text_encoder=minilm)
+    img = np.random.default_rng(2).random((70, 90), dtype=np.float32)
+    rows = write_report_masks(seg, img, "Right lower lobe opacity. Both lungs are clear.", tmp_path / "masks", "case1")
+    assert [r["text"] for r in rows] == ["Right lower lobe opacity.", "Both lungs are clear."]
+    for r in rows:
+        with Image.open(r["path"]) as im:
+            arr = np.asarray(im)
+        assert arr.shape == (70, 90) and arr.dtype == np.uint8 and set(np.unique(arr).tolist()) <= {0, 255}
+        assert r["area_fraction"] == pytest.approx((arr == 255).mean(), abs=1e-6)
+    assert Path(rows[0]["path"]).name == "case1_mask01_right_lower_lobe_opacity.png"
+    assert rows[1]["negative"] is True and rows[1]["regions"] == ["both lungs"]

@@ -128,17 +128,3 @@ def test_encoder_init_from_bundle_copies_weights(run: dict) -> None:
     other = create_model("text_unet_tiny", encoder="resnet34")
     with pytest.raises(TrainingConfigError, match="--backbone resnet18"):
         _init_encoder(other, str(run["tmp"] / "encoder"))
-
-
-def test_cancel_stops_segmentation(run: dict) -> None:
-    import threading
-
-    from cxr_viewer.core.errors import AnalysisCancelledError
-    from cxr_viewer.core.inference.segment import load_segmenter
-
-    seg = load_segmenter(run["bundle"], device="cpu")
-    ev = threading.Event()
-    ev.set()
-    with pytest.raises(AnalysisCancelledError):
-        seg.segment(np.zeros((80, 100), np.float32), ["left lung"], cancel=ev)
-    assert seg.segment(np.zeros((80, 100), np.float32), []) == []

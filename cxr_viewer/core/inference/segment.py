@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from cxr_viewer.core.io.record import ImageRecord
     from cxr_viewer.core.models.bundle import LoadedBundle
 
-__all__ = ["Mask", "Segmenter", "load_segmenter", "PALETTE", "NEGATIVE_COLOUR", "REGION_LABEL"]
+__all__ = ["Mask", "Segmenter", "load_segmenter", "write_report_masks", "PALETTE", "NEGATIVE_COLOUR", "REGION_LABEL"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class Mask:
 def _cancelled(cancel: Any) -> bool:
     if cancel is None:
         return False
+    if hasattr(cancel, "cancelled"):  # the engine's CancelToken
+        return bool(cancel.cancelled)
     if hasattr(cancel, "is_set"):
         return bool(cancel.is_set())
     return bool(cancel())
@@ -164,7 +166,7 @@ class Segmenter:
     ) -> list[Mask]:
         """One :class:`Mask` per non-empty phrase, in order, at the original image size.
 
-        ``cancel`` is a ``threading.Event`` or a callable returning True to stop; a
+        ``cancel`` is the engine's ``CancelToken``, a ``threading.Event`` or a callable returning True; a
         cancelled run raises :class:`AnalysisCancelledError` and returns nothing.
         """
         from cxr_viewer.core.report import region_phrases
@@ -237,3 +239,33 @@ def load_segmenter(path: str | Path, *, device: Any = None, text_encoder: Any = 
 
         device = _pick_device(None)
     return Segmenter(load_bundle(path, device=device), text_encoder=text_encoder)
+
+
+def _file_part(text: str, limit: int = 40) -> str:
+    out = "".join(c.lower() if c.isalnum() else "_" for c in text)
+    out = "_".join(p for p in out.split("_") if p)
+    return out[:limit].rstrip("_") or "sentence"
+
+
+def write_report_masks(
+    segmenter: Segmenter,
+    record: "ImageRecord | np.ndarray",
+    report_text: str,
+    out_dir: str | Path,
+    stem: str,
+    *,
+    cancel: Any = None,
+) -> list[dict[str, Any]]:
+    """Headless output: one 8-bit PNG (0/255, the input's size) per report sentence.
+
+    Sentences are the report's FINDINGS/IMPRESSION sentences, or every sentence when
+    the text has no section headers. Returns, in sentence order,
+    ``{"text", "path", "area_fraction", "negative", "regions"}`` for the result JSON.
+    """
+    out = Path(out_dir)
+    masks = segmenter.segment_report(record, report_text, cancel=cancel)
+    rows = []
+    for i, m in enumerate(masks, start=1):
+        path = m.to_png(out / f"{stem}_mask{i:02d}_{_file_part(m.text)}.png")
+        rows.append({**m.summary(), "path": str(path)})
+    return rows
