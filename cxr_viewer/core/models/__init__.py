@@ -7,6 +7,7 @@ Torch is imported here, so GUI code imports this package lazily.
 from __future__ import annotations
 
 from cxr_viewer.core.models import classifier as _classifier  # noqa: F401  (registers models)
+from cxr_viewer.core.models import segmenter as _segmenter  # noqa: F401  (registers text_unet for load_bundle)
 from cxr_viewer.core.models.registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]
