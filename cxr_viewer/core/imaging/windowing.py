@@ -176,6 +176,30 @@ PRESETS: dict[str, WindowPreset] = {
 _LEVELS = 65535
 
 
+def window_in_source_units(record: ImageRecord | None, window: tuple[float, float]) -> tuple[float, float] | None:
+    """(centre, width) of a [0, 1] display window in the file's own values (DICOM modality-LUT output).
+
+    Uses ``metadata["value_range"]`` (and ``value_inverted`` for MONOCHROME1, whose
+    [0, 1] scale runs the other way); ``None`` when the source has no such range
+    (PNG/JPEG), where [0, 1] is the only meaningful unit. Reported in the DICOM LINEAR
+    convention (PS3.3 C.11.2.1.2.1: limits ``c - 0.5 -/+ (w - 1) / 2``), so the file's
+    own window reads back as its WindowCenter/WindowWidth.
+    """
+    if record is None:
+        return None
+    rng = (record.metadata or {}).get("value_range")
+    if rng is None:
+        return None
+    vmin, vmax = float(rng[0]), float(rng[1])
+    if not vmax > vmin:
+        return None
+    lo, hi = float(window[0]), float(window[1])
+    span = vmax - vmin
+    centre = (lo + hi) / 2.0
+    value = vmax - centre * span if (record.metadata or {}).get("value_inverted") else vmin + centre * span
+    return value + 0.5, (hi - lo) * span + 1.0
+
+
 def quantize(pixels: np.ndarray) -> np.ndarray:
     """[0, 1] float pixels -> uint16 codes (e.g. for 16-bit export or a GPU texture)."""
     out = np.empty(pixels.shape, dtype=np.float32)

@@ -122,6 +122,9 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         notices.append(spacing_note)
 
     metadata = header_metadata(ds)
+    # The modality-LUT value range behind [0, 1]: lets the display speak the file's own units.
+    metadata["value_range"] = (lo, hi)
+    metadata["value_inverted"] = invert
     for kw in _PIXEL_KEYWORDS:
         if kw in ds:
             del ds[kw]
