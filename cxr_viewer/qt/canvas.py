@@ -32,7 +32,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QFrame, QGraphicsItem, QGraphicsPixmapItem, QGraphicsScene, QGraphicsView, QWidget
 
-from cxr_viewer.core.imaging.windowing import window_to_uint8
+from cxr_viewer.core.imaging.windowing import window_in_source_units, window_to_uint8
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import DisplayState, HeatmapLayer, MaskLayer, Measurement, Session, make_measurement
 from cxr_viewer.qt.overlays import ColorBar, MeasurementItem, gray_to_qimage, make_heatmap_item, make_mask_item
@@ -466,8 +466,12 @@ class ImageCanvas(QGraphicsView):
         head = " ".join(str(v) for v in (md.get("modality"), md.get("view_position")) if v)
         desc = str(md.get("series_description") or md.get("study_description") or "")
         c, w = self._state.center_width
+        source = window_in_source_units(self._record, self._state.window)
+        if source is not None:  # the file's own units, as a PACS shows them
+            c, w = source
+        cw = f"C {c:.0f}  W {w:.0f}" if source is not None else f"C {c:.3f}  W {w:.3f}"
         lines = [s for s in (head, desc) if s]
-        lines.append(f"C {c:.3f}  W {w:.3f}" + (f"  ({self._state.preset})" if self._state.preset else ""))
+        lines.append(cw + (f"  ({self._state.preset})" if self._state.preset else ""))
         lines.append(f"Zoom {self._state.zoom * 100:.0f}%")
         flags = []
         if self._state.invert:
