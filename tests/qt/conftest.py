@@ -14,11 +14,14 @@ LOAD_TIMEOUT_MS = 60_000
 
 
 @pytest.fixture(autouse=True)
-def _private_settings(tmp_path: Path) -> None:
-    """Any QSettings built without a path lands in tmp_path, never in the user's config."""
+def _private_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any QSettings built without a path lands in tmp_path, never in the user's config;
+    the user models folder and the model cache too."""
     QSettings.setDefaultFormat(QSettings.Format.IniFormat)
     for scope in (QSettings.Scope.UserScope, QSettings.Scope.SystemScope):
         QSettings.setPath(QSettings.Format.IniFormat, scope, str(tmp_path / "qsettings"))
+    monkeypatch.setenv("CXR_VIEWER_MODELS", str(tmp_path / "user_models"))
+    monkeypatch.setenv("CXR_VIEWER_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture
@@ -37,6 +40,8 @@ def make_window(qtbot, settings_path: Path):
 
     def _make(**kwargs) -> "MainWindow":
         settings = QSettings(str(settings_path), QSettings.Format.IniFormat)
+        # Viewer tests run no models unless they bring their own folder of bundles.
+        kwargs.setdefault("models_dir", settings_path.parent / "no_models")
         win = MainWindow(settings=settings, **kwargs)
         qtbot.addWidget(win)
         win.resize(1200, 800)
@@ -47,6 +52,7 @@ def make_window(qtbot, settings_path: Path):
 
     yield _make
     for win in made:
+        win.analysis.shutdown(5000)
         win.runner.cancel_all()
         win.runner.wait(5000)
 
