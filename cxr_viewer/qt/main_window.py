@@ -40,8 +40,12 @@ from PySide6.QtWidgets import (
 from cxr_viewer.core.errors import CXRError
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import DEFAULT_PREFERENCES, DisplayState, Session
+from cxr_viewer.qt.analysis import DEVICES, AnalysisController
 from cxr_viewer.qt.canvas import ImageCanvas, PixelInfo, dropped_paths
 from cxr_viewer.qt.icons import icon
+from cxr_viewer.qt.panels.findings import FindingsPanel
+from cxr_viewer.qt.panels.heatmap import HeatmapPanel
+from cxr_viewer.qt.panels.report import ReportPanel
 from cxr_viewer.qt.study_browser import StudyBrowser, make_thumbnail, thumbnail_array
 from cxr_viewer.qt.tag_browser import TagBrowser
 from cxr_viewer.qt.workers import Task, TaskRunner
@@ -109,6 +113,9 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
         self.runner = TaskRunner(self.session, self)
+        # Models run on their own one-worker executor, so reading the next image never waits for them.
+        self.analysis = AnalysisController(self.session, self.settings, models_dir=models_dir, parent=self)
+        self.models_dialog: QDialog | None = None
 
         self.canvas = ImageCanvas(self.session, self)
         self.setCentralWidget(self.canvas)
@@ -117,6 +124,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_toolbar()
         self._build_status_bar()
+        self._build_analysis_panels()
         self._connect()
         self._restore_settings()
         self.canvas.set_mode("pan")
@@ -243,6 +251,17 @@ class MainWindow(QMainWindow):
         self.addAction(studies)
         self.action_map["study_browser"] = studies
 
+        a("models", "&Models…", self.show_models, "Ctrl+Shift+M", tip="Installed models: model cards, enable, add")
+        a("reanalyze", "Analyse &Again", self.analysis.rerun, "Ctrl+R", tip="Run the models on this image again")
+        self.device_group = QActionGroup(self)
+        for dev in DEVICES:
+            act = a(f"device_{dev}", {"auto": "&Automatic (GPU when present)", "cpu": "&CPU",
+                                      "cuda": "NVIDIA &CUDA GPU", "mps": "Apple &MPS GPU"}[dev],
+                    lambda _=False, d=dev: self.set_device(d), checkable=True,
+                    tip=f"Run the models on: {dev}")
+            self.device_group.addAction(act)
+        self.action_map[f"device_{self.analysis.device}"].setChecked(True)
+
         a("shortcuts", "&Keyboard Shortcuts", self.show_shortcuts, ["F1", "?"])
         a("about", "&About cxr-viewer", self.show_about)
 
@@ -285,6 +304,13 @@ class MainWindow(QMainWindow):
         m.addAction(self.action_map["clear_measurements"])
         m.addSeparator()
         m.addAction(self.action_map["tag_browser"])
+        m.addSeparator()
+        m.addAction(self.action_map["models"])
+        m.addAction(self.action_map["reanalyze"])
+        device = m.addMenu("Compute &Device")
+        for act in self.device_group.actions():
+            device.addAction(act)
+        self.device_menu = device
 
         m = bar.addMenu("&Help")
         m.addAction(self.action_map["shortcuts"])
@@ -327,15 +353,32 @@ class MainWindow(QMainWindow):
         self.window_label = QLabel("", self)
         self.zoom_label = QLabel("", self)
         self.spacing_label = QLabel("", self)
-        for w in (self.pixel_label, self.window_label, self.zoom_label, self.spacing_label):
+        self.analysis_label = QLabel("", self)
+        self.analysis_label.setObjectName("analysisProgress")
+        for w in (self.pixel_label, self.window_label, self.zoom_label, self.spacing_label, self.analysis_label):
             w.setTextFormat(Qt.TextFormat.PlainText)
         self.pixel_label.setMinimumWidth(230)
+        sb.addPermanentWidget(self.analysis_label)
         sb.addPermanentWidget(self.busy_bar)
         sb.addPermanentWidget(self.pixel_label)
         sb.addPermanentWidget(self.window_label)
         sb.addPermanentWidget(self.zoom_label)
         sb.addPermanentWidget(self.spacing_label)
         sb.showMessage("Ready: drop a chest X-ray or a folder, or press Ctrl+O")
+
+    def _build_analysis_panels(self) -> None:
+        """Findings on the right, heatmap controls and the report below them."""
+        self.findings_panel = FindingsPanel(self.analysis, self)
+        self.heatmap_panel = HeatmapPanel(self.analysis, self.session, self)
+        self.report_panel = ReportPanel(self.analysis, self.session, self)
+        self.findings_dock = self.add_panel(self.findings_panel, "Findings")
+        self.heatmap_dock = self.add_panel(self.heatmap_panel, "Heatmap")
+        self.report_dock = self.add_panel(self.report_panel, "Report")
+        if not self._state_restored:
+            self.tabifyDockWidget(self.heatmap_dock, self.report_dock)
+            self.heatmap_dock.raise_()
+            self.resizeDocks([self.findings_dock], [430], Qt.Orientation.Horizontal)
+            self.resizeDocks([self.findings_dock, self.heatmap_dock], [560, 300], Qt.Orientation.Vertical)
 
     def _connect(self) -> None:
         ev = self.session.events
@@ -350,6 +393,9 @@ class MainWindow(QMainWindow):
         self.canvas.files_dropped.connect(self.open_paths)
         self.canvas.mode_changed.connect(self._on_mode)
         self.study_browser.open_requested.connect(self.open_file)
+        self.image_loaded.connect(self.analysis.analyze)
+        self.analysis.error.connect(lambda title, message: self.show_error(message, title))
+        self.analysis.progress.connect(self._on_analysis_progress)
 
     def _disconnect(self) -> None:
         ev = self.session.events
@@ -364,6 +410,8 @@ class MainWindow(QMainWindow):
         ):
             sig.disconnect(slot)
         self.canvas.disconnect_session()
+        self.heatmap_panel.disconnect_session()
+        self.report_panel.disconnect_session()
 
     # ------------------------------------------------------------------ opening
     def open_paths(self, paths: Iterable[str | Path]) -> None:
@@ -547,6 +595,29 @@ class MainWindow(QMainWindow):
         self.shortcuts_dialog = dlg
         return dlg
 
+    def show_models(self) -> QDialog:
+        """Tools › Models…: model cards, enable/disable, add a bundle (non-modal)."""
+        from cxr_viewer.qt.panels.models import ModelManagerDialog
+
+        if self.models_dialog is None:
+            self.models_dialog = ModelManagerDialog(self.analysis, self)
+        else:
+            self.models_dialog.refresh()
+        self.models_dialog.show()
+        self.models_dialog.raise_()
+        return self.models_dialog
+
+    def set_device(self, device: str) -> None:
+        """Device preference for the models (auto/cpu/cuda/mps), kept in the settings."""
+        self.analysis.set_device(device)
+        act = self.action_map.get(f"device_{device}")
+        if act is not None and not act.isChecked():
+            act.setChecked(True)
+        self.statusBar().showMessage(f"Models will run on: {device}", 8000)
+
+    def _on_analysis_progress(self, text: str) -> None:
+        self.analysis_label.setText(text)
+
     def show_about(self) -> None:
         from cxr_viewer import __version__
 
@@ -587,8 +658,16 @@ class MainWindow(QMainWindow):
         self.spacing_label.setToolTip(_spacing_tip(record))
 
     def _on_display(self, state: DisplayState) -> None:
+        from cxr_viewer.core.imaging.windowing import window_in_source_units
+
         c, w = state.center_width
-        self.window_label.setText(f"C {c:.3f}  W {w:.3f}")
+        source = window_in_source_units(self.session.record, state.window)
+        if source is not None:
+            self.window_label.setText(f"C {source[0]:.0f}  W {source[1]:.0f}")
+            self.window_label.setToolTip(f"Window centre/width in the file's own values (C {c:.3f}, W {w:.3f} of the range)")
+        else:
+            self.window_label.setText(f"C {c:.3f}  W {w:.3f}")
+            self.window_label.setToolTip("Window centre/width as a fraction of the image's value range")
         self.zoom_label.setText(f"Zoom {state.zoom * 100:.0f}%")
         inv = self.action_map["invert"]
         if inv.isChecked() != state.invert:
@@ -699,6 +778,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
         self.save_settings()
+        self.analysis.shutdown(3000)
         self.runner.cancel_all()
         self.runner.wait(3000)
         if self.error_dialog is not None:
