@@ -83,11 +83,14 @@ def bench_loops(frame, spec, labels, args) -> None:
     ds = CXRDataset(frame, spec, labels, cache=cache)
     for i in range(len(ds)):  # fill the cache: the loops compare training, not decoding
         ds[i]
-    y = label_matrix(frame, labels).tolist()
+    import numpy as np
+
+    y = label_matrix(frame, labels)
+    counts = [np.nansum(y, axis=0).tolist(), (~np.isnan(y)).sum(axis=0).astype(float).tolist()]
 
     def make_module() -> ClassifierTask:
         torch.manual_seed(0)
-        return ClassifierTask(labels=labels, task="multilabel", backbone=args.backbone, train_targets_summary=y,
+        return ClassifierTask(labels=labels, task="multilabel", backbone=args.backbone, label_counts=counts,
                               lr=1e-3, warmup_epochs=1)  # fmt: skip
 
     def loader() -> DataLoader:

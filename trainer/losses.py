@@ -71,17 +71,25 @@ class MulticlassLoss(nn.Module):
         return ((1 - p_t).pow(self.gamma) * ce).mean()
 
 
-def pos_weight_from_targets(targets: torch.Tensor, max_weight: float = 50.0) -> torch.Tensor:
-    """negatives / positives per label (capped), from a (N, L) target matrix with NaN = unknown."""
+def label_counts(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positives, known) per label of a (N, L) target matrix with NaN = unknown."""
     known = ~torch.isnan(targets)
     pos = (torch.nan_to_num(targets, nan=0.0) * known).sum(0)
-    neg = known.sum(0) - pos
-    return (neg / pos.clamp_min(1.0)).clamp(1.0 / max_weight, max_weight)
+    return pos, known.sum(0).to(pos.dtype)
 
 
-def class_weights_from_targets(targets: torch.Tensor) -> torch.Tensor:
-    """Inverse-frequency class weights (mean 1) from one-hot targets."""
-    counts = torch.nan_to_num(targets, nan=0.0).sum(0).clamp_min(1.0)
+def pos_weight_from_counts(pos: torch.Tensor, known: torch.Tensor, max_weight: float = 50.0) -> torch.Tensor:
+    """negatives / positives per label, capped so a label with 1 positive cannot dominate."""
+    return ((known - pos) / pos.clamp_min(1.0)).clamp(1.0 / max_weight, max_weight)
+
+
+def pos_weight_from_targets(targets: torch.Tensor, max_weight: float = 50.0) -> torch.Tensor:
+    return pos_weight_from_counts(*label_counts(targets), max_weight=max_weight)
+
+
+def class_weights_from_counts(pos: torch.Tensor) -> torch.Tensor:
+    """Inverse-frequency class weights (mean 1) from per-class counts."""
+    counts = pos.clamp_min(1.0)
     w = counts.sum() / (len(counts) * counts)
     return w / w.mean()
 
@@ -89,26 +97,36 @@ def class_weights_from_targets(targets: torch.Tensor) -> torch.Tensor:
 def build_classification_loss(
     task: str,
     name: str,
-    targets: torch.Tensor,
+    targets: torch.Tensor | None = None,
     *,
+    counts: tuple[torch.Tensor, torch.Tensor] | None = None,
     label_smoothing: float = 0.0,
     focal_gamma: float = 2.0,
 ) -> nn.Module:
-    """``name``: ``bce`` | ``bce_posweight`` | ``focal`` (multilabel/binary); ``ce`` | ``ce_weighted`` | ``focal`` (multiclass)."""
+    """``name``: ``bce`` | ``bce_posweight`` | ``focal`` (multilabel/binary); ``ce`` | ``ce_weighted`` | ``focal`` (multiclass).
+
+    Class balance comes from ``counts`` (positives, known per label) or a ``targets`` matrix.
+    """
     from cxr_viewer.core.errors import TrainingConfigError
+
+    if counts is None:
+        if targets is None:
+            raise ValueError("build_classification_loss needs targets or counts")
+        counts = label_counts(targets)
+    pos, known = (torch.as_tensor(c, dtype=torch.float32) for c in counts)
 
     if task == "multiclass":
         if name in ("ce", "bce"):
             return MulticlassLoss(label_smoothing=label_smoothing)
         if name in ("ce_weighted", "bce_posweight"):
-            return MulticlassLoss(class_weights_from_targets(targets), label_smoothing=label_smoothing)
+            return MulticlassLoss(class_weights_from_counts(pos), label_smoothing=label_smoothing)
         if name == "focal":
             return MulticlassLoss(label_smoothing=label_smoothing, focal_gamma=focal_gamma)
     else:
         if name == "bce":
             return MaskedBCE(label_smoothing=label_smoothing)
         if name == "bce_posweight":
-            return MaskedBCE(pos_weight_from_targets(targets), label_smoothing=label_smoothing)
+            return MaskedBCE(pos_weight_from_counts(pos, known), label_smoothing=label_smoothing)
         if name == "focal":
             return FocalLoss(gamma=focal_gamma, label_smoothing=label_smoothing)
     raise TrainingConfigError(

@@ -370,9 +370,10 @@ def run_finetune(args: argparse.Namespace) -> RunResult:
     if len(val) == 0 or len(train) == 0:
         raise TrainingDataError("The train or validation split is empty; check --val-frac and the manifest.")
     y_train = label_matrix(train, labels)
+    counts = [np.nansum(y_train, axis=0).tolist(), (~np.isnan(y_train)).sum(axis=0).astype(float).tolist()]
     module = ClassifierTask(
         labels=labels, task=task, backbone=args.backbone, drop_rate=args.drop_rate, mode=args.mode,
-        unfreeze_every=args.unfreeze_every, loss=args.loss, train_targets_summary=y_train.tolist(),
+        unfreeze_every=args.unfreeze_every, loss=args.loss, label_counts=counts,
         label_smoothing=args.label_smoothing, focal_gamma=args.focal_gamma, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
     )  # fmt: skip

@@ -49,8 +49,9 @@ def nih_manifest(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def common_args(runs: Path, name: str, *extra: str) -> list[str]:
-    """Options every tiny run shares: 64 px, 2 CPU-friendly workers-free loaders, no progress bar."""
+    """Options every tiny run shares: 64 px, in-process loaders, no progress bar, one decode cache on disk."""
     return [
         "--runs-dir", str(runs), "--name", name, "--image-size", "64", "--batch-size", "8",
-        "--num-workers", "0", "--progress", "none", "--accelerator", "cpu", "--devices", "1", *extra,
+        "--num-workers", "0", "--progress", "none", "--accelerator", "cpu", "--devices", "1",
+        "--cache", "both", "--cache-dir", str(runs.parent / ".decode-cache"), *extra,
     ]  # fmt: skip

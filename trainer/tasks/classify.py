@@ -54,7 +54,7 @@ class ClassifierTask(BaseTask):
         mode: str = "full",
         unfreeze_every: int = 1,
         loss: str = "bce_posweight",
-        train_targets_summary: list[list[float]] | None = None,
+        label_counts: list[list[float]] | None = None,
         label_smoothing: float = 0.0,
         focal_gamma: float = 2.0,
         lr: float = 1e-3,
@@ -75,10 +75,12 @@ class ClassifierTask(BaseTask):
             raise TrainingConfigError("A multiclass task needs at least two one-hot label columns.")
         self.save_hyperparameters()
         self.model = create_model("classifier", backbone=backbone, num_classes=len(labels), in_chans=1, drop_rate=drop_rate)
-        targets = torch.tensor(train_targets_summary or [[0.5] * len(labels)], dtype=torch.float32)
+        # [[positives per label], [known per label]] of the training set: small enough for hparams
+        counts = label_counts or [[1.0] * len(labels), [2.0] * len(labels)]
         self.criterion = build_classification_loss(
-            task, loss, targets, label_smoothing=label_smoothing, focal_gamma=focal_gamma
-        )
+            task, loss, counts=(torch.tensor(counts[0]), torch.tensor(counts[1])),
+            label_smoothing=label_smoothing, focal_gamma=focal_gamma,
+        )  # fmt: skip
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -------------------------------------------------------------- freezing
