@@ -94,6 +94,17 @@ class InferenceEngine:
     torch, with a log warning, if the export cannot be verified).
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "InferenceEngine":
+        # Without torch (the small CPU app bundle) the ONNX lane stands in: same API, no torch import.
+        if cls is InferenceEngine:
+            from cxr_viewer.core.runtime import torch_available
+
+            if not torch_available():
+                from cxr_viewer.core.inference.onnx_lane import LaneEngine
+
+                cls = LaneEngine
+        return super().__new__(cls)
+
     def __init__(
         self,
         bundles: Iterable["LoadedBundle"] | None = None,

@@ -97,6 +97,14 @@ class Segmenter:
     pass one to share it between segmenters or to use a local CLIP folder.
     """
 
+    def __new__(cls, bundle: "LoadedBundle", *args: Any, **kwargs: Any) -> "Segmenter":
+        # A bundle loaded on the torch-free lane (it carries ``lane``) runs through its ONNX export.
+        if cls is Segmenter and getattr(bundle, "lane", None) is not None:
+            from cxr_viewer.core.inference.onnx_lane import LaneSegmenter
+
+            cls = LaneSegmenter
+        return super().__new__(cls)
+
     def __init__(self, bundle: "LoadedBundle", text_encoder: Any = None, *, max_batch: int = 16) -> None:
         import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet for bundles)
 
@@ -235,9 +243,14 @@ def load_segmenter(path: str | Path, *, device: Any = None, text_encoder: Any = 
     from cxr_viewer.core.models.bundle import load_bundle
 
     if device is None:
-        from cxr_viewer.core.models.text import _pick_device
+        from cxr_viewer.core.runtime import torch_available
 
-        device = _pick_device(None)
+        if torch_available():
+            from cxr_viewer.core.models.text import _pick_device
+
+            device = _pick_device(None)
+        else:
+            device = "cpu"
     return Segmenter(load_bundle(path, device=device), text_encoder=text_encoder)
 
 

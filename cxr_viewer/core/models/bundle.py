@@ -498,6 +498,12 @@ def read_manifest(path: str | Path) -> Manifest:
 
 def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu") -> LoadedBundle:
     """Validate, hash-check and rebuild a bundle; the model comes back in eval mode on ``device``."""
+    from cxr_viewer.core.runtime import torch_available
+
+    if not torch_available():  # the torch-free app bundle: same checks, ONNX network (core.inference.onnx_lane)
+        from cxr_viewer.core.inference.onnx_lane import load_lane_bundle
+
+        return load_lane_bundle(path_or_zip, device=device)
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load

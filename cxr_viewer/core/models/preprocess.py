@@ -196,6 +196,12 @@ def preprocess(item: "ImageRecord | np.ndarray", spec: Preprocessing | Mapping[s
     Records are windowed with their default (DICOM VOI) window when
     ``spec.window == "default"``; arrays are taken as already windowed.
     """
+    from cxr_viewer.core.runtime import torch_available
+
+    if not torch_available():  # torch-free app bundle: this policy with NumPy kernels (same values, tested)
+        from cxr_viewer.core.models.preprocess_numpy import preprocess_numpy
+
+        return preprocess_numpy(item, spec)  # type: ignore[return-value]
     import torch
 
     if not isinstance(spec, Preprocessing):
@@ -249,6 +255,12 @@ def restore_map(
     upsampled to the grid. Regions the network never saw (cropped away) get ``fill``.
     Use ``interpolation="nearest"`` for label masks.
     """
+    from cxr_viewer.core.runtime import torch_available
+
+    if not torch_available():  # torch-free app bundle
+        from cxr_viewer.core.models.preprocess_numpy import restore_map_numpy
+
+        return restore_map_numpy(np.asarray(map_hw), spec, original_shape, interpolation=interpolation, fill=fill)
     import torch
 
     if not isinstance(spec, Preprocessing):
