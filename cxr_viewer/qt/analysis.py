@@ -61,6 +61,8 @@ CAM_CHOICES: dict[str, str] = {
     "XGradCAM": "xgradcam",
     "HiResCAM": "hirescam",
 }
+#: Heatmap values under this fraction of the maximum are not drawn, so the hot regions stand out.
+DEFAULT_CUTOFF = 0.2
 NO_MODELS_MESSAGE = "No models installed — add a bundle in Tools › Models…"
 NO_ENABLED_MESSAGE = "All finding models are switched off — enable one in Tools › Models…"
 NOT_LOADED_MESSAGE = "No finding model could be loaded — see Tools › Models… for the reason"
@@ -329,7 +331,7 @@ class AnalysisController(QObject):
         self.runner.idle.connect(lambda: self.progress.emit(""))
         self.pool = ModelPool()
         self.backend = str(settings.value("analysis/backend", "auto"))
-        self.faithfulness = True
+        self.faithfulness = str(settings.value("heatmap/faithfulness", "true")).lower() in ("true", "1")
         self.auto_cam = True
         self._sync = False
         self._gen = itertools.count(1)
@@ -394,6 +396,23 @@ class AnalysisController(QObject):
     @property
     def masks(self) -> list["Mask"]:
         return list(self._masks)
+
+    @property
+    def heatmap_cutoff(self) -> float | None:
+        """Fraction of the map's maximum below which it is transparent (None: show it all); persisted."""
+        try:
+            value = float(self.settings.value("heatmap/cutoff", DEFAULT_CUTOFF))
+        except (TypeError, ValueError):
+            value = DEFAULT_CUTOFF
+        return value if 0.0 < value < 1.0 else None
+
+    def set_faithfulness(self, on: bool) -> None:
+        """Score each heatmap's faithfulness (ROAD: seconds of CPU per map); persisted."""
+        self.faithfulness = bool(on)
+        self.settings.setValue("heatmap/faithfulness", "true" if on else "false")
+
+    def set_heatmap_cutoff(self, value: float | None) -> None:
+        self.settings.setValue("heatmap/cutoff", 0.0 if value is None else float(value))
 
     @property
     def cam_method(self) -> str:
@@ -641,6 +660,9 @@ class AnalysisController(QObject):
                 message = NOT_LOADED_MESSAGE
             elif classifiers and not any(s.enabled for s in classifiers):
                 message = NO_ENABLED_MESSAGE
+            elif outcome.bundles:
+                others = ", ".join(s.display_name for s in outcome.bundles)
+                message = f"No finding model installed (only {others}) — add one in Tools › Models…"
             else:
                 message = NO_MODELS_MESSAGE
         state = AnalysisState(
@@ -681,7 +703,7 @@ class AnalysisController(QObject):
             faithfulness=heat.faithfulness,
             colormap=old.colormap if old is not None else str(prefs.preference("heatmap_colormap")),
             opacity=old.opacity if old is not None else float(prefs.preference("heatmap_opacity")),
-            threshold=old.threshold if old is not None else None,
+            threshold=old.threshold if old is not None else self.heatmap_cutoff,
             visible=old.visible if old is not None else True,
         )
         self.session.set_heatmap(layer)

@@ -118,6 +118,16 @@ def test_heatmap_drawing_controls(qtbot, make_window, tiny_models, nih_png) -> N
     items = [hp.finding_combo.itemData(i) for i in range(hp.finding_combo.count())]
     scores = {(f.label, f.model): f.score for f in win.session.findings}
     assert set(items) == set(scores) and [scores[i] for i in items] == sorted(scores.values(), reverse=True)
+    # the faithfulness score can be switched off (it costs seconds of CPU) and back on
+    hp.faithfulness_check.setChecked(False)
+    other = next(i for i in items if i[0] != heat.label)
+    hp.choose(*other)
+    qtbot.waitUntil(lambda: win.session.heatmap.label == other[0] and not win.session.busy, timeout=WAIT_MS)
+    assert win.session.heatmap.faithfulness is None and hp.faithfulness_label.text() == "not computed"
+    assert win.settings.value("heatmap/faithfulness") == "false"
+    hp.faithfulness_check.setChecked(True)
+    qtbot.waitUntil(lambda: win.session.heatmap.faithfulness is not None and not win.session.busy, timeout=WAIT_MS)
+    assert win.session.heatmap.label == other[0]
     # the overlay stays aligned: rotating and flipping moves image and heatmap as one
     win.session.rotate(90)
     win.session.flip_horizontal()

@@ -78,15 +78,19 @@ class HeatmapPanel(QWidget):
         self.colormap_combo.setCurrentText(cmap)
         self.threshold_slider = QSlider(Qt.Orientation.Horizontal, self)
         self.threshold_slider.setRange(0, 95)
-        self.threshold_slider.setValue(0)
+        cutoff = controller.heatmap_cutoff
+        self.threshold_slider.setValue(0 if cutoff is None else int(round(cutoff * 100)))
         self.threshold_slider.setToolTip("Hide the map below this fraction of its maximum (0: show all)")
-        self.threshold_value = QLabel("off", self)
+        self.threshold_value = QLabel("off" if cutoff is None else f"{self.threshold_slider.value()}%", self)
         self.threshold_value.setMinimumWidth(36)
         self.faithfulness_label = QLabel("—", self)
         self.faithfulness_label.setObjectName("faithfulness")
         self.faithfulness_label.setToolTip(FAITHFULNESS_TIP)
         self.faithfulness_name = QLabel("Faithfulness", self)
         self.faithfulness_name.setToolTip(FAITHFULNESS_TIP)
+        self.faithfulness_check = QCheckBox("Score", self)
+        self.faithfulness_check.setChecked(controller.faithfulness)
+        self.faithfulness_check.setToolTip("Compute the faithfulness score for each heatmap (a few seconds of CPU)")
         self.info_label = QLabel("Open an image to see heatmaps.", self)
         self.info_label.setObjectName("heatmapInfo")
         self.info_label.setWordWrap(True)
@@ -108,7 +112,10 @@ class HeatmapPanel(QWidget):
         row.addWidget(self.threshold_slider, 1)
         row.addWidget(self.threshold_value)
         form.addRow("Cut-off", row)
-        form.addRow(self.faithfulness_name, self.faithfulness_label)
+        row = QHBoxLayout()
+        row.addWidget(self.faithfulness_label, 1)
+        row.addWidget(self.faithfulness_check)
+        form.addRow(self.faithfulness_name, row)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addLayout(form)
@@ -121,6 +128,7 @@ class HeatmapPanel(QWidget):
         self.opacity_slider.valueChanged.connect(self._on_opacity)
         self.colormap_combo.currentTextChanged.connect(self._on_colormap)
         self.threshold_slider.valueChanged.connect(self._on_threshold)
+        self.faithfulness_check.toggled.connect(self._on_faithfulness)
         controller.state_changed.connect(self._on_state)
         controller.heatmap_changed.connect(self._on_heatmap)
         session.events.heatmap_changed.connect(self._on_layer)
@@ -207,6 +215,14 @@ class HeatmapPanel(QWidget):
         if data is not None and not self._updating:
             self.choose(data[0], data[1])
 
+    def _on_faithfulness(self, on: bool) -> None:
+        self.controller.set_faithfulness(on)
+        heat = self.controller.heatmap
+        if on and heat is not None and heat.faithfulness is None:
+            self.choose(heat.label, heat.model)  # the map comes from the cache; only the score is new
+        elif not on and (heat is None or heat.faithfulness is None):
+            self.faithfulness_label.setText("not computed")
+
     def _on_opacity(self, value: int) -> None:
         self.opacity_value.setText(f"{value}%")
         if not self._updating:
@@ -221,4 +237,5 @@ class HeatmapPanel(QWidget):
     def _on_threshold(self, value: int) -> None:
         self.threshold_value.setText("off" if value == 0 else f"{value}%")
         if not self._updating:
+            self.controller.set_heatmap_cutoff(None if value == 0 else value / 100.0)
             self.session.update_heatmap(threshold=None if value == 0 else value / 100.0)
