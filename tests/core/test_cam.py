@@ -48,9 +48,12 @@ def test_each_method_maps_at_original_size(engine: InferenceEngine, record: Imag
 
 
 def test_faithfulness_is_a_bounded_number(engine: InferenceEngine, record: ImageRecord) -> None:
-    heat = engine.cam(record, "Effusion", "gradcam++", faithfulness=True)
+    plain = engine.cam(record, "Effusion", "gradcam++")
+    assert plain.faithfulness is None and plain.network_map.shape == (64, 64)
+    heat = engine.faithfulness(record, plain)
     assert isinstance(heat.faithfulness, float) and -1.0 <= heat.faithfulness <= 1.0
     assert "ROAD" in heat.faithfulness_method
+    assert engine.cam(record, "Effusion", "gradcam++", faithfulness=True).faithfulness == pytest.approx(heat.faithfulness, abs=0.05)
     assert heat.to_dict()["faithfulness"] == pytest.approx(heat.faithfulness, abs=1e-6)
 
 
@@ -78,8 +81,14 @@ def test_gradcam_reaches_frozen_models() -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     torch.manual_seed(0)
-    maps = [compute_cam(model, torch.randn(1, 1, 64, 64), 0, method=m, target_layers=["backbone.layer3"]) for m in ("gradcam", "layercam")]
-    assert any(float(m.max()) > 0 for m in maps)
+    x = torch.randn(1, 1, 64, 64)
+    outs = [compute_cam(model, x, 0, method=m, target_layers=["backbone.layer3"]) for m in ("gradcam", "layercam")]
+    assert any(float(m.max()) > 0 for m, _ in outs)
+    # the logits come from the CAM's own forward pass and parameters are frozen again after
+    with torch.no_grad():
+        assert np.allclose(outs[0][1], model(x)[0].numpy(), atol=1e-5)
+    assert not any(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_bad_requests_give_clear_errors(engine: InferenceEngine, record: ImageRecord) -> None:

@@ -127,11 +127,17 @@ def compute_cam(
     *,
     method: str = "gradcam",
     target_layers: Sequence[str],
-) -> np.ndarray:
-    """One image's CAM in NETWORK space: float32 (H, W) of the input, scaled to [0, 1].
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's CAM in NETWORK space and the logits of that same forward pass.
 
-    ``input_tensor`` is (1, C, H, W) on the model's device. The caller must hold the
-    model's lock: the library registers hooks on it for the duration of the call.
+    Returns ``(map, logits)``: float32 (H, W) of the input scaled to [0, 1], and the
+    model's logits (L,). ``input_tensor`` is (1, C, H, W) on the model's device. The
+    caller must hold the model's lock: hooks are registered and, for gradient
+    methods, the target layers' parameters briefly require grad.
+
+    Why the parameters: bundles load frozen. Letting only the hooked layers' weights
+    require grad makes autograd stop there, so the backward pass covers the head
+    and the last block instead of the whole network down to the input.
     """
     import pytorch_grad_cam as pgc
     import torch
@@ -144,25 +150,32 @@ def compute_cam(
     cls: Any = getattr(pgc, CAM_METHODS[key])
     if key == "scorecam":
         _silence_scorecam_progress()
-    # Parameters are frozen after loading; gradients must still reach the hooked
-    # activations, so the input carries requires_grad instead.
-    x = input_tensor.detach().clone().requires_grad_(True)
+    params = [p for layer in layers for p in layer.parameters() if not p.requires_grad]
+    x = input_tensor.detach()
+    if not params:  # a parameter-free target layer: gradients must come from the input
+        x = x.clone().requires_grad_(True)
     was_training = model.training
     try:
+        for p in params:
+            p.requires_grad_(True)
         with torch.enable_grad(), cls(model=model, target_layers=layers) as cam:
             if key == "scorecam":
                 cam.batch_size = SCORECAM_BATCH
             maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(target_index))])
+            logits = cam.outputs.detach().float().cpu().numpy()[0]
     except InferenceError:
         raise
     except Exception as exc:  # noqa: BLE001 - library errors become one domain error
         raise InferenceError(f"The {key} heatmap could not be computed: {exc}") from exc
     finally:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
         model.train(was_training)
     out = np.asarray(maps[0], dtype=np.float32)
     if not np.isfinite(out).all():
         out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
-    return out
+    return out, logits
 
 
 def road_faithfulness(

@@ -353,76 +353,84 @@ class InferenceEngine:
         method: str = "gradcam",
         *,
         model: str | None = None,
-        faithfulness: bool = True,
+        faithfulness: bool = False,
         cancel: CancelToken | None = None,
     ) -> Heatmap:
         """Heatmap for ``label`` at the ORIGINAL image size (float32 HxW in [0, 1]).
 
         Runs on torch (gradients), serialised with other uses of the same model.
-        ``faithfulness`` adds the ROAD score (about a second per percentile on CPU).
+        ``faithfulness=True`` adds the ROAD score now; a UI can instead show the map
+        first and call :meth:`faithfulness` afterwards (it costs seconds on CPU).
         """
-        from cxr_viewer.core.inference.cam import (
-            DEFAULT_ROAD_PERCENTILES,
-            canonical_method,
-            compute_cam,
-            road_faithfulness,
-        )
+        from cxr_viewer.core.inference.cam import canonical_method, compute_cam
         from cxr_viewer.core.models.preprocess import preprocess, restore_map
 
         key_method = canonical_method(method)
         b = self._bundle_for_label(label, model)
         idx = b.labels.index(label)
-        ckey = (record.content_hash, b.sha256, label, key_method, faithfulness)
+        ckey = (record.content_hash, b.sha256, label, key_method)
         with self._lock:
             hit = self._cam_cache.get(ckey)
-            if hit is not None:
-                self._cam_cache.move_to_end(ckey)
-                return hit
-        layers = b.manifest.cam_layers
-        if not layers:
-            cam_layer = getattr(b.model, "cam_layer_name", None)
-            if cam_layer is None:
-                raise InferenceError(f"Model {b.name!r} names no heatmap layer in its bundle.")
-            layers = [cam_layer()]
-        t0 = time.perf_counter()
-        x = preprocess(record, b.preprocessing)[None].to(self.device)
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        with b.lock:
-            net_map = compute_cam(b.model, x, idx, method=key_method, target_layers=layers)
-            import torch
-
-            with torch.inference_mode():
-                score = float(_scores(b.model(x).float().cpu().numpy()[0], b.task)[idx])
-        t_cam = (time.perf_counter() - t0) * 1e3
-        faith = None
-        if faithfulness:
+        if hit is None:
+            layers = b.manifest.cam_layers
+            if not layers:
+                cam_layer = getattr(b.model, "cam_layer_name", None)
+                if cam_layer is None:
+                    raise InferenceError(f"Model {b.name!r} names no heatmap layer in its bundle.")
+                layers = [cam_layer()]
+            t0 = time.perf_counter()
+            x = preprocess(record, b.preprocessing)[None].to(self.device)
             if cancel is not None:
                 cancel.raise_if_cancelled()
             with b.lock:
-                faith = road_faithfulness(b.model, x, net_map, idx, multiclass=b.task == "multiclass")
-        values = restore_map(net_map, b.preprocessing, record.shape)
-        hi = float(values.max()) if values.size else 0.0
-        if hi > 0:
-            values = values / hi
-        values = np.clip(values, 0.0, 1.0).astype(np.float32)
-        heat = Heatmap(
-            values=values,
-            label=label,
-            method=key_method,
-            model=b.name,
-            target_index=idx,
-            target_layer=",".join(layers),
-            faithfulness=faith,
-            faithfulness_method=f"ROAD combined, percentiles {list(DEFAULT_ROAD_PERCENTILES)}" if faithfulness else "",
-            score=score,
-            timing_ms=t_cam,
-        )
-        with self._lock:
-            self._cam_cache[ckey] = heat
-            while len(self._cam_cache) > 4:
-                self._cam_cache.popitem(last=False)
-        return heat
+                net_map, logits = compute_cam(b.model, x, idx, method=key_method, target_layers=layers)
+            score = float(_scores(logits, b.task)[idx])
+            values = restore_map(net_map, b.preprocessing, record.shape)
+            hi = float(values.max()) if values.size else 0.0
+            if hi > 0:  # the peak may have sat in letterbox padding: rescale what is visible
+                values /= hi
+            np.clip(values, 0.0, 1.0, out=values)
+            hit = Heatmap(
+                values=values,
+                label=label,
+                method=key_method,
+                model=b.name,
+                target_index=idx,
+                target_layer=",".join(layers),
+                score=score,
+                timing_ms=(time.perf_counter() - t0) * 1e3,
+                network_map=net_map,
+            )
+            with self._lock:
+                self._cam_cache[ckey] = hit
+                while len(self._cam_cache) > 4:
+                    self._cam_cache.popitem(last=False)
+        if faithfulness and hit.faithfulness is None:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            hit = hit.with_faithfulness(*self._road(record, hit))
+            with self._lock:
+                self._cam_cache[ckey] = hit
+        return hit
+
+    def faithfulness(self, record: ImageRecord, heatmap: Heatmap) -> Heatmap:
+        """The same heatmap with its ROAD faithfulness score filled in (see ``inference.cam``)."""
+        if heatmap.faithfulness is not None:
+            return heatmap
+        return heatmap.with_faithfulness(*self._road(record, heatmap))
+
+    def _road(self, record: ImageRecord, heatmap: Heatmap) -> tuple[float, str]:
+        from cxr_viewer.core.inference.cam import DEFAULT_ROAD_PERCENTILES, road_faithfulness
+        from cxr_viewer.core.models.preprocess import preprocess
+
+        if heatmap.network_map is None:
+            raise InferenceError("This heatmap carries no network-space map to score.")
+        b = self.bundle(heatmap.model)
+        x = preprocess(record, b.preprocessing)[None].to(self.device)
+        with b.lock:
+            value = road_faithfulness(b.model, x, heatmap.network_map, heatmap.target_index,
+                                      multiclass=b.task == "multiclass")
+        return value, f"ROAD combined, percentiles {list(DEFAULT_ROAD_PERCENTILES)}"
 
     def clear_cache(self) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ can cross threads and be cached safely.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,10 @@ class Heatmap:
     faithfulness_method: str = ""
     score: float | None = None
     timing_ms: float = 0.0
+    network_map: np.ndarray | None = field(default=None, repr=False)  # the map on the network's input grid
+
+    def with_faithfulness(self, value: float, method: str) -> "Heatmap":
+        return replace(self, faithfulness=float(value), faithfulness_method=method)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -172,7 +172,11 @@ def to_unit_gray(image: np.ndarray) -> np.ndarray:
 
 
 def _resize(t: "torch.Tensor", size: tuple[int, int], interpolation: str) -> "torch.Tensor":
-    """Resize a (N, C, H, W) tensor; antialias when shrinking so thin lines survive."""
+    """Resize a (N, C, H, W) tensor; antialias when shrinking so thin lines survive.
+
+    (A box-average pre-reduction was measured and brought no gain over torch's
+    antialiased kernel, so geometry stays exact with one pass.)
+    """
     import torch.nn.functional as F
 
     if tuple(t.shape[-2:]) == tuple(size):
@@ -203,6 +207,7 @@ def preprocess(item: "ImageRecord | np.ndarray", spec: Preprocessing | Mapping[s
 
         return preprocess_numpy(item, spec)  # type: ignore[return-value]
     import torch
+    import torch.nn.functional as F
 
     if not isinstance(spec, Preprocessing):
         spec = Preprocessing.from_dict(spec)
@@ -213,14 +218,16 @@ def preprocess(item: "ImageRecord | np.ndarray", spec: Preprocessing | Mapping[s
     H, W = spec.size
     oy, ox = geo.offset
     if spec.resize == "letterbox":
-        out = torch.full((1, 1, H, W), float(spec.pad_value), dtype=torch.float32)
-        out[..., oy : oy + geo.resized[0], ox : ox + geo.resized[1]] = t
-        t = out
+        pad = (ox, W - ox - geo.resized[1], oy, H - oy - geo.resized[0])
+        if any(pad):
+            t = F.pad(t, pad, mode="constant", value=float(spec.pad_value))
     elif spec.resize == "center_crop":
         t = t[..., -oy : -oy + H, -ox : -ox + W]
-    t = t[0].clamp_(0.0, 1.0) if spec.interpolation == "bicubic" else t[0]
+    t = t[0].clamp(0.0, 1.0) if spec.interpolation == "bicubic" else t[0]
     if spec.channels == 3:
         t = t.expand(3, H, W)
+    if len(set(spec.mean)) == 1 and len(set(spec.std)) == 1:
+        return ((t - spec.mean[0]) * (1.0 / spec.std[0])).contiguous()
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
     return ((t - mean) / std).contiguous()
