@@ -61,7 +61,10 @@ def heatmap_rgba(layer: HeatmapLayer) -> np.ndarray:
     idx = np.clip(layer.data * 255.0 + 0.5, 0, 255).astype(np.uint8)
     rgba = colormap_lut(layer.colormap)[idx]
     if layer.threshold is not None:
-        rgba[..., 3] = np.where(layer.data >= layer.threshold, 255, 0).astype(np.uint8)
+        # transparent below the cut-off, fading in over the next 0.1 so the map has no hard edge
+        t = float(layer.threshold)
+        ramp = max(min(0.1, 1.0 - t), 1e-3)
+        rgba[..., 3] = (np.clip((layer.data - t) / ramp, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return rgba
 
 
