@@ -48,7 +48,7 @@ class ModelManagerDialog(QDialog):
 
         self.list = QListWidget(self)
         self.list.setObjectName("bundleList")
-        self.list.setMinimumWidth(260)
+        self.list.setMinimumWidth(320)
         self.card = QTextBrowser(self)
         self.card.setObjectName("modelCard")
         self.card.setOpenExternalLinks(False)

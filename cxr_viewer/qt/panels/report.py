@@ -146,7 +146,10 @@ def export_tri_panel(
         else:
             ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
         ax.set_title(name, color="white", fontsize=12)
-        ax.set_axis_off()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():  # a frame, so an all-black mask panel still shows its extent
+            spine.set_color("#555555")
     for m in shown:
         b = m.binary()[::step, ::step] if m.binary().shape == (h, w) else None
         if b is not None and b.any():
