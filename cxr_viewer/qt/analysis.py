@@ -477,7 +477,7 @@ class AnalysisController(QObject):
     def _is_current(self, channel: str, gen: int, record: ImageRecord) -> bool:
         return self._generation.get(channel) == gen and self.session.record is record
 
-    def _submit(self, channel: str, fn: Callable[..., Iterator[tuple[str, Any]]], args: tuple[Any, ...],
+    def _submit(self, channel: str | None, fn: Callable[..., Iterator[tuple[str, Any]]], args: tuple[Any, ...],
                 on_item: Callable[[tuple[str, Any]], None], on_error: Callable[[BaseException], None]) -> None:
         if self._sync:
             self.session.begin_work()
@@ -574,7 +574,8 @@ class AnalysisController(QObject):
             else:
                 self._install_bundle(path, item[1])
 
-        self._submit("install", job, (path,), on_item, lambda exc: self._report(exc, "Model not added"))
+        # no channel: two bundles dropped together must both be installed, not supersede each other
+        self._submit(None, job, (path,), on_item, lambda exc: self._report(exc, "Model not added"))
 
     def _install_bundle(self, src: Path, manifest: Any) -> None:
         from cxr_viewer.core.paths import user_models_dir

@@ -31,6 +31,8 @@ def _torch_threads() -> None:
 def analysed_window(qtbot, make_window, models: Path, path: Path):
     win = make_window(models_dir=models)
     win.analysis.backend = "torch"
+    win.progress_lines = []
+    win.analysis.progress.connect(win.progress_lines.append)
     win.open_paths([path])
     qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done"
                     and not win.session.busy, timeout=WAIT_MS)
@@ -81,6 +83,30 @@ def test_dicom_fills_findings_with_marks_and_heatmap(qtbot, make_window, tiny_mo
     assert win.canvas.heatmap_item is not None and win.canvas.colorbar.isVisible()
     assert re.match(r"[+-]\d\.\d\d ", win.heatmap_panel.faithfulness_label.text())
     assert win.analysis_label.text() == "" and win.last_error is None
+    # progress named the models while they loaded and ran
+    assert any("Loading model nih-tiny" in line for line in win.progress_lines)
+    assert any(line.startswith("Analysing with") and "tb-tiny" in line for line in win.progress_lines)
+
+
+def test_qc_flags_are_shown_above_the_findings(qtbot, make_window, tiny_models, nih_png) -> None:
+    _torch_threads()
+    from dataclasses import replace
+
+    from cxr_viewer.core.io import read_image
+
+    win = make_window(models_dir=tiny_models)
+    win.analysis.backend = "torch"
+    rec = read_image(nih_png)
+    lateral = replace(rec, metadata={**rec.metadata, "view_position": "LL", "modality": "DX"})
+    win.session.set_record(lateral)
+    win.analysis.analyze(lateral)
+    assert win.wait_idle(WAIT_MS / 1000)
+    assert [q.code for q in win.analysis.state.qc] == ["lateral_view"]
+    qc = win.findings_panel.qc_label
+    assert qc.isVisible() and "Lateral view (LL)" in qc.text() and "WARNING" in qc.text()
+    layout = win.findings_panel.layout()
+    assert layout.indexOf(qc) < layout.indexOf(win.findings_panel.tree), "flags sit above the findings"
+    assert win.findings_panel.rows(), "scores are still listed, with the flag beside them"
 
 
 def test_threshold_edit_flips_mark_persists_and_resets(qtbot, make_window, tiny_models, siim_dicom, settings_path) -> None:

@@ -93,8 +93,9 @@ def test_tampered_or_pickled_bundles_are_refused(qtbot, make_window, tiny_models
     assert not user.exists() or not any(user.iterdir())
 
 
-def test_dropping_a_bundle_zip_installs_it(qtbot, make_window, tiny_models, nih_png, tmp_path) -> None:
+def test_dropping_a_bundle_zip_and_folder_installs_both(qtbot, make_window, tiny_models, nih_png, tmp_path) -> None:
     src = build_classifier(tmp_path / "extra", "extra-tiny", ("Pneumonia",), trained=True, seed=5, task="binary")
+    folder = build_classifier(tmp_path / "more", "more-tiny", ("Edema",), trained=True, seed=6, task="binary")
     archive = tmp_path / "extra-tiny.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for f in src.iterdir():
@@ -103,13 +104,14 @@ def test_dropping_a_bundle_zip_installs_it(qtbot, make_window, tiny_models, nih_
     dlg = win.show_models()
     qtbot.waitExposed(dlg)
     mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(archive))])
+    mime.setUrls([QUrl.fromLocalFile(str(archive)), QUrl.fromLocalFile(str(folder))])
     event = QDropEvent(QPointF(QPoint(50, 50)), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                        Qt.KeyboardModifier.NoModifier)
     dlg.dropEvent(event)
     assert win.wait_idle(WAIT_MS / 1000)
     user = Path(win.analysis.model_dirs()[-1])
     assert (user / "extra-tiny-0.0.1.zip").is_file()
+    assert (user / "more-tiny-0.0.1" / "model.safetensors").is_file()
     assert dlg.message.text().startswith("Added")
-    assert "extra-tiny" in dlg.names()
-    assert _models_in_findings(win) == {"nih-tiny", "tb-tiny", "extra-tiny"}
+    assert {"extra-tiny", "more-tiny"} <= set(dlg.names())
+    assert _models_in_findings(win) == {"nih-tiny", "tb-tiny", "extra-tiny", "more-tiny"}
