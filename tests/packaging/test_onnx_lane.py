@@ -310,3 +310,24 @@ def test_self_test_without_torch_reports_a_golden_mismatch(lane_models: Path, tm
     assert "SELFTEST_RC 1" in p.stdout, p.stdout + p.stderr[-2000:]
     assert "FAIL  findings 0.0.0 [UNTRAINED]: golden/01_nih_chest.png: Effusion scored" in p.stdout
     assert "1 problem(s)" in p.stdout and "HEAVY []" in p.stdout
+
+
+def test_viewer_window_analyses_without_torch(lane_models: Path, tmp_path: Path) -> None:
+    """What the frozen CPU app runs: its runtime hook and entry point, torch unimportable, real window."""
+    shot = tmp_path / "shot.png"
+    code = f"""
+        import os, runpy
+        os.environ.update(QT_QPA_PLATFORM="offscreen", CXR_VIEWER_GUI_CHECK="1", HOME=r"{tmp_path}",
+                          XDG_CONFIG_HOME=r"{tmp_path / 'config'}", XDG_DATA_HOME=r"{tmp_path / 'data'}",
+                          XDG_CACHE_HOME=r"{tmp_path / 'cache'}")
+        runpy.run_path(r"{REPO / 'packaging' / 'hooks' / 'rthook_cxr_viewer.py'}")
+        sys.argv = ["cxr-viewer", "--models", r"{lane_models}", "--screenshot", r"{shot}",
+                    r"{SAMPLES / 'nih_chest.png'}"]
+        entry = runpy.run_path(r"{REPO / 'packaging' / 'entry.py'}")
+        print("ENTRY_RC", entry["main"]())
+    """
+    p = _torch_free(code, tmp_path)
+    assert "ENTRY_RC 0" in p.stdout, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "GUI_FINDINGS 3 " in p.stdout and "GUI_ERROR None" in p.stdout, p.stdout[-2000:]
+    assert "HEAVY []" in p.stdout
+    assert shot.stat().st_size > 10_000

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Build the one-folder CPU application (no PyTorch inside) and prove it works.
+#
+#   packaging/build.sh [--models DIR]... [--skip-check]
+#
+# 1. installs the project with its build extra (PyInstaller) if missing;
+# 2. stages the shipped models with ONNX exports verified against torch (packaging/stage.py);
+# 3. freezes the viewer with PyInstaller (packaging/cxr-viewer.spec) into dist/cxr-viewer/;
+# 4. runs packaging/check_bundle.py: self-test, sample analysis, screenshot, start-up time and
+#    size, with an environment that holds no Python (env -i, PATH=/usr/bin:/bin).
+# The result is dist/cxr-viewer/ (run dist/cxr-viewer/cxr-viewer) and dist/cxr-viewer-check.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+models=()
+check=1
+while (($#)); do
+  case "$1" in
+    --models) models+=(--models "$2"); shift 2 ;;
+    --skip-check) check=0; shift ;;
+    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
+    *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+python -c "import PyInstaller, cxr_viewer" 2>/dev/null || python -m pip install -q -e ".[dev,bundle]"
+
+echo "== staging models, samples and text encoder (ONNX exports verified against torch)"
+python packaging/stage.py "${models[@]}" --out build/stage
+
+echo "== freezing with PyInstaller"
+CXR_STAGE_DIR=build/stage python -m PyInstaller --noconfirm --clean --log-level WARN \
+  --distpath dist --workpath build/pyinstaller packaging/cxr-viewer.spec
+
+if ((check)); then
+  echo "== checking the frozen application"
+  python packaging/check_bundle.py dist/cxr-viewer --json dist/cxr-viewer-check.json
+fi
+echo "== done: dist/cxr-viewer/cxr-viewer"
