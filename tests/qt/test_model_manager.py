@@ -115,3 +115,23 @@ def test_dropping_a_bundle_zip_and_folder_installs_both(qtbot, make_window, tiny
     assert dlg.message.text().startswith("Added")
     assert {"extra-tiny", "more-tiny"} <= set(dlg.names())
     assert _models_in_findings(win) == {"nih-tiny", "tb-tiny", "extra-tiny", "more-tiny"}
+
+
+def test_a_damaged_installed_bundle_is_reported_and_the_others_still_run(qtbot, make_window, tiny_models, nih_png,
+                                                                          tmp_path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "nih", models / "nih")
+    shutil.copytree(tiny_models / "tb", models / "tb")
+    weights = models / "tb" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    win = _open(qtbot, make_window, models, nih_png)
+    assert _models_in_findings(win) == {"nih-tiny"}
+    banner = win.findings_panel.banner
+    assert banner.isVisible() and "Not loaded: tb-tiny" in banner.text() and "checksum" in banner.text()
+    dlg = win.show_models()
+    tb_row = dlg.names().index("tb-tiny")
+    assert "NOT LOADED" in dlg.list.item(tb_row).text()
+    dlg.list.setCurrentRow(tb_row)
+    assert "Not loaded" in dlg.card.toPlainText()

@@ -261,11 +261,15 @@ class FindingsPanel(QWidget):
             kind, text = "none", state.message
             if state.load_errors:
                 text += "\n" + "\n".join(state.load_errors[:3])
-        elif state.untrained_models:
-            names = ", ".join(state.untrained_models)
+        elif state.untrained_models or state.load_errors:
             kind = "untrained"
-            text = (f"UNTRAINED model: {names}. Random weights — these scores are meaningless and "
-                    "are shown for testing only. Install trained model bundles in Tools › Models.")
+            parts = []
+            if state.untrained_models:
+                names = ", ".join(state.untrained_models)
+                parts.append(f"UNTRAINED model: {names}. Random weights — these scores are meaningless and "
+                             "are shown for testing only. Install trained model bundles in Tools › Models.")
+            parts += [f"Not loaded: {e}" for e in state.load_errors[:3]]
+            text = "\n".join(parts)
         if kind is None:
             self.banner.hide()
             return

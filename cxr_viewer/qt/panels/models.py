@@ -97,6 +97,7 @@ class ModelManagerDialog(QDialog):
         self.folders_label.setText("Folders: " + "  ·  ".join(str(d) for d in dirs))
         current = self.list.currentItem().data(ROLE_PATH) if self.list.currentItem() is not None else None
         loaded = {(b.name, b.sha256.lower()) for b in self.controller.bundles if b.loaded}
+        failed = {str(b.path): b.error for b in self.controller.bundles if b.error}
         self._updating = True
         self.list.clear()
         self._cards = {}
@@ -113,12 +114,18 @@ class ModelManagerDialog(QDialog):
                     tags.append("UNTRAINED")
                 if (m.name, str(m.weights.get("sha256", "")).lower()) in loaded:
                     tags.append("loaded")
-                item = QListWidgetItem(f"{m.name} {m.version}  ({', '.join(tags)})")
+                error = failed.get(str(info.path))
+                if error:
+                    tags.append("NOT LOADED")
+                item = QListWidgetItem(f"{'⚠ ' if error else ''}{m.name} {m.version}  ({', '.join(tags)})")
                 item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsUserCheckable)
                 item.setCheckState(Qt.CheckState.Checked if self.controller.is_enabled(m.name) else Qt.CheckState.Unchecked)
                 item.setData(ROLE_NAME, m.name)
                 item.setToolTip(f"{info.path}\nTick to use this model, untick to switch it off.")
-                self._cards[str(info.path)] = model_card_markdown(m)
+                card = model_card_markdown(m)
+                if error:
+                    card = f"> **Not loaded:** {error}\n\n" + card
+                self._cards[str(info.path)] = card
             item.setData(ROLE_PATH, str(info.path))
             self.list.addItem(item)
         self._updating = False
