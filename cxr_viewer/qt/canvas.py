@@ -482,6 +482,9 @@ class ImageCanvas(QGraphicsView):
             flags.append("Mirrored")
         if flags:
             lines.append(", ".join(flags))
+        heat = self.session.heatmap
+        if heat is not None and heat.visible and heat.label:
+            lines.append(f"Heatmap: {heat.label.replace('_', ' ')}" + (f" ({heat.method})" if heat.method else ""))
         return lines
 
     def image_lines(self) -> list[str]:
