@@ -81,6 +81,7 @@ def test_dicom_fills_findings_with_marks_and_heatmap(qtbot, make_window, tiny_mo
     assert heat is not None and heat.data.shape == win.session.record.shape
     assert heat.label in NIH_LABELS, "the heatmap goes to a trained model's finding first"
     assert win.canvas.heatmap_item is not None and win.canvas.colorbar.isVisible()
+    assert f"Heatmap: {heat.label} (gradcam)" in win.canvas.display_lines(), "the image says what the map shows"
     assert re.match(r"[+-]\d\.\d\d ", win.heatmap_panel.faithfulness_label.text())
     assert win.analysis_label.text() == "" and win.last_error is None
     # progress named the models while they loaded and ran
