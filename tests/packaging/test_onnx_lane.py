@@ -136,11 +136,11 @@ def test_lane_scores_equal_torch_and_golden(lane_models: Path, record) -> None:
     assert check.ok and check.images == 2 and check.max_diff < 1e-4, check.failures
 
 
-@pytest.mark.parametrize("method", ["gradcam", "hirescam", "xgradcam", "gradcam++", "layercam", "eigencam"])
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "xgradcam", "gradcam++", "layercam", "eigencam", "scorecam"])
 def test_lane_heatmap_equals_pytorch_grad_cam(lane_models: Path, record, method: str) -> None:
     """Closed forms from the exported feature map == the library's gradient path, label by label."""
     from cxr_viewer.core.inference.cam import compute_cam
-    from cxr_viewer.core.inference.onnx_lane import cam_from_features, load_lane_bundle
+    from cxr_viewer.core.inference.onnx_lane import cam_from_features, load_lane_bundle, scorecam_weights
     from cxr_viewer.core.models.bundle import load_bundle
     from cxr_viewer.core.models.preprocess import preprocess
 
@@ -149,10 +149,14 @@ def test_lane_heatmap_equals_pytorch_grad_cam(lane_models: Path, record, method:
     x = preprocess(record, tb.preprocessing)[None]
     _, feats = lb.model.forward(x.numpy())
     drawn = 0
-    for idx in range(len(LABELS)):
+    for idx in range(1 if method == "scorecam" else len(LABELS)):  # ScoreCAM: 512 forwards per map
         out = compute_cam(tb.model, x, idx, method=method, target_layers=tb.manifest.cam_layers)
         ref = out[0] if isinstance(out, tuple) else out
-        got = cam_from_features(feats[0], lb.model.head[0], idx, method, tb.preprocessing.size)
+        if method == "scorecam":
+            weights = scorecam_weights(lb.model, x.numpy(), feats[0], idx)
+            got = cam_from_features(feats[0], weights[None], 0, "weighted", tb.preprocessing.size)
+        else:
+            got = cam_from_features(feats[0], lb.model.head[0], idx, method, tb.preprocessing.size)
         assert got.shape == ref.shape
         drawn += float(np.ptp(ref)) > 0.5  # a real map (random heads can give an all-negative, blank one)
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0, err_msg=f"{method} label {idx}")
@@ -171,8 +175,27 @@ def test_lane_engine_heatmap_at_image_size(lane_models: Path, record) -> None:
     np.testing.assert_allclose(got.values, ref.values, atol=1e-4)
     assert got.score == pytest.approx(ref.score, abs=1e-5)
     assert got.faithfulness is None and "PyTorch" in got.faithfulness_method
-    with pytest.raises(InferenceError, match="without PyTorch"):
-        lane.cam(record, "Effusion", "scorecam")
+    assert lane.faithfulness(record, got) is got
+
+
+def test_lane_without_exact_head_keeps_feature_only_methods(lane_models: Path, tmp_path: Path, record) -> None:
+    from cxr_viewer.core.inference.onnx_lane import LaneEngine, load_lane_bundle, unavailable_cam_methods
+
+    bdir = tmp_path / "inexact"
+    shutil.copytree(lane_models / "findings", bdir)
+    rec = json.loads((bdir / "lane" / "lane.json").read_text())
+    rec["cam"]["exact"] = False  # as exported for a model whose head is not pooling + linear
+    (bdir / "lane" / "lane.json").write_text(json.dumps(rec))
+    bundle = load_lane_bundle(bdir)
+    missing = unavailable_cam_methods(bundle)
+    assert set(missing) == {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"}
+    assert "EigenCAM and ScoreCAM" in missing["gradcam"]
+    assert unavailable_cam_methods(load_lane_bundle(lane_models / "findings")) == {}
+    engine = LaneEngine([bundle])
+    with pytest.raises(InferenceError, match="only EigenCAM and ScoreCAM"):
+        engine.cam(record, "Effusion", "gradcam")
+    heat = engine.cam(record, "Effusion", "eigencam")
+    assert heat.values.shape == record.shape and float(heat.values.max()) == pytest.approx(1.0)
 
 
 def test_lane_refuses_tampered_or_foreign_exports(lane_models: Path, tmp_path: Path) -> None:

@@ -21,13 +21,18 @@ export outputs ``A``; ``W`` is read from the bundle's own safetensors):
   scaling), which is exactly the classic CAM of Zhou et al. 2016;
 - HiResCAM: identical to Grad-CAM here (gradient times activation, summed);
 - XGrad-CAM, Grad-CAM++ and LayerCAM: their weight formulas with ``g = W_ck/(h*w)``;
-- EigenCAM needs only ``A`` (first principal component).
+- EigenCAM needs only ``A`` (first principal component);
+- ScoreCAM is forward-only: each channel of ``A``, upsampled and scaled to [0, 1],
+  masks the input; the label's logits on those inputs (batched ONNX forwards),
+  softmaxed, weight the channels.
 
 The export checks the identity numerically (``logits == W @ mean(A) + b``) and
 records ``cam.exact``; ``tests/packaging/test_onnx_lane.py`` checks every map
-against pytorch-grad-cam on the torch path. ScoreCAM and the ROAD faithfulness
-score need many perturbed forwards through the library and are only offered with
-torch (:data:`LANE_CAM_METHODS` lists what the lane draws).
+against pytorch-grad-cam on the torch path. A model that does not end in pooling
+and a linear layer keeps EigenCAM and ScoreCAM only. The ROAD faithfulness score
+(the library's imputation on torch tensors) is not computed here: heatmaps carry
+``faithfulness=None``. :func:`unavailable_cam_methods` says what a bundle cannot
+draw in this process, with the reason, for the UI to grey out.
 """
 
 from __future__ import annotations
@@ -83,18 +88,28 @@ __all__ = [
     "default_text_dir",
     "load_lane_bundle",
     "read_lane",
+    "scorecam_weights",
+    "unavailable_cam_methods",
 ]
 
 LANE_DIR = "lane"
 LANE_FILE = "lane.json"
 LANE_SCHEMA = 1
 #: Heatmap methods the lane computes (closed forms, see the module docstring).
-LANE_CAM_METHODS: tuple[str, ...] = ("gradcam", "hirescam", "xgradcam", "gradcam++", "layercam", "eigencam")
-#: Methods that need gradients through the whole network or many library forwards.
+LANE_CAM_METHODS: tuple[str, ...] = (
+    "gradcam", "hirescam", "xgradcam", "gradcam++", "layercam", "eigencam", "scorecam",
+)  # fmt: skip
+#: Methods that work from the feature map alone, for models without a pooling + linear ending.
+FEATURE_ONLY_METHODS: tuple[str, ...] = ("eigencam", "scorecam")
 TORCH_ONLY_REASON = (
     "This copy of cxr-viewer runs without PyTorch (the small CPU build), so {method} is not available. "
-    "Choose GradCAM, HiResCAM, XGradCAM, GradCAM++, LayerCAM or EigenCAM, or install the full version."
+    "Choose GradCAM, HiResCAM, XGradCAM, GradCAM++, LayerCAM, EigenCAM or ScoreCAM, or install the full version."
 )
+NOT_EXACT_REASON = (
+    "Without PyTorch, {method} needs a model that ends in average pooling and a linear layer; "
+    "{model!r} does not, so only EigenCAM and ScoreCAM can be drawn."
+)
+SCORECAM_BATCH = 32
 TEXT_DIR_NAME = "all-MiniLM-L6-v2"
 
 
@@ -302,7 +317,9 @@ def cam_from_features(
 ) -> np.ndarray:
     """Network-space heatmap (H, W) in [0, 1] from one image's map ``features`` (K, h, w).
 
-    ``weight`` is the linear head (L, K); ``index`` the label. The map is made at
+    ``weight`` is the linear head (L, K); ``index`` the label. ``method="weighted"``
+    takes ``weight[index]`` as the channel weights themselves (ScoreCAM's, from
+    :func:`scorecam_weights`). The map is made at
     feature resolution, clipped at 0, scaled to [0, 1], upsampled bilinearly to
     ``size`` and scaled again (the steps pytorch-grad-cam takes for one layer).
     """
@@ -315,7 +332,9 @@ def cam_from_features(
         if weight is None:
             raise InferenceError(f"The {method} heatmap needs the model's linear head, which this export lacks.")
         g = (np.asarray(weight, dtype=np.float32)[index] / float(a.shape[1] * a.shape[2]))[:, None, None]
-        if method in ("gradcam", "hirescam"):
+        if method == "weighted":  # channel weights given directly (ScoreCAM)
+            cam = (np.asarray(weight, dtype=np.float32)[index][:, None, None] * a).sum(0)
+        elif method in ("gradcam", "hirescam"):
             cam = (g * a).sum(0)
         elif method == "xgradcam":
             s = a.sum(axis=(1, 2), keepdims=True)
@@ -334,6 +353,63 @@ def cam_from_features(
     cam = _minmax(np.maximum(cam.astype(np.float32), 0))
     cam = resize2d(cam, size, "bilinear")
     return _minmax(np.maximum(cam, 0))
+
+
+def _upsample_corners(a: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Bilinear resize of (N, h, w) with corner-aligned sampling (``align_corners=True``), float32."""
+    f32 = np.float32
+    out = a.astype(f32)
+    for axis, n_out in ((1, int(size[0])), (2, int(size[1]))):
+        n_in = out.shape[axis]
+        scale = f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else f32(0.0)
+        src = scale * np.arange(n_out, dtype=f32)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        lam = (src - i0.astype(f32)).astype(f32)
+        shape = [1, 1, 1]
+        shape[axis] = n_out
+        lam = lam.reshape(shape)
+        out = np.take(out, i0, axis=axis) * (f32(1.0) - lam) + np.take(out, i1, axis=axis) * lam
+    return out
+
+
+def scorecam_weights(
+    net: "LaneClassifierNet", x: np.ndarray, features: np.ndarray, index: int, *, cancel: CancelToken | None = None
+) -> np.ndarray:
+    """ScoreCAM channel weights (K,): softmax over the label's logits on channel-masked inputs."""
+    size = x.shape[-2:]
+    k = features.shape[0]
+    scores = np.empty(k, dtype=np.float64)
+    for i in range(0, k, SCORECAM_BATCH):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        up = _upsample_corners(features[i : i + SCORECAM_BATCH], size)
+        flat = up.reshape(up.shape[0], -1)
+        lo, hi = flat.min(1)[:, None, None], flat.max(1)[:, None, None]
+        up = (up - lo) / (hi - lo + np.float32(1e-8))
+        batch = x[0][None] * up[:, None]  # (B, C, H, W)
+        scores[i : i + up.shape[0]] = net(batch)[:, index]
+    e = np.exp(scores - scores.max())
+    return (e / e.sum()).astype(np.float32)
+
+
+def unavailable_cam_methods(bundle: LoadedBundle | None = None) -> dict[str, str]:
+    """Heatmap methods this process cannot draw (for ``bundle``, if given) -> the reason, for a tooltip.
+
+    Empty with torch. Without torch: nothing for a model with an exact pooling + linear
+    ending, the gradient methods otherwise.
+    """
+    from cxr_viewer.core.inference.cam import CAM_METHODS
+    from cxr_viewer.core.runtime import torch_available
+
+    if torch_available() and not isinstance(bundle, LaneBundle):
+        return {}
+    out = {m: TORCH_ONLY_REASON.format(method=m) for m in CAM_METHODS if m not in LANE_CAM_METHODS}
+    net = getattr(bundle, "model", None)
+    if isinstance(net, LaneClassifierNet) and not net.cam_exact:
+        out.update({m: NOT_EXACT_REASON.format(method=m, model=bundle.name)  # type: ignore[union-attr]
+                    for m in LANE_CAM_METHODS if m not in FEATURE_ONLY_METHODS})
+    return out
 
 
 # ---------------------------------------------------------------------- engine
@@ -433,11 +509,8 @@ class LaneEngine(InferenceEngine):
             raise InferenceError(TORCH_ONLY_REASON.format(method=method))
         b = self._bundle_for_label(label, model)
         net: LaneClassifierNet = b.model
-        if key != "eigencam" and not net.cam_exact:
-            raise InferenceError(
-                f"Model {b.name!r} does not end in average pooling and a linear layer, so only EigenCAM "
-                "can be drawn without PyTorch."
-            )
+        if key not in FEATURE_ONLY_METHODS and not net.cam_exact:
+            raise InferenceError(NOT_EXACT_REASON.format(method=method, model=b.name))
         idx = b.labels.index(label)
         ckey = (record.content_hash, b.sha256, label, key)
         with self._lock:
@@ -451,8 +524,11 @@ class LaneEngine(InferenceEngine):
             cancel.raise_if_cancelled()
         logits, feats = net.forward(x)
         score = float(_scores(np.asarray(logits[0], dtype=np.float64), b.task)[idx])
-        weight = net.head[0] if net.head is not None else None
-        net_map = cam_from_features(feats[0], weight, idx, key, b.preprocessing.size)
+        if key == "scorecam":
+            weight, widx, key_for_map = scorecam_weights(net, x, feats[0], idx, cancel=cancel)[None], 0, "weighted"
+        else:
+            weight, widx, key_for_map = (net.head[0] if net.head is not None else None), idx, key
+        net_map = cam_from_features(feats[0], weight, widx, key_for_map, b.preprocessing.size)
         values = restore_map_numpy(net_map, b.preprocessing, record.shape)
         hi = float(values.max()) if values.size else 0.0
         if hi > 0:
