@@ -250,3 +250,18 @@ def test_screenshot_waits_for_findings_and_heatmap(tmp_path: Path, tiny_models: 
     panel = rgb[120:500, 1050:]
     assert np.any((panel[..., 0] > 200) & (panel[..., 1] < 160) & (panel[..., 2] < 140)) or np.any(
         (panel[..., 1] > 150) & (panel[..., 0] < 160)), "findings with coloured marks are listed"
+
+
+def test_sync_switch_runs_requests_inline(qtbot, make_window, tiny_models, nih_png) -> None:
+    _torch_threads()
+    from cxr_viewer.core.io import read_image
+
+    win = make_window(models_dir=tiny_models)
+    win.analysis.backend = "torch"
+    win.analysis.set_sync(True)
+    rec = read_image(nih_png)
+    win.session.set_record(rec)
+    win.analysis.analyze(rec)  # returns with everything done: no event loop, no worker
+    assert win.analysis.state.status == "done" and len(win.session.findings) == len(NIH_LABELS) + 1
+    assert win.session.heatmap is not None and win.session.heatmap.faithfulness is not None
+    assert not win.session.busy and win.analysis.runner.pending == 0
