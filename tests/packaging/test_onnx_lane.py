@@ -117,6 +117,14 @@ def test_export_records_the_gap_linear_identity(lane_models: Path) -> None:
     assert read_lane(lane_models / "nothing-here") is None
 
 
+def test_lane_engine_keeps_every_engine_attribute() -> None:
+    """LaneEngine sets up its own state (no torch): it must not fall behind InferenceEngine's."""
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.inference.onnx_lane import LaneEngine
+
+    assert set(vars(InferenceEngine(None, device="cpu"))) <= set(vars(LaneEngine()))
+
+
 def test_lane_scores_equal_torch_and_golden(lane_models: Path, record) -> None:
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.inference.golden import check_golden
@@ -250,7 +258,7 @@ def test_lane_segmenter_masks_equal_torch(lane_models: Path, text_dir: Path, rec
     assert isinstance(seg, LaneSegmenter)
     got = seg.segment(record, phrases)
     assert [m.text for m in got] == phrases
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         assert a.prob.shape == record.shape
         np.testing.assert_allclose(a.prob, b.prob, atol=1e-5)
         assert a.colour == b.colour and a.negative == b.negative

@@ -252,7 +252,6 @@ def export_segmenter_lane(bundle: "LoadedBundle", *, atol: float = ATOL, seed: i
 
 def export_text_encoder(dest_dir: str | Path, *, atol: float = 1e-5) -> dict[str, Any]:
     """all-MiniLM-L6-v2 as ONNX + its tokenizer.json into ``dest_dir``; embeddings verified."""
-    import torch
     from torch import nn
 
     from cxr_viewer.core.inference.onnx_lane import LaneMiniLMEncoder
