@@ -1,0 +1,69 @@
+"""packaging/stage.py: what the frozen app will ship, staged from bundle folders (tiny real bundles)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"cxr_packaging_{name}", REPO / "packaging" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stage_ships_viewer_bundles_with_verified_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cxr_viewer.core.inference.onnx_lane import load_lane_bundle, read_lane
+    from cxr_viewer.core.models import create_model
+    from cxr_viewer.core.models.bundle import make_untrained_bundle, save_bundle
+
+    models = tmp_path / "models"
+    make_untrained_bundle(models / "clf", name="clf", labels=["A", "B"], size=(64, 64))
+    save_bundle(create_model("text_unet_tiny", text_dim=384), {
+        "name": "seg", "version": "0", "task": "text_segmentation",
+        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}}, "labels": ["region"],
+        "preprocessing": {"size": [64, 64]}, "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
+    }, models / "seg")  # fmt: skip
+    save_bundle(create_model("encoder", backbone="resnet18"), {
+        "name": "ssl", "version": "0", "task": "ssl_encoder",
+        "architecture": {"name": "encoder", "kwargs": {"backbone": "resnet18"}},
+    }, models / "ssl")  # fmt: skip
+    broken = models / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    source_files = sorted(p.relative_to(models) for p in models.rglob("*"))
+
+    stage = _load_script("stage")
+    failures = stage.stage([models], tmp_path / "stage")
+    out = capsys.readouterr().out
+    res = tmp_path / "stage" / "resources"
+    assert failures == 1 and re.search(r"FAIL  broken: .*not valid JSON", out)
+    assert "SKIP  ssl 0: task ssl_encoder is not run by the viewer" in out
+    assert sorted(p.name for p in (res / "models").iterdir()) == ["clf", "seg"]
+    assert read_lane(res / "models" / "clf")["cam"]["exact"] is True
+    assert read_lane(res / "models" / "seg")["conditioned"] is True
+    assert json.loads((res / "text" / "all-MiniLM-L6-v2" / "lane.json").read_text())["verified"]["embedding_max_abs_diff"] <= 1e-5
+    assert (res / "samples" / "siim_cr_chest.dcm").is_file()
+    for name in ("clf", "seg"):  # staged bundles load on the lane, checksums and all
+        assert load_lane_bundle(res / "models" / name).sha256
+    assert sorted(p.relative_to(models) for p in models.rglob("*")) == source_files  # sources untouched
+
+
+def test_spec_leaves_the_torch_stack_and_trainer_out() -> None:
+    text = (REPO / "packaging" / "cxr-viewer.spec").read_text()
+    excludes = set(re.findall(r'"([\w.]+)"', text[text.index("EXCLUDES = [") : text.index("]  # fmt: skip")]))
+    assert {"torch", "torchvision", "timm", "segmentation_models_pytorch", "pytorch_grad_cam", "transformers",
+            "lightning", "pytorch_lightning", "trainer", "cxr_viewer.core.inference.onnx_lane_export"} <= excludes
+    check = _load_script("check_bundle")
+    assert {"torch", "lightning", "transformers", "nvidia"} <= set(check.FORBIDDEN)
