@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the one-folder CPU application (no PyTorch inside) and prove it works.
 #
-#   packaging/build.sh [--models DIR]... [--skip-check]
+#   packaging/build.sh [--models DIR]... [--skip-check] [--resources-only]
 #
 # 1. installs the project with its build extra (PyInstaller) if missing;
 # 2. stages the shipped models with ONNX exports verified against torch (packaging/stage.py);
@@ -9,17 +9,21 @@
 # 4. runs packaging/check_bundle.py: self-test, sample analysis, screenshot, start-up time and
 #    size, with an environment that holds no Python (env -i, PATH=/usr/bin:/bin).
 # The result is dist/cxr-viewer/ (run dist/cxr-viewer/cxr-viewer) and dist/cxr-viewer-check.json.
+# --resources-only re-stages the models into an existing dist/cxr-viewer without re-freezing
+# (new or retrained bundles; the application code is unchanged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 models=()
 check=1
+freeze=1
 while (($#)); do
   case "$1" in
     --models) models+=(--models "$2"); shift 2 ;;
     --skip-check) check=0; shift ;;
-    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
+    --resources-only) freeze=0; shift ;;
+    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
     *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -29,9 +33,16 @@ python -c "import PyInstaller, cxr_viewer" 2>/dev/null || python -m pip install 
 echo "== staging models, samples and text encoder (ONNX exports verified against torch)"
 python packaging/stage.py "${models[@]}" --out build/stage
 
-echo "== freezing with PyInstaller"
-CXR_STAGE_DIR=build/stage python -m PyInstaller --noconfirm --clean --log-level WARN \
-  --distpath dist --workpath build/pyinstaller packaging/cxr-viewer.spec
+if ((freeze)); then
+  echo "== freezing with PyInstaller"
+  CXR_STAGE_DIR=build/stage python -m PyInstaller --noconfirm --clean --log-level WARN \
+    --distpath dist --workpath build/pyinstaller packaging/cxr-viewer.spec
+else
+  [[ -x dist/cxr-viewer/cxr-viewer ]] || { echo "build.sh: no dist/cxr-viewer to update; build it first" >&2; exit 2; }
+  echo "== replacing the models and samples inside dist/cxr-viewer"
+  rm -rf dist/cxr-viewer/_internal/resources
+  cp -r build/stage/resources dist/cxr-viewer/_internal/resources
+fi
 
 if ((check)); then
   echo "== checking the frozen application"
