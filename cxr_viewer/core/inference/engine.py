@@ -282,7 +282,8 @@ class InferenceEngine:
                 return replace(hit, cached=True)
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
-        qc: list[QCFlag] = check_quality(record)
+        windowed = record.model_pixels()  # computed once: QC and every "default"-window model share it
+        qc: list[QCFlag] = check_quality(record, windowed)
         timing["qc"] = (time.perf_counter() - t0) * 1e3
         findings: list[Finding] = []
         backends: dict[str, str] = {}
@@ -294,7 +295,7 @@ class InferenceEngine:
             spec = b.preprocessing
             if spec not in tensors:  # models sharing a preprocessing share the tensor
                 t0 = time.perf_counter()
-                tensors[spec] = preprocess(record, spec)[None]
+                tensors[spec] = preprocess(windowed if spec.window == "default" else record, spec)[None]
                 t_pre += time.perf_counter() - t0
             t0 = time.perf_counter()
             try:

@@ -168,7 +168,7 @@ def to_unit_gray(image: np.ndarray) -> np.ndarray:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
         return (arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)).astype(np.float32)
-    return np.clip(arr.astype(np.float32), 0.0, 1.0)
+    return np.clip(arr.astype(np.float32, copy=False), 0.0, 1.0)
 
 
 def _resize(t: "torch.Tensor", size: tuple[int, int], interpolation: str) -> "torch.Tensor":
