@@ -19,6 +19,11 @@ BACKBONES = ["resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0
 TINY = {
     "classifier": lambda: ({"backbone": "resnet18", "num_classes": 3}, (torch.randn(2, 1, 64, 64),)),
     "encoder": lambda: ({"backbone": "resnet18"}, (torch.randn(2, 1, 64, 64),)),
+    "text_unet": lambda: (
+        {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": (32, 16, 8), "text_dim": 8},
+        (torch.randn(2, 1, 64, 64), torch.randn(2, 8)),
+    ),
+    "text_unet_tiny": lambda: ({"text_dim": 8}, (torch.randn(2, 1, 64, 64), torch.randn(2, 8))),
 }
 
 
