@@ -133,6 +133,7 @@ class AnalysisOutcome:
     result: AnalysisResult
     bundles: tuple[BundleSummary, ...]
     device: str
+    unavailable_cam: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {method: why}
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class AnalysisState:
     load_errors: tuple[str, ...] = ()
     message: str = ""
     device: str = ""
+    unavailable_cam: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {method: why}
 
     @property
     def untrained_models(self) -> list[str]:
@@ -178,8 +180,10 @@ class ModelPool:
         return self._engine
 
     def sync(self, config: ModelConfig, progress: Callable[[str], None] | None = None) -> "InferenceEngine":
-        """Make the engine hold exactly the enabled, loadable bundles of ``config`` (loading lazily)."""
-        import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet before bundles load)
+        """Make the engine hold exactly the enabled, loadable bundles of ``config`` (loading lazily).
+
+        Without torch (the small CPU app) the engine and bundles are the ONNX lane's; same calls.
+        """
         from cxr_viewer.core.inference.engine import InferenceEngine
         from cxr_viewer.core.models.bundle import find_bundles, load_bundle
 
@@ -245,8 +249,10 @@ class ModelPool:
 
             if progress:
                 progress(f"Loading the text encoder for {b.manifest.display_name}…")
-            encoder = None
-            if b.manifest.text_encoder:
+            from cxr_viewer.core.runtime import torch_available
+
+            encoder = None  # None: the segmenter picks its own (the ONNX one without torch)
+            if b.manifest.text_encoder and torch_available():
                 encoder = get_text_encoder(b.manifest.text_encoder, device=str(engine.device))
             seg = Segmenter(b, text_encoder=encoder)
             self._segmenters[b.sha256] = seg
@@ -264,23 +270,39 @@ def _run_analysis(pool: ModelPool, req: AnalysisRequest) -> Iterator[tuple[str, 
     if names:
         yield "progress", "Analysing with " + ", ".join(names) + "…"
     result = engine.analyze(req.record, cancel=req.token)
-    yield "outcome", AnalysisOutcome(req.generation, req.record, result, pool.summaries, str(engine.device))
+    yield "outcome", AnalysisOutcome(req.generation, req.record, result, pool.summaries, str(engine.device),
+                                     _unavailable_cam(engine))
+
+
+def _unavailable_cam(engine: "InferenceEngine") -> dict[str, dict[str, str]]:
+    """Per classifier, the heatmap methods this process cannot draw and why (torch-free app: the gradient ones)."""
+    try:
+        from cxr_viewer.core.inference.onnx_lane import unavailable_cam_methods
+    except ImportError:  # pragma: no cover - the lane ships with the package
+        return {}
+    return {b.name: dict(unavailable_cam_methods(b)) for b in engine.classifiers}
 
 
 def _run_cam(
     pool: ModelPool, config: ModelConfig, record: ImageRecord, label: str, model: str | None, method: str,
     faithfulness: bool, token: CancelToken,
 ) -> Iterator[tuple[str, Any]]:
-    """Worker: the heatmap first (fast), then the same map with its faithfulness score."""
+    """Worker: the heatmap first (fast), then the same map with its faithfulness score.
+
+    The last item is ("heatmap_final", ...): after it nothing more comes for this map
+    (the torch-free engine leaves faithfulness at None).
+    """
     token.raise_if_cancelled()
     engine = pool.sync(config)
     yield "progress", f"Heatmap ({method}) for {label}…"
     heat = engine.cam(record, label, method, model=model, faithfulness=False, cancel=token)
+    if not faithfulness:
+        yield "heatmap_final", heat
+        return
     yield "heatmap", heat
-    if faithfulness:
-        token.raise_if_cancelled()
-        yield "progress", f"Checking how faithful the {method} map is…"
-        yield "heatmap", engine.cam(record, label, method, model=model, faithfulness=True, cancel=token)
+    token.raise_if_cancelled()
+    yield "progress", f"Checking how faithful the {method} map is…"
+    yield "heatmap_final", engine.cam(record, label, method, model=model, faithfulness=True, cancel=token)
 
 
 def _run_segment(
@@ -296,7 +318,6 @@ def _run_segment(
 
 def _validate_bundle(path: Path) -> Any:
     """Worker: hash-check and rebuild a bundle before it is copied (returns its manifest)."""
-    import cxr_viewer.core.models.segmenter  # noqa: F401
     from cxr_viewer.core.models.bundle import load_bundle
 
     return load_bundle(path, device="cpu").manifest
@@ -340,6 +361,7 @@ class AnalysisController(QObject):
         self._outcome: AnalysisOutcome | None = None
         self._state = AnalysisState()
         self._heatmap: Heatmap | None = None
+        self.faithfulness_pending = False  # a score for the heatmap shown is still being computed
         self._masks: list[Mask] = []
         self._cam_label: str | None = None
         self._cam_model: str | None = None
@@ -417,6 +439,22 @@ class AnalysisController(QObject):
     @property
     def cam_method(self) -> str:
         return self._cam_method
+
+    def unavailable_methods(self, model: str | None) -> dict[str, str]:
+        """Heatmap methods ``model`` cannot draw in this process, with the reason (empty with torch)."""
+        table = self._state.unavailable_cam
+        if model is None:
+            return {m: why for per in table.values() for m, why in per.items()}
+        return dict(table.get(model, {}))
+
+    def usable_method(self, model: str | None, method: str) -> str:
+        """``method``, or Grad-CAM / the first drawable method when this model cannot draw it."""
+        missing = self.unavailable_methods(model)
+        if method not in missing:
+            return method
+        from cxr_viewer.core.inference.cam import CAM_METHODS
+
+        return next((m for m in ("gradcam", *CAM_METHODS) if m not in missing), method)
 
     @property
     def cam_target(self) -> tuple[str | None, str | None]:
@@ -535,11 +573,12 @@ class AnalysisController(QObject):
             self._cam_method = canonical_method(method)
             self.settings.setValue("analysis/cam_method", self._cam_method)
         self._cam_label, self._cam_model = label, model
+        method_now = self.usable_method(model, self._cam_method)
         gen = self._cancel("cam")
         token = CancelToken()
         self._tokens["cam"] = token
         self._submit("cam", _run_cam,
-                     (self.pool, self.config(), record, label, model, self._cam_method, self.faithfulness, token),
+                     (self.pool, self.config(), record, label, model, method_now, self.faithfulness, token),
                      lambda item: self._on_cam_item(gen, record, item),
                      lambda exc: self._on_worker_error("cam", gen, record, exc))
 
@@ -669,6 +708,7 @@ class AnalysisController(QObject):
         state = AnalysisState(
             status="done", findings=(), qc=r.qc, models=r.models, warnings=r.warnings,
             load_errors=load_errors, message=message, device=outcome.device,
+            unavailable_cam=dict(outcome.unavailable_cam),
         )
         self._state = state  # model_sha() needs the models before thresholds are read
         state = replace(state, findings=self._judged(r.findings))
@@ -695,6 +735,7 @@ class AnalysisController(QObject):
             return
         heat: Heatmap = value
         self._heatmap = heat
+        self.faithfulness_pending = kind == "heatmap"
         old = self.session.heatmap
         prefs = self.session
         layer = HeatmapLayer(

@@ -141,6 +141,7 @@ class HeatmapPanel(QWidget):
             self._select_method(method)
         self.controller.request_cam(label, model, CAM_CHOICES[self.method_combo.currentText()])
         self.faithfulness_label.setText("computing…" if self.controller.faithfulness else "—")
+        self._grey_methods(model)
 
     def disconnect_session(self) -> None:
         self.session.events.heatmap_changed.disconnect(self._on_layer)
@@ -159,6 +160,8 @@ class HeatmapPanel(QWidget):
                 self.finding_combo.setCurrentIndex(i)
                 break
         self.finding_combo.setEnabled(self.finding_combo.count() > 0)
+        data = self.finding_combo.currentData()
+        self._grey_methods(data[1] if data is not None else None)
         self._updating = False
         if not state.findings:
             self.faithfulness_label.setText("—")
@@ -177,7 +180,14 @@ class HeatmapPanel(QWidget):
         self._select_method(heat.method)
         self._updating = False
         if heat.faithfulness is None:
-            self.faithfulness_label.setText("computing…" if self.controller.faithfulness else "not computed")
+            if self.controller.faithfulness_pending:
+                self.faithfulness_label.setText("computing…")
+            elif self.controller.faithfulness:
+                self.faithfulness_label.setText("not available")
+                self.faithfulness_label.setToolTip(FAITHFULNESS_TIP + "\n\nThis version of cxr-viewer cannot compute it "
+                                                   "(it needs PyTorch).")
+            else:
+                self.faithfulness_label.setText("not computed")
         else:
             self.faithfulness_label.setText(faithfulness_text(heat.faithfulness))
         score = "" if heat.score is None else f", score {heat.score:.3f}"
@@ -197,6 +207,17 @@ class HeatmapPanel(QWidget):
         self.colormap_combo.setCurrentText(layer.colormap)
         self.threshold_slider.setValue(0 if layer.threshold is None else int(round(layer.threshold * 100)))
         self._updating = False
+
+    def _grey_methods(self, model: str | None) -> None:
+        """Methods the model cannot draw here (torch-free app: gradient methods) are greyed, with the reason."""
+        missing = self.controller.unavailable_methods(model)
+        view_model = self.method_combo.model()
+        for row, (name, key) in enumerate(CAM_CHOICES.items()):
+            item = view_model.item(row) if hasattr(view_model, "item") else None
+            if item is None:
+                continue
+            item.setEnabled(key not in missing)
+            item.setToolTip(missing.get(key, ""))
 
     # ------------------------------------------------------------------ user input
     def _select_method(self, method: str) -> None:
