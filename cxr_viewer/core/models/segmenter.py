@@ -18,6 +18,7 @@ sentence embeddings, so every sentence of a report costs one fusion + decoder pa
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +38,10 @@ class _ConcatFusion(nn.Module):
     def __init__(self, width: int, text_dim: int, hidden: int | None = None) -> None:
         super().__init__()
         hidden = hidden or width
-        self.text = nn.Sequential(nn.Linear(text_dim, hidden), nn.ReLU(inplace=True))
+        # LayerNorm puts the sentence features on the scale of the image features: unit-norm
+        # embeddings projected by a freshly initialised Linear are ~30x smaller, and the
+        # network then learns to ignore the text.
+        self.text = nn.Sequential(nn.Linear(text_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(inplace=True))
         self.mix = nn.Sequential(
             nn.Conv2d(width + hidden, width, kernel_size=1, bias=False),
             nn.BatchNorm2d(width),
@@ -58,7 +62,9 @@ class _FiLMFusion(nn.Module):
         nn.init.zeros_(self.film.bias)
 
     def forward(self, feat: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.film(text).chunk(2, dim=1)
+        # unit-norm embeddings have ~1/sqrt(dim) components; rescale to unit variance so the
+        # zero-initialised FiLM weights receive useful gradients
+        gamma, beta = self.film(text * math.sqrt(text.shape[1])).chunk(2, dim=1)
         return feat * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
 
