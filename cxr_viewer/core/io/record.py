@@ -47,7 +47,7 @@ class ImageRecord:
         """sha256 of the pixel content: the cache key for inference results."""
         h = hashlib.sha256()
         h.update(str(self.pixels.shape).encode())
-        h.update(np.ascontiguousarray(self.pixels).tobytes())
+        h.update(np.ascontiguousarray(self.pixels))  # buffer protocol: no copy
         return h.hexdigest()
 
     def model_pixels(self) -> np.ndarray:

@@ -375,7 +375,10 @@ def save_bundle(
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_FILE
     tmp = weights.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "bundle": m.name, "version": m.version})
+    # One metadata key only: safetensors serialises the metadata map in no fixed order, so
+    # several keys would make the same weights hash differently from one save to the next.
+    # Name and version live in the manifest.
+    save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, weights)
     m.weights = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights), "dtype": dtype}
     if onnx:
