@@ -335,7 +335,7 @@ def build_image_manifest(
         tb["meta_mask_source"] = "lesion boxes"
         frames.append(tb[[IMAGE, PATIENT, DATASET, BOXES, "meta_view", "meta_mask_source"]])
     if not frames:
-        raise TrainingDataError(f"No segmentation sources selected (known: covid, shenzhen, tbx11k).")
+        raise TrainingDataError("No segmentation sources selected (known: covid, shenzhen, tbx11k).")
     parts = []
     for f in frames:
         f = f.sort_values(IMAGE).reset_index(drop=True)

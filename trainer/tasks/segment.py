@@ -32,8 +32,6 @@ from trainer.data.segmentation import KINDS, swap_sides
 from trainer.tasks.base import BaseTask
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from trainer.run import RunResult
 
 log = logging.getLogger(__name__)
