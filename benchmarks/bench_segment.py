@@ -51,6 +51,26 @@ def _timeit(fn: Callable[[], object], repeat: int, sync: Callable[[], None]) -> 
     return statistics.median(times)
 
 
+def _paired(fns: list[Callable[[], object]], repeat: int, sync: Callable[[], None]) -> list[float]:
+    """Median times of several functions run interleaved (a, b, c, a, b, c ...).
+
+    Interleaving gives each function the same share of a busy machine's slow and fast
+    moments, so the ratios between them are stable even when absolute times are not.
+    """
+    for fn in fns:
+        fn()
+        fn()
+    sync()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
 def _random_bundle(out: Path, arch: str, size: int, backbone: str) -> Path:
     import torch
 
@@ -111,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             model(x, emb)
 
-    t_bare = _timeit(bare, args.repeat, sync)
-    t_net = _timeit(fused_net, args.repeat, sync)
-    t_one = _timeit(lambda: seg.segment(record, [SENTENCES[0]]), args.repeat, sync)
+    t_bare, t_net, t_one = _paired(
+        [bare, fused_net, lambda: seg.segment(record, [SENTENCES[0]])], args.repeat, sync
+    )
     n = len(SENTENCES)
     seg.embed(SENTENCES)
     t_many = _timeit(lambda: seg.segment(record, SENTENCES), max(3, args.repeat // 2), sync)
