@@ -40,8 +40,10 @@ def _analyze_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="DICOM, PNG, JPEG or TIFF files")
     p.add_argument("--json", default="-", metavar="OUT", help="output file, or - for standard output (default)")
-    p.add_argument("--models", action="append", metavar="DIR", help="model bundle folder (repeatable); "
-                   "default: the bundled models and the user models folder")
+    p.add_argument("--models", action="append", metavar="DIR", help="add a folder of model bundles (repeatable) "
+                   "to the bundled models and the user models folder")
+    p.add_argument("--no-default-models", action="store_true",
+                   help="use only the --models folders, not the bundled and user models")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="CPU backend for scores: ONNX Runtime when verified (auto), or force one")
@@ -80,15 +82,53 @@ def _write_cam(values: Any, out_dir: Path, stem: str, label: str, method: str, f
     return path
 
 
-def segment_request(engine: "InferenceEngine", record: "ImageRecord", report: str, mask_out: Path | None) -> dict[str, Any]:
-    """Report-conditioned masks. The segmentation step plugs in here; until a
-    ``text_segmentation`` bundle is loaded this raises a clear error."""
-    if not engine.bundles_for_task("text_segmentation"):
+def model_dirs(args: argparse.Namespace) -> list[Path]:
+    """``--models`` folders added to the bundled and user folders (or alone with --no-default-models)."""
+    from cxr_viewer.core.paths import default_models_dir, user_models_dir
+
+    extra = [Path(d) for d in (args.models or [])]
+    if args.no_default_models:
+        return extra
+    return [*extra, *(d for d in (default_models_dir(), user_models_dir()) if d not in extra)]
+
+
+_SEGMENTERS: dict[int, Any] = {}
+
+
+def _segmenter_for(bundle: Any) -> Any:
+    """One Segmenter (and so one text encoder and embedding cache) per loaded bundle."""
+    from cxr_viewer.core.inference.segment import Segmenter
+
+    seg = _SEGMENTERS.get(id(bundle))
+    if seg is None or seg.bundle is not bundle:
+        seg = _SEGMENTERS[id(bundle)] = Segmenter(bundle)
+    return seg
+
+
+def segment_request(
+    engine: "InferenceEngine", record: "ImageRecord", report: str, mask_out: Path | None, stem: str
+) -> dict[str, Any]:
+    """Report-conditioned masks: one 0/255 PNG per report sentence, at the input's size."""
+    from cxr_viewer.core.inference.segment import write_report_masks
+
+    bundles = engine.bundles_for_task("text_segmentation")
+    if not bundles:
         raise NoSegmentationModelError(
             "No segmentation model is installed, so the report text cannot be turned into masks. "
             "Install a text-segmentation model bundle or drop --report."
         )
-    raise NoSegmentationModelError("Report-conditioned segmentation is not available in this version.")
+    bundle = bundles[0]
+    masks = write_report_masks(_segmenter_for(bundle), record, report, mask_out or Path("."), stem)
+    return {"model": bundle.describe(), "masks": masks}
+
+
+def _unique_stem(path_text: str, used: set[str], kind: str = "mask") -> str:
+    """A file-name stem per input that two inputs with the same name never share."""
+    stem = Path(path_text).stem
+    while (kind, stem) in used:
+        stem = stem + "_"
+    used.add((kind, stem))  # type: ignore[arg-type]
+    return stem
 
 
 def _analyze_one(
@@ -120,10 +160,7 @@ def _analyze_one(
         try:
             heat = engine.cam(record, args.cam, args.cam_method, model=args.cam_model,
                               faithfulness=not args.no_faithfulness)
-            stem = Path(path_text).stem
-            while stem in used_stems:
-                stem = stem + "_"
-            used_stems.add(stem)
+            stem = _unique_stem(path_text, used_stems, "cam")
             out = _write_cam(heat.values, cam_dir or Path("."), stem, heat.label, heat.method, args.cam_format)
             obj["cam"] = {**heat.to_dict(), "path": str(out)}
         except CXRError as exc:
@@ -132,8 +169,12 @@ def _analyze_one(
         timing["cam"] = (time.perf_counter() - t0) * 1e3
     if args.report is not None:
         try:
-            obj["segmentation"] = segment_request(engine, record, args.report,
-                                                  Path(args.mask_out) if args.mask_out else None)
+            t0 = time.perf_counter()
+            seg = segment_request(engine, record, args.report,
+                                  Path(args.mask_out) if args.mask_out else None, _unique_stem(path_text, used_stems))
+            obj["masks"] = seg.pop("masks")
+            obj["segmentation"] = seg
+            timing["segment"] = (time.perf_counter() - t0) * 1e3
         except CXRError as exc:
             obj["segmentation"] = {"error": exc.to_dict()}
             done = False
@@ -151,7 +192,7 @@ def analyze_main(argv: list[str]) -> int:
     from cxr_viewer.core.inference.engine import InferenceEngine
 
     try:
-        engine = InferenceEngine.from_dirs(args.models, device=args.device, backend=args.backend, threads=args.threads)
+        engine = InferenceEngine.from_dirs(model_dirs(args), device=args.device, backend=args.backend, threads=args.threads)
     except CXRError as exc:
         print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
         return EXIT_REJECTED
@@ -191,7 +232,9 @@ def self_test_main(argv: list[str]) -> int:
     """``cxr-viewer --self-test``: hash-check every enabled bundle and re-score its golden images."""
     p = argparse.ArgumentParser(prog="cxr-viewer --self-test",
                                 description="Verify installed model bundles: weights checksum and golden-image scores.")
-    p.add_argument("--models", action="append", metavar="DIR", help="bundle folder (repeatable)")
+    p.add_argument("--models", action="append", metavar="DIR", help="add a folder of model bundles (repeatable)")
+    p.add_argument("--no-default-models", action="store_true",
+                   help="check only the --models folders, not the bundled and user models")
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
     p.add_argument("--tolerance", type=float, default=None, help="largest allowed score difference (default 1e-3)")
@@ -203,7 +246,7 @@ def self_test_main(argv: list[str]) -> int:
     from cxr_viewer.core.models.bundle import find_bundles, load_bundle
 
     tol = GOLDEN_TOLERANCE if args.tolerance is None else args.tolerance
-    infos = find_bundles(args.models)
+    infos = find_bundles(model_dirs(args))
     lines = ["cxr-viewer self-test", ""]
     failed = 0
     checked = 0
@@ -247,7 +290,7 @@ def self_test_main(argv: list[str]) -> int:
             lines.append(f"FAIL  {m.display_name}{tag}: " + "; ".join(check.failures))
     if not infos:
         lines.append("FAIL  no model bundles found (looked in: "
-                     + ", ".join(str(d) for d in (args.models or ["the bundled and user model folders"])) + ")")
+                     + ", ".join(str(d) for d in model_dirs(args)) + ")")
         failed += 1
     lines += ["", f"{checked} bundle(s) checked, {failed} problem(s)."]
     print("\n".join(lines))

@@ -38,7 +38,7 @@ def test_analyze_subprocess_good_and_bad_inputs(models: Path, dicom_dir: Path, p
     env = {**os.environ, "CXR_VIEWER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(
         [sys.executable, "-m", "cxr_viewer.cli", "analyze", str(dicom_dir / SIIM), str(png), str(bad),
-         "--models", str(models), "--json", str(out), "--cam", "Nodule", "--cam-out", str(tmp_path / "cams"),
+         "--no-default-models", "--models", str(models), "--json", str(out), "--cam", "Nodule", "--cam-out", str(tmp_path / "cams"),
          "--backend", "torch", "--threads", "2"],
         capture_output=True, text=True, env=env, timeout=600,
     )
@@ -64,7 +64,7 @@ def test_analyze_subprocess_good_and_bad_inputs(models: Path, dicom_dir: Path, p
 
 
 def test_analyze_in_process_stdout_npy_and_reserved_report(models: Path, png: Path, tmp_path: Path, capsys) -> None:
-    rc = analyze_main([str(png), "--models", str(models), "--cam", "Tuberculosis", "--cam-format", "npy",
+    rc = analyze_main([str(png), "--no-default-models", "--models", str(models), "--cam", "Tuberculosis", "--cam-format", "npy",
                        "--cam-method", "eigencam", "--no-faithfulness", "--cam-out", str(tmp_path), "--backend", "torch"])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
@@ -72,7 +72,7 @@ def test_analyze_in_process_stdout_npy_and_reserved_report(models: Path, png: Pa
     assert arr.dtype == np.float32 and arr.shape == (data[0]["image"]["rows"], data[0]["image"]["columns"])
     assert data[0]["cam"]["faithfulness"] is None
     # unknown CAM label and the reserved segmentation options: clear errors in the JSON, exit 2
-    rc = analyze_main([str(png), "--models", str(models), "--cam", "Cardiomegaly", "--report", "left effusion",
+    rc = analyze_main([str(png), "--no-default-models", "--models", str(models), "--cam", "Cardiomegaly", "--report", "left effusion",
                        "--backend", "torch"])
     assert rc == 2
     obj = json.loads(capsys.readouterr().out)[0]
@@ -83,7 +83,7 @@ def test_analyze_in_process_stdout_npy_and_reserved_report(models: Path, png: Pa
 def test_analyze_without_models_still_reads_and_checks(tmp_path: Path, png: Path, capsys) -> None:
     small = tmp_path / "small.png"
     Image.open(png).convert("L").resize((128, 128)).save(small)
-    rc = analyze_main([str(small), "--models", str(tmp_path / "empty")])
+    rc = analyze_main([str(small), "--no-default-models", "--models", str(tmp_path / "empty")])
     assert rc == 0
     obj = json.loads(capsys.readouterr().out)[0]
     assert obj["status"] == "ok" and obj["findings"] == []
@@ -97,14 +97,14 @@ def test_self_test_passes_then_detects_changes(tmp_path: Path, png: Path, capsys
     b = make_untrained_bundle(tmp_path / "m" / "nih", name="nih", labels=["Effusion", "Nodule"], size=(64, 64), seed=7)
     entries = add_golden(b, [png])
     assert entries[0]["image"].startswith("golden/") and set(entries[0]["scores"]) == {"Effusion", "Nodule"}
-    assert self_test_main(["--models", str(tmp_path / "m"), "--backend", "torch"]) == 0
+    assert self_test_main(["--no-default-models", "--models", str(tmp_path / "m"), "--backend", "torch"]) == 0
     out = capsys.readouterr().out
     assert "OK    nih 0.0.0 [UNTRAINED]" in out and "1 golden image(s) match" in out
     # a recorded score that no longer matches
     man = json.loads((b / "manifest.json").read_text())
     man["golden"][0]["scores"]["Nodule"] += 0.01
     (b / "manifest.json").write_text(json.dumps(man))
-    assert self_test_main(["--models", str(tmp_path / "m"), "--backend", "torch"]) == 1
+    assert self_test_main(["--no-default-models", "--models", str(tmp_path / "m"), "--backend", "torch"]) == 1
     assert "FAIL  nih 0.0.0" in capsys.readouterr().out
     # tampered weights
     man["golden"][0]["scores"]["Nodule"] -= 0.01
@@ -113,5 +113,40 @@ def test_self_test_passes_then_detects_changes(tmp_path: Path, png: Path, capsys
     data = bytearray(w.read_bytes())
     data[-3] ^= 0x55
     w.write_bytes(bytes(data))
-    assert self_test_main(["--models", str(tmp_path / "m")]) == 1
+    assert self_test_main(["--no-default-models", "--models", str(tmp_path / "m")]) == 1
     assert "checksum" in capsys.readouterr().out
+
+
+def test_analyze_report_writes_one_mask_per_sentence(models: Path, png: Path, tmp_path: Path, capsys) -> None:
+    """--report/--mask-out: one 0/255 PNG per report sentence, at the input's size, listed as `masks`."""
+    import torch
+
+    from cxr_viewer.core.models import create_model
+    from cxr_viewer.core.models.bundle import save_bundle
+
+    torch.manual_seed(0)
+    seg_dir = tmp_path / "seg_models"
+    save_bundle(create_model("text_unet_tiny", text_dim=384), {
+        "name": "seg-test", "version": "0.0.1", "task": "text_segmentation", "trained": False,
+        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
+        "labels": ["region"], "thresholds": {"region": {"value": 0.5, "method": "test"}},
+        "preprocessing": {"size": [64, 64], "resize": "letterbox"},
+        "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
+    }, seg_dir / "seg", dtype="float32")  # fmt: skip
+    report = "FINDINGS: Right lower lobe opacity. The left lung is clear. IMPRESSION: Pneumonia in the right lung."
+    out = tmp_path / "masks"
+    rc = analyze_main([str(png), "--no-default-models", "--models", str(models), "--models", str(seg_dir),
+                       "--report", report, "--mask-out", str(out), "--backend", "torch"])
+    assert rc == 0
+    obj = json.loads(capsys.readouterr().out)[0]
+    assert obj["segmentation"]["model"]["name"] == "seg-test"
+    texts = [m["text"] for m in obj["masks"]]
+    assert len(texts) == 3 and "Right lower lobe opacity." in texts[0]
+    size = Image.open(png).size
+    for m in obj["masks"]:
+        img = np.asarray(Image.open(m["path"]))
+        assert img.shape == (size[1], size[0]) and img.dtype == np.uint8
+        assert set(np.unique(img)) <= {0, 255}
+        assert abs(m["area_fraction"] - float((img > 0).mean())) < 1e-3
+    assert len({m["path"] for m in obj["masks"]}) == 3
+    assert "segment" in obj["timing_ms"]

@@ -307,9 +307,9 @@ def test_headless_commands_without_torch(lane_models: Path, text_dir: Path, tmp_
         from cxr_viewer.core.models.bundle import load_bundle
         from cxr_viewer.headless import analyze_main, self_test_main
         assert type(InferenceEngine()) is LaneEngine
-        print("SELFTEST_RC", self_test_main(["--models", r"{lane_models}"]))
+        print("SELFTEST_RC", self_test_main(["--no-default-models", "--models", r"{lane_models}"]))
         print("ANALYZE_RC", analyze_main([r"{SAMPLES / 'siim_cr_chest.dcm'}", r"{SAMPLES / 'nih_chest.png'}",
-              "--models", r"{lane_models}", "--cam", "Effusion", "--cam-out", r"{tmp_path}", "--json", r"{out}"]))
+              "--no-default-models", "--models", r"{lane_models}", "--cam", "Effusion", "--cam-out", r"{tmp_path}", "--json", r"{out}"]))
         b = load_bundle(r"{lane_models / 'report-seg'}")
         seg = Segmenter(b, text_encoder=lane_text_encoder(b.manifest.text_encoder, folder=r"{text_dir}"))
         masks = seg.segment(read_image(r"{SAMPLES / 'nih_chest.png'}"), ["Left effusion.", "Clear lungs."])
@@ -336,7 +336,7 @@ def test_self_test_without_torch_reports_a_golden_mismatch(lane_models: Path, tm
     man_path.write_text(json.dumps(man))
     p = _torch_free(f"""
         from cxr_viewer.headless import self_test_main
-        print("SELFTEST_RC", self_test_main(["--models", r"{models}"]))
+        print("SELFTEST_RC", self_test_main(["--no-default-models", "--models", r"{models}"]))
     """, tmp_path)
     assert "SELFTEST_RC 1" in p.stdout, p.stdout + p.stderr[-2000:]
     assert "FAIL  findings 0.0.0 [UNTRAINED]: golden/01_nih_chest.png: Effusion scored" in p.stdout
