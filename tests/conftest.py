@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Never read or write the developer's own user models folder or caches from tests.
+_TEST_HOME = tempfile.mkdtemp(prefix="cxr-viewer-tests-")
+os.environ["CXR_VIEWER_MODELS"] = os.path.join(_TEST_HOME, "user_models")
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(_TEST_HOME, "cache"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
