@@ -7,7 +7,8 @@ the build machine's Python can help it. Checks, in order:
 1. size on disk, the largest parts, and that no torch/training package slipped in;
 2. ``--self-test``: every shipped bundle's checksum, ONNX export hashes and golden scores;
 3. ``analyze`` of the shipped samples (JPEG-baseline DICOM, PNG) plus, when the
-   shared data is present, a JPEG 2000 DICOM (decoder plugins), with a heatmap;
+   shared data is present, a JPEG 2000 DICOM (decoder plugins), with a heatmap; with a
+   segmentation bundle shipped, ``analyze --report`` writing one mask per sentence;
 4. ``--screenshot`` of the real main window with the sample loaded and analysed;
 5. launch-to-usable-window time under Xvfb (``packaging/entry.py``'s probe), against the
    same measurement of the unbundled app (with torch) in this run as the baseline.
@@ -141,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         if j2k.is_file():
             inputs.append(j2k)
         label = None
+        has_segmenter = False
         for mdir in sorted((res / "models").iterdir()) if (res / "models").is_dir() else []:
             man = json.loads((mdir / "manifest.json").read_text())
-            if man.get("labels") and man.get("task") in ("multilabel", "binary", "multiclass"):
+            has_segmenter |= man.get("task") == "text_segmentation"
+            if label is None and man.get("labels") and man.get("task") in ("multilabel", "binary", "multiclass"):
                 label = man["labels"][0]
-                break
         cmd = [str(exe), "analyze", *map(str, inputs), "--json", str(tmp / "analysis.json"), "--cam-out", str(tmp)]
         if label:
             cmd += ["--cam", label]
@@ -168,6 +170,24 @@ def main(argv: list[str] | None = None) -> int:
         if not an_ok:
             print(an["output"][-3000:])
         ok &= an_ok
+
+        if has_segmenter:
+            report_text = "FINDINGS: Opacity in the right lower lobe. Small left pleural effusion. No pneumothorax."
+            mcmd = [str(exe), "analyze", str(inputs[1]), "--json", str(tmp / "masks.json"),
+                    "--report", report_text, "--mask-out", str(tmp / "masks")]
+            ma = _run(mcmd, env, 900, tmp)
+            mres = json.loads((tmp / "masks.json").read_text()) if (tmp / "masks.json").is_file() else [{}]
+            masks = mres[0].get("masks") or []
+            m_ok = ma["rc"] == 0 and len(masks) == 3 and all(Path(m["path"]).is_file() for m in masks)
+            report["report_masks"] = {"rc": ma["rc"], "seconds": ma["seconds"],
+                                      "masks": [{k: m.get(k) for k in ("text", "area_fraction")} for m in masks]}
+            print(f"\n$ cxr-viewer analyze {inputs[1].name} --report '{report_text}' --mask-out DIR   "
+                  f"(rc {ma['rc']}, {ma['seconds']} s)")
+            for m in masks:
+                print(f"  mask {Path(m['path']).name}: {m['area_fraction']:.3f} of the image for {m['text']!r}")
+            if not m_ok:
+                print(ma["output"][-3000:])
+            ok &= m_ok
 
         shot = tmp / "screenshot.png"
         genv = dict(env, CXR_VIEWER_GUI_CHECK="1")
