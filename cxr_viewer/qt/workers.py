@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from cxr_viewer.core.session import Session
 
@@ -80,7 +80,10 @@ class TaskRunner(QObject):
         task = Task(next(self._ids), channel, generation, fn, args, on_result, on_error, on_progress)
         self._active.add(task)
         self._session.begin_work()
-        self._pool.start(QRunnable.create(lambda: self._run(task)))
+        # A plain callable, not QRunnable.create(): Qt deletes an auto-deleting runnable after it
+        # runs, and PySide keeps its stale Python wrapper, which a later QObject allocated at the
+        # same address can then be handed back as (seen as 'QRunnable has no attribute setText').
+        self._pool.start(lambda: self._run(task))
         return task
 
     def is_current(self, task: Task) -> bool:
