@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild every default model bundle in resources/models/ from the public data, with cxr-train.
 #
-#   scripts/build_default_models.sh                       # everything, CPU recipe (~1.5 h on 2 busy cores)
+#   scripts/build_default_models.sh                       # everything, CPU recipe (~1.6 h on 2 busy cores)
 #   scripts/build_default_models.sh --data-dir /data/cxr --runs /scratch/runs \
 #       --train-flags "--accelerator gpu --devices 4 --image-size 224 --max-epochs 30 --max-time 00:02:00:00"
 #   scripts/build_default_models.sh --steps "pneumonia cards"   # some steps only (later steps reuse earlier runs)
@@ -97,7 +97,8 @@ finetune_eval() {
   if [[ -n "$export_name" ]]; then
     cxr-train export --bundle "$RUNS/$name/bundle" --metrics "$RUNS/$name/eval/metrics.json" \
       --out "$OUT/$export_name" --name "$export_name" --version 0.1.0 --golden "${GOLDEN[@]}"
-    cp "$RUNS/$name/eval/report.md" "$OUT/$export_name/evaluation.md"
+    mkdir -p "$OUT/$export_name/evaluation"
+    cp "$RUNS/$name/eval/report.md" "$RUNS/$name/eval/"*.png "$OUT/$export_name/evaluation/"
   fi
 }
 GOLDEN=(resources/samples/nih_chest.png)
@@ -143,7 +144,8 @@ fi
 if want cards; then
   log "model cards"
   C=$R/cards
-  [[ -d "$OUT/ssl-encoder-resnet18" ]] && python scripts/model_card.py "$OUT/ssl-encoder-resnet18" --notes $C/ssl-encoder.yaml
+  [[ -d "$OUT/ssl-encoder-resnet18" ]] && python scripts/model_card.py "$OUT/ssl-encoder-resnet18" --notes $C/ssl-encoder.yaml \
+    --extra-metrics "ssl_vs_random=$RUNS/compare.json"
   [[ -d "$OUT/pneumonia-kermany-resnet18" ]] && python scripts/model_card.py "$OUT/pneumonia-kermany-resnet18" \
     --notes $C/pneumonia.yaml --extra-metrics "ssl_vs_random=$RUNS/compare.json"
   [[ -d "$OUT/nih14-resnet18" ]] && python scripts/model_card.py "$OUT/nih14-resnet18" --notes $C/nih14.yaml

@@ -78,9 +78,19 @@ def _segmentation_tables(m: Mapping[str, Any]) -> list[str]:
             f"{_ci(d.get('ci95') if isinstance(d, Mapping) else None)} | {_fmt(i.get('value') if isinstance(i, Mapping) else i)} | "
             f"{_ci(i.get('ci95') if isinstance(i, Mapping) else None)} |"
         )
-    other = {k: v for k, v in seg.items() if not (isinstance(v, Mapping) and "dice" in v)}
-    if other:
-        out += ["", "```json", json.dumps(other, indent=1, default=str)[:3000], "```"]
+    neg = seg.get("negative")
+    if isinstance(neg, Mapping) and "empty_rate" in neg:
+        e = neg["empty_rate"]
+        out += ["", f"Sentences that name no region ({neg.get('n')} test samples): the mask is empty "
+                f"({e.get('definition', '')}) in {_fmt(e.get('value'))} of them (95% CI {_ci(e.get('ci95'))})."]
+    swap = m.get("swap_test")
+    if isinstance(swap, Mapping) and "table" in swap:
+        out += ["", f"Text-sensitivity test on {swap.get('n_images')} test films: prompted \"left lung\" and \"right lung\", "
+                f"each mask scored (Dice) against both true lungs; the mask lands on the named side in "
+                f"{_fmt(swap.get('side_accuracy'))} of prompts (a model ignoring the text would have equal rows).", "",
+                "| prompt | Dice vs true left lung | Dice vs true right lung |", "|---|---|---|"]
+        for prompt, row in swap["table"].items():
+            out.append(f"| {prompt} | {_fmt(row.get('left lung'))} | {_fmt(row.get('right lung'))} |")
     return out
 
 
@@ -134,12 +144,16 @@ def render(manifest: Mapping[str, Any], notes: Mapping[str, Any]) -> str:
         lines += _classifier_tables(metrics, thr)
     elif manifest["task"] in ("text_segmentation", "detection_heatmap"):
         lines += _segmentation_tables(metrics)
+    elif metrics.get("validation"):
+        v = metrics["validation"]
+        lines.append("No findings to score. Reconstruction on the pre-training validation split: "
+                     + ", ".join(f"{k.removeprefix('val_')} {_fmt(x)}" for k, x in v.items()) + ".")
     cmp_ = metrics.get("ssl_vs_random")
     if cmp_:
         lines += ["", "### What self-supervised pre-training gained", ""]
         lines.append(
-            f"Same recipe, split and seed, 10% of the training labels (`configs/recipes/compare.yaml`); only the initial "
-            f"weights differ. Test split, {cmp_.get('n_images')} images; paired patient bootstrap "
+            f"Kermany pneumonia fine-tune on 10% of the training patients for 3 epochs (`configs/recipes/compare.yaml`), run twice with "
+            f"the same split, seed and batches; only the initial weights differ. Test split, {cmp_.get('n_images')} images; paired patient bootstrap "
             f"({cmp_.get('bootstrap', {}).get('resamples')} resamples) of the AUROC difference."
         )
         lines += ["", "| label | AUROC from SSL encoder | AUROC from random init | difference | 95% CI |", "|---|---|---|---|---|"]
@@ -203,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         prov["split_file"] = "splits.csv"
     rewrite_manifest(m, bundle)
     final = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    (bundle / "model_card.md").write_text(render(final, notes), encoding="utf-8")
+    card = render(final, notes)
+    if (bundle / "evaluation" / "report.md").is_file():
+        card += "\nFull held-out evaluation (ROC, PR, calibration, Grad-CAM of the worst errors): `evaluation/report.md`.\n"
+    (bundle / "model_card.md").write_text(card, encoding="utf-8")
     print(json.dumps({"bundle": str(bundle), "card": str(bundle / "model_card.md")}))
     return 0
 
