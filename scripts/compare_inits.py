@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     uniq, inv = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inv == i) for i in range(len(uniq))]
     rng = np.random.default_rng(args.seed)
-    out: dict[str, object] = {"split": "test", "n_images": int(len(frame)), "n_patients": int(len(uniq)),
+    out: dict[str, object] = {"split": "test", "n_images": len(frame), "n_patients": len(uniq),
                               "a": {"bundle": a.name, "init": a.manifest.provenance.get("init")},
                               "b": {"bundle": b.name, "init": b.manifest.provenance.get("init")},
                               "bootstrap": {"resamples": args.bootstrap, "unit": "patient", "paired": True}, "labels": {}}  # fmt: skip
@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         va, vb = auroc(y[known, j], pa[known, j]), auroc(y[known, j], pb[known, j])
         diffs = []
         for _ in range(args.bootstrap):
-            idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
+            idx = np.concatenate(
+                [members[i] for i in rng.integers(0, len(uniq), len(uniq))]
+            )
             idx = idx[known[idx]]
             yy = y[idx, j]
             if yy.min() == yy.max():

@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--split-out", help="also write the combined split file (prefixed patient ids) here")
+    p.add_argument(
+        "--split-out",
+        help="also write the combined split file (prefixed patient ids) here",
+    )
     p.add_argument("sources", nargs="+", help="manifest.csv[:split_file.csv]")
     args = p.parse_args(argv)
     parts, splits, counts = [], [], {}
@@ -38,14 +41,34 @@ def main(argv: list[str] | None = None) -> int:
         kept = frame
         if split_file:
             kept = apply_split_file(frame, split_file)
-            splits.append(pd.DataFrame({PATIENT: name + ":" + kept[PATIENT].astype(str), "split": kept["split"]}))
+            splits.append(
+                pd.DataFrame(
+                    {
+                        PATIENT: name + ":" + kept[PATIENT].astype(str),
+                        "split": kept["split"],
+                    }
+                )
+            )
             kept = kept[kept["split"] != "test"]
-        counts[name] = {"images": int(len(kept)), "excluded_test": int(len(frame) - len(kept))}
-        parts.append(pd.DataFrame({IMAGE: kept[IMAGE], PATIENT: name + ":" + kept[PATIENT].astype(str), DATASET: name}))
+        counts[name] = {
+            "images": len(kept),
+            "excluded_test": int(len(frame) - len(kept)),
+        }
+        parts.append(
+            pd.DataFrame(
+                {
+                    IMAGE: kept[IMAGE],
+                    PATIENT: name + ":" + kept[PATIENT].astype(str),
+                    DATASET: name,
+                }
+            )
+        )
     write_manifest(pd.concat(parts, ignore_index=True), args.out)
     info: dict[str, object] = {"manifest": args.out, "sources": counts}
     if args.split_out:
-        info["split_sha256"] = write_split_file(pd.concat(splits, ignore_index=True), args.split_out)
+        info["split_sha256"] = write_split_file(
+            pd.concat(splits, ignore_index=True), args.split_out
+        )
     print(json.dumps(info))
     return 0
 

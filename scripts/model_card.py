@@ -31,22 +31,33 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 
 def _ci(ci: Any) -> str:
-    return f"{_fmt(ci[0])} - {_fmt(ci[1])}" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "n/a"
+    return (
+        f"{_fmt(ci[0])} - {_fmt(ci[1])}"
+        if isinstance(ci, (list, tuple)) and len(ci) == 2
+        else "n/a"
+    )
 
 
-def _classifier_tables(m: Mapping[str, Any], thresholds: Mapping[str, Any]) -> list[str]:
+def _classifier_tables(
+    m: Mapping[str, Any], thresholds: Mapping[str, Any]
+) -> list[str]:
     test = m.get("auroc")
     if not test:
         return ["No held-out classification metrics recorded."]
     mac = m.get("auroc_macro", {})
     out = [
-        f"Held-out **{m.get('split', 'test')}** split: {m.get('n_images')} images from {m.get('n_patients')} patients, "
-        f"never used for training, model selection or thresholds. 95% CIs: {m.get('bootstrap', {}).get('resamples')} "
-        "bootstrap resamples of patients (percentile).",
+        (
+            f"Held-out **{m.get('split', 'test')}** split: {m.get('n_images')} images from {m.get('n_patients')} patients, "
+            f"never used for training, model selection or thresholds. 95% CIs: {m.get('bootstrap', {}).get('resamples')} "
+            "bootstrap resamples of patients (percentile)."
+        ),
         "",
     ]
     if len(test) > 1:
-        out += [f"**Macro AUROC {_fmt(mac.get('value'))}** (95% CI {_ci(mac.get('ci95'))}).", ""]
+        out += [
+            f"**Macro AUROC {_fmt(mac.get('value'))}** (95% CI {_ci(mac.get('ci95'))}).",
+            "",
+        ]
     out += [
         "| label | test pos / neg | AUROC | 95% CI | threshold | chosen by | sensitivity | specificity | PPV |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -67,8 +78,14 @@ def _segmentation_tables(m: Mapping[str, Any]) -> list[str]:
     seg = m.get("segmentation") or {}
     if not seg:
         return ["No held-out segmentation metrics recorded."]
-    out = [f"Held-out **{m.get('split', 'test')}** split, on the {m.get('grid', 'network grid')}; 95% CIs by patient bootstrap.", ""]
-    out += ["| target | samples | Dice | 95% CI | IoU | 95% CI |", "|---|---|---|---|---|---|"]
+    out = [
+        f"Held-out **{m.get('split', 'test')}** split, on the {m.get('grid', 'network grid')}; 95% CIs by patient bootstrap.",
+        "",
+    ]
+    out += [
+        "| target | samples | Dice | 95% CI | IoU | 95% CI |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, v in seg.items():
         if not isinstance(v, Mapping) or "dice" not in v:
             continue
@@ -81,16 +98,30 @@ def _segmentation_tables(m: Mapping[str, Any]) -> list[str]:
     neg = seg.get("negative")
     if isinstance(neg, Mapping) and "empty_rate" in neg:
         e = neg["empty_rate"]
-        out += ["", f"Sentences that name no region ({neg.get('n')} test samples): the mask is empty "
-                f"({e.get('definition', '')}) in {_fmt(e.get('value'))} of them (95% CI {_ci(e.get('ci95'))})."]
+        out += [
+            "",
+            (
+                f"Sentences that name no region ({neg.get('n')} test samples): the mask is empty "
+                f"({e.get('definition', '')}) in {_fmt(e.get('value'))} of them (95% CI {_ci(e.get('ci95'))})."
+            ),
+        ]
     swap = m.get("swap_test")
     if isinstance(swap, Mapping) and "table" in swap:
-        out += ["", f"Text-sensitivity test on {swap.get('n_images')} test films: prompted \"left lung\" and \"right lung\", "
+        out += [
+            "",
+            (
+                f'Text-sensitivity test on {swap.get("n_images")} test films: prompted "left lung" and "right lung", '
                 f"each mask scored (Dice) against both true lungs; the mask lands on the named side in "
-                f"{_fmt(swap.get('side_accuracy'))} of prompts (a model ignoring the text would have equal rows).", "",
-                "| prompt | Dice vs true left lung | Dice vs true right lung |", "|---|---|---|"]
+                f"{_fmt(swap.get('side_accuracy'))} of prompts (a model ignoring the text would have equal rows)."
+            ),
+            "",
+            "| prompt | Dice vs true left lung | Dice vs true right lung |",
+            "|---|---|---|",
+        ]
         for prompt, row in swap["table"].items():
-            out.append(f"| {prompt} | {_fmt(row.get('left lung'))} | {_fmt(row.get('right lung'))} |")
+            out.append(
+                f"| {prompt} | {_fmt(row.get('left lung'))} | {_fmt(row.get('right lung'))} |"
+            )
     return out
 
 
@@ -112,8 +143,10 @@ def render(manifest: Mapping[str, Any], notes: Mapping[str, Any]) -> str:
         f"- Architecture: `{manifest['architecture'].get('name')}` {json.dumps(manifest['architecture'].get('kwargs', {}))}",
         f"- Initialisation: {prov.get('init', 'random')}",
         f"- Weights: `{manifest['weights'].get('file')}` ({manifest['weights'].get('dtype')}), sha256 `{manifest['weights'].get('sha256')}`",
-        f"- Preprocessing (the viewer applies exactly this): {pre.get('size')} px, {pre.get('resize')}, "
-        f"window {pre.get('window')}, mean {pre.get('mean')} std {pre.get('std')}, {pre.get('channels')} channel",
+        (
+            f"- Preprocessing (the viewer applies exactly this): {pre.get('size')} px, {pre.get('resize')}, "
+            f"window {pre.get('window')}, mean {pre.get('mean')} std {pre.get('std')}, {pre.get('channels')} channel"
+        ),
     ]
     if manifest.get("text_encoder"):
         lines.append(f"- Text encoder (frozen): {json.dumps(manifest['text_encoder'])}")
@@ -127,16 +160,35 @@ def render(manifest: Mapping[str, Any], notes: Mapping[str, Any]) -> str:
         if k in prov:
             lines.append(f"- {k.replace('_', ' ')}: {prov[k]}")
     lines += ["", "## Recipe", ""]
-    keys = ("backbone", "image_size", "batch_size", "lr", "weight_decay", "max_epochs", "max_time", "loss", "mode", "augment", "seed")
-    lines.append("- " + ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg and cfg[k] is not None))
+    keys = (
+        "backbone",
+        "image_size",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "max_epochs",
+        "max_time",
+        "loss",
+        "mode",
+        "augment",
+        "seed",
+    )
+    lines.append(
+        "- "
+        + ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg and cfg[k] is not None)
+    )
     lines += [f"- {r}" for r in notes.get("recipe", [])]
-    lines.append(f"- Code: {prov.get('code_version', '')}; created {prov.get('created', '')}")
+    lines.append(
+        f"- Code: {prov.get('code_version', '')}; created {prov.get('created', '')}"
+    )
     lines.append("- Rebuild: `scripts/build_default_models.sh` (see docs/models.md)")
     lines += ["", "## Thresholds", ""]
     thr = manifest.get("thresholds", {})
     if thr:
         for lab, t in thr.items():
-            lines.append(f"- {lab}: {_fmt(t.get('value'))} ({t.get('method')}, {t.get('source')})")
+            lines.append(
+                f"- {lab}: {_fmt(t.get('value'))} ({t.get('method')}, {t.get('source')})"
+            )
     else:
         lines.append("- none (no decisions are made by this model)")
     lines += ["", "## Held-out results", ""]
@@ -146,8 +198,11 @@ def render(manifest: Mapping[str, Any], notes: Mapping[str, Any]) -> str:
         lines += _segmentation_tables(metrics)
     elif metrics.get("validation"):
         v = metrics["validation"]
-        lines.append("No findings to score. Reconstruction on the pre-training validation split: "
-                     + ", ".join(f"{k.removeprefix('val_')} {_fmt(x)}" for k, x in v.items()) + ".")
+        lines.append(
+            "No findings to score. Reconstruction on the pre-training validation split: "
+            + ", ".join(f"{k.removeprefix('val_')} {_fmt(x)}" for k, x in v.items())
+            + "."
+        )
     cmp_ = metrics.get("ssl_vs_random")
     if cmp_:
         lines += ["", "### What self-supervised pre-training gained", ""]
@@ -156,26 +211,44 @@ def render(manifest: Mapping[str, Any], notes: Mapping[str, Any]) -> str:
             f"the same split, seed and batches; only the initial weights differ. Test split, {cmp_.get('n_images')} images; paired patient bootstrap "
             f"({cmp_.get('bootstrap', {}).get('resamples')} resamples) of the AUROC difference."
         )
-        lines += ["", "| label | AUROC from SSL encoder | AUROC from random init | difference | 95% CI |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| label | AUROC from SSL encoder | AUROC from random init | difference | 95% CI |",
+            "|---|---|---|---|---|",
+        ]
         for lab, v in cmp_.get("labels", {}).items():
-            lines.append(f"| {lab} | {_fmt(v.get('auroc_a'))} | {_fmt(v.get('auroc_b'))} | {_fmt(v.get('difference'))} | "
-                         f"{_ci(v.get('difference_ci95'))} |")
+            lines.append(
+                f"| {lab} | {_fmt(v.get('auroc_a'))} | {_fmt(v.get('auroc_b'))} | {_fmt(v.get('difference'))} | "
+                f"{_ci(v.get('difference_ci95'))} |"
+            )
     tb = metrics.get("tuberculosis_lesion_score")
     if tb:
         t, thr = tb.get("test", {}), tb.get("threshold", {})
-        lines += ["", "### Tuberculosis lesion score (localisation, not screening)", "", f"{tb.get('what')}.", ""]
-        lines.append(f"- Threshold {_fmt(thr.get('value'))}: {thr.get('method')} on the {thr.get('source')}.")
-        lines.append(f"- Held-out TBX11K test films ({t.get('n_images')}, all TB-positive): "
-                     f"sensitivity {_fmt(t.get('sensitivity', {}).get('value'))} (95% CI {_ci(t.get('sensitivity', {}).get('ci95'))}); "
-                     f"pointing game (map peak inside a lesion box) {_fmt(t.get('pointing_game', {}).get('value'))} "
-                     f"(95% CI {_ci(t.get('pointing_game', {}).get('ci95'))}); lesion Dice {_fmt(t.get('lesion_dice', {}).get('value'))} "
-                     f"(95% CI {_ci(t.get('lesion_dice', {}).get('ci95'))}); box coverage {_fmt(t.get('box_coverage', {}).get('value'))} "
-                     f"(95% CI {_ci(t.get('box_coverage', {}).get('ci95'))}).")
+        lines += [
+            "",
+            "### Tuberculosis lesion score (localisation, not screening)",
+            "",
+            f"{tb.get('what')}.",
+            "",
+        ]
+        lines.append(
+            f"- Threshold {_fmt(thr.get('value'))}: {thr.get('method')} on the {thr.get('source')}."
+        )
+        lines.append(
+            f"- Held-out TBX11K test films ({t.get('n_images')}, all TB-positive): "
+            f"sensitivity {_fmt(t.get('sensitivity', {}).get('value'))} (95% CI {_ci(t.get('sensitivity', {}).get('ci95'))}); "
+            f"pointing game (map peak inside a lesion box) {_fmt(t.get('pointing_game', {}).get('value'))} "
+            f"(95% CI {_ci(t.get('pointing_game', {}).get('ci95'))}); lesion Dice {_fmt(t.get('lesion_dice', {}).get('value'))} "
+            f"(95% CI {_ci(t.get('lesion_dice', {}).get('ci95'))}); box coverage {_fmt(t.get('box_coverage', {}).get('value'))} "
+            f"(95% CI {_ci(t.get('box_coverage', {}).get('ci95'))})."
+        )
         lines.append(f"- Specificity: {tb.get('specificity')}")
         for name, o in tb.get("other_sources", {}).items():
-            lines.append(f"- Exploratory flag rate on {o.get('n_images')} {name} test films: {_fmt(o.get('flag_rate'))} "
-                         f"(95% CI {_ci(o.get('ci95'))}); on the {o.get('n_no_finding')} with no finding marked: "
-                         f"{_fmt(o.get('flag_rate_no_finding'))}. {o.get('note')}.")
+            lines.append(
+                f"- Exploratory flag rate on {o.get('n_images')} {name} test films: {_fmt(o.get('flag_rate'))} "
+                f"(95% CI {_ci(o.get('ci95'))}); on the {o.get('n_no_finding')} with no finding marked: "
+                f"{_fmt(o.get('flag_rate_no_finding'))}. {o.get('note')}."
+            )
     for sec in notes.get("results", []):
         lines += ["", sec]
     lines += ["", "## Limitations", ""]
@@ -194,8 +267,17 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle")
-    p.add_argument("--notes", required=True, help="YAML: description, data, recipe, results, limitations, citations")
-    p.add_argument("--extra-metrics", action="append", default=[], help="KEY=FILE.json merged into metrics[KEY]")
+    p.add_argument(
+        "--notes",
+        required=True,
+        help="YAML: description, data, recipe, results, limitations, citations",
+    )
+    p.add_argument(
+        "--extra-metrics",
+        action="append",
+        default=[],
+        help="KEY=FILE.json merged into metrics[KEY]",
+    )
     args = p.parse_args(argv)
     bundle = Path(args.bundle)
     notes = yaml.safe_load(Path(args.notes).read_text(encoding="utf-8")) or {}
@@ -203,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     m = loaded.manifest.to_dict()
     for item in args.extra_metrics:
         key, _, path = item.partition("=")
-        m.setdefault("metrics", {})[key] = json.loads(Path(path).read_text(encoding="utf-8"))
+        m.setdefault("metrics", {})[key] = json.loads(
+            Path(path).read_text(encoding="utf-8")
+        )
     if notes.get("description"):
         m["description"] = str(notes["description"]).strip()
     if notes.get("limitations"):
@@ -212,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     split_src = Path(str(prov.get("split_file", "")))
     if split_src.is_file():
         if file_sha256(split_src) != prov.get("split_sha256"):
-            raise SystemExit(f"{split_src} no longer matches the split hash recorded in the bundle")
+            raise SystemExit(
+                f"{split_src} no longer matches the split hash recorded in the bundle"
+            )
         shutil.copy2(split_src, bundle / "splits.csv")
         prov["split_file"] = "splits.csv"
     rewrite_manifest(m, bundle)

@@ -48,7 +48,10 @@ def lesion_map(seg: Any, record: Any) -> np.ndarray:
 def box_mask(boxes_json: str, shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, dtype=bool)
     for _label, x0, y0, x1, y1 in json.loads(boxes_json or "[]"):
-        out[max(0, int(math.floor(y0))) : int(math.ceil(y1)), max(0, int(math.floor(x0))) : int(math.ceil(x1))] = True
+        out[
+            max(0, math.floor(y0)) : math.ceil(y1),
+            max(0, math.floor(x0)) : math.ceil(x1),
+        ] = True
     return out
 
 
@@ -79,7 +82,9 @@ def score_rows(seg: Any, frame: Any, *, with_boxes: bool) -> list[dict[str, floa
             row.update(
                 pointing_hit=float(boxes[peak]),
                 dice=2 * inter / denom if denom else float("nan"),
-                box_coverage=inter / float(boxes.sum()) if boxes.sum() else float("nan"),
+                box_coverage=inter / float(boxes.sum())
+                if boxes.sum()
+                else float("nan"),
             )
         rows.append(row)
     return rows
@@ -94,12 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", required=True)
     p.add_argument("--manifest", required=True, help="TBX11K manifest (boxes column)")
     p.add_argument("--split-file", required=True)
-    p.add_argument("--others", action="append", default=[], help="MANIFEST:SPLITS of other sources (test split used)")
+    p.add_argument(
+        "--others",
+        action="append",
+        default=[],
+        help="MANIFEST:SPLITS of other sources (test split used)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seg = load_segmenter(args.bundle)
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     test = frame[frame["split"] == "test"]
     val_scores = np.array([r["score"] for r in score_rows(seg, val, with_boxes=False)])
     # highest threshold that still flags >= 90% of validation TB films
-    k = int(math.floor((1 - TARGET_SENSITIVITY) * len(val_scores)))
+    k = math.floor((1 - TARGET_SENSITIVITY) * len(val_scores))
     threshold = float(np.sort(val_scores)[k])
     val_sens = float((val_scores >= threshold).mean())
     rows = score_rows(seg, test, with_boxes=True)
@@ -117,30 +129,50 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "what": "image-level TB lesion score = max of the segmenter's lesion map for "
         + " / ".join(f'"{p}"' for p in PROMPTS),
-        "threshold": {"value": threshold, "method": f"target sensitivity {TARGET_SENSITIVITY:g}",
-                      "source": f"validation split ({len(val_scores)} TB-positive TBX11K films; no negatives)",
-                      "validation_sensitivity": val_sens},  # fmt: skip
+        "threshold": {
+            "value": threshold,
+            "method": f"target sensitivity {TARGET_SENSITIVITY:g}",
+            "source": f"validation split ({len(val_scores)} TB-positive TBX11K films; no negatives)",
+            "validation_sensitivity": val_sens,
+        },
         "test": {
-            "n_images": int(len(test)),
-            "sensitivity": {"value": float(hit.mean()), "ci95": boot_ci(hit, args.bootstrap, args.seed)},
+            "n_images": len(test),
+            "sensitivity": {
+                "value": float(hit.mean()),
+                "ci95": boot_ci(hit, args.bootstrap, args.seed),
+            },
             "pointing_game": {
                 "value": float(np.mean([r["pointing_hit"] for r in rows])),
-                "ci95": boot_ci(np.array([r["pointing_hit"] for r in rows]), args.bootstrap, args.seed + 1),
+                "ci95": boot_ci(
+                    np.array([r["pointing_hit"] for r in rows]),
+                    args.bootstrap,
+                    args.seed + 1,
+                ),
             },
             "lesion_dice": {
                 "value": float(np.nanmean([r["dice"] for r in rows])),
-                "ci95": boot_ci(np.array([r["dice"] for r in rows]), args.bootstrap, args.seed + 2),
+                "ci95": boot_ci(
+                    np.array([r["dice"] for r in rows]), args.bootstrap, args.seed + 2
+                ),
                 "at_threshold": seg.threshold,
             },
             "box_coverage": {
                 "value": float(np.nanmean([r["box_coverage"] for r in rows])),
-                "ci95": boot_ci(np.array([r["box_coverage"] for r in rows]), args.bootstrap, args.seed + 3),
+                "ci95": boot_ci(
+                    np.array([r["box_coverage"] for r in rows]),
+                    args.bootstrap,
+                    args.seed + 3,
+                ),
             },
             "score_median": float(np.median(t_scores)),
         },
         "specificity": "NOT MEASURED: TBX11K here has no TB-negative films from the same source.",
         "split_file_sha256": file_sha256(args.split_file),
-        "bootstrap": {"resamples": args.bootstrap, "unit": "patient (one film each)", "seed": args.seed},
+        "bootstrap": {
+            "resamples": args.bootstrap,
+            "unit": "patient (one film each)",
+            "seed": args.seed,
+        },
         "other_sources": {},
     }
     for item in args.others:
@@ -149,13 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         other = other[other["split"] == "test"]
         s = np.array([r["score"] for r in score_rows(seg, other, with_boxes=False)])
         flags = (s >= threshold).astype(float)
-        name = str(other["dataset"].iloc[0]) if "dataset" in other else Path(manifest).stem
-        entry = {"n_images": int(len(s)), "flag_rate": float(flags.mean()), "ci95": boot_ci(flags, args.bootstrap, args.seed),
+        name = (
+            str(other["dataset"].iloc[0]) if "dataset" in other else Path(manifest).stem
+        )
+        entry = {"n_images": len(s), "flag_rate": float(flags.mean()), "ci95": boot_ci(flags, args.bootstrap, args.seed),
                  "note": "exploratory: another hospital and population, TB status not recorded; NOT a specificity"}  # fmt: skip
         labels = label_columns(other)
         if labels:  # films with none of the set's findings marked
             nf = np.nan_to_num(label_matrix(other, labels), nan=1.0).sum(1) == 0
-            entry["flag_rate_no_finding"] = float(flags[nf].mean()) if nf.any() else None
+            entry["flag_rate_no_finding"] = (
+                float(flags[nf].mean()) if nf.any() else None
+            )
             entry["n_no_finding"] = int(nf.sum())
         result["other_sources"][name] = entry
     (out / "tb_metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -19,7 +19,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "resources" / "models"
 BUNDLES = sorted(p for p in MODELS.glob("*") if (p / "manifest.json").is_file())
-CLASSIFIERS = [p for p in BUNDLES if json.loads((p / "manifest.json").read_text())["task"] in ("binary", "multilabel", "multiclass")]
+CLASSIFIERS = [
+    p
+    for p in BUNDLES
+    if json.loads((p / "manifest.json").read_text())["task"]
+    in ("binary", "multilabel", "multiclass")
+]
 
 
 def test_default_bundles_exist_and_fit_the_size_budget() -> None:
@@ -31,10 +36,9 @@ def test_default_bundles_exist_and_fit_the_size_budget() -> None:
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_bundle_loads_hash_checked_with_card_and_split(bundle: Path) -> None:
+    import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet)
     from cxr_viewer.core.models.bundle import load_bundle
     from trainer.data.splits import file_sha256
-
-    import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet)
 
     loaded = load_bundle(bundle)
     m = loaded.manifest
@@ -64,7 +68,9 @@ def test_classifier_thresholds_metrics_and_golden_scores(bundle: Path) -> None:
     for label in m.labels:
         t = m.thresholds[label]
         assert 0.0 < t["value"] < 1.0
-        assert t["source"].startswith("val") and t["method"] != "default"  # chosen on validation, never on test
+        assert (
+            t["source"].startswith("val") and t["method"] != "default"
+        )  # chosen on validation, never on test
     auroc = m.metrics["auroc"]
     assert m.metrics["split"] == "test"
     defined = [a for a in auroc.values() if a["value"] is not None]
@@ -78,7 +84,11 @@ def test_classifier_thresholds_metrics_and_golden_scores(bundle: Path) -> None:
         x = preprocess(read_image(bundle / g["image"]), m.preprocessing)[None]
         with torch.no_grad():
             logits = loaded.model(x)
-        scores = torch.sigmoid(logits)[0] if m.task != "multiclass" else torch.softmax(logits, 1)[0]
+        scores = (
+            torch.sigmoid(logits)[0]
+            if m.task != "multiclass"
+            else torch.softmax(logits, 1)[0]
+        )
         for label, s in zip(m.labels, scores.tolist()):
             assert math.isclose(s, g["scores"][label], abs_tol=1e-3)
 
@@ -89,8 +99,13 @@ def test_pneumonia_card_reports_ssl_vs_random_and_beats_chance() -> None:
     a = m["metrics"]["auroc"]["pneumonia"]
     assert a["ci95"][0] > 0.5  # the lower bound, not the point, is above chance
     cmp_ = m["metrics"]["ssl_vs_random"]["labels"]["pneumonia"]
-    assert cmp_["difference_ci95"][0] <= cmp_["difference"] <= cmp_["difference_ci95"][1]
-    assert "What self-supervised pre-training gained" in (bundle / "model_card.md").read_text()
+    assert (
+        cmp_["difference_ci95"][0] <= cmp_["difference"] <= cmp_["difference_ci95"][1]
+    )
+    assert (
+        "What self-supervised pre-training gained"
+        in (bundle / "model_card.md").read_text()
+    )
 
 
 def test_segmenter_reports_tb_as_localisation_not_screening() -> None:
@@ -115,7 +130,9 @@ def test_ssl_manifest_excludes_test_patients(tmp_path: Path, data_dir: Path) -> 
     frame = pd.DataFrame({"image": [str(p) for p in images], "patient_id": [p.stem for p in images],
                           "dataset": "tbx11k", "tb": [i % 2 for i in range(len(images))]})  # fmt: skip
     write_manifest(frame, tmp_path / "m.csv")
-    split = make_splits(read_manifest(tmp_path / "m.csv").frame, seed=0, val=0.2, test=0.3)
+    split = make_splits(
+        read_manifest(tmp_path / "m.csv").frame, seed=0, val=0.2, test=0.3
+    )
     write_split_file(split, tmp_path / "s.csv")
     out = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make_ssl_manifest.py"), "--out", str(tmp_path / "ssl.csv"),
@@ -124,8 +141,15 @@ def test_ssl_manifest_excludes_test_patients(tmp_path: Path, data_dir: Path) -> 
     )  # fmt: skip
     info = json.loads(out.stdout.strip().splitlines()[-1])
     pooled = read_manifest(tmp_path / "ssl.csv").frame
-    test_ids = {"tbx11k:" + p for p in split.loc[split["split"] == "test", "patient_id"]}
+    test_ids = {
+        "tbx11k:" + p for p in split.loc[split["split"] == "test", "patient_id"]
+    }
     assert test_ids and not test_ids & set(pooled["patient_id"])
-    assert len(pooled) + len(test_ids) == len(images) == info["sources"]["tbx11k"]["images"] + info["sources"]["tbx11k"]["excluded_test"]
+    assert (
+        len(pooled) + len(test_ids)
+        == len(images)
+        == info["sources"]["tbx11k"]["images"]
+        + info["sources"]["tbx11k"]["excluded_test"]
+    )
     combined = pd.read_csv(tmp_path / "all.csv")
     assert set(combined.loc[combined["split"] == "test", "patient_id"]) == test_ids
