@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_viewer.core.errors import BundleError, CXRError, InferenceError, UnknownLabelError
+from cxr_viewer.core.errors import (
+    AnalysisCancelledError,
+    BundleError,
+    CXRError,
+    InferenceError,
+    UnknownLabelError,
+)
 from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
@@ -75,6 +81,44 @@ def configure_threads(threads: int | None = None) -> int:
     if n > 0 and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+#: How derived findings name their heatmap: the lesion map itself, not a class-activation map.
+LESION_MAP_METHOD = "lesion map"
+
+
+def derived_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
+    """A ``text_segmentation`` bundle's ``derived_findings`` (see docs/bundle-format.md), checked.
+
+    Each spec names a label, the prompts whose pixel-wise maximum is the lesion map, and the
+    threshold the image score (the map's maximum) is judged against. Other tasks have none.
+    """
+    if bundle.task != "text_segmentation":
+        return []
+    raw = bundle.manifest.extra.get("derived_findings") or []
+    where = f"The model {bundle.name!r} lists derived findings"
+    if not isinstance(raw, list):
+        raise BundleError(f"{where} that are not a list; fix 'derived_findings' in its manifest.")
+    out: list[dict[str, Any]] = []
+    for d in raw:
+        ok = (
+            isinstance(d, dict)
+            and isinstance(d.get("label"), str)
+            and d["label"]
+            and isinstance(d.get("prompts"), list)
+            and d["prompts"]
+            and all(isinstance(p, str) and p.strip() for p in d["prompts"])
+            and d.get("score", "max") == "max"
+            and isinstance((d.get("threshold") or {}).get("value"), (int, float))
+            and 0.0 <= float(d["threshold"]["value"]) <= 1.0
+        )
+        if not ok:
+            raise BundleError(
+                f"{where} with a broken entry: each needs a label, a list of prompts, score 'max' "
+                "and a threshold value between 0 and 1."
+            )
+        out.append(d)
+    return out
 
 
 def _scores(logits: np.ndarray, task: str) -> np.ndarray:
@@ -163,6 +207,7 @@ class InferenceEngine:
                 return
             if any(b.name == bundle.name for b in self._bundles):
                 raise BundleError(f"Two loaded models are both named {bundle.name!r}; remove one of them.")
+            derived_specs(bundle)  # a broken derived_findings block fails here, by name
             if bundle.device != self.device:
                 bundle.model.to(self.device)
                 bundle.device = self.device
@@ -184,6 +229,55 @@ class InferenceEngine:
     def classifiers(self) -> list["LoadedBundle"]:
         return [b for b in self.bundles if b.manifest.is_classifier]
 
+    @property
+    def derived_bundles(self) -> list["LoadedBundle"]:
+        """Segmentation bundles that declare derived findings (scored by :meth:`analyze`)."""
+        return [b for b in self.bundles if derived_specs(b)]
+
+    def _segmenter(self, bundle: "LoadedBundle") -> Any:
+        """One shared :class:`Segmenter` per bundle (its text embeddings are cached inside)."""
+        from cxr_viewer.core.inference.segment import Segmenter
+
+        with self._lock:
+            # created on first use: the torch-free LaneEngine builds its own state in its own __init__
+            cache: dict[str, Any] = self.__dict__.setdefault("_segmenters", {})
+            seg = cache.get(bundle.sha256)
+            if seg is None:
+                seg = cache[bundle.sha256] = Segmenter(bundle)
+            return seg
+
+    def lesion_map(
+        self, record: ImageRecord, bundle: "LoadedBundle", spec: dict[str, Any], *, cancel: CancelToken | None = None
+    ) -> Heatmap:
+        """The derived finding's map: pixel-wise max of the prompts' masks, at the original size; cached."""
+        label = str(spec["label"])
+        ckey = (record.content_hash, bundle.sha256, label, LESION_MAP_METHOD)
+        with self._lock:
+            hit = self._cam_cache.get(ckey)
+            if hit is not None:
+                self._cam_cache.move_to_end(ckey)
+                return hit
+        t0 = time.perf_counter()
+        masks = self._segmenter(bundle).segment(record, list(spec["prompts"]), cancel=cancel)
+        values = np.maximum.reduce([m.prob for m in masks]).astype(np.float32, copy=False)
+        hit = Heatmap(
+            values=values,
+            label=label,
+            method=LESION_MAP_METHOD,
+            model=bundle.name,
+            target_index=-1,
+            target_layer="segmenter output: " + " / ".join(spec["prompts"]),
+            faithfulness=None,
+            faithfulness_method="not applicable: the map is the segmenter's output, not an explanation",
+            score=float(values.max()) if values.size else 0.0,
+            timing_ms=(time.perf_counter() - t0) * 1e3,
+        )
+        with self._lock:
+            self._cam_cache[ckey] = hit
+            while len(self._cam_cache) > 4:
+                self._cam_cache.popitem(last=False)
+        return hit
+
     def bundles_for_task(self, task: str) -> list["LoadedBundle"]:
         """E.g. ``text_segmentation`` bundles for the segmentation step."""
         return [b for b in self.bundles if b.task == task]
@@ -200,13 +294,16 @@ class InferenceEngine:
         user = self._user_thresholds.get((bundle.name, label))
         if user is not None:
             return user, "user"
+        for spec in derived_specs(bundle):
+            if spec["label"] == label:
+                return float(spec["threshold"]["value"]), str(spec["threshold"].get("method") or "default")
         t = bundle.manifest.thresholds.get(label) or {}
         return bundle.manifest.threshold(label), str(t.get("method") or "default")
 
     def set_threshold(self, model: str, label: str, value: float | None) -> None:
         """Override (or with ``None`` restore) a label's operating threshold."""
         b = self.bundle(model)
-        if label not in b.labels:
+        if label not in b.labels and label not in {d["label"] for d in derived_specs(b)}:
             raise UnknownLabelError(f"Model {model!r} has no label {label!r}.")
         if value is not None and not 0.0 <= float(value) <= 1.0:
             raise InferenceError("A threshold must lie between 0 and 1.")
@@ -272,9 +369,11 @@ class InferenceEngine:
 
         t_all = time.perf_counter()
         bundles = self.classifiers
+        derived = self.derived_bundles
         if models is not None:
             bundles = [b for b in bundles if b.name in set(models)]
-        key = self._cache_key(record, bundles)
+            derived = [b for b in derived if b.name in set(models)]
+        key = self._cache_key(record, [*bundles, *derived])
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -313,9 +412,33 @@ class InferenceEngine:
             for label, p in zip(b.labels, probs):
                 thr, method = self.threshold(b, label)
                 findings.append(Finding(label, float(p), thr, b.name, b.version, method, b.manifest.trained))
+        derived_warnings: list[str] = []
+        for b in derived:
+            for spec in derived_specs(b):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                t0 = time.perf_counter()
+                try:
+                    heat = self.lesion_map(record, b, spec, cancel=cancel)
+                except AnalysisCancelledError:
+                    raise
+                except CXRError as exc:  # e.g. no text encoder here: the classifiers' findings still stand
+                    log.warning("derived finding %r of %s skipped: %s", spec["label"], b.name, exc.message)
+                    derived_warnings.append(f"{spec['label']} could not be computed: {exc.message}")
+                    continue
+                timing[f"inference:{b.name}"] = timing.get(f"inference:{b.name}", 0.0) + (time.perf_counter() - t0) * 1e3
+                backends[b.name] = "onnx" if getattr(b, "lane", None) is not None else "torch"
+                thr, method = self.threshold(b, spec["label"])
+                findings.append(
+                    Finding(
+                        spec["label"], float(heat.score or 0.0), thr, b.name, b.version, method, b.manifest.trained,
+                        note=str(spec.get("note") or ""), validated=bool(spec.get("validated", False)),
+                    )
+                )
+        bundles = [*bundles, *derived]
         timing["preprocess"] = t_pre * 1e3
         timing["total"] = (time.perf_counter() - t_all) * 1e3
-        warnings: list[str] = []
+        warnings: list[str] = list(derived_warnings)
         if not bundles:
             warnings.append(NO_MODELS_WARNING)
         elif any(not b.manifest.trained for b in bundles):
@@ -347,6 +470,16 @@ class InferenceEngine:
             f"No heatmap for {label!r}: {where} do not predict it. Available: {', '.join(known) or 'none'}."
         )
 
+    def _derived_for_label(self, label: str, model: str | None) -> "tuple[LoadedBundle, dict[str, Any]] | None":
+        """The segmentation bundle and spec of a derived finding named ``label``, if any."""
+        for b in self.derived_bundles:
+            if model is not None and b.name != model:
+                continue
+            for spec in derived_specs(b):
+                if spec["label"] == label:
+                    return b, spec
+        return None
+
     def cam(
         self,
         record: ImageRecord,
@@ -366,6 +499,9 @@ class InferenceEngine:
         from cxr_viewer.core.inference.cam import canonical_method, compute_cam
         from cxr_viewer.core.models.preprocess import preprocess, restore_map
 
+        derived = self._derived_for_label(label, model)
+        if derived is not None:
+            return self.lesion_map(record, *derived, cancel=cancel)
         key_method = canonical_method(method)
         b = self._bundle_for_label(label, model)
         idx = b.labels.index(label)
@@ -416,7 +552,7 @@ class InferenceEngine:
 
     def faithfulness(self, record: ImageRecord, heatmap: Heatmap) -> Heatmap:
         """The same heatmap with its ROAD faithfulness score filled in (see ``inference.cam``)."""
-        if heatmap.faithfulness is not None:
+        if heatmap.faithfulness is not None or heatmap.method == LESION_MAP_METHOD:
             return heatmap
         return heatmap.with_faithfulness(*self._road(record, heatmap))
 

@@ -504,6 +504,9 @@ class LaneEngine(InferenceEngine):
         from cxr_viewer.core.inference.cam import canonical_method
         from cxr_viewer.core.inference.engine import _scores
 
+        derived = self._derived_for_label(label, model)
+        if derived is not None:  # a derived finding's heatmap is its lesion map, no CAM needed
+            return self.lesion_map(record, *derived, cancel=cancel)
         key = canonical_method(method)
         if key not in LANE_CAM_METHODS:
             raise InferenceError(TORCH_ONLY_REASON.format(method=method))

@@ -42,6 +42,9 @@ class Finding:
     model_version: str = ""
     threshold_method: str = ""
     trained: bool = True
+    # Derived findings (e.g. a score read off a segmenter's map) carry what is and is not validated.
+    note: str = ""
+    validated: bool | None = None
 
     @property
     def positive(self) -> bool:
@@ -49,10 +52,10 @@ class Finding:
 
     def with_threshold(self, threshold: float, method: str = "user") -> "Finding":
         """The same score judged against a user-chosen threshold (the score never changes)."""
-        return Finding(self.label, self.score, float(threshold), self.model, self.model_version, method, self.trained)
+        return replace(self, threshold=float(threshold), threshold_method=method)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "label": self.label,
             "score": round(float(self.score), 6),
             "threshold": round(float(self.threshold), 6),
@@ -62,6 +65,10 @@ class Finding:
             "threshold_method": self.threshold_method,
             "trained": self.trained,
         }
+        if self.note or self.validated is not None:
+            out["note"] = self.note
+            out["validated"] = self.validated
+        return out
 
 
 @dataclass(frozen=True, eq=False)

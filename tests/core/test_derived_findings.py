@@ -1,0 +1,195 @@
+"""Derived findings: an image-level score read off a text_segmentation bundle's masks.
+
+A tiny random text U-Net checks the contract (score = max of the pixel-wise max map,
+threshold/positive, note/validated in JSON, cam = the lesion map); the shipped
+segmenter is then run on real TBX11K test films.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr_viewer.core.errors import BundleError
+from cxr_viewer.core.io import read_image
+from cxr_viewer.core.io.record import ImageRecord
+
+LABEL = "Tuberculosis (lesion score)"
+PROMPTS = ["tuberculosis in the right lung", "tuberculosis in the left lung"]
+NOTE = "Localisation validated on held-out TBX11K; specificity not measured — not a screening result."
+
+
+def _manifest(derived: object) -> dict:
+    return {
+        "name": "seg-derived", "version": "0.0.1", "task": "text_segmentation", "trained": True,
+        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
+        "labels": ["region"], "thresholds": {"region": {"value": 0.5, "method": "test"}},
+        "preprocessing": {"size": [64, 64], "resize": "letterbox"},
+        "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
+        "derived_findings": derived,
+    }  # fmt: skip
+
+
+def _spec(threshold: float) -> dict:
+    return {"label": LABEL, "prompts": PROMPTS, "score": "max",
+            "threshold": {"value": threshold, "method": "test", "source": "test"},
+            "validated": False, "note": NOTE}  # fmt: skip
+
+
+def _save(tmp_path: Path, derived: object, name: str = "seg") -> Path:
+    import torch
+
+    from cxr_viewer.core.models import create_model
+    from cxr_viewer.core.models.bundle import save_bundle
+
+    torch.manual_seed(0)
+    return save_bundle(create_model("text_unet_tiny", text_dim=384), _manifest(derived), tmp_path / name,
+                       dtype="float32")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def record() -> ImageRecord:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:90, 0:70]
+    pixels = (0.5 + 0.3 * np.sin(x / 7.0) * np.cos(y / 9.0) + 0.05 * rng.standard_normal((90, 70))).clip(0, 1)
+    return ImageRecord(pixels=pixels.astype(np.float32), source=None, format="array")
+
+
+def _engine(bundle_dir: Path):
+    import torch
+
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.models.bundle import load_bundle
+
+    torch.set_num_threads(1)
+    return InferenceEngine([load_bundle(bundle_dir)], device="cpu", backend="torch")
+
+
+def test_analyze_emits_the_derived_finding(tmp_path: Path, record: ImageRecord) -> None:
+    """Score = max of the pixel-wise max of the prompts' masks; threshold, positive and note as declared."""
+    from cxr_viewer.core.inference.segment import Segmenter
+
+    engine = _engine(_save(tmp_path, [_spec(0.5)]))
+    result = engine.analyze(record)
+    f = result.finding(LABEL)
+    assert f is not None and f.model == "seg-derived"
+    masks = Segmenter(engine.bundle("seg-derived")).segment(record, PROMPTS)
+    expected = float(np.maximum(masks[0].prob, masks[1].prob).max())
+    assert 0.0 <= f.score <= 1.0 and f.score == pytest.approx(expected, abs=1e-6)
+    assert f.threshold == 0.5 and f.positive == (f.score >= 0.5)
+    assert f.note == NOTE and f.validated is False
+    d = json.loads(json.dumps(result.to_dict()))["findings"][0]
+    assert d["label"] == LABEL and d["validated"] is False and d["note"] == NOTE
+    assert d["positive"] == (d["score"] >= d["threshold"])
+    assert [m["name"] for m in result.models] == ["seg-derived"]
+    assert engine.analyze(record).cached  # cached like any other finding
+
+
+def test_threshold_decides_positive_and_user_override(tmp_path: Path, record: ImageRecord) -> None:
+    """A threshold above the score is negative, one below is positive; a user threshold overrides the manifest."""
+    engine = _engine(_save(tmp_path, [_spec(1.0)]))
+    f = engine.analyze(record).finding(LABEL)
+    assert f.threshold == 1.0 and not f.positive  # a sigmoid never reaches exactly 1 in float32 here
+    engine.set_threshold("seg-derived", LABEL, 0.0)
+    g = engine.analyze(record).finding(LABEL)
+    assert g.positive and g.threshold_method == "user" and g.score == f.score
+    h = g.with_threshold(0.99)
+    assert h.note == NOTE and h.validated is False  # the Qt panel's site thresholds keep the note
+
+
+def test_cam_returns_the_lesion_map(tmp_path: Path, record: ImageRecord) -> None:
+    engine = _engine(_save(tmp_path, [_spec(0.5)]))
+    heat = engine.cam(record, LABEL)
+    assert heat.method == "lesion map" and heat.faithfulness is None
+    assert heat.shape == record.shape and heat.values.dtype == np.float32
+    assert float(heat.values.max()) == pytest.approx(engine.analyze(record).finding(LABEL).score, abs=1e-6)
+    assert engine.faithfulness(record, heat) is heat  # nothing to score; no error
+
+
+def test_bundle_without_derived_findings_adds_no_finding(tmp_path: Path, record: ImageRecord) -> None:
+    engine = _engine(_save(tmp_path, []))
+    assert engine.analyze(record).findings == ()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [{"label": LABEL, "prompts": [], "threshold": {"value": 0.5}}],
+        [{"label": LABEL, "prompts": PROMPTS, "threshold": {"value": 1.5}}],
+        [{"label": LABEL, "prompts": PROMPTS, "score": "mean", "threshold": {"value": 0.5}}],
+        {"label": LABEL},
+    ],
+)
+def test_broken_derived_block_is_refused_by_name(tmp_path: Path, bad: object) -> None:
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.models.bundle import load_bundle
+
+    bundle = load_bundle(_save(tmp_path, bad))
+    with pytest.raises(BundleError, match="seg-derived"):
+        InferenceEngine([bundle], device="cpu", backend="torch")
+
+
+def test_default_segmenter_scores_real_tbx11k_test_films(repo_root: Path, data_dir: Path) -> None:
+    """The shipped segmenter on three held-out TBX11K films (all TB-positive): finite scores, honest JSON."""
+    bundle_dir = repo_root / "resources" / "models" / "report-segmenter-resnet18"
+    man = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
+    (spec,) = man["derived_findings"]
+    assert spec["label"] == LABEL and spec["validated"] is False
+    assert spec["threshold"]["value"] == man["metrics"]["tuberculosis_lesion_score"]["threshold"]["value"]
+    engine = _engine(bundle_dir)
+    test_ids = [line.split(",")[0].split(":")[1] for line in (bundle_dir / "splits.csv").read_text().splitlines()
+                if line.startswith("tbx11k:") and line.endswith(",test")][:3]  # fmt: skip
+    assert len(test_ids) == 3
+    scores = []
+    for tb_id in test_ids:
+        rec = read_image(data_dir / "tbx11k" / "images" / f"{tb_id}.jpg")
+        d = engine.analyze(rec).to_dict()
+        (row,) = [r for r in d["findings"] if r["label"] == LABEL]
+        assert math.isfinite(row["score"]) and 0.0 <= row["score"] <= 1.0
+        assert row["validated"] is False and "not a screening result" in row["note"]
+        assert row["threshold"] == pytest.approx(spec["threshold"]["value"], abs=1e-6)
+        assert row["positive"] == (row["score"] >= row["threshold"])
+        heat = engine.cam(rec, LABEL)
+        assert heat.shape == rec.shape and float(heat.values.max()) == pytest.approx(row["score"], abs=1e-6)
+        scores.append(row["score"])
+    # test sensitivity at this threshold was 0.96 on 105 films; at least two of three should fire
+    assert sum(s >= spec["threshold"]["value"] for s in scores) >= 2, scores
+
+
+def test_torch_free_lane_gives_the_same_finding(tmp_path: Path, record: ImageRecord, monkeypatch) -> None:
+    """The ONNX lane (LaneEngine + LaneSegmenter) scores the derived finding like torch does."""
+    import cxr_viewer.core.inference.onnx_lane as lane
+    from cxr_viewer.core.inference.onnx_lane_export import (
+        export_lane,
+        export_text_encoder,
+    )
+
+    bdir = _save(tmp_path, [_spec(0.5)])
+    assert export_lane(bdir) is not None
+    text_dir = tmp_path / "text" / "all-MiniLM-L6-v2"
+    export_text_encoder(text_dir)
+    monkeypatch.setattr(lane, "default_text_dir", lambda: text_dir)
+    ref = _engine(bdir).analyze(record).finding(LABEL)
+    engine = lane.LaneEngine([lane.load_lane_bundle(bdir)])
+    got = engine.analyze(record).finding(LABEL)
+    assert got.score == pytest.approx(ref.score, abs=1e-4) and got.note == NOTE and got.validated is False
+    heat = engine.cam(record, LABEL)
+    assert heat.method == "lesion map" and heat.shape == record.shape
+
+
+def test_missing_text_encoder_skips_only_the_derived_finding(tmp_path: Path, record: ImageRecord, monkeypatch) -> None:
+    """On the lane without the shipped text encoder, analyze still succeeds and says what was skipped."""
+    import cxr_viewer.core.inference.onnx_lane as lane
+    from cxr_viewer.core.inference.onnx_lane_export import export_lane
+
+    bdir = _save(tmp_path, [_spec(0.5)])
+    assert export_lane(bdir) is not None
+    monkeypatch.setattr(lane, "default_text_dir", lambda: tmp_path / "no-text-encoder-here")
+    engine = lane.LaneEngine([lane.load_lane_bundle(bdir)])
+    result = engine.analyze(record)
+    assert result.finding(LABEL) is None
+    assert any(w.startswith(f"{LABEL} could not be computed") for w in result.warnings)
