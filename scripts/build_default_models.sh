@@ -150,7 +150,8 @@ if want cards; then
     --notes $C/pneumonia.yaml --extra-metrics "ssl_vs_random=$RUNS/compare.json"
   [[ -d "$OUT/nih14-resnet18" ]] && python scripts/model_card.py "$OUT/nih14-resnet18" --notes $C/nih14.yaml
   [[ -d "$SEG_OUT" ]] && python scripts/model_card.py "$SEG_OUT" --notes $C/segment.yaml \
-    --extra-metrics "tuberculosis_lesion_score=$RUNS/tb/tb_metrics.json"
+    --extra-metrics "tuberculosis_lesion_score=$RUNS/tb/tb_metrics.json" \
+    --derived-findings "$RUNS/tb/derived_findings.json"
   du -sh "$OUT"
 fi
 log "done; wall times in $RUNS/walltime.tsv"

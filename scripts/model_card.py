@@ -243,6 +243,12 @@ def render(manifest: Mapping[str, Any], notes: Mapping[str, Any]) -> str:
             f"(95% CI {_ci(t.get('box_coverage', {}).get('ci95'))})."
         )
         lines.append(f"- Specificity: {tb.get('specificity')}")
+        for d in manifest.get("derived_findings", []):
+            lines.append(
+                f"- Shown in the viewer as the finding \"{d.get('label')}\" (threshold "
+                f"{_fmt((d.get('threshold') or {}).get('value'))}, validated: "
+                f"{str(bool(d.get('validated'))).lower()}): {d.get('note')}"
+            )
         for name, o in tb.get("other_sources", {}).items():
             lines.append(
                 f"- Exploratory flag rate on {o.get('n_images')} {name} test films: {_fmt(o.get('flag_rate'))} "
@@ -278,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="KEY=FILE.json merged into metrics[KEY]",
     )
+    p.add_argument(
+        "--derived-findings",
+        help="FILE.json (a list) written as the manifest's derived_findings "
+        "(scripts/tb_lesion_score.py makes it)",
+    )
     args = p.parse_args(argv)
     bundle = Path(args.bundle)
     notes = yaml.safe_load(Path(args.notes).read_text(encoding="utf-8")) or {}
@@ -287,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         key, _, path = item.partition("=")
         m.setdefault("metrics", {})[key] = json.loads(
             Path(path).read_text(encoding="utf-8")
+        )
+    if args.derived_findings:
+        m["derived_findings"] = json.loads(
+            Path(args.derived_findings).read_text(encoding="utf-8")
         )
     if notes.get("description"):
         m["description"] = str(notes["description"]).strip()

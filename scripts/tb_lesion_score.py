@@ -35,6 +35,11 @@ import numpy as np
 
 PROMPTS = ("tuberculosis in the right lung", "tuberculosis in the left lung")
 TARGET_SENSITIVITY = 0.90
+#: The finding the viewer shows (manifest ``derived_findings``; see docs/bundle-format.md).
+DERIVED_LABEL = "Tuberculosis (lesion score)"
+DERIVED_NOTE = (
+    "Localisation validated on held-out TBX11K; specificity not measured — not a screening result."
+)
 
 log = logging.getLogger("tb_lesion_score")
 
@@ -43,6 +48,27 @@ def lesion_map(seg: Any, record: Any) -> np.ndarray:
     """Pixel-wise max of the per-side TB prompts, at the original image size."""
     masks = seg.segment(record, list(PROMPTS))
     return np.maximum.reduce([m.prob for m in masks])
+
+
+def derived_finding(result: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``derived_findings`` entry for this score, from this script's measured result.
+
+    The viewer recomputes the score exactly as :func:`lesion_map` does (max of the prompts'
+    pixel-wise max map), so prompts and threshold come from here and nowhere else.
+    """
+    thr = result["threshold"]
+    return {
+        "label": DERIVED_LABEL,
+        "prompts": list(PROMPTS),
+        "score": "max",
+        "threshold": {
+            "value": float(thr["value"]),
+            "method": thr["method"],
+            "source": thr["source"],
+        },
+        "validated": False,
+        "note": DERIVED_NOTE,
+    }
 
 
 def box_mask(boxes_json: str, shape: tuple[int, int]) -> np.ndarray:
@@ -195,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             entry["n_no_finding"] = int(nf.sum())
         result["other_sources"][name] = entry
     (out / "tb_metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out / "derived_findings.json").write_text(
+        json.dumps([derived_finding(result)], indent=2), encoding="utf-8"
+    )
     print(json.dumps({"metrics": str(out / "tb_metrics.json"), "threshold": threshold,
                       "test_sensitivity": result["test"]["sensitivity"]["value"]}))  # fmt: skip
     return 0
