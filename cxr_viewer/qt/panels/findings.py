@@ -37,10 +37,13 @@ COL_LABEL, COL_SCORE, COL_THRESHOLD, COL_RESULT = range(4)
 ROLE_KEY = Qt.ItemDataRole.UserRole  # (model, label)
 ROLE_SCORE = Qt.ItemDataRole.UserRole + 1
 ROLE_THRESHOLD = Qt.ItemDataRole.UserRole + 2
+ROLE_DISPLAY = Qt.ItemDataRole.UserRole + 3  # the row's label text (with any "not validated" marker)
 
 POSITIVE_COLOUR = QColor("#ff7a59")
 NEGATIVE_COLOUR = QColor("#7fb58a")
 MUTED_COLOUR = QColor("#8a8d91")
+#: Shown on rows whose finding is not validated as a screening score (manifest ``validated: false``).
+UNVALIDATED_MARK = "⚠ not validated for screening"
 SORT_MODES = ("Score", "Positive first", "Model order")
 SEVERITY_STYLE = {
     "error": ("#ff6b6b", "⛔"),
@@ -339,9 +342,12 @@ class FindingsPanel(QWidget):
 
     def _make_item(self, f: Finding, meaningful: bool) -> QTreeWidgetItem:
         user = f.threshold_method == "user"
-        it = QTreeWidgetItem([f.label.replace("_", " "), "", f"{f.threshold:.3f}" + (" ✎" if user else ""),
-                              result_text(f)])
+        label = f.label.replace("_", " ")
+        if f.validated is False:  # a derived score (e.g. TB lesion score): say so on the row itself
+            label += f"  {UNVALIDATED_MARK}"
+        it = QTreeWidgetItem([label, "", f"{f.threshold:.3f}" + (" ✎" if user else ""), result_text(f)])
         it.setData(COL_LABEL, ROLE_KEY, (f.model, f.label))
+        it.setData(COL_LABEL, ROLE_DISPLAY, label)
         it.setData(COL_THRESHOLD, ROLE_KEY, (f.model, f.label))
         it.setData(COL_SCORE, ROLE_SCORE, float(f.score))
         it.setData(COL_SCORE, ROLE_THRESHOLD, float(f.threshold))
@@ -364,6 +370,10 @@ class FindingsPanel(QWidget):
                "Double-click the threshold to change it; right-click to reset. Click a finding to see its heatmap.")
         if not meaningful:
             tip = "Not meaningful: untrained model or image outside the model's scope.\n" + tip
+        if f.note:
+            tip = f"{f.note}\n" + tip
+        if f.validated is False:
+            it.setForeground(COL_LABEL, QBrush(QColor("#ffd591")))
         for c in range(4):
             it.setToolTip(c, tip)
         self._items[(f.model, f.label)] = it
@@ -383,7 +393,7 @@ class FindingsPanel(QWidget):
             font.setBold(shown)
             font.setItalic(pending)
             it.setFont(COL_LABEL, font)
-            it.setText(COL_LABEL, ("◉ " if shown else "") + lab.replace("_", " "))
+            it.setText(COL_LABEL, ("◉ " if shown else "") + str(it.data(COL_LABEL, ROLE_DISPLAY) or lab.replace("_", " ")))
 
     # ------------------------------------------------------------------ interaction
     def _selected_key(self) -> tuple[str, str] | None:

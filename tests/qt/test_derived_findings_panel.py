@@ -1,0 +1,71 @@
+"""The findings panel shows a derived (segmenter-read) finding with its note, marker and editable threshold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+WAIT_MS = 180_000
+LABEL = "Tuberculosis (lesion score)"
+NOTE = "Localisation validated on held-out TBX11K; specificity not measured — not a screening result."
+
+
+@pytest.fixture(scope="module")
+def derived_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from cxr_viewer.core.models import create_model
+    from cxr_viewer.core.models.bundle import save_bundle
+
+    root = tmp_path_factory.mktemp("derived_models")
+    torch.manual_seed(0)
+    save_bundle(create_model("text_unet_tiny", text_dim=384), {
+        "name": "seg-derived", "version": "0.0.1", "task": "text_segmentation", "trained": True,
+        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
+        "labels": ["region"], "thresholds": {"region": {"value": 0.5, "method": "test"}},
+        "preprocessing": {"size": [64, 64], "resize": "letterbox"},
+        "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
+        "derived_findings": [{"label": LABEL, "prompts": ["tuberculosis in the right lung",
+                                                          "tuberculosis in the left lung"],
+                              "score": "max", "threshold": {"value": 0.5, "method": "test", "source": "test"},
+                              "validated": False, "note": NOTE}],
+    }, root / "seg", dtype="float32")  # fmt: skip
+    return root
+
+
+def test_derived_row_has_note_marker_threshold_and_lesion_map(qtbot, make_window, derived_models, nih_png) -> None:
+    import torch
+
+    from cxr_viewer.qt.panels.findings import COL_LABEL, UNVALIDATED_MARK
+
+    torch.set_num_threads(2)
+    win = make_window(models_dir=derived_models)
+    win.analysis.backend = "torch"
+    win.open_paths([nih_png])
+    qtbot.waitUntil(lambda: win.analysis.state.status == "done", timeout=WAIT_MS)
+    panel = win.findings_panel
+    rows = [r for r in panel.rows() if r[0] == "seg-derived"]
+    assert [r[1] for r in rows] == [LABEL]
+    score = rows[0][2]
+    assert 0.0 <= score <= 1.0 and rows[0][3] == pytest.approx(0.5)
+    item = panel.item_for("seg-derived", LABEL)
+    assert UNVALIDATED_MARK in item.text(COL_LABEL)
+    assert NOTE in item.toolTip(COL_LABEL)
+    # a site threshold below / above the score flips the result; the note stays
+    panel.set_threshold("seg-derived", LABEL, 0.0)
+    row = next(r for r in panel.rows() if r[1] == LABEL)
+    assert row[3] == 0.0 and row[4].endswith("POSITIVE")
+    panel.set_threshold("seg-derived", LABEL, 1.0)
+    row = next(r for r in panel.rows() if r[1] == LABEL)
+    assert row[3] == 1.0 and not row[4].endswith("POSITIVE")
+    assert NOTE in panel.item_for("seg-derived", LABEL).toolTip(COL_LABEL)
+    panel.set_threshold("seg-derived", LABEL, None)
+    assert next(r for r in panel.rows() if r[1] == LABEL)[3] == pytest.approx(0.5)
+    # the heatmap of this finding is the lesion map itself
+    seen = []
+    win.analysis.heatmap_changed.connect(seen.append)
+    panel.show_heatmap("seg-derived", LABEL)
+    qtbot.waitUntil(lambda: any(h is not None and h.label == LABEL for h in seen), timeout=WAIT_MS)
+    heat = next(h for h in seen if h is not None and h.label == LABEL)
+    assert heat.method == "lesion map" and heat.shape == win.session.record.shape
