@@ -723,7 +723,8 @@ class AnalysisController(QObject):
             for f in findings:
                 if f.label == self._cam_label and (self._cam_model in (None, f.model)):
                     return f.label, f.model
-        best = max(findings, key=lambda f: (f.trained, f.positive, f.score))
+        # validated classifier findings first: a derived score (validated False) is shown only when asked for
+        best = max(findings, key=lambda f: (f.trained, f.validated is not False, f.positive, f.score))
         return best.label, best.model
 
     def _on_cam_item(self, gen: int, record: ImageRecord, item: tuple[str, Any]) -> None:

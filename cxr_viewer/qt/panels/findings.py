@@ -43,7 +43,7 @@ POSITIVE_COLOUR = QColor("#ff7a59")
 NEGATIVE_COLOUR = QColor("#7fb58a")
 MUTED_COLOUR = QColor("#8a8d91")
 #: Shown on rows whose finding is not validated as a screening score (manifest ``validated: false``).
-UNVALIDATED_MARK = "⚠ not validated for screening"
+UNVALIDATED_MARK = "not validated for screening"
 SORT_MODES = ("Score", "Positive first", "Model order")
 SEVERITY_STYLE = {
     "error": ("#ff6b6b", "⛔"),
@@ -343,8 +343,8 @@ class FindingsPanel(QWidget):
     def _make_item(self, f: Finding, meaningful: bool) -> QTreeWidgetItem:
         user = f.threshold_method == "user"
         label = f.label.replace("_", " ")
-        if f.validated is False:  # a derived score (e.g. TB lesion score): say so on the row itself
-            label += f"  {UNVALIDATED_MARK}"
+        if f.validated is False:  # a derived score (e.g. TB lesion score): say so on the row, ⚠ first so eliding keeps it
+            label = f"⚠ {label} — {UNVALIDATED_MARK}"
         it = QTreeWidgetItem([label, "", f"{f.threshold:.3f}" + (" ✎" if user else ""), result_text(f)])
         it.setData(COL_LABEL, ROLE_KEY, (f.model, f.label))
         it.setData(COL_LABEL, ROLE_DISPLAY, label)

@@ -179,7 +179,11 @@ class HeatmapPanel(QWidget):
                 break
         self._select_method(heat.method)
         self._updating = False
-        if heat.faithfulness is None:
+        lesion_map = heat.method == "lesion map"  # a derived finding's map: the segmenter output itself
+        if heat.faithfulness is None and lesion_map:
+            self.faithfulness_label.setText("not applicable")
+            self.faithfulness_label.setToolTip(heat.faithfulness_method)
+        elif heat.faithfulness is None:
             if self.controller.faithfulness_pending:
                 self.faithfulness_label.setText("computing…")
             elif self.controller.faithfulness:
@@ -191,10 +195,16 @@ class HeatmapPanel(QWidget):
         else:
             self.faithfulness_label.setText(faithfulness_text(heat.faithfulness))
         score = "" if heat.score is None else f", score {heat.score:.3f}"
-        self.info_label.setText(
-            f"{heat.label.replace('_', ' ')} — {heat.model}{score}. Layer {heat.target_layer}. "
-            "Where the model looked; not a lesion outline."
-        )
+        if lesion_map:
+            self.info_label.setText(
+                f"{heat.label.replace('_', ' ')} — {heat.model}{score}. Lesion probability from the "
+                f"{heat.target_layer}. A derived score, not validated for screening."
+            )
+        else:
+            self.info_label.setText(
+                f"{heat.label.replace('_', ' ')} — {heat.model}{score}. Layer {heat.target_layer}. "
+                "Where the model looked; not a lesion outline."
+            )
 
     def _on_layer(self, layer: HeatmapLayer | None) -> None:
         if layer is None:
