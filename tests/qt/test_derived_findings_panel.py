@@ -69,3 +69,32 @@ def test_derived_row_has_note_marker_threshold_and_lesion_map(qtbot, make_window
     qtbot.waitUntil(lambda: any(h is not None and h.label == LABEL for h in seen), timeout=WAIT_MS)
     heat = next(h for h in seen if h is not None and h.label == LABEL)
     assert heat.method == "lesion map" and heat.shape == win.session.record.shape
+    qtbot.waitUntil(lambda: "not validated for screening" in win.heatmap_panel.info_label.text(), timeout=WAIT_MS)
+    assert win.heatmap_panel.faithfulness_label.text() == "not applicable"
+
+
+def test_auto_heatmap_prefers_a_validated_classifier_finding(qtbot, make_window, derived_models, nih_png,
+                                                             tmp_path) -> None:
+    """With the derived score positive and every classifier finding negative, the first heatmap is still a classifier's."""
+    import json
+    import shutil
+
+    import torch
+
+    from tests.qt.bundles import build_classifier
+
+    torch.set_num_threads(2)
+    shutil.copytree(derived_models / "seg", tmp_path / "models" / "seg")
+    man_path = tmp_path / "models" / "seg" / "manifest.json"
+    man = json.loads(man_path.read_text(encoding="utf-8"))
+    man["derived_findings"][0]["threshold"]["value"] = 0.0  # always positive (the weights, and their hash, unchanged)
+    man_path.write_text(json.dumps(man), encoding="utf-8")
+    build_classifier(tmp_path / "models" / "nih", "nih-tiny", ("Atelectasis", "Effusion"), trained=True, seed=1,
+                     thresholds={"Atelectasis": 1.0, "Effusion": 1.0})
+    win = make_window(models_dir=tmp_path / "models")
+    win.analysis.backend = "torch"
+    win.open_paths([nih_png])
+    qtbot.waitUntil(lambda: win.analysis.heatmap is not None, timeout=WAIT_MS)
+    assert win.analysis.heatmap.model == "nih-tiny"
+    by_label = {f.label: f for f in win.analysis.state.findings}
+    assert by_label[LABEL].positive and not by_label["Atelectasis"].positive and not by_label["Effusion"].positive
