@@ -177,6 +177,12 @@ class InferenceEngine:
             self.add_bundle(b)
 
     # ------------------------------------------------------------------ bundles
+    def _load_bundle(self, path: Path, **kwargs: Any) -> "LoadedBundle":
+        """How :meth:`from_dirs` loads one bundle (the torch-free engine overrides it)."""
+        from cxr_viewer.core.models.bundle import load_bundle
+
+        return load_bundle(path, device=self.device)
+
     @classmethod
     def from_dirs(
         cls, dirs: Sequence[str | Path] | None = None, *, device: "str | torch.device" = "auto", **kwargs: Any
@@ -185,7 +191,7 @@ class InferenceEngine:
 
         Bundles that fail to load are skipped and listed in ``load_errors`` with the reason.
         """
-        from cxr_viewer.core.models.bundle import find_bundles, load_bundle
+        from cxr_viewer.core.models.bundle import find_bundles
 
         engine = cls(None, device=device, **kwargs)
         for info in find_bundles(dirs):
@@ -195,7 +201,7 @@ class InferenceEngine:
             if not info.enabled:
                 continue
             try:
-                engine.add_bundle(load_bundle(info.path, device=engine.device))
+                engine.add_bundle(engine._load_bundle(info.path, **kwargs))
             except CXRError as exc:
                 log.warning("skipping model bundle %s: %s", info.path.name, exc.message)
                 engine.load_errors.append((info.path, exc.message))

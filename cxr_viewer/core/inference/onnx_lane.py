@@ -465,27 +465,9 @@ class LaneEngine(InferenceEngine):
     def _forward(self, bundle: LoadedBundle, batch: Any) -> np.ndarray:  # type: ignore[override]
         return np.asarray(bundle.model(np.asarray(batch, dtype=np.float32)), dtype=np.float64)
 
-    @classmethod
-    def from_dirs(
-        cls, dirs: Sequence[str | Path] | None = None, *, device: Any = "auto", **kwargs: Any
-    ) -> "LaneEngine":
-        """Every enabled bundle in ``dirs`` through :func:`load_lane_bundle`; failures go to ``load_errors``."""
-        from cxr_viewer.core.errors import CXRError
-        from cxr_viewer.core.models.bundle import find_bundles
-
-        engine = cls(None, device=device, **kwargs)
-        for info in find_bundles(dirs):
-            if not info.ok:
-                engine.load_errors.append((info.path, info.error or "invalid bundle"))
-                continue
-            if not info.enabled:
-                continue
-            try:
-                engine.add_bundle(load_lane_bundle(info.path, threads=kwargs.get("threads")))
-            except CXRError as exc:
-                log.warning("skipping model bundle %s: %s", info.path.name, exc.message)
-                engine.load_errors.append((info.path, exc.message))
-        return engine
+    def _load_bundle(self, path: Path, **kwargs: Any) -> LoadedBundle:
+        """Bundles load through their verified ONNX exports: no torch here."""
+        return load_lane_bundle(path, threads=kwargs.get("threads"))
 
     def cam(
         self,
