@@ -38,7 +38,6 @@ draw in this process, with the reason, for the UI to grey out.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -57,13 +56,10 @@ from cxr_viewer.core.inference.engine import InferenceEngine
 from cxr_viewer.core.inference.results import CancelToken, Heatmap
 from cxr_viewer.core.inference.segment import Segmenter
 from cxr_viewer.core.models.bundle import (
-    WEIGHTS_FILE,
     LoadedBundle,
-    Manifest,
-    _check_safetensors_bytes,
     _resolve_bundle_dir,
-    _unsafe,
     read_manifest,
+    read_verified_weights,
     sha256_file,
 )
 from cxr_viewer.core.models.preprocess_numpy import preprocess_numpy, resize2d, restore_map_numpy
@@ -213,31 +209,6 @@ class LaneBundle(LoadedBundle):
     lane: dict[str, Any]
 
 
-def _weights(bdir: Path, manifest: Manifest) -> tuple[bytes, str]:
-    """The weights bytes after the same safety and checksum rules as ``load_bundle``."""
-    wname = str(manifest.weights.get("file") or WEIGHTS_FILE)
-    wpath = bdir / wname
-    if Path(wname).suffix.lower() != ".safetensors" or Path(wname).is_absolute() or ".." in Path(wname).parts:
-        raise _unsafe(Path(wname))
-    if not wpath.exists():
-        raise BundleError(f"The bundle '{manifest.name}' is missing its weights file '{wname}'.", path=bdir)
-    data = wpath.read_bytes()
-    _check_safetensors_bytes(data[:16], wpath)
-    digest = hashlib.sha256(data).hexdigest()
-    expected = str(manifest.weights.get("sha256") or "").lower()
-    if not expected:
-        raise BundleError(
-            f"The bundle '{manifest.name}' records no sha256 for its weights, so they cannot be verified.", path=bdir
-        )
-    if digest != expected:
-        raise BundleHashMismatchError(
-            f"The weights of model '{manifest.name}' {manifest.version} do not match their recorded checksum: "
-            "the file was changed or damaged. Reinstall the model bundle.",
-            path=wpath,
-        )
-    return data, digest
-
-
 def _head(data: bytes, keys: dict[str, str], name: str) -> tuple[np.ndarray, np.ndarray]:
     from safetensors.numpy import load as st_load
 
@@ -262,7 +233,7 @@ def load_lane_bundle(path_or_zip: str | Path, *, device: Any = None, threads: in
         )
     bdir = _resolve_bundle_dir(Path(path_or_zip))
     manifest = read_manifest(bdir)
-    data, digest = _weights(bdir, manifest)
+    data, digest = read_verified_weights(bdir, manifest)
     lane = read_lane(bdir)
     needs_net = manifest.is_classifier or manifest.task == "text_segmentation"
     model: Any = None

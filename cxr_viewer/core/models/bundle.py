@@ -499,23 +499,9 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest.from_dict(data, source=bdir.name)
 
 
-def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu") -> LoadedBundle:
-    """Validate, hash-check and rebuild a bundle; the model comes back in eval mode on ``device``."""
-    from cxr_viewer.core.runtime import torch_available
-
-    if not torch_available():  # the torch-free app bundle: same checks, ONNX network (core.inference.onnx_lane)
-        from cxr_viewer.core.inference.onnx_lane import load_lane_bundle
-
-        return load_lane_bundle(path_or_zip, device=device)
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
-    from cxr_viewer.core.models.registry import create_model
-
-    path = Path(path_or_zip)
-    bdir = _resolve_bundle_dir(path)
-    manifest = read_manifest(bdir)
+def read_verified_weights(bdir: Path, manifest: "Manifest") -> tuple[bytes, str]:
+    """The weights file's bytes and sha256, after every safety rule: safetensors only (no pickle,
+    no path outside the bundle), present, and equal to the manifest's recorded checksum."""
     wname = str(manifest.weights.get("file") or WEIGHTS_FILE)
     wpath = bdir / wname
     if Path(wname).suffix.lower() != ".safetensors" or Path(wname).is_absolute() or ".." in Path(wname).parts:
@@ -539,6 +525,28 @@ def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu"
             "the file was changed or damaged. Reinstall the model bundle.",
             path=wpath,
         )
+    return data, digest
+
+
+def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu") -> LoadedBundle:
+    """Validate, hash-check and rebuild a bundle; the model comes back in eval mode on ``device``."""
+    from cxr_viewer.core.runtime import torch_available
+
+    if not torch_available():  # the torch-free app bundle: same checks, ONNX network (core.inference.onnx_lane)
+        from cxr_viewer.core.inference.onnx_lane import load_lane_bundle
+
+        return load_lane_bundle(path_or_zip, device=device)
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    from cxr_viewer.core.models.registry import create_model
+
+    path = Path(path_or_zip)
+    bdir = _resolve_bundle_dir(path)
+    manifest = read_manifest(bdir)
+    data, digest = read_verified_weights(bdir, manifest)
+    wpath = bdir / str(manifest.weights.get("file") or WEIGHTS_FILE)
     try:
         state = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
