@@ -531,34 +531,14 @@ class _Probs(np.ndarray):
 class LaneSegmenter(Segmenter):
     """:class:`Segmenter` on the ONNX export: same masks, no torch."""
 
-    def __init__(self, bundle: LoadedBundle, text_encoder: Any = None, *, max_batch: int = 16) -> None:
-        from cxr_viewer.core.inference.segment import REGION_LABEL
+    def _runs(self, bundle: LoadedBundle) -> bool:
+        return isinstance(bundle.model, LaneSegmenterNet)
 
-        man = bundle.manifest
-        if man.task != "text_segmentation" or not isinstance(bundle.model, LaneSegmenterNet):
-            raise BundleError(
-                f"The model '{man.name}' is a {man.task} model, not a report-conditioned segmentation model."
-            )
-        self.bundle = bundle
-        self.model = bundle.model
-        self.spec = man.preprocessing
-        self.max_batch = max(1, int(max_batch))
-        thr = man.thresholds.get(REGION_LABEL) or (next(iter(man.thresholds.values())) if man.thresholds else None)
-        self.threshold = 0.5 if thr is None else float(thr["value"])
-        self.conditioned = bool(self.model.conditioned)
-        self.text_encoder = None
-        if self.conditioned:
-            if text_encoder is None or _needs_torch(text_encoder):
-                if not man.text_encoder:
-                    raise BundleError(f"The segmentation model '{man.name}' does not name its text encoder.")
-                text_encoder = lane_text_encoder(man.text_encoder)
-            want = int((man.text_encoder or {}).get("dim") or self.model.text_dim or 0)
-            if want and int(text_encoder.dim) != want:
-                raise BundleError(
-                    f"The segmentation model '{man.name}' expects {want}-value text embeddings, "
-                    f"but the text encoder {text_encoder.name!r} gives {text_encoder.dim}."
-                )
-            self.text_encoder = text_encoder
+    def _can_use(self, text_encoder: Any) -> bool:
+        return not _needs_torch(text_encoder)
+
+    def _default_text_encoder(self, spec: dict[str, Any]) -> Any:
+        return lane_text_encoder(spec)
 
     def image_tensor(self, record: "ImageRecord | np.ndarray") -> np.ndarray:
         return preprocess_numpy(record, self.spec)[None]

@@ -106,10 +106,8 @@ class Segmenter:
         return super().__new__(cls)
 
     def __init__(self, bundle: "LoadedBundle", text_encoder: Any = None, *, max_batch: int = 16) -> None:
-        import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet for bundles)
-
         man = bundle.manifest
-        if man.task != "text_segmentation":
+        if man.task != "text_segmentation" or not self._runs(bundle):
             raise BundleError(
                 f"The model '{man.name}' is a {man.task} model, not a report-conditioned segmentation model."
             )
@@ -122,12 +120,10 @@ class Segmenter:
         self.conditioned = bool(getattr(self.model, "conditioned", True))
         self.text_encoder = None
         if self.conditioned:
-            if text_encoder is None:
-                from cxr_viewer.core.models.text import get_text_encoder
-
+            if text_encoder is None or not self._can_use(text_encoder):
                 if not man.text_encoder:
                     raise BundleError(f"The segmentation model '{man.name}' does not name its text encoder.")
-                text_encoder = get_text_encoder(man.text_encoder)
+                text_encoder = self._default_text_encoder(man.text_encoder)
             want = int((man.text_encoder or {}).get("dim") or getattr(self.model, "text_dim", 0) or 0)
             if want and int(text_encoder.dim) != want:
                 raise BundleError(
@@ -135,6 +131,21 @@ class Segmenter:
                     f"but the text encoder {text_encoder.name!r} gives {text_encoder.dim}."
                 )
             self.text_encoder = text_encoder
+
+    # Hooks the torch-free segmenter (core.inference.onnx_lane) overrides.
+    def _runs(self, bundle: "LoadedBundle") -> bool:
+        """Whether this class can run the bundle's network."""
+        import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet for bundles)
+
+        return True
+
+    def _can_use(self, text_encoder: Any) -> bool:
+        return True
+
+    def _default_text_encoder(self, spec: dict[str, Any]) -> Any:
+        from cxr_viewer.core.models.text import get_text_encoder
+
+        return get_text_encoder(spec)
 
     # ------------------------------------------------------------------ pieces
     def embed(self, phrases: Sequence[str]) -> np.ndarray:
