@@ -162,7 +162,7 @@ def export_bundle(
             small.thumbnail((256, 256))
             rel = f"golden/golden_{i}.png"
             small.save(out / rel)
-            x = preprocess(read_image(out / rel), exported.manifest.preprocessing)[None]
+            x = torch.from_numpy(preprocess(read_image(out / rel), exported.manifest.preprocessing)[None])
             with torch.no_grad():
                 s = scores_from_logits(exported.task, exported.model(x))[0].tolist()
             m["golden"].append({"image": rel, "scores": {lab: round(float(v), 6) for lab, v in zip(exported.labels, s)}})

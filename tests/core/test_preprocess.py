@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.models.preprocess import (
@@ -42,12 +41,12 @@ def test_output_shape_dtype_and_normalisation(mode: str) -> None:
     spec = Preprocessing(size=(48, 64), resize=mode, mean=(0.5,), std=(0.25,))
     img = np.full((120, 90), 0.5, np.float32)
     t = preprocess(img, spec)
-    assert t.shape == (1, 48, 64) and t.dtype == torch.float32
+    assert t.shape == (1, 48, 64) and t.dtype == np.float32 and isinstance(t, np.ndarray)
     geo = compute_geometry(img.shape, spec)
     inside = t[0, max(geo.offset[0], 0) + 2 : 46, max(geo.offset[1], 0) + 2 : geo.offset[1] + geo.resized[1] - 2]
-    assert torch.allclose(inside, torch.zeros_like(inside), atol=1e-5)  # (0.5 - 0.5) / 0.25
+    assert np.allclose(inside, 0.0, atol=1e-5)  # (0.5 - 0.5) / 0.25
     if mode == "letterbox":  # portrait into landscape: padded columns at the sides
-        assert geo.offset[1] > 0 and torch.allclose(t[0, :, 0], torch.full((48,), -2.0))
+        assert geo.offset[1] > 0 and np.allclose(t[0, :, 0], -2.0)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -63,7 +62,7 @@ def test_single_bright_spot_restores_to_its_location(mode: str, shape: tuple[int
     geo = compute_geometry(shape, spec)
     # forward: the spot's network position matches the geometry's point mapping
     ny, nx = geo.to_network([[r, c]])[0]
-    assert np.allclose(_centroid(net.numpy()), (ny, nx), atol=0.75)
+    assert np.allclose(_centroid(net), (ny, nx), atol=0.75)
     # back: restored map peaks at the original pixel (within half a network pixel)
     back = restore_map(net, spec, shape)
     assert back.shape == shape and back.dtype == np.float32
@@ -106,13 +105,13 @@ def test_record_default_window_and_array_inputs() -> None:
     spec = Preprocessing(size=(64, 64), mean=(0.0,), std=(1.0,))
     windowed = preprocess(rec, spec)
     full = preprocess(rec, Preprocessing(size=(64, 64), mean=(0.0,), std=(1.0,), window="none"))
-    assert torch.allclose(windowed[0], torch.from_numpy(rec.model_pixels()))
-    assert torch.allclose(full[0], torch.from_numpy(raw))
+    assert np.allclose(windowed[0], rec.model_pixels())
+    assert np.allclose(full[0], raw)
     # uint8 / uint16 / RGB arrays come in through the same path
-    assert torch.allclose(preprocess((raw * 255).astype(np.uint8), spec), full, atol=1 / 255)
-    assert torch.allclose(preprocess((raw * 65535).astype(np.uint16), spec), full, atol=1e-4)
+    assert np.allclose(preprocess((raw * 255).astype(np.uint8), spec), full, atol=1 / 255)
+    assert np.allclose(preprocess((raw * 65535).astype(np.uint16), spec), full, atol=1e-4)
     rgb = np.repeat((raw * 255).astype(np.uint8)[..., None], 3, axis=2)
-    assert torch.allclose(preprocess(rgb, spec), full, atol=1 / 255)
+    assert np.allclose(preprocess(rgb, spec), full, atol=1 / 255)
     with pytest.raises(ValueError):
         to_unit_gray(np.zeros((2, 3, 4, 5)))
 
@@ -121,4 +120,48 @@ def test_three_channel_and_batch() -> None:
     spec = Preprocessing(size=(32, 32), channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     batch = preprocess_batch([np.zeros((50, 40), np.float32), np.ones((40, 50), np.float32)], spec)
     assert batch.shape == (2, 3, 32, 32)
-    assert not torch.allclose(batch[0, 0], batch[0, 1])  # per-channel normalisation applied
+    assert not np.allclose(batch[0, 0], batch[0, 1])  # per-channel normalisation applied
+
+
+def test_one_kernel_is_torch_free_and_shared_by_trainer_and_engine(tmp_path) -> None:
+    """The trainer's dataset tensor is exactly the engine's model input (one kernel, no twin)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "from cxr_viewer.core.models.preprocess import Preprocessing, preprocess, restore_map\n"
+        "x = preprocess(np.random.default_rng(0).random((300, 200), dtype=np.float32), Preprocessing(size=(64, 64)))\n"
+        "m = restore_map(x[0], Preprocessing(size=(64, 64)), (300, 200))\n"
+        "print(x.shape, m.shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "(1, 64, 64) (300, 200)" in out
+    from PIL import Image
+
+    from cxr_viewer.core.io import read_image
+
+    img = (np.random.default_rng(1).random((180, 150)) * 255).astype(np.uint8)
+    path = tmp_path / "film.png"
+    Image.fromarray(img).save(path)
+    spec = Preprocessing(size=(64, 64), mean=(0.5,), std=(0.25,))
+    from trainer.data.dataset import load_tensor
+
+    assert np.array_equal(load_tensor(str(path), spec).numpy(), preprocess(read_image(path), spec))
+
+
+def test_shrinking_averages_thin_lines_instead_of_skipping_them() -> None:
+    """Antialiased reduction: a one-pixel line in a 1000 px film survives at 64 px."""
+    img = np.zeros((1000, 1000), np.float32)
+    img[:, 503] = 1.0
+    net = preprocess(img, Preprocessing(size=(64, 64), mean=(0.0,), std=(1.0,)))[0]
+    col = net.mean(axis=0)
+    assert col.max() > 0.04 and np.isclose(col.sum(), 64 / 1000, atol=0.01)
+
+
+def test_non_finite_arrays_are_refused() -> None:
+    img = np.ones((10, 10), np.float32)
+    img[3, 3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        to_unit_gray(img)

@@ -29,38 +29,6 @@ SAMPLES = REPO / "resources" / "samples"
 LABELS = ["Atelectasis", "Effusion", "Pneumothorax"]
 
 
-# ----------------------------------------------------------------------------- resampling
-@pytest.mark.parametrize("resize", ["letterbox", "stretch", "center_crop"])
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "area"])
-def test_numpy_preprocessing_equals_torch(resize: str, interpolation: str) -> None:
-    from cxr_viewer.core.models.preprocess import Preprocessing, preprocess, restore_map
-    from cxr_viewer.core.models.preprocess_numpy import preprocess_numpy, restore_map_numpy
-
-    rng = np.random.default_rng(7)
-    spec = Preprocessing(size=(64, 96), resize=resize, interpolation=interpolation, channels=3,
-                         mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
-    for shape in [(123, 77), (300, 211), (40, 50), (64, 96)]:  # shrink, shrink, enlarge, identity
-        img = rng.random(shape, dtype=np.float32)
-        ref = preprocess(img, spec).numpy()
-        got = preprocess_numpy(img, spec)
-        assert got.shape == ref.shape and got.dtype == np.float32
-        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
-        m = rng.random((8, 12), dtype=np.float32)
-        np.testing.assert_allclose(restore_map_numpy(m, spec, shape, interpolation=interpolation),
-                                   restore_map(m, spec, shape, interpolation=interpolation), atol=1e-5, rtol=0)
-
-
-def test_numpy_resize_weights_match_torch_for_large_reductions() -> None:
-    from cxr_viewer.core.models.preprocess import _resize
-    from cxr_viewer.core.models.preprocess_numpy import resize2d
-
-    rng = np.random.default_rng(3)
-    img = rng.random((1000, 777), dtype=np.float32)
-    for size, mode in itertools.product([(224, 224), (512, 448), (7, 9)], ["bilinear", "bicubic", "area", "nearest"]):
-        ref = _resize(torch.from_numpy(img)[None, None], size, mode)[0, 0].numpy()
-        np.testing.assert_allclose(resize2d(img, size, mode), ref, atol=1e-5, rtol=0, err_msg=f"{size} {mode}")
-
-
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def lane_models(tmp_path_factory: pytest.TempPathFactory) -> Path:

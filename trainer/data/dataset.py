@@ -110,7 +110,9 @@ def load_tensor(path: str, spec: "Preprocessing") -> "torch.Tensor":
         record = read_image(path)
     except ImageReadError as exc:
         raise TrainingDataError(f"Training image {path} could not be read: {exc.message}", path=path) from exc
-    return preprocess(record, spec)
+    import torch
+
+    return torch.from_numpy(preprocess(record, spec))
 
 
 class CXRDataset(Dataset):

@@ -592,7 +592,7 @@ class SegmentationDataset:
         if t is None:
             shape = _image_size(r["image"])
             m = target_mask(r["target"], shape, r["mask"] or None).astype(np.float32)
-            t = (preprocess(m, self.mask_spec)[:1] > 0.5).to(torch.uint8)
+            t = torch.from_numpy(preprocess(m, self.mask_spec)[:1] > 0.5).to(torch.uint8)
             self._masks[key] = t
             while len(self._masks) > self._mask_cache_size:
                 self._masks.popitem(last=False)

@@ -371,6 +371,8 @@ class InferenceEngine:
 
         Thread-safe; raises AnalysisCancelledError if ``cancel`` fires between stages.
         """
+        import torch
+
         from cxr_viewer.core.models.preprocess import preprocess
 
         t_all = time.perf_counter()
@@ -400,7 +402,7 @@ class InferenceEngine:
             spec = b.preprocessing
             if spec not in tensors:  # models sharing a preprocessing share the tensor
                 t0 = time.perf_counter()
-                tensors[spec] = preprocess(windowed if spec.window == "default" else record, spec)[None]
+                tensors[spec] = torch.from_numpy(preprocess(windowed if spec.window == "default" else record, spec)[None])
                 t_pre += time.perf_counter() - t0
             t0 = time.perf_counter()
             try:
@@ -502,6 +504,8 @@ class InferenceEngine:
         ``faithfulness=True`` adds the ROAD score now; a UI can instead show the map
         first and call :meth:`faithfulness` afterwards (it costs seconds on CPU).
         """
+        import torch
+
         from cxr_viewer.core.inference.cam import canonical_method, compute_cam
         from cxr_viewer.core.models.preprocess import preprocess, restore_map
 
@@ -522,7 +526,7 @@ class InferenceEngine:
                     raise InferenceError(f"Model {b.name!r} names no heatmap layer in its bundle.")
                 layers = [cam_layer()]
             t0 = time.perf_counter()
-            x = preprocess(record, b.preprocessing)[None].to(self.device)
+            x = torch.from_numpy(preprocess(record, b.preprocessing)[None]).to(self.device)
             if cancel is not None:
                 cancel.raise_if_cancelled()
             with b.lock:
@@ -563,13 +567,15 @@ class InferenceEngine:
         return heatmap.with_faithfulness(*self._road(record, heatmap))
 
     def _road(self, record: ImageRecord, heatmap: Heatmap) -> tuple[float, str]:
+        import torch
+
         from cxr_viewer.core.inference.cam import DEFAULT_ROAD_PERCENTILES, road_faithfulness
         from cxr_viewer.core.models.preprocess import preprocess
 
         if heatmap.network_map is None:
             raise InferenceError("This heatmap carries no network-space map to score.")
         b = self.bundle(heatmap.model)
-        x = preprocess(record, b.preprocessing)[None].to(self.device)
+        x = torch.from_numpy(preprocess(record, b.preprocessing)[None]).to(self.device)
         with b.lock:
             value = road_faithfulness(b.model, x, heatmap.network_map, heatmap.target_index,
                                       multiclass=b.task == "multiclass")

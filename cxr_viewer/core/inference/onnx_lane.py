@@ -62,7 +62,7 @@ from cxr_viewer.core.models.bundle import (
     read_verified_weights,
     sha256_file,
 )
-from cxr_viewer.core.models.preprocess_numpy import preprocess_numpy, resize2d, restore_map_numpy
+from cxr_viewer.core.models.preprocess import preprocess, resize2d, restore_map
 
 if TYPE_CHECKING:
     from cxr_viewer.core.io.record import ImageRecord
@@ -475,7 +475,7 @@ class LaneEngine(InferenceEngine):
                 self._cam_cache.move_to_end(ckey)
                 return hit
         t0 = time.perf_counter()
-        x = preprocess_numpy(record, b.preprocessing)[None]
+        x = preprocess(record, b.preprocessing)[None]
         if cancel is not None:
             cancel.raise_if_cancelled()
         logits, feats = net.forward(x)
@@ -485,7 +485,7 @@ class LaneEngine(InferenceEngine):
         else:
             weight, widx, key_for_map = (net.head[0] if net.head is not None else None), idx, key
         net_map = cam_from_features(feats[0], weight, widx, key_for_map, b.preprocessing.size)
-        values = restore_map_numpy(net_map, b.preprocessing, record.shape)
+        values = restore_map(net_map, b.preprocessing, record.shape)
         hi = float(values.max()) if values.size else 0.0
         if hi > 0:
             values = values / hi
@@ -541,7 +541,7 @@ class LaneSegmenter(Segmenter):
         return lane_text_encoder(spec)
 
     def image_tensor(self, record: "ImageRecord | np.ndarray") -> np.ndarray:
-        return preprocess_numpy(record, self.spec)[None]
+        return preprocess(record, self.spec)[None]
 
     def probabilities(self, x: Any, emb: np.ndarray, *, cancel: Any = None) -> np.ndarray:
         from cxr_viewer.core.errors import AnalysisCancelledError

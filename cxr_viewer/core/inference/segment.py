@@ -156,9 +156,11 @@ class Segmenter:
 
     def image_tensor(self, record: "ImageRecord | np.ndarray") -> Any:
         """The network input (1, C, H, W) on the model's device, via the shared ``preprocess``."""
+        import torch
+
         from cxr_viewer.core.models.preprocess import preprocess
 
-        return preprocess(record, self.spec)[None].to(self.bundle.device)
+        return torch.from_numpy(preprocess(record, self.spec)[None]).to(self.bundle.device)
 
     def probabilities(self, x: Any, emb: np.ndarray, *, cancel: Any = None) -> Any:
         """Network-space probabilities (N, H, W) for one image tensor and N embeddings."""

@@ -61,10 +61,10 @@ class ImageRecord:
 
     @classmethod
     def from_array(cls, pixels: np.ndarray, **kwargs: Any) -> "ImageRecord":
-        """Wrap an in-memory array (any dtype), scaled to [0, 1] by its own range."""
-        arr = np.asarray(pixels, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        """Wrap an in-memory array (any dtype), scaled to [0, 1] by THE array rule (:func:`to_unit_gray`)."""
+        from cxr_viewer.core.models.preprocess import to_unit_gray
+
+        arr = to_unit_gray(pixels)
         kwargs.setdefault("source", None)
         kwargs.setdefault("format", "array")
         return cls(pixels=arr.astype(np.float32), **kwargs)

@@ -1,13 +1,19 @@
-"""The ONE preprocessing path: pixels -> network tensor, and network maps -> pixels.
+"""The ONE preprocessing policy and kernel: pixels -> network input, network maps -> pixels.
 
-The trainer's datasets and the viewer's engine both call :func:`preprocess` with
-the ``preprocessing`` block of a bundle manifest, so what a model saw in training
-is what it sees in the viewer. :func:`restore_map` undoes the geometry exactly so
-Grad-CAM heatmaps and segmentation masks land on the right original pixels.
+The trainer's datasets, the torch backend and the ONNX Runtime backend all call
+:func:`preprocess` with the ``preprocessing`` block of a bundle manifest, so what a
+model saw in training is what it sees in the viewer. It is NumPy/OpenCV only (no
+torch), returns a float32 ``(C, H, W)`` array, and :func:`restore_map` undoes the
+geometry exactly so Grad-CAM heatmaps and masks land on the right original pixels.
 
-Geometry follows the pixel-centre convention of ``torch.nn.functional.interpolate``
-with ``align_corners=False``: original pixel centre ``y`` maps to network
-coordinate ``(y + 0.5) * scale_y - 0.5 + offset_y``.
+The kernel (OpenCV ``cv2.resize``, pixel-centre convention: original pixel centre
+``y`` maps to network coordinate ``(y + 0.5) * scale_y - 0.5 + offset_y``):
+
+- shrinking: ``INTER_AREA`` (pixel-area averaging, i.e. antialiased, so thin lines
+  and small nodules are averaged in rather than skipped) for every smooth mode;
+- enlarging: ``INTER_LINEAR`` for ``bilinear``/``area``, ``INTER_CUBIC`` for ``bicubic``
+  (then clipped to [0, 1]);
+- ``nearest`` always ``INTER_NEAREST_EXACT`` (for label masks).
 """
 
 from __future__ import annotations
@@ -19,8 +25,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
-
     from cxr_viewer.core.io.record import ImageRecord
 
 ResizeMode = Literal["letterbox", "stretch", "center_crop"]
@@ -34,8 +38,12 @@ __all__ = [
     "compute_geometry",
     "preprocess",
     "preprocess_batch",
+    "normalise",
+    "place",
+    "resize2d",
     "restore_map",
     "to_unit_gray",
+    "unit_pixels",
 ]
 
 
@@ -147,108 +155,128 @@ def compute_geometry(original_shape: Sequence[int], spec: Preprocessing) -> Geom
 
 
 def to_unit_gray(image: np.ndarray) -> np.ndarray:
-    """Any decoded image array -> float32 HxW in [0, 1].
+    """THE array rule: any decoded image array -> float32 HxW in [0, 1], bright = dense.
 
-    Integers are scaled by their dtype's range (uint8 / 255, uint16 / 65535), floats are
-    taken as already in [0, 1] and clipped; colour is reduced to luminance (ITU-R 601).
+    - integers are scaled by their dtype's range (uint8 / 255, uint16 / 65535);
+    - booleans become 0/1;
+    - floats already inside [0, 1] are kept; other floats are scaled by their own
+      min..max (a float array has no intrinsic range);
+    - colour is reduced to luminance (ITU-R 601) first.
+
+    Non-finite values (NaN, Inf) are refused: they would reach the scores.
     """
     arr = np.asarray(image)
-    if arr.ndim == 3:
-        if arr.shape[2] == 1:
-            arr = arr[..., 0]
-        elif arr.shape[2] in (3, 4):
-            rgb = arr[..., :3].astype(np.float32)
-            arr_f = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            if np.issubdtype(arr.dtype, np.integer):
-                arr_f /= float(np.iinfo(arr.dtype).max)
-            return np.clip(arr_f, 0.0, 1.0).astype(np.float32)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
+        luma = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if np.issubdtype(arr.dtype, np.integer):
+            return np.clip(luma / float(np.iinfo(arr.dtype).max), 0.0, 1.0).astype(np.float32)
+        arr = luma
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got an array of shape {arr.shape}")
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
-        return (arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)).astype(np.float32)
-    return np.clip(arr.astype(np.float32, copy=False), 0.0, 1.0)
+        out = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        return np.clip(out, 0.0, 1.0) if np.issubdtype(arr.dtype, np.signedinteger) else out
+    out = arr.astype(np.float32, copy=False)
+    if not np.isfinite(out).all():
+        raise ValueError("the image holds non-finite values (NaN or infinity)")
+    lo, hi = (float(out.min()), float(out.max())) if out.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return out
+    return ((out - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(out)
 
 
-def _resize(t: "torch.Tensor", size: tuple[int, int], interpolation: str) -> "torch.Tensor":
-    """Resize a (N, C, H, W) tensor; antialias when shrinking so thin lines survive.
+def resize2d(img: np.ndarray, size: Sequence[int], interpolation: str = "bilinear") -> np.ndarray:
+    """Resize a 2-D float32 array to ``size`` (H, W) with the policy's kernel (see the module doc)."""
+    import cv2
 
-    (A box-average pre-reduction was measured and brought no gain over torch's
-    antialiased kernel, so geometry stays exact with one pass.)
-    """
-    import torch.nn.functional as F
+    a = np.ascontiguousarray(img, dtype=np.float32)
+    h, w = int(size[0]), int(size[1])
+    if a.shape == (h, w):
+        return a
+    if interpolation == "nearest":
+        flag = cv2.INTER_NEAREST_EXACT
+    elif h <= a.shape[0] and w <= a.shape[1]:
+        flag = cv2.INTER_AREA
+    elif interpolation == "bicubic":
+        flag = cv2.INTER_CUBIC
+    else:
+        flag = cv2.INTER_LINEAR
+    if flag == cv2.INTER_AREA or (h >= a.shape[0] and w >= a.shape[1]):
+        out = cv2.resize(a, (w, h), interpolation=flag)
+    else:  # shrink one axis, enlarge the other: each axis with its own kernel
+        out = resize2d(resize2d(a, (min(h, a.shape[0]), min(w, a.shape[1])), interpolation), (h, w), interpolation)
+    out = np.asarray(out, dtype=np.float32).reshape(h, w)
+    if interpolation == "bicubic":
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
 
-    if tuple(t.shape[-2:]) == tuple(size):
-        return t
-    if interpolation in ("bilinear", "bicubic"):
-        return F.interpolate(t, size=size, mode=interpolation, align_corners=False, antialias=True)
-    return F.interpolate(t, size=size, mode=interpolation)
+
+def _spec(spec: "Preprocessing | Mapping[str, Any]") -> Preprocessing:
+    return spec if isinstance(spec, Preprocessing) else Preprocessing.from_dict(spec)
 
 
-def _unit_pixels(item: "ImageRecord | np.ndarray", spec: Preprocessing) -> np.ndarray:
+def unit_pixels(item: "ImageRecord | np.ndarray", spec: Preprocessing | Mapping[str, Any]) -> np.ndarray:
+    """What the network looks at before geometry: records windowed per ``spec.window``; arrays by :func:`to_unit_gray`."""
     from cxr_viewer.core.io.record import ImageRecord
 
+    spec = _spec(spec)
     if isinstance(item, ImageRecord):
         return item.model_pixels() if spec.window == "default" else item.pixels
     return to_unit_gray(item)
 
 
-def preprocess(item: "ImageRecord | np.ndarray", spec: Preprocessing | Mapping[str, Any]) -> "torch.Tensor":
-    """Record or decoded array -> float32 tensor (C, H, W), normalised per ``spec``.
-
-    Records are windowed with their default (DICOM VOI) window when
-    ``spec.window == "default"``; arrays are taken as already windowed.
-    """
-    from cxr_viewer.core.runtime import torch_available
-
-    if not torch_available():  # torch-free app bundle: this policy with NumPy kernels (same values, tested)
-        from cxr_viewer.core.models.preprocess_numpy import preprocess_numpy
-
-        return preprocess_numpy(item, spec)  # type: ignore[return-value]
-    import torch
-    import torch.nn.functional as F
-
-    if not isinstance(spec, Preprocessing):
-        spec = Preprocessing.from_dict(spec)
-    px = _unit_pixels(item, spec)
+def place(px: np.ndarray, spec: Preprocessing | Mapping[str, Any]) -> np.ndarray:
+    """Unit pixels (H, W) -> the network grid (H', W') per the resize policy, before normalisation."""
+    spec = _spec(spec)
     geo = compute_geometry(px.shape, spec)
-    t = torch.from_numpy(np.ascontiguousarray(px, dtype=np.float32))[None, None]
-    t = _resize(t, geo.resized, spec.interpolation)
+    t = resize2d(px, geo.resized, spec.interpolation)
     H, W = spec.size
     oy, ox = geo.offset
     if spec.resize == "letterbox":
-        pad = (ox, W - ox - geo.resized[1], oy, H - oy - geo.resized[0])
-        if any(pad):
-            t = F.pad(t, pad, mode="constant", value=float(spec.pad_value))
+        if geo.resized != (H, W):
+            out = np.full((H, W), float(spec.pad_value), dtype=np.float32)
+            out[oy : oy + geo.resized[0], ox : ox + geo.resized[1]] = t
+            t = out
     elif spec.resize == "center_crop":
-        t = t[..., -oy : -oy + H, -ox : -ox + W]
-    t = t[0].clamp(0.0, 1.0) if spec.interpolation == "bicubic" else t[0]
-    if spec.channels == 3:
-        t = t.expand(3, H, W)
-    if len(set(spec.mean)) == 1 and len(set(spec.std)) == 1:
-        return ((t - spec.mean[0]) * (1.0 / spec.std[0])).contiguous()
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
-    return ((t - mean) / std).contiguous()
+        t = t[-oy : -oy + H, -ox : -ox + W]
+    return np.ascontiguousarray(t, dtype=np.float32)
 
 
-def preprocess_batch(
-    items: Iterable["ImageRecord | np.ndarray"], spec: Preprocessing | Mapping[str, Any]
-) -> "torch.Tensor":
-    """Stack :func:`preprocess` outputs into (N, C, H, W)."""
-    import torch
+def normalise(grid: np.ndarray, spec: Preprocessing | Mapping[str, Any]) -> np.ndarray:
+    """Network-grid pixels (H, W) in [0, 1] -> float32 (C, H, W) with the spec's mean/std and channels."""
+    spec = _spec(spec)
+    H, W = grid.shape
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
+    inv = (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(-1, 1, 1)
+    t = np.broadcast_to(grid[None], (spec.channels, H, W))
+    return np.ascontiguousarray((t - mean) * inv, dtype=np.float32)
 
-    if not isinstance(spec, Preprocessing):
-        spec = Preprocessing.from_dict(spec)
-    tensors = [preprocess(i, spec) for i in items]
-    if not tensors:
+
+def preprocess(item: "ImageRecord | np.ndarray", spec: Preprocessing | Mapping[str, Any]) -> np.ndarray:
+    """Record or decoded array -> float32 array (C, H, W), normalised per ``spec``.
+
+    Records are windowed with their default (DICOM VOI) window when
+    ``spec.window == "default"``; arrays follow :func:`to_unit_gray`.
+    """
+    spec = _spec(spec)
+    return normalise(place(unit_pixels(item, spec), spec), spec)
+
+
+def preprocess_batch(items: Iterable["ImageRecord | np.ndarray"], spec: Preprocessing | Mapping[str, Any]) -> np.ndarray:
+    """Stack :func:`preprocess` outputs into float32 (N, C, H, W)."""
+    spec = _spec(spec)
+    arrays = [preprocess(i, spec) for i in items]
+    if not arrays:
         raise ValueError("preprocess_batch needs at least one image")
-    return torch.stack(tensors)
+    return np.stack(arrays)
 
 
 def restore_map(
-    map_hw: "np.ndarray | torch.Tensor",
+    map_hw: Any,
     spec: Preprocessing | Mapping[str, Any],
     original_shape: Sequence[int],
     *,
@@ -260,34 +288,23 @@ def restore_map(
     Undoes the letterbox padding / centre crop / stretch of :func:`preprocess`
     exactly. A map coarser than the network grid (e.g. a 7x7 feature map) is first
     upsampled to the grid. Regions the network never saw (cropped away) get ``fill``.
-    Use ``interpolation="nearest"`` for label masks.
+    Use ``interpolation="nearest"`` for label masks. Accepts arrays or (CPU/GPU) tensors.
     """
-    from cxr_viewer.core.runtime import torch_available
-
-    if not torch_available():  # torch-free app bundle
-        from cxr_viewer.core.models.preprocess_numpy import restore_map_numpy
-
-        return restore_map_numpy(np.asarray(map_hw), spec, original_shape, interpolation=interpolation, fill=fill)
-    import torch
-
-    if not isinstance(spec, Preprocessing):
-        spec = Preprocessing.from_dict(spec)
-    if isinstance(map_hw, torch.Tensor):
-        m = map_hw.detach().to("cpu", torch.float32)
-    else:
-        m = torch.from_numpy(np.ascontiguousarray(map_hw, dtype=np.float32))
+    spec = _spec(spec)
+    if hasattr(map_hw, "detach"):  # a tensor: no torch import needed to read it
+        map_hw = map_hw.detach().float().cpu().numpy()
+    m = np.asarray(map_hw, dtype=np.float32)
     if m.ndim != 2:
         raise ValueError(f"restore_map expects a 2-D map, got shape {tuple(m.shape)}")
-    m = m[None, None]
     geo = compute_geometry(original_shape, spec)
-    m = _resize(m, spec.size, "bilinear" if interpolation != "nearest" else "nearest")
+    grid_mode = "nearest" if interpolation == "nearest" else "bilinear"
+    m = resize2d(m, spec.size, grid_mode)
     oy, ox = geo.offset
     rh, rw = geo.resized
     if spec.resize == "letterbox":
-        m = m[..., oy : oy + rh, ox : ox + rw]
+        m = m[oy : oy + rh, ox : ox + rw]
     elif spec.resize == "center_crop":
-        full = torch.full((1, 1, rh, rw), float(fill), dtype=torch.float32)
-        full[..., -oy : -oy + spec.size[0], -ox : -ox + spec.size[1]] = m
+        full = np.full((rh, rw), float(fill), dtype=np.float32)
+        full[-oy : -oy + spec.size[0], -ox : -ox + spec.size[1]] = m
         m = full
-    m = _resize(m, geo.original, interpolation)
-    return m[0, 0].numpy().astype(np.float32, copy=False)
+    return resize2d(m, geo.original, interpolation)
