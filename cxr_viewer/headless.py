@@ -92,19 +92,6 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
     return [*extra, *(d for d in (default_models_dir(), user_models_dir()) if d not in extra)]
 
 
-_SEGMENTERS: dict[int, Any] = {}
-
-
-def _segmenter_for(bundle: Any) -> Any:
-    """One Segmenter (and so one text encoder and embedding cache) per loaded bundle."""
-    from cxr_viewer.core.inference.segment import Segmenter
-
-    seg = _SEGMENTERS.get(id(bundle))
-    if seg is None or seg.bundle is not bundle:
-        seg = _SEGMENTERS[id(bundle)] = Segmenter(bundle)
-    return seg
-
-
 def segment_request(
     engine: "InferenceEngine", record: "ImageRecord", report: str, mask_out: Path | None, stem: str
 ) -> dict[str, Any]:
@@ -118,8 +105,9 @@ def segment_request(
             "Install a text-segmentation model bundle or drop --report."
         )
     bundle = bundles[0]
-    masks = write_report_masks(_segmenter_for(bundle), record, report, mask_out or Path("."), stem)
-    return {"model": bundle.describe(), "masks": masks}
+    seg = engine.segmenter(bundle)  # one per bundle, held by the engine
+    masks = write_report_masks(seg, record, report, mask_out or Path("."), stem)
+    return {"model": {**bundle.describe(), "executed": seg.backend.executed.to_dict()}, "masks": masks}
 
 
 def _unique_stem(path_text: str, used: set[str], kind: str = "mask") -> str:

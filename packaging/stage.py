@@ -2,8 +2,8 @@
 
 ``python packaging/stage.py [--models DIR] [--out build/stage]`` (run by ``build.sh``)
 copies every bundle the viewer runs (classifiers, report segmentation) into
-``OUT/resources/models``, writes each one's ``lane/`` export (checked against torch
-on this machine, see ``cxr_viewer.core.inference.onnx_lane_export``), exports the
+``OUT/resources/models``, writes each one's ``onnx/`` export, recorded in its manifest
+(checked against torch on this machine, see ``cxr_viewer.core.inference.onnx_export``), exports the
 MiniLM text encoder to ``OUT/resources/text`` when a segmentation bundle needs it,
 copies ``resources/samples``, and prints one line per item. Nothing under the source
 ``resources/`` is modified. Exit status 1 if any bundle cannot be exported.
@@ -27,8 +27,8 @@ VIEWER_TASKS = ("multilabel", "binary", "multiclass", "text_segmentation")
 def stage(models: list[Path], out: Path, *, samples: Path | None = None) -> int:
     """Fill ``out/resources``; returns the number of failures (0 = ready to freeze)."""
     from cxr_viewer.core.errors import CXRError
-    from cxr_viewer.core.inference.onnx_lane import TEXT_DIR_NAME
-    from cxr_viewer.core.inference.onnx_lane_export import export_lane, export_text_encoder
+    from cxr_viewer.core.inference.onnx_export import export_bundle, export_text_encoder
+    from cxr_viewer.core.inference.onnx_runtime import ONNX_DIR, TEXT_DIR_NAME
     from cxr_viewer.core.models.bundle import find_bundles
 
     res = out / "resources"
@@ -54,9 +54,9 @@ def stage(models: list[Path], out: Path, *, samples: Path | None = None) -> int:
             failures += 1
             continue
         dest = res / "models" / info.path.name
-        shutil.copytree(info.path, dest, ignore=shutil.ignore_patterns("lane", "*.onnx", "__pycache__"))
+        shutil.copytree(info.path, dest, ignore=shutil.ignore_patterns(ONNX_DIR, "lane", "*.onnx", "__pycache__"))
         try:
-            rec = export_lane(dest)
+            rec = export_bundle(dest)
         except CXRError as exc:
             print(f"FAIL  {m.display_name}: {exc.message}")
             shutil.rmtree(dest)

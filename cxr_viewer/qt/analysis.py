@@ -172,7 +172,6 @@ class ModelPool:
     def __init__(self) -> None:
         self._engine: InferenceEngine | None = None
         self._config: ModelConfig | None = None
-        self._segmenters: dict[str, Segmenter] = {}
         self.summaries: tuple[BundleSummary, ...] = ()
 
     @property
@@ -192,7 +191,6 @@ class ModelPool:
             if progress:
                 progress("Preparing the models…")
             self._engine = InferenceEngine(None, device=config.device, backend=config.backend)
-            self._segmenters.clear()
         self._config = config
         engine = self._engine
         infos = find_bundles(config.dirs)
@@ -212,7 +210,6 @@ class ModelPool:
         for b in engine.bundles:
             if (b.name, b.sha256) not in wanted_keys:
                 engine.remove_bundle(b.name)
-                self._segmenters.pop(b.sha256, None)
         loaded = {(b.name, b.sha256) for b in engine.bundles}
         errors: dict[Path, str] = {}
         for info in wanted:
@@ -242,21 +239,9 @@ class ModelPool:
                 "Add a text-segmentation bundle in Tools › Models…"
             )
         b = bundles[0]
-        seg = self._segmenters.get(b.sha256)
-        if seg is None:
-            from cxr_viewer.core.inference.segment import Segmenter
-            from cxr_viewer.core.models.text import get_text_encoder
-
-            if progress:
-                progress(f"Loading the text encoder for {b.manifest.display_name}…")
-            from cxr_viewer.core.runtime import torch_available
-
-            encoder = None  # None: the segmenter picks its own (the ONNX one without torch)
-            if b.manifest.text_encoder and torch_available():
-                encoder = get_text_encoder(b.manifest.text_encoder, device=str(engine.device))
-            seg = Segmenter(b, text_encoder=encoder)
-            self._segmenters[b.sha256] = seg
-        return seg
+        if progress:
+            progress(f"Loading the text encoder for {b.manifest.display_name}…")
+        return engine.segmenter(b)  # one segmenter per bundle, held by the engine
 
 
 def _run_analysis(pool: ModelPool, req: AnalysisRequest) -> Iterator[tuple[str, Any]]:
@@ -276,11 +261,7 @@ def _run_analysis(pool: ModelPool, req: AnalysisRequest) -> Iterator[tuple[str, 
 
 def _unavailable_cam(engine: "InferenceEngine") -> dict[str, dict[str, str]]:
     """Per classifier, the heatmap methods this process cannot draw and why (torch-free app: the gradient ones)."""
-    try:
-        from cxr_viewer.core.inference.onnx_lane import unavailable_cam_methods
-    except ImportError:  # pragma: no cover - the lane ships with the package
-        return {}
-    return {b.name: dict(unavailable_cam_methods(b)) for b in engine.classifiers}
+    return {b.name: engine.unavailable_cam_methods(b) for b in engine.classifiers}
 
 
 def _run_cam(

@@ -194,16 +194,24 @@ def test_manifest_round_trip_keeps_unknown_keys() -> None:
     assert Manifest.from_dict(m.to_dict()).to_dict() == m.to_dict()
 
 
-def test_onnx_export_beside_bundle_matches_torch(model, tmp_path: Path) -> None:
+def test_onnx_export_recorded_in_the_manifest_matches_torch(model, tmp_path: Path) -> None:
     import numpy as np
 
-    from cxr_viewer.core.inference.onnx_backend import OnnxRunner
+    from cxr_viewer.core.inference.onnx_export import export_bundle
+    from cxr_viewer.core.inference.onnx_runtime import ort_session
 
-    out = save_bundle(model, _manifest(), tmp_path / "b", onnx=True)
+    out = save_bundle(model, _manifest(), tmp_path / "b")
+    rec = export_bundle(out)
     man = read_manifest(out)
-    assert man.extra["onnx"]["weights_sha256"] == man.weights["sha256"]
+    assert man.extra["onnx"] == rec and rec["weights_sha256"] == man.weights["sha256"]
+    assert rec["file"] == "onnx/classifier.onnx" and rec["verified"]["inputs"]["samples"] == 2
     b = load_bundle(out)
+    assert b.onnx is not None and b.onnx.sha256 == rec["sha256"]
     x = torch.randn(3, 1, 64, 64)
     with torch.no_grad():
         ref = b.model(x).numpy()
-    assert np.abs(OnnxRunner(out / "model.onnx")(x.numpy()) - ref).max() <= 1e-4
+    got = ort_session(out / rec["file"]).run(["logits"], {"input": x.numpy()})[0]
+    assert np.abs(got - ref).max() <= 1e-4
+    # saving other weights over the bundle drops the now-stale record
+    save_bundle(create_model("classifier", **KW), _manifest(), out)
+    assert "onnx" not in read_manifest(out).extra

@@ -161,35 +161,40 @@ def test_default_segmenter_scores_real_tbx11k_test_films(repo_root: Path, data_d
 
 
 def test_torch_free_lane_gives_the_same_finding(tmp_path: Path, record: ImageRecord, monkeypatch) -> None:
-    """The ONNX lane (LaneEngine + LaneSegmenter) scores the derived finding like torch does."""
-    import cxr_viewer.core.inference.onnx_lane as lane
-    from cxr_viewer.core.inference.onnx_lane_export import (
-        export_lane,
-        export_text_encoder,
-    )
+    """Without torch (ONNX Runtime backend, ONNX text encoder) the derived finding scores as with torch."""
+    import cxr_viewer.core.inference.onnx_runtime as ort_rt
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.inference.onnx_export import export_bundle, export_text_encoder
+    from cxr_viewer.core.models.bundle import load_bundle
 
     bdir = _save(tmp_path, [_spec(0.5)])
-    assert export_lane(bdir) is not None
+    assert export_bundle(bdir) is not None
     text_dir = tmp_path / "text" / "all-MiniLM-L6-v2"
     export_text_encoder(text_dir)
-    monkeypatch.setattr(lane, "default_text_dir", lambda: text_dir)
+    monkeypatch.setattr(ort_rt, "default_text_dir", lambda: text_dir)
     ref = _engine(bdir).analyze(record).finding(LABEL)
-    engine = lane.LaneEngine([lane.load_lane_bundle(bdir)])
-    got = engine.analyze(record).finding(LABEL)
+    monkeypatch.setenv("CXR_VIEWER_NO_TORCH", "1")
+    engine = InferenceEngine([load_bundle(bdir)])
+    result = engine.analyze(record)
+    assert result.backend == {"report-seg": "onnx"} or set(result.backend.values()) == {"onnx"}
+    got = result.finding(LABEL)
     assert got.score == pytest.approx(ref.score, abs=1e-4) and got.note == NOTE and got.validated is False
     heat = engine.cam(record, LABEL)
     assert heat.method == "lesion map" and heat.shape == record.shape
 
 
 def test_missing_text_encoder_skips_only_the_derived_finding(tmp_path: Path, record: ImageRecord, monkeypatch) -> None:
-    """On the lane without the shipped text encoder, analyze still succeeds and says what was skipped."""
-    import cxr_viewer.core.inference.onnx_lane as lane
-    from cxr_viewer.core.inference.onnx_lane_export import export_lane
+    """Without torch and without the shipped text encoder, analyze still succeeds and says what was skipped."""
+    import cxr_viewer.core.inference.onnx_runtime as ort_rt
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.inference.onnx_export import export_bundle
+    from cxr_viewer.core.models.bundle import load_bundle
 
     bdir = _save(tmp_path, [_spec(0.5)])
-    assert export_lane(bdir) is not None
-    monkeypatch.setattr(lane, "default_text_dir", lambda: tmp_path / "no-text-encoder-here")
-    engine = lane.LaneEngine([lane.load_lane_bundle(bdir)])
+    assert export_bundle(bdir) is not None
+    monkeypatch.setattr(ort_rt, "default_text_dir", lambda: tmp_path / "no-text-encoder-here")
+    monkeypatch.setenv("CXR_VIEWER_NO_TORCH", "1")
+    engine = InferenceEngine([load_bundle(bdir)])
     result = engine.analyze(record)
     assert result.finding(LABEL) is None
     assert any(w.startswith(f"{LABEL} could not be computed") for w in result.warnings)

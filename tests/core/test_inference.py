@@ -53,7 +53,7 @@ def test_analyze_real_dicom_with_two_bundles(engine: InferenceEngine, dicom_reco
     # the scores are exactly sigmoid(model(preprocess(record))) through the shared path
     b = load_bundle(bundle_dir / "tb")
     with torch.no_grad():
-        ref = torch.sigmoid(b.model(preprocess(dicom_record, b.preprocessing)[None]))[0, 0].item()
+        ref = torch.sigmoid(b.model(torch.from_numpy(preprocess(dicom_record, b.preprocessing)[None])))[0, 0].item()
     assert result.finding("Tuberculosis").score == pytest.approx(ref, abs=1e-6)
     assert result.qc == ()  # adult PA CR chest
     assert {m["name"] for m in result.models} == {"nih", "tb"}
@@ -74,11 +74,38 @@ def test_cache_hit_on_same_content_and_threshold_override(engine: InferenceEngin
     score = first.finding("Nodule").score
     engine.set_threshold("nih", "Nodule", min(1.0, score + 0.1))
     changed = engine.analyze(dicom_record)
-    assert not changed.cached
+    assert changed.cached  # the model outputs are reused; the findings are judged anew
     nod = changed.finding("Nodule")
     assert nod.score == pytest.approx(score) and nod.threshold_method == "user" and not nod.positive
     engine.set_threshold("nih", "Nodule", None)
     assert engine.analyze(dicom_record).finding("Nodule").threshold == pytest.approx(0.5)
+
+
+def test_same_pixels_other_header_never_share_a_result(engine: InferenceEngine, dicom_record: ImageRecord) -> None:
+    """Only what the network saw is cached: QC flags come from each file's own header, the window is in the key."""
+    px = dicom_record.model_pixels()
+    adult = _rec(px)
+    child_ct = _rec(px.copy(), modality="CT", patient_age_years=9.0, view_position="LL", body_part="KNEE", frames=3)
+    first = engine.analyze(adult)
+    assert first.qc == () and not first.cached
+    second = engine.analyze(child_ct)
+    assert second.cached  # same pixels, same network input: the outputs are reused...
+    assert {q.code for q in second.qc} == {"not_radiograph", "paediatric", "lateral_view", "not_chest", "multi_frame"}
+    assert not second.reliable and first.reliable  # ...but nothing of the first file's judgement is
+    assert engine.analyze(adult).qc == ()
+    # a default window changes what the network sees: another input, other scores
+    windowed = ImageRecord(pixels=px.copy(), source=None, format="dicom", default_window=(0.3, 0.2),
+                           metadata=dict(adult.metadata))
+    third = engine.analyze(windowed)
+    assert not third.cached
+    assert [f.score for f in third.findings] != pytest.approx([f.score for f in first.findings], abs=1e-6)
+    # a user threshold applies to a cached result at once, and is undone at once
+    eff = first.finding("Effusion")
+    engine.set_threshold("nih", "Effusion", 0.0 if not eff.positive else 1.0)
+    flipped = engine.analyze(adult).finding("Effusion")
+    assert flipped.positive != eff.positive and flipped.threshold_method == "user"
+    engine.set_threshold("nih", "Effusion", None)
+    assert engine.analyze(adult).finding("Effusion").positive == eff.positive
 
 
 def test_other_pixels_are_not_a_cache_hit(engine: InferenceEngine, dicom_record: ImageRecord) -> None:
@@ -158,17 +185,17 @@ def test_concurrent_analyses_agree(bundle_dir: Path, dicom_record: ImageRecord) 
 
 def test_onnx_backend_matches_torch(bundle_dir: Path, dicom_record: ImageRecord, tmp_path: Path) -> None:
     torch_engine = InferenceEngine.from_dirs([bundle_dir], device="cpu", backend="torch")
-    onnx_engine = InferenceEngine.from_dirs([bundle_dir], device="cpu", backend="onnx", onnx_cache_dir=tmp_path)
+    onnx_engine = InferenceEngine.from_dirs([bundle_dir], device="cpu", backend="onnx")
     a = torch_engine.analyze(dicom_record)
     b = onnx_engine.analyze(dicom_record)
     assert b.backend == {"nih": "onnx", "tb": "onnx"}
     assert [f.score for f in b.findings] == pytest.approx([f.score for f in a.findings], abs=1e-4)
-    # a damaged cached export is never used: a fresh engine re-verifies, re-exports and still matches
-    for f in tmp_path.glob("*.onnx"):
-        f.write_bytes(b"not an onnx file")
-    again = InferenceEngine.from_dirs([bundle_dir], device="cpu", backend="onnx", onnx_cache_dir=tmp_path)
-    c = again.analyze(dicom_record)
-    assert [f.score for f in c.findings] == pytest.approx([f.score for f in a.findings], abs=1e-4)
+    # what ran is reported: the regenerated graph's own hash on ONNX Runtime, the weights' on torch
+    for m_onnx, m_torch in zip(b.models, a.models, strict=True):
+        assert m_onnx["executed"]["backend"] == "onnx" and m_onnx["executed"]["source"] == "regenerated"
+        assert m_onnx["executed"]["sha256"] != m_onnx["sha256"]
+        assert m_torch["executed"] == {"backend": "torch", "sha256": m_torch["sha256"], "source": "weights"}
+    assert not list(tmp_path.iterdir())  # nothing written to disk to be trusted later
 
 
 def test_no_models_still_checks_the_image(dicom_record: ImageRecord, tmp_path: Path) -> None:

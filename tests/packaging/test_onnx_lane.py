@@ -239,7 +239,7 @@ BLOCKER = textwrap.dedent(
     """
     import sys
     BLOCKED = {"torch", "torchvision", "timm", "segmentation_models_pytorch", "pytorch_grad_cam",
-               "transformers", "sentence_transformers", "lightning", "pytorch_lightning", "trainer", "cv2"}
+               "transformers", "sentence_transformers", "lightning", "pytorch_lightning", "trainer"}
 
     class Block:
         def find_spec(self, name, path=None, target=None):

@@ -1,10 +1,21 @@
-"""The inference engine: bundles in, findings / heatmaps / QC flags out.
+"""The inference engine: bundles in, findings / heatmaps / QC flags out. One class over two backends.
 
-Designed for a Qt worker thread: every public method is synchronous and
-thread-safe (one lock per model, because CAM hooks mutate it; ONNX Runtime
-sessions are thread-safe on their own), and long calls take a
-:class:`~cxr_viewer.core.inference.results.CancelToken` checked between stages.
-Results are cached by (image content hash, weights sha256, thresholds).
+Each bundle gets one backend, chosen once (:meth:`InferenceEngine.backend_for`): ONNX
+Runtime on a CPU (the bundle's recorded export, or one regenerated from its verified
+weights) and torch on a GPU or when asked; without torch installed, ONNX Runtime only.
+Everything else is written once, above the backend: the model input (computed once per
+image and preprocessing spec, shared by scores, CAM and ROAD), the caches, thresholds,
+derived findings, QC and ``restore_map``.
+
+What is cached is what is expensive -- the model outputs, keyed by everything the
+network input depends on (pixels, the default window, the spec) and by what ran. QC
+flags and findings are recomputed from the record's header and the current thresholds
+on every call, so two files with the same pixels and different headers never share them.
+
+Designed for a Qt worker thread: every public method is synchronous and thread-safe
+(one lock per model, because CAM hooks mutate it; ONNX Runtime sessions are thread-safe
+on their own), and long calls take a :class:`~cxr_viewer.core.inference.results.CancelToken`
+checked between stages.
 """
 
 from __future__ import annotations
@@ -15,7 +26,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,20 +38,27 @@ from cxr_viewer.core.errors import (
     InferenceError,
     UnknownLabelError,
 )
+from cxr_viewer.core.inference.backends.base import ClassifierBackend
+from cxr_viewer.core.inference.inputs import ModelInputs, input_key
 from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.runtime import torch_available
 
 if TYPE_CHECKING:
     import torch
 
-    from cxr_viewer.core.inference.onnx_backend import OnnxRunner
+    from cxr_viewer.core.inference.segment import Segmenter
     from cxr_viewer.core.models.bundle import LoadedBundle
-    from cxr_viewer.core.models.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
 __all__ = ["InferenceEngine", "configure_threads", "select_device"]
+
+CPU_ONLY = "This copy of cxr-viewer runs on the CPU only (it has no PyTorch/CUDA); use --device cpu or auto."
+NO_FAITHFULNESS = "not available without PyTorch"
+#: Heatmaps (and lesion maps) kept: each is a float32 map at the image's full size.
+MAP_CACHE = 4
 
 NO_MODELS_WARNING = (
     "No models found: only the image checks were run. Install model bundles in the models folder "
@@ -70,14 +87,17 @@ def select_device(preference: "str | torch.device" = "auto") -> "torch.device":
 
 
 def configure_threads(threads: int | None = None) -> int:
-    """Intra-op CPU threads for torch: ``threads``, else ``CXR_VIEWER_THREADS``, else torch's default.
+    """CPU threads: ``threads``, else ``CXR_VIEWER_THREADS``, else the library default.
 
     torch defaults to the number of physical cores, which suits a desktop; the
-    variable lets a shared server keep the viewer to a few cores.
+    variable lets a shared server keep the viewer to a few cores. ONNX Runtime
+    sessions are given the same number.
     """
+    n = threads or int(os.environ.get("CXR_VIEWER_THREADS", "0") or 0)
+    if not torch_available():
+        return n if n > 0 else (os.cpu_count() or 1)
     import torch
 
-    n = threads or int(os.environ.get("CXR_VIEWER_THREADS", "0") or 0)
     if n > 0 and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
@@ -131,23 +151,12 @@ def _scores(logits: np.ndarray, task: str) -> np.ndarray:
 
 
 class InferenceEngine:
-    """Runs every classifier bundle on an image; makes heatmaps on request.
+    """Runs every classifier bundle on an image; makes heatmaps and lesion maps on request.
 
-    ``backend``: ``auto`` uses a verified ONNX Runtime export on CPU (faster) and
-    torch on GPU; ``torch`` or ``onnx`` force one (``onnx`` still falls back to
-    torch, with a log warning, if the export cannot be verified).
+    ``backend``: ``auto`` runs ONNX Runtime on a CPU (a verified export) and torch on a
+    GPU; ``torch`` or ``onnx`` force one (``onnx`` still falls back to torch, with a log
+    warning, if no export can be verified). Without torch only ``onnx`` exists.
     """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "InferenceEngine":
-        # Without torch (the small CPU app bundle) the ONNX lane stands in: same API, no torch import.
-        if cls is InferenceEngine:
-            from cxr_viewer.core.runtime import torch_available
-
-            if not torch_available():
-                from cxr_viewer.core.inference.onnx_lane import LaneEngine
-
-                cls = LaneEngine
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -156,33 +165,37 @@ class InferenceEngine:
         device: "str | torch.device" = "auto",
         backend: str = "auto",
         cache_size: int = 64,
-        onnx_cache_dir: str | Path | None = None,
         threads: int | None = None,
     ) -> None:
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError("backend must be auto, torch or onnx")
-        self.device = select_device(device)
+        if torch_available():
+            self.device: Any = select_device(device)
+        else:
+            if str(device).split(":")[0] not in ("auto", "cpu"):
+                raise InferenceError(CPU_ONLY)
+            self.device = "cpu"
         self.threads = configure_threads(threads)
         self.backend = backend
-        self.onnx_cache_dir = onnx_cache_dir
         self._lock = threading.RLock()
         self._bundles: list[LoadedBundle] = []
-        self._runners: dict[str, OnnxRunner | None] = {}  # sha -> runner (None: torch)
+        self._backends: dict[str, ClassifierBackend] = {}  # weights sha -> the backend chosen once
+        self._torch: dict[str, ClassifierBackend] = {}  # weights sha -> torch, for ROAD / gradient-only CAMs
+        self._segmenters: dict[str, Segmenter] = {}
         self._user_thresholds: dict[tuple[str, str], float] = {}
-        self._cache: OrderedDict[tuple, AnalysisResult] = OrderedDict()
-        self._cam_cache: OrderedDict[tuple, Heatmap] = OrderedDict()
+        self.inputs = ModelInputs(size=8)
+        self._outputs: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (input key, what ran) -> logits
+        self._maps: OrderedDict[tuple, Heatmap] = OrderedDict()
         self._cache_size = cache_size
         self.load_errors: list[tuple[Path, str]] = []
         for b in bundles or []:
             self.add_bundle(b)
 
+    @property
+    def device_type(self) -> str:
+        return str(self.device).split(":")[0]
+
     # ------------------------------------------------------------------ bundles
-    def _load_bundle(self, path: Path, **kwargs: Any) -> "LoadedBundle":
-        """How :meth:`from_dirs` loads one bundle (the torch-free engine overrides it)."""
-        from cxr_viewer.core.models.bundle import load_bundle
-
-        return load_bundle(path, device=self.device)
-
     @classmethod
     def from_dirs(
         cls, dirs: Sequence[str | Path] | None = None, *, device: "str | torch.device" = "auto", **kwargs: Any
@@ -191,7 +204,7 @@ class InferenceEngine:
 
         Bundles that fail to load are skipped and listed in ``load_errors`` with the reason.
         """
-        from cxr_viewer.core.models.bundle import find_bundles
+        from cxr_viewer.core.models.bundle import find_bundles, load_bundle
 
         engine = cls(None, device=device, **kwargs)
         for info in find_bundles(dirs):
@@ -201,7 +214,7 @@ class InferenceEngine:
             if not info.enabled:
                 continue
             try:
-                engine.add_bundle(engine._load_bundle(info.path, **kwargs))
+                engine.add_bundle(load_bundle(info.path, device=engine.device))
             except CXRError as exc:
                 log.warning("skipping model bundle %s: %s", info.path.name, exc.message)
                 engine.load_errors.append((info.path, exc.message))
@@ -214,17 +227,20 @@ class InferenceEngine:
             if any(b.name == bundle.name for b in self._bundles):
                 raise BundleError(f"Two loaded models are both named {bundle.name!r}; remove one of them.")
             derived_specs(bundle)  # a broken derived_findings block fails here, by name
-            if bundle.device != self.device:
+            if bundle.model is not None and str(bundle.device) != str(self.device):
                 bundle.model.to(self.device)
                 bundle.device = self.device
             self._bundles.append(bundle)
-            self._cache.clear()
 
     def remove_bundle(self, name: str) -> None:
         with self._lock:
+            gone = {b.sha256 for b in self._bundles if b.name == name}
             self._bundles = [b for b in self._bundles if b.name != name]
-            self._cache.clear()
-            self._cam_cache.clear()
+            for sha in gone:
+                self._backends.pop(sha, None)
+                self._torch.pop(sha, None)
+                self._segmenters.pop(sha, None)
+            self.clear_cache()
 
     @property
     def bundles(self) -> list["LoadedBundle"]:
@@ -240,50 +256,6 @@ class InferenceEngine:
         """Segmentation bundles that declare derived findings (scored by :meth:`analyze`)."""
         return [b for b in self.bundles if derived_specs(b)]
 
-    def _segmenter(self, bundle: "LoadedBundle") -> Any:
-        """One shared :class:`Segmenter` per bundle (its text embeddings are cached inside)."""
-        from cxr_viewer.core.inference.segment import Segmenter
-
-        with self._lock:
-            # created on first use: the torch-free LaneEngine builds its own state in its own __init__
-            cache: dict[str, Any] = self.__dict__.setdefault("_segmenters", {})
-            seg = cache.get(bundle.sha256)
-            if seg is None:
-                seg = cache[bundle.sha256] = Segmenter(bundle)
-            return seg
-
-    def lesion_map(
-        self, record: ImageRecord, bundle: "LoadedBundle", spec: dict[str, Any], *, cancel: CancelToken | None = None
-    ) -> Heatmap:
-        """The derived finding's map: pixel-wise max of the prompts' masks, at the original size; cached."""
-        label = str(spec["label"])
-        ckey = (record.content_hash, bundle.sha256, label, LESION_MAP_METHOD)
-        with self._lock:
-            hit = self._cam_cache.get(ckey)
-            if hit is not None:
-                self._cam_cache.move_to_end(ckey)
-                return hit
-        t0 = time.perf_counter()
-        masks = self._segmenter(bundle).segment(record, list(spec["prompts"]), cancel=cancel)
-        values = np.maximum.reduce([m.prob for m in masks]).astype(np.float32, copy=False)
-        hit = Heatmap(
-            values=values,
-            label=label,
-            method=LESION_MAP_METHOD,
-            model=bundle.name,
-            target_index=-1,
-            target_layer="segmenter output: " + " / ".join(spec["prompts"]),
-            faithfulness=None,
-            faithfulness_method="not applicable: the map is the segmenter's output, not an explanation",
-            score=float(values.max()) if values.size else 0.0,
-            timing_ms=(time.perf_counter() - t0) * 1e3,
-        )
-        with self._lock:
-            self._cam_cache[ckey] = hit
-            while len(self._cam_cache) > 4:
-                self._cam_cache.popitem(last=False)
-        return hit
-
     def bundles_for_task(self, task: str) -> list["LoadedBundle"]:
         """E.g. ``text_segmentation`` bundles for the segmentation step."""
         return [b for b in self.bundles if b.task == task]
@@ -293,6 +265,63 @@ class InferenceEngine:
             if b.name == name:
                 return b
         raise InferenceError(f"No loaded model is named {name!r}.")
+
+    # ------------------------------------------------------------------ backends (chosen once per bundle)
+    def _backend(self, bundle: "LoadedBundle") -> ClassifierBackend:
+        from cxr_viewer.core.inference.backends.select import classifier_backend
+
+        with bundle.lock:
+            hit = self._backends.get(bundle.sha256)
+            if hit is None:
+                hit = self._backends[bundle.sha256] = classifier_backend(bundle, prefer=self.backend, threads=self.threads)
+            return hit
+
+    def _torch_backend(self, bundle: "LoadedBundle") -> ClassifierBackend:
+        from cxr_viewer.core.inference.backends.torch_backend import TorchClassifier
+
+        with bundle.lock:
+            hit = self._torch.get(bundle.sha256)
+            if hit is None:
+                hit = self._torch[bundle.sha256] = TorchClassifier(bundle)
+            return hit
+
+    def backend_for(self, bundle: "LoadedBundle") -> str:
+        """``onnx`` or ``torch``: what runs this bundle's network."""
+        if bundle.manifest.is_classifier:
+            return self._backend(bundle).name
+        return self.segmenter(bundle).backend.name
+
+    def executed(self, bundle: "LoadedBundle") -> dict[str, str]:
+        """The backend and the sha256 of what actually runs for ``bundle`` (for results and reports)."""
+        if bundle.manifest.is_classifier:
+            return self._backend(bundle).executed.to_dict()
+        return self.segmenter(bundle).backend.executed.to_dict()
+
+    def segmenter(self, bundle: "LoadedBundle", text_encoder: Any = None) -> "Segmenter":
+        """One shared :class:`Segmenter` per segmentation bundle (its embeddings are cached inside)."""
+        from cxr_viewer.core.inference.segment import Segmenter
+
+        with self._lock:
+            seg = self._segmenters.get(bundle.sha256)
+            if seg is None or (text_encoder is not None and seg.text_encoder is not text_encoder):
+                seg = Segmenter(bundle, text_encoder=text_encoder, prefer=self.backend, threads=self.threads,
+                                inputs=self.inputs)
+                self._segmenters[bundle.sha256] = seg
+            return seg
+
+    def unavailable_cam_methods(self, bundle: "LoadedBundle") -> dict[str, str]:
+        """Heatmap methods that cannot be drawn for ``bundle`` here -> the reason (for a greyed-out tooltip)."""
+        if bundle.model is not None:
+            return {}  # torch draws whatever the ONNX backend cannot
+        return self._backend(bundle).unavailable_cam_methods()
+
+    def warmup(self, cancel: CancelToken | None = None) -> None:
+        """Choose and prepare every bundle's backend (ONNX verification) and run one forward per model."""
+        for b in self.classifiers:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            spec = b.preprocessing
+            self._backend(b).logits(np.zeros((1, spec.channels, *spec.size), np.float32))
 
     # ------------------------------------------------------------------ thresholds
     def threshold(self, bundle: "LoadedBundle", label: str) -> tuple[float, str]:
@@ -319,51 +348,51 @@ class InferenceEngine:
             else:
                 self._user_thresholds[(model, label)] = float(value)
 
-    # ------------------------------------------------------------------ backends
-    def backend_for(self, bundle: "LoadedBundle") -> str:
-        return "onnx" if self._runner(bundle) is not None else "torch"
+    # ------------------------------------------------------------------ caches
+    def _remember(self, cache: OrderedDict, key: tuple, value: Any, limit: int) -> None:
+        with self._lock:
+            cache[key] = value
+            cache.move_to_end(key)
+            while len(cache) > limit:
+                cache.popitem(last=False)
 
-    def _runner(self, bundle: "LoadedBundle") -> "OnnxRunner | None":
-        if self.backend == "torch" or self.device.type != "cpu":
-            return None
-        with bundle.lock:
-            if bundle.sha256 not in self._runners:
-                from cxr_viewer.core.inference.onnx_backend import onnx_runner_for
+    def _recall(self, cache: OrderedDict, key: tuple) -> Any:
+        with self._lock:
+            hit = cache.get(key)
+            if hit is not None:
+                cache.move_to_end(key)
+            return hit
 
-                self._runners[bundle.sha256] = onnx_runner_for(
-                    bundle, cache_dir=self.onnx_cache_dir, threads=self.threads
-                )
-            return self._runners[bundle.sha256]
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._outputs.clear()
+            self._maps.clear()
+            self.inputs.clear()
 
-    def warmup(self, cancel: CancelToken | None = None) -> None:
-        """Prepare backends (ONNX export/verification) and run one forward per model."""
-        for b in self.classifiers:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            self._forward(b, self._zeros(b.preprocessing))
-
-    @staticmethod
-    def _zeros(spec: "Preprocessing") -> "torch.Tensor":
-        import torch
-
-        return torch.zeros(1, spec.channels, *spec.size)
-
-    def _forward(self, bundle: "LoadedBundle", batch: "torch.Tensor") -> np.ndarray:
-        """Logits (N, L) as float64 numpy, via ONNX or torch."""
-        import torch
-
-        runner = self._runner(bundle)
-        if runner is not None:
-            return np.asarray(runner(batch.numpy()), dtype=np.float64)
-        with bundle.lock, torch.inference_mode():
-            out = bundle.model(batch.to(self.device, non_blocking=True))
-            return out.float().cpu().numpy().astype(np.float64)
+    def _logits(self, record: ImageRecord, bundle: "LoadedBundle", windowed: np.ndarray) -> tuple[np.ndarray, bool, float]:
+        """One image's logits (L,), whether they came from the cache, and the seconds spent preprocessing."""
+        backend = self._backend(bundle)
+        key = (input_key(record, bundle.preprocessing), backend.executed)
+        hit = self._recall(self._outputs, key)
+        if hit is not None:
+            return hit, True, 0.0
+        t0 = time.perf_counter()
+        x = self.inputs.get(record, bundle.preprocessing, windowed)
+        t_pre = time.perf_counter() - t0
+        try:
+            logits = backend.logits(x)[0]
+        except CXRError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - report which model failed, in words
+            log.exception("model %s failed", bundle.name)
+            raise InferenceError(f"Model {bundle.name!r} failed on this image: {exc}") from exc
+        if logits.shape[-1] != len(bundle.labels):
+            raise InferenceError(f"Model {bundle.name!r} returned {logits.shape[-1]} scores for {len(bundle.labels)} labels.")
+        if self._cache_size > 0:
+            self._remember(self._outputs, key, logits, self._cache_size)
+        return logits, False, t_pre
 
     # ------------------------------------------------------------------ analysis
-    def _cache_key(self, record: ImageRecord, bundles: Sequence["LoadedBundle"]) -> tuple:
-        thr = tuple(sorted((k, v) for k, v in self._user_thresholds.items()))
-        return (record.content_hash, tuple(b.sha256 for b in bundles), thr)
-
     def analyze(
         self, record: ImageRecord, *, cancel: CancelToken | None = None, models: Sequence[str] | None = None
     ) -> AnalysisResult:
@@ -371,57 +400,38 @@ class InferenceEngine:
 
         Thread-safe; raises AnalysisCancelledError if ``cancel`` fires between stages.
         """
-        import torch
-
-        from cxr_viewer.core.models.preprocess import preprocess
-
         t_all = time.perf_counter()
         bundles = self.classifiers
         derived = self.derived_bundles
         if models is not None:
             bundles = [b for b in bundles if b.name in set(models)]
             derived = [b for b in derived if b.name in set(models)]
-        key = self._cache_key(record, [*bundles, *derived])
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return replace(hit, cached=True)
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
         windowed = record.model_pixels()  # computed once: QC and every "default"-window model share it
-        qc: list[QCFlag] = check_quality(record, windowed)
+        qc: list[QCFlag] = check_quality(record, windowed)  # from this record's own header, every time
         timing["qc"] = (time.perf_counter() - t0) * 1e3
         findings: list[Finding] = []
         backends: dict[str, str] = {}
-        tensors: dict[Preprocessing, torch.Tensor] = {}
+        described: list[dict[str, Any]] = []
+        all_cached = True
         t_pre = 0.0
         for b in bundles:
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            spec = b.preprocessing
-            if spec not in tensors:  # models sharing a preprocessing share the tensor
-                t0 = time.perf_counter()
-                tensors[spec] = torch.from_numpy(preprocess(windowed if spec.window == "default" else record, spec)[None])
-                t_pre += time.perf_counter() - t0
             t0 = time.perf_counter()
-            try:
-                logits = self._forward(b, tensors[spec])[0]
-            except CXRError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - report which model failed, in words
-                log.exception("model %s failed", b.name)
-                raise InferenceError(f"Model {b.name!r} failed on this image: {exc}") from exc
-            timing[f"inference:{b.name}"] = (time.perf_counter() - t0) * 1e3
+            logits, cached, dt = self._logits(record, b, windowed)
+            all_cached &= cached
+            t_pre += dt
+            timing[f"inference:{b.name}"] = (time.perf_counter() - t0 - dt) * 1e3
             backends[b.name] = self.backend_for(b)
-            if logits.shape[-1] != len(b.labels):
-                raise InferenceError(f"Model {b.name!r} returned {logits.shape[-1]} scores for {len(b.labels)} labels.")
-            probs = _scores(logits, b.task)
-            for label, p in zip(b.labels, probs):
+            described.append({**b.describe(), "executed": self.executed(b)})
+            for label, p in zip(b.labels, _scores(logits, b.task)):
                 thr, method = self.threshold(b, label)
                 findings.append(Finding(label, float(p), thr, b.name, b.version, method, b.manifest.trained))
         derived_warnings: list[str] = []
         for b in derived:
+            ran = False
             for spec in derived_specs(b):
                 if cancel is not None:
                     cancel.raise_if_cancelled()
@@ -434,8 +444,8 @@ class InferenceEngine:
                     log.warning("derived finding %r of %s skipped: %s", spec["label"], b.name, exc.message)
                     derived_warnings.append(f"{spec['label']} could not be computed: {exc.message}")
                     continue
+                ran = True
                 timing[f"inference:{b.name}"] = timing.get(f"inference:{b.name}", 0.0) + (time.perf_counter() - t0) * 1e3
-                backends[b.name] = "onnx" if getattr(b, "lane", None) is not None else "torch"
                 thr, method = self.threshold(b, spec["label"])
                 findings.append(
                     Finding(
@@ -443,30 +453,57 @@ class InferenceEngine:
                         note=str(spec.get("note") or ""), validated=bool(spec.get("validated", False)),
                     )
                 )
-        bundles = [*bundles, *derived]
+            described.append({**b.describe(), **({"executed": self.executed(b)} if ran else {})})
+            if ran:
+                backends[b.name] = self.backend_for(b)
         timing["preprocess"] = t_pre * 1e3
         timing["total"] = (time.perf_counter() - t_all) * 1e3
         warnings: list[str] = list(derived_warnings)
-        if not bundles:
+        used = [*bundles, *derived]
+        if not used:
             warnings.append(NO_MODELS_WARNING)
-        elif any(not b.manifest.trained for b in bundles):
+        elif any(not b.manifest.trained for b in used):
             warnings.append("Some models are UNTRAINED (random weights): their scores mean nothing.")
-        result = AnalysisResult(
+        return AnalysisResult(
             content_hash=record.content_hash,
             findings=tuple(findings),
             qc=tuple(qc),
-            models=tuple(b.describe() for b in bundles),
+            models=tuple(described),
             timing_ms=timing,
             warnings=tuple(warnings),
+            cached=bool(bundles) and all_cached,
             backend=backends,
         )
-        with self._lock:
-            self._cache[key] = result
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return result
 
-    # ------------------------------------------------------------------ heatmaps
+    # ------------------------------------------------------------------ maps
+    def lesion_map(
+        self, record: ImageRecord, bundle: "LoadedBundle", spec: dict[str, Any], *, cancel: CancelToken | None = None
+    ) -> Heatmap:
+        """The derived finding's map: pixel-wise max of the prompts' masks, at the original size; cached."""
+        label = str(spec["label"])
+        seg = self.segmenter(bundle)
+        ckey = (input_key(record, bundle.preprocessing), seg.backend.executed, label, LESION_MAP_METHOD)
+        hit = self._recall(self._maps, ckey)
+        if hit is not None:
+            return hit
+        t0 = time.perf_counter()
+        masks = seg.segment(record, list(spec["prompts"]), cancel=cancel)
+        values = np.maximum.reduce([m.prob for m in masks]).astype(np.float32, copy=False)
+        hit = Heatmap(
+            values=values,
+            label=label,
+            method=LESION_MAP_METHOD,
+            model=bundle.name,
+            target_index=-1,
+            target_layer="segmenter output: " + " / ".join(spec["prompts"]),
+            faithfulness=None,
+            faithfulness_method="not applicable: the map is the segmenter's output, not an explanation",
+            score=float(values.max()) if values.size else 0.0,
+            timing_ms=(time.perf_counter() - t0) * 1e3,
+        )
+        self._remember(self._maps, ckey, hit, MAP_CACHE)
+        return hit
+
     def _bundle_for_label(self, label: str, model: str | None) -> "LoadedBundle":
         candidates = self.classifiers if model is None else [self.bundle(model)]
         for b in candidates:
@@ -488,6 +525,16 @@ class InferenceEngine:
                     return b, spec
         return None
 
+    def _explainer(self, bundle: "LoadedBundle", method: str) -> ClassifierBackend:
+        """The chosen backend when it can draw ``method``, else torch (when this process has it)."""
+        primary = self._backend(bundle)
+        reason = primary.unavailable_cam_methods().get(method)
+        if reason is None:
+            return primary
+        if bundle.model is None:
+            raise InferenceError(reason)
+        return self._torch_backend(bundle)
+
     def cam(
         self,
         record: ImageRecord,
@@ -500,14 +547,11 @@ class InferenceEngine:
     ) -> Heatmap:
         """Heatmap for ``label`` at the ORIGINAL image size (float32 HxW in [0, 1]).
 
-        Runs on torch (gradients), serialised with other uses of the same model.
         ``faithfulness=True`` adds the ROAD score now; a UI can instead show the map
         first and call :meth:`faithfulness` afterwards (it costs seconds on CPU).
         """
-        import torch
-
-        from cxr_viewer.core.inference.cam import canonical_method, compute_cam
-        from cxr_viewer.core.models.preprocess import preprocess, restore_map
+        from cxr_viewer.core.inference.cam import canonical_method
+        from cxr_viewer.core.models.preprocess import restore_map
 
         derived = self._derived_for_label(label, model)
         if derived is not None:
@@ -515,23 +559,15 @@ class InferenceEngine:
         key_method = canonical_method(method)
         b = self._bundle_for_label(label, model)
         idx = b.labels.index(label)
-        ckey = (record.content_hash, b.sha256, label, key_method)
-        with self._lock:
-            hit = self._cam_cache.get(ckey)
+        backend = self._explainer(b, key_method)
+        ckey = (input_key(record, b.preprocessing), backend.executed, label, key_method)
+        hit = self._recall(self._maps, ckey)
         if hit is None:
-            layers = b.manifest.cam_layers
-            if not layers:
-                cam_layer = getattr(b.model, "cam_layer_name", None)
-                if cam_layer is None:
-                    raise InferenceError(f"Model {b.name!r} names no heatmap layer in its bundle.")
-                layers = [cam_layer()]
             t0 = time.perf_counter()
-            x = torch.from_numpy(preprocess(record, b.preprocessing)[None]).to(self.device)
+            x = self.inputs.get(record, b.preprocessing)
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            with b.lock:
-                net_map, logits = compute_cam(b.model, x, idx, method=key_method, target_layers=layers)
-            score = float(_scores(logits, b.task)[idx])
+            net_map, logits = backend.cam(x, idx, key_method, cancel=cancel)
             values = restore_map(net_map, b.preprocessing, record.shape)
             hi = float(values.max()) if values.size else 0.0
             if hi > 0:  # the peak may have sat in letterbox padding: rescale what is visible
@@ -543,45 +579,38 @@ class InferenceEngine:
                 method=key_method,
                 model=b.name,
                 target_index=idx,
-                target_layer=",".join(layers),
-                score=score,
+                target_layer=getattr(backend, "cam_layer", "") or ",".join(b.manifest.cam_layers),
+                score=float(_scores(logits, b.task)[idx]),
                 timing_ms=(time.perf_counter() - t0) * 1e3,
                 network_map=net_map,
+                **({} if b.model is not None else {"faithfulness_method": NO_FAITHFULNESS}),
             )
-            with self._lock:
-                self._cam_cache[ckey] = hit
-                while len(self._cam_cache) > 4:
-                    self._cam_cache.popitem(last=False)
-        if faithfulness and hit.faithfulness is None:
+            self._remember(self._maps, ckey, hit, MAP_CACHE)
+        if faithfulness and hit.faithfulness is None and b.model is not None:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             hit = hit.with_faithfulness(*self._road(record, hit))
-            with self._lock:
-                self._cam_cache[ckey] = hit
+            self._remember(self._maps, ckey, hit, MAP_CACHE)
         return hit
 
     def faithfulness(self, record: ImageRecord, heatmap: Heatmap) -> Heatmap:
-        """The same heatmap with its ROAD faithfulness score filled in (see ``inference.cam``)."""
+        """The same heatmap with its ROAD faithfulness score filled in (see ``inference.cam``).
+
+        Without torch the ROAD score cannot be computed: the heatmap comes back as it is.
+        """
         if heatmap.faithfulness is not None or heatmap.method == LESION_MAP_METHOD:
+            return heatmap
+        if self.bundle(heatmap.model).model is None:
             return heatmap
         return heatmap.with_faithfulness(*self._road(record, heatmap))
 
     def _road(self, record: ImageRecord, heatmap: Heatmap) -> tuple[float, str]:
-        import torch
-
-        from cxr_viewer.core.inference.cam import DEFAULT_ROAD_PERCENTILES, road_faithfulness
-        from cxr_viewer.core.models.preprocess import preprocess
+        from cxr_viewer.core.inference.cam import DEFAULT_ROAD_PERCENTILES
 
         if heatmap.network_map is None:
             raise InferenceError("This heatmap carries no network-space map to score.")
         b = self.bundle(heatmap.model)
-        x = torch.from_numpy(preprocess(record, b.preprocessing)[None]).to(self.device)
-        with b.lock:
-            value = road_faithfulness(b.model, x, heatmap.network_map, heatmap.target_index,
-                                      multiclass=b.task == "multiclass")
-        return value, f"ROAD combined, percentiles {list(DEFAULT_ROAD_PERCENTILES)}"
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-            self._cam_cache.clear()
+        x = self.inputs.get(record, b.preprocessing)  # the same input the map was made from
+        value = self._torch_backend(b).road(x, heatmap.network_map, heatmap.target_index,
+                                            multiclass=b.task == "multiclass")
+        return float(value or 0.0), f"ROAD combined, percentiles {list(DEFAULT_ROAD_PERCENTILES)}"

@@ -86,14 +86,16 @@ def check_golden(bundle: "LoadedBundle", *, tolerance: float = GOLDEN_TOLERANCE,
     """
     from cxr_viewer.core.errors import CXRError
     from cxr_viewer.core.io import read_image
+    from cxr_viewer.core.models.bundle import bundle_file
 
     check = GoldenCheck(bundle=f"{bundle.name} {bundle.version}")
     for g in bundle.manifest.golden:
         rel = Path(str(g["image"]))
-        if rel.is_absolute() or ".." in rel.parts:
+        try:
+            path = bundle_file(bundle.path, str(g["image"]), "golden image")
+        except BundleError:
             check.failures.append(f"golden image path {rel} leaves the bundle folder")
             continue
-        path = bundle.path / rel
         try:
             if engine is not None:
                 result = engine.analyze(read_image(path), models=[bundle.name])

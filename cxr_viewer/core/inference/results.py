@@ -14,7 +14,7 @@ import numpy as np
 
 from cxr_viewer.core.errors import AnalysisCancelledError
 
-__all__ = ["AnalysisResult", "CancelToken", "Finding", "Heatmap", "QCFlag", "SEVERITIES"]
+__all__ = ["AnalysisResult", "CancelToken", "Finding", "Heatmap", "QCFlag", "SEVERITIES", "is_cancelled"]
 
 SEVERITIES = ("info", "warning", "error")
 
@@ -165,3 +165,14 @@ class CancelToken:
     def raise_if_cancelled(self) -> None:
         if self._event.is_set():
             raise AnalysisCancelledError("The analysis was cancelled.")
+
+
+def is_cancelled(cancel: Any) -> bool:
+    """THE cancel check: a :class:`CancelToken`, a ``threading.Event`` or a callable returning True."""
+    if cancel is None:
+        return False
+    if hasattr(cancel, "cancelled"):
+        return bool(cancel.cancelled)
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())

@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_viewer.core.errors import AnalysisCancelledError, BundleError, InferenceError
+from cxr_viewer.core.inference.inputs import ModelInputs
+from cxr_viewer.core.inference.results import is_cancelled
 
 if TYPE_CHECKING:
+    from cxr_viewer.core.inference.backends.base import SegmentationBackend
     from cxr_viewer.core.io.record import ImageRecord
     from cxr_viewer.core.models.bundle import LoadedBundle
 
@@ -81,71 +84,81 @@ class Mask:
 
 
 def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "cancelled"):  # the engine's CancelToken
-        return bool(cancel.cancelled)
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
+    return is_cancelled(cancel)
+
+
+def default_text_encoder(spec: dict[str, Any]) -> Any:
+    """The encoder a manifest's ``text_encoder`` names: transformers with torch, ONNX Runtime without."""
+    from cxr_viewer.core.runtime import torch_available
+
+    if torch_available():
+        from cxr_viewer.core.models.text import get_text_encoder
+
+        return get_text_encoder(spec)
+    from cxr_viewer.core.inference.onnx_runtime import ort_text_encoder
+
+    return ort_text_encoder(spec)
+
+
+def _needs_torch(encoder: Any) -> bool:
+    from cxr_viewer.core.models.text import CachedTextEncoder, _HFEncoder
+    from cxr_viewer.core.runtime import torch_available
+
+    inner = encoder.encoder if isinstance(encoder, CachedTextEncoder) else encoder
+    return isinstance(inner, _HFEncoder) and not torch_available()
 
 
 class Segmenter:
     """Draws the region each sentence names, with a ``text_segmentation`` bundle.
 
     ``text_encoder`` defaults to the encoder the manifest names (cached embeddings);
-    pass one to share it between segmenters or to use a local CLIP folder.
+    pass one to share it between segmenters or to use a local CLIP folder. The network
+    runs on the backend the one rule picks (:mod:`cxr_viewer.core.inference.backends.select`)
+    for ``prefer`` (the engine passes its own choice; alone, torch when the bundle was loaded
+    with torch), or on ``backend`` when given; ``inputs`` shares the model-input cache.
     """
 
-    def __new__(cls, bundle: "LoadedBundle", *args: Any, **kwargs: Any) -> "Segmenter":
-        # A bundle loaded on the torch-free lane (it carries ``lane``) runs through its ONNX export.
-        if cls is Segmenter and getattr(bundle, "lane", None) is not None:
-            from cxr_viewer.core.inference.onnx_lane import LaneSegmenter
-
-            cls = LaneSegmenter
-        return super().__new__(cls)
-
-    def __init__(self, bundle: "LoadedBundle", text_encoder: Any = None, *, max_batch: int = 16) -> None:
+    def __init__(
+        self,
+        bundle: "LoadedBundle",
+        text_encoder: Any = None,
+        *,
+        max_batch: int = 16,
+        backend: "SegmentationBackend | None" = None,
+        prefer: str = "torch",
+        threads: int | None = None,
+        inputs: ModelInputs | None = None,
+    ) -> None:
         man = bundle.manifest
-        if man.task != "text_segmentation" or not self._runs(bundle):
+        if man.task != "text_segmentation":
             raise BundleError(
                 f"The model '{man.name}' is a {man.task} model, not a report-conditioned segmentation model."
             )
+        if backend is None:
+            from cxr_viewer.core.inference.backends.select import segmentation_backend
+
+            backend = segmentation_backend(bundle, prefer=prefer, threads=threads)
         self.bundle = bundle
-        self.model = bundle.model
+        self.backend = backend
         self.spec = man.preprocessing
+        self.inputs = inputs if inputs is not None else ModelInputs(size=2)
         self.max_batch = max(1, int(max_batch))
         thr = man.thresholds.get(REGION_LABEL) or (next(iter(man.thresholds.values())) if man.thresholds else None)
         self.threshold = 0.5 if thr is None else float(thr["value"])
-        self.conditioned = bool(getattr(self.model, "conditioned", True))
+        self.conditioned = bool(backend.conditioned)
         self.text_encoder = None
         if self.conditioned:
-            if text_encoder is None or not self._can_use(text_encoder):
+            if text_encoder is None or _needs_torch(text_encoder):
                 if not man.text_encoder:
                     raise BundleError(f"The segmentation model '{man.name}' does not name its text encoder.")
-                text_encoder = self._default_text_encoder(man.text_encoder)
-            want = int((man.text_encoder or {}).get("dim") or getattr(self.model, "text_dim", 0) or 0)
+                text_encoder = default_text_encoder(man.text_encoder)
+            want = int((man.text_encoder or {}).get("dim") or getattr(backend, "text_dim", 0) or 0)
             if want and int(text_encoder.dim) != want:
                 raise BundleError(
                     f"The segmentation model '{man.name}' expects {want}-value text embeddings, "
                     f"but the text encoder {text_encoder.name!r} gives {text_encoder.dim}."
                 )
             self.text_encoder = text_encoder
-
-    # Hooks the torch-free segmenter (core.inference.onnx_lane) overrides.
-    def _runs(self, bundle: "LoadedBundle") -> bool:
-        """Whether this class can run the bundle's network."""
-        import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet for bundles)
-
-        return True
-
-    def _can_use(self, text_encoder: Any) -> bool:
-        return True
-
-    def _default_text_encoder(self, spec: dict[str, Any]) -> Any:
-        from cxr_viewer.core.models.text import get_text_encoder
-
-        return get_text_encoder(spec)
 
     # ------------------------------------------------------------------ pieces
     def embed(self, phrases: Sequence[str]) -> np.ndarray:
@@ -154,28 +167,13 @@ class Segmenter:
             return np.zeros((len(phrases), 0), dtype=np.float32)
         return np.asarray(self.text_encoder.encode(list(phrases)), dtype=np.float32)
 
-    def image_tensor(self, record: "ImageRecord | np.ndarray") -> Any:
-        """The network input (1, C, H, W) on the model's device, via the shared ``preprocess``."""
-        import torch
+    def image_tensor(self, record: "ImageRecord | np.ndarray") -> np.ndarray:
+        """The network input (1, C, H, W), via the shared ``preprocess`` (cached per image and spec)."""
+        return self.inputs.get(record, self.spec)
 
-        from cxr_viewer.core.models.preprocess import preprocess
-
-        return torch.from_numpy(preprocess(record, self.spec)[None]).to(self.bundle.device)
-
-    def probabilities(self, x: Any, emb: np.ndarray, *, cancel: Any = None) -> Any:
-        """Network-space probabilities (N, H, W) for one image tensor and N embeddings."""
-        import torch
-
-        n = emb.shape[0] if self.conditioned else 1
-        out = []
-        with self.bundle.lock, torch.inference_mode():
-            feats = self.model.encode(x)
-            for i in range(0, n, self.max_batch):
-                if _cancelled(cancel):
-                    raise AnalysisCancelledError("Segmentation was cancelled.")
-                t = torch.from_numpy(emb[i : i + self.max_batch]).to(x.device) if self.conditioned else None
-                out.append(torch.sigmoid(self.model.decode(feats, t)[:, 0].float()))
-        return torch.cat(out, 0)
+    def probabilities(self, x: np.ndarray, emb: np.ndarray, *, cancel: Any = None) -> np.ndarray:
+        """Network-space probabilities (N, H, W) for one image input and N embeddings."""
+        return self.backend.probabilities(x, emb, max_batch=self.max_batch, cancel=cancel)
 
     # ------------------------------------------------------------------ API
     def segment(
@@ -190,6 +188,7 @@ class Segmenter:
         ``cancel`` is the engine's ``CancelToken``, a ``threading.Event`` or a callable returning True; a
         cancelled run raises :class:`AnalysisCancelledError` and returns nothing.
         """
+        from cxr_viewer.core.models.preprocess import restore_map
         from cxr_viewer.core.report import region_phrases
 
         texts = [str(p).strip() for p in phrases]
@@ -208,11 +207,9 @@ class Segmenter:
         except (RuntimeError, ValueError) as exc:
             raise InferenceError(f"Segmentation failed: {exc}") from exc
         if not self.conditioned:  # image-only model: the same map for every sentence
-            probs = probs.expand(len(texts), *probs.shape[1:])
+            probs = np.broadcast_to(probs[:1], (len(texts), *probs.shape[1:]))
         masks: list[Mask] = []
         total = float(shape[0] * shape[1])
-        from cxr_viewer.core.models.preprocess import restore_map
-
         colour_i = 0
         for text, p in zip(texts, probs):
             if _cancelled(cancel):
@@ -252,12 +249,12 @@ class Segmenter:
 
 def load_segmenter(path: str | Path, *, device: Any = None, text_encoder: Any = None) -> Segmenter:
     """Load a ``text_segmentation`` bundle (folder or zip) and wrap it; CUDA/MPS when present."""
-    import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet before the bundle is rebuilt)
     from cxr_viewer.core.models.bundle import load_bundle
+    from cxr_viewer.core.runtime import torch_available
 
+    if torch_available():
+        import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet before the bundle is rebuilt)
     if device is None:
-        from cxr_viewer.core.runtime import torch_available
-
         if torch_available():
             from cxr_viewer.core.models.text import _pick_device
 

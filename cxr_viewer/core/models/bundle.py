@@ -25,6 +25,7 @@ from cxr_viewer.core.errors import BundleError, BundleHashMismatchError, Unknown
 from cxr_viewer.core.models.preprocess import Preprocessing
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -33,12 +34,17 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
-ONNX_FILE = "model.onnx"
 TASKS = ("multilabel", "binary", "multiclass", "text_segmentation", "ssl_encoder", "detection_heatmap")
 CLASSIFIER_TASKS = ("multilabel", "binary", "multiclass")
 # File types that can execute code when loaded (pickle, torch.save zips): never opened.
 UNSAFE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".joblib", ".npy", ".npz", ".tar")
 DTYPES = ("float16", "float32", "bfloat16")
+#: Largest network input side a manifest may ask for (a 30000² input would allocate gigabytes per image).
+MAX_INPUT_SIDE = 4096
+#: Zip bundles: at most this many members and this many bytes once extracted (a zip bomb is refused).
+MAX_ZIP_MEMBERS = 2000
+MAX_ZIP_BYTES = 4 << 30
+MAX_MANIFEST_BYTES = 16 << 20
 
 __all__ = [
     "BundleInfo",
@@ -66,6 +72,54 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _leaves_bundle(name: str) -> bool:
+    """Whether a recorded path could point outside its bundle (read as a POSIX and as a Windows path)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    win = PureWindowsPath(name)
+    posix = PurePosixPath(name.replace("\\", "/"))
+    return (not name or posix.is_absolute() or win.is_absolute() or bool(win.drive) or ".." in posix.parts
+            or name.startswith("~"))
+
+
+def bundle_file(bdir: str | Path, name: str, what: str) -> Path:
+    """``bdir / name`` for a path a manifest records, refused if it leaves the bundle folder.
+
+    Absolute paths, ``..`` and links that resolve outside ``bdir`` are all refused: a
+    bundle may only ever make the viewer read (or run) files it carries itself.
+    """
+    bdir = Path(bdir)
+    name = str(name)
+    if not _leaves_bundle(name):
+        path = bdir / name
+        try:
+            inside = path.resolve().is_relative_to(bdir.resolve())
+        except (OSError, RuntimeError):  # a link loop
+            inside = False
+        if inside:
+            return path
+    raise BundleError(
+        f"The bundle '{bdir.name}' names its {what} as {name!r}, a path outside the bundle folder; "
+        "the bundle was refused.",
+        path=bdir,
+    )
+
+
+def _manifest_paths(d: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Every file path a manifest records, with where it is recorded."""
+    out: list[tuple[str, Any]] = []
+    for block in ("weights", "onnx"):
+        rec = d.get(block)
+        if isinstance(rec, Mapping) and "file" in rec:
+            out.append((f"{block}.file", rec["file"]))
+        if isinstance(rec, Mapping) and isinstance(rec.get("files"), Mapping):
+            out += [(f"{block}.files.{k}", v.get("file") if isinstance(v, Mapping) else v) for k, v in rec["files"].items()]
+    golden = d.get("golden")
+    if isinstance(golden, list):
+        out += [(f"golden[{i}].image", g.get("image")) for i, g in enumerate(golden) if isinstance(g, Mapping)]
+    return out
 
 
 @dataclass
@@ -136,6 +190,8 @@ class Manifest:
         if task in CLASSIFIER_TASKS:
             if not labels:
                 problems.append(f"a {task} bundle needs 'labels'")
+            elif task == "multiclass" and len(labels) < 2:
+                problems.append("a multiclass bundle needs at least two labels (softmax over one label is always 1.0)")
             n = (arch or {}).get("kwargs", {}).get("num_classes") if isinstance(arch, Mapping) else None
             if isinstance(n, int) and labels and n != len(labels):
                 problems.append(f"architecture has {n} outputs but {len(labels)} labels are listed")
@@ -161,6 +217,11 @@ class Manifest:
         except (TypeError, ValueError) as exc:
             problems.append(str(exc))
             pre = Preprocessing()
+        if max(pre.size) > MAX_INPUT_SIDE:
+            problems.append(f"preprocessing.size {list(pre.size)} is larger than {MAX_INPUT_SIDE} pixels a side")
+        for where_, value in _manifest_paths(d):
+            if not isinstance(value, str) or _leaves_bundle(value):
+                problems.append(f"'{where_}' is {value!r}: a file path must stay inside the bundle folder")
         golden = d.get("golden", []) or []
         if not isinstance(golden, list) or not all(
             isinstance(g, Mapping) and isinstance(g.get("image"), str) and isinstance(g.get("scores"), Mapping)
@@ -259,19 +320,35 @@ class Manifest:
         return f"{self.name} {self.version}"
 
 
+@dataclass(frozen=True, eq=False)
+class OnnxArtifact:
+    """A bundle's recorded ONNX export, read once and checked: these bytes are what was hashed and what runs."""
+
+    graph: bytes = field(repr=False)
+    record: dict[str, Any]
+    head: "tuple[np.ndarray, np.ndarray] | None" = field(default=None, repr=False)  # linear head for exact CAMs
+
+    @property
+    def sha256(self) -> str:
+        return str(self.record["sha256"])
+
+
 @dataclass
 class LoadedBundle:
-    """A bundle ready to run: validated manifest + network in eval mode on ``device``.
+    """A bundle ready to run: validated manifest + its network.
 
+    ``model`` is the torch network in eval mode on ``device`` (``None`` in a process without
+    torch); ``onnx`` the recorded ONNX export, hash-checked, when the bundle carries one.
     ``lock`` serialises use of ``model`` across threads (hooks for Grad-CAM mutate it).
     """
 
     manifest: Manifest
-    model: "nn.Module"
+    model: "nn.Module | None"
     path: Path
     sha256: str
-    device: "torch.device"
+    device: "torch.device | str"
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    onnx: OnnxArtifact | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -337,14 +414,13 @@ def save_bundle(
     out_dir: str | Path,
     *,
     dtype: str = "float16",
-    onnx: bool = False,
 ) -> Path:
     """Write ``model.safetensors`` + ``manifest.json`` (with sha256) into ``out_dir``.
 
     Floating tensors are stored as ``dtype`` (float16 halves the download; load
     upcasts). The manifest's architecture is rebuilt and the weights loaded strictly
     before anything is written, so a bundle that saves is a bundle that loads.
-    With ``onnx=True`` a ``model.onnx`` is exported and checked against torch.
+    A verified ONNX export is added afterwards by :mod:`cxr_viewer.core.inference.onnx_export`.
     """
     import torch
     from safetensors.torch import save_file
@@ -381,12 +457,7 @@ def save_bundle(
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, weights)
     m.weights = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights), "dtype": dtype}
-    if onnx:
-        from cxr_viewer.core.inference.onnx_backend import export_onnx
-
-        probe.eval()
-        onnx_path = export_onnx(probe, m.preprocessing, out / ONNX_FILE)
-        m.extra["onnx"] = {"file": ONNX_FILE, "sha256": sha256_file(onnx_path), "weights_sha256": m.weights["sha256"]}
+    m.extra.pop("onnx", None)  # an export of other weights must not be carried over
     _write_json(out / MANIFEST_FILE, m.to_dict())
     log.info("saved bundle %s %s to %s", m.name, m.version, out)
     return out
@@ -451,30 +522,62 @@ def _extract_zip(path: Path) -> Path:
     dest = user_cache_dir() / "bundles" / digest
     if (dest / ".complete").exists():
         return _single_root(dest)
+    refused = f"The archive '{path.name}' was refused"
+    tmp: Path | None = None
     try:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if not any(n.rsplit("/", 1)[-1] == MANIFEST_FILE for n in names):
+            infos = zf.infolist()
+            if len(infos) > MAX_ZIP_MEMBERS:
+                raise BundleError(f"{refused}: it holds {len(infos)} files (at most {MAX_ZIP_MEMBERS}).", path=path)
+            declared = sum(i.file_size for i in infos)
+            if declared > MAX_ZIP_BYTES:
+                raise BundleError(
+                    f"{refused}: it would extract to {declared / 2**30:.1f} GiB (at most {MAX_ZIP_BYTES / 2**30:.0f} GiB).",
+                    path=path,
+                )
+            if not any(i.filename.rsplit("/", 1)[-1] == MANIFEST_FILE for i in infos):
                 raise BundleError(f"The archive '{path.name}' holds no manifest.json; it is not a model bundle.", path=path)
-            for n in names:
-                p = Path(n)
-                if p.is_absolute() or ".." in p.parts:
-                    raise BundleError(f"The archive '{path.name}' contains unsafe paths and was refused.", path=path)
+            for i in infos:
+                p = Path(i.filename)
+                if _leaves_bundle(i.filename) or (i.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise BundleError(f"{refused}: it contains unsafe paths or links.", path=path)
                 if p.suffix.lower() in UNSAFE_SUFFIXES and p.parts[0] != "golden":
                     raise _unsafe(p)
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=digest, dir=dest.parent))
-            zf.extractall(tmp)
-    except zipfile.BadZipFile as exc:
+            written = 0
+            for i in infos:  # streamed, counting real bytes: a member's declared size is not trusted
+                target = tmp / i.filename
+                if i.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(i) as src, open(target, "wb") as out:
+                    while block := src.read(1 << 20):
+                        written += len(block)
+                        if written > MAX_ZIP_BYTES:
+                            raise BundleError(f"{refused}: it extracts to more than {MAX_ZIP_BYTES / 2**30:.0f} GiB.", path=path)
+                        out.write(block)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        _remove(tmp)
         raise BundleError(f"The archive '{path.name}' is damaged: {exc}.", path=path) from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+    assert tmp is not None
     (tmp / ".complete").touch()
     try:
         os.replace(tmp, dest)
     except OSError:  # another thread or process won the race
+        _remove(tmp)
+    return _single_root(dest)
+
+
+def _remove(folder: Path | None) -> None:
+    if folder is not None:
         import shutil
 
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _single_root(dest)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _single_root(dest: Path) -> Path:
@@ -493,18 +596,27 @@ def read_manifest(path: str | Path) -> Manifest:
     if not mpath.exists():
         raise BundleError(f"The folder '{bdir.name}' has no manifest.json; it is not a model bundle.", path=bdir)
     try:
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"The manifest of '{bdir.name}' is larger than {MAX_MANIFEST_BYTES >> 20} MB.", path=mpath)
         data = json.loads(mpath.read_text(encoding="utf-8"))
+        return Manifest.from_dict(data, source=bdir.name)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"The manifest of '{bdir.name}' is not valid JSON ({exc}).", path=mpath) from exc
-    return Manifest.from_dict(data, source=bdir.name)
+    except RecursionError as exc:  # json (and any walk of it) gives up on nesting thousands deep
+        raise BundleError(
+            f"The manifest of '{bdir.name}' is nested too deeply to be a model manifest; the bundle was refused.",
+            path=mpath,
+        ) from exc
+    except OSError as exc:
+        raise BundleError(f"The manifest of '{bdir.name}' cannot be read ({exc}).", path=mpath) from exc
 
 
 def read_verified_weights(bdir: Path, manifest: "Manifest") -> tuple[bytes, str]:
     """The weights file's bytes and sha256, after every safety rule: safetensors only (no pickle,
     no path outside the bundle), present, and equal to the manifest's recorded checksum."""
     wname = str(manifest.weights.get("file") or WEIGHTS_FILE)
-    wpath = bdir / wname
-    if Path(wname).suffix.lower() != ".safetensors" or Path(wname).is_absolute() or ".." in Path(wname).parts:
+    wpath = bundle_file(bdir, wname, "weights file")
+    if Path(wname).suffix.lower() != ".safetensors":
         raise _unsafe(Path(wname))
     if not wpath.exists():
         stray = [p for p in bdir.iterdir() if p.suffix.lower() in UNSAFE_SUFFIXES]
@@ -528,25 +640,103 @@ def read_verified_weights(bdir: Path, manifest: "Manifest") -> tuple[bytes, str]
     return data, digest
 
 
-def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu") -> LoadedBundle:
-    """Validate, hash-check and rebuild a bundle; the model comes back in eval mode on ``device``."""
-    from cxr_viewer.core.runtime import torch_available
+ONNX_RECORD_SCHEMA = 2
 
-    if not torch_available():  # the torch-free app bundle: same checks, ONNX network (core.inference.onnx_lane)
-        from cxr_viewer.core.inference.onnx_lane import load_lane_bundle
 
-        return load_lane_bundle(path_or_zip, device=device)
-    import torch
+def read_onnx_export(bdir: Path, manifest: Manifest, weights_sha256: str, weights: bytes) -> OnnxArtifact | None:
+    """The bundle's recorded ONNX export (manifest ``onnx``), after every check; None if it records none.
+
+    Refused (BundleError): a path leaving the bundle, a missing file, bytes whose sha256 is not
+    the recorded one. An export made from other weights is refused too (``stale``: the caller
+    decides whether to regenerate instead). The returned bytes are the ones hashed.
+    """
+    rec = manifest.extra.get("onnx")
+    if not isinstance(rec, Mapping) or rec.get("schema") != ONNX_RECORD_SCHEMA:
+        return None
+    rec = dict(rec)
+    if rec.get("weights_sha256") != weights_sha256:
+        raise BundleError(
+            f"The ONNX export of '{manifest.name}' was made from other weights; re-export it "
+            "(python -m cxr_viewer.core.inference.onnx_export BUNDLE; packaging/build.sh does this for the shipped models).",
+            path=bdir,
+        )
+    name = str(rec.get("file") or "")
+    if Path(name).suffix != ".onnx":
+        raise BundleError(f"The ONNX export record of '{manifest.name}' names no .onnx file.", path=bdir)
+    path = bundle_file(bdir, name, "ONNX export")
+    if not path.is_file():
+        raise BundleError(f"The ONNX file {name} of '{manifest.name}' is missing; re-export the bundle.", path=path)
+    graph = path.read_bytes()
+    if hashlib.sha256(graph).hexdigest() != rec.get("sha256"):
+        raise BundleHashMismatchError(
+            f"The ONNX file {path.name} of '{manifest.name}' does not match its recorded checksum: it was changed "
+            "or damaged. Reinstall the model bundle.",
+            path=path,
+        )
+    return OnnxArtifact(graph=graph, record=rec, head=_onnx_head(weights, rec, manifest.name))
+
+
+def _onnx_head(weights: bytes, rec: Mapping[str, Any], name: str) -> "tuple[np.ndarray, np.ndarray] | None":
+    """The linear head (W, b) an exact-CAM export names, from the verified safetensors bytes."""
+    cam = rec.get("cam") or {}
+    keys = cam.get("head") if isinstance(cam, Mapping) else None
+    if not (isinstance(cam, Mapping) and cam.get("exact") and isinstance(keys, Mapping)):
+        return None
+    import numpy as np
     from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
+    from safetensors.numpy import load as st_load
 
-    from cxr_viewer.core.models.registry import create_model
+    try:
+        tensors = st_load(weights)
+        return (np.asarray(tensors[str(keys["weight"])], dtype=np.float32),
+                np.asarray(tensors[str(keys["bias"])], dtype=np.float32))
+    except (KeyError, SafetensorError, ValueError, TypeError) as exc:
+        raise BundleError(f"The weights of '{name}' lack the classifier head {exc} named by its ONNX export.") from exc
+
+
+def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu") -> LoadedBundle:
+    """Validate, hash-check and rebuild a bundle; the model comes back in eval mode on ``device``.
+
+    Without torch (the small CPU app) ``model`` is None and the bundle must carry a recorded
+    ONNX export, which the ONNX Runtime backend runs.
+    """
+    from cxr_viewer.core.runtime import torch_available
 
     path = Path(path_or_zip)
     bdir = _resolve_bundle_dir(path)
     manifest = read_manifest(bdir)
     data, digest = read_verified_weights(bdir, manifest)
     wpath = bdir / str(manifest.weights.get("file") or WEIGHTS_FILE)
+    runs_net = manifest.is_classifier or manifest.task == "text_segmentation"
+    if not torch_available():
+        if device is not None and str(device).split(":")[0] not in ("cpu", "auto"):
+            raise BundleError(
+                "This copy of cxr-viewer runs on the CPU only (it has no PyTorch/CUDA); use --device cpu or auto."
+            )
+        artifact = read_onnx_export(bdir, manifest, digest, data) if runs_net else None
+        if runs_net and artifact is None:
+            raise BundleError(
+                f"The model '{manifest.name}' has no ONNX export, and this copy of cxr-viewer runs without "
+                "PyTorch. Export it with `python -m cxr_viewer.core.inference.onnx_export BUNDLE` on an "
+                "installation with PyTorch, or use the full version of cxr-viewer.",
+                path=bdir,
+            )
+        log.info("loaded bundle %s %s (%s) for ONNX Runtime", manifest.name, manifest.version, digest[:12])
+        return LoadedBundle(manifest=manifest, model=None, path=bdir, sha256=digest, device="cpu", onnx=artifact)
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    from cxr_viewer.core.models.registry import create_model
+
+    artifact = None
+    if runs_net:
+        try:
+            artifact = read_onnx_export(bdir, manifest, digest, data)
+        except BundleHashMismatchError:
+            raise
+        except BundleError as exc:  # e.g. made from earlier weights: torch still runs, the export is ignored
+            log.warning("ignoring the ONNX export of %s: %s", manifest.name, exc.message)
     try:
         state = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -571,7 +761,7 @@ def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu"
     for p in model.parameters():
         p.requires_grad_(False)
     log.info("loaded bundle %s %s (%s) on %s", manifest.name, manifest.version, digest[:12], dev)
-    return LoadedBundle(manifest=manifest, model=model, path=bdir, sha256=digest, device=dev)
+    return LoadedBundle(manifest=manifest, model=model, path=bdir, sha256=digest, device=dev, onnx=artifact)
 
 
 def find_bundles(dirs: Iterable[str | Path] | None = None) -> list[BundleInfo]:
@@ -692,7 +882,6 @@ def make_untrained_bundle(
     thresholds: Mapping[str, float] | None = None,
     seed: int = 0,
     dtype: str = "float16",
-    onnx: bool = False,
 ) -> Path:
     """A random-weight classifier bundle (``trained: false``) for tests, benchmarks and demos.
 
@@ -722,4 +911,4 @@ def make_untrained_bundle(
         "preprocessing": {"size": list(size)},
         "limitations": ["Random weights: for software testing and timing only."],
     }
-    return save_bundle(model, manifest, out_dir, dtype=dtype, onnx=onnx)
+    return save_bundle(model, manifest, out_dir, dtype=dtype)

@@ -1,0 +1,68 @@
+"""The one rule that picks a bundle's backend (used by the engine and the segmenter alike)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from cxr_viewer.core.errors import BundleError
+
+if TYPE_CHECKING:
+    from cxr_viewer.core.inference.backends.base import ClassifierBackend, SegmentationBackend
+    from cxr_viewer.core.models.bundle import LoadedBundle, OnnxArtifact
+
+log = logging.getLogger(__name__)
+
+__all__ = ["classifier_backend", "segmentation_backend", "wants_onnx"]
+
+
+def wants_onnx(bundle: "LoadedBundle", prefer: str = "auto") -> bool:
+    """ONNX Runtime without torch, and on a CPU unless torch is asked for; torch on a GPU."""
+    if bundle.model is None:
+        return True
+    return prefer != "torch" and str(bundle.device).split(":")[0] == "cpu"
+
+
+def onnx_artifact(bundle: "LoadedBundle") -> "OnnxArtifact":
+    """The graph this process may run: the recorded export (verified against torch when torch is here), or one
+    regenerated from the verified weights. Never a file found anywhere else."""
+    if bundle.model is None:
+        if bundle.onnx is None:
+            raise BundleError(f"The model {bundle.name!r} has no ONNX export and no PyTorch to run it.")
+        return bundle.onnx
+    from cxr_viewer.core.inference.onnx_export import ort_artifact_for
+
+    return ort_artifact_for(bundle)
+
+
+def _choose(bundle: "LoadedBundle", prefer: str, make_ort: Any, make_torch: Any) -> Any:
+    if wants_onnx(bundle, prefer):
+        try:
+            return make_ort(onnx_artifact(bundle))
+        except Exception as exc:  # noqa: BLE001 - no verified export: torch runs the weights instead
+            if bundle.model is None:
+                raise
+            log.warning("ONNX backend unavailable for %s, using torch: %s", bundle.name, exc)
+    return make_torch(bundle)
+
+
+def classifier_backend(bundle: "LoadedBundle", *, prefer: str = "auto", threads: int | None = None) -> "ClassifierBackend":
+    from cxr_viewer.core.inference.backends.ort_backend import OrtClassifier
+
+    def torch_backend(b: "LoadedBundle") -> "ClassifierBackend":
+        from cxr_viewer.core.inference.backends.torch_backend import TorchClassifier
+
+        return TorchClassifier(b)
+
+    return _choose(bundle, prefer, lambda a: OrtClassifier(a, model=bundle.name, threads=threads), torch_backend)
+
+
+def segmentation_backend(bundle: "LoadedBundle", *, prefer: str = "auto", threads: int | None = None) -> "SegmentationBackend":
+    from cxr_viewer.core.inference.backends.ort_backend import OrtSegmentation
+
+    def torch_backend(b: "LoadedBundle") -> "SegmentationBackend":
+        from cxr_viewer.core.inference.backends.torch_backend import TorchSegmentation
+
+        return TorchSegmentation(b)
+
+    return _choose(bundle, prefer, lambda a: OrtSegmentation(a, threads=threads), torch_backend)

@@ -1,0 +1,108 @@
+"""The torch backend: GPUs, gradient CAMs (pytorch-grad-cam) and the ROAD faithfulness score."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_viewer.core.errors import AnalysisCancelledError, InferenceError
+from cxr_viewer.core.inference.backends.base import Executed
+from cxr_viewer.core.inference.results import CancelToken, is_cancelled
+
+if TYPE_CHECKING:
+    from cxr_viewer.core.models.bundle import LoadedBundle
+
+__all__ = ["TorchClassifier", "TorchSegmentation"]
+
+
+class TorchClassifier:
+    """A bundle's torch network; every use holds the bundle's lock (CAM hooks mutate the model)."""
+
+    name = "torch"
+
+    def __init__(self, bundle: "LoadedBundle") -> None:
+        if bundle.model is None:
+            raise InferenceError(f"Model {bundle.name!r} was loaded without PyTorch.")
+        self.bundle = bundle
+        self.model = bundle.model
+        self.executed = Executed("torch", bundle.sha256, "weights")
+        layers = bundle.manifest.cam_layers
+        if not layers and hasattr(self.model, "cam_layer_name"):
+            layers = [self.model.cam_layer_name()]
+        self.layers = list(layers)
+
+    def _tensor(self, x: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(np.require(x, np.float32, ["C", "W"])).to(self.bundle.device, non_blocking=True)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with self.bundle.lock, torch.inference_mode():
+            return self.model(self._tensor(x)).float().cpu().numpy().astype(np.float64)
+
+    def features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from cxr_viewer.core.inference.cam import resolve_layers
+
+        store: list[Any] = []
+        with self.bundle.lock, torch.inference_mode():
+            handle = resolve_layers(self.model, self.layers[:1])[0].register_forward_hook(lambda m, i, o: store.append(o))
+            try:
+                logits = self.model(self._tensor(x))
+            finally:
+                handle.remove()
+        return logits.float().cpu().numpy().astype(np.float64), store[-1].float().cpu().numpy()
+
+    def unavailable_cam_methods(self) -> dict[str, str]:
+        return {}
+
+    def cam(self, x: np.ndarray, index: int, method: str, *, cancel: CancelToken | None = None) -> tuple[np.ndarray, np.ndarray]:
+        from cxr_viewer.core.inference.cam import compute_cam
+
+        if not self.layers:
+            raise InferenceError(f"Model {self.bundle.name!r} names no heatmap layer in its bundle.")
+        with self.bundle.lock:
+            net_map, logits = compute_cam(self.model, self._tensor(x), index, method=method, target_layers=self.layers)
+        return net_map, np.asarray(logits, dtype=np.float64)
+
+    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool) -> float | None:
+        from cxr_viewer.core.inference.cam import road_faithfulness
+
+        with self.bundle.lock:
+            return road_faithfulness(self.model, self._tensor(x), network_map, index, multiclass=multiclass)
+
+
+class TorchSegmentation:
+    """A text-conditioned U-Net in torch: the encoder runs once, each sentence batch is decoded."""
+
+    name = "torch"
+
+    def __init__(self, bundle: "LoadedBundle") -> None:
+        import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet for bundles)
+
+        if bundle.model is None:
+            raise InferenceError(f"Model {bundle.name!r} was loaded without PyTorch.")
+        self.bundle = bundle
+        self.model = bundle.model
+        self.conditioned = bool(getattr(self.model, "conditioned", True))
+        self.text_dim = int(getattr(self.model, "text_dim", 0) or 0)
+        self.executed = Executed("torch", bundle.sha256, "weights")
+
+    def probabilities(self, x: np.ndarray, emb: np.ndarray, *, max_batch: int, cancel: Any = None) -> np.ndarray:
+        import torch
+
+        n = emb.shape[0] if self.conditioned else 1
+        out = []
+        with self.bundle.lock, torch.inference_mode():
+            xt = torch.from_numpy(np.require(x, np.float32, ["C", "W"])).to(self.bundle.device)
+            feats = self.model.encode(xt)
+            for i in range(0, n, max_batch):
+                if is_cancelled(cancel):
+                    raise AnalysisCancelledError("Segmentation was cancelled.")
+                t = torch.from_numpy(emb[i : i + max_batch]).to(xt.device) if self.conditioned else None
+                out.append(torch.sigmoid(self.model.decode(feats, t)[:, 0].float()).cpu().numpy())
+        return np.concatenate(out, 0).astype(np.float32, copy=False)
