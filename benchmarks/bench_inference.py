@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cxr_viewer.core.inference.engine import InferenceEngine, configure_threads
-    from cxr_viewer.core.inference.onnx_backend import onnx_runner_for
+    from cxr_viewer.core.inference.backends.ort_backend import OrtClassifier
+    from cxr_viewer.core.inference.onnx_export import ort_artifact_for
     from cxr_viewer.core.io import read_image
     from cxr_viewer.core.models.bundle import load_bundle
     from cxr_viewer.core.models.preprocess import preprocess
@@ -132,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## bare forward per model (median ms; GFLOP/s achieved; % of matmul)")
     print(f"{'model':<20}{'GFLOP':>8}{'eager':>10}{'ch_last':>10}{'onnxrt':>10}{'best GF/s':>11}{'% mm':>7}")
     bare: dict[str, dict[str, float]] = {}
-    onnx_dir = tmp / "onnx"
     for b in bundles:
-        x = preprocess(record, b.preprocessing)[None].to(device)
+        x = torch.from_numpy(preprocess(record, b.preprocessing)[None]).to(device)
         flops = count_flops(b.model, x)
         # (format conversion outside inference_mode: parameters made there cannot take gradients later)
         cl_model = copy.deepcopy(b.model).to(memory_format=torch.channels_last)
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             eager = timed(lambda: b.model(x), args.repeats)
             chl = timed(lambda: cl_model(xcl), args.repeats)
         del cl_model
-        runner = onnx_runner_for(b, cache_dir=onnx_dir, threads=threads) if device == "cpu" else None
-        ort_ms = timed(lambda: runner(x.cpu().numpy()), args.repeats) if runner else float("nan")
+        runner = OrtClassifier(ort_artifact_for(b), model=b.name, threads=threads) if device == "cpu" else None
+        ort_ms = timed(lambda: runner.logits(x.cpu().numpy()), args.repeats) if runner else float("nan")
         bare[b.name] = {"eager": eager, "channels_last": chl, "onnx": ort_ms, "flops": flops}
         best = min(v for v in (eager, chl, ort_ms) if v == v)
         gfs = flops / (best / 1e3) / 1e9
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- full analyse path -------------------------------------------------------------
     print("\n## full analyse path: read -> preprocess -> all models (median ms)")
     for backend in ("torch", "onnx") if device == "cpu" else ("torch",):
-        engine = InferenceEngine(bundles, device=device, backend=backend, onnx_cache_dir=onnx_dir, cache_size=0)
+        engine = InferenceEngine(bundles, device=device, backend=backend, cache_size=0)
         engine.warmup()
 
         def full() -> None:
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
           f"one eager forward = {one_fwd:.1f} ms)")
     from cxr_viewer.core.inference.cam import compute_cam
 
-    x0 = preprocess(record, b0.preprocessing)[None].to(device)
+    x0 = torch.from_numpy(preprocess(record, b0.preprocessing)[None]).to(device)
     layers = b0.manifest.cam_layers
     print(f"{'method':<10}{'CAM core':>10}{'ratio':>8}{'end-to-end':>12}{'ratio':>8}   (end-to-end adds preprocess + restore to full size)")
     for method in args.cam_methods.split(","):
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torchxrayvision: read+preprocess+forward {x_full:.1f} ms; bare forward {x_fwd:.1f} ms "
           f"({x_flops / 1e9:.2f} GFLOP, {x_flops / (x_fwd / 1e3) / 1e9:.1f} GFLOP/s)")
     if ours is not None:
-        eng = InferenceEngine([ours], device=device, backend="auto", onnx_cache_dir=onnx_dir, cache_size=0)
+        eng = InferenceEngine([ours], device=device, backend="auto", cache_size=0)
         eng.warmup()
         our_full = timed(lambda: eng.analyze(read_image(image)), max(3, args.repeats // 2))
         our_best = min(v for k, v in bare[ours.name].items() if k != "flops" and v == v)

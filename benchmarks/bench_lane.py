@@ -1,15 +1,14 @@
-"""Torch-free lane (ONNX Runtime + NumPy) against the torch path, measured in the same run.
+"""The ONNX Runtime backend (what the torch-free app runs) against the torch backend, measured in the same run.
 
     python benchmarks/bench_lane.py [--threads 1] [--repeats 7]
 
 Builds a random-weight ResNet-18 classifier bundle (224 px, the default models'
-shape) and a tiny text U-Net in a temporary folder, exports their lanes, then times
+shape) and a tiny text U-Net in a temporary folder, exports them (``onnx_export``), then times
 (median of ``--repeats``) on a 2500x2048 radiograph-sized image:
 
-- preprocessing: ``preprocess`` (torch) vs ``preprocess_numpy``;
-- scores: ``InferenceEngine.analyze`` with ``backend="torch"`` vs ``LaneEngine.analyze``;
+- scores: ``InferenceEngine.analyze`` with ``backend="torch"`` vs ``backend="onnx"``;
 - a Grad-CAM heatmap: pytorch-grad-cam (gradients) vs the closed form from the exported map;
-- report masks for three sentences: ``Segmenter`` vs ``LaneSegmenter`` (embeddings cached);
+- report masks for three sentences: the torch vs the ONNX segmentation backend (embeddings cached);
 - cold start in a fresh process: import + load the bundle + first analysis, with torch vs
   ``CXR_VIEWER_NO_TORCH=1`` (what the frozen CPU app does).
 
@@ -43,7 +42,7 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 def _row(name: str, torch_ms: float, lane_ms: float) -> None:
-    print(f"{name:<44} torch {torch_ms:9.1f} ms   lane {lane_ms:9.1f} ms   ratio {torch_ms / lane_ms:6.2f}")
+    print(f"{name:<44} torch {torch_ms:9.1f} ms   onnx {lane_ms:9.1f} ms   ratio {torch_ms / lane_ms:6.2f}")
 
 
 COLD = """
@@ -54,7 +53,7 @@ from cxr_viewer.core.io import read_image
 engine = InferenceEngine.from_dirs([sys.argv[1]], device="cpu", threads={threads})
 result = engine.analyze(read_image(sys.argv[2]))
 assert result.findings
-print((time.perf_counter() - t0) * 1e3, type(engine).__name__)
+print((time.perf_counter() - t0) * 1e3, "onnx" if all(b.model is None for b in engine.bundles) else "torch")
 """
 
 
@@ -67,14 +66,12 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from cxr_viewer.core.inference.engine import InferenceEngine
-    from cxr_viewer.core.inference.onnx_lane import LaneEngine, LaneSegmenter, lane_text_encoder, load_lane_bundle
-    from cxr_viewer.core.inference.onnx_lane_export import export_lane, export_text_encoder
+    from cxr_viewer.core.inference.onnx_export import export_bundle, export_text_encoder
+    from cxr_viewer.core.inference.onnx_runtime import ort_text_encoder
     from cxr_viewer.core.inference.segment import Segmenter
     from cxr_viewer.core.io.record import ImageRecord
     from cxr_viewer.core.models import create_model
     from cxr_viewer.core.models.bundle import load_bundle, make_untrained_bundle, save_bundle
-    from cxr_viewer.core.models.preprocess import preprocess
-    from cxr_viewer.core.models.preprocess_numpy import preprocess_numpy
     from cxr_viewer.core.models.text import get_text_encoder
 
     rng = np.random.default_rng(0)
@@ -82,24 +79,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         clf = make_untrained_bundle(tmp / "models" / "clf", name="clf", labels=[f"L{i}" for i in range(14)])
-        export_lane(clf)
+        export_bundle(clf)
         torch.manual_seed(0)
         save_bundle(create_model("text_unet_tiny", text_dim=384), {
             "name": "seg", "version": "0", "task": "text_segmentation",
             "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
             "labels": ["region"], "preprocessing": {"size": [256, 256]},
             "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384}}, tmp / "seg")  # fmt: skip
-        export_lane(tmp / "seg")
+        export_bundle(tmp / "seg")
         export_text_encoder(tmp / "text")
 
         spec = load_bundle(clf).preprocessing
         print(f"image {record.shape[0]}x{record.shape[1]}, ResNet-18 at {spec.size[0]} px, "
               f"{args.threads} thread(s), median of {args.repeats}\n")
-        _row("preprocess (resize, letterbox, normalise)", _median_ms(lambda: preprocess(record, spec), args.repeats),
-             _median_ms(lambda: preprocess_numpy(record, spec), args.repeats))
-
         te = InferenceEngine([load_bundle(clf)], device="cpu", backend="torch", cache_size=0, threads=args.threads)
-        le = LaneEngine([load_lane_bundle(clf, threads=args.threads)], cache_size=0, threads=args.threads)
+        le = InferenceEngine([load_bundle(clf)], device="cpu", backend="onnx", cache_size=0, threads=args.threads)
         _row("scores: analyze (14 labels)", _median_ms(lambda: te.analyze(record), args.repeats),
              _median_ms(lambda: le.analyze(record), args.repeats))
 
@@ -112,8 +106,8 @@ def main() -> int:
 
         phrases = ["Right lower lobe consolidation.", "Small left effusion.", "No pneumothorax."]
         ts = Segmenter(load_bundle(tmp / "seg", device="cpu"), text_encoder=get_text_encoder(None, device="cpu"))
-        lb = load_lane_bundle(tmp / "seg", threads=args.threads)
-        ls = LaneSegmenter(lb, text_encoder=lane_text_encoder(None, folder=tmp / "text"))
+        ls = Segmenter(load_bundle(tmp / "seg", device="cpu"), text_encoder=ort_text_encoder(None, folder=tmp / "text"),
+                       prefer="onnx", threads=args.threads)
         _row("report masks, 3 sentences (256 px U-Net)", _median_ms(lambda: ts.segment(record, phrases), args.repeats),
              _median_ms(lambda: ls.segment(record, phrases), args.repeats))
 

@@ -433,7 +433,7 @@ class AnalysisController(QObject):
         missing = self.unavailable_methods(model)
         if method not in missing:
             return method
-        from cxr_viewer.core.inference.cam import CAM_METHODS
+        from cxr_viewer.core.inference.cam_methods import CAM_METHODS
 
         return next((m for m in ("gradcam", *CAM_METHODS) if m not in missing), method)
 
@@ -549,7 +549,7 @@ class AnalysisController(QObject):
         if record is None:
             return
         if method is not None:
-            from cxr_viewer.core.inference.cam import canonical_method
+            from cxr_viewer.core.inference.cam_methods import canonical_method
 
             self._cam_method = canonical_method(method)
             self.settings.setValue("analysis/cam_method", self._cam_method)

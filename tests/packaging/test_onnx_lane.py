@@ -1,4 +1,4 @@
-"""The torch-free lane against torch: same pixels in, same scores, heatmaps and masks out.
+"""The ONNX Runtime backend (the torch-free app) against torch: same pixels in, same scores, heatmaps and masks out.
 
 Tiny real models (ResNet-18 classifier, tiny text U-Net) and the real MiniLM text
 encoder; the exports are made by the same code ``packaging/stage.py`` runs. The last
@@ -34,7 +34,7 @@ LABELS = ["Atelectasis", "Effusion", "Pneumothorax"]
 def lane_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder: classifier with golden images, segmentation bundle, both exported."""
     from cxr_viewer.core.inference.golden import add_golden
-    from cxr_viewer.core.inference.onnx_lane_export import export_lane
+    from cxr_viewer.core.inference.onnx_export import export_bundle
     from cxr_viewer.core.models import create_model
     from cxr_viewer.core.models.bundle import make_untrained_bundle, save_bundle
 
@@ -50,15 +50,15 @@ def lane_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "preprocessing": {"size": [64, 64], "resize": "letterbox"},
         "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
     }, root / "report-seg", dtype="float32")  # fmt: skip
-    rec_c = export_lane(clf)
-    rec_s = export_lane(root / "report-seg")
+    rec_c = export_bundle(clf)
+    rec_s = export_bundle(root / "report-seg")
     assert rec_c is not None and rec_s is not None
     return root
 
 
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cxr_viewer.core.inference.onnx_lane_export import export_text_encoder
+    from cxr_viewer.core.inference.onnx_export import export_text_encoder
 
     out = tmp_path_factory.mktemp("text") / "all-MiniLM-L6-v2"
     rec = export_text_encoder(out)
@@ -74,156 +74,169 @@ def record():
 
 
 # ----------------------------------------------------------------------------- classifiers
-def test_export_records_the_gap_linear_identity(lane_models: Path) -> None:
-    from cxr_viewer.core.inference.onnx_lane import read_lane
+def _onnx_bundle(path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The bundle as the torch-free app loads it: weights verified, the recorded ONNX export, no network in torch."""
+    from cxr_viewer.core.models.bundle import load_bundle
 
-    lane = read_lane(lane_models / "findings")
-    assert lane is not None
-    assert lane["cam"]["exact"] is True and lane["cam"]["layer"] == "backbone.layer4"
-    assert lane["cam"]["gap_linear_max_diff"] < 1e-4
-    assert lane["verified"]["logits_max_abs_diff"] < 1e-4
-    assert read_lane(lane_models / "nothing-here") is None
+    monkeypatch.setenv("CXR_VIEWER_NO_TORCH", "1")
+    try:
+        return load_bundle(path)
+    finally:
+        monkeypatch.delenv("CXR_VIEWER_NO_TORCH")
 
 
-def test_lane_engine_keeps_every_engine_attribute() -> None:
-    """LaneEngine sets up its own state (no torch): it must not fall behind InferenceEngine's."""
+def _onnx_engine(bundles, monkeypatch: pytest.MonkeyPatch, **kw):
     from cxr_viewer.core.inference.engine import InferenceEngine
-    from cxr_viewer.core.inference.onnx_lane import LaneEngine
 
-    assert set(vars(InferenceEngine(None, device="cpu"))) <= set(vars(LaneEngine()))
+    monkeypatch.setenv("CXR_VIEWER_NO_TORCH", "1")
+    return InferenceEngine(bundles, **kw)
 
 
-def test_lane_scores_equal_torch_and_golden(lane_models: Path, record) -> None:
+def test_export_records_the_gap_linear_identity(lane_models: Path) -> None:
+    from cxr_viewer.core.models.bundle import read_manifest
+
+    rec = read_manifest(lane_models / "findings").extra["onnx"]
+    assert rec["cam"]["exact"] is True and rec["cam"]["layer"] == "backbone.layer4"
+    assert rec["cam"]["gap_linear_max_diff"] < 1e-4
+    assert rec["verified"]["logits_max_abs_diff"] < 1e-4
+    # verified on the bundle's golden images and the sample radiographs, not on noise alone
+    assert rec["verified"]["inputs"] == {"golden": 2, "samples": 2, "noise": 2}
+
+
+def test_onnx_scores_equal_torch_and_golden(lane_models: Path, record, monkeypatch) -> None:
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.inference.golden import check_golden
-    from cxr_viewer.core.inference.onnx_lane import LaneEngine, load_lane_bundle
     from cxr_viewer.core.models.bundle import load_bundle
 
     torch_engine = InferenceEngine([load_bundle(lane_models / "findings")], device="cpu", backend="torch")
-    lane_bundle = load_lane_bundle(lane_models / "findings")
-    lane_engine = LaneEngine([lane_bundle])
+    onnx_bundle = _onnx_bundle(lane_models / "findings", monkeypatch)
+    assert onnx_bundle.model is None and onnx_bundle.onnx is not None
+    onnx_engine = _onnx_engine([onnx_bundle], monkeypatch)
     ref = torch_engine.analyze(record)
-    got = lane_engine.analyze(record)
+    got = onnx_engine.analyze(record)
     assert got.backend == {"findings": "onnx"}
     assert [f.label for f in got.findings] == LABELS
     np.testing.assert_allclose([f.score for f in got.findings], [f.score for f in ref.findings], atol=1e-5)
     assert [f.threshold for f in got.findings] == [f.threshold for f in ref.findings]
-    check = check_golden(lane_bundle, engine=lane_engine)
+    check = check_golden(onnx_bundle, engine=onnx_engine)
     assert check.ok and check.images == 2 and check.max_diff < 1e-4, check.failures
 
 
 @pytest.mark.parametrize("method", ["gradcam", "hirescam", "xgradcam", "gradcam++", "layercam", "eigencam", "scorecam"])
-def test_lane_heatmap_equals_pytorch_grad_cam(lane_models: Path, record, method: str) -> None:
+def test_onnx_heatmap_equals_pytorch_grad_cam(lane_models: Path, record, method: str, monkeypatch) -> None:
     """Closed forms from the exported feature map == the library's gradient path, label by label."""
-    from cxr_viewer.core.inference.cam import compute_cam
-    from cxr_viewer.core.inference.onnx_lane import cam_from_features, load_lane_bundle, scorecam_weights
+    from cxr_viewer.core.inference.backends.ort_backend import OrtClassifier
+    from cxr_viewer.core.inference.backends.torch_backend import TorchClassifier
     from cxr_viewer.core.models.bundle import load_bundle
     from cxr_viewer.core.models.preprocess import preprocess
 
     tb = load_bundle(lane_models / "findings")
-    lb = load_lane_bundle(lane_models / "findings")
+    torch_backend = TorchClassifier(tb)
+    onnx_backend = OrtClassifier(tb.onnx, model=tb.name)
     x = preprocess(record, tb.preprocessing)[None]
-    _, feats = lb.model.forward(x.numpy())
     drawn = 0
     for idx in range(1 if method == "scorecam" else len(LABELS)):  # ScoreCAM: 512 forwards per map
-        out = compute_cam(tb.model, x, idx, method=method, target_layers=tb.manifest.cam_layers)
-        ref = out[0] if isinstance(out, tuple) else out
-        if method == "scorecam":
-            weights = scorecam_weights(lb.model, x.numpy(), feats[0], idx)
-            got = cam_from_features(feats[0], weights[None], 0, "weighted", tb.preprocessing.size)
-        else:
-            got = cam_from_features(feats[0], lb.model.head[0], idx, method, tb.preprocessing.size)
+        ref, ref_logits = torch_backend.cam(x, idx, method)
+        got, logits = onnx_backend.cam(x, idx, method)
         assert got.shape == ref.shape
         drawn += float(np.ptp(ref)) > 0.5  # a real map (random heads can give an all-negative, blank one)
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0, err_msg=f"{method} label {idx}")
+        np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
     assert drawn >= 1
+    # the feature maps themselves agree across backends
+    np.testing.assert_allclose(onnx_backend.features(x)[1], torch_backend.features(x)[1], atol=1e-4)
 
 
-def test_lane_engine_heatmap_at_image_size(lane_models: Path, record) -> None:
+def test_onnx_engine_heatmap_at_image_size(lane_models: Path, record, monkeypatch) -> None:
     from cxr_viewer.core.inference.engine import InferenceEngine
-    from cxr_viewer.core.inference.onnx_lane import LaneEngine, load_lane_bundle
     from cxr_viewer.core.models.bundle import load_bundle
 
-    ref = InferenceEngine([load_bundle(lane_models / "findings")], device="cpu").cam(record, "Effusion", "gradcam")
-    lane = LaneEngine([load_lane_bundle(lane_models / "findings")])
-    got = lane.cam(record, "Effusion", "gradcam", faithfulness=True)
+    ref = InferenceEngine([load_bundle(lane_models / "findings")], device="cpu", backend="torch").cam(
+        record, "Effusion", "gradcam")
+    engine = _onnx_engine([_onnx_bundle(lane_models / "findings", monkeypatch)], monkeypatch)
+    got = engine.cam(record, "Effusion", "gradcam", faithfulness=True)
     assert got.values.shape == record.shape == ref.values.shape
     np.testing.assert_allclose(got.values, ref.values, atol=1e-4)
     assert got.score == pytest.approx(ref.score, abs=1e-5)
     assert got.faithfulness is None and "PyTorch" in got.faithfulness_method
-    assert lane.faithfulness(record, got) is got
+    assert engine.faithfulness(record, got) is got
 
 
-def test_lane_without_exact_head_keeps_feature_only_methods(lane_models: Path, tmp_path: Path, record) -> None:
-    from cxr_viewer.core.inference.onnx_lane import LaneEngine, load_lane_bundle, unavailable_cam_methods
-
+def test_onnx_without_exact_head_keeps_feature_only_methods(lane_models: Path, tmp_path: Path, record, monkeypatch) -> None:
     bdir = tmp_path / "inexact"
     shutil.copytree(lane_models / "findings", bdir)
-    rec = json.loads((bdir / "lane" / "lane.json").read_text())
-    rec["cam"]["exact"] = False  # as exported for a model whose head is not pooling + linear
-    (bdir / "lane" / "lane.json").write_text(json.dumps(rec))
-    bundle = load_lane_bundle(bdir)
-    missing = unavailable_cam_methods(bundle)
+    man = json.loads((bdir / "manifest.json").read_text())
+    man["onnx"]["cam"]["exact"] = False  # as exported for a model whose head is not pooling + linear
+    (bdir / "manifest.json").write_text(json.dumps(man))
+    bundle = _onnx_bundle(bdir, monkeypatch)
+    engine = _onnx_engine([bundle], monkeypatch)
+    missing = engine.unavailable_cam_methods(bundle)
     assert set(missing) == {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"}
     assert "EigenCAM and ScoreCAM" in missing["gradcam"]
-    assert unavailable_cam_methods(load_lane_bundle(lane_models / "findings")) == {}
-    engine = LaneEngine([bundle])
+    exact = _onnx_bundle(lane_models / "findings", monkeypatch)
+    assert _onnx_engine([exact], monkeypatch).unavailable_cam_methods(exact) == {}
     with pytest.raises(InferenceError, match="only EigenCAM and ScoreCAM"):
         engine.cam(record, "Effusion", "gradcam")
     heat = engine.cam(record, "Effusion", "eigencam")
     assert heat.values.shape == record.shape and float(heat.values.max()) == pytest.approx(1.0)
 
 
-def test_lane_refuses_tampered_or_foreign_exports(lane_models: Path, tmp_path: Path) -> None:
-    from cxr_viewer.core.inference.onnx_lane import LaneEngine, load_lane_bundle
+def test_onnx_refuses_tampered_or_foreign_exports(lane_models: Path, tmp_path: Path, monkeypatch) -> None:
+    from cxr_viewer.core.inference.engine import InferenceEngine
 
     bad = tmp_path / "tampered"
     shutil.copytree(lane_models / "findings", bad)
-    onnx = bad / "lane" / "classifier.onnx"
+    onnx = bad / "onnx" / "classifier.onnx"
     onnx.write_bytes(onnx.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(BundleHashMismatchError, match="does not match its recorded checksum"):
-        load_lane_bundle(bad)
+        _onnx_bundle(bad, monkeypatch)
 
     foreign = tmp_path / "foreign"
     shutil.copytree(lane_models / "findings", foreign)
-    rec = json.loads((foreign / "lane" / "lane.json").read_text())
-    rec["weights_sha256"] = "0" * 64
-    (foreign / "lane" / "lane.json").write_text(json.dumps(rec))
+    man = json.loads((foreign / "manifest.json").read_text())
+    man["onnx"]["weights_sha256"] = "0" * 64
+    (foreign / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(BundleError, match="made from other weights"):
-        load_lane_bundle(foreign)
+        _onnx_bundle(foreign, monkeypatch)
 
     bare = tmp_path / "bare"
-    shutil.copytree(lane_models / "findings", bare, ignore=shutil.ignore_patterns("lane"))
+    shutil.copytree(lane_models / "findings", bare)
+    man = json.loads((bare / "manifest.json").read_text())
+    del man["onnx"]
+    (bare / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(BundleError, match="has no ONNX export"):
-        load_lane_bundle(bare)
+        _onnx_bundle(bare, monkeypatch)
 
+    monkeypatch.setenv("CXR_VIEWER_NO_TORCH", "1")
     with pytest.raises(InferenceError, match="CPU only"):
-        LaneEngine(device="cuda")
+        InferenceEngine(device="cuda")
 
 
 # ----------------------------------------------------------------------------- segmentation and text
-def test_lane_text_encoder_equals_minilm(text_dir: Path) -> None:
-    from cxr_viewer.core.inference.onnx_lane import LaneMiniLMEncoder
+def test_onnx_text_encoder_equals_minilm(text_dir: Path) -> None:
+    from cxr_viewer.core.inference.onnx_runtime import OrtMiniLMEncoder
     from cxr_viewer.core.models.text import MiniLMEncoder
 
     texts = ["Left basilar opacity.", "No pneumothorax or pleural effusion. " * 60, "Cardiomegaly."]
-    got = LaneMiniLMEncoder(text_dir).encode(texts)
+    got = OrtMiniLMEncoder(text_dir).encode(texts)
     ref = MiniLMEncoder(device="cpu").encode(texts)
     assert got.shape == (3, 384)
     np.testing.assert_allclose(got, ref, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-def test_lane_segmenter_masks_equal_torch(lane_models: Path, text_dir: Path, record) -> None:
-    from cxr_viewer.core.inference.onnx_lane import LaneSegmenter, lane_text_encoder, load_lane_bundle
+def test_onnx_segmenter_masks_equal_torch(lane_models: Path, text_dir: Path, record, monkeypatch) -> None:
+    from cxr_viewer.core.inference.onnx_runtime import ort_text_encoder
     from cxr_viewer.core.inference.segment import Segmenter
     from cxr_viewer.core.models.bundle import load_bundle
 
     phrases = ["Right lower lobe consolidation.", "No pneumothorax.", "Left pleural effusion."]
-    ref = Segmenter(load_bundle(lane_models / "report-seg", device="cpu")).segment(record, phrases)
-    lane_bundle = load_lane_bundle(lane_models / "report-seg")
-    seg = Segmenter(lane_bundle, text_encoder=lane_text_encoder(lane_bundle.manifest.text_encoder, folder=text_dir))
-    assert isinstance(seg, LaneSegmenter)
+    ref_seg = Segmenter(load_bundle(lane_models / "report-seg", device="cpu"))
+    assert ref_seg.backend.name == "torch"
+    ref = ref_seg.segment(record, phrases)
+    onnx_bundle = _onnx_bundle(lane_models / "report-seg", monkeypatch)
+    seg = Segmenter(onnx_bundle, text_encoder=ort_text_encoder(onnx_bundle.manifest.text_encoder, folder=text_dir))
+    assert seg.backend.name == "onnx" and seg.backend.executed.sha256 == onnx_bundle.onnx.sha256
     got = seg.segment(record, phrases)
     assert [m.text for m in got] == phrases
     for a, b in zip(got, ref, strict=True):
@@ -269,17 +282,17 @@ def test_headless_commands_without_torch(lane_models: Path, text_dir: Path, tmp_
     out = tmp_path / "a.json"
     p = _torch_free(f"""
         from cxr_viewer.core.inference.engine import InferenceEngine
-        from cxr_viewer.core.inference.onnx_lane import LaneEngine, lane_text_encoder
+        from cxr_viewer.core.inference.onnx_runtime import ort_text_encoder
         from cxr_viewer.core.inference.segment import Segmenter
         from cxr_viewer.core.io import read_image
         from cxr_viewer.core.models.bundle import load_bundle
         from cxr_viewer.headless import analyze_main, self_test_main
-        assert type(InferenceEngine()) is LaneEngine
+        assert InferenceEngine().device == "cpu"
         print("SELFTEST_RC", self_test_main(["--no-default-models", "--models", r"{lane_models}"]))
         print("ANALYZE_RC", analyze_main([r"{SAMPLES / 'siim_cr_chest.dcm'}", r"{SAMPLES / 'nih_chest.png'}",
               "--no-default-models", "--models", r"{lane_models}", "--cam", "Effusion", "--cam-out", r"{tmp_path}", "--json", r"{out}"]))
         b = load_bundle(r"{lane_models / 'report-seg'}")
-        seg = Segmenter(b, text_encoder=lane_text_encoder(b.manifest.text_encoder, folder=r"{text_dir}"))
+        seg = Segmenter(b, text_encoder=ort_text_encoder(b.manifest.text_encoder, folder=r"{text_dir}"))
         masks = seg.segment(read_image(r"{SAMPLES / 'nih_chest.png'}"), ["Left effusion.", "Clear lungs."])
         print("MASKS", [m.prob.shape for m in masks])
     """, tmp_path)
@@ -292,6 +305,9 @@ def test_headless_commands_without_torch(lane_models: Path, text_dir: Path, tmp_
     results = json.loads(out.read_text())
     assert [r["status"] for r in results] == ["ok", "ok"]
     assert all(r["backend"] == {"findings": "onnx"} for r in results)
+    onnx_sha = json.loads((lane_models / "findings" / "manifest.json").read_text())["onnx"]["sha256"]
+    assert all(r["models"][0]["executed"] == {"backend": "onnx", "sha256": onnx_sha, "source": "bundle"}
+               for r in results)
     assert Path(results[0]["cam"]["path"]).is_file()
 
 

@@ -23,10 +23,10 @@ def _load_script(name: str):
     return module
 
 
-def test_stage_ships_viewer_bundles_with_verified_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cxr_viewer.core.inference.onnx_lane import load_lane_bundle, read_lane
+def test_stage_ships_viewer_bundles_with_verified_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from cxr_viewer.core.models import create_model
-    from cxr_viewer.core.models.bundle import make_untrained_bundle, save_bundle
+    from cxr_viewer.core.models.bundle import load_bundle, make_untrained_bundle, read_manifest, save_bundle
 
     models = tmp_path / "models"
     make_untrained_bundle(models / "clf", name="clf", labels=["A", "B"], size=(64, 64))
@@ -51,12 +51,14 @@ def test_stage_ships_viewer_bundles_with_verified_exports(tmp_path: Path, capsys
     assert failures == 1 and re.search(r"FAIL  broken: .*not valid JSON", out)
     assert "SKIP  ssl 0: task ssl_encoder is not run by the viewer" in out
     assert sorted(p.name for p in (res / "models").iterdir()) == ["clf", "seg"]
-    assert read_lane(res / "models" / "clf")["cam"]["exact"] is True
-    assert read_lane(res / "models" / "seg")["conditioned"] is True
-    assert json.loads((res / "text" / "all-MiniLM-L6-v2" / "lane.json").read_text())["verified"]["embedding_max_abs_diff"] <= 1e-5
+    assert read_manifest(res / "models" / "clf").extra["onnx"]["cam"]["exact"] is True
+    assert read_manifest(res / "models" / "seg").extra["onnx"]["conditioned"] is True
+    assert json.loads((res / "text" / "all-MiniLM-L6-v2" / "onnx.json").read_text())["verified"]["embedding_max_abs_diff"] <= 1e-5
     assert (res / "samples" / "siim_cr_chest.dcm").is_file()
-    for name in ("clf", "seg"):  # staged bundles load on the lane, checksums and all
-        assert load_lane_bundle(res / "models" / name).sha256
+    monkeypatch.setenv("CXR_VIEWER_NO_TORCH", "1")
+    for name in ("clf", "seg"):  # staged bundles load without torch, checksums and all
+        b = load_bundle(res / "models" / name)
+        assert b.model is None and b.onnx is not None and b.sha256
     assert sorted(p.relative_to(models) for p in models.rglob("*")) == source_files  # sources untouched
 
 
@@ -64,6 +66,6 @@ def test_spec_leaves_the_torch_stack_and_trainer_out() -> None:
     text = (REPO / "packaging" / "cxr-viewer.spec").read_text()
     excludes = set(re.findall(r'"([\w.]+)"', text[text.index("EXCLUDES = [") : text.index("]  # fmt: skip")]))
     assert {"torch", "torchvision", "timm", "segmentation_models_pytorch", "pytorch_grad_cam", "transformers",
-            "lightning", "pytorch_lightning", "trainer", "cxr_viewer.core.inference.onnx_lane_export"} <= excludes
+            "lightning", "pytorch_lightning", "trainer", "cxr_viewer.core.inference.onnx_export"} <= excludes
     check = _load_script("check_bundle")
     assert {"torch", "lightning", "transformers", "nvidia"} <= set(check.FORBIDDEN)

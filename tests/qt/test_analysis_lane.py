@@ -1,4 +1,4 @@
-"""The viewer on the torch-free lane (the small CPU app): same panels, ONNX exports underneath."""
+"""The viewer without torch (the small CPU app): same panels, ONNX Runtime underneath."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ WAIT_MS = 180_000
 
 @pytest.fixture(scope="module")
 def lane_models(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Path:  # noqa: F811
-    from cxr_viewer.core.inference.onnx_lane_export import export_lane
+    from cxr_viewer.core.inference.onnx_export import export_bundle
 
     root = tmp_path_factory.mktemp("lane_models")
     shutil.copytree(tiny_models / "nih", root / "nih")
-    assert export_lane(root / "nih") is not None
+    assert export_bundle(root / "nih") is not None
     return root
 
 
@@ -28,7 +28,9 @@ def test_viewer_runs_on_the_torch_free_lane(qtbot, make_window, lane_models, nih
     win.open_paths([nih_png])
     qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done"
                     and not win.session.busy, timeout=WAIT_MS)
-    assert type(win.analysis.pool.engine).__name__ == "LaneEngine"
+    engine = win.analysis.pool.engine
+    assert engine.device == "cpu" and all(b.model is None for b in engine.bundles)
+    assert {engine.backend_for(b) for b in engine.bundles} == {"onnx"}
     assert sorted(lab for _m, lab, *_ in win.findings_panel.rows()) == sorted(NIH_LABELS)
     heat = win.session.heatmap
     assert heat is not None and heat.data.shape == win.session.record.shape

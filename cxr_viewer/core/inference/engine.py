@@ -550,7 +550,7 @@ class InferenceEngine:
         ``faithfulness=True`` adds the ROAD score now; a UI can instead show the map
         first and call :meth:`faithfulness` afterwards (it costs seconds on CPU).
         """
-        from cxr_viewer.core.inference.cam import canonical_method
+        from cxr_viewer.core.inference.cam_methods import canonical_method
         from cxr_viewer.core.models.preprocess import restore_map
 
         derived = self._derived_for_label(label, model)
@@ -605,7 +605,7 @@ class InferenceEngine:
         return heatmap.with_faithfulness(*self._road(record, heatmap))
 
     def _road(self, record: ImageRecord, heatmap: Heatmap) -> tuple[float, str]:
-        from cxr_viewer.core.inference.cam import DEFAULT_ROAD_PERCENTILES
+        from cxr_viewer.core.inference.cam_methods import DEFAULT_ROAD_PERCENTILES
 
         if heatmap.network_map is None:
             raise InferenceError("This heatmap carries no network-space map to score.")

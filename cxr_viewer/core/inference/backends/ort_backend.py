@@ -8,6 +8,7 @@ import numpy as np
 
 from cxr_viewer.core.errors import AnalysisCancelledError, InferenceError
 from cxr_viewer.core.inference.backends.base import Executed
+from cxr_viewer.core.inference.cam_methods import CAM_METHODS
 from cxr_viewer.core.inference.cam_closed_form import (
     CLOSED_FORM_METHODS,
     FEATURE_ONLY_METHODS,
@@ -61,8 +62,6 @@ class OrtClassifier:
         return np.asarray(logits, dtype=np.float64), feats
 
     def unavailable_cam_methods(self) -> dict[str, str]:
-        from cxr_viewer.core.inference.cam import CAM_METHODS
-
         out = {m: TORCH_ONLY_REASON.format(method=m) for m in CAM_METHODS if m not in CLOSED_FORM_METHODS}
         if not self.cam_exact:
             out.update({m: NOT_EXACT_REASON.format(method=m, model=self.model)
