@@ -129,7 +129,7 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--version")
     g.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
     g.add_argument("--golden", nargs="*", default=[], help="up to 2 images recorded for the viewer's --self-test")
-    g.add_argument("--onnx", action="store_true", help="also write model.onnx (checked against torch)")
+    g.add_argument("--onnx", action="store_true", help="also write the verified ONNX export (onnx/, recorded in the manifest)")
     return p
 
 

@@ -151,7 +151,7 @@ def export_bundle(
     if out.resolve() == Path(bundle).resolve():
         raise TrainingConfigError("Export to a new folder: --out must differ from the source bundle.")
     m["golden"] = []
-    save_bundle(src.model, m, out, dtype=dtype, onnx=onnx)
+    save_bundle(src.model, m, out, dtype=dtype)
     if golden_images and src.manifest.is_classifier:
         exported = load_bundle(out)
         (out / "golden").mkdir(exist_ok=True)
@@ -173,5 +173,13 @@ def export_bundle(
         p = Path(bundle) / extra
         if p.is_file():
             shutil.copy2(p, out / extra)
+    if onnx:  # after the golden images, which the export is verified on
+        from cxr_viewer.core.inference.onnx_export import export_bundle as export_onnx
+
+        export_onnx(out)
+    from cxr_viewer.core.models.bundle import read_manifest
+    from cxr_viewer.core.models.card import model_card_markdown
+
+    (out / "model_card.md").write_text(model_card_markdown(read_manifest(out)), encoding="utf-8")
     log.info("exported bundle to %s", out)
     return out

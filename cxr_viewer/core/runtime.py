@@ -2,7 +2,7 @@
 
 The CPU application bundle leaves PyTorch out to stay small (see
 ``packaging/README.md``); models then run through ONNX Runtime exports made at
-build time (:mod:`cxr_viewer.core.inference.onnx_lane`). Core modules ask
+build time (:mod:`cxr_viewer.core.inference.backends.ort_backend`). Core modules ask
 :func:`torch_available` before importing torch so the same code serves both.
 """
 
@@ -28,7 +28,7 @@ def torch_installed() -> bool:
 
 
 def torch_available() -> bool:
-    """True when models should run on PyTorch; False selects the ONNX lane."""
+    """True when models may run on PyTorch; False leaves ONNX Runtime only."""
     if os.environ.get(NO_TORCH_ENV, "").strip() not in ("", "0"):
         return False
     return torch_installed()

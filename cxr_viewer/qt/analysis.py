@@ -536,8 +536,9 @@ class AnalysisController(QObject):
     def refresh_models(self) -> None:
         """Rescan the model folders (and load enabled bundles) without an image."""
         def scan(pool: ModelPool, config: ModelConfig) -> Iterator[tuple[str, Any]]:
-            pool.sync(config)
+            engine = pool.sync(config)
             yield "models", pool.summaries
+            engine.warmup()  # backends chosen and sessions built here, off the GUI thread, before the first image
 
         self._submit("models", scan, (self.pool, self.config()),
                      lambda item: self._set_summaries(item[1]) if item[0] == "models" else None,

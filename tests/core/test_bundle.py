@@ -179,12 +179,18 @@ def test_find_bundles_reads_manifests_and_reports_broken(model, tmp_path: Path) 
 
 
 def test_model_card(model, tmp_path: Path) -> None:
-    card = model_card_markdown(Manifest.from_dict(_manifest()))
-    assert "0.810 (95% CI 0.740–0.880)" in card
-    assert "youden on validation split" in card
+    from cxr_viewer.core.models.card import model_card_markdown as the_renderer
+
+    assert model_card_markdown is the_renderer  # the old import path is the one renderer
+    m = Manifest.from_dict(_manifest())
+    card = model_card_markdown(m)
+    assert "| Effusion | None / None | 0.810 | 0.740 - 0.880 | 0.300 | youden on validation split |" in card
+    assert m.weights.get("sha256", "") in card and "Research use only" in card and "## Limitations" in card
     assert "UNTRAINED" not in card
     untrained = model_card_markdown(_manifest(trained=False))
     assert "UNTRAINED — random weights" in untrained
+    with_notes = model_card_markdown(m, {"data": ["NIH ChestX-ray14, patient-level split"], "citations": ["Wang 2017"]})
+    assert "- NIH ChestX-ray14, patient-level split" in with_notes and "- Wang 2017" in with_notes
 
 
 def test_manifest_round_trip_keeps_unknown_keys() -> None:
@@ -215,3 +221,23 @@ def test_onnx_export_recorded_in_the_manifest_matches_torch(model, tmp_path: Pat
     # saving other weights over the bundle drops the now-stale record
     save_bundle(create_model("classifier", **KW), _manifest(), out)
     assert "onnx" not in read_manifest(out).extra
+
+
+def test_find_bundles_rereads_only_changed_manifests(tmp_path: Path, monkeypatch) -> None:
+    import cxr_viewer.core.models.bundle as bundle_mod
+
+    make_untrained_bundle(tmp_path / "a", name="a", labels=["X"], size=(64, 64))
+    make_untrained_bundle(tmp_path / "b", name="b", labels=["Y"], size=(64, 64))
+    reads: list[str] = []
+    real = bundle_mod.read_manifest
+    monkeypatch.setattr(bundle_mod, "read_manifest", lambda p: reads.append(Path(p).name) or real(p))
+    first = find_bundles([tmp_path])
+    assert sorted(reads) == ["a", "b"]
+    first[0].manifest.labels.append("mutated by a caller")  # callers get copies
+    again = find_bundles([tmp_path])
+    assert sorted(reads) == ["a", "b"] and again[0].manifest.labels == ["X"]
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    man["description"] = "changed on disk"
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(man, indent=1))
+    third = {i.path.name: i for i in find_bundles([tmp_path])}
+    assert sorted(reads) == ["a", "b", "b"] and third["b"].manifest.description == "changed on disk"

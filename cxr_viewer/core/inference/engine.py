@@ -579,7 +579,7 @@ class InferenceEngine:
                 method=key_method,
                 model=b.name,
                 target_index=idx,
-                target_layer=getattr(backend, "cam_layer", "") or ",".join(b.manifest.cam_layers),
+                target_layer=backend.cam_layer,
                 score=float(_scores(logits, b.task)[idx]),
                 timing_ms=(time.perf_counter() - t0) * 1e3,
                 network_map=net_map,

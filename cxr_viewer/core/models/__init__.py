@@ -9,7 +9,7 @@ from __future__ import annotations
 from cxr_viewer.core.runtime import torch_available
 from cxr_viewer.core.models.registry import create_model, list_models, register_model
 
-if torch_available():  # the torch-free app bundle runs ONNX exports instead (core.inference.onnx_lane)
+if torch_available():  # the torch-free app bundle runs ONNX exports instead (core.inference.backends.ort_backend)
     from cxr_viewer.core.models import classifier as _classifier  # noqa: F401  (registers models)
     from cxr_viewer.core.models import segmenter as _segmenter  # noqa: F401  (registers text_unet for load_bundle)
 

@@ -30,6 +30,7 @@ class ClassifierBackend(Protocol):
 
     name: str  # "torch" | "onnx"
     executed: Executed
+    cam_layer: str  # the heatmap layer's name, for display
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """(N, L) float64 logits."""

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["TorchClassifier", "TorchSegmentation"]
 
 
-class TorchClassifier:
+class _TorchNet:
     """A bundle's torch network; every use holds the bundle's lock (CAM hooks mutate the model)."""
 
     name = "torch"
@@ -27,10 +27,18 @@ class TorchClassifier:
         self.bundle = bundle
         self.model = bundle.model
         self.executed = Executed("torch", bundle.sha256, "weights")
+
+
+class TorchClassifier(_TorchNet):
+    """A classifier in torch: gradient CAMs through pytorch-grad-cam, and ROAD."""
+
+    def __init__(self, bundle: "LoadedBundle") -> None:
+        super().__init__(bundle)
         layers = bundle.manifest.cam_layers
         if not layers and hasattr(self.model, "cam_layer_name"):
             layers = [self.model.cam_layer_name()]
         self.layers = list(layers)
+        self.cam_layer = ",".join(self.layers)
 
     def _tensor(self, x: np.ndarray) -> Any:
         import torch
@@ -76,21 +84,15 @@ class TorchClassifier:
             return road_faithfulness(self.model, self._tensor(x), network_map, index, multiclass=multiclass)
 
 
-class TorchSegmentation:
+class TorchSegmentation(_TorchNet):
     """A text-conditioned U-Net in torch: the encoder runs once, each sentence batch is decoded."""
-
-    name = "torch"
 
     def __init__(self, bundle: "LoadedBundle") -> None:
         import cxr_viewer.core.models.segmenter  # noqa: F401  (registers text_unet for bundles)
 
-        if bundle.model is None:
-            raise InferenceError(f"Model {bundle.name!r} was loaded without PyTorch.")
-        self.bundle = bundle
-        self.model = bundle.model
+        super().__init__(bundle)
         self.conditioned = bool(getattr(self.model, "conditioned", True))
         self.text_dim = int(getattr(self.model, "text_dim", 0) or 0)
-        self.executed = Executed("torch", bundle.sha256, "weights")
 
     def probabilities(self, x: np.ndarray, emb: np.ndarray, *, max_batch: int, cancel: Any = None) -> np.ndarray:
         import torch

@@ -1,0 +1,266 @@
+"""The one model card renderer: a bundle's manifest -> Markdown (Models panel, ``cxr-train export``, model_card.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cxr_viewer.core.models.manifest import Manifest
+
+__all__ = ["model_card_markdown"]
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _ci(ci: Any) -> str:
+    return (
+        f"{_fmt(ci[0])} - {_fmt(ci[1])}"
+        if isinstance(ci, (list, tuple)) and len(ci) == 2
+        else "n/a"
+    )
+
+
+def _classifier_tables(
+    m: Mapping[str, Any], thresholds: Mapping[str, Any]
+) -> list[str]:
+    test = m.get("auroc")
+    if not test:
+        return ["No held-out classification metrics recorded."]
+    mac = m.get("auroc_macro", {})
+    out = [
+        (
+            f"Held-out **{m.get('split', 'test')}** split: {m.get('n_images')} images from {m.get('n_patients')} patients, "
+            f"never used for training, model selection or thresholds. 95% CIs: {m.get('bootstrap', {}).get('resamples')} "
+            "bootstrap resamples of patients (percentile)."
+        ),
+        "",
+    ]
+    if len(test) > 1:
+        out += [
+            f"**Macro AUROC {_fmt(mac.get('value'))}** (95% CI {_ci(mac.get('ci95'))}).",
+            "",
+        ]
+    out += [
+        "| label | test pos / neg | AUROC | 95% CI | threshold | chosen by | sensitivity | specificity | PPV |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lab, a in test.items():
+        o = m.get("operating_point", {}).get(lab, {})
+        t = thresholds.get(lab, {})
+        how = f"{t.get('method', 'default')} on {t.get('source', '?')}"
+        out.append(
+            f"| {lab} | {a.get('n_pos')} / {a.get('n_neg')} | {_fmt(a.get('value'))} | {_ci(a.get('ci95'))} | "
+            f"{_fmt(t.get('value', o.get('threshold')))} | {how} | {_fmt(o.get('sensitivity'))} | "
+            f"{_fmt(o.get('specificity'))} | {_fmt(o.get('ppv'))} |"
+        )
+    return out
+
+
+def _segmentation_tables(m: Mapping[str, Any]) -> list[str]:
+    seg = m.get("segmentation") or {}
+    if not seg:
+        return ["No held-out segmentation metrics recorded."]
+    out = [
+        f"Held-out **{m.get('split', 'test')}** split, on the {m.get('grid', 'network grid')}; 95% CIs by patient bootstrap.",
+        "",
+    ]
+    out += [
+        "| target | samples | Dice | 95% CI | IoU | 95% CI |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, v in seg.items():
+        if not isinstance(v, Mapping) or "dice" not in v:
+            continue
+        d, i = v.get("dice", {}), v.get("iou", {})
+        out.append(
+            f"| {kind} | {v.get('n', v.get('samples', '?'))} | {_fmt(d.get('value') if isinstance(d, Mapping) else d)} | "
+            f"{_ci(d.get('ci95') if isinstance(d, Mapping) else None)} | {_fmt(i.get('value') if isinstance(i, Mapping) else i)} | "
+            f"{_ci(i.get('ci95') if isinstance(i, Mapping) else None)} |"
+        )
+    neg = seg.get("negative")
+    if isinstance(neg, Mapping) and "empty_rate" in neg:
+        e = neg["empty_rate"]
+        out += [
+            "",
+            (
+                f"Sentences that name no region ({neg.get('n')} test samples): the mask is empty "
+                f"({e.get('definition', '')}) in {_fmt(e.get('value'))} of them (95% CI {_ci(e.get('ci95'))})."
+            ),
+        ]
+    swap = m.get("swap_test")
+    if isinstance(swap, Mapping) and "table" in swap:
+        out += [
+            "",
+            (
+                f'Text-sensitivity test on {swap.get("n_images")} test films: prompted "left lung" and "right lung", '
+                f"each mask scored (Dice) against both true lungs; the mask lands on the named side in "
+                f"{_fmt(swap.get('side_accuracy'))} of prompts (a model ignoring the text would have equal rows)."
+            ),
+            "",
+            "| prompt | Dice vs true left lung | Dice vs true right lung |",
+            "|---|---|---|",
+        ]
+        for prompt, row in swap["table"].items():
+            out.append(
+                f"| {prompt} | {_fmt(row.get('left lung'))} | {_fmt(row.get('right lung'))} |"
+            )
+    return out
+
+
+def model_card_markdown(manifest: "Manifest | Mapping[str, Any]", notes: Mapping[str, Any] | None = None) -> str:
+    """THE model card: from the manifest alone (plus optional human ``notes``), so it cannot disagree with it.
+
+    ``notes`` (scripts/model_card.py reads them from YAML): ``use_note``, ``data``, ``recipe``,
+    ``results``, ``citations``. The Models panel, ``cxr-train export`` and the shipped
+    ``model_card.md`` files all come from here.
+    """
+    from cxr_viewer.core.models.manifest import Manifest
+
+    manifest = (manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)).to_dict()
+    notes = notes or {}
+    prov = manifest.get("provenance", {})
+    cfg = prov.get("config", {})
+    pre = manifest.get("preprocessing", {})
+    metrics = manifest.get("metrics", {})
+    lines = [f"# Model card: {manifest['name']} {manifest['version']}", ""]
+    if not manifest.get("trained"):
+        lines += ["> **UNTRAINED — random weights.** Scores from this model mean nothing; it exists for testing.", ""]
+    lines += [
+        f"**{manifest.get('intended_use', '')}** {notes.get('use_note', '')}".rstrip(),
+        "",
+        manifest.get("description", ""),
+        "",
+        "## What it is",
+        "",
+        f"- Task: `{manifest['task']}`; labels: {', '.join(manifest.get('labels', [])) or 'none (encoder only)'}",
+        f"- Architecture: `{manifest['architecture'].get('name')}` {json.dumps(manifest['architecture'].get('kwargs', {}))}",
+        f"- Initialisation: {prov.get('init', 'random')}",
+        f"- Weights: `{manifest['weights'].get('file')}` ({manifest['weights'].get('dtype')}), sha256 `{manifest['weights'].get('sha256')}`",
+        (
+            f"- Preprocessing (the viewer applies exactly this): {pre.get('size')} px, {pre.get('resize')}, "
+            f"window {pre.get('window')}, mean {pre.get('mean')} std {pre.get('std')}, {pre.get('channels')} channel"
+        ),
+    ]
+    if manifest.get("text_encoder"):
+        lines.append(f"- Text encoder (frozen): {json.dumps(manifest['text_encoder'])}")
+    lines += ["", "## Training data and splits", ""]
+    lines += [f"- {d}" for d in notes.get("data", [])]
+    lines += [
+        f"- Datasets in the manifest: {', '.join(prov.get('datasets', [])) or 'see above'}",
+        f"- Patient-level split file: `splits.csv` in this folder, sha256 `{prov.get('split_sha256', '')}`",
+    ]
+    for k in ("train_images", "train_patients", "train_samples", "label_fraction"):
+        if k in prov:
+            lines.append(f"- {k.replace('_', ' ')}: {prov[k]}")
+    lines += ["", "## Recipe", ""]
+    keys = (
+        "backbone",
+        "image_size",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "max_epochs",
+        "max_time",
+        "loss",
+        "mode",
+        "augment",
+        "seed",
+    )
+    lines.append(
+        "- "
+        + ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg and cfg[k] is not None)
+    )
+    lines += [f"- {r}" for r in notes.get("recipe", [])]
+    lines.append(
+        f"- Code: {prov.get('code_version', '')}; created {prov.get('created', '')}"
+    )
+    lines.append("- Rebuild: `scripts/build_default_models.sh` (see docs/models.md)")
+    lines += ["", "## Thresholds", ""]
+    thr = manifest.get("thresholds", {})
+    if thr:
+        for lab, t in thr.items():
+            lines.append(
+                f"- {lab}: {_fmt(t.get('value'))} ({t.get('method')}, {t.get('source')})"
+            )
+    else:
+        lines.append("- none (no decisions are made by this model)")
+    lines += ["", "## Held-out results", ""]
+    if manifest["task"] in ("multilabel", "binary", "multiclass"):
+        lines += _classifier_tables(metrics, thr)
+    elif manifest["task"] in ("text_segmentation", "detection_heatmap"):
+        lines += _segmentation_tables(metrics)
+    elif metrics.get("validation"):
+        v = metrics["validation"]
+        lines.append(
+            "No findings to score. Reconstruction on the pre-training validation split: "
+            + ", ".join(f"{k.removeprefix('val_')} {_fmt(x)}" for k, x in v.items())
+            + "."
+        )
+    cmp_ = metrics.get("ssl_vs_random")
+    if cmp_:
+        lines += ["", "### What self-supervised pre-training gained", ""]
+        lines.append(
+            f"Kermany pneumonia fine-tune on 10% of the training patients for 3 epochs (`configs/recipes/compare.yaml`), run twice with "
+            f"the same split, seed and batches; only the initial weights differ. Test split, {cmp_.get('n_images')} images; paired patient bootstrap "
+            f"({cmp_.get('bootstrap', {}).get('resamples')} resamples) of the AUROC difference."
+        )
+        lines += [
+            "",
+            "| label | AUROC from SSL encoder | AUROC from random init | difference | 95% CI |",
+            "|---|---|---|---|---|",
+        ]
+        for lab, v in cmp_.get("labels", {}).items():
+            lines.append(
+                f"| {lab} | {_fmt(v.get('auroc_a'))} | {_fmt(v.get('auroc_b'))} | {_fmt(v.get('difference'))} | "
+                f"{_ci(v.get('difference_ci95'))} |"
+            )
+    tb = metrics.get("tuberculosis_lesion_score")
+    if tb:
+        t, thr = tb.get("test", {}), tb.get("threshold", {})
+        lines += [
+            "",
+            "### Tuberculosis lesion score (localisation, not screening)",
+            "",
+            f"{tb.get('what')}.",
+            "",
+        ]
+        lines.append(
+            f"- Threshold {_fmt(thr.get('value'))}: {thr.get('method')} on the {thr.get('source')}."
+        )
+        lines.append(
+            f"- Held-out TBX11K test films ({t.get('n_images')}, all TB-positive): "
+            f"sensitivity {_fmt(t.get('sensitivity', {}).get('value'))} (95% CI {_ci(t.get('sensitivity', {}).get('ci95'))}); "
+            f"pointing game (map peak inside a lesion box) {_fmt(t.get('pointing_game', {}).get('value'))} "
+            f"(95% CI {_ci(t.get('pointing_game', {}).get('ci95'))}); lesion Dice {_fmt(t.get('lesion_dice', {}).get('value'))} "
+            f"(95% CI {_ci(t.get('lesion_dice', {}).get('ci95'))}); box coverage {_fmt(t.get('box_coverage', {}).get('value'))} "
+            f"(95% CI {_ci(t.get('box_coverage', {}).get('ci95'))})."
+        )
+        lines.append(f"- Specificity: {tb.get('specificity')}")
+        for d in manifest.get("derived_findings", []):
+            lines.append(
+                f"- Shown in the viewer as the finding \"{d.get('label')}\" (threshold "
+                f"{_fmt((d.get('threshold') or {}).get('value'))}, validated: "
+                f"{str(bool(d.get('validated'))).lower()}): {d.get('note')}"
+            )
+        for name, o in tb.get("other_sources", {}).items():
+            lines.append(
+                f"- Exploratory flag rate on {o.get('n_images')} {name} test films: {_fmt(o.get('flag_rate'))} "
+                f"(95% CI {_ci(o.get('ci95'))}); on the {o.get('n_no_finding')} with no finding marked: "
+                f"{_fmt(o.get('flag_rate_no_finding'))}. {o.get('note')}."
+            )
+    for sec in notes.get("results", []):
+        lines += ["", sec]
+    lines += ["", "## Limitations", ""]
+    lines += [f"- {lim}" for lim in manifest.get("limitations", [])]
+    lines += ["", "## Licences and citations", ""]
+    lines += [f"- {c}" for c in notes.get("citations", [])]
+    return "\n".join(lines).rstrip() + "\n"
