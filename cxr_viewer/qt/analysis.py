@@ -1,41 +1,52 @@
-"""Runs the models for the viewer: findings, Grad-CAM and report masks, off the GUI thread.
+"""The Qt adapter of the analysis service (:mod:`cxr_viewer.core.analysis`): signals, QSettings, the worker.
 
-Shaped like napari's layer slicer: on the GUI thread an immutable request is built
-(the record, the model folders, the disabled models, the device); a one-worker
-executor runs it; a newer request of the same kind cancels the older one (its
-:class:`CancelToken` fires and its generation is superseded), and whatever an old
-request still returns is dropped. Results reach the :class:`Session` on the GUI
-thread only. :meth:`AnalysisController.set_sync` runs everything inline for tests.
+The requests, generations, cancellation, model pool, runners and user thresholds are
+the core's; this module turns viewer events into those requests, runs them on a
+one-worker :class:`TaskRunner`, drops what a superseded request still returns, and
+publishes results to the :class:`Session` on the GUI thread only.
+:meth:`AnalysisController.set_sync` runs everything inline for tests.
 
-Models (and the MiniLM text encoder) load lazily, in the worker, on first use, so
-the window opens without importing torch. The :class:`ModelPool` that owns them is
-touched by the worker thread only.
-
-User thresholds and the enabled state of each model live in QSettings; scores are
-never recomputed for a threshold change, the findings are just judged again.
+User thresholds and the enabled state of each model live in QSettings (through
+:class:`QtSettings`); scores are never recomputed for a threshold change, the findings
+are just judged again.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
+from cxr_viewer.core.analysis import (  # noqa: F401  (re-exported: older imports name them here)
+    DEVICES,
+    AnalysisOutcome,
+    AnalysisRequest,
+    AnalysisState,
+    BundleSummary,
+    Generations,
+    ModelConfig,
+    ModelPool,
+    UserThresholds,
+    default_model_dirs,
+    run_analysis,
+    run_cam,
+    run_segment,
+    threshold_key,
+    validate_bundle,
+)
 from cxr_viewer.core.errors import AnalysisCancelledError, CXRError, NoSegmentationModelError
-from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
+from cxr_viewer.core.inference.results import Finding, Heatmap
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import HeatmapLayer, MaskLayer, Session
 from cxr_viewer.qt.workers import TaskRunner
 
 if TYPE_CHECKING:
-    from cxr_viewer.core.inference.engine import InferenceEngine
-    from cxr_viewer.core.inference.segment import Mask, Segmenter
+    from cxr_viewer.core.inference.segment import Mask
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +61,6 @@ __all__ = [
     "threshold_key",
 ]
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 #: The CAM methods offered in the viewer: display name -> engine name.
 CAM_CHOICES: dict[str, str] = {
     "GradCAM": "gradcam",
@@ -71,240 +81,23 @@ UNTRAINED_MESSAGE = (
 )
 
 
-def default_model_dirs(models_dir: Path | None = None) -> tuple[Path, ...]:
-    """Folders scanned for bundles: ``--models DIR`` (else the shipped models) and the user's folder."""
-    from cxr_viewer.core.paths import default_models_dir, user_models_dir
-
-    first = Path(models_dir) if models_dir is not None else default_models_dir()
-    user = user_models_dir()
-    return (first,) if first.resolve() == user.resolve() else (first, user)
-
-
-def threshold_key(name: str, sha256: str, label: str) -> str:
-    """QSettings key of a user threshold: per bundle name + weights hash, so new weights start fresh."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-    return f"thresholds/{name}@{sha256[:16]}/{safe}"
-
-
-# --------------------------------------------------------------------------- requests and results
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which models to use and where: part of every request, so the worker never reads settings."""
-
-    dirs: tuple[Path, ...]
-    disabled: frozenset[str] = frozenset()
-    device: str = "auto"
-    backend: str = "auto"
-
-
-@dataclass(frozen=True)
-class BundleSummary:
-    """What the GUI needs to know about an available bundle (no weights, no torch)."""
-
-    name: str
-    version: str
-    task: str
-    trained: bool
-    sha256: str
-    path: Path
-    enabled: bool = True
-    loaded: bool = False
-    error: str | None = None
-
-    @property
-    def display_name(self) -> str:
-        return f"{self.name} {self.version}".strip()
-
-
-@dataclass(frozen=True, eq=False)
-class AnalysisRequest:
-    generation: int
-    record: ImageRecord
-    config: ModelConfig
-    token: CancelToken = field(default_factory=CancelToken)
-
-
-@dataclass(frozen=True, eq=False)
-class AnalysisOutcome:
-    """What the worker hands back for one analysis request."""
-
-    generation: int
-    record: ImageRecord
-    result: AnalysisResult
-    bundles: tuple[BundleSummary, ...]
-    device: str
-    unavailable_cam: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {method: why}
-
-
-@dataclass(frozen=True)
-class AnalysisState:
-    """What the findings panel shows; ``findings`` carry the thresholds in force (user's or model's)."""
-
-    status: str = "idle"  # idle | running | done | error
-    findings: tuple[Finding, ...] = ()
-    qc: tuple[QCFlag, ...] = ()
-    models: tuple[dict[str, Any], ...] = ()
-    warnings: tuple[str, ...] = ()
-    load_errors: tuple[str, ...] = ()
-    message: str = ""
-    device: str = ""
-    unavailable_cam: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {method: why}
-
-    @property
-    def untrained_models(self) -> list[str]:
-        return [f"{m['name']} {m.get('version', '')}".strip() for m in self.models if not m.get("trained", False)]
-
-    @property
-    def no_models(self) -> bool:
-        return self.status == "done" and not self.models
-
-    def model_sha(self, name: str) -> str:
-        for m in self.models:
-            if m["name"] == name:
-                return str(m.get("sha256", ""))
-        return ""
-
-
-# --------------------------------------------------------------------------- worker side
-class ModelPool:
-    """Bundles found on disk and loaded on first use. Only the worker thread calls it."""
-
-    def __init__(self) -> None:
-        self._engine: InferenceEngine | None = None
-        self._config: ModelConfig | None = None
-        self.summaries: tuple[BundleSummary, ...] = ()
-
-    @property
-    def engine(self) -> "InferenceEngine | None":
-        return self._engine
-
-    def sync(self, config: ModelConfig, progress: Callable[[str], None] | None = None) -> "InferenceEngine":
-        """Make the engine hold exactly the enabled, loadable bundles of ``config`` (loading lazily).
-
-        Without torch (the small CPU app) the engine and bundles are the ONNX lane's; same calls.
-        """
-        from cxr_viewer.core.inference.engine import InferenceEngine
-        from cxr_viewer.core.models.bundle import find_bundles, load_bundle
-
-        old = self._config
-        if self._engine is None or old is None or (old.device, old.backend) != (config.device, config.backend):
-            if progress:
-                progress("Preparing the models…")
-            self._engine = InferenceEngine(None, device=config.device, backend=config.backend)
-        self._config = config
-        engine = self._engine
-        infos = find_bundles(config.dirs)
-        wanted: list[Any] = []
-        summaries: list[BundleSummary] = []
-        for info in infos:
-            m = info.manifest
-            if m is None:
-                summaries.append(BundleSummary(info.path.name, "", "", False, "", info.path, False, False, info.error))
-                continue
-            enabled = m.name not in config.disabled
-            summaries.append(BundleSummary(m.name, m.version, m.task, m.trained, str(m.weights.get("sha256", "")),
-                                           info.path, enabled))
-            if enabled:
-                wanted.append(info)
-        wanted_keys = {(i.manifest.name, str(i.manifest.weights.get("sha256", "")).lower()) for i in wanted}
-        for b in engine.bundles:
-            if (b.name, b.sha256) not in wanted_keys:
-                engine.remove_bundle(b.name)
-        loaded = {(b.name, b.sha256) for b in engine.bundles}
-        errors: dict[Path, str] = {}
-        for info in wanted:
-            m = info.manifest
-            if (m.name, str(m.weights.get("sha256", "")).lower()) in loaded:
-                continue
-            if progress:
-                progress(f"Loading model {m.display_name}…")
-            try:
-                engine.add_bundle(load_bundle(info.path, device=engine.device))
-            except CXRError as exc:
-                log.warning("model bundle %s not loaded: %s", info.path.name, exc.message)
-                errors[info.path] = exc.message
-        names = {(b.name, b.sha256) for b in engine.bundles}
-        self.summaries = tuple(
-            replace(s, loaded=(s.name, s.sha256.lower()) in names, error=errors.get(s.path, s.error)) for s in summaries
-        )
-        return engine
-
-    def segmenter(self, config: ModelConfig, progress: Callable[[str], None] | None = None) -> "Segmenter":
-        """The first enabled report-conditioned segmentation model, with its text encoder."""
-        engine = self.sync(config, progress)
-        bundles = engine.bundles_for_task("text_segmentation")
-        if not bundles:
-            raise NoSegmentationModelError(
-                "No report-segmentation model is installed, so sentences cannot be drawn. "
-                "Add a text-segmentation bundle in Tools › Models…"
-            )
-        b = bundles[0]
-        if progress:
-            progress(f"Loading the text encoder for {b.manifest.display_name}…")
-        return engine.segmenter(b)  # one segmenter per bundle, held by the engine
-
-
-def _run_analysis(pool: ModelPool, req: AnalysisRequest) -> Iterator[tuple[str, Any]]:
-    """Worker: load what is needed, then score the image. Yields ("progress", text) then ("outcome", ...)."""
-    msgs: list[str] = []
-    req.token.raise_if_cancelled()
-    engine = pool.sync(req.config, msgs.append)
-    yield from (("progress", m) for m in msgs)
-    req.token.raise_if_cancelled()
-    names = [b.name for b in engine.classifiers]
-    if names:
-        yield "progress", "Analysing with " + ", ".join(names) + "…"
-    result = engine.analyze(req.record, cancel=req.token)
-    yield "outcome", AnalysisOutcome(req.generation, req.record, result, pool.summaries, str(engine.device),
-                                     _unavailable_cam(engine))
-
-
-def _unavailable_cam(engine: "InferenceEngine") -> dict[str, dict[str, str]]:
-    """Per classifier, the heatmap methods this process cannot draw and why (torch-free app: the gradient ones)."""
-    return {b.name: engine.unavailable_cam_methods(b) for b in engine.classifiers}
-
-
-def _run_cam(
-    pool: ModelPool, config: ModelConfig, record: ImageRecord, label: str, model: str | None, method: str,
-    faithfulness: bool, token: CancelToken,
-) -> Iterator[tuple[str, Any]]:
-    """Worker: the heatmap first (fast), then the same map with its faithfulness score.
-
-    The last item is ("heatmap_final", ...): after it nothing more comes for this map
-    (the torch-free engine leaves faithfulness at None).
-    """
-    token.raise_if_cancelled()
-    engine = pool.sync(config)
-    yield "progress", f"Heatmap ({method}) for {label}…"
-    heat = engine.cam(record, label, method, model=model, faithfulness=False, cancel=token)
-    if not faithfulness:
-        yield "heatmap_final", heat
-        return
-    yield "heatmap", heat
-    token.raise_if_cancelled()
-    yield "progress", f"Checking how faithful the {method} map is…"
-    yield "heatmap_final", engine.cam(record, label, method, model=model, faithfulness=True, cancel=token)
-
-
-def _run_segment(
-    pool: ModelPool, config: ModelConfig, record: ImageRecord, phrases: tuple[str, ...], token: CancelToken
-) -> Iterator[tuple[str, Any]]:
-    token.raise_if_cancelled()
-    msgs: list[str] = []
-    seg = pool.segmenter(config, msgs.append)
-    yield from (("progress", m) for m in msgs)
-    yield "progress", f"Drawing {len(phrases)} phrase(s)…"
-    yield "masks", seg.segment(record, list(phrases), cancel=lambda: token.cancelled)
-
-
-def _validate_bundle(path: Path) -> Any:
-    """Worker: hash-check and rebuild a bundle before it is copied (returns its manifest)."""
-    from cxr_viewer.core.models.bundle import load_bundle
-
-    return load_bundle(path, device="cpu").manifest
-
-
 # --------------------------------------------------------------------------- GUI side
+class QtSettings:
+    """The core's :class:`~cxr_viewer.core.analysis.Settings` over QSettings."""
+
+    def __init__(self, settings: QSettings) -> None:
+        self.settings = settings
+
+    def value(self, key: str, default: Any = None) -> Any:
+        return self.settings.value(key, default)
+
+    def set_value(self, key: str, value: Any) -> None:
+        self.settings.setValue(key, value)
+
+    def remove(self, key: str) -> None:
+        self.settings.remove(key)
+
+
 class AnalysisController(QObject):
     """Turns viewer events into engine requests and engine results into session state."""
 
@@ -336,9 +129,8 @@ class AnalysisController(QObject):
         self.faithfulness = str(settings.value("heatmap/faithfulness", "true")).lower() in ("true", "1")
         self.auto_cam = True
         self._sync = False
-        self._gen = itertools.count(1)
-        self._tokens: dict[str, CancelToken] = {}
-        self._generation: dict[str, int] = {}
+        self.generations = Generations()
+        self.thresholds = UserThresholds(QtSettings(settings))
         self._outcome: AnalysisOutcome | None = None
         self._state = AnalysisState()
         self._heatmap: Heatmap | None = None
@@ -448,12 +240,7 @@ class AnalysisController(QObject):
 
     # ------------------------------------------------------------------ thresholds
     def threshold_override(self, model: str, label: str) -> float | None:
-        sha = self._state.model_sha(model)
-        value = self.settings.value(threshold_key(model, sha, label))
-        try:
-            return None if value is None else float(value)
-        except (TypeError, ValueError):
-            return None
+        return self.thresholds.get(model, self._state.model_sha(model), label)
 
     def model_threshold(self, model: str, label: str) -> float | None:
         """The threshold the model itself ships for ``label`` (None before any result)."""
@@ -464,37 +251,17 @@ class AnalysisController(QObject):
 
     def set_threshold(self, model: str, label: str, value: float | None) -> None:
         """Set (or with ``None`` reset to the model's) the threshold of one finding; persisted."""
-        sha = self._state.model_sha(model)
-        key = threshold_key(model, sha, label)
-        if value is None:
-            self.settings.remove(key)
-        else:
-            v = float(value)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError("a threshold lies between 0 and 1")
-            self.settings.setValue(key, v)
+        self.thresholds.set(model, self._state.model_sha(model), label, value)
         self.settings.sync()
         if self._outcome is not None:
             self._publish(self._outcome)
 
     def _judged(self, findings: Sequence[Finding]) -> tuple[Finding, ...]:
-        out = []
-        for f in findings:
-            user = self.threshold_override(f.model, f.label)
-            out.append(f.with_threshold(user, "user") if user is not None else f)
-        return tuple(out)
+        return self.thresholds.judged(findings, self._state.model_sha)
 
     # ------------------------------------------------------------------ requests
-    def _cancel(self, channel: str) -> int:
-        old = self._tokens.pop(channel, None)
-        if old is not None:
-            old.cancel()
-        gen = next(self._gen)
-        self._generation[channel] = gen
-        return gen
-
     def _is_current(self, channel: str, gen: int, record: ImageRecord) -> bool:
-        return self._generation.get(channel) == gen and self.session.record is record
+        return self.generations.is_current(channel, gen) and self.session.record is record
 
     def _submit(self, channel: str | None, fn: Callable[..., Iterator[tuple[str, Any]]], args: tuple[Any, ...],
                 on_item: Callable[[tuple[str, Any]], None], on_error: Callable[[BaseException], None]) -> None:
@@ -516,13 +283,12 @@ class AnalysisController(QObject):
         record = record if record is not None else self.session.record
         if record is None:
             return
-        gen = self._cancel("analysis")
-        self._cancel("cam")
-        req = AnalysisRequest(gen, record, self.config())
-        self._tokens["analysis"] = req.token
+        gen, token = self.generations.start("analysis")
+        self.generations.cancel("cam")
+        req = AnalysisRequest(gen, record, self.config(), token)
         self._outcome = None
         self._set_state(AnalysisState(status="running", message="Analysing…"))
-        self._submit("analysis", _run_analysis, (self.pool, req),
+        self._submit("analysis", run_analysis, (self.pool, req),
                      lambda item: self._on_analysis_item(req, item),
                      lambda exc: self._on_worker_error("analysis", gen, record, exc))
 
@@ -556,10 +322,8 @@ class AnalysisController(QObject):
             self.settings.setValue("analysis/cam_method", self._cam_method)
         self._cam_label, self._cam_model = label, model
         method_now = self.usable_method(model, self._cam_method)
-        gen = self._cancel("cam")
-        token = CancelToken()
-        self._tokens["cam"] = token
-        self._submit("cam", _run_cam,
+        gen, token = self.generations.start("cam")
+        self._submit("cam", run_cam,
                      (self.pool, self.config(), record, label, model, method_now, self.faithfulness, token),
                      lambda item: self._on_cam_item(gen, record, item),
                      lambda exc: self._on_worker_error("cam", gen, record, exc))
@@ -568,16 +332,15 @@ class AnalysisController(QObject):
         """Masks for ``phrases`` on the current image (replacing the previous set)."""
         record = self.session.record
         phrases = tuple(p.strip() for p in phrases if p and p.strip())
-        gen = self._cancel("segment")
+        gen, token = self.generations.start("segment")
         if record is None:
             return
         if not phrases:
+            self.generations.cancel("segment")
             self._masks = []
             self.masks_changed.emit([])
             return
-        token = CancelToken()
-        self._tokens["segment"] = token
-        self._submit("segment", _run_segment, (self.pool, self.config(), record, phrases, token),
+        self._submit("segment", run_segment, (self.pool, self.config(), record, phrases, token),
                      lambda item: self._on_segment_item(gen, record, item),
                      lambda exc: self._on_worker_error("segment", gen, record, exc))
 
@@ -587,7 +350,7 @@ class AnalysisController(QObject):
 
         def job(p: Path) -> Iterator[tuple[str, Any]]:
             yield "progress", f"Checking model bundle {p.name}…"
-            yield "manifest", _validate_bundle(p)
+            yield "manifest", validate_bundle(p)
 
         def on_item(item: tuple[str, Any]) -> None:
             if item[0] == "progress":
@@ -623,8 +386,7 @@ class AnalysisController(QObject):
         self.rerun()
 
     def cancel_all(self) -> None:
-        for channel in list(self._tokens):
-            self._cancel(channel)
+        self.generations.cancel_all()
         self.runner.cancel_all()
 
     def shutdown(self, msecs: int = 3000) -> None:
@@ -647,7 +409,7 @@ class AnalysisController(QObject):
     def _on_record_changed(self, record: ImageRecord | None) -> None:
         # Nothing of the previous image may land on this one.
         for channel in ("analysis", "cam", "segment"):
-            self._cancel(channel)
+            self.generations.cancel(channel)
         self._outcome = None
         self._heatmap = None
         self._masks = []

@@ -1,0 +1,379 @@
+"""The analysis service without Qt: requests, generations, cancellation, per-image results, user thresholds.
+
+Shaped like napari's layer slicer: an immutable request is built on the caller's thread (the
+record, the model folders, the disabled models, the device); a one-worker executor runs it
+(the ``run_*`` generators below, which yield ``(kind, value)`` items); a newer request of
+the same kind supersedes the older one (:class:`Generations`: its :class:`CancelToken` fires
+and its generation is no longer current), and whatever an old request still returns is
+dropped. The Qt layer (:mod:`cxr_viewer.qt.analysis`) only adapts this to signals and fills
+:class:`Settings` with QSettings.
+
+Models (and the text encoder) load lazily, in the worker, on first use. The
+:class:`ModelPool` that owns them is touched by the worker thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cxr_viewer.core.errors import CXRError, NoSegmentationModelError
+from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, QCFlag
+from cxr_viewer.core.io.record import ImageRecord
+
+if TYPE_CHECKING:
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.inference.segment import Segmenter
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEVICES",
+    "AnalysisOutcome",
+    "AnalysisRequest",
+    "AnalysisState",
+    "BundleSummary",
+    "Generations",
+    "ModelConfig",
+    "ModelPool",
+    "Settings",
+    "UserThresholds",
+    "default_model_dirs",
+    "run_analysis",
+    "run_cam",
+    "run_segment",
+    "threshold_key",
+    "validate_bundle",
+]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class Settings(Protocol):
+    """Where the user's choices persist: the Qt layer passes QSettings (see ``qt.analysis.QtSettings``)."""
+
+    def value(self, key: str, default: Any = None) -> Any: ...
+
+    def set_value(self, key: str, value: Any) -> None: ...
+
+    def remove(self, key: str) -> None: ...
+
+
+class MemorySettings:
+    """A :class:`Settings` in a dict (headless use and tests)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def value(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set_value(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def remove(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+def default_model_dirs(models_dir: Path | None = None) -> tuple[Path, ...]:
+    """Folders scanned for bundles: ``--models DIR`` (else the shipped models) and the user's folder."""
+    from cxr_viewer.core.paths import default_models_dir, user_models_dir
+
+    first = Path(models_dir) if models_dir is not None else default_models_dir()
+    user = user_models_dir()
+    return (first,) if first.resolve() == user.resolve() else (first, user)
+
+
+def threshold_key(name: str, sha256: str, label: str) -> str:
+    """QSettings key of a user threshold: per bundle name + weights hash, so new weights start fresh."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    return f"thresholds/{name}@{sha256[:16]}/{safe}"
+
+
+# --------------------------------------------------------------------------- requests and results
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which models to use and where: part of every request, so the worker never reads settings."""
+
+    dirs: tuple[Path, ...]
+    disabled: frozenset[str] = frozenset()
+    device: str = "auto"
+    backend: str = "auto"
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    """What the GUI needs to know about an available bundle (no weights, no torch)."""
+
+    name: str
+    version: str
+    task: str
+    trained: bool
+    sha256: str
+    path: Path
+    enabled: bool = True
+    loaded: bool = False
+    error: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.name} {self.version}".strip()
+
+
+@dataclass(frozen=True, eq=False)
+class AnalysisRequest:
+    generation: int
+    record: ImageRecord
+    config: ModelConfig
+    token: CancelToken = field(default_factory=CancelToken)
+
+
+@dataclass(frozen=True, eq=False)
+class AnalysisOutcome:
+    """What the worker hands back for one analysis request."""
+
+    generation: int
+    record: ImageRecord
+    result: AnalysisResult
+    bundles: tuple[BundleSummary, ...]
+    device: str
+    unavailable_cam: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {method: why}
+
+
+@dataclass(frozen=True)
+class AnalysisState:
+    """What the findings panel shows; ``findings`` carry the thresholds in force (user's or model's)."""
+
+    status: str = "idle"  # idle | running | done | error
+    findings: tuple[Finding, ...] = ()
+    qc: tuple[QCFlag, ...] = ()
+    models: tuple[dict[str, Any], ...] = ()
+    warnings: tuple[str, ...] = ()
+    load_errors: tuple[str, ...] = ()
+    message: str = ""
+    device: str = ""
+    unavailable_cam: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {method: why}
+
+    @property
+    def untrained_models(self) -> list[str]:
+        return [f"{m['name']} {m.get('version', '')}".strip() for m in self.models if not m.get("trained", False)]
+
+    @property
+    def no_models(self) -> bool:
+        return self.status == "done" and not self.models
+
+    def model_sha(self, name: str) -> str:
+        for m in self.models:
+            if m["name"] == name:
+                return str(m.get("sha256", ""))
+        return ""
+
+
+# --------------------------------------------------------------------------- worker side
+class ModelPool:
+    """Bundles found on disk and loaded on first use. Only the worker thread calls it."""
+
+    def __init__(self) -> None:
+        self._engine: InferenceEngine | None = None
+        self._config: ModelConfig | None = None
+        self.summaries: tuple[BundleSummary, ...] = ()
+
+    @property
+    def engine(self) -> "InferenceEngine | None":
+        return self._engine
+
+    def sync(self, config: ModelConfig, progress: Callable[[str], None] | None = None) -> "InferenceEngine":
+        """Make the engine hold exactly the enabled, loadable bundles of ``config`` (loading lazily).
+
+        Without torch (the small CPU app) the engine and bundles are the ONNX lane's; same calls.
+        """
+        from cxr_viewer.core.inference.engine import InferenceEngine
+        from cxr_viewer.core.models.bundle import find_bundles, load_bundle
+
+        old = self._config
+        if self._engine is None or old is None or (old.device, old.backend) != (config.device, config.backend):
+            if progress:
+                progress("Preparing the models…")
+            self._engine = InferenceEngine(None, device=config.device, backend=config.backend)
+        self._config = config
+        engine = self._engine
+        infos = find_bundles(config.dirs)
+        wanted: list[Any] = []
+        summaries: list[BundleSummary] = []
+        for info in infos:
+            m = info.manifest
+            if m is None:
+                summaries.append(BundleSummary(info.path.name, "", "", False, "", info.path, False, False, info.error))
+                continue
+            enabled = m.name not in config.disabled
+            summaries.append(BundleSummary(m.name, m.version, m.task, m.trained, str(m.weights.get("sha256", "")),
+                                           info.path, enabled))
+            if enabled:
+                wanted.append(info)
+        wanted_keys = {(i.manifest.name, str(i.manifest.weights.get("sha256", "")).lower()) for i in wanted}
+        for b in engine.bundles:
+            if (b.name, b.sha256) not in wanted_keys:
+                engine.remove_bundle(b.name)
+        loaded = {(b.name, b.sha256) for b in engine.bundles}
+        errors: dict[Path, str] = {}
+        for info in wanted:
+            m = info.manifest
+            if (m.name, str(m.weights.get("sha256", "")).lower()) in loaded:
+                continue
+            if progress:
+                progress(f"Loading model {m.display_name}…")
+            try:
+                engine.add_bundle(load_bundle(info.path, device=engine.device))
+            except CXRError as exc:
+                log.warning("model bundle %s not loaded: %s", info.path.name, exc.message)
+                errors[info.path] = exc.message
+        names = {(b.name, b.sha256) for b in engine.bundles}
+        self.summaries = tuple(
+            replace(s, loaded=(s.name, s.sha256.lower()) in names, error=errors.get(s.path, s.error)) for s in summaries
+        )
+        return engine
+
+    def segmenter(self, config: ModelConfig, progress: Callable[[str], None] | None = None) -> "Segmenter":
+        """The first enabled report-conditioned segmentation model, with its text encoder."""
+        engine = self.sync(config, progress)
+        bundles = engine.bundles_for_task("text_segmentation")
+        if not bundles:
+            raise NoSegmentationModelError(
+                "No report-segmentation model is installed, so sentences cannot be drawn. "
+                "Add a text-segmentation bundle in Tools › Models…"
+            )
+        b = bundles[0]
+        if progress:
+            progress(f"Loading the text encoder for {b.manifest.display_name}…")
+        return engine.segmenter(b)  # one segmenter per bundle, held by the engine
+
+
+def run_analysis(pool: ModelPool, req: AnalysisRequest) -> Iterator[tuple[str, Any]]:
+    """Worker: load what is needed, then score the image. Yields ("progress", text) then ("outcome", ...)."""
+    msgs: list[str] = []
+    req.token.raise_if_cancelled()
+    engine = pool.sync(req.config, msgs.append)
+    yield from (("progress", m) for m in msgs)
+    req.token.raise_if_cancelled()
+    names = [b.name for b in engine.classifiers]
+    if names:
+        yield "progress", "Analysing with " + ", ".join(names) + "…"
+    result = engine.analyze(req.record, cancel=req.token)
+    yield "outcome", AnalysisOutcome(req.generation, req.record, result, pool.summaries, str(engine.device),
+                                     unavailable_cam(engine))
+
+
+def unavailable_cam(engine: "InferenceEngine") -> dict[str, dict[str, str]]:
+    """Per classifier, the heatmap methods this process cannot draw and why (torch-free app: the gradient ones)."""
+    return {b.name: engine.unavailable_cam_methods(b) for b in engine.classifiers}
+
+
+def run_cam(
+    pool: ModelPool, config: ModelConfig, record: ImageRecord, label: str, model: str | None, method: str,
+    faithfulness: bool, token: CancelToken,
+) -> Iterator[tuple[str, Any]]:
+    """Worker: the heatmap first (fast), then the same map with its faithfulness score.
+
+    The last item is ("heatmap_final", ...): after it nothing more comes for this map
+    (the torch-free engine leaves faithfulness at None).
+    """
+    token.raise_if_cancelled()
+    engine = pool.sync(config)
+    yield "progress", f"Heatmap ({method}) for {label}…"
+    heat = engine.cam(record, label, method, model=model, faithfulness=False, cancel=token)
+    if not faithfulness:
+        yield "heatmap_final", heat
+        return
+    yield "heatmap", heat
+    token.raise_if_cancelled()
+    yield "progress", f"Checking how faithful the {method} map is…"
+    yield "heatmap_final", engine.cam(record, label, method, model=model, faithfulness=True, cancel=token)
+
+
+def run_segment(
+    pool: ModelPool, config: ModelConfig, record: ImageRecord, phrases: tuple[str, ...], token: CancelToken
+) -> Iterator[tuple[str, Any]]:
+    token.raise_if_cancelled()
+    msgs: list[str] = []
+    seg = pool.segmenter(config, msgs.append)
+    yield from (("progress", m) for m in msgs)
+    yield "progress", f"Drawing {len(phrases)} phrase(s)…"
+    yield "masks", seg.segment(record, list(phrases), cancel=lambda: token.cancelled)
+
+
+def validate_bundle(path: Path) -> Any:
+    """Worker: hash-check and rebuild a bundle before it is copied (returns its manifest)."""
+    from cxr_viewer.core.models.bundle import load_bundle
+
+    return load_bundle(path, device="cpu").manifest
+
+
+class UserThresholds:
+    """The user's operating thresholds, persisted per bundle name + weights hash (new weights start fresh).
+
+    Scores are never recomputed for a threshold change: findings are judged again.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def get(self, model: str, sha256: str, label: str) -> float | None:
+        value = self.settings.value(threshold_key(model, sha256, label))
+        try:
+            return None if value is None else float(value)
+        except (TypeError, ValueError):
+            return None
+
+    def set(self, model: str, sha256: str, label: str, value: float | None) -> None:
+        key = threshold_key(model, sha256, label)
+        if value is None:
+            self.settings.remove(key)
+            return
+        v = float(value)
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("a threshold lies between 0 and 1")
+        self.settings.set_value(key, v)
+
+    def judged(self, findings: Sequence[Finding], sha_of: Callable[[str], str]) -> tuple[Finding, ...]:
+        """``findings`` with the user's threshold in force where one is set."""
+        out = []
+        for f in findings:
+            user = self.get(f.model, sha_of(f.model), f.label)
+            out.append(f.with_threshold(user, "user") if user is not None else f)
+        return tuple(out)
+
+
+class Generations:
+    """One cancel shape for every kind of request: a new one supersedes (and cancels) the last of its channel."""
+
+    def __init__(self) -> None:
+        import itertools
+
+        self._counter = itertools.count(1)
+        self._tokens: dict[str, CancelToken] = {}
+        self._current: dict[str, int] = {}
+
+    def start(self, channel: str, token: CancelToken | None = None) -> tuple[int, CancelToken]:
+        """Cancel the channel's running request; a new generation and its token."""
+        self.cancel(channel)
+        gen = next(self._counter)
+        self._current[channel] = gen
+        token = token or CancelToken()
+        self._tokens[channel] = token
+        return gen, token
+
+    def cancel(self, channel: str) -> None:
+        old = self._tokens.pop(channel, None)
+        if old is not None:
+            old.cancel()
+        self._current[channel] = next(self._counter)
+
+    def cancel_all(self) -> None:
+        for channel in list(self._tokens):
+            self.cancel(channel)
+
+    def is_current(self, channel: str, gen: int) -> bool:
+        return self._current.get(channel) == gen
