@@ -1,8 +1,9 @@
 """The inference engine: bundles in, findings / heatmaps / QC flags out. One class over two backends.
 
-Each bundle gets one backend, chosen once (:meth:`InferenceEngine.backend_for`): ONNX
-Runtime on a CPU (the bundle's recorded export, or one regenerated from its verified
-weights) and torch on a GPU or when asked; without torch installed, ONNX Runtime only.
+Each bundle gets one backend, chosen once (:meth:`InferenceEngine.backend_for`) by
+:mod:`cxr_viewer.core.inference.backends.select`: ONNX Runtime on a CPU for a bundle that
+carries a recorded export (or, with ``backend="onnx"``, one regenerated from its verified
+weights), torch on a GPU or when asked; without torch installed, ONNX Runtime only.
 Everything else is written once, above the backend: the model input (computed once per
 image and preprocessing spec, shared by scores, CAM and ROAD), the caches, thresholds,
 derived findings, QC and ``restore_map``.
@@ -153,9 +154,10 @@ def _scores(logits: np.ndarray, task: str) -> np.ndarray:
 class InferenceEngine:
     """Runs every classifier bundle on an image; makes heatmaps and lesion maps on request.
 
-    ``backend``: ``auto`` runs ONNX Runtime on a CPU (a verified export) and torch on a
-    GPU; ``torch`` or ``onnx`` force one (``onnx`` still falls back to torch, with a log
-    warning, if no export can be verified). Without torch only ``onnx`` exists.
+    ``backend``: ``auto`` runs ONNX Runtime on a CPU when the bundle carries a verified
+    export, torch otherwise and on a GPU; ``torch`` or ``onnx`` force one (``onnx``
+    regenerates an export when the bundle has none, and still falls back to torch, with a
+    log warning, if none can be verified). Without torch only ``onnx`` exists.
     """
 
     def __init__(

@@ -32,6 +32,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -347,11 +348,30 @@ def _export_file(bundle: "LoadedBundle", path: Path, *, atol: float, seed: int) 
     raise InferenceError(f"The viewer runs no ONNX graph for a {bundle.task} bundle.")
 
 
+_MADE: dict[tuple[str, ...], "OnnxArtifact"] = {}  # (weights sha, kind, spec): made by this process
+_MADE_LOCK = threading.Lock()
+
+
 def regenerate(bundle: "LoadedBundle", *, atol: float = ATOL, seed: int = 0) -> "OnnxArtifact":
     """The bundle's export made now, in memory, from its verified weights (verified like any export).
 
     Nothing is left on disk, so nothing but what the manifest records or this process made is ever run.
+    What this process made is kept in memory (by the weights' sha256) for the next engine.
     """
+    key = (bundle.sha256, _kind(bundle) or "", repr(bundle.preprocessing), repr(bundle.manifest.cam_layers))
+    with _MADE_LOCK:
+        hit = _MADE.get(key)
+    if hit is not None:
+        return hit
+    art = _regenerate(bundle, atol=atol, seed=seed)
+    with _MADE_LOCK:
+        _MADE[key] = art
+        while len(_MADE) > 8:
+            _MADE.pop(next(iter(_MADE)))
+    return art
+
+
+def _regenerate(bundle: "LoadedBundle", *, atol: float, seed: int) -> "OnnxArtifact":
     import hashlib
 
     from cxr_viewer.core.models.bundle import OnnxArtifact

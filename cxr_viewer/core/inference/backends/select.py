@@ -17,10 +17,13 @@ __all__ = ["classifier_backend", "segmentation_backend", "wants_onnx"]
 
 
 def wants_onnx(bundle: "LoadedBundle", prefer: str = "auto") -> bool:
-    """ONNX Runtime without torch, and on a CPU unless torch is asked for; torch on a GPU."""
+    """ONNX Runtime without torch; on a CPU for a bundle that carries a recorded export (``auto``) or for any
+    bundle when asked (``onnx``: an export is regenerated from the weights, which costs seconds); else torch."""
     if bundle.model is None:
         return True
-    return prefer != "torch" and str(bundle.device).split(":")[0] == "cpu"
+    if prefer == "torch" or str(bundle.device).split(":")[0] != "cpu":
+        return False
+    return prefer == "onnx" or bundle.onnx is not None
 
 
 def onnx_artifact(bundle: "LoadedBundle") -> "OnnxArtifact":
