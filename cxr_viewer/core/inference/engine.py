@@ -439,7 +439,7 @@ class InferenceEngine:
                     cancel.raise_if_cancelled()
                 t0 = time.perf_counter()
                 try:
-                    heat = self.lesion_map(record, b, spec, cancel=cancel)
+                    heat, cached = self._lesion_map(record, b, spec, cancel=cancel)
                 except AnalysisCancelledError:
                     raise
                 except CXRError as exc:  # e.g. no text encoder here: the classifiers' findings still stand
@@ -447,6 +447,7 @@ class InferenceEngine:
                     derived_warnings.append(f"{spec['label']} could not be computed: {exc.message}")
                     continue
                 ran = True
+                all_cached &= cached
                 timing[f"inference:{b.name}"] = timing.get(f"inference:{b.name}", 0.0) + (time.perf_counter() - t0) * 1e3
                 thr, method = self.threshold(b, spec["label"])
                 findings.append(
@@ -473,7 +474,7 @@ class InferenceEngine:
             models=tuple(described),
             timing_ms=timing,
             warnings=tuple(warnings),
-            cached=bool(bundles) and all_cached,
+            cached=bool(used) and all_cached,
             backend=backends,
         )
 
@@ -482,12 +483,17 @@ class InferenceEngine:
         self, record: ImageRecord, bundle: "LoadedBundle", spec: dict[str, Any], *, cancel: CancelToken | None = None
     ) -> Heatmap:
         """The derived finding's map: pixel-wise max of the prompts' masks, at the original size; cached."""
+        return self._lesion_map(record, bundle, spec, cancel=cancel)[0]
+
+    def _lesion_map(
+        self, record: ImageRecord, bundle: "LoadedBundle", spec: dict[str, Any], *, cancel: CancelToken | None = None
+    ) -> tuple[Heatmap, bool]:
         label = str(spec["label"])
         seg = self.segmenter(bundle)
         ckey = (input_key(record, bundle.preprocessing), seg.backend.executed, label, LESION_MAP_METHOD)
         hit = self._recall(self._maps, ckey)
         if hit is not None:
-            return hit
+            return hit, True
         t0 = time.perf_counter()
         masks = seg.segment(record, list(spec["prompts"]), cancel=cancel)
         values = np.maximum.reduce([m.prob for m in masks]).astype(np.float32, copy=False)
@@ -504,7 +510,7 @@ class InferenceEngine:
             timing_ms=(time.perf_counter() - t0) * 1e3,
         )
         self._remember(self._maps, ckey, hit, MAP_CACHE)
-        return hit
+        return hit, False
 
     def _bundle_for_label(self, label: str, model: str | None) -> "LoadedBundle":
         candidates = self.classifiers if model is None else [self.bundle(model)]
