@@ -116,6 +116,12 @@ def calibrate_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="write a calibrated copy here (default: update the bundle in place)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--scaling", default="none", choices=["none", "auto", "temperature", "platt"],
+                   help="fit score calibration on the split first (folded into the head; auto = best cross-validated ECE)")  # fmt: skip
+    g.add_argument("--label-method", action="append", default=[], metavar="LABEL=METHOD[:TARGET]",
+                   help="per-label rule, e.g. Abnormal=youden or Pneumothorax=sensitivity:0.9 (repeatable)")  # fmt: skip
+    g.add_argument("--min-positives", type=int, default=0,
+                   help="thresholds resting on fewer validation positives are marked validated: false (no POSITIVE badge)")  # fmt: skip
     return p
 
 
@@ -251,8 +257,10 @@ def cmd_calibrate(argv: Sequence[str]) -> int:
     out, thresholds = calibrate(
         args.bundle, args.manifest, method=args.method, target=args.target, split=args.split,
         split_file=args.split_file, out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
+        scaling=args.scaling, min_positives=args.min_positives,
+        label_methods=dict(r.split("=", 1) for r in args.label_method if "=" in r),
     )  # fmt: skip
-    print(json.dumps({"bundle": str(out), "thresholds": thresholds}))
+    print(json.dumps({"bundle": str(out), "thresholds": thresholds}, allow_nan=False))
     return 0
 
 
