@@ -81,7 +81,7 @@ def test_classifier_thresholds_metrics_and_golden_scores(bundle: Path) -> None:
     # the recorded golden scores are what these weights give through the shared preprocessing
     assert m.golden
     for g in m.golden:
-        x = preprocess(read_image(bundle / g["image"]), m.preprocessing)[None]
+        x = torch.from_numpy(preprocess(read_image(bundle / g["image"]), m.preprocessing)[None])
         with torch.no_grad():
             logits = loaded.model(x)
         scores = (

@@ -53,7 +53,7 @@ def test_analyze_real_dicom_with_two_bundles(engine: InferenceEngine, dicom_reco
     # the scores are exactly sigmoid(model(preprocess(record))) through the shared path
     b = load_bundle(bundle_dir / "tb")
     with torch.no_grad():
-        ref = torch.sigmoid(b.model(preprocess(dicom_record, b.preprocessing)[None]))[0, 0].item()
+        ref = torch.sigmoid(b.model(torch.from_numpy(preprocess(dicom_record, b.preprocessing)[None])))[0, 0].item()
     assert result.finding("Tuberculosis").score == pytest.approx(ref, abs=1e-6)
     assert result.qc == ()  # adult PA CR chest
     assert {m["name"] for m in result.models} == {"nih", "tb"}

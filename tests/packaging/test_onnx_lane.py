@@ -122,7 +122,7 @@ def test_lane_heatmap_equals_pytorch_grad_cam(lane_models: Path, record, method:
 
     tb = load_bundle(lane_models / "findings")
     lb = load_lane_bundle(lane_models / "findings")
-    x = preprocess(record, tb.preprocessing)[None]
+    x = torch.from_numpy(preprocess(record, tb.preprocessing)[None])
     _, feats = lb.model.forward(x.numpy())
     drawn = 0
     for idx in range(1 if method == "scorecam" else len(LABELS)):  # ScoreCAM: 512 forwards per map
