@@ -28,6 +28,7 @@ from cxr_viewer.core.errors import (
     InferenceError,
     UnknownLabelError,
 )
+from cxr_viewer.core.inference.population import outside_population
 from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
@@ -362,7 +363,9 @@ class InferenceEngine:
     # ------------------------------------------------------------------ analysis
     def _cache_key(self, record: ImageRecord, bundles: Sequence["LoadedBundle"]) -> tuple:
         thr = tuple(sorted((k, v) for k, v in self._user_thresholds.items()))
-        return (record.content_hash, tuple(b.sha256 for b in bundles), thr)
+        meta = record.metadata or {}
+        header = tuple(str(meta.get(k)) for k in ("modality", "body_part", "view_position", "patient_age_years", "frames"))
+        return (record.content_hash, header, record.default_window, tuple(b.sha256 for b in bundles), thr)
 
     def analyze(
         self, record: ImageRecord, *, cancel: CancelToken | None = None, models: Sequence[str] | None = None
@@ -417,9 +420,12 @@ class InferenceEngine:
             if logits.shape[-1] != len(b.labels):
                 raise InferenceError(f"Model {b.name!r} returned {logits.shape[-1]} scores for {len(b.labels)} labels.")
             probs = _scores(logits, b.task)
+            outside = outside_population(record.metadata, qc, b.manifest.extra.get("population"))
             for label, p in zip(b.labels, probs):
                 thr, method = self.threshold(b, label)
-                findings.append(Finding(label, float(p), thr, b.name, b.version, method, b.manifest.trained))
+                validated = (b.manifest.thresholds.get(label) or {}).get("validated")
+                findings.append(Finding(label, float(p), thr, b.name, b.version, method, b.manifest.trained,
+                                        validated=None if validated is None else bool(validated), outside=outside))  # fmt: skip
         derived_warnings: list[str] = []
         for b in derived:
             for spec in derived_specs(b):
@@ -441,6 +447,7 @@ class InferenceEngine:
                     Finding(
                         spec["label"], float(heat.score or 0.0), thr, b.name, b.version, method, b.manifest.trained,
                         note=str(spec.get("note") or ""), validated=bool(spec.get("validated", False)),
+                        outside=outside_population(record.metadata, qc, b.manifest.extra.get("population")),
                     )
                 )
         bundles = [*bundles, *derived]

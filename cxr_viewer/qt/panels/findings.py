@@ -59,7 +59,23 @@ BANNER_STYLE = {
 
 
 def result_text(f: Finding) -> str:
+    """The badge: POSITIVE only above a validated threshold on an image inside the model's population."""
+    state = f.state
+    if state == "outside_population":
+        return "⊘ outside population"
+    if state == "not_validated":
+        return "◌ above · not validated" if f.above_threshold else "◌ not validated"
     return "● POSITIVE" if f.positive else "○ negative"
+
+
+def state_tooltip(f: Finding) -> str:
+    """Why a finding carries no POSITIVE badge, in words ("" when it may)."""
+    if f.state == "outside_population":
+        return f"No POSITIVE badge: this image is {f.outside}."
+    if f.state == "not_validated":
+        return ("No POSITIVE badge: this threshold was not validated (too few validation positives, or not "
+                "measured against normal films); read the score, not the badge.")  # fmt: skip
+    return ""
 
 
 def sort_findings(findings: Sequence[Finding], mode: str) -> list[Finding]:
@@ -343,7 +359,7 @@ class FindingsPanel(QWidget):
     def _make_item(self, f: Finding, meaningful: bool) -> QTreeWidgetItem:
         user = f.threshold_method == "user"
         label = f.label.replace("_", " ")
-        if f.validated is False:  # a derived score (e.g. TB lesion score): say so on the row, ⚠ first so eliding keeps it
+        if f.validated is False and f.note:  # a derived score (e.g. TB lesion score): say so on the row, ⚠ first so eliding keeps it
             label = f"⚠ {label} — {UNVALIDATED_MARK}"
         it = QTreeWidgetItem([label, "", f"{f.threshold:.3f}" + (" ✎" if user else ""), result_text(f)])
         it.setData(COL_LABEL, ROLE_KEY, (f.model, f.label))
@@ -372,6 +388,8 @@ class FindingsPanel(QWidget):
             tip = "Not meaningful: untrained model or image outside the model's scope.\n" + tip
         if f.note:
             tip = f"{f.note}\n" + tip
+        if state_tooltip(f):
+            tip = state_tooltip(f) + "\n" + tip
         if f.validated is False:
             it.setForeground(COL_LABEL, QBrush(QColor("#ffd591")))
         for c in range(4):
