@@ -160,6 +160,10 @@ def calibrate(
             m.extra["population"] = describe_population(split_frame(manifest, "train", split_file, loaded))
         except Exception as exc:  # noqa: BLE001 - a manifest without a train split still calibrates
             log.info("population not described: %s", exc)
+        if "population" in m.extra and len(frame) >= 20:
+            from trainer.population import fit_feature_ood
+
+            m.extra["population"]["ood"] = fit_feature_ood(loaded, frame, batch_size=batch_size)
     dest = Path(out) if out else src
     if scaled or not src.is_dir():
         from cxr_viewer.core.models.bundle import save_bundle

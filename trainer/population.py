@@ -49,3 +49,39 @@ def describe_population(frame: "pd.DataFrame") -> dict[str, Any]:
         "accepted_views": [v for v in FRONTAL if v in views or v.startswith("AP")],
         "note": "frontal chest radiographs of adults (NIH, COVID collection, TBX11K, Shenzhen) and children aged 1-5 (Kermany)",
     }  # fmt: skip
+
+
+def fit_feature_ood(loaded: Any, frame: "pd.DataFrame", *, quantile: float = 0.995, seed: int = 0,
+                    batch_size: int = 32) -> dict[str, Any]:  # fmt: skip
+    """Per-feature mean/std of the model's pooled features on one half of ``frame`` (validation films),
+    and the ``quantile`` of :func:`~cxr_viewer.core.inference.population.feature_distance` on the other
+    half: films farther than that are "outside the model's population"."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cxr_viewer.core.inference.population import feature_distance
+    from trainer.data.dataset import CXRDataset
+
+    model = loaded.model
+    if not hasattr(model, "forward_features"):
+        raise ValueError("the model exposes no pooled features")
+    ds = CXRDataset(frame, loaded.preprocessing, [])
+    feats = []
+    with torch.inference_mode():
+        model.eval()
+        for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
+            feats.append(model.forward_features(batch["image"]).float().cpu().numpy())
+    F = np.concatenate(feats).astype(np.float64)
+    order = np.random.default_rng(seed).permutation(len(F))
+    fit, held = F[order[: len(F) // 2]], F[order[len(F) // 2 :]]
+    std = fit.std(0)
+    # a feature nearly constant on the fitting half (a unit that rarely fires) must not dominate the distance
+    stats = {"mean": fit.mean(0), "std": np.maximum(std, 0.1 * float(np.median(std)) + 1e-6)}
+    d = np.array([feature_distance(f, stats) for f in held])
+    return {
+        "mean": [round(float(v), 5) for v in stats["mean"]],
+        "std": [round(float(v), 5) for v in stats["std"]],
+        "quantile": quantile,
+        "threshold": float(np.quantile(d, quantile)),
+        "fitted_on": f"{len(fit)} validation films (statistics) and {len(held)} others (threshold)",
+    }

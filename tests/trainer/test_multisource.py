@@ -69,6 +69,13 @@ def test_one_model_every_source_calibrated_and_honest(
     pop = m.extra["population"]
     assert set(pop["sources"]) == {"nih14", "kermany", "covid", "tbx11k", "shenzhen"}
     assert pop["age_years"]["min"] == 1.0 and "PA" in pop["accepted_views"]
+    ood = pop["ood"]
+    assert len(ood["mean"]) == len(ood["std"]) == 512 and ood["threshold"] > 0
+    from cxr_viewer.core.inference.population import outside_population
+
+    far = np.asarray(ood["mean"]) + 50 * np.asarray(ood["std"])
+    assert "unlike the training films" in outside_population({}, [], pop, features=far)
+    assert outside_population({}, [], pop, features=np.asarray(ood["mean"])) == ""
 
     ev = tmp_path / "eval"
     _run(["evaluate", "--bundle", str(bundle), "--manifest", str(chest_manifest), "--out", str(ev),

@@ -15,17 +15,41 @@ from typing import Any
 
 from cxr_viewer.core.inference.results import QCFlag
 
-__all__ = ["outside_population"]
+__all__ = ["feature_distance", "outside_population"]
 
 #: QC codes that put an image outside every chest model's population.
 OUTSIDE_CODES = frozenset({"not_radiograph", "not_chest", "blank_image", "lateral_view"})
 AGE_MARGIN_YEARS = 5.0
 
 
+def feature_distance(features: Any, ood: Mapping[str, Any]) -> float:
+    """The model's own out-of-distribution signal: mean squared z-score of its pooled features.
+
+    ``ood`` (the manifest's ``population.ood`` block, fitted by the trainer on validation
+    films) holds the per-feature ``mean`` and ``std``; a film the model has seen the like of
+    scores about 1, one unlike anything it learned from scores far higher.
+    """
+    import numpy as np
+
+    f = np.asarray(features, dtype=np.float64).reshape(-1)
+    mean = np.asarray(ood["mean"], dtype=np.float64)
+    std = np.maximum(np.asarray(ood["std"], dtype=np.float64), 1e-6)
+    if f.shape != mean.shape:
+        raise ValueError(f"feature size {f.size} does not match the bundle's OOD statistics ({mean.size})")
+    return float(np.mean(((f - mean) / std) ** 2))
+
+
 def outside_population(
-    metadata: Mapping[str, Any] | None, qc: Iterable[QCFlag], population: Mapping[str, Any] | None
+    metadata: Mapping[str, Any] | None,
+    qc: Iterable[QCFlag],
+    population: Mapping[str, Any] | None,
+    features: Any = None,
 ) -> str:
-    """The reason this image is outside ``population`` ("" when it is inside or nothing says otherwise)."""
+    """The reason this image is outside ``population`` ("" when it is inside or nothing says otherwise).
+
+    ``features``: the model's pooled features of this image, when the caller has them and
+    the population block carries ``ood`` statistics.
+    """
     for flag in qc:
         if flag.code in OUTSIDE_CODES:
             return f"outside the model's population: {flag.message}"
@@ -42,4 +66,10 @@ def outside_population(
     accepted = [str(v).upper() for v in population.get("accepted_views") or ()]
     if view and accepted and view not in accepted:
         return f"outside the model's population: view {view}, trained on {', '.join(accepted)}"
+    ood = population.get("ood")
+    if features is not None and ood and ood.get("threshold") is not None:
+        d = feature_distance(features, ood)
+        if d > float(ood["threshold"]):
+            return (f"outside the model's population: its features are unlike the training films "
+                    f"(distance {d:.1f}, above the {ood.get('quantile', 0.995):g} quantile {float(ood['threshold']):.1f} of validation films)")  # fmt: skip
     return ""
