@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import warnings
 from collections.abc import MutableSequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from cxr_viewer.core.errors import (
     EmptyFileError,
     ImageReadError,
     ImageTooLargeError,
+    InconsistentImageError,
     MissingDecoderError,
     NoPixelDataError,
     NotAnImageError,
@@ -39,6 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Decoded bytes of the one frame we read, at most (100 M pixels of 32-bit data).
+DEFAULT_MAX_DECODED_BYTES = 400_000_000
+#: How far into a compressed frame its header (SOF / SIZ) is looked for.
+_STREAM_HEAD_BYTES = 1 << 20
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG_BYTES = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 
@@ -90,6 +96,7 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if pixel_kw == "PixelData":
         check_decoder(ds, path)
         check_native_length(ds, path, notices)
+        check_encapsulated(ds, path, max_pixels, notices)
 
     frames = number_of_frames(ds)
     if frames > 1:
@@ -242,6 +249,19 @@ def check_frame_size(ds: "Dataset", max_pixels: int, path: Path) -> None:
             f"radiograph (limit {max_pixels:,} pixels). The file is probably damaged.",
             path=path,
         )
+    bits = _int(ds, "BitsAllocated") or 16
+    if "FloatPixelData" in ds:
+        bits = 32
+    elif "DoubleFloatPixelData" in ds:
+        bits = 64
+    decoded = rows * cols * samples * max((bits + 7) // 8, 1)
+    if decoded > DEFAULT_MAX_DECODED_BYTES:
+        raise ImageTooLargeError(
+            f"The DICOM file {path.name} declares an image of {cols} x {rows} pixels at {bits} bits, "
+            f"{decoded / 1e6:,.0f} MB once decoded, more than any radiograph needs "
+            f"(limit {DEFAULT_MAX_DECODED_BYTES / 1e6:,.0f} MB). The file is probably damaged.",
+            path=path,
+        )
 
 
 def check_transfer_syntax(ds: "Dataset", path: Path) -> None:
@@ -309,7 +329,87 @@ def check_native_length(ds: "Dataset", path: Path, notices: list[str]) -> None:
             path=path,
         )
     if bits != 1 and have < frame_bytes * frames:
-        notices.append(f"The file is cut short: only some of its {frames} frames are present.")
+        present = max(have // frame_bytes, 1)
+        notices.append(f"The file is cut short: only {present:,} of its {frames:,} frames are present.")
+        ds.NumberOfFrames = present  # the decoder then sizes its work by what the file holds
+
+
+#: Transfer syntaxes whose frames start with a JPEG / JPEG-LS SOF, or hold a JPEG 2000 SIZ.
+_JPEG_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+})
+_J2K_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",
+})
+
+
+def check_encapsulated(ds: "Dataset", path: Path, max_pixels: int, notices: list[str]) -> None:
+    """Compare a compressed frame's own header (JPEG SOF, JPEG 2000 SIZ) with Rows/Columns before decoding.
+
+    Decoders allocate what the stream declares, so a stream that claims more than
+    the DICOM header is refused here; a frame count larger than the fragments
+    present is cut down to them (with a notice) so no decoder plans for it.
+    """
+    from io import BytesIO
+
+    from pydicom.encaps import parse_fragments
+    from pydicom.uid import UID
+
+    from cxr_viewer.core.io.codestream import j2k_header, jpeg_header
+
+    tsyntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")))
+    if not tsyntax.is_encapsulated:
+        return
+    data = ds.PixelData
+    damaged = TruncatedFileError(
+        f"The image data in {path.name} could not be decoded; the file is damaged or cut short. "
+        "Copy or export it again from the PACS.",
+        path=path,
+    )
+    try:
+        buf = BytesIO(data)
+        group, elem, bot_length = struct.unpack("<HHL", buf.read(8))
+        if (group, elem) != (0xFFFE, 0xE000) or 8 + bot_length > len(data):
+            raise ValueError("no basic offset table item")
+        buf.seek(8 + bot_length)
+        n_fragments, offsets = parse_fragments(buf)
+    except (ValueError, struct.error):
+        raise damaged from None
+    if n_fragments == 0:
+        raise damaged
+    frames = number_of_frames(ds)
+    if frames > n_fragments:
+        notices.append(f"The header declares {frames:,} frames but the file holds only {n_fragments:,}; "
+                       "showing the first.")
+        ds.NumberOfFrames = n_fragments
+    if str(tsyntax) not in _JPEG_SYNTAXES | _J2K_SYNTAXES:
+        return  # RLE: its decoder sizes its output from Rows/Columns, already checked
+    head = bytearray()
+    for offset in offsets:
+        length = struct.unpack("<L", data[offset + 4 : offset + 8])[0]
+        head += data[offset + 8 : offset + 8 + min(length, _STREAM_HEAD_BYTES - len(head))]
+        if len(head) >= _STREAM_HEAD_BYTES or str(tsyntax) in _J2K_SYNTAXES and len(head) >= 65536:
+            break
+    header = jpeg_header(bytes(head)) if str(tsyntax) in _JPEG_SYNTAXES else j2k_header(bytes(head[:65536]))
+    if header is None:
+        raise damaged
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if header.pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"The compressed image in {path.name} declares {header.columns} x {header.rows} pixels, far larger "
+            f"than any radiograph (limit {max_pixels:,} pixels). It was not decoded; the file is damaged or crafted.",
+            path=path,
+        )
+    if (header.rows, header.columns) != (rows, cols) or header.components != samples:
+        raise InconsistentImageError(
+            f"The DICOM file {path.name} says its image is {cols} x {rows} pixels ({samples} sample(s) per pixel) "
+            f"but its {header.kind} data holds {header.columns} x {header.rows} ({header.components} component(s)). "
+            "Header and data disagree, so it was not decoded; the file is damaged. Export it again from the PACS.",
+            path=path,
+        )
 
 
 # --------------------------------------------------------------------------- pixels

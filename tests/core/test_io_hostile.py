@@ -1,0 +1,174 @@
+"""Hostile DICOM files built in the test: decompression bombs, lying frame counts, non-finite values,
+pixel data that disagrees with the header, and values we do not support.
+
+Each case is refused with a message that names the cause (or read with a notice), before
+anything large is allocated.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr_viewer.core.errors import (
+    ImageReadError,
+    ImageTooLargeError,
+    InconsistentImageError,
+    TruncatedFileError,
+    UnsupportedImageError,
+)
+from cxr_viewer.core.io import read_image
+from cxr_viewer.core.io.codestream import j2k_header, jpeg_header
+from tests.core.test_io_dicom_synthetic import make_dicom
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _gray(h: int = 32, w: int = 32) -> np.ndarray:
+    return (np.arange(h * w).reshape(h, w) % 251).astype(np.uint8)
+
+
+def _jpeg_dicom(path: Path, *, sof_size: tuple[int, int] | None = None, frames: int | None = None) -> Path:
+    """A real 32x32 JPEG baseline DICOM; ``sof_size`` rewrites the (rows, columns) its stream declares."""
+    import pydicom
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    arr = _gray()
+    make_dicom(path, arr)
+    ds = pydicom.dcmread(path)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    jpg = bytearray(buf.getvalue())
+    if sof_size is not None:
+        at = jpg.find(b"\xff\xc0")
+        jpg[at + 5 : at + 9] = sof_size[0].to_bytes(2, "big") + sof_size[1].to_bytes(2, "big")
+    ds.PixelData = encapsulate([bytes(jpg)])
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    ds.save_as(path)
+    return path
+
+
+def _compressed_dicom(path: Path, syntax: str) -> Path:
+    import pydicom
+    import pydicom.uid
+
+    make_dicom(path, _gray().astype(np.uint16), bits_stored=12)
+    ds = pydicom.dcmread(path)
+    ds.compress(getattr(pydicom.uid, syntax))
+    ds.save_as(path)
+    return path
+
+
+def _patch_pixel_bytes(path: Path, find: bytes, offset: int, new: bytes) -> None:
+    """Rewrite bytes inside the compressed stream in place (lengths unchanged)."""
+    data = bytearray(path.read_bytes())
+    at = data.rfind(find)
+    assert at > 0, "marker not found"
+    data[at + offset : at + offset + len(new)] = new
+    path.write_bytes(bytes(data))
+
+
+# --------------------------------------------------------------------------- decompression bombs
+def test_jpeg_stream_header_is_parsed(tmp_path: Path) -> None:
+    f = _jpeg_dicom(tmp_path / "ok.dcm")
+    rec = read_image(f)
+    assert rec.shape == (32, 32)
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(f)
+    head = jpeg_header(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    assert head is not None and (head.rows, head.columns, head.components, head.precision) == (32, 32, 1, 8)
+
+
+def test_jpeg_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    """127 KB-class files whose JPEG frame claims 30000 x 30000 took 16 GB; now refused from the header."""
+    f = _jpeg_dicom(tmp_path / "bomb.dcm", sof_size=(30000, 30000))
+    assert f.stat().st_size < 10_000
+    with pytest.raises(ImageTooLargeError, match="30000 x 30000") as info:
+        read_image(f)
+    assert "not decoded" in info.value.message
+
+
+def test_jpeg_stream_disagreeing_with_rows_columns(tmp_path: Path) -> None:
+    f = _jpeg_dicom(tmp_path / "lie.dcm", sof_size=(9000, 9000))  # under the pixel limit, but not what the header says
+    with pytest.raises(InconsistentImageError) as info:
+        read_image(f)
+    msg = info.value.message
+    assert "32 x 32" in msg and "9000 x 9000" in msg and "disagree" in msg
+
+
+@pytest.mark.parametrize(("syntax", "marker", "offset"), [
+    ("JPEG2000Lossless", b"\xff\x4f\xff\x51", 8),  # SIZ: Lsiz Rsiz then Xsiz, Ysiz
+    ("JPEGLSLossless", b"\xff\xf7", 5),  # SOF55: length, precision, then Y, X
+])
+def test_other_codestreams_are_checked(tmp_path: Path, syntax: str, marker: bytes, offset: int) -> None:
+    f = _compressed_dicom(tmp_path / "c.dcm", syntax)
+    assert read_image(f).shape == (32, 32)
+    if syntax.startswith("JPEG2000"):
+        new = (30000).to_bytes(4, "big") * 2
+    else:
+        new = (30000).to_bytes(2, "big") * 2
+    _patch_pixel_bytes(f, marker, offset, new)
+    with pytest.raises(ImageTooLargeError, match="30000 x 30000"):
+        read_image(f)
+
+
+def test_codestream_parsers_on_garbage() -> None:
+    assert jpeg_header(b"") is None and jpeg_header(b"\xff\xd8\xff\xda\x00\x02") is None
+    assert jpeg_header(b"\xff\xd8\xff\xc0\x00\x01") is None
+    assert j2k_header(b"\x00" * 100) is None and j2k_header(b"\xff\x4f\xff\x51\x00") is None
+
+
+def test_bomb_memory_stays_bounded(tmp_path: Path) -> None:
+    """Peak RSS of reading the bomb, measured in a fresh process, stays near the interpreter's own."""
+    f = _jpeg_dicom(tmp_path / "bomb.dcm", sof_size=(30000, 30000))
+    ok = _jpeg_dicom(tmp_path / "ok.dcm")
+    code = (
+        "import resource, sys, json\n"
+        "from cxr_viewer.core.io import read_image\n"
+        "read_image(sys.argv[2])\n"  # warm every import on a good file first
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    read_image(sys.argv[1]); outcome = 'ok'\n"
+        "except Exception as exc:\n    outcome = type(exc).__name__\n"
+        "print(json.dumps([outcome, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(f), str(ok)], capture_output=True, text=True,
+                         timeout=120, cwd=REPO, check=True)
+    outcome, base_kb, peak_kb = json.loads(out.stdout.strip().splitlines()[-1])
+    assert outcome == "ImageTooLargeError"
+    assert (peak_kb - base_kb) < 50_000  # < 50 MB more than reading a 32 x 32 image (30000^2 would be 900 MB)
+
+
+def test_frame_count_is_bounded_by_the_data(tmp_path: Path) -> None:
+    f = _jpeg_dicom(tmp_path / "frames.dcm", frames=2**31 - 1)
+    rec = read_image(f)
+    assert rec.shape == (32, 32)
+    assert any("2,147,483,647 frames" in n and "only 1" in n for n in rec.notices)
+    native = make_dicom(tmp_path / "native.dcm", _gray().astype(np.uint16), NumberOfFrames=1_000_000)
+    rec = read_image(native)
+    assert rec.shape == (32, 32) and any("only 1 of its 1,000,000 frames" in n for n in rec.notices)
+
+
+def test_decoded_bytes_are_capped(tmp_path: Path) -> None:
+    import pydicom
+
+    f = make_dicom(tmp_path / "wide.dcm", _gray().astype(np.uint16))
+    ds = pydicom.dcmread(f)
+    ds.Rows = ds.Columns = 9000  # 81 M pixels: under the pixel limit
+    ds.BitsAllocated = ds.BitsStored = 64  # but 648 MB decoded
+    ds.HighBit = 63
+    ds.save_as(f)
+    with pytest.raises(ImageTooLargeError, match="MB once decoded"):
+        read_image(f)
