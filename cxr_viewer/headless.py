@@ -7,7 +7,6 @@ becomes an ``error`` object (code + message), never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_viewer.core.errors import CXRError, NoSegmentationModelError
+from cxr_viewer.core.jsonio import dumps, finite_or_none, non_finite_paths
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.engine import InferenceEngine
@@ -182,6 +182,22 @@ def _analyze_one(
     return obj, done
 
 
+def _finite_result(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A result holding NaN/Inf (a damaged model's output) becomes an error naming the values; never NaN in JSON."""
+    bad = non_finite_paths(obj)
+    if not bad:
+        return obj, True
+    log.error("input %s: non-finite values at %s", obj.get("file", "?"), ", ".join(bad[:5]))
+    clean = finite_or_none(obj)
+    clean["status"] = "error"
+    clean["error"] = {
+        "code": "non_finite_result",
+        "message": "Some results are not numbers (NaN or infinite) and are written as null: "
+        + ", ".join(bad[:5]) + ". A model bundle may be damaged; run cxr-viewer --self-test.",
+    }
+    return clean, False
+
+
 def analyze_main(argv: list[str]) -> int:
     """``cxr-viewer analyze``: see ``--help``. Returns the process exit status."""
     args = _analyze_parser().parse_args(argv)
@@ -216,9 +232,10 @@ def analyze_main(argv: list[str]) -> int:
             done = False
         if run_warnings:
             obj["warnings"] = list(obj.get("warnings", [])) + run_warnings
+        obj, finite = _finite_result(obj)
         results.append(obj)
-        all_done &= done
-    text = json.dumps(results, indent=2)
+        all_done &= done and finite
+    text = dumps(results, indent=2)
     if args.json == "-":
         sys.stdout.write(text + "\n")
     else:

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cxr_viewer.core.errors import CXRError
+from cxr_viewer.core.jsonio import dumps, finite_or_none
 
 log = logging.getLogger("trainer")
 
@@ -222,8 +223,8 @@ def cmd_finetune(argv: Sequence[str]) -> int:
     args = parse_with_config(finetune_parser(), argv)
     _logging(args.verbose)
     res = run_finetune(args)
-    print(json.dumps({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "val_auroc": res.best_score,
-                      "global_step": res.global_step}))  # fmt: skip
+    print(dumps(finite_or_none({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "val_auroc": res.best_score,
+                                "global_step": res.global_step})))  # fmt: skip
     return 0
 
 
@@ -252,7 +253,7 @@ def cmd_calibrate(argv: Sequence[str]) -> int:
         args.bundle, args.manifest, method=args.method, target=args.target, split=args.split,
         split_file=args.split_file, out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
     )  # fmt: skip
-    print(json.dumps({"bundle": str(out), "thresholds": thresholds}))
+    print(dumps(finite_or_none({"bundle": str(out), "thresholds": thresholds})))
     return 0
 
 

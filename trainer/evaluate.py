@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_viewer.core.errors import TrainingDataError
+from cxr_viewer.core.jsonio import dumps, finite_or_none
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -393,7 +394,7 @@ def evaluate(
             if name:
                 galleries[lab] = name
     metrics["figures"] = {**figures, **{f"gallery/{k}": v for k, v in galleries.items()}}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (out / "metrics.json").write_text(dumps(finite_or_none(metrics), indent=2), encoding="utf-8")  # NaN -> null
     (out / "report.md").write_text(_report(loaded, metrics, figures, galleries), encoding="utf-8")
     log.info("evaluation written to %s (macro AUROC %s)", out, _fmt(metrics["auroc_macro"]["value"]))
     return out

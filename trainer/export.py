@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_viewer.core.errors import TrainingConfigError
+from cxr_viewer.core.jsonio import dumps, finite_or_none
 
 if TYPE_CHECKING:
     from torch import nn
@@ -70,7 +71,7 @@ def write_bundle(model: "nn.Module", manifest: Mapping[str, Any], out_dir: str |
     """``save_bundle`` with our defaults (intended use, limitations) filled in."""
     from cxr_viewer.core.models.bundle import save_bundle
 
-    m = dict(manifest)
+    m = finite_or_none(dict(manifest))  # an undefined metric (NaN AUROC of a one-class split) is written as null
     m.setdefault("intended_use", INTENDED_USE)
     m.setdefault("limitations", list(DEFAULT_LIMITATIONS))
     return save_bundle(model, m, out_dir, dtype=dtype)
@@ -95,7 +96,7 @@ def rewrite_manifest(manifest: Any, bundle_dir: str | Path, *, weights_from: str
         raise BundleHashMismatchError(f"The weights in {dest} do not match the manifest being written.", path=dest)
     m = Manifest.from_dict(m.to_dict())  # validate before writing
     tmp = dest / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(m.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(dumps(finite_or_none(m.to_dict()), indent=2) + "\n", encoding="utf-8")
     tmp.replace(dest / MANIFEST_FILE)
     return dest
 

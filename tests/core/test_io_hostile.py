@@ -172,3 +172,72 @@ def test_decoded_bytes_are_capped(tmp_path: Path) -> None:
     ds.save_as(f)
     with pytest.raises(ImageTooLargeError, match="MB once decoded"):
         read_image(f)
+
+
+# --------------------------------------------------------------------------- NaN and Inf
+def _float_dicom(path: Path, arr: np.ndarray) -> Path:
+    import pydicom
+
+    make_dicom(path, None, Rows=arr.shape[0], Columns=arr.shape[1], SamplesPerPixel=1,
+               PhotometricInterpretation="MONOCHROME2", BitsAllocated=32)
+    ds = pydicom.dcmread(path)
+    ds.FloatPixelData = arr.astype(np.float32).tobytes()
+    ds.save_as(path)
+    return path
+
+
+def test_float_pixel_data_with_nan_and_inf_is_cleaned(tmp_path: Path) -> None:
+    arr = np.linspace(0, 100, 256, dtype=np.float32).reshape(16, 16)
+    arr[0, :4] = [np.nan, np.inf, -np.inf, np.nan]
+    rec = read_image(_float_dicom(tmp_path / "f.dcm", arr))
+    assert np.isfinite(rec.pixels).all() and np.isfinite(rec.model_pixels()).all()
+    assert rec.pixels[0, 1] == pytest.approx(1.0) and rec.pixels[0, 0] == pytest.approx(0.0)  # +inf top, NaN bottom
+    assert any("4 pixel value(s) are not numbers" in n for n in rec.notices)
+
+
+def test_float_pixel_data_all_nan_is_refused(tmp_path: Path) -> None:
+    f = _float_dicom(tmp_path / "f.dcm", np.full((16, 16), np.nan, np.float32))
+    with pytest.raises(UnsupportedImageError, match="every value is NaN or infinite") as info:
+        read_image(f)
+    assert info.value.path == f
+
+
+@pytest.mark.parametrize("width", ["1e300", "1e308"])
+def test_absurd_window_width_is_ignored_with_notice(tmp_path: Path, width: str) -> None:
+    f = make_dicom(tmp_path / "w.dcm", (np.arange(256).reshape(16, 16) * 16).astype(np.uint16), bits_stored=12,
+                   WindowCenter=2000, WindowWidth=width)
+    rec = read_image(f)
+    assert rec.default_window is None
+    assert np.isfinite(rec.model_pixels()).all()
+    assert any("lies far outside its pixel values" in n and f"width {float(width):.4g}" in n for n in rec.notices)
+
+
+def test_overflowing_rescale_is_refused(tmp_path: Path) -> None:
+    f = make_dicom(tmp_path / "r.dcm", (np.arange(256).reshape(16, 16) * 16).astype(np.uint16), bits_stored=12,
+                   RescaleSlope="1e308", RescaleIntercept="0")
+    with pytest.raises(UnsupportedImageError, match="overflow"):
+        read_image(f)
+
+
+def test_float_tiff_with_nan_and_inf(tmp_path: Path) -> None:
+    import tifffile
+
+    arr = np.linspace(-5, 500, 64 * 64, dtype=np.float32).reshape(64, 64)
+    arr[3, 3], arr[4, 4] = np.nan, np.inf
+    tifffile.imwrite(tmp_path / "f.tif", arr)
+    rec = read_image(tmp_path / "f.tif")
+    assert np.isfinite(rec.pixels).all() and rec.pixels[4, 4] == pytest.approx(1.0)
+    assert any("2 pixel value(s) are not numbers" in n for n in rec.notices)
+    tifffile.imwrite(tmp_path / "nan.tif", np.full((8, 8), np.nan, np.float32))
+    with pytest.raises(UnsupportedImageError, match="NaN or infinite"):
+        read_image(tmp_path / "nan.tif")
+
+
+def test_json_writer_refuses_nan() -> None:
+    from cxr_viewer.core.jsonio import dumps, finite_or_none, non_finite_paths
+
+    obj = {"findings": [{"score": 0.2}, {"score": float("nan")}], "x": np.float32("inf")}
+    assert non_finite_paths(obj) == ["findings[1].score", "x"]
+    with pytest.raises(ValueError, match=r"findings\[1\]\.score"):
+        dumps(obj)
+    assert json.loads(dumps(finite_or_none({"a": [float("inf"), 1.0]}))) == {"a": [None, 1.0]}

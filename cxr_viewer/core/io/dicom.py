@@ -105,6 +105,9 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     stored = decode_first_frame(ds, path)
     values, value_notices = stored_to_values(stored, ds)
     notices.extend(value_notices)
+    values, finite_note = finite_values(values, path)
+    if finite_note:
+        notices.append(finite_note)
 
     lo, hi = float(values.min()), float(values.max())
     window_vals, window_note = voi_window(ds, values)
@@ -123,6 +126,12 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     default_window = None
     if window_vals is not None and hi > lo:
         default_window = values_window_to_unit(window_vals, lo, hi, invert=invert)
+        c, w = default_window
+        if not (np.isfinite(c) and np.isfinite(w)) or w > _MAX_WINDOW_SPAN or abs(c) > _MAX_WINDOW_SPAN:
+            default_window = None
+            centers, widths = _multi(ds.get("WindowCenter")), _multi(ds.get("WindowWidth"))
+            given = f" (centre {_g(centers[0])}, width {_g(widths[0])})" if centers and widths else ""
+            notices.append(f"The file's window{given} lies far outside its pixel values; showing the full range.")
 
     spacing, spacing_source, spacing_note = pixel_spacing(ds)
     if spacing_note:
@@ -489,8 +498,28 @@ def stored_to_values(stored: np.ndarray, ds: "Dataset") -> tuple[np.ndarray, lis
     bits_stored = int(ds.get("BitsStored", stored.dtype.itemsize * 8) or 0)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     arr = fix_bits(stored, bits_stored, signed)
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    check_rescale(ds, arr)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused above; float data is cleaned later
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     return values, notices
+
+
+def check_rescale(ds: "Dataset", stored: np.ndarray) -> None:
+    """Rescale Slope/Intercept (PS3.3 C.11.1.1.2) that are not numbers, or overflow the values, are refused."""
+    if "ModalityLUTSequence" in ds or not ("RescaleSlope" in ds or "RescaleIntercept" in ds):
+        return
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        raise UnsupportedImageError("The file's Rescale Slope or Intercept is not a number, so its pixel "
+                                    "values cannot be interpreted. The file is damaged.") from None
+    top = float(np.abs(stored).max()) if stored.size and stored.dtype.kind in "iuf" else 0.0
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or abs(slope) * top + abs(intercept) > 1e300:
+        raise UnsupportedImageError(
+            f"The file's Rescale Slope ({_g(slope)}) and Intercept ({_g(intercept)}) make its pixel values "
+            "overflow, so they cannot be interpreted. The file is damaged."
+        )
 
 
 def voi_window(ds: "Dataset", values: np.ndarray) -> tuple[tuple[float, float] | None, str | None]:
@@ -576,10 +605,44 @@ def _multi_str(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+#: A default window more than this many times wider than the image's value range (or centred that far
+#: outside it) shows nothing but one grey: it is ignored with a notice.
+_MAX_WINDOW_SPAN = 1000.0
+
+
+def _g(value: float) -> str:
+    """A number for a notice: short, whatever its size."""
+    return f"{value:.4g}"
+
+
+def finite_values(values: np.ndarray, path: Path) -> tuple[np.ndarray, str | None]:
+    """Clean NaN/Inf out of modality values (float pixel data, overflowing rescale), with a notice.
+
+    NaN and -inf become the lowest finite value, +inf the highest; an image with no
+    finite value at all is refused.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return values, None
+    if not finite.any():
+        raise UnsupportedImageError(
+            f"The DICOM file {path.name} holds no usable pixel values: every value is NaN or infinite "
+            "(its float pixel data or rescale values are not numbers).",
+            path=path,
+        )
+    bad = int(values.size - np.count_nonzero(finite))
+    lo, hi = float(values[finite].min()), float(values[finite].max())
+    values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+    return values, (f"{bad:,} pixel value(s) are not numbers (NaN or infinite): NaN and -inf are shown as the "
+                    "lowest value, +inf as the highest.")
+
+
 def normalise(values: np.ndarray, lo: float, hi: float, *, invert: bool) -> np.ndarray:
     """Modality values -> float32 [0, 1] over their own range; inverted for MONOCHROME1."""
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.float32)
+    if not np.isfinite(hi - lo):  # a range wider than float64 holds: halve everything first
+        values, lo, hi = values * 0.5, lo * 0.5, hi * 0.5
     out = ((values - lo) / (hi - lo)).astype(np.float32)
     if invert:
         np.subtract(np.float32(1.0), out, out=out)
@@ -589,10 +652,13 @@ def normalise(values: np.ndarray, lo: float, hi: float, *, invert: bool) -> np.n
 def values_window_to_unit(window: tuple[float, float], lo: float, hi: float, *, invert: bool) -> tuple[float, float]:
     """``(lo, hi)`` of a window in modality units -> ``(center, width)`` in the record's [0, 1] units."""
     span = hi - lo
-    a, b = (window[0] - lo) / span, (window[1] - lo) / span
-    if invert:
-        a, b = 1.0 - b, 1.0 - a
-    return float((a + b) / 2.0), float(max(b - a, 1e-6))
+    if not np.isfinite(span):
+        window, lo, span = (window[0] * 0.5, window[1] * 0.5), lo * 0.5, hi * 0.5 - lo * 0.5
+    with np.errstate(over="ignore", invalid="ignore"):  # an absurd window may overflow: the caller checks
+        a, b = (np.float64(window[0]) - lo) / span, (np.float64(window[1]) - lo) / span
+        if invert:
+            a, b = 1.0 - b, 1.0 - a
+        return float((a + b) / 2.0), float(max(b - a, 1e-6))
 
 
 # --------------------------------------------------------------------------- header

@@ -53,7 +53,9 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             from cxr_viewer.core.io.raster import read_raster
 
             return read_raster(path, max_pixels=max_pixels, fmt=kind)
-    except CXRError:
+    except CXRError as exc:
+        if exc.path is None:  # raised by a helper that does not know the file
+            exc.path = path
         raise
     except MemoryError:
         raise ImageTooLargeError(
