@@ -241,3 +241,35 @@ def test_json_writer_refuses_nan() -> None:
     with pytest.raises(ValueError, match=r"findings\[1\]\.score"):
         dumps(obj)
     assert json.loads(dumps(finite_or_none({"a": [float("inf"), 1.0]}))) == {"a": [None, 1.0]}
+
+
+# --------------------------------------------------------------------------- pixel data vs header
+@pytest.mark.parametrize("factor", [2, 3])
+def test_pixel_data_longer_than_declared_is_refused(tmp_path: Path, factor: int) -> None:
+    """16-bit pixels declared as 8-bit (data twice as long) were read as noise and scored; now refused."""
+    import pydicom
+
+    arr = (np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)
+    f = make_dicom(tmp_path / "long.dcm", arr.astype(np.uint8))
+    ds = pydicom.dcmread(f)
+    ds.PixelData = np.tile(arr.astype(np.uint8).ravel(), factor).tobytes()
+    ds.save_as(f)
+    with pytest.raises(InconsistentImageError) as info:
+        read_image(f)
+    msg = info.value.message
+    assert f"{32 * 32 * factor:,} bytes" in msg and "1,024" in msg and "disagree" in msg
+
+
+def test_odd_length_padding_and_exact_frames_still_read(tmp_path: Path) -> None:
+    import pydicom
+
+    f = make_dicom(tmp_path / "odd.dcm", np.arange(5 * 5, dtype=np.uint8).reshape(5, 5))  # 25 bytes, padded to 26
+    assert read_image(f).shape == (5, 5)
+    two = np.stack([_gray(), _gray()[::-1]])
+    g = make_dicom(tmp_path / "two.dcm", _gray())
+    ds = pydicom.dcmread(g)
+    ds.NumberOfFrames = 2
+    ds.PixelData = two.tobytes()
+    ds.save_as(g)
+    rec = read_image(g)
+    assert rec.shape == (32, 32) and any("2 frames" in n for n in rec.notices)

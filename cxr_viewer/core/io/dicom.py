@@ -337,6 +337,15 @@ def check_native_length(ds: "Dataset", path: Path, notices: list[str]) -> None:
             f"header declares {frame_bytes:,}. Copy or export it again from the PACS.",
             path=path,
         )
+    expected = (frame_px * bits * frames + 7) // 8
+    if have > expected + (expected & 1):  # one pad byte makes an odd length even (PS3.5 8.1.1)
+        raise InconsistentImageError(
+            f"The DICOM file {path.name} holds {have:,} bytes of image data, but its header ({cols} x {rows} "
+            f"pixels, {samples} sample(s), {bits} bits allocated, {frames} frame(s)) declares {expected:,}. "
+            "Header and data disagree, so the image would be read as noise; it was not opened. "
+            "Export it again from the PACS.",
+            path=path,
+        )
     if bits != 1 and have < frame_bytes * frames:
         present = max(have // frame_bytes, 1)
         notices.append(f"The file is cut short: only {present:,} of its {frames:,} frames are present.")
