@@ -319,8 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         print(f"cxr-train: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from trainer.run import RunFinished
+
     try:
         return cmd(argv[1:])
+    except RunFinished as exc:  # --resume of a finished run: say so, change nothing
+        print(f"cxr-train {argv[0]}: {exc.message}", file=sys.stderr)
+        print(dumps({"run": str(exc.run_dir), "bundle": exc.info.get("bundle"), "already_finished": True}))
+        return 0
     except CXRError as exc:
         print(f"cxr-train {argv[0]}: error: {exc.message}", file=sys.stderr)
         return 1
