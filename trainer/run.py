@@ -53,8 +53,8 @@ class RunFinished(Exception):
         done = f" after {epochs} epoch(s)" if epochs is not None else ""
         self.message = (
             f"Run {run_dir} already finished{done}; nothing was trained and its bundle "
-            f"({info.get('bundle') or run_dir / 'bundle'}) was left as it is. To train further, start a new run "
-            "(another --name) with --init pointing at that bundle."
+            f"({info.get('bundle') or run_dir / 'bundle'}) was left as it is. To train further, resume it with a "
+            f"larger --max-epochs (it ran to {info.get('max_epochs', '?')})."
         )
         super().__init__(self.message)
 
@@ -76,9 +76,12 @@ def run_dir_for(args: argparse.Namespace, task: str) -> Path:
             info = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             info = {}
-        raise RunFinished(run_dir, info if isinstance(info, dict) else {})
-    if not args.resume:
-        marker.unlink(missing_ok=True)  # a fresh run in an old folder is not finished until it says so
+        info = info if isinstance(info, dict) else {}
+        wanted, ran_to = getattr(args, "max_epochs", None), info.get("max_epochs")
+        if wanted is None or ran_to is None or int(wanted) <= int(ran_to):
+            raise RunFinished(run_dir, info)
+        log.info("extending finished run %s from %s to %s epochs", run_dir.name, ran_to, wanted)
+    marker.unlink(missing_ok=True)  # a fresh (or extended) run is not finished until it says so
     return run_dir
 
 
@@ -93,6 +96,7 @@ def mark_finished(run_dir: Path, trainer: "L.Trainer", bundle_dir: Path | None) 
         return  # stopped by the wall-time budget: --resume continues it
     info = {
         "epochs": int(trainer.current_epoch),
+        "max_epochs": int(trainer.max_epochs) if trainer.max_epochs is not None else None,
         "global_step": int(trainer.global_step),
         "bundle": str(bundle_dir) if bundle_dir else None,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

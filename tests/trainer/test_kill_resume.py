@@ -123,3 +123,4 @@ def test_sigkill_mid_epoch_then_resume(manifest: Path, tmp_path: Path) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in bundle.iterdir()} == before
     assert last.stat().st_mtime_ns == ckpt_before
     assert len(list((runs / "killed").glob("logs.part*"))) == 1  # only the killed part's logs were set aside
+    assert "larger --max-epochs" in again.stderr  # and how to train further
