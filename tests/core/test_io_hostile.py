@@ -273,3 +273,90 @@ def test_odd_length_padding_and_exact_frames_still_read(tmp_path: Path) -> None:
     ds.save_as(g)
     rec = read_image(g)
     assert rec.shape == (32, 32) and any("2 frames" in n for n in rec.notices)
+
+
+# --------------------------------------------------------------------------- messages name the cause
+def test_decoder_tracebacks_go_to_our_debug_log_not_stderr(tmp_path: Path, dicom_dir: Path) -> None:
+    """A stream libjpeg refuses (no Huffman tables) is logged by pydicom with a traceback; the user sees none."""
+    code = (
+        "import logging, sys, pydicom\n"
+        "from pydicom.encaps import encapsulate, generate_frames\n"
+        "logging.basicConfig(level=logging.WARNING, stream=sys.stderr)\n"
+        "from cxr_viewer.core.io import read_image\n"
+        "ds = pydicom.dcmread(sys.argv[1])\n"
+        "jpg = next(generate_frames(ds.PixelData, number_of_frames=1))\n"
+        "i = jpg.find(b'\\xff\\xc0'); n = int.from_bytes(jpg[i + 2:i + 4], 'big')\n"
+        "ds.PixelData = encapsulate([jpg[:i + 2 + n] + b'\\xff\\xda\\x00\\x08\\x01\\x01\\x00\\x00\\x3f\\x00'"
+        " + b'\\x55' * 500 + b'\\xff\\xd9'])\n"
+        "ds.save_as(sys.argv[2])\n"
+        "try:\n    read_image(sys.argv[2])\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+        "if len(sys.argv) > 3:\n"
+        "    logging.getLogger('cxr_viewer').setLevel(logging.DEBUG)\n    read_image(sys.argv[2])\n"
+    )
+    src = str(next(dicom_dir.glob("siim_pneumothorax_*.dcm")))
+    quiet = subprocess.run([sys.executable, "-c", code, src, str(tmp_path / "b.dcm")], capture_output=True,
+                           text=True, timeout=120, cwd=REPO)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Traceback" not in quiet.stderr and "libjpeg" not in quiet.stderr
+    verbose = subprocess.run([sys.executable, "-c", code, src, str(tmp_path / "b.dcm"), "-v"], capture_output=True,
+                             text=True, timeout=120, cwd=REPO)
+    assert "DEBUG:cxr_viewer.core.io.decoders" in verbose.stderr and "libjpeg" in verbose.stderr
+
+
+def test_dicom_cut_inside_its_preamble_is_not_called_tiff(tmp_path: Path) -> None:
+    from cxr_viewer.core.io import read_header
+
+    f = make_dicom(tmp_path / "d.dcm", _gray())
+    data = bytearray(f.read_bytes())
+    data[:4] = b"II*\x00"  # a dual-personality preamble: the file starts like a TIFF
+    for cut in (8, 100, 131):
+        g = tmp_path / f"cut{cut}.dcm"
+        g.write_bytes(bytes(data[:cut]))
+        for reader in (read_image, read_header):
+            with pytest.raises(TruncatedFileError) as info:
+                reader(g)
+            assert "TIFF" not in info.value.message and f"only {cut} bytes" in info.value.message
+
+
+@pytest.mark.parametrize(("tags", "words"), [
+    ({"BitsStored": 0}, "BitsStored 0"),
+    ({"BitsStored": 20}, "BitsStored 20"),
+    ({"BitsAllocated": 12, "BitsStored": 12, "HighBit": 11}, "BitsAllocated 12"),
+    ({"PhotometricInterpretation": "MONOCHROME3"}, "'MONOCHROME3'"),
+    ({"SamplesPerPixel": 2}, "2 samples per pixel"),
+])
+def test_unsupported_values_are_called_unsupported(tmp_path: Path, tags: dict, words: str) -> None:
+    import pydicom
+
+    f = make_dicom(tmp_path / "u.dcm", _gray().astype(np.uint16), bits_stored=12)
+    ds = pydicom.dcmread(f)
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.save_as(f)
+    with pytest.raises(UnsupportedImageError) as info:
+        read_image(f)
+    msg = info.value.message
+    assert words in msg and "does not support" in msg
+    assert "damaged" not in msg and "cut short" not in msg
+
+
+def test_unexpected_reader_errors_name_a_cause() -> None:
+    """Refusals used to end in a bare exception name such as "(ValueError)" or "(RecursionError)"."""
+    from cxr_viewer.core.io.reader import _cause
+
+    assert "nests too deeply" in _cause(RecursionError())
+    assert "value that cannot be interpreted" in _cause(ValueError("x"))
+    assert "end early" in _cause(EOFError())
+    assert all(_cause(e) for e in (KeyError(), ZeroDivisionError(), RuntimeError()))
+
+
+@pytest.mark.parametrize("spacing", [["1e308", "1e308"], ["0", "0.2"], ["-0.1", "-0.1"], ["1e-9", "1e-9"]])
+def test_nonsense_pixel_spacing_is_ignored_with_notice(tmp_path: Path, spacing: list[str]) -> None:
+    f = make_dicom(tmp_path / "s.dcm", _gray(), PixelSpacing=spacing)
+    rec = read_image(f)
+    assert rec.spacing_mm is None
+    note = next(n for n in rec.notices if "pixel spacing" in n)
+    assert "not a plausible size" in note and len(note) < 200  # no 309-digit figure
+    good = make_dicom(tmp_path / "g.dcm", _gray(), ImagerPixelSpacing=["0.2", "0.2"],
+                      EstimatedRadiographicMagnificationFactor="1e308")
+    assert read_image(good).spacing_mm == pytest.approx((0.2, 0.2))  # an absurd magnification is not applied

@@ -40,6 +40,34 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+
+class _DebugRelay(logging.Handler):
+    """Re-emit a library's records (decoder tracebacks included) as DEBUG records of one of our loggers."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__(logging.DEBUG)
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.target.isEnabledFor(logging.DEBUG):
+            relayed = logging.makeLogRecord({**record.__dict__, "name": self.target.name, "levelno": logging.DEBUG,
+                                             "levelname": "DEBUG", "msg": f"[{record.name}] {record.getMessage()}",
+                                             "args": None})
+            self.target.handle(relayed)
+
+
+def route_pydicom_logs() -> None:
+    """pydicom logs every failed decoder plugin with a traceback at ERROR; our reader turns the failure into a
+    clear message, so those records go to our log at debug level instead of the user's terminal."""
+    lib = logging.getLogger("pydicom")
+    if any(isinstance(h, _DebugRelay) for h in lib.handlers):
+        return
+    lib.addHandler(_DebugRelay(logging.getLogger("cxr_viewer.core.io.decoders")))
+    lib.propagate = False
+
+
+route_pydicom_logs()
+
 DEFAULT_MAX_PIXELS = 100_000_000
 #: Decoded bytes of the one frame we read, at most (100 M pixels of 32-bit data).
 DEFAULT_MAX_DECODED_BYTES = 400_000_000
@@ -92,6 +120,7 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise NoPixelDataError(_no_pixels_message(ds, path), path=path)
 
     check_frame_size(ds, max_pixels, path)
+    check_pixel_format(ds, path, pixel_kw)
     check_transfer_syntax(ds, path)
     if pixel_kw == "PixelData":
         check_decoder(ds, path)
@@ -162,11 +191,15 @@ def read_header(path: str | Path, *, specific_tags: list[str] | None = None) -> 
     """Header of a DICOM file without its pixel data (fast; for scans and the tag browser)."""
     from cxr_viewer.core.io.sniff import sniff_file
 
+    from cxr_viewer.core.io.sniff import HEAD_BYTES
+
     path = Path(path)
     try:
         kind = sniff_file(path)
     except OSError:
         kind = "dicom"  # let _dcmread report the missing or unreadable file
+    if kind in (None, "tiff") and path.exists() and 0 < path.stat().st_size < HEAD_BYTES:
+        raise TruncatedFileError(too_short_message(path, path.stat().st_size), path=path)
     if kind != "dicom" and path.exists() and path.stat().st_size > 0:
         what = f"a {kind.upper()} image" if kind else "not a DICOM file"
         raise NotAnImageError(f"The file {path.name} is {what}, so it has no DICOM header.", path=path)
@@ -193,6 +226,12 @@ def _dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] |
             )
     except InvalidDicomError as exc:
         raise NotAnImageError(f"The file {path.name} is not a DICOM image.", path=path) from exc
+    except RecursionError:
+        raise UnsupportedImageError(
+            f"The DICOM file {path.name} cannot be read: its header nests sequences inside sequences too deeply "
+            "(far beyond any real image; the file is damaged or crafted).",
+            path=path,
+        ) from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, struct_error()) as exc:
         if isinstance(exc, PermissionError):
             raise ImageReadError(f"You have no permission to read {path.name}.", path=path) from exc
@@ -201,6 +240,12 @@ def _dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] |
             "Copy or export it again from the PACS.",
             path=path,
         ) from exc
+
+
+def too_short_message(path: Path, size: int) -> str:
+    """A file cut inside the first 132 bytes: a DICOM preamble may look like a TIFF header, so say what we know."""
+    return (f"The file {path.name} is only {size} bytes long: too short to be a DICOM file (which begins with "
+            "132 bytes of preamble and 'DICM') or to hold a radiograph. It is cut short; copy or export it again.")
 
 
 def struct_error() -> type[Exception]:
@@ -271,6 +316,44 @@ def check_frame_size(ds: "Dataset", max_pixels: int, path: Path) -> None:
             f"(limit {DEFAULT_MAX_DECODED_BYTES / 1e6:,.0f} MB). The file is probably damaged.",
             path=path,
         )
+
+
+#: Photometric interpretations we can turn into grayscale (PS3.3 C.7.6.3.1.2, current values only).
+SUPPORTED_PHOTOMETRIC = frozenset({
+    "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420",
+    "YBR_ICT", "YBR_RCT",
+})
+
+
+def check_pixel_format(ds: "Dataset", path: Path, pixel_kw: str = "PixelData") -> None:
+    """Values the standard allows but we do not read (or that no encoder writes) are *unsupported*, said
+    before decoding, so they are never reported as damage."""
+    def unsupported(what: str) -> UnsupportedImageError:
+        return UnsupportedImageError(f"The DICOM file {path.name} {what}, which cxr-viewer does not support.",
+                                     path=path)
+
+    allocated = _int(ds, "BitsAllocated")
+    stored = _int(ds, "BitsStored")
+    if pixel_kw == "FloatPixelData" and allocated not in (None, 32):
+        raise unsupported(f"holds 32-bit float pixel data but declares BitsAllocated {allocated}")
+    if pixel_kw == "DoubleFloatPixelData" and allocated not in (None, 64):
+        raise unsupported(f"holds 64-bit float pixel data but declares BitsAllocated {allocated}")
+    if pixel_kw == "PixelData":
+        if allocated is not None and allocated not in (1, 8, 16, 32):
+            raise unsupported(f"stores its pixels in {allocated}-bit words (BitsAllocated {allocated}; "
+                              "readable values are 1, 8, 16 and 32)")
+        if stored is not None and (stored < 1 or stored > (allocated or 16)):
+            raise unsupported(f"declares {stored} significant bits per pixel (BitsStored {stored}) in "
+                              f"{allocated or 16}-bit words")
+        representation = _int(ds, "PixelRepresentation")
+        if representation not in (None, 0, 1):
+            raise unsupported(f"declares PixelRepresentation {representation} (0 unsigned or 1 signed are defined)")
+    samples = _int(ds, "SamplesPerPixel")
+    if samples not in (None, 1, 3):
+        raise unsupported(f"has {samples} samples per pixel (1 for grayscale or 3 for colour are defined)")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise unsupported(f"uses the photometric interpretation '{photometric}'")
 
 
 def check_transfer_syntax(ds: "Dataset", path: Path) -> None:
@@ -680,30 +763,39 @@ def pixel_spacing(ds: "Dataset") -> tuple[tuple[float, float] | None, str | None
     corrects when present (PS3.3 10.7.1.3).
     """
 
-    def pair(keyword: str) -> tuple[float, float] | None:
+    def raw(keyword: str) -> tuple[float, float] | None:
         value = ds.get(keyword)
         try:
-            r, c = float(value[0]), float(value[1])
+            return float(value[0]), float(value[1])
         except (TypeError, ValueError, IndexError):
             return None
-        return (r, c) if r > 0 and c > 0 and np.isfinite(r) and np.isfinite(c) else None
 
-    spacing = pair("PixelSpacing")
-    if spacing is not None:
+    def plausible(rc: tuple[float, float] | None) -> bool:
+        return rc is not None and all(np.isfinite(v) and SPACING_RANGE_MM[0] <= v <= SPACING_RANGE_MM[1] for v in rc)
+
+    spacing = raw("PixelSpacing")
+    if plausible(spacing):
         return spacing, "PixelSpacing", None
-    imager = pair("ImagerPixelSpacing")
-    if imager is not None:
+    imager = raw("ImagerPixelSpacing")
+    if plausible(imager):
+        assert imager is not None
         try:
             mag = float(ds.get("EstimatedRadiographicMagnificationFactor") or 0)
         except (TypeError, ValueError):
             mag = 0.0
-        if mag > 0:
-            return (imager[0] / mag, imager[1] / mag), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor", None
+        if 0.5 <= mag <= 10.0 and plausible(corrected := (imager[0] / mag, imager[1] / mag)):
+            return corrected, "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor", None
         return imager, "ImagerPixelSpacing", None
     if "PixelSpacing" in ds or "ImagerPixelSpacing" in ds:
-        return None, None, "The file's pixel spacing is zero or invalid; measurements are in pixels."
+        given = spacing or imager
+        shown = f" ({_g(given[0])} x {_g(given[1])} mm)" if given is not None else ""
+        return None, None, (f"The file's pixel spacing{shown} is not a plausible size for a radiograph's pixels; "
+                            "it is ignored and measurements are in pixels.")
     return None, None, "The file gives no pixel spacing; measurements are in pixels."
 
+
+#: Pixel sizes accepted as a radiograph's (mm): detectors are 0.05-0.2 mm, digitised film up to about 1 mm.
+SPACING_RANGE_MM = (0.001, 10.0)
 
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 
