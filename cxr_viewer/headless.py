@@ -7,7 +7,6 @@ becomes an ``error`` object (code + message), never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_viewer.core.errors import CXRError, NoSegmentationModelError
+from cxr_viewer.core.jsonio import dumps, finite_or_none, non_finite_paths
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.engine import InferenceEngine
@@ -25,6 +25,7 @@ log = logging.getLogger("cxr_viewer.headless")
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_REJECTED = 2
+EXIT_MODELS_REFUSED = 3
 
 
 def _setup_logging(verbose: int) -> None:
@@ -36,7 +37,8 @@ def _analyze_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cxr-viewer analyze",
         description="Analyse chest X-rays without a window and write one JSON object per input. "
-        "Exit status: 0 all inputs analysed, 2 if any input (or a requested heatmap/mask) could not be done.",
+        "Exit status: 0 all inputs analysed, 2 if any input (or a requested heatmap/mask) could not be done, "
+        "3 if every model bundle found was refused (so nothing was scored).",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="DICOM, PNG, JPEG or TIFF files")
     p.add_argument("--json", default="-", metavar="OUT", help="output file, or - for standard output (default)")
@@ -182,6 +184,22 @@ def _analyze_one(
     return obj, done
 
 
+def _finite_result(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A result holding NaN/Inf (a damaged model's output) becomes an error naming the values; never NaN in JSON."""
+    bad = non_finite_paths(obj)
+    if not bad:
+        return obj, True
+    log.error("input %s: non-finite values at %s", obj.get("file", "?"), ", ".join(bad[:5]))
+    clean = finite_or_none(obj)
+    clean["status"] = "error"
+    clean["error"] = {
+        "code": "non_finite_result",
+        "message": "Some results are not numbers (NaN or infinite) and are written as null: "
+        + ", ".join(bad[:5]) + ". A model bundle may be damaged; run cxr-viewer --self-test.",
+    }
+    return clean, False
+
+
 def analyze_main(argv: list[str]) -> int:
     """``cxr-viewer analyze``: see ``--help``. Returns the process exit status."""
     args = _analyze_parser().parse_args(argv)
@@ -189,14 +207,19 @@ def analyze_main(argv: list[str]) -> int:
     if args.mask_out and args.report is None:
         print("cxr-viewer analyze: --mask-out needs --report TEXT", file=sys.stderr)
         return EXIT_REJECTED
+    from cxr_viewer.core.inference import engine as engine_module
     from cxr_viewer.core.inference.engine import InferenceEngine
 
+    no_models_warning = getattr(engine_module, "NO_MODELS_WARNING", None)
     try:
         engine = InferenceEngine.from_dirs(model_dirs(args), device=args.device, backend=args.backend, threads=args.threads)
     except CXRError as exc:
         print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
         return EXIT_REJECTED
-    run_warnings = [f"model bundle {p.name} was skipped: {msg}" for p, msg in engine.load_errors]
+    run_warnings = [f"model bundle {p.name} was refused: {msg}" for p, msg in engine.load_errors]
+    refused_all = refusal_error(engine)
+    if refused_all is not None:
+        print(f"cxr-viewer analyze: {refused_all['message']}", file=sys.stderr)
     cam_dir: Path | None = None
     if args.cam:
         cam_dir = Path(args.cam_out) if args.cam_out else (Path(args.json).parent if args.json != "-" else Path("."))
@@ -214,18 +237,38 @@ def analyze_main(argv: list[str]) -> int:
             obj = {"file": path_text, "status": "error",
                    "error": {"code": "internal_error", "message": f"Unexpected error ({type(exc).__name__}); see the log."}}
             done = False
-        if run_warnings:
-            obj["warnings"] = list(obj.get("warnings", [])) + run_warnings
+        if run_warnings:  # refusals first: they explain any "no models" warning after them
+            kept = [w for w in obj.get("warnings", []) if refused_all is None or w != no_models_warning]
+            obj["warnings"] = run_warnings + kept
+        if refused_all is not None and obj.get("status") == "ok":
+            obj["status"] = "error"
+            obj["error"] = dict(refused_all)
+        obj, finite = _finite_result(obj)
         results.append(obj)
-        all_done &= done
-    text = json.dumps(results, indent=2)
+        all_done &= done and finite
+    text = dumps(results, indent=2)
     if args.json == "-":
         sys.stdout.write(text + "\n")
     else:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n", encoding="utf-8")
+    if refused_all is not None:
+        return EXIT_MODELS_REFUSED
     return EXIT_OK if all_done else EXIT_REJECTED
+
+
+def refusal_error(engine: "InferenceEngine") -> dict[str, str] | None:
+    """The error every result carries when bundles were found but every one was refused; else ``None``."""
+    if engine.bundles or not engine.load_errors:
+        return None
+    reasons = "; ".join(f"{path.name}: {msg}" for path, msg in engine.load_errors)
+    n = len(engine.load_errors)
+    return {
+        "code": "models_refused",
+        "message": f"Every model bundle found ({n}) was refused, so no finding was scored "
+        f"(only the image checks ran). {reasons}",
+    }
 
 
 def self_test_main(argv: list[str]) -> int:

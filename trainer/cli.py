@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cxr_viewer.core.errors import CXRError
+from cxr_viewer.core.jsonio import dumps, finite_or_none
 
 log = logging.getLogger("trainer")
 
@@ -228,8 +229,8 @@ def cmd_finetune(argv: Sequence[str]) -> int:
     args = parse_with_config(finetune_parser(), argv)
     _logging(args.verbose)
     res = run_finetune(args)
-    print(json.dumps({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "val_auroc": res.best_score,
-                      "global_step": res.global_step}))  # fmt: skip
+    print(dumps(finite_or_none({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "val_auroc": res.best_score,
+                                "global_step": res.global_step})))  # fmt: skip
     return 0
 
 
@@ -260,7 +261,7 @@ def cmd_calibrate(argv: Sequence[str]) -> int:
         scaling=args.scaling, min_positives=args.min_positives,
         label_methods=dict(r.split("=", 1) for r in args.label_method if "=" in r),
     )  # fmt: skip
-    print(json.dumps({"bundle": str(out), "thresholds": thresholds}, allow_nan=False))
+    print(dumps(finite_or_none({"bundle": str(out), "thresholds": thresholds})))
     return 0
 
 
@@ -326,8 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         print(f"cxr-train: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from trainer.run import RunFinished
+
     try:
         return cmd(argv[1:])
+    except RunFinished as exc:  # --resume of a finished run: say so, change nothing
+        print(f"cxr-train {argv[0]}: {exc.message}", file=sys.stderr)
+        print(dumps({"run": str(exc.run_dir), "bundle": exc.info.get("bundle"), "already_finished": True}))
+        return 0
     except CXRError as exc:
         print(f"cxr-train {argv[0]}: error: {exc.message}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_viewer.core.errors import TrainingDataError
+from cxr_viewer.core.jsonio import dumps, finite_or_none
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -314,17 +315,6 @@ def cam_gallery(
     return name
 
 
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, recursively, so metrics.json stays valid JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
@@ -405,7 +395,7 @@ def evaluate(
             if name:
                 galleries[lab] = name
     metrics["figures"] = {**figures, **{f"gallery/{k}": v for k, v in galleries.items()}}
-    (out / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, allow_nan=False), encoding="utf-8")
+    (out / "metrics.json").write_text(dumps(finite_or_none(metrics), indent=2), encoding="utf-8")  # NaN -> null
     (out / "report.md").write_text(_report(loaded, metrics, figures, galleries), encoding="utf-8")
     log.info("evaluation written to %s (macro AUROC %s)", out, _fmt(metrics["auroc_macro"]["value"]))
     return out

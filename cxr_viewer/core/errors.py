@@ -62,6 +62,12 @@ class ImageTooLargeError(ImageReadError):
     code = "image_too_large"
 
 
+class InconsistentImageError(ImageReadError):
+    """The header and the image data disagree (size, frame count, data length): refused, not guessed."""
+
+    code = "inconsistent_image"
+
+
 # --- models -------------------------------------------------------------------
 class BundleError(CXRError):
     """A model bundle is malformed or unusable."""
