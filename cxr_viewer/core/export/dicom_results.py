@@ -30,7 +30,9 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -420,13 +422,12 @@ def write_results(
 
     ``masks``: report-conditioned masks (:class:`~cxr_viewer.core.inference.segment.Mask` or session
     ``MaskLayer``, each with its sentence ``text``) for a BINARY SEG; :class:`LesionMap` items go to a
-    FRACTIONAL SEG. ``view_png``: an RGB array or an image file of the view with overlays; when None the
-    view is drawn here (image + masks + legends, no patient identity). ``pdf``: the report PDF; when None
+    FRACTIONAL SEG. ``view_png``: an RGB array or an image file of the view with overlays (taken to show the
+    patient's identity: Burned In Annotation YES), or a :class:`~.report_pdf.ViewPicture` that says
+    whether it does; when None the view is drawn here (image + masks + legends, no identity). ``pdf``: the report PDF; when None
     it is written here. ``profile``: an :class:`~cxr_viewer.core.export.anonymise.Anonymiser` (or
     ``"basic"``) applied to every object before writing. Returns the files written, SR first.
     """
-    from cxr_viewer.core.export import report_pdf
-
     src = source_dataset(record)
     out = Path(out_dir)
     try:
@@ -439,17 +440,34 @@ def write_results(
 
         anonymiser = profile if isinstance(profile, Anonymiser) else Anonymiser.for_profile(profile)
     masks = list(masks or [])
+
+    with _quiet_about_names():
+        return _write_results(record, result, src, out, masks, view_png, pdf, anonymiser)
+
+
+@contextmanager
+def _quiet_about_names() -> Iterator[None]:
+    """highdicom warns about odd patient names by quoting them: that text must not reach stderr or a log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+        yield
+
+
+def _write_results(record: "ImageRecord", result: "AnalysisResult", src: "Dataset", out: Path,
+                   masks: list[Any], view_png: Any, pdf: str | Path | None, anonymiser: Any) -> list[Path]:
+    from cxr_viewer.core.export import report_pdf
+
     binary = [m for m in masks if not isinstance(m, LesionMap)]
     lesion = [m for m in masks if isinstance(m, LesionMap)]
-
     objects: list[tuple[str, Any]] = [("SR", build_sr(src, result))]
     if binary:
         objects.append(("SEG", build_seg(src, binary, result)))
     if lesion:
         objects.append(("SEG", build_seg(src, lesion, result, fractional=True)))
     if view_png is None:
-        view = report_pdf.render_view(record, masks=binary)
-        burned_identity = False
+        view_png = report_pdf.render_view_picture(record, masks=binary)
+    if isinstance(view_png, report_pdf.ViewPicture):
+        view, burned_identity = view_png.rgb, view_png.shows_identity
     else:
         view = _view_array(view_png)
         burned_identity = True  # a screenshot of the viewer may show the patient's name in a corner

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from cxr_viewer.core.inference.results import AnalysisResult
     from cxr_viewer.core.io.record import ImageRecord
 
-__all__ = ["Overlay", "RESEARCH_NOTICE", "overlays_from", "render_view", "write_report"]
+__all__ = ["Overlay", "RESEARCH_NOTICE", "ViewPicture", "overlays_from", "render_view", "render_view_picture", "write_report"]
 
 RESEARCH_NOTICE = "Research use only. Not a medical device. Not for diagnosis."
 _A4 = (8.27, 11.69)
@@ -44,6 +44,14 @@ class Overlay:
     style: str = "contour"  # masks: contour | fill
     opacity: float = 0.45
     colormap: str = "jet"
+
+
+@dataclass(frozen=True, eq=False)
+class ViewPicture:
+    """An RGB picture of the view and whether it shows the patient's identity (e.g. the viewer's corner text)."""
+
+    rgb: np.ndarray
+    shows_identity: bool
 
 
 def overlays_from(masks: Sequence[Any] | None = None, heatmap: Any = None) -> list[Overlay]:
@@ -156,6 +164,11 @@ def render_view(
     return np.ascontiguousarray(rgba[..., :3])
 
 
+def render_view_picture(record: "ImageRecord", **kwargs: Any) -> ViewPicture:
+    """:func:`render_view` as a :class:`ViewPicture` (it draws no patient identity)."""
+    return ViewPicture(render_view(record, **kwargs), shows_identity=False)
+
+
 def _findings_rows(result: "AnalysisResult") -> list[list[str]]:
     rows = []
     for f in result.findings:
@@ -233,7 +246,7 @@ def _build_page(
     if rows:
         cols = ["Finding", "Model", "Score", "Threshold", "Operating point", "Result"]
         table = tax.table(cellText=rows, colLabels=cols, loc="upper center", cellLoc="left",
-                          colWidths=[0.25, 0.22, 0.08, 0.10, 0.20, 0.12])
+                          colWidths=[0.23, 0.26, 0.08, 0.10, 0.19, 0.12])
         table.auto_set_font_size(False)
         table.set_fontsize(7.5)
         table.scale(1.0, 1.25)
