@@ -301,6 +301,11 @@ def build_seg(
         coding_schemes=[_scheme_item()],
         **kwargs,
     )
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "FrameOfReferenceUID" not in src and "PixelMeasuresSequence" in shared:
+        # A projection image: the SEG overlays its source pixel for pixel. highdicom writes Pixel Spacing
+        # here without a Slice Thickness, which its own reader (and so other tools) then refuse.
+        del shared.PixelMeasuresSequence
     if "PatientOrientation" not in seg:  # General Image, type 2C for images without a patient position
         seg.PatientOrientation = src.get("PatientOrientation") or ""
     return seg
