@@ -50,13 +50,16 @@ PROFILES = ("basic",)
 PROFILE_REMOVE_EXTRA: tuple[str, ...] = (
     "StudyDescription", "SeriesDescription", "ImageComments", "StudyComments", "PatientComments",
     "AdditionalPatientHistory", "AdmittingDiagnosesDescription", "RequestedProcedureDescription",
-    "PerformedProcedureStepDescription", "ProtocolName", "DerivationDescription", "DeviceSerialNumber",
+    "PerformedProcedureStepDescription", "ProtocolName", "DerivationDescription",
     "PatientAge", "PatientSize", "PatientWeight", "EthnicGroup", "MedicalAlerts", "Allergies",
     "PregnancyStatus", "SmokingStatus", "PatientState", "RequestAttributesSequence", "ReasonForStudy",
     "InterpretationText", "TextComments", "AcquisitionComments", "ContentCreatorName",
     "PerformingPhysicianName", "IssuerOfPatientID", "OtherPatientIDsSequence", "PatientBirthTime",
     "PatientBirthName", "PatientMotherBirthName", "CountryOfResidence", "RegionOfResidence",
 )
+
+#: Action X/Z/D attributes that some IODs require (type 1): replaced by a dummy value instead.
+PROFILE_DUMMY: dict[str, str] = {"DeviceSerialNumber": "removed"}
 
 #: Basic Application Confidentiality Profile + Retain Longitudinal Temporal Information with Modified Dates.
 _METHOD_CODES = (("113100", "Basic Application Confidentiality Profile"),
@@ -87,14 +90,23 @@ class Anonymiser:
         """
         warnings = burned_in_warnings(ds) if check_burned_in else []
         ds.remove_private_tags()
-        for kw in PROFILE_REMOVE_EXTRA:
-            if kw in ds:
-                del ds[kw]
+        ds.walk(_remove_or_dummy)
         self._engine.anonymize(ds)
         _record_method(ds)
         if warnings:
             ds.PatientIdentityRemoved = "NO"
         return warnings
+
+
+_REMOVE = frozenset(PROFILE_REMOVE_EXTRA)
+
+
+def _remove_or_dummy(dataset: "Dataset", elem: Any) -> None:
+    """Profile actions for what dicognito leaves, at every nesting level."""
+    if elem.keyword in _REMOVE:
+        del dataset[elem.tag]
+    elif elem.keyword in PROFILE_DUMMY and elem.value:
+        elem.value = PROFILE_DUMMY[elem.keyword]
 
 
 def _record_method(ds: "Dataset") -> None:

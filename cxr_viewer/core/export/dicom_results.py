@@ -401,6 +401,17 @@ def build_encapsulated_pdf(src: "Dataset", pdf_bytes: bytes, *, title: str = "cx
     return doc
 
 
+def _as_written(ds: "Dataset") -> "Dataset":
+    import io
+
+    import pydicom
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    return pydicom.dcmread(buf)
+
+
 def _view_array(view_png: Any) -> np.ndarray:
     if isinstance(view_png, (str, Path)):
         from PIL import Image
@@ -493,6 +504,7 @@ def _write_results(record: "ImageRecord", result: "AnalysisResult", src: "Datase
     for kind, ds in objects:
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: notes and sentences are not all Latin-1
         if anonymiser is not None:
+            ds = _as_written(ds)  # de-identify exactly what would be written (plain DICOM values)
             anonymiser.anonymise(ds, check_burned_in=kind == "SC" and burned_identity)
         path = out / f"{kind}_{ds.SOPInstanceUID}.dcm"
         try:
