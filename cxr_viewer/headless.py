@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_viewer.core.errors import CXRError, NoSegmentationModelError
+from cxr_viewer.core.errors import CXRError, ExportError, NoSegmentationModelError
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.engine import InferenceEngine
@@ -65,6 +65,10 @@ def _analyze_parser() -> argparse.ArgumentParser:
     e.add_argument("--dicom-out", metavar="DIR",
                    help="write DICOM results of each DICOM input here: SR (findings), SEG (report masks), "
                         "Secondary Capture of the view and the Encapsulated PDF report, filed under the source study")
+    e.add_argument("--anonymised-out", metavar="DIR",
+                   help="write each DICOM input and its result objects here, de-identified (DICOM PS3.15 Basic "
+                        "profile: names and IDs replaced, dates shifted, UIDs remapped consistently); warnings about "
+                        "possible burned-in text are listed in the JSON")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
     return p
 
@@ -188,7 +192,7 @@ def _analyze_one(
         except CXRError as exc:
             obj["segmentation"] = {"error": exc.to_dict()}
             done = False
-    if args.pdf_out or args.dicom_out:
+    if args.pdf_out or args.dicom_out or args.anonymised_out:
         t0 = time.perf_counter()
         done &= _export_one(record, result, args, obj, mask_objects, heat, _unique_stem(path_text, used_stems, "report"))
         timing["export"] = (time.perf_counter() - t0) * 1e3
@@ -222,6 +226,18 @@ def _export_one(
             obj["dicom"] = [str(p) for p in paths]
         except CXRError as exc:
             obj["dicom"] = {"error": exc.to_dict()}
+            done = False
+    if args.anonymised_out:
+        from cxr_viewer.core.export.anonymise import export_anonymised
+
+        try:
+            if record.format != "dicom" or record.source is None:
+                raise ExportError("Anonymised export needs a DICOM image; this input carries no DICOM header.")
+            out = export_anonymised([record.source], Path(args.anonymised_out),
+                                    results=[(record, result, {"masks": masks, "pdf": pdf_path})])
+            obj["anonymised"] = {"files": [str(p) for p in out.files], "warnings": out.warnings}
+        except CXRError as exc:
+            obj["anonymised"] = {"error": exc.to_dict()}
             done = False
     return done
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
 
@@ -33,6 +34,7 @@ class ExportActions:
         self.window = window
         self.last_files: list[Path] = []
         self.last_warnings: list[str] = []
+        self.warning_dialog: QMessageBox | None = None
         self.menu = self._build_menu()
 
     # ------------------------------------------------------------------ menu
@@ -165,8 +167,12 @@ class ExportActions:
             self.last_files, self.last_warnings = list(files), list(warnings)
             folder = files[0].parent if files else ""
             win.statusBar().showMessage(f"{what}: wrote {len(files)} file(s) to {folder}", 10000)
-            if warnings and win.interactive:
-                QMessageBox.warning(win, f"{what}: check before sharing", "\n\n".join(warnings))
+            if warnings and win.interactive:  # modeless, like the window's error dialogs
+                box = QMessageBox(QMessageBox.Icon.Warning, f"{what}: check before sharing", "\n\n".join(warnings),
+                                  QMessageBox.StandardButton.Ok, win)
+                box.setWindowModality(Qt.WindowModality.NonModal)
+                box.show()
+                self.warning_dialog = box
 
         def failed(exc: BaseException) -> None:
             if isinstance(exc, CXRError):

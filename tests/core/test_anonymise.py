@@ -170,13 +170,19 @@ def test_a_real_session_never_logs_the_patient(repo_root: Path, tiny_models: Pat
         rc = analyze_main([str(path), str(broken), "--no-default-models", "--models", str(models), "--backend", "torch",
                            "--report", "Right lower zone opacity.", "--mask-out", str(tmp_path / "masks"),
                            "--cam", "Effusion", "--no-faithfulness", "--pdf-out", str(tmp_path / "pdf"),
-                           "--dicom-out", str(tmp_path / "dicom"), "--json", str(tmp_path / "out.json"), "-vv"])
+                           "--dicom-out", str(tmp_path / "dicom"), "--anonymised-out", str(tmp_path / "anon"),
+                           "--json", str(tmp_path / "out.json"), "-vv"])
     finally:
         logging.captureWarnings(False)
     assert rc == 2  # the broken file
     data = json.loads((tmp_path / "out.json").read_text())
     assert data[0]["status"] == "ok" and len(data[0]["dicom"]) == 4 and data[1]["status"] == "error"
     assert pydicom.dcmread(data[0]["dicom"][0]).PatientID == "PHI-12345"  # identified output is for the PACS
+    anon = data[0]["anonymised"]
+    assert len(anon["files"]) == 5 and anon["warnings"]  # image + SR/SEG/SC/PDF; burned-in text asked about
+    for p in anon["files"]:
+        raw = Path(p).read_bytes()
+        assert b"Doe^Jane" not in raw and b"PHI-12345" not in raw and "Doe" not in p and "PHI" not in p
     logged = caplog.text + capsys.readouterr().err
     assert caplog.records, "DEBUG logging captured nothing"
     for secret in ("Doe", "Jane", "PHI-12345", "12345"):
