@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_viewer.core.errors import CXRError, NoSegmentationModelError
+from cxr_viewer.core.errors import CXRError, ExportError, NoSegmentationModelError
 from cxr_viewer.core.jsonio import dumps, finite_or_none, non_finite_paths
 
 if TYPE_CHECKING:
@@ -62,6 +62,15 @@ def _analyze_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("report-conditioned segmentation")
     s.add_argument("--report", metavar="TEXT", help="report text whose findings to segment")
     s.add_argument("--mask-out", metavar="DIR", help="folder for segmentation masks")
+    e = p.add_argument_group("reports and DICOM results")
+    e.add_argument("--pdf-out", metavar="DIR", help="write the one-page PDF report of each input here")
+    e.add_argument("--dicom-out", metavar="DIR",
+                   help="write DICOM results of each DICOM input here: SR (findings), SEG (report masks), "
+                        "Secondary Capture of the view and the Encapsulated PDF report, filed under the source study")
+    e.add_argument("--anonymised-out", metavar="DIR",
+                   help="write each DICOM input and its result objects here, de-identified (DICOM PS3.15 Basic "
+                        "profile: names and IDs replaced, dates shifted, UIDs remapped consistently); warnings about "
+                        "possible burned-in text are listed in the JSON")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
     return p
 
@@ -120,8 +129,10 @@ def segment_request(
             "Install a text-segmentation model bundle or drop --report."
         )
     bundle = bundles[0]
-    masks = write_report_masks(_segmenter_for(bundle), record, report, mask_out or Path("."), stem)
-    return {"model": bundle.describe(), "masks": masks}
+    segmenter = _segmenter_for(bundle)
+    objects = segmenter.segment_report(record, report)
+    masks = write_report_masks(segmenter, record, report, mask_out or Path("."), stem, masks=objects)
+    return {"model": bundle.describe(), "masks": masks, "mask_objects": objects}
 
 
 def _unique_stem(path_text: str, used: set[str], kind: str = "mask") -> str:
@@ -157,6 +168,8 @@ def _analyze_one(
     obj.update(d)
     obj["backend"] = dict(result.backend)
     done = True
+    mask_objects: list[Any] = []
+    heat = None
     if args.cam:
         t0 = time.perf_counter()
         try:
@@ -175,11 +188,16 @@ def _analyze_one(
             seg = segment_request(engine, record, args.report,
                                   Path(args.mask_out) if args.mask_out else None, _unique_stem(path_text, used_stems))
             obj["masks"] = seg.pop("masks")
+            mask_objects = seg.pop("mask_objects")
             obj["segmentation"] = seg
             timing["segment"] = (time.perf_counter() - t0) * 1e3
         except CXRError as exc:
             obj["segmentation"] = {"error": exc.to_dict()}
             done = False
+    if args.pdf_out or args.dicom_out or args.anonymised_out:
+        t0 = time.perf_counter()
+        done &= _export_one(record, result, args, obj, mask_objects, heat, _unique_stem(path_text, used_stems, "report"))
+        timing["export"] = (time.perf_counter() - t0) * 1e3
     obj["timing_ms"] = {k: round(v, 3) for k, v in timing.items()}
     return obj, done
 
@@ -198,6 +216,48 @@ def _finite_result(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         + ", ".join(bad[:5]) + ". A model bundle may be damaged; run cxr-viewer --self-test.",
     }
     return clean, False
+
+
+def _export_one(
+    record: "ImageRecord", result: Any, args: argparse.Namespace, obj: dict[str, Any], masks: list[Any],
+    heat: Any, stem: str,
+) -> bool:
+    """``--pdf-out`` / ``--dicom-out`` for one analysed input; failures become ``error`` objects."""
+    from cxr_viewer.core.export import report_pdf
+    from cxr_viewer.core.export.dicom_results import write_results
+
+    done = True
+    pdf_path: Path | None = None
+    if args.pdf_out:
+        try:
+            pdf_path = report_pdf.write_report(record, result, Path(args.pdf_out) / f"{_safe_name(stem)}_report.pdf",
+                                               masks=masks, heatmap=heat)
+            obj["report_pdf"] = str(pdf_path)
+        except (OSError, CXRError) as exc:
+            obj["report_pdf"] = {"error": exc.to_dict() if isinstance(exc, CXRError) else
+                                 {"code": "export_failed", "message": f"Could not write the PDF report: {exc}"}}
+            done = False
+    if args.dicom_out:
+        try:
+            view = report_pdf.render_view_picture(record, masks=masks, heatmap=heat)
+            paths = write_results(record, result, Path(args.dicom_out), masks=masks, view_png=view, pdf=pdf_path)
+            obj["dicom"] = [str(p) for p in paths]
+        except CXRError as exc:
+            obj["dicom"] = {"error": exc.to_dict()}
+            done = False
+    if args.anonymised_out:
+        from cxr_viewer.core.export.anonymise import export_anonymised
+
+        try:
+            if record.format != "dicom" or record.source is None:
+                raise ExportError("Anonymised export needs a DICOM image; this input carries no DICOM header.")
+            out = export_anonymised([record.source], Path(args.anonymised_out),
+                                    results=[(record, result, {"masks": masks, "pdf": pdf_path})])
+            obj["anonymised"] = {"files": [str(p) for p in out.files], "warnings": out.warnings}
+        except CXRError as exc:
+            obj["anonymised"] = {"error": exc.to_dict()}
+            done = False
+    return done
 
 
 def analyze_main(argv: list[str]) -> int:

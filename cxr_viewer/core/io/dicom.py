@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import re
 import struct
+import threading
 import warnings
-from collections.abc import MutableSequence
+from collections.abc import Iterator, MutableSequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,7 +175,7 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     for kw in _PIXEL_KEYWORDS:
         if kw in ds:
             del ds[kw]
-    log.debug("read DICOM %s: %dx%d, %s", path.name, pixels.shape[0], pixels.shape[1], photometric)
+    log.debug("read a DICOM image: %dx%d, %s", pixels.shape[0], pixels.shape[1], photometric)
     return ImageRecord(
         pixels=pixels,
         source=path,
@@ -206,7 +208,51 @@ def read_header(path: str | Path, *, specific_tags: list[str] | None = None) -> 
     return _dcmread(path, stop_before_pixels=True, specific_tags=specific_tags)
 
 
+class _RedactFileNames(logging.Filter):
+    """Keeps the names of files being read out of pydicom's log records: they often carry patient names or IDs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._names: dict[str, int] = {}
+
+    @contextmanager
+    def reading(self, path: Path) -> Iterator[None]:
+        parts = [str(path), str(path.absolute()), path.name, path.parent.name]
+        names = sorted({p for p in parts if len(p) >= 3}, key=len, reverse=True)
+        with self._lock:
+            for n in names:
+                self._names[n] = self._names.get(n, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for n in names:
+                    self._names[n] -= 1
+                    if not self._names[n]:
+                        del self._names[n]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            names = sorted(self._names, key=len, reverse=True)
+        if names:
+            msg = record.getMessage()
+            for n in names:
+                msg = msg.replace(n, "<file>")
+            record.msg, record.args = msg, ()
+        return True
+
+
+_REDACT = _RedactFileNames()
+logging.getLogger("pydicom").addFilter(_REDACT)
+
+
 def _dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] | None = None) -> "Dataset":
+    with _REDACT.reading(path):
+        return _dcmread_unlogged(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+
+
+def _dcmread_unlogged(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] | None) -> "Dataset":
     import pydicom
     from pydicom.errors import InvalidDicomError
 

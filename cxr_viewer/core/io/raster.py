@@ -254,7 +254,7 @@ def _record(arr: np.ndarray, path: Path, fmt: str, notices: list[str]) -> ImageR
     fmt = {"jpg": "jpeg", "mpo": "jpeg", "tif": "tiff"}.get(fmt, fmt)
     pixels = np.clip(np.asarray(arr, dtype=np.float32), 0.0, 1.0)
     h, w = pixels.shape
-    log.debug("read %s %s: %dx%d", fmt, path.name, h, w)
+    log.debug("read a %s image: %dx%d", fmt, h, w)
     return ImageRecord(
         pixels=np.ascontiguousarray(pixels),
         source=path,

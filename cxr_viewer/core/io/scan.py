@@ -163,7 +163,7 @@ def scan_folder(path: str | Path, recursive: bool = True) -> ScanResult:
         except CXRError as exc:
             result.skipped.append(SkippedFile(file, exc.message))
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a scan
-            log.debug("scan: %s failed with %s", file.name, type(exc).__name__)
+            log.debug("scan: a file failed with %s", type(exc).__name__)
             result.skipped.append(SkippedFile(file, f"unreadable ({type(exc).__name__})"))
     result.extend(_sorted(patients.values()))
     log.info("scanned %d images in %d patients, skipped %d files", result.instance_count, len(result), len(result.skipped))
