@@ -45,8 +45,8 @@ __all__ = [
 
 #: A model finding with this label is the abnormality score when one exists.
 ABNORMAL_LABEL = "Abnormal"
-#: Read errors that mean "not a radiograph" (a DICOM SR or SEG in the same folder): left out, not listed.
-_NOT_AN_IMAGE = {"not_an_image", "no_pixel_data"}
+#: Read errors that mean "a DICOM object that is no image" (an SR or a PDF beside the films): left out, not listed.
+_NOT_AN_IMAGE = {"no_pixel_data"}
 
 
 def default_store_path() -> Path:
