@@ -117,3 +117,10 @@ class UnknownLabelError(CXRError):
     """A heatmap or threshold was requested for a label no loaded model predicts."""
 
     code = "unknown_label"
+
+
+# --- exporting results ----------------------------------------------------
+class ExportError(CXRError):
+    """Results could not be written as a report, DICOM object or anonymised copy; the message says why."""
+
+    code = "export_failed"
