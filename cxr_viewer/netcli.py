@@ -130,6 +130,41 @@ def listen_main(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- pacs
+def _send_results(args: argparse.Namespace, remote) -> int:
+    """The headless analysis (same engine and models as ``analyze``), then the result objects to the PACS."""
+    from cxr_viewer.core import pacs
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.io import read_image
+    from cxr_viewer.headless import _segmenter_for, model_dirs
+
+    files = pacs.dicom_files(args.files)
+    if not files:
+        print("cxr-viewer pacs send-results: no DICOM files given", file=sys.stderr)
+        return EXIT_USAGE
+    engine = InferenceEngine.from_dirs(model_dirs(args), device=args.device, backend=args.backend)
+    segs = engine.bundles_for_task("text_segmentation")
+    if args.report and not segs:
+        print("cxr-viewer pacs send-results: --report needs a segmentation model; none is installed",
+              file=sys.stderr)
+        return EXIT_USAGE
+    failed = 0
+    for i, f in enumerate(files, start=1):
+        try:
+            record = read_image(f)
+            result = engine.analyze(record)
+            masks = _segmenter_for(segs[0]).segment_report(record, args.report) if args.report else None
+            out = Path(args.out) / f"{i:03d}" if args.out else None
+            sent = pacs.send_results(remote, record, result, masks=masks, out_dir=out, calling_ae=args.ae_title,
+                                     timeout=args.timeout)
+            print(f"{f.name}: {len(sent)} result object(s) stored on {remote.ae_title}")
+        except (pacs.PacsConnectionLostError, pacs.PacsUnreachableError, pacs.PacsRefusedError):
+            raise  # the PACS, not this file: stop here
+        except CXRError as exc:
+            failed += 1
+            print(f"{f.name}: {exc.message}", file=sys.stderr)
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
 def _remote(args: argparse.Namespace):
     from cxr_viewer.core.pacs import RemoteNode
 
@@ -164,6 +199,13 @@ def pacs_main(argv: list[str]) -> int:
     s = sub.add_parser("send", help="C-STORE DICOM files (e.g. SR/SEG/SC results) to the PACS")
     common(s)
     s.add_argument("files", nargs="+", metavar="FILE_OR_DIR")
+    sr = sub.add_parser("send-results", help="analyse DICOM images and C-STORE their SR, SEG, SC and PDF "
+                        "to the PACS, filed under each image's own study")
+    common(sr)
+    sr.add_argument("files", nargs="+", metavar="FILE_OR_DIR")
+    sr.add_argument("--report", metavar="TEXT", help="report text whose sentences become SEG segments")
+    sr.add_argument("--out", metavar="DIR", help="also keep the written objects in this folder")
+    _model_args(sr)
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
     from cxr_viewer.core import pacs
@@ -192,6 +234,8 @@ def pacs_main(argv: list[str]) -> int:
             print(f"{len(sent)} of {len(files)} file(s) stored on {remote.ae_title}")
             if len(sent) != len(files):
                 return EXIT_FAILED
+        elif args.cmd == "send-results":
+            return _send_results(args, remote)
     except CXRError as exc:
         print(f"cxr-viewer pacs {args.cmd}: {exc.message}", file=sys.stderr)
         return EXIT_FAILED

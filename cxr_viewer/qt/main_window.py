@@ -125,6 +125,9 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._build_status_bar()
         self._build_analysis_panels()
+        from cxr_viewer.qt.worklist import install_worklist  # the triage worklist dock, self-contained
+
+        install_worklist(self)
         self._connect()
         self._restore_settings()
         self.canvas.set_mode("pan")

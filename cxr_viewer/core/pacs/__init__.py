@@ -20,9 +20,10 @@ from cxr_viewer.core.pacs.errors import (
 )
 from cxr_viewer.core.pacs.nodes import LocalNode, RemoteNode
 from cxr_viewer.core.pacs.receiver import ReceivedFile, StorageReceiver
+from cxr_viewer.core.pacs.results import send_results
 
 __all__ = [
     "LocalNode", "PacsConnectionLostError", "PacsError", "PacsRefusedError", "PacsUnreachableError",
     "ReceivedFile", "ReceiverError", "RemoteNode", "StorageReceiver", "StoredFile", "StudyHit", "StudyQuery",
-    "dicom_files", "echo", "find_studies", "get_study", "move_study", "send_files",
+    "dicom_files", "echo", "find_studies", "get_study", "move_study", "send_files", "send_results",
 ]

@@ -139,6 +139,7 @@ class Worklist:
     ``engine``: use this engine's classifiers (and derived-finding bundles). Without it,
     the bundles of ``model_dirs`` (default: the app's and the user's) are read by
     manifest only, and an engine is built from them the first time a result is missing.
+    Models named in ``disabled`` (switched off in the viewer) are left out.
     """
 
     def __init__(
@@ -149,8 +150,10 @@ class Worklist:
         engine: "InferenceEngine | None" = None,
         device: str = "auto",
         backend: str = "auto",
+        disabled: Iterable[str] = (),
     ) -> None:
         self.store = store
+        self.disabled = frozenset(disabled)
         self.model_dirs = None if model_dirs is None else [Path(d) for d in model_dirs]
         self._engine = engine
         self._device, self._backend = device, backend
@@ -172,13 +175,13 @@ class Worklist:
             from cxr_viewer.core.inference.engine import derived_specs
 
             return [ModelKey(b.name, b.version, b.sha256.lower()) for b in self._engine.bundles
-                    if b.manifest.is_classifier or derived_specs(b)]
+                    if (b.manifest.is_classifier or derived_specs(b)) and b.name not in self.disabled]
         from cxr_viewer.core.models.bundle import find_bundles
 
         out = []
         for info in find_bundles(self.model_dirs):
             m = info.manifest
-            if info.enabled and m is not None and _is_scoring(m):
+            if info.enabled and m is not None and _is_scoring(m) and m.name not in self.disabled:
                 out.append(ModelKey(m.name, m.version, str(m.weights.get("sha256", "")).lower()))
         return out
 
