@@ -450,10 +450,14 @@ class WorklistPanel(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # Interactive, sized once per finished batch: ResizeToContents would measure every row on every insert
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.table.horizontalHeader().setStretchLastSection(False)
         self.table.setAlternatingRowColors(True)
         self.table.sortByColumn(COL_ABNORMAL, Qt.SortOrder.DescendingOrder)
+        # the proxy forgets its sort column when the source resets or gains finding columns
+        self.model.modelReset.connect(self._resort)
+        self.model.columnsInserted.connect(self._resort)
         self.table.activated.connect(self._open_index)
         self.table.clicked.connect(self._open_index)
 
@@ -518,8 +522,13 @@ class WorklistPanel(QWidget):
             self.progress.setRange(0, total)
             self.progress.setValue(done)
         if total > 0 and done >= total:
+            self.table.resizeColumnsToContents()
             n = self.model.rowCount()
             self.status.setText(f"{n} stud{'y' if n == 1 else 'ies'}, most abnormal first ({self.model.basis})")
+
+    def _resort(self, *_args: Any) -> None:
+        header = self.table.horizontalHeader()
+        self.proxy.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
 
     def _set_basis(self, basis: str) -> None:
         self.model.basis = basis
