@@ -149,7 +149,7 @@ def test_studies_pushed_over_dicom_appear_as_they_arrive(qtbot, make_window, tin
     threading.Thread(target=push, daemon=True).start()  # a modality pushing while the GUI runs
     qtbot.waitUntil(done.is_set, timeout=30_000)
     assert len(result) == 1
-    qtbot.waitUntil(lambda: panel.model.rowCount() == 1 and panel.model.entries[0].findings, timeout=SLOW_MS)
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 1 and bool(panel.model.entries[0].findings), timeout=SLOW_MS)
     e = panel.model.entries[0]
     assert e.path.is_relative_to(tmp_path / "inbox") and e.modality_view.startswith("CR")
 
