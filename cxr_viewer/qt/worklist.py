@@ -61,8 +61,10 @@ __all__ = ["WorklistController", "WorklistModel", "WorklistPanel", "install_work
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 10
 PATH_ROLE = Qt.ItemDataRole.UserRole + 11
-FIXED = ("Patient", "Study date", "Modality/View", "QC", "Abnormality", "Read")
-COL_PATIENT, COL_DATE, COL_MODALITY, COL_QC, COL_ABNORMAL, COL_READ = range(len(FIXED))
+#: The triage figure first, so it stays in view however wide the finding columns get.
+FIXED = ("Abnormality", "Read", "Patient", "Study date", "Modality/View", "QC")
+COL_ABNORMAL, COL_READ, COL_PATIENT, COL_DATE, COL_MODALITY, COL_QC = range(len(FIXED))
+MAX_COLUMN_PX = 190
 DEFAULT_AE, DEFAULT_PORT = "CXRVIEWER", 11112
 
 
@@ -220,7 +222,7 @@ class WorklistModel(QAbstractTableModel):
                 return (f"{finding.label}: {finding.score:.3f} (threshold {finding.threshold:.3f}, "
                         f"{finding.threshold_method or 'default'}) from {finding.model}")
             return str(e.path)
-        if role == Qt.ItemDataRole.TextAlignmentRole and (col >= COL_ABNORMAL):
+        if role == Qt.ItemDataRole.TextAlignmentRole and (col in (COL_ABNORMAL, COL_READ) or col >= len(FIXED)):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
@@ -523,6 +525,8 @@ class WorklistPanel(QWidget):
             self.progress.setValue(done)
         if total > 0 and done >= total:
             self.table.resizeColumnsToContents()
+            for c in range(self.model.columnCount()):
+                self.table.setColumnWidth(c, min(self.table.columnWidth(c), MAX_COLUMN_PX))
             n = self.model.rowCount()
             self.status.setText(f"{n} stud{'y' if n == 1 else 'ies'}, most abnormal first ({self.model.basis})")
 

@@ -167,3 +167,16 @@ def test_worklist_cli_writes_sorted_csv(folder: Path, models: Path, tmp_path: Pa
 def test_worklist_cli_refuses_a_missing_folder(tmp_path: Path, capsys) -> None:
     assert cli_main(["worklist", str(tmp_path / "nope"), "--csv", str(tmp_path / "x.csv")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_result_objects_beside_the_films_are_left_out(folder: Path, models: Path, tmp_path: Path) -> None:
+    from cxr_viewer.core.export.dicom_results import write_results
+    from cxr_viewer.core.io import read_image
+
+    engine = InferenceEngine.from_dirs([models], device="cpu", backend="torch")
+    record = read_image(folder / "siim.dcm")
+    written = write_results(record, engine.analyze(record), folder / "results")
+    assert len(written) >= 3  # SR, SC, PDF
+    wl = Worklist(ResultStore(tmp_path / "db.sqlite"), engine=engine)
+    names = {e.path.name for e in wl.open_folder(folder)}
+    assert names == {"film_0.png", "film_1.png", "film_2.png", "film_3.png", "siim.dcm", "broken.png"}

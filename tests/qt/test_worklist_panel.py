@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
+from cxr_viewer.qt.worklist import COL_ABNORMAL, COL_PATIENT, COL_READ
 from tests.orthanc import free_port
 from tests.qt.bundles import tiny_models  # noqa: F401  (fixture)
 SLOW_MS = 300_000  # the first analysis imports torch and loads the models: slow on a busy 2-core machine
@@ -68,7 +69,7 @@ def test_folder_becomes_a_sorted_worklist_with_shortcuts(qtbot, make_window, tin
     assert scores == sorted(scores, reverse=True)  # highest abnormality first by default
     assert not panel.progress.isVisible() and not panel.cancel_button.isVisible()
     headers = [panel.model.headerData(c, Qt.Orientation.Horizontal) for c in range(panel.model.columnCount())]
-    assert headers[:6] == ["Patient", "Study date", "Modality/View", "QC", "Abnormality", "Read"]
+    assert headers[:6] == ["Abnormality", "Read", "Patient", "Study date", "Modality/View", "QC"]
     assert {"Atelectasis", "Cardiomegaly", "Effusion", "Nodule", "Tuberculosis"} <= set(headers)
 
     # sortable by any column: by Tuberculosis ascending
@@ -76,7 +77,7 @@ def test_folder_becomes_a_sorted_worklist_with_shortcuts(qtbot, make_window, tin
     panel.table.sortByColumn(col, Qt.SortOrder.AscendingOrder)
     tb = [float(panel.proxy.index(r, col).data()) for r in range(5)]
     assert tb == sorted(tb)
-    panel.table.sortByColumn(4, Qt.SortOrder.DescendingOrder)
+    panel.table.sortByColumn(COL_ABNORMAL, Qt.SortOrder.DescendingOrder)
 
     # N opens the first study in list order, N again the second, Shift+N goes back
     win.action_map["worklist_next"].trigger()
@@ -93,11 +94,11 @@ def test_folder_becomes_a_sorted_worklist_with_shortcuts(qtbot, make_window, tin
     # mark as read: shown in the row and kept in the store
     win.action_map["worklist_mark_read"].trigger()
     assert panel.current_entry().read
-    assert panel.proxy.index(0, 5).data() == "✓"
+    assert panel.proxy.index(0, COL_READ).data() == "✓"
     assert panel.controller.store.is_read(panel.current_entry().content_hash)
 
     panel.hide_patient.setChecked(True)
-    assert panel.table.isColumnHidden(0)
+    assert panel.table.isColumnHidden(COL_PATIENT)
 
 
 def test_reopening_recomputes_nothing_and_cancel_stops(qtbot, make_window, tiny_models, folder: Path,  # noqa: F811

@@ -46,7 +46,21 @@ __all__ = [
 #: A model finding with this label is the abnormality score when one exists.
 ABNORMAL_LABEL = "Abnormal"
 #: Read errors that mean "a DICOM object that is no image" (an SR or a PDF beside the films): left out, not listed.
-_NOT_AN_IMAGE = {"no_pixel_data"}
+_NOT_AN_IMAGE = {"no_pixel_data", "result_object"}
+_RESULT_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.104.1")  # SEG, Encapsulated PDF
+
+
+def _is_result_object(record: Any) -> bool:
+    """A SEG, SR or PDF, or a Secondary Capture this viewer wrote: results, not films to triage."""
+    ds = record.header
+    if ds is None:
+        return False
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop in _RESULT_CLASSES or sop.startswith("1.2.840.10008.5.1.4.1.1.88."):
+        return True
+    from cxr_viewer.core.export.dicom_results import MANUFACTURER
+
+    return str(ds.get("Manufacturer", "")) == MANUFACTURER
 
 
 def default_store_path() -> Path:
@@ -240,6 +254,9 @@ class Worklist:
             except CXRError as exc:
                 self.store.put_file(path, st.st_size, st.st_mtime_ns, None, {}, f"{exc.code}: {exc.message}")
                 return None if exc.code in _NOT_AN_IMAGE else WorklistEntry(path, None, error=exc.message)
+            if _is_result_object(record):
+                self.store.put_file(path, st.st_size, st.st_mtime_ns, None, {}, "result_object: written by an analysis")
+                return None
             content_hash = record.content_hash
             metadata = {k: v for k, v in record.metadata.items() if isinstance(v, (str, int, float, type(None)))}
             metadata["format"] = record.format
