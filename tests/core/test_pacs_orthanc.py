@@ -47,6 +47,8 @@ def _uids(files: list[Path], keyword: str) -> set[str]:
     return {str(pydicom.dcmread(f, stop_before_pixels=True).get(keyword)) for f in files}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the default bundles on four films, two of them 1955x1841 JPEG 2000
 def test_round_trip_push_query_retrieve_analyse_send_back(orthanc, samples, tmp_path: Path) -> None:  # noqa: F811
     remote = _remote(orthanc)
     pacs.echo(remote)
@@ -77,7 +79,7 @@ def test_round_trip_push_query_retrieve_analyse_send_back(orthanc, samples, tmp_
         assert pydicom.dcmread(f).PixelData in [pydicom.dcmread(s).PixelData for s in srcs]
 
     # the received studies become a worklist analysed by the real default bundles
-    wl = Worklist(ResultStore(tmp_path / "wl.sqlite"), device="cpu")
+    wl = Worklist(ResultStore(tmp_path / "wl.sqlite"), device="cpu", backend="torch")  # no ONNX export here
     entries = wl.open_folder(rx_dir)
     assert len(entries) == len(unique) and all(e.ok and e.findings for e in entries)
     assert {f.model for f in entries[0].findings} >= {"nih14-resnet18", "pneumonia-kermany-resnet18"}

@@ -12,7 +12,7 @@ from PIL import Image
 from PySide6.QtCore import Qt
 
 from cxr_viewer.qt.worklist import COL_ABNORMAL, COL_PATIENT, COL_READ
-from tests.orthanc import free_port
+from tests.orthanc import free_port, orthanc  # noqa: F401  (fixture)
 from tests.qt.bundles import tiny_models  # noqa: F401  (fixture)
 SLOW_MS = 300_000  # the first analysis imports torch and loads the models: slow on a busy 2-core machine
 
@@ -168,3 +168,43 @@ def test_studies_pushed_over_dicom_appear_as_they_arrive(qtbot, make_window, tin
     panel.receive_box.setChecked(True)
     busy.close()
     assert not panel.receive_box.isChecked() and errors and "cannot listen on port" in errors[0]
+
+
+def test_query_retrieve_and_send_results_from_the_dock(qtbot, make_window, tiny_models, tmp_path: Path,  # noqa: F811
+                                                       orthanc) -> None:
+    from cxr_viewer.core import pacs
+
+    remote = pacs.RemoteNode("127.0.0.1", orthanc.dicom_port, "ORTHANC")
+    pacs.send_files(remote, [SAMPLES / "siim_cr_chest.dcm"])
+    win = make_window(models_dir=tiny_models)
+    for key, value in (("pacs/remote_host", "127.0.0.1"), ("pacs/remote_port", orthanc.dicom_port),
+                       ("pacs/remote_ae", "ORTHANC"), ("pacs/inbox", str(tmp_path / "inbox"))):
+        win.settings.setValue(key, value)
+    panel = win.worklist_panel
+    dlg = panel.show_query()
+    dlg.modality.setText("CR")
+    with qtbot.waitSignal(panel.controller.studies_found, timeout=60_000):
+        qtbot.mouseClick(dlg.search, Qt.MouseButton.LeftButton)
+    assert dlg.table.rowCount() >= 1 and "found" in dlg.note.text()
+    dlg.table.selectRow(0)
+    qtbot.mouseClick(dlg.retrieve, Qt.MouseButton.LeftButton)  # no receiver running: C-GET
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 1 and bool(panel.model.entries[0].findings), timeout=SLOW_MS)
+    dlg.close()
+
+    panel.select_row(0, open_it=False)
+    uid = panel.model.entries[0].metadata["study_instance_uid"]
+    before = len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": uid}}))
+    messages: list[str] = []
+    panel.controller.message.connect(messages.append)
+    qtbot.mouseClick(panel.send_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: any("stored on the PACS" in m for m in messages), timeout=SLOW_MS)
+    after = len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": uid}}))
+    assert after - before == 3  # SR, SC and PDF (no report masks in the worklist)
+
+    # the PACS gone: a clear message in a dialog-bound signal, the window keeps running
+    win.settings.setValue("pacs/remote_port", free_port())
+    errors: list[str] = []
+    panel.controller.error.connect(lambda title, msg: errors.append(msg))
+    qtbot.mouseClick(panel.send_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(errors), timeout=60_000)
+    assert "No DICOM server answered" in errors[0]
