@@ -171,7 +171,7 @@ def test_studies_pushed_over_dicom_appear_as_they_arrive(qtbot, make_window, tin
 
 
 def test_query_retrieve_and_send_results_from_the_dock(qtbot, make_window, tiny_models, tmp_path: Path,  # noqa: F811
-                                                       orthanc) -> None:
+                                                       orthanc) -> None:  # noqa: F811
     from cxr_viewer.core import pacs
 
     remote = pacs.RemoteNode("127.0.0.1", orthanc.dicom_port, "ORTHANC")
