@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -454,6 +455,8 @@ class WorklistPanel(QWidget):
         self.table.verticalHeader().hide()
         # Interactive, sized once per finished batch: ResizeToContents would measure every row on every insert
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.table.horizontalHeader().setResizeContentsPrecision(60)  # widths from 60 rows, not all of them
+        self._last_progress = 0.0
         self.table.horizontalHeader().setStretchLastSection(False)
         self.table.setAlternatingRowColors(True)
         self.table.sortByColumn(COL_ABNORMAL, Qt.SortOrder.DescendingOrder)
@@ -520,7 +523,10 @@ class WorklistPanel(QWidget):
         active = total > 0 and done < total
         self.progress.setVisible(active)
         self.cancel_button.setVisible(active)
-        if total > 0:
+        now = time.monotonic()
+        # QProgressBar repaints on every setValue (tens of ms): at most ten updates a second
+        if total > 0 and (now - self._last_progress >= 0.1 or done >= total):
+            self._last_progress = now
             self.progress.setRange(0, total)
             self.progress.setValue(done)
         if total > 0 and done >= total:

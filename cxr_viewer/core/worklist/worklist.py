@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,7 @@ class WorklistEntry:
     def ok(self) -> bool:
         return self.error is None
 
-    @property
+    @cached_property  # read on every sort comparison of the worklist view
     def abnormality(self) -> float | None:
         return abnormality(self.findings)[0]
 
