@@ -127,6 +127,9 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_analysis_panels()
         self.export_actions = install_export_menu(self)  # Export menu: reports, DICOM results, anonymised
+        from cxr_viewer.qt.worklist import install_worklist  # the triage worklist dock, self-contained
+
+        install_worklist(self)
         self._connect()
         self._restore_settings()
         self.canvas.set_mode("pan")

@@ -199,6 +199,12 @@ def _iter_files(root: Path, recursive: bool, skipped: list[SkippedFile]) -> Iter
             break
 
 
+def iter_image_files(root: str | Path, recursive: bool = True) -> tuple[list[Path], list[SkippedFile]]:
+    """The files under ``root`` a scan would look at (hidden, system and non-image suffixes left out), sorted."""
+    skipped: list[SkippedFile] = []
+    return list(_iter_files(Path(root), recursive, skipped)), skipped
+
+
 def _maybe_dicom_suffix(suffix: str) -> bool:
     """DICOM files often have numeric 'extensions' (``IM.1.2.840``) or ``.ima``."""
     return suffix in (".ima", ".img", ".dc3") or suffix[1:].isdigit()
