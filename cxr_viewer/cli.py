@@ -4,6 +4,9 @@
 ``cxr-viewer --screenshot OUT FILE``  render the real main window offscreen and exit
 ``cxr-viewer analyze FILES --json OUT``  headless analysis as JSON
 ``cxr-viewer --self-test``        check every enabled model bundle against its golden images
+``cxr-viewer worklist DIR --csv OUT``  analyse a folder through the result store, sorted by abnormality
+``cxr-viewer listen --port N --ae-title T --out DIR``  receive studies by DICOM C-STORE
+``cxr-viewer pacs echo|find|retrieve|send``  query, retrieve from and send results to a PACS
 
 With no display (Linux without DISPLAY/WAYLAND_DISPLAY, or ``QT_QPA_PLATFORM=offscreen``)
 the plain form does not try to open a window: it writes ``screenshot.png`` and
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         from cxr_viewer.headless import analyze_main
 
         return analyze_main(argv[1:])
+    if argv and argv[0] in ("worklist", "listen", "pacs"):
+        from cxr_viewer import netcli
+
+        return {"worklist": netcli.worklist_main, "listen": netcli.listen_main, "pacs": netcli.pacs_main}[argv[0]](argv[1:])
     if "--self-test" in argv:
         from cxr_viewer.headless import self_test_main
 

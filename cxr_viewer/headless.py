@@ -7,14 +7,14 @@ becomes an ``error`` object (code + message), never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_viewer.core.errors import CXRError, NoSegmentationModelError
+from cxr_viewer.core.errors import CXRError, ExportError, NoSegmentationModelError
+from cxr_viewer.core.jsonio import dumps, finite_or_none, non_finite_paths
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.engine import InferenceEngine
@@ -25,6 +25,7 @@ log = logging.getLogger("cxr_viewer.headless")
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_REJECTED = 2
+EXIT_MODELS_REFUSED = 3
 
 
 def _setup_logging(verbose: int) -> None:
@@ -36,7 +37,8 @@ def _analyze_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cxr-viewer analyze",
         description="Analyse chest X-rays without a window and write one JSON object per input. "
-        "Exit status: 0 all inputs analysed, 2 if any input (or a requested heatmap/mask) could not be done.",
+        "Exit status: 0 all inputs analysed, 2 if any input (or a requested heatmap/mask) could not be done, "
+        "3 if every model bundle found was refused (so nothing was scored).",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="DICOM, PNG, JPEG or TIFF files")
     p.add_argument("--json", default="-", metavar="OUT", help="output file, or - for standard output (default)")
@@ -60,6 +62,15 @@ def _analyze_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("report-conditioned segmentation")
     s.add_argument("--report", metavar="TEXT", help="report text whose findings to segment")
     s.add_argument("--mask-out", metavar="DIR", help="folder for segmentation masks")
+    e = p.add_argument_group("reports and DICOM results")
+    e.add_argument("--pdf-out", metavar="DIR", help="write the one-page PDF report of each input here")
+    e.add_argument("--dicom-out", metavar="DIR",
+                   help="write DICOM results of each DICOM input here: SR (findings), SEG (report masks), "
+                        "Secondary Capture of the view and the Encapsulated PDF report, filed under the source study")
+    e.add_argument("--anonymised-out", metavar="DIR",
+                   help="write each DICOM input and its result objects here, de-identified (DICOM PS3.15 Basic "
+                        "profile: names and IDs replaced, dates shifted, UIDs remapped consistently); warnings about "
+                        "possible burned-in text are listed in the JSON")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
     return p
 
@@ -106,8 +117,10 @@ def segment_request(
         )
     bundle = bundles[0]
     seg = engine.segmenter(bundle)  # one per bundle, held by the engine
-    masks = write_report_masks(seg, record, report, mask_out or Path("."), stem)
-    return {"model": {**bundle.describe(), "executed": seg.backend.executed.to_dict()}, "masks": masks}
+    objects = seg.segment_report(record, report)
+    masks = write_report_masks(seg, record, report, mask_out or Path("."), stem, masks=objects)
+    return {"model": {**bundle.describe(), "executed": seg.backend.executed.to_dict()}, "masks": masks,
+            "mask_objects": objects}
 
 
 def _unique_stem(path_text: str, used: set[str], kind: str = "mask") -> str:
@@ -143,6 +156,8 @@ def _analyze_one(
     obj.update(d)
     obj["backend"] = dict(result.backend)
     done = True
+    mask_objects: list[Any] = []
+    heat = None
     if args.cam:
         t0 = time.perf_counter()
         try:
@@ -161,13 +176,76 @@ def _analyze_one(
             seg = segment_request(engine, record, args.report,
                                   Path(args.mask_out) if args.mask_out else None, _unique_stem(path_text, used_stems))
             obj["masks"] = seg.pop("masks")
+            mask_objects = seg.pop("mask_objects")
             obj["segmentation"] = seg
             timing["segment"] = (time.perf_counter() - t0) * 1e3
         except CXRError as exc:
             obj["segmentation"] = {"error": exc.to_dict()}
             done = False
+    if args.pdf_out or args.dicom_out or args.anonymised_out:
+        t0 = time.perf_counter()
+        done &= _export_one(record, result, args, obj, mask_objects, heat, _unique_stem(path_text, used_stems, "report"))
+        timing["export"] = (time.perf_counter() - t0) * 1e3
     obj["timing_ms"] = {k: round(v, 3) for k, v in timing.items()}
     return obj, done
+
+
+def _finite_result(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A result holding NaN/Inf (a damaged model's output) becomes an error naming the values; never NaN in JSON."""
+    bad = non_finite_paths(obj)
+    if not bad:
+        return obj, True
+    log.error("input %s: non-finite values at %s", obj.get("file", "?"), ", ".join(bad[:5]))
+    clean = finite_or_none(obj)
+    clean["status"] = "error"
+    clean["error"] = {
+        "code": "non_finite_result",
+        "message": "Some results are not numbers (NaN or infinite) and are written as null: "
+        + ", ".join(bad[:5]) + ". A model bundle may be damaged; run cxr-viewer --self-test.",
+    }
+    return clean, False
+
+
+def _export_one(
+    record: "ImageRecord", result: Any, args: argparse.Namespace, obj: dict[str, Any], masks: list[Any],
+    heat: Any, stem: str,
+) -> bool:
+    """``--pdf-out`` / ``--dicom-out`` for one analysed input; failures become ``error`` objects."""
+    from cxr_viewer.core.export import report_pdf
+    from cxr_viewer.core.export.dicom_results import write_results
+
+    done = True
+    pdf_path: Path | None = None
+    if args.pdf_out:
+        try:
+            pdf_path = report_pdf.write_report(record, result, Path(args.pdf_out) / f"{_safe_name(stem)}_report.pdf",
+                                               masks=masks, heatmap=heat)
+            obj["report_pdf"] = str(pdf_path)
+        except (OSError, CXRError) as exc:
+            obj["report_pdf"] = {"error": exc.to_dict() if isinstance(exc, CXRError) else
+                                 {"code": "export_failed", "message": f"Could not write the PDF report: {exc}"}}
+            done = False
+    if args.dicom_out:
+        try:
+            view = report_pdf.render_view_picture(record, masks=masks, heatmap=heat)
+            paths = write_results(record, result, Path(args.dicom_out), masks=masks, view_png=view, pdf=pdf_path)
+            obj["dicom"] = [str(p) for p in paths]
+        except CXRError as exc:
+            obj["dicom"] = {"error": exc.to_dict()}
+            done = False
+    if args.anonymised_out:
+        from cxr_viewer.core.export.anonymise import export_anonymised
+
+        try:
+            if record.format != "dicom" or record.source is None:
+                raise ExportError("Anonymised export needs a DICOM image; this input carries no DICOM header.")
+            out = export_anonymised([record.source], Path(args.anonymised_out),
+                                    results=[(record, result, {"masks": masks, "pdf": pdf_path})])
+            obj["anonymised"] = {"files": [str(p) for p in out.files], "warnings": out.warnings}
+        except CXRError as exc:
+            obj["anonymised"] = {"error": exc.to_dict()}
+            done = False
+    return done
 
 
 def analyze_main(argv: list[str]) -> int:
@@ -177,14 +255,19 @@ def analyze_main(argv: list[str]) -> int:
     if args.mask_out and args.report is None:
         print("cxr-viewer analyze: --mask-out needs --report TEXT", file=sys.stderr)
         return EXIT_REJECTED
+    from cxr_viewer.core.inference import engine as engine_module
     from cxr_viewer.core.inference.engine import InferenceEngine
 
+    no_models_warning = getattr(engine_module, "NO_MODELS_WARNING", None)
     try:
         engine = InferenceEngine.from_dirs(model_dirs(args), device=args.device, backend=args.backend, threads=args.threads)
     except CXRError as exc:
         print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
         return EXIT_REJECTED
-    run_warnings = [f"model bundle {p.name} was skipped: {msg}" for p, msg in engine.load_errors]
+    run_warnings = [f"model bundle {p.name} was refused: {msg}" for p, msg in engine.load_errors]
+    refused_all = refusal_error(engine)
+    if refused_all is not None:
+        print(f"cxr-viewer analyze: {refused_all['message']}", file=sys.stderr)
     cam_dir: Path | None = None
     if args.cam:
         cam_dir = Path(args.cam_out) if args.cam_out else (Path(args.json).parent if args.json != "-" else Path("."))
@@ -202,18 +285,38 @@ def analyze_main(argv: list[str]) -> int:
             obj = {"file": path_text, "status": "error",
                    "error": {"code": "internal_error", "message": f"Unexpected error ({type(exc).__name__}); see the log."}}
             done = False
-        if run_warnings:
-            obj["warnings"] = list(obj.get("warnings", [])) + run_warnings
+        if run_warnings:  # refusals first: they explain any "no models" warning after them
+            kept = [w for w in obj.get("warnings", []) if refused_all is None or w != no_models_warning]
+            obj["warnings"] = run_warnings + kept
+        if refused_all is not None and obj.get("status") == "ok":
+            obj["status"] = "error"
+            obj["error"] = dict(refused_all)
+        obj, finite = _finite_result(obj)
         results.append(obj)
-        all_done &= done
-    text = json.dumps(results, indent=2)
+        all_done &= done and finite
+    text = dumps(results, indent=2)
     if args.json == "-":
         sys.stdout.write(text + "\n")
     else:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n", encoding="utf-8")
+    if refused_all is not None:
+        return EXIT_MODELS_REFUSED
     return EXIT_OK if all_done else EXIT_REJECTED
+
+
+def refusal_error(engine: "InferenceEngine") -> dict[str, str] | None:
+    """The error every result carries when bundles were found but every one was refused; else ``None``."""
+    if engine.bundles or not engine.load_errors:
+        return None
+    reasons = "; ".join(f"{path.name}: {msg}" for path, msg in engine.load_errors)
+    n = len(engine.load_errors)
+    return {
+        "code": "models_refused",
+        "message": f"Every model bundle found ({n}) was refused, so no finding was scored "
+        f"(only the image checks ran). {reasons}",
+    }
 
 
 def self_test_main(argv: list[str]) -> int:

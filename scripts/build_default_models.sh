@@ -7,19 +7,23 @@
 #   scripts/build_default_models.sh --steps "pneumonia cards"   # some steps only (later steps reuse earlier runs)
 #
 # Steps, in order (each one's recipe is configs/recipes/<step>.yaml):
-#   data       manifests + seeded patient-level splits of every labelled set; the SSL manifest
-#              (every image except each set's TEST patients) and one combined split file
-#   ssl        reconstruction pre-training of the shared resnet18 encoder          -> ssl-encoder-resnet18
-#   pneumonia  Kermany fine-tune from the SSL encoder; Youden on val; test with CIs -> pneumonia-kermany-resnet18
-#   compare    SSL vs random initialisation, same recipe, same split, 10% of labels (model card numbers)
-#   nih14      NIH-14 multi-label fine-tune from the SSL encoder                     -> nih14-resnet18
+#   data       the one multi-source manifest with seeded patient-level splits (NIH split by patient
+#              across nih14/ and nih14_extra/), the SSL manifest (every image but TEST patients), and
+#              the TBX11K box manifest for localisation
+#   ssl        reconstruction pre-training of the shared resnet18 encoder, 1 h at 128 px -> ssl-encoder-resnet18
+#   chest      ONE chest model on every labelled source (NIH-14 findings, one Pneumonia finding from
+#              children and adults, Abnormal; losses masked where a source has no label), fine-tuned
+#              from the SSL encoder at 160 px then 224 px; per-label calibration (folded into the head)
+#              and operating thresholds on validation; held-out test with CIs     -> chest-resnet18
+#   localise   pointing game (TBX11K and NIH boxes) and ROAD faithfulness on true positives
 #   segment    report-conditioned U-Net (lungs, zones, TB lesions from boxes)       -> report-segmenter-resnet18
-#   tb         image-level TB lesion score from the segmenter: threshold for 0.90 sensitivity on
-#              validation TBX11K, localisation + sensitivity on test (no specificity: no negatives)
+#   tb         TB lesion score from the segmenter: threshold for 0.85 sensitivity on validation TBX11K,
+#              sensitivity + localisation on test, flag rate on held-out normals of every other source
 #   cards      model_card.md and notes for every bundle (configs/recipes/cards/*.yaml)
 #
 # --train-flags is appended to every training command, so it overrides the YAML recipes
-# (flags beat --config). The held-out TEST splits are only read by the evaluate steps.
+# (flags beat --config). The held-out TEST splits are only read by the evaluate/localise/tb steps.
+# Wall times of every step go to $RUNS/walltime.tsv and into the cards.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +32,7 @@ RUNS="runs"
 OUT="resources/models"
 TRAIN_FLAGS="${TRAIN_FLAGS:---accelerator auto}"
 EVAL_FLAGS="--bootstrap 1000 --seed 0"
-STEPS="data ssl pneumonia compare nih14 segment tb cards"
+STEPS="data ssl chest localise tb cards"
 SEED=0
 
 while [[ $# -gt 0 ]]; do
@@ -39,7 +43,7 @@ while [[ $# -gt 0 ]]; do
     --train-flags) TRAIN_FLAGS="$2"; shift 2 ;;
     --steps) STEPS="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,66 +67,50 @@ train() { cxr-train "$@" $TRAIN_FLAGS; }
 
 # ---------------------------------------------------------------- data
 if want data; then
-  log "manifests and splits from $DATA_DIR"
-  for pair in nih14:nih14 kermany:pneumonia_kermany tbx11k:tbx11k covid:covid_ieee8023 shenzhen:shenzhen_sample; do
-    adapter="${pair%%:*}"; folder="${pair#*:}"
-    cxr-train data build --adapter "$adapter" --root "$DATA_DIR/$folder" --out "$D/$adapter.csv"
-    cxr-train data split --manifest "$D/$adapter.csv" --out "$D/$adapter-splits.csv" --seed "$SEED"
-  done
-  python scripts/make_ssl_manifest.py --out "$D/ssl.csv" --split-out "$D/all-splits.csv" \
-    "$D/nih14.csv:$D/nih14-splits.csv" "$D/kermany.csv:$D/kermany-splits.csv" \
-    "$D/tbx11k.csv:$D/tbx11k-splits.csv" "$D/covid.csv:$D/covid-splits.csv" "$D/shenzhen.csv:$D/shenzhen-splits.csv"
+  log "multi-source manifest and splits from $DATA_DIR"
+  python scripts/make_chest_manifest.py --data-dir "$DATA_DIR" --out "$D/chest.csv" --ssl-out "$D/ssl.csv" \
+    --split-out "$D/all-splits.csv" --seed "$SEED" > "$D/chest-counts.json"
+  cxr-train data build --adapter tbx11k --root "$DATA_DIR/tbx11k" --out "$D/tbx11k.csv"
+  cxr-train data split --manifest "$D/tbx11k.csv" --out "$D/tbx11k-splits.csv" --seed "$SEED"  # = its rows in chest.csv
 fi
 
-SSL="$RUNS/ssl-recon/bundle"
+SSL="$RUNS/chest-ssl/bundle"
 
 # ---------------------------------------------------------------- SSL encoder
 if want ssl; then
-  log "SSL reconstruction pre-training"
-  timed ssl train pretrain recon --config $R/ssl-recon.yaml --manifest "$D/ssl.csv" --runs-dir "$RUNS" --name ssl-recon
-  cxr-train export --bundle "$SSL" --out "$OUT/ssl-encoder-resnet18" --name ssl-encoder-resnet18 --version 0.1.0
+  log "SSL reconstruction pre-training (every image but the test patients)"
+  timed ssl train pretrain recon --config $R/chest-ssl.yaml --manifest "$D/ssl.csv" --runs-dir "$RUNS" --name chest-ssl
+  cxr-train export --bundle "$SSL" --out "$OUT/ssl-encoder-resnet18" --name ssl-encoder-resnet18 --version 0.2.0
 fi
 
-# ---------------------------------------------------------------- classifiers
-# finetune_eval NAME MANIFEST SPLITS RECIPE EXPORT_NAME CAL_ARGS [extra finetune flags...]
-finetune_eval() {
-  local name="$1" manifest="$2" splits="$3" recipe="$4" export_name="$5" cal="$6"; shift 6
-  timed "$name" train finetune --config "$recipe" --manifest "$manifest" --split-file "$splits" \
-    --runs-dir "$RUNS" --name "$name" "$@"
-  # shellcheck disable=SC2086
-  timed "$name-calibrate" cxr-train calibrate --bundle "$RUNS/$name/bundle" --manifest "$manifest" --split val $cal
-  # shellcheck disable=SC2086
-  timed "$name-evaluate" cxr-train evaluate --bundle "$RUNS/$name/bundle" --manifest "$manifest" --split test \
-    --out "$RUNS/$name/eval" $EVAL_FLAGS --gallery 2
-  if [[ -n "$export_name" ]]; then
-    cxr-train export --bundle "$RUNS/$name/bundle" --metrics "$RUNS/$name/eval/metrics.json" \
-      --out "$OUT/$export_name" --name "$export_name" --version 0.1.0 --golden "${GOLDEN[@]}"
-    mkdir -p "$OUT/$export_name/evaluation"
-    cp "$RUNS/$name/eval/report.md" "$RUNS/$name/eval/"*.png "$OUT/$export_name/evaluation/"
-  fi
-}
+# ---------------------------------------------------------------- the chest model
 GOLDEN=(resources/samples/nih_chest.png)
-
-if want pneumonia; then
-  log "pneumonia (Kermany) from the SSL encoder"
-  finetune_eval pneumonia "$D/kermany.csv" "$D/kermany-splits.csv" $R/pneumonia.yaml \
-    pneumonia-kermany-resnet18 "--method youden" --init "$SSL"
+CHEST="$RUNS/chest-224/bundle"
+if want chest; then
+  log "chest model, stage 1 (160 px) from the SSL encoder"
+  timed chest-160 train finetune --config $R/chest.yaml --manifest "$D/chest.csv" --split-file "$D/all-splits.csv" \
+    --runs-dir "$RUNS" --name chest-160 --init "$SSL"
+  log "chest model, stage 2 (224 px)"
+  timed chest-224 train finetune --config $R/chest-224.yaml --manifest "$D/chest.csv" --split-file "$D/all-splits.csv" \
+    --runs-dir "$RUNS" --name chest-224 --init "$RUNS/chest-160/bundle"
+  # calibration per label (cross-validated ECE on validation), then thresholds on the calibrated scores:
+  # specificity 0.95 for the findings (keeps false alarms on normal films rare), Youden for Abnormal;
+  # a threshold resting on fewer than 10 validation positives gets no POSITIVE badge.
+  timed chest-calibrate cxr-train calibrate --bundle "$CHEST" --manifest "$D/chest.csv" --split-file "$D/all-splits.csv" \
+    --split val --scaling auto --method specificity --target 0.95 --label-method Abnormal=youden --min-positives 10
+  timed chest-evaluate cxr-train evaluate --bundle "$CHEST" --manifest "$D/chest.csv" --split-file "$D/all-splits.csv" \
+    --split test --out "$RUNS/chest-224/eval" $EVAL_FLAGS --gallery 2
+  cxr-train export --bundle "$CHEST" --metrics "$RUNS/chest-224/eval/metrics.json" \
+    --out "$OUT/chest-resnet18" --name chest-resnet18 --version 0.2.0 --golden "${GOLDEN[@]}"
+  mkdir -p "$OUT/chest-resnet18/evaluation"
+  cp "$RUNS/chest-224/eval/report.md" "$RUNS/chest-224/eval/"*.png "$OUT/chest-resnet18/evaluation/"
 fi
 
-if want compare; then
-  log "SSL vs random initialisation at 10% of the Kermany labels"
-  for init in ssl random; do
-    src="$SSL"; [[ $init == random ]] && src=random
-    timed "compare-$init" train finetune --config $R/compare.yaml --manifest "$D/kermany.csv" \
-      --split-file "$D/kermany-splits.csv" --runs-dir "$RUNS" --name "compare-$init" --init "$src"
-  done
-  timed compare-paired python scripts/compare_inits.py --a "$RUNS/compare-ssl/bundle" --b "$RUNS/compare-random/bundle" \
-    --manifest "$D/kermany.csv" --split-file "$D/kermany-splits.csv" --out "$RUNS/compare.json" --seed "$SEED"
-fi
-
-if want nih14; then
-  log "NIH-14 from the SSL encoder"
-  finetune_eval nih14 "$D/nih14.csv" "$D/nih14-splits.csv" $R/nih14.yaml nih14-resnet18 "--method youden" --init "$SSL"
+if want localise; then
+  log "localisation: pointing game and ROAD on held-out films"
+  timed localise python scripts/localisation.py --bundle "$OUT/chest-resnet18" --manifest "$D/chest.csv" \
+    --tbx11k "$D/tbx11k.csv" --tbx11k-splits "$D/tbx11k-splits.csv" \
+    --bbox "$DATA_DIR/labels_only/BBox_List_2017.csv.gz" --out "$RUNS/localisation" --seed "$SEED"
 fi
 
 # ---------------------------------------------------------------- segmentation and TB
@@ -137,18 +125,19 @@ fi
 if want tb; then
   log "TB lesion score from the segmenter"
   timed tb python scripts/tb_lesion_score.py --bundle "$SEG_OUT" --manifest "$D/tbx11k.csv" \
-    --split-file "$D/tbx11k-splits.csv" --others "$D/nih14.csv:$D/nih14-splits.csv" --out "$RUNS/tb" --seed "$SEED"
+    --split-file "$D/tbx11k-splits.csv" --normals "$D/chest.csv" --out "$RUNS/tb" --seed "$SEED"
 fi
 
 # ---------------------------------------------------------------- model cards
 if want cards; then
   log "model cards"
   C=$R/cards
+  python -c 'import json, sys; rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]; json.dump({k: int(v) for k, v in rows}, open(sys.argv[2], "w"))' \
+    "$RUNS/walltime.tsv" "$RUNS/walltime.json"
   [[ -d "$OUT/ssl-encoder-resnet18" ]] && python scripts/model_card.py "$OUT/ssl-encoder-resnet18" --notes $C/ssl-encoder.yaml \
-    --extra-metrics "ssl_vs_random=$RUNS/compare.json"
-  [[ -d "$OUT/pneumonia-kermany-resnet18" ]] && python scripts/model_card.py "$OUT/pneumonia-kermany-resnet18" \
-    --notes $C/pneumonia.yaml --extra-metrics "ssl_vs_random=$RUNS/compare.json"
-  [[ -d "$OUT/nih14-resnet18" ]] && python scripts/model_card.py "$OUT/nih14-resnet18" --notes $C/nih14.yaml
+    --extra-metrics "wall_time_s=$RUNS/walltime.json"
+  [[ -d "$OUT/chest-resnet18" ]] && python scripts/model_card.py "$OUT/chest-resnet18" --notes $C/chest.yaml \
+    --extra-metrics "localisation=$RUNS/localisation/localisation.json" --extra-metrics "wall_time_s=$RUNS/walltime.json"
   [[ -d "$SEG_OUT" ]] && python scripts/model_card.py "$SEG_OUT" --notes $C/segment.yaml \
     --extra-metrics "tuberculosis_lesion_score=$RUNS/tb/tb_metrics.json" \
     --derived-findings "$RUNS/tb/derived_findings.json"

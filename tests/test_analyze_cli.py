@@ -52,7 +52,7 @@ def test_analyze_subprocess_good_and_bad_inputs(models: Path, dicom_dir: Path, p
         labels = [(f["model"], f["label"]) for f in d["findings"]]
         assert labels == [("nih", "Effusion"), ("nih", "Nodule"), ("tb", "Tuberculosis")]
         for f in d["findings"]:
-            assert 0 <= f["score"] <= 1 and f["positive"] == (f["score"] >= f["threshold"])
+            assert 0 <= f["score"] <= 1 and f["positive"] == (f["score"] >= f["threshold"] and f.get("validated") is not False and "outside_population" not in f)
         assert {m["name"] for m in d["models"]} == {"nih", "tb"} and all(len(m["sha256"]) == 64 for m in d["models"])
         assert {"read", "preprocess", "inference:nih", "inference:tb", "cam"} <= set(d["timing_ms"])
         assert isinstance(d["qc"], list)

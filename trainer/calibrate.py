@@ -42,6 +42,15 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, method: str = "youden", targe
     return {"value": float(thr[i]), "sensitivity": float(tpr[i]), "specificity": float(spec[i])}
 
 
+def _label_rule(label: str, method: str, target: float, per_label: dict[str, str] | None) -> tuple[str, float]:
+    """``--label-method Abnormal=youden`` or ``Pneumothorax=sensitivity:0.9`` overrides the default rule."""
+    rule = (per_label or {}).get(label)
+    if not rule:
+        return method, target
+    m, _, t = rule.partition(":")
+    return m.strip(), float(t) if t else target
+
+
 def calibrate(
     bundle: str | Path,
     manifest: str | Path,
@@ -53,13 +62,28 @@ def calibrate(
     out: str | Path | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
+    scaling: str = "none",
+    label_methods: dict[str, str] | None = None,
+    min_positives: int = 0,
 ) -> tuple[Path, dict[str, dict[str, Any]]]:
-    """Choose thresholds on ``split`` and save the bundle (in place, or a copy at ``out``)."""
+    """Calibrate scores and choose thresholds on ``split``; save the bundle (in place, or a copy at ``out``).
+
+    ``scaling``: ``none`` keeps the weights (same sha256); ``temperature``/``platt`` fit that
+    per label; ``auto`` picks per label among none/temperature/platt by cross-validated ECE
+    on the split (isotonic is measured too and reported, but it cannot live in the weights).
+    The chosen affine calibration is folded into the linear head, so every backend shows
+    calibrated scores. Thresholds are then chosen on the calibrated scores. A threshold
+    resting on fewer than ``min_positives`` positives is marked ``validated: false``: the
+    viewer then shows the score without a POSITIVE badge.
+    """
     from cxr_viewer.core.models.bundle import load_bundle
+    from cxr_viewer.core.models.calibration import Calibration, choose_calibration, expected_calibration_error
     from trainer.evaluate import pick_device, predict, split_frame
 
     if method != "youden" and not 0 < target < 1:
         raise TrainingConfigError(f"Target {method} must lie between 0 and 1, got {target}.")
+    if scaling not in ("none", "auto", "temperature", "platt"):
+        raise TrainingConfigError(f"Unknown --scaling {scaling!r}; use none, auto, temperature or platt.")
     loaded = load_bundle(bundle, device=pick_device())
     if not loaded.manifest.is_classifier:
         raise TrainingConfigError(f"Bundle {loaded.name} is a {loaded.task} model; only classifiers have thresholds.")
@@ -69,6 +93,45 @@ def calibrate(
     frame = split_frame(manifest, split, split_file, loaded)
     P, Y = predict(loaded, frame, batch_size=batch_size, num_workers=num_workers)
     m = loaded.manifest
+    scaled = scaling != "none" and loaded.task != "multiclass"
+    cals: list[Calibration] = []
+    cal_report: dict[str, Any] = {}
+    for j, lab in enumerate(loaded.labels):
+        known = ~np.isnan(Y[:, j])
+        y, p = Y[known, j], P[known, j]
+        if not scaled or y.size == 0 or y.min() == y.max():
+            cals.append(Calibration("none"))
+            continue
+        methods = ("none", "temperature", "platt", "isotonic") if scaling == "auto" else ("none", scaling, "isotonic")
+        _, cv = choose_calibration(y, p, methods)
+        usable = {k: v for k, v in cv.items() if k != "isotonic"}
+        best = min(usable, key=lambda k: (round(usable[k], 4), ("none", "temperature", "platt").index(k)))
+        from cxr_viewer.core.models.calibration import fit_calibration
+
+        c = fit_calibration(y, p, best)
+        cals.append(c)
+        cal_report[lab] = {
+            **c.to_dict(),
+            "ece_before": round(expected_calibration_error(y, p), 4),
+            "ece_cv": {k: round(v, 4) for k, v in cv.items()},
+        }
+    if scaled and any(c.method != "none" for c in cals):
+        import torch
+
+        from cxr_viewer.core.models.calibration import apply_calibration, fold_affine_into_linear
+
+        head = getattr(loaded.model, "head", None)
+        if not isinstance(head, torch.nn.Linear):
+            raise TrainingConfigError(f"Bundle {loaded.name} has no linear head to fold the calibration into.")
+        W, b = fold_affine_into_linear(head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(), cals)
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(W).to(head.weight))
+            head.bias.copy_(torch.from_numpy(b).to(head.bias))
+        P = apply_calibration(P, cals)
+        m.extra["calibration"] = {
+            "split": split, "method": f"per-label choice by {5}-fold cross-validated ECE (folded into the head)",
+            "labels": cal_report,
+        }  # fmt: skip
     chosen: dict[str, dict[str, Any]] = {}
     for j, lab in enumerate(loaded.labels):
         known = ~np.isnan(Y[:, j])
@@ -76,14 +139,33 @@ def calibrate(
         if y.size == 0 or y.min() == y.max():
             log.warning("%s: the %s split has no %s; threshold left at %.2f", lab, split,
                         "positives" if y.size and y.max() == 0 else "negatives", m.threshold(lab))  # fmt: skip
+            if min_positives:
+                t = dict(m.thresholds.get(lab) or {"value": 0.5, "method": "none"})
+                t.update(validated=False, val_positives=int(y.sum()) if y.size else 0)
+                m.thresholds[lab] = chosen[lab] = t
             continue
-        t = choose_threshold(y, p, method, target)
-        what = "youden" if method == "youden" else f"target {method} {target:g}"
-        t.update({"method": what, "source": f"{split} split ({int(y.sum())} positive / {int((y == 0).sum())} negative images)"})
+        lm, lt = _label_rule(lab, method, target, label_methods)
+        t = choose_threshold(y, p, lm, lt)
+        what = "youden" if lm == "youden" else f"target {lm} {lt:g}"
+        npos = int(y.sum())
+        t.update({"method": what, "source": f"{split} split ({npos} positive / {int((y == 0).sum())} negative images)"})
+        if min_positives:
+            t.update(validated=npos >= min_positives, val_positives=npos, min_positives=int(min_positives))
         chosen[lab] = t
         m.thresholds[lab] = t
+    if "dataset" in frame:
+        from trainer.population import describe_population
+
+        try:
+            m.extra["population"] = describe_population(split_frame(manifest, "train", split_file, loaded))
+        except Exception as exc:  # noqa: BLE001 - a manifest without a train split still calibrates
+            log.info("population not described: %s", exc)
+        if "population" in m.extra and len(frame) >= 20:
+            from trainer.population import fit_feature_ood
+
+            m.extra["population"]["ood"] = fit_feature_ood(loaded, frame, batch_size=batch_size)
     dest = Path(out) if out else src
-    if not src.is_dir():
+    if scaled or not src.is_dir():
         from cxr_viewer.core.models.bundle import save_bundle
 
         save_bundle(loaded.model.cpu(), m, dest, dtype=str(m.weights.get("dtype") or "float32"))

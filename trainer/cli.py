@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cxr_viewer.core.errors import CXRError
+from cxr_viewer.core.jsonio import dumps, finite_or_none
 
 log = logging.getLogger("trainer")
 
@@ -116,6 +117,12 @@ def calibrate_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="write a calibrated copy here (default: update the bundle in place)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--scaling", default="none", choices=["none", "auto", "temperature", "platt"],
+                   help="fit score calibration on the split first (folded into the head; auto = best cross-validated ECE)")  # fmt: skip
+    g.add_argument("--label-method", action="append", default=[], metavar="LABEL=METHOD[:TARGET]",
+                   help="per-label rule, e.g. Abnormal=youden or Pneumothorax=sensitivity:0.9 (repeatable)")  # fmt: skip
+    g.add_argument("--min-positives", type=int, default=0,
+                   help="thresholds resting on fewer validation positives are marked validated: false (no POSITIVE badge)")  # fmt: skip
     return p
 
 
@@ -222,8 +229,8 @@ def cmd_finetune(argv: Sequence[str]) -> int:
     args = parse_with_config(finetune_parser(), argv)
     _logging(args.verbose)
     res = run_finetune(args)
-    print(json.dumps({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "val_auroc": res.best_score,
-                      "global_step": res.global_step}))  # fmt: skip
+    print(dumps(finite_or_none({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "val_auroc": res.best_score,
+                                "global_step": res.global_step})))  # fmt: skip
     return 0
 
 
@@ -251,8 +258,10 @@ def cmd_calibrate(argv: Sequence[str]) -> int:
     out, thresholds = calibrate(
         args.bundle, args.manifest, method=args.method, target=args.target, split=args.split,
         split_file=args.split_file, out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
+        scaling=args.scaling, min_positives=args.min_positives,
+        label_methods=dict(r.split("=", 1) for r in args.label_method if "=" in r),
     )  # fmt: skip
-    print(json.dumps({"bundle": str(out), "thresholds": thresholds}))
+    print(dumps(finite_or_none({"bundle": str(out), "thresholds": thresholds})))
     return 0
 
 
@@ -318,8 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         print(f"cxr-train: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from trainer.run import RunFinished
+
     try:
         return cmd(argv[1:])
+    except RunFinished as exc:  # --resume of a finished run: say so, change nothing
+        print(f"cxr-train {argv[0]}: {exc.message}", file=sys.stderr)
+        print(dumps({"run": str(exc.run_dir), "bundle": exc.info.get("bundle"), "already_finished": True}))
+        return 0
     except CXRError as exc:
         print(f"cxr-train {argv[0]}: error: {exc.message}", file=sys.stderr)
         return 1

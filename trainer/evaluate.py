@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_viewer.core.errors import TrainingDataError
+from cxr_viewer.core.jsonio import dumps, finite_or_none
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -375,6 +376,7 @@ def evaluate(
         metrics["ece"][lab] = expected_calibration_error(y, p)
     point, lo, hi = bootstrap_macro_auroc(Y, P, groups, n_boot=n_boot, seed=seed)
     metrics["auroc_macro"] = {"value": None if math.isnan(point) else point, "ci95": None if math.isnan(lo) else [lo, hi]}
+    metrics.update(population_metrics(loaded, frame, Y, P, groups, n_boot=n_boot, seed=seed))
     if loaded.task == "multiclass":
         from sklearn.metrics import confusion_matrix
 
@@ -393,9 +395,92 @@ def evaluate(
             if name:
                 galleries[lab] = name
     metrics["figures"] = {**figures, **{f"gallery/{k}": v for k, v in galleries.items()}}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (out / "metrics.json").write_text(dumps(finite_or_none(metrics), indent=2), encoding="utf-8")  # NaN -> null
     (out / "report.md").write_text(_report(loaded, metrics, figures, galleries), encoding="utf-8")
     log.info("evaluation written to %s (macro AUROC %s)", out, _fmt(metrics["auroc_macro"]["value"]))
+    return out
+
+
+def _auroc_ci(y: np.ndarray, p: np.ndarray, g: np.ndarray, *, n_boot: int, seed: int) -> dict[str, Any] | None:
+    if y.size == 0 or y.min() == y.max():
+        return None
+    point = auroc(y, p)
+    lo, hi, _ = bootstrap_auroc(y, p, g, n_boot=n_boot, seed=seed)
+    return {"value": point, "ci95": None if math.isnan(lo) else [lo, hi], "n_pos": int(y.sum()), "n_neg": int((y == 0).sum())}
+
+
+def _mean_ci(values: np.ndarray, g: np.ndarray, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Mean of per-image values with a patient-level bootstrap 95% interval."""
+    rng = np.random.default_rng(seed)
+    patients = np.unique(g)
+    idx = {pid: np.flatnonzero(g == pid) for pid in patients}
+    boots = []
+    for _ in range(n_boot):
+        take = np.concatenate([idx[pid] for pid in rng.choice(patients, size=len(patients))])
+        boots.append(float(values[take].mean()))
+    lo, hi = (np.percentile(boots, [2.5, 97.5]).tolist() if boots else [math.nan, math.nan])
+    return {"value": float(values.mean()), "ci95": [lo, hi], "n_images": int(values.size)}
+
+
+def population_metrics(
+    loaded: "LoadedBundle", frame: "pd.DataFrame", Y: np.ndarray, P: np.ndarray, groups: np.ndarray, *, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """What a multi-source model must show per population: sub-group AUROCs, ECE before/after, false alarms.
+
+    - ``subgroups``: each label's AUROC within each source that labels it both ways
+      (children = Kermany, adults = NIH and the COVID collection), plus "adult pneumonia
+      vs no finding" (NIH Pneumonia against NIH No Finding films);
+    - ``false_alarm_burden``: on held-out normal films (``Abnormal`` = 0, per source), the
+      mean number of findings the viewer would badge POSITIVE (validated thresholds only),
+      and the same count over every threshold;
+    - ``ece_uncalibrated``: the ECE the raw (pre-calibration) scores would have, recovered by
+      inverting the calibration folded into the head.
+    """
+    from cxr_viewer.core.models.calibration import Calibration, logit
+
+    out: dict[str, Any] = {"subgroups": {}, "false_alarm_burden": {}, "ece_uncalibrated": {}}
+    labels = loaded.labels
+    dataset = frame["dataset"].astype(str).to_numpy() if "dataset" in frame else np.array(["all"] * len(frame))
+    for j, lab in enumerate(labels):
+        for ds in sorted(set(dataset)):
+            m = (dataset == ds) & ~np.isnan(Y[:, j])
+            r = _auroc_ci(Y[m, j], P[m, j], groups[m], n_boot=n_boot, seed=seed + j)
+            if r is not None and len(set(dataset[~np.isnan(Y[:, j])])) > 1:
+                out["subgroups"].setdefault(lab, {})[ds] = r
+        adults = np.isin(dataset, ["nih14", "covid"]) & ~np.isnan(Y[:, j])
+        if lab == "Pneumonia" and adults.any() and "kermany" in set(dataset):
+            r = _auroc_ci(Y[adults, j], P[adults, j], groups[adults], n_boot=n_boot, seed=seed + 99)
+            if r is not None:
+                out["subgroups"][lab]["adults (nih14 + covid)"] = r
+    if "Pneumonia" in labels and "Abnormal" in labels:
+        jp, ja = labels.index("Pneumonia"), labels.index("Abnormal")
+        nih = dataset == "nih14"
+        pos, normal = nih & (Y[:, jp] == 1), nih & (Y[:, ja] == 0)
+        m = pos | normal
+        r = _auroc_ci(Y[m, jp], P[m, jp], groups[m], n_boot=n_boot, seed=seed + 7)
+        if r is not None:
+            out["subgroups"]["Pneumonia"]["adult pneumonia vs no finding (nih14)"] = r
+    if "Abnormal" in labels:
+        ja = labels.index("Abnormal")
+        thr = np.array([loaded.manifest.threshold(lab) for lab in labels])
+        validated = np.array([loaded.manifest.thresholds.get(lab, {}).get("validated", True) is not False for lab in labels])
+        pos = P >= thr[None, :]
+        for ds in sorted(set(dataset)):
+            m = (dataset == ds) & (Y[:, ja] == 0)
+            if not m.any():
+                continue
+            out["false_alarm_burden"][ds] = {
+                "badged": _mean_ci(pos[m][:, validated].sum(1).astype(float), groups[m], n_boot=n_boot, seed=seed),
+                "every_threshold": float(pos[m].sum(1).mean()),
+                "labels_counted": [lab for lab, v in zip(labels, validated) if v],
+            }
+    cal = (loaded.manifest.extra.get("calibration") or {}).get("labels", {})
+    for j, lab in enumerate(labels):
+        known = ~np.isnan(Y[:, j])
+        c = Calibration.from_dict(cal.get(lab))
+        if c.method in ("temperature", "platt") and known.any():
+            raw = 1.0 / (1.0 + np.exp(-(logit(P[known, j]) - c.b) / c.a))
+            out["ece_uncalibrated"][lab] = expected_calibration_error(Y[known, j], raw)
     return out
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_viewer.core.errors import TrainingConfigError
+from cxr_viewer.core.jsonio import dumps, finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def run_fractions(args: argparse.Namespace) -> Path:
                 "auroc": m["auroc_macro"]["value"], "ci95": m["auroc_macro"]["ci95"], "run": str(res.run_dir),
             })  # fmt: skip
             log.info("fraction %g, %s init: macro AUROC %s", fraction, init, m["auroc_macro"]["value"])
-    (root / "results.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    (root / "results.json").write_text(dumps(finite_or_none(rows), indent=2), encoding="utf-8")
     _plot(rows, root / "results.png")
     (root / "results.md").write_text(_table(rows, args), encoding="utf-8")
     return root / "results.md"

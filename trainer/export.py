@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_viewer.core.errors import TrainingConfigError
+from cxr_viewer.core.jsonio import dumps, finite_or_none
 
 if TYPE_CHECKING:
     from torch import nn
@@ -67,13 +68,16 @@ def base_provenance(config: Mapping[str, Any], split_info: Mapping[str, str], *,
 
 
 def write_bundle(model: "nn.Module", manifest: Mapping[str, Any], out_dir: str | Path, *, dtype: str = "float32") -> Path:
-    """``save_bundle`` with our defaults (intended use, limitations) filled in."""
+    """``save_bundle`` with our defaults (intended use, limitations) filled in, swapped in whole at the end."""
     from cxr_viewer.core.models.bundle import save_bundle
+    from cxr_viewer.core.staging import staged_dir
 
-    m = dict(manifest)
+    m = finite_or_none(dict(manifest))  # an undefined metric (NaN AUROC of a one-class split) is written as null
     m.setdefault("intended_use", INTENDED_USE)
     m.setdefault("limitations", list(DEFAULT_LIMITATIONS))
-    return save_bundle(model, m, out_dir, dtype=dtype)
+    with staged_dir(out_dir) as stage:  # a kill while writing leaves the previous bundle as it was
+        save_bundle(model, m, stage, dtype=dtype)
+    return Path(out_dir)
 
 
 def rewrite_manifest(manifest: Any, bundle_dir: str | Path, *, weights_from: str | Path | None = None) -> Path:
@@ -95,7 +99,7 @@ def rewrite_manifest(manifest: Any, bundle_dir: str | Path, *, weights_from: str
         raise BundleHashMismatchError(f"The weights in {dest} do not match the manifest being written.", path=dest)
     m = Manifest.from_dict(m.to_dict())  # validate before writing
     tmp = dest / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(m.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(dumps(finite_or_none(m.to_dict()), indent=2) + "\n", encoding="utf-8")
     tmp.replace(dest / MANIFEST_FILE)
     return dest
 
@@ -124,15 +128,12 @@ def export_bundle(
     Golden images are stored as small PNGs inside the bundle with the scores the
     *exported* weights give them (after the dtype round trip), so the viewer's
     ``--self-test`` compares like with like.
-    """
-    import numpy as np
-    import torch
-    from PIL import Image
 
-    from cxr_viewer.core.io import read_image
-    from cxr_viewer.core.models.bundle import load_bundle, save_bundle
-    from cxr_viewer.core.models.preprocess import preprocess
-    from trainer.tasks.classify import scores_from_logits
+    Everything is written into a staging folder and swapped in for ``out_dir`` at the
+    end: an export that is interrupted or fails leaves the previous bundle intact.
+    """
+    from cxr_viewer.core.models.bundle import load_bundle
+    from cxr_viewer.core.staging import staged_dir
 
     src = load_bundle(bundle)
     m = src.manifest.to_dict()
@@ -151,6 +152,24 @@ def export_bundle(
     if out.resolve() == Path(bundle).resolve():
         raise TrainingConfigError("Export to a new folder: --out must differ from the source bundle.")
     m["golden"] = []
+    with staged_dir(out) as stage:
+        _write_export(src, m, stage, Path(bundle), dtype=dtype, onnx=onnx, golden_images=golden_images)
+    log.info("exported bundle to %s", out)
+    return out
+
+
+def _write_export(src: Any, m: dict[str, Any], out: Path, bundle: Path, *, dtype: str, onnx: bool,
+                  golden_images: list[str] | None) -> None:
+    """The export's files, written into ``out`` (a staging folder)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from cxr_viewer.core.io import read_image
+    from cxr_viewer.core.models.bundle import load_bundle, save_bundle
+    from cxr_viewer.core.models.preprocess import preprocess
+    from trainer.tasks.classify import scores_from_logits
+
     save_bundle(src.model, m, out, dtype=dtype)
     if golden_images and src.manifest.is_classifier:
         exported = load_bundle(out)
@@ -170,7 +189,7 @@ def export_bundle(
         final.golden = m["golden"]
         rewrite_manifest(final, out)  # weights untouched: the recorded sha256 stays valid
     for extra in ("report.md",):
-        p = Path(bundle) / extra
+        p = bundle / extra
         if p.is_file():
             shutil.copy2(p, out / extra)
     if onnx:  # after the golden images, which the export is verified on
@@ -181,5 +200,3 @@ def export_bundle(
     from cxr_viewer.core.models.card import model_card_markdown
 
     (out / "model_card.md").write_text(model_card_markdown(read_manifest(out)), encoding="utf-8")
-    log.info("exported bundle to %s", out)
-    return out

@@ -2,8 +2,9 @@
 
 Every run lives in ``<runs-dir>/<name>/``: ``config.yaml`` (resolved options),
 ``splits.csv`` (+ its sha256 in the bundle), ``checkpoints/last.ckpt`` (Lightning
-training state, trainer-internal), ``logs/metrics.csv`` and ``bundle/`` (the
-safetensors bundle the viewer loads).
+training state after every epoch, whatever the monitored metric did; trainer-internal),
+``logs/metrics.csv``, ``bundle/`` (the safetensors bundle the viewer loads) and, once the
+run has ended and its bundle is written, ``finished.json`` (so ``--resume`` leaves it alone).
 """
 
 from __future__ import annotations
@@ -39,6 +40,25 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+FINISHED_FILE = "finished.json"
+
+
+class RunFinished(Exception):
+    """``--resume`` of a run that already ended and wrote its bundle: nothing to do (not an error)."""
+
+    def __init__(self, run_dir: Path, info: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.info = info
+        epochs = info.get("epochs")
+        done = f" after {epochs} epoch(s)" if epochs is not None else ""
+        self.message = (
+            f"Run {run_dir} already finished{done}; nothing was trained and its bundle "
+            f"({info.get('bundle') or run_dir / 'bundle'}) was left as it is. To train further, resume it with a "
+            f"larger --max-epochs (it ran to {info.get('max_epochs', '?')})."
+        )
+        super().__init__(self.message)
+
+
 # ------------------------------------------------------------------ run folder
 def run_dir_for(args: argparse.Namespace, task: str) -> Path:
     if not args.name:
@@ -48,7 +68,42 @@ def run_dir_for(args: argparse.Namespace, task: str) -> Path:
     run_dir = Path(args.runs_dir) / args.name
     if args.resume and not run_dir.is_dir():
         raise TrainingConfigError(f"Cannot resume: run folder {run_dir} does not exist.")
+    marker = run_dir / FINISHED_FILE
+    if args.resume and marker.is_file():
+        import json
+
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {}
+        info = info if isinstance(info, dict) else {}
+        wanted, ran_to = getattr(args, "max_epochs", None), info.get("max_epochs")
+        if wanted is None or ran_to is None or int(wanted) <= int(ran_to):
+            raise RunFinished(run_dir, info)
+        log.info("extending finished run %s from %s to %s epochs", run_dir.name, ran_to, wanted)
+    marker.unlink(missing_ok=True)  # a fresh (or extended) run is not finished until it says so
     return run_dir
+
+
+def mark_finished(run_dir: Path, trainer: "L.Trainer", bundle_dir: Path | None) -> None:
+    """Record that the run ended (epochs done, bundle written), unless it stopped at ``--max-time``."""
+    from lightning.pytorch.callbacks import Timer
+
+    from cxr_viewer.core.jsonio import dumps
+
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0:
+        return  # stopped by the wall-time budget: --resume continues it
+    info = {
+        "epochs": int(trainer.current_epoch),
+        "max_epochs": int(trainer.max_epochs) if trainer.max_epochs is not None else None,
+        "global_step": int(trainer.global_step),
+        "bundle": str(bundle_dir) if bundle_dir else None,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    tmp = run_dir / (FINISHED_FILE + ".tmp")
+    tmp.write_text(dumps(info, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(run_dir / FINISHED_FILE)
 
 
 def resume_checkpoint(run_dir: Path) -> str:
@@ -193,16 +248,19 @@ def build_trainer(
         n = len(list(run_dir.glob("logs.part*")))
         logs.rename(run_dir / f"logs.part{n}")
     callbacks: list[Any] = [
-        ModelCheckpoint(
+        ModelCheckpoint(  # first: trainer.checkpoint_callback, whose best checkpoint becomes the bundle
             dirpath=ckpt_dir,
             filename="best-epoch{epoch:03d}",
             monitor=monitor,
             mode=mode,
             save_top_k=1,
-            save_last=True,
             every_n_epochs=1,
             auto_insert_metric_name=False,
         ),
+        # last.ckpt after every epoch, whatever the monitor did: save_last on a monitored top-k refreshes only
+        # when the metric improves, so a killed run would resume epochs behind and train them again
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                        enable_version_counter=False),  # fmt: skip
         LearningRateMonitor(logging_interval="step"),
     ]
     if args.ckpt_every_n_steps:
@@ -318,6 +376,7 @@ def run_pretrain(args: argparse.Namespace, method: str) -> RunResult:
             ],
         }
         result.bundle_dir = write_bundle(encoder, manifest, run_dir / "bundle", dtype="float32")
+        mark_finished(run_dir, trainer, result.bundle_dir)
     return result
 
 
@@ -424,4 +483,5 @@ def run_finetune(args: argparse.Namespace) -> RunResult:
             "metrics": {"validation": {"auroc_macro": result.best_score}},
         }
         result.bundle_dir = write_bundle(model, manifest, run_dir / "bundle", dtype="float32")
+        mark_finished(run_dir, trainer, result.bundle_dir)
     return result

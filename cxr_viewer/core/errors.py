@@ -62,6 +62,12 @@ class ImageTooLargeError(ImageReadError):
     code = "image_too_large"
 
 
+class InconsistentImageError(ImageReadError):
+    """The header and the image data disagree (size, frame count, data length): refused, not guessed."""
+
+    code = "inconsistent_image"
+
+
 # --- models -------------------------------------------------------------------
 class BundleError(CXRError):
     """A model bundle is malformed or unusable."""
@@ -117,3 +123,10 @@ class UnknownLabelError(CXRError):
     """A heatmap or threshold was requested for a label no loaded model predicts."""
 
     code = "unknown_label"
+
+
+# --- exporting results ----------------------------------------------------
+class ExportError(CXRError):
+    """Results could not be written as a report, DICOM object or anonymised copy; the message says why."""
+
+    code = "export_failed"

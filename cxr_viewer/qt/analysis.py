@@ -367,16 +367,18 @@ class AnalysisController(QObject):
         dest_root = user_models_dir()
         dest_root.mkdir(parents=True, exist_ok=True)
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{manifest.name}-{manifest.version}")
-        try:
+        from cxr_viewer.core.staging import staged_dir, staged_file
+
+        try:  # copied into a staging place and swapped in whole: a failed copy keeps the installed version
             if src.is_dir() or src.name == "manifest.json":
                 folder = src if src.is_dir() else src.parent
                 dest = dest_root / stem
-                if dest.exists():
-                    shutil.rmtree(dest)
-                shutil.copytree(folder, dest)
+                with staged_dir(dest) as stage:
+                    shutil.copytree(folder, stage, dirs_exist_ok=True)
             else:
                 dest = dest_root / f"{stem}.zip"
-                shutil.copy2(src, dest)
+                with staged_file(dest) as part:
+                    shutil.copy2(src, part)
         except OSError as exc:
             self.error.emit("Model not added", f"Could not copy the model into {dest_root}: {exc.strerror or exc}.")
             return

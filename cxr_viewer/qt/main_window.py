@@ -42,6 +42,7 @@ from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import DEFAULT_PREFERENCES, DisplayState, Session
 from cxr_viewer.qt.analysis import DEVICES, AnalysisController
 from cxr_viewer.qt.canvas import ImageCanvas, PixelInfo, dropped_paths
+from cxr_viewer.qt.export_menu import install_export_menu
 from cxr_viewer.qt.icons import icon
 from cxr_viewer.qt.panels.findings import FindingsPanel
 from cxr_viewer.qt.panels.heatmap import HeatmapPanel
@@ -125,6 +126,10 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._build_status_bar()
         self._build_analysis_panels()
+        self.export_actions = install_export_menu(self)  # Export menu: reports, DICOM results, anonymised
+        from cxr_viewer.qt.worklist import install_worklist  # the triage worklist dock, self-contained
+
+        install_worklist(self)
         self._connect()
         self._restore_settings()
         self.canvas.set_mode("pan")

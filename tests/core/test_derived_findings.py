@@ -80,11 +80,12 @@ def test_analyze_emits_the_derived_finding(tmp_path: Path, record: ImageRecord) 
     masks = Segmenter(engine.bundle("seg-derived")).segment(record, PROMPTS)
     expected = float(np.maximum(masks[0].prob, masks[1].prob).max())
     assert 0.0 <= f.score <= 1.0 and f.score == pytest.approx(expected, abs=1e-6)
-    assert f.threshold == 0.5 and f.positive == (f.score >= 0.5)
+    assert f.threshold == 0.5 and f.above_threshold == (f.score >= 0.5)
+    assert not f.positive and f.state == "not_validated"  # unvalidated: never a POSITIVE badge
     assert f.note == NOTE and f.validated is False
     d = json.loads(json.dumps(result.to_dict()))["findings"][0]
     assert d["label"] == LABEL and d["validated"] is False and d["note"] == NOTE
-    assert d["positive"] == (d["score"] >= d["threshold"])
+    assert d["above_threshold"] == (d["score"] >= d["threshold"]) and d["positive"] is False
     assert [m["name"] for m in result.models] == ["seg-derived"]
     assert engine.analyze(record).cached  # cached like any other finding
 
@@ -93,10 +94,10 @@ def test_threshold_decides_positive_and_user_override(tmp_path: Path, record: Im
     """A threshold above the score is negative, one below is positive; a user threshold overrides the manifest."""
     engine = _engine(_save(tmp_path, [_spec(1.0)]))
     f = engine.analyze(record).finding(LABEL)
-    assert f.threshold == 1.0 and not f.positive  # a sigmoid never reaches exactly 1 in float32 here
+    assert f.threshold == 1.0 and not f.above_threshold  # a sigmoid never reaches exactly 1 in float32 here
     engine.set_threshold("seg-derived", LABEL, 0.0)
     g = engine.analyze(record).finding(LABEL)
-    assert g.positive and g.threshold_method == "user" and g.score == f.score
+    assert g.above_threshold and not g.positive and g.threshold_method == "user" and g.score == f.score
     h = g.with_threshold(0.99)
     assert h.note == NOTE and h.validated is False  # the Qt panel's site thresholds keep the note
 
@@ -152,7 +153,7 @@ def test_default_segmenter_scores_real_tbx11k_test_films(repo_root: Path, data_d
         assert math.isfinite(row["score"]) and 0.0 <= row["score"] <= 1.0
         assert row["validated"] is False and "not a screening result" in row["note"]
         assert row["threshold"] == pytest.approx(spec["threshold"]["value"], abs=1e-6)
-        assert row["positive"] == (row["score"] >= row["threshold"])
+        assert row["above_threshold"] == (row["score"] >= row["threshold"]) and row["positive"] is False
         heat = engine.cam(rec, LABEL)
         assert heat.shape == rec.shape and float(heat.values.max()) == pytest.approx(row["score"], abs=1e-6)
         scores.append(row["score"])

@@ -52,10 +52,11 @@ def test_derived_row_has_note_marker_threshold_and_lesion_map(qtbot, make_window
     item = panel.item_for("seg-derived", LABEL)
     assert UNVALIDATED_MARK in item.text(COL_LABEL)
     assert NOTE in item.toolTip(COL_LABEL)
-    # a site threshold below / above the score flips the result; the note stays
+    # a site threshold below / above the score flips the result; an unvalidated score never reads POSITIVE
     panel.set_threshold("seg-derived", LABEL, 0.0)
     row = next(r for r in panel.rows() if r[1] == LABEL)
-    assert row[3] == 0.0 and row[4].endswith("POSITIVE")
+    assert row[3] == 0.0 and row[4] == "◌ above · not validated"
+    assert "No POSITIVE badge" in panel.item_for("seg-derived", LABEL).toolTip(COL_LABEL)
     panel.set_threshold("seg-derived", LABEL, 1.0)
     row = next(r for r in panel.rows() if r[1] == LABEL)
     assert row[3] == 1.0 and not row[4].endswith("POSITIVE")
@@ -97,4 +98,4 @@ def test_auto_heatmap_prefers_a_validated_classifier_finding(qtbot, make_window,
     qtbot.waitUntil(lambda: win.analysis.heatmap is not None, timeout=WAIT_MS)
     assert win.analysis.heatmap.model == "nih-tiny"
     by_label = {f.label: f for f in win.analysis.state.findings}
-    assert by_label[LABEL].positive and not by_label["Atelectasis"].positive and not by_label["Effusion"].positive
+    assert by_label[LABEL].above_threshold and not by_label["Atelectasis"].positive and not by_label["Effusion"].positive

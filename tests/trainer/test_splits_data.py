@@ -95,7 +95,7 @@ def test_dataset_reads_dicom_and_caches(data_dir: Path, tmp_path: Path) -> None:
     cache = ImageCache(memory=True, disk_dir=tmp_path / "cache")
     ds = CXRDataset(frame, spec, cache=cache)
     item = ds[0]
-    expected = preprocess(read_image(frame["image"].iloc[0]), spec)  # the viewer's own path
+    expected = torch.from_numpy(preprocess(read_image(frame["image"].iloc[0]), spec))  # the viewer's own path
     assert item["image"].shape == (1, 64, 64)
     assert torch.allclose(item["image"], expected, atol=2e-2)  # float16 cache storage
     assert cache.misses == 1 and len(list((tmp_path / "cache").rglob("*.npy"))) == 1
@@ -128,7 +128,7 @@ def test_augmentations_keep_geometry_and_no_flip_by_default() -> None:
     # a bright block on the image's left must stay on the left
     img = np.zeros((64, 64), np.float32)
     img[:, :20] = 1.0
-    x = preprocess(img, spec)
+    x = torch.from_numpy(preprocess(img, spec))
     torch.manual_seed(0)
     aug = RadiographAugment(augment_config("light"), spec)
     for _ in range(10):

@@ -421,7 +421,16 @@ def run_segment(args: argparse.Namespace) -> "RunResult":
     from trainer.data.manifest import write_manifest
     from trainer.data.segmentation import SegmentationDataset, build_image_manifest, build_samples, read_samples, write_samples
     from trainer.export import base_provenance, write_bundle
-    from trainer.run import RunResult, build_trainer, checkpoint_state, make_cache, prepare_frame, preprocessing_from, run_dir_for
+    from trainer.run import (
+        RunResult,
+        build_trainer,
+        checkpoint_state,
+        make_cache,
+        mark_finished,
+        prepare_frame,
+        preprocessing_from,
+        run_dir_for,
+    )
 
     run_dir = run_dir_for(args, "segment")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -556,6 +565,7 @@ def run_segment(args: argparse.Namespace) -> "RunResult":
     }
     manifest = _json_safe(manifest)
     result.bundle_dir = write_bundle(model, manifest, run_dir / "bundle", dtype="float32")
+    mark_finished(run_dir, trainer, result.bundle_dir)
     result.extra = {"metrics": manifest["metrics"], "threshold": threshold}
     log.info("segmentation bundle written to %s (threshold %.2f, %s Dice %s)", result.bundle_dir, threshold, eval_split,
              metrics.get("all_regions", {}).get("dice"))  # fmt: skip

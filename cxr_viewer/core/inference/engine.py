@@ -41,6 +41,7 @@ from cxr_viewer.core.errors import (
 )
 from cxr_viewer.core.inference.backends.base import ClassifierBackend
 from cxr_viewer.core.inference.inputs import ModelInputs, input_key
+from cxr_viewer.core.inference.population import outside_population
 from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
@@ -428,9 +429,12 @@ class InferenceEngine:
             timing[f"inference:{b.name}"] = (time.perf_counter() - t0 - dt) * 1e3
             backends[b.name] = self.backend_for(b)
             described.append({**b.describe(), "executed": self.executed(b)})
+            outside = outside_population(record.metadata, qc, b.manifest.extra.get("population"))
             for label, p in zip(b.labels, _scores(logits, b.task)):
                 thr, method = self.threshold(b, label)
-                findings.append(Finding(label, float(p), thr, b.name, b.version, method, b.manifest.trained))
+                validated = (b.manifest.thresholds.get(label) or {}).get("validated")
+                findings.append(Finding(label, float(p), thr, b.name, b.version, method, b.manifest.trained,
+                                        validated=None if validated is None else bool(validated), outside=outside))  # fmt: skip
         derived_warnings: list[str] = []
         for b in derived:
             ran = False
@@ -454,6 +458,7 @@ class InferenceEngine:
                     Finding(
                         spec["label"], float(heat.score or 0.0), thr, b.name, b.version, method, b.manifest.trained,
                         note=str(spec.get("note") or ""), validated=bool(spec.get("validated", False)),
+                        outside=outside_population(record.metadata, qc, b.manifest.extra.get("population")),
                     )
                 )
             described.append({**b.describe(), **({"executed": self.executed(b)} if ran else {})})

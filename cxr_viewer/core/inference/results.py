@@ -45,10 +45,26 @@ class Finding:
     # Derived findings (e.g. a score read off a segmenter's map) carry what is and is not validated.
     note: str = ""
     validated: bool | None = None
+    # Why this image is outside the model's training population ("" = inside, or nothing says otherwise).
+    outside: str = ""
+
+    @property
+    def above_threshold(self) -> bool:
+        return self.score >= self.threshold
 
     @property
     def positive(self) -> bool:
-        return self.score >= self.threshold
+        """A POSITIVE badge: above a validated threshold, on an image inside the model's population."""
+        return self.above_threshold and self.validated is not False and not self.outside
+
+    @property
+    def state(self) -> str:
+        """``positive`` | ``negative`` | ``not_validated`` | ``outside_population``: what the badge says."""
+        if self.outside:
+            return "outside_population"
+        if self.validated is False:
+            return "not_validated"
+        return "positive" if self.positive else "negative"
 
     def with_threshold(self, threshold: float, method: str = "user") -> "Finding":
         """The same score judged against a user-chosen threshold (the score never changes)."""
@@ -60,6 +76,8 @@ class Finding:
             "score": round(float(self.score), 6),
             "threshold": round(float(self.threshold), 6),
             "positive": self.positive,
+            "state": self.state,
+            "above_threshold": self.above_threshold,
             "model": self.model,
             "model_version": self.model_version,
             "threshold_method": self.threshold_method,
@@ -68,6 +86,8 @@ class Finding:
         if self.note or self.validated is not None:
             out["note"] = self.note
             out["validated"] = self.validated
+        if self.outside:
+            out["outside_population"] = self.outside
         return out
 
 

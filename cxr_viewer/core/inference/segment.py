@@ -278,15 +278,18 @@ def write_report_masks(
     stem: str,
     *,
     cancel: Any = None,
+    masks: Sequence[Mask] | None = None,
 ) -> list[dict[str, Any]]:
     """Headless output: one 8-bit PNG (0/255, the input's size) per report sentence.
 
     Sentences are the report's FINDINGS/IMPRESSION sentences, or every sentence when
     the text has no section headers. Returns, in sentence order,
     ``{"text", "path", "area_fraction", "negative", "regions"}`` for the result JSON.
+    ``masks``: already segmented masks of this report (written as they are).
     """
     out = Path(out_dir)
-    masks = segmenter.segment_report(record, report_text, cancel=cancel)
+    if masks is None:
+        masks = segmenter.segment_report(record, report_text, cancel=cancel)
     rows = []
     for i, m in enumerate(masks, start=1):
         path = m.to_png(out / f"{stem}_mask{i:02d}_{_file_part(m.text)}.png")

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
+import threading
 import warnings
-from collections.abc import MutableSequence
+from collections.abc import Iterator, MutableSequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,7 @@ from cxr_viewer.core.errors import (
     EmptyFileError,
     ImageReadError,
     ImageTooLargeError,
+    InconsistentImageError,
     MissingDecoderError,
     NoPixelDataError,
     NotAnImageError,
@@ -38,7 +42,39 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+
+class _DebugRelay(logging.Handler):
+    """Re-emit a library's records (decoder tracebacks included) as DEBUG records of one of our loggers."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__(logging.DEBUG)
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.target.isEnabledFor(logging.DEBUG):
+            relayed = logging.makeLogRecord({**record.__dict__, "name": self.target.name, "levelno": logging.DEBUG,
+                                             "levelname": "DEBUG", "msg": f"[{record.name}] {record.getMessage()}",
+                                             "args": None})
+            self.target.handle(relayed)
+
+
+def route_pydicom_logs() -> None:
+    """pydicom logs every failed decoder plugin with a traceback at ERROR; our reader turns the failure into a
+    clear message, so those records go to our log at debug level instead of the user's terminal."""
+    lib = logging.getLogger("pydicom")
+    if any(isinstance(h, _DebugRelay) for h in lib.handlers):
+        return
+    lib.addHandler(_DebugRelay(logging.getLogger("cxr_viewer.core.io.decoders")))
+    lib.propagate = False
+
+
+route_pydicom_logs()
+
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Decoded bytes of the one frame we read, at most (100 M pixels of 32-bit data).
+DEFAULT_MAX_DECODED_BYTES = 400_000_000
+#: How far into a compressed frame its header (SOF / SIZ) is looked for.
+_STREAM_HEAD_BYTES = 1 << 20
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG_BYTES = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 
@@ -86,10 +122,12 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise NoPixelDataError(_no_pixels_message(ds, path), path=path)
 
     check_frame_size(ds, max_pixels, path)
+    check_pixel_format(ds, path, pixel_kw)
     check_transfer_syntax(ds, path)
     if pixel_kw == "PixelData":
         check_decoder(ds, path)
         check_native_length(ds, path, notices)
+        check_encapsulated(ds, path, max_pixels, notices)
 
     frames = number_of_frames(ds)
     if frames > 1:
@@ -98,6 +136,9 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     stored = decode_first_frame(ds, path)
     values, value_notices = stored_to_values(stored, ds)
     notices.extend(value_notices)
+    values, finite_note = finite_values(values, path)
+    if finite_note:
+        notices.append(finite_note)
 
     lo, hi = float(values.min()), float(values.max())
     window_vals, window_note = voi_window(ds, values)
@@ -116,6 +157,12 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     default_window = None
     if window_vals is not None and hi > lo:
         default_window = values_window_to_unit(window_vals, lo, hi, invert=invert)
+        c, w = default_window
+        if not (np.isfinite(c) and np.isfinite(w)) or w > _MAX_WINDOW_SPAN or abs(c) > _MAX_WINDOW_SPAN:
+            default_window = None
+            centers, widths = _multi(ds.get("WindowCenter")), _multi(ds.get("WindowWidth"))
+            given = f" (centre {_g(centers[0])}, width {_g(widths[0])})" if centers and widths else ""
+            notices.append(f"The file's window{given} lies far outside its pixel values; showing the full range.")
 
     spacing, spacing_source, spacing_note = pixel_spacing(ds)
     if spacing_note:
@@ -128,7 +175,7 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     for kw in _PIXEL_KEYWORDS:
         if kw in ds:
             del ds[kw]
-    log.debug("read DICOM %s: %dx%d, %s", path.name, pixels.shape[0], pixels.shape[1], photometric)
+    log.debug("read a DICOM image: %dx%d, %s", pixels.shape[0], pixels.shape[1], photometric)
     return ImageRecord(
         pixels=pixels,
         source=path,
@@ -146,18 +193,66 @@ def read_header(path: str | Path, *, specific_tags: list[str] | None = None) -> 
     """Header of a DICOM file without its pixel data (fast; for scans and the tag browser)."""
     from cxr_viewer.core.io.sniff import sniff_file
 
+    from cxr_viewer.core.io.sniff import HEAD_BYTES
+
     path = Path(path)
     try:
         kind = sniff_file(path)
     except OSError:
         kind = "dicom"  # let _dcmread report the missing or unreadable file
+    if kind in (None, "tiff") and path.exists() and 0 < path.stat().st_size < HEAD_BYTES:
+        raise TruncatedFileError(too_short_message(path, path.stat().st_size), path=path)
     if kind != "dicom" and path.exists() and path.stat().st_size > 0:
         what = f"a {kind.upper()} image" if kind else "not a DICOM file"
         raise NotAnImageError(f"The file {path.name} is {what}, so it has no DICOM header.", path=path)
     return _dcmread(path, stop_before_pixels=True, specific_tags=specific_tags)
 
 
+class _RedactFileNames(logging.Filter):
+    """Keeps the names of files being read out of pydicom's log records: they often carry patient names or IDs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._names: dict[str, int] = {}
+
+    @contextmanager
+    def reading(self, path: Path) -> Iterator[None]:
+        parts = [str(path), str(path.absolute()), path.name, path.parent.name]
+        names = sorted({p for p in parts if len(p) >= 3}, key=len, reverse=True)
+        with self._lock:
+            for n in names:
+                self._names[n] = self._names.get(n, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for n in names:
+                    self._names[n] -= 1
+                    if not self._names[n]:
+                        del self._names[n]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            names = sorted(self._names, key=len, reverse=True)
+        if names:
+            msg = record.getMessage()
+            for n in names:
+                msg = msg.replace(n, "<file>")
+            record.msg, record.args = msg, ()
+        return True
+
+
+_REDACT = _RedactFileNames()
+logging.getLogger("pydicom").addFilter(_REDACT)
+
+
 def _dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] | None = None) -> "Dataset":
+    with _REDACT.reading(path):
+        return _dcmread_unlogged(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+
+
+def _dcmread_unlogged(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] | None) -> "Dataset":
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -177,6 +272,12 @@ def _dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] |
             )
     except InvalidDicomError as exc:
         raise NotAnImageError(f"The file {path.name} is not a DICOM image.", path=path) from exc
+    except RecursionError:
+        raise UnsupportedImageError(
+            f"The DICOM file {path.name} cannot be read: its header nests sequences inside sequences too deeply "
+            "(far beyond any real image; the file is damaged or crafted).",
+            path=path,
+        ) from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, struct_error()) as exc:
         if isinstance(exc, PermissionError):
             raise ImageReadError(f"You have no permission to read {path.name}.", path=path) from exc
@@ -185,6 +286,12 @@ def _dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] |
             "Copy or export it again from the PACS.",
             path=path,
         ) from exc
+
+
+def too_short_message(path: Path, size: int) -> str:
+    """A file cut inside the first 132 bytes: a DICOM preamble may look like a TIFF header, so say what we know."""
+    return (f"The file {path.name} is only {size} bytes long: too short to be a DICOM file (which begins with "
+            "132 bytes of preamble and 'DICM') or to hold a radiograph. It is cut short; copy or export it again.")
 
 
 def struct_error() -> type[Exception]:
@@ -242,6 +349,57 @@ def check_frame_size(ds: "Dataset", max_pixels: int, path: Path) -> None:
             f"radiograph (limit {max_pixels:,} pixels). The file is probably damaged.",
             path=path,
         )
+    bits = _int(ds, "BitsAllocated") or 16
+    if "FloatPixelData" in ds:
+        bits = 32
+    elif "DoubleFloatPixelData" in ds:
+        bits = 64
+    decoded = rows * cols * samples * max((bits + 7) // 8, 1)
+    if decoded > DEFAULT_MAX_DECODED_BYTES:
+        raise ImageTooLargeError(
+            f"The DICOM file {path.name} declares an image of {cols} x {rows} pixels at {bits} bits, "
+            f"{decoded / 1e6:,.0f} MB once decoded, more than any radiograph needs "
+            f"(limit {DEFAULT_MAX_DECODED_BYTES / 1e6:,.0f} MB). The file is probably damaged.",
+            path=path,
+        )
+
+
+#: Photometric interpretations we can turn into grayscale (PS3.3 C.7.6.3.1.2, current values only).
+SUPPORTED_PHOTOMETRIC = frozenset({
+    "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420",
+    "YBR_ICT", "YBR_RCT",
+})
+
+
+def check_pixel_format(ds: "Dataset", path: Path, pixel_kw: str = "PixelData") -> None:
+    """Values the standard allows but we do not read (or that no encoder writes) are *unsupported*, said
+    before decoding, so they are never reported as damage."""
+    def unsupported(what: str) -> UnsupportedImageError:
+        return UnsupportedImageError(f"The DICOM file {path.name} {what}, which cxr-viewer does not support.",
+                                     path=path)
+
+    allocated = _int(ds, "BitsAllocated")
+    stored = _int(ds, "BitsStored")
+    if pixel_kw == "FloatPixelData" and allocated not in (None, 32):
+        raise unsupported(f"holds 32-bit float pixel data but declares BitsAllocated {allocated}")
+    if pixel_kw == "DoubleFloatPixelData" and allocated not in (None, 64):
+        raise unsupported(f"holds 64-bit float pixel data but declares BitsAllocated {allocated}")
+    if pixel_kw == "PixelData":
+        if allocated is not None and allocated not in (1, 8, 16, 32):
+            raise unsupported(f"stores its pixels in {allocated}-bit words (BitsAllocated {allocated}; "
+                              "readable values are 1, 8, 16 and 32)")
+        if stored is not None and (stored < 1 or stored > (allocated or 16)):
+            raise unsupported(f"declares {stored} significant bits per pixel (BitsStored {stored}) in "
+                              f"{allocated or 16}-bit words")
+        representation = _int(ds, "PixelRepresentation")
+        if representation not in (None, 0, 1):
+            raise unsupported(f"declares PixelRepresentation {representation} (0 unsigned or 1 signed are defined)")
+    samples = _int(ds, "SamplesPerPixel")
+    if samples not in (None, 1, 3):
+        raise unsupported(f"has {samples} samples per pixel (1 for grayscale or 3 for colour are defined)")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise unsupported(f"uses the photometric interpretation '{photometric}'")
 
 
 def check_transfer_syntax(ds: "Dataset", path: Path) -> None:
@@ -308,8 +466,97 @@ def check_native_length(ds: "Dataset", path: Path, notices: list[str]) -> None:
             f"header declares {frame_bytes:,}. Copy or export it again from the PACS.",
             path=path,
         )
+    expected = (frame_px * bits * frames + 7) // 8
+    if have > expected + (expected & 1):  # one pad byte makes an odd length even (PS3.5 8.1.1)
+        raise InconsistentImageError(
+            f"The DICOM file {path.name} holds {have:,} bytes of image data, but its header ({cols} x {rows} "
+            f"pixels, {samples} sample(s), {bits} bits allocated, {frames} frame(s)) declares {expected:,}. "
+            "Header and data disagree, so the image would be read as noise; it was not opened. "
+            "Export it again from the PACS.",
+            path=path,
+        )
     if bits != 1 and have < frame_bytes * frames:
-        notices.append(f"The file is cut short: only some of its {frames} frames are present.")
+        present = max(have // frame_bytes, 1)
+        notices.append(f"The file is cut short: only {present:,} of its {frames:,} frames are present.")
+        ds.NumberOfFrames = present  # the decoder then sizes its work by what the file holds
+
+
+#: Transfer syntaxes whose frames start with a JPEG / JPEG-LS SOF, or hold a JPEG 2000 SIZ.
+_JPEG_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+})
+_J2K_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",
+})
+
+
+def check_encapsulated(ds: "Dataset", path: Path, max_pixels: int, notices: list[str]) -> None:
+    """Compare a compressed frame's own header (JPEG SOF, JPEG 2000 SIZ) with Rows/Columns before decoding.
+
+    Decoders allocate what the stream declares, so a stream that claims more than
+    the DICOM header is refused here; a frame count larger than the fragments
+    present is cut down to them (with a notice) so no decoder plans for it.
+    """
+    from io import BytesIO
+
+    from pydicom.encaps import parse_fragments
+    from pydicom.uid import UID
+
+    from cxr_viewer.core.io.codestream import j2k_header, jpeg_header
+
+    tsyntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")))
+    if not tsyntax.is_encapsulated:
+        return
+    data = ds.PixelData
+    damaged = TruncatedFileError(
+        f"The image data in {path.name} could not be decoded; the file is damaged or cut short. "
+        "Copy or export it again from the PACS.",
+        path=path,
+    )
+    try:
+        buf = BytesIO(data)
+        group, elem, bot_length = struct.unpack("<HHL", buf.read(8))
+        if (group, elem) != (0xFFFE, 0xE000) or 8 + bot_length > len(data):
+            raise ValueError("no basic offset table item")
+        buf.seek(8 + bot_length)
+        n_fragments, offsets = parse_fragments(buf)
+    except (ValueError, struct.error):
+        raise damaged from None
+    if n_fragments == 0:
+        raise damaged
+    frames = number_of_frames(ds)
+    if frames > n_fragments:
+        notices.append(f"The header declares {frames:,} frames but the file holds only {n_fragments:,}; "
+                       "showing the first.")
+        ds.NumberOfFrames = n_fragments
+    if str(tsyntax) not in _JPEG_SYNTAXES | _J2K_SYNTAXES:
+        return  # RLE: its decoder sizes its output from Rows/Columns, already checked
+    head = bytearray()
+    for offset in offsets:
+        length = struct.unpack("<L", data[offset + 4 : offset + 8])[0]
+        head += data[offset + 8 : offset + 8 + min(length, _STREAM_HEAD_BYTES - len(head))]
+        if len(head) >= _STREAM_HEAD_BYTES or str(tsyntax) in _J2K_SYNTAXES and len(head) >= 65536:
+            break
+    header = jpeg_header(bytes(head)) if str(tsyntax) in _JPEG_SYNTAXES else j2k_header(bytes(head[:65536]))
+    if header is None:
+        raise damaged
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if header.pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"The compressed image in {path.name} declares {header.columns} x {header.rows} pixels, far larger "
+            f"than any radiograph (limit {max_pixels:,} pixels). It was not decoded; the file is damaged or crafted.",
+            path=path,
+        )
+    if (header.rows, header.columns) != (rows, cols) or header.components != samples:
+        raise InconsistentImageError(
+            f"The DICOM file {path.name} says its image is {cols} x {rows} pixels ({samples} sample(s) per pixel) "
+            f"but its {header.kind} data holds {header.columns} x {header.rows} ({header.components} component(s)). "
+            "Header and data disagree, so it was not decoded; the file is damaged. Export it again from the PACS.",
+            path=path,
+        )
 
 
 # --------------------------------------------------------------------------- pixels
@@ -389,8 +636,28 @@ def stored_to_values(stored: np.ndarray, ds: "Dataset") -> tuple[np.ndarray, lis
     bits_stored = int(ds.get("BitsStored", stored.dtype.itemsize * 8) or 0)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     arr = fix_bits(stored, bits_stored, signed)
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    check_rescale(ds, arr)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused above; float data is cleaned later
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
     return values, notices
+
+
+def check_rescale(ds: "Dataset", stored: np.ndarray) -> None:
+    """Rescale Slope/Intercept (PS3.3 C.11.1.1.2) that are not numbers, or overflow the values, are refused."""
+    if "ModalityLUTSequence" in ds or not ("RescaleSlope" in ds or "RescaleIntercept" in ds):
+        return
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        raise UnsupportedImageError("The file's Rescale Slope or Intercept is not a number, so its pixel "
+                                    "values cannot be interpreted. The file is damaged.") from None
+    top = float(np.abs(stored).max()) if stored.size and stored.dtype.kind in "iuf" else 0.0
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or abs(slope) * top + abs(intercept) > 1e300:
+        raise UnsupportedImageError(
+            f"The file's Rescale Slope ({_g(slope)}) and Intercept ({_g(intercept)}) make its pixel values "
+            "overflow, so they cannot be interpreted. The file is damaged."
+        )
 
 
 def voi_window(ds: "Dataset", values: np.ndarray) -> tuple[tuple[float, float] | None, str | None]:
@@ -476,10 +743,44 @@ def _multi_str(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+#: A default window more than this many times wider than the image's value range (or centred that far
+#: outside it) shows nothing but one grey: it is ignored with a notice.
+_MAX_WINDOW_SPAN = 1000.0
+
+
+def _g(value: float) -> str:
+    """A number for a notice: short, whatever its size."""
+    return f"{value:.4g}"
+
+
+def finite_values(values: np.ndarray, path: Path) -> tuple[np.ndarray, str | None]:
+    """Clean NaN/Inf out of modality values (float pixel data, overflowing rescale), with a notice.
+
+    NaN and -inf become the lowest finite value, +inf the highest; an image with no
+    finite value at all is refused.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return values, None
+    if not finite.any():
+        raise UnsupportedImageError(
+            f"The DICOM file {path.name} holds no usable pixel values: every value is NaN or infinite "
+            "(its float pixel data or rescale values are not numbers).",
+            path=path,
+        )
+    bad = int(values.size - np.count_nonzero(finite))
+    lo, hi = float(values[finite].min()), float(values[finite].max())
+    values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+    return values, (f"{bad:,} pixel value(s) are not numbers (NaN or infinite): NaN and -inf are shown as the "
+                    "lowest value, +inf as the highest.")
+
+
 def normalise(values: np.ndarray, lo: float, hi: float, *, invert: bool) -> np.ndarray:
     """Modality values -> float32 [0, 1] over their own range; inverted for MONOCHROME1."""
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.float32)
+    if not np.isfinite(hi - lo):  # a range wider than float64 holds: halve everything first
+        values, lo, hi = values * 0.5, lo * 0.5, hi * 0.5
     out = ((values - lo) / (hi - lo)).astype(np.float32)
     if invert:
         np.subtract(np.float32(1.0), out, out=out)
@@ -489,10 +790,13 @@ def normalise(values: np.ndarray, lo: float, hi: float, *, invert: bool) -> np.n
 def values_window_to_unit(window: tuple[float, float], lo: float, hi: float, *, invert: bool) -> tuple[float, float]:
     """``(lo, hi)`` of a window in modality units -> ``(center, width)`` in the record's [0, 1] units."""
     span = hi - lo
-    a, b = (window[0] - lo) / span, (window[1] - lo) / span
-    if invert:
-        a, b = 1.0 - b, 1.0 - a
-    return float((a + b) / 2.0), float(max(b - a, 1e-6))
+    if not np.isfinite(span):
+        window, lo, span = (window[0] * 0.5, window[1] * 0.5), lo * 0.5, hi * 0.5 - lo * 0.5
+    with np.errstate(over="ignore", invalid="ignore"):  # an absurd window may overflow: the caller checks
+        a, b = (np.float64(window[0]) - lo) / span, (np.float64(window[1]) - lo) / span
+        if invert:
+            a, b = 1.0 - b, 1.0 - a
+        return float((a + b) / 2.0), float(max(b - a, 1e-6))
 
 
 # --------------------------------------------------------------------------- header
@@ -505,30 +809,39 @@ def pixel_spacing(ds: "Dataset") -> tuple[tuple[float, float] | None, str | None
     corrects when present (PS3.3 10.7.1.3).
     """
 
-    def pair(keyword: str) -> tuple[float, float] | None:
+    def raw(keyword: str) -> tuple[float, float] | None:
         value = ds.get(keyword)
         try:
-            r, c = float(value[0]), float(value[1])
+            return float(value[0]), float(value[1])
         except (TypeError, ValueError, IndexError):
             return None
-        return (r, c) if r > 0 and c > 0 and np.isfinite(r) and np.isfinite(c) else None
 
-    spacing = pair("PixelSpacing")
-    if spacing is not None:
+    def plausible(rc: tuple[float, float] | None) -> bool:
+        return rc is not None and all(np.isfinite(v) and SPACING_RANGE_MM[0] <= v <= SPACING_RANGE_MM[1] for v in rc)
+
+    spacing = raw("PixelSpacing")
+    if plausible(spacing):
         return spacing, "PixelSpacing", None
-    imager = pair("ImagerPixelSpacing")
-    if imager is not None:
+    imager = raw("ImagerPixelSpacing")
+    if plausible(imager):
+        assert imager is not None
         try:
             mag = float(ds.get("EstimatedRadiographicMagnificationFactor") or 0)
         except (TypeError, ValueError):
             mag = 0.0
-        if mag > 0:
-            return (imager[0] / mag, imager[1] / mag), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor", None
+        if 0.5 <= mag <= 10.0 and plausible(corrected := (imager[0] / mag, imager[1] / mag)):
+            return corrected, "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor", None
         return imager, "ImagerPixelSpacing", None
     if "PixelSpacing" in ds or "ImagerPixelSpacing" in ds:
-        return None, None, "The file's pixel spacing is zero or invalid; measurements are in pixels."
+        given = spacing or imager
+        shown = f" ({_g(given[0])} x {_g(given[1])} mm)" if given is not None else ""
+        return None, None, (f"The file's pixel spacing{shown} is not a plausible size for a radiograph's pixels; "
+                            "it is ignored and measurements are in pixels.")
     return None, None, "The file gives no pixel spacing; measurements are in pixels."
 
+
+#: Pixel sizes accepted as a radiograph's (mm): detectors are 0.05-0.2 mm, digitised film up to about 1 mm.
+SPACING_RANGE_MM = (0.001, 10.0)
 
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 

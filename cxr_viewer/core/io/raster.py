@@ -135,9 +135,9 @@ def _pil_to_gray(im: "object") -> tuple[np.ndarray, list[str]]:
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im)
         if mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
-            return _minmax(arr.astype(np.float64)), notices
+            return _minmax(arr.astype(np.float64), notices), notices
         if mode == "F":
-            return _minmax(arr.astype(np.float64)), notices
+            return _minmax(arr.astype(np.float64), notices), notices
         return scale_16bit(arr), notices
     if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "RGBX", "LAB", "HSV"):
         if mode not in ("RGB", "RGBA"):
@@ -184,15 +184,28 @@ def scale_16bit(arr: np.ndarray) -> np.ndarray:
     return (arr.astype(np.float32) / float((1 << bits) - 1)).astype(np.float32)
 
 
-def _minmax(arr: np.ndarray) -> np.ndarray:
+def _minmax(arr: np.ndarray, notices: list[str] | None = None) -> np.ndarray:
+    """Any numeric array -> [0, 1] over its own range; NaN/Inf cleaned (with a notice), never passed on."""
     finite = np.isfinite(arr)
     if not finite.all():
-        arr = np.where(finite, arr, np.nan)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    if not np.isfinite(lo) or hi <= lo:
+        if not finite.any():
+            raise UnsupportedImageError(
+                "The image holds no usable pixel values: every value is NaN or infinite."
+            )
+        lo, hi = float(arr[finite].min()), float(arr[finite].max())
+        if notices is not None:
+            bad = int(arr.size - np.count_nonzero(finite))
+            notices.append(f"{bad:,} pixel value(s) are not numbers (NaN or infinite): NaN and -inf are shown "
+                           "as the lowest value, +inf as the highest.")
+        arr = np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo)
+    if not arr.size:
         return np.zeros(arr.shape, dtype=np.float32)
-    out = (arr - lo) / (hi - lo)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    if not np.isfinite(hi - lo):  # a range wider than float64 holds
+        arr, lo, hi = arr * 0.5, lo * 0.5, hi * 0.5
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
 
 
 def _read_tiff_fallback(path: Path, max_pixels: int, notices: list[str]) -> ImageRecord:
@@ -230,10 +243,10 @@ def _read_tiff_fallback(path: Path, max_pixels: int, notices: list[str]) -> Imag
     if arr.dtype.kind == "u":
         gray = arr.astype(np.float32) / 255.0 if arr.dtype.itemsize == 1 else scale_16bit(arr)
     else:
-        if arr.dtype.kind == "f" and np.nanmin(arr) >= 0 and np.nanmax(arr) <= 1:
-            gray = np.nan_to_num(arr).astype(np.float32)
+        if arr.dtype.kind == "f" and np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1:
+            gray = arr.astype(np.float32)
         else:
-            gray = _minmax(arr.astype(np.float64))
+            gray = _minmax(arr.astype(np.float64), notices)
     return _record(gray, path, "tiff", notices)
 
 
@@ -241,7 +254,7 @@ def _record(arr: np.ndarray, path: Path, fmt: str, notices: list[str]) -> ImageR
     fmt = {"jpg": "jpeg", "mpo": "jpeg", "tif": "tiff"}.get(fmt, fmt)
     pixels = np.clip(np.asarray(arr, dtype=np.float32), 0.0, 1.0)
     h, w = pixels.shape
-    log.debug("read %s %s: %dx%d", fmt, path.name, h, w)
+    log.debug("read a %s image: %dx%d", fmt, h, w)
     return ImageRecord(
         pixels=np.ascontiguousarray(pixels),
         source=path,

@@ -6,7 +6,14 @@ import logging
 import warnings
 from pathlib import Path
 
-from cxr_viewer.core.errors import CXRError, EmptyFileError, ImageReadError, ImageTooLargeError, NotAnImageError
+from cxr_viewer.core.errors import (
+    CXRError,
+    EmptyFileError,
+    ImageReadError,
+    ImageTooLargeError,
+    NotAnImageError,
+    TruncatedFileError,
+)
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.io.sniff import HEAD_BYTES, sniff_bytes
 
@@ -36,6 +43,10 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if not head:
         raise EmptyFileError(f"The file {path.name} is empty (0 bytes). Copy or export it again.", path=path)
     kind = sniff_bytes(head)
+    if kind in (None, "tiff") and len(head) < HEAD_BYTES:  # a DICOM cut inside its preamble may look like TIFF
+        from cxr_viewer.core.io.dicom import too_short_message
+
+        raise TruncatedFileError(too_short_message(path, len(head)), path=path)
     if kind is None:
         raise NotAnImageError(
             f"The file {path.name} is not a DICOM, PNG, JPEG or TIFF image "
@@ -53,7 +64,9 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             from cxr_viewer.core.io.raster import read_raster
 
             return read_raster(path, max_pixels=max_pixels, fmt=kind)
-    except CXRError:
+    except CXRError as exc:
+        if exc.path is None:  # raised by a helper that does not know the file
+            exc.path = path
         raise
     except MemoryError:
         raise ImageTooLargeError(
@@ -61,9 +74,23 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             path=path,
         ) from None
     except Exception as exc:  # noqa: BLE001 - damaged files reach library code paths in endless ways
-        log.debug("unexpected %s while reading a %s file", type(exc).__name__, kind)
+        log.debug("unexpected %s while reading a %s file", type(exc).__name__, kind, exc_info=True)
         raise ImageReadError(
-            f"The {kind.upper()} file {path.name} is damaged and cannot be read "
-            f"({type(exc).__name__}). Copy or export it again.",
+            f"The {kind.upper()} file {path.name} cannot be read: {_cause(exc)}. Copy or export it again "
+            f"(reader error: {type(exc).__name__}).",
             path=path,
         ) from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """What an unexpected library exception means for the file, in words (its text may hold header values,
+    so it is not echoed: it goes to the debug log only)."""
+    if isinstance(exc, RecursionError):
+        return "its structure nests too deeply (a damaged or crafted file)"
+    if isinstance(exc, (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)):
+        return "it holds a value that cannot be interpreted (damaged or written by faulty software)"
+    if isinstance(exc, (EOFError, OSError)):
+        return "its contents end early or cannot be read from the disk"
+    if isinstance(exc, (ZeroDivisionError, ArithmeticError)):
+        return "its header gives sizes that do not add up"
+    return "the reader met a form of the file it does not handle"

@@ -55,6 +55,8 @@ class ImageRecord:
         if self.default_window is None:
             return self.pixels
         c, w = self.default_window
+        if not (np.isfinite(c) and np.isfinite(w)):  # readers never set one; an array caller might
+            return self.pixels
         w = max(float(w), 1e-6)
         lo = c - w / 2.0
         return np.clip((self.pixels - lo) / w, 0.0, 1.0).astype(np.float32)

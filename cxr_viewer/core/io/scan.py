@@ -163,7 +163,7 @@ def scan_folder(path: str | Path, recursive: bool = True) -> ScanResult:
         except CXRError as exc:
             result.skipped.append(SkippedFile(file, exc.message))
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a scan
-            log.debug("scan: %s failed with %s", file.name, type(exc).__name__)
+            log.debug("scan: a file failed with %s", type(exc).__name__)
             result.skipped.append(SkippedFile(file, f"unreadable ({type(exc).__name__})"))
     result.extend(_sorted(patients.values()))
     log.info("scanned %d images in %d patients, skipped %d files", result.instance_count, len(result), len(result.skipped))
@@ -197,6 +197,12 @@ def _iter_files(root: Path, recursive: bool, skipped: list[SkippedFile]) -> Iter
             yield Path(dirpath) / name
         if not recursive:
             break
+
+
+def iter_image_files(root: str | Path, recursive: bool = True) -> tuple[list[Path], list[SkippedFile]]:
+    """The files under ``root`` a scan would look at (hidden, system and non-image suffixes left out), sorted."""
+    skipped: list[SkippedFile] = []
+    return list(_iter_files(Path(root), recursive, skipped)), skipped
 
 
 def _maybe_dicom_suffix(suffix: str) -> bool:

@@ -116,6 +116,88 @@ def _segmentation_tables(m: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _population_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> list[str]:
+    """Calibration, false alarms on normal films, sub-groups, population, localisation, wall times."""
+    out: list[str] = []
+    thr = manifest.get("thresholds", {})
+    unvalidated = [lab for lab, t in thr.items() if t.get("validated") is False]
+    if any("validated" in t for t in thr.values()):
+        out += ["", "### Which findings may show a POSITIVE badge", ""]
+        out.append(
+            "A threshold is validated when it rests on at least "
+            f"{max((t.get('min_positives', 0) for t in thr.values()), default=0)} validation positives. "
+            + (
+                "Shown as a score only, never POSITIVE: "
+                + ", ".join(f"{lab} ({thr[lab].get('val_positives')} validation positives)" for lab in unvalidated)
+                + "."
+                if unvalidated
+                else "All are validated."
+            )
+        )
+    cal = manifest.get("calibration")
+    if cal:
+        out += ["", "### Calibration", "", f"Fitted on the {cal.get('split')} split: {cal.get('method')}. "
+                "ECE on the held-out test split before (raw scores) and after (what the viewer shows):", "",
+                "| label | method | ECE validation before | ECE validation after (5-fold CV) | isotonic (5-fold CV) | ECE test before | ECE test after |",
+                "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for lab, c in cal.get("labels", {}).items():
+            cv = c.get("ece_cv", {})
+            out.append(
+                f"| {lab} | {c.get('method')} | {_fmt(c.get('ece_before'))} | {_fmt(cv.get(c.get('method')))} | "
+                f"{_fmt(cv.get('isotonic'))} | {_fmt(m.get('ece_uncalibrated', {}).get(lab))} | {_fmt(m.get('ece', {}).get(lab))} |"
+            )
+    fab = m.get("false_alarm_burden")
+    if fab:
+        out += ["", "### False alarms on normal films", "",
+                "Mean number of POSITIVE badges per held-out normal film (Abnormal = 0), per source (goal: at most 1):", ""]  # fmt: skip
+        for ds, v in fab.items():
+            b = v.get("badged", {})
+            out.append(
+                f"- {ds}: {_fmt(b.get('value'), 2)} (95% CI {_ci(b.get('ci95'))}) on {b.get('n_images')} films; "
+                f"{_fmt(v.get('every_threshold'), 2)} if every threshold were badged"
+            )
+    sub = m.get("subgroups")
+    if sub:
+        out += ["", "### Sub-groups (held-out test split)", "", "| finding | group | AUROC | 95% CI | pos / neg |", "|---|---|---|---|---|"]
+        for lab, groups in sub.items():
+            for g, v in groups.items():
+                out.append(f"| {lab} | {g} | {_fmt(v.get('value'))} | {_ci(v.get('ci95'))} | {v.get('n_pos')} / {v.get('n_neg')} |")
+    pop = manifest.get("population")
+    if pop:
+        ages = pop.get("age_years") or {}
+        out += ["", "### Population", "", f"- {pop.get('note')}",
+                f"- Training images per source: {', '.join(f'{k} {v}' for k, v in pop.get('sources', {}).items())}",
+                f"- Ages: {_fmt(ages.get('min'), 0)}-{_fmt(ages.get('max'), 0)} years (recorded ages 5th-95th percentile "
+                f"{_fmt(ages.get('recorded_p5'), 0)}-{_fmt(ages.get('recorded_p95'), 0)}; documented: {ages.get('documented')})",
+                f"- Views: {', '.join(f'{k} {v}' for k, v in pop.get('views', {}).items())}",
+                "- The viewer compares each image with this population (DICOM PatientAge, ViewPosition) and shows "
+                "\"outside the model's population\" instead of a POSITIVE badge when it falls outside."]  # fmt: skip
+    loc = m.get("localisation")
+    if loc:
+        pg = loc.get("pointing_game_tbx11k", {})
+        out += ["", "### Heatmaps: localisation and faithfulness (held-out)", ""]
+        out.append(
+            f"- Pointing game on {pg.get('n')} TBX11K test films (Grad-CAM of {pg.get('finding')}): "
+            f"{_fmt(pg.get('value'))} (95% CI {_ci(pg.get('ci95'))}); chance {_fmt(pg.get('chance'))}."
+        )
+        nih = loc.get("pointing_game_nih", {})
+        if nih:
+            out.append(f"- NIH boxes (BBox_List_2017) joined to our held-out NIH films by file name: {nih.get('joined_films')} films.")
+            for lab, v in nih.get("per_finding", {}).items():
+                out.append(f"  - {lab}: {_fmt(v.get('value'))} (95% CI {_ci(v.get('ci95'))}, n={v.get('n')})")
+        for lab, v in loc.get("road_true_positives", {}).items():
+            g, r = v.get("gradcam", {}), v.get("random_map", {})
+            out.append(
+                f"- ROAD on {g.get('n')} true positives of {lab}: Grad-CAM {_fmt(g.get('value'))} (95% CI {_ci(g.get('ci95'))}) "
+                f"against a random map {_fmt(r.get('value'))} (95% CI {_ci(r.get('ci95'))})."
+            )
+    wall = m.get("wall_time_s")
+    if wall:
+        out += ["", "### Wall time of every build step", "", "| step | minutes |", "|---|---|"]
+        out += [f"| {k} | {float(v) / 60:.1f} |" for k, v in wall.items()]
+    return out
+
+
 def model_card_markdown(manifest: "Manifest | Mapping[str, Any]", notes: Mapping[str, Any] | None = None) -> str:
     """THE model card: from the manifest alone (plus optional human ``notes``), so it cannot disagree with it.
 
@@ -257,6 +339,17 @@ def model_card_markdown(manifest: "Manifest | Mapping[str, Any]", notes: Mapping
                 f"(95% CI {_ci(o.get('ci95'))}); on the {o.get('n_no_finding')} with no finding marked: "
                 f"{_fmt(o.get('flag_rate_no_finding'))}. {o.get('note')}."
             )
+    tbn = (tb or {}).get("normals")
+    if tbn:
+        pooled = tbn.get("pooled", {})
+        lines.append(
+            f"- Flag rate on {pooled.get('n_images')} held-out normal films of other sources ({tbn.get('what')}): "
+            f"{_fmt(pooled.get('flag_rate'))} (95% CI {_ci(pooled.get('ci95'))}); goal {tbn.get('goal')}: "
+            f"{'met' if tbn.get('goal_met') else 'NOT met'}."
+        )
+        for name, o in tbn.get("per_source", {}).items():
+            lines.append(f"  - {name}: {_fmt(o.get('flag_rate'))} of {o.get('n_images')} (95% CI {_ci(o.get('ci95'))})")
+    lines += _population_sections(manifest, metrics)
     for sec in notes.get("results", []):
         lines += ["", sec]
     lines += ["", "## Limitations", ""]

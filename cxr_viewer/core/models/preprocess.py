@@ -68,6 +68,8 @@ class Preprocessing:
         problems = []
         if len(size) != 2 or min(size) < 8:
             problems.append(f"size must be [height, width] of at least 8 pixels, got {list(self.size)}")
+        elif max(size) > (max_side := 2048):  # a network input this large allocates gigabytes per image
+            problems.append(f"size must be at most {max_side} pixels a side, got {list(self.size)}")
         if self.resize not in _RESIZE:
             problems.append(f"resize must be one of {', '.join(_RESIZE)}, got {self.resize!r}")
         if self.interpolation not in _INTERP:
@@ -79,7 +81,9 @@ class Preprocessing:
         for name, vals in (("mean", self.mean), ("std", self.std)):
             if len(vals) not in (1, self.channels):
                 problems.append(f"{name} needs 1 or {self.channels} values, got {len(vals)}")
-        if any(s <= 0 for s in self.std):
+        if not all(np.isfinite(v) for v in (*self.mean, *self.std)):
+            problems.append("mean and std values must be finite numbers")
+        elif any(s <= 0 for s in self.std):
             problems.append("std values must be positive")
         if problems:
             raise ValueError("invalid preprocessing: " + "; ".join(problems))

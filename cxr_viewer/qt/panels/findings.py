@@ -8,6 +8,8 @@ plain banner, so random-weight scores are never read as findings.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 
 from PySide6.QtCore import QModelIndex, QPoint, QRect, QSize, Qt, QTimer, Signal
@@ -32,6 +34,8 @@ from PySide6.QtWidgets import (
 
 from cxr_viewer.core.inference.results import Finding, QCFlag
 from cxr_viewer.qt.analysis import AnalysisController, AnalysisState
+
+log = logging.getLogger(__name__)
 
 COL_LABEL, COL_SCORE, COL_THRESHOLD, COL_RESULT = range(4)
 ROLE_KEY = Qt.ItemDataRole.UserRole  # (model, label)
@@ -58,8 +62,44 @@ BANNER_STYLE = {
 }
 
 
+#: Result text of a row whose score is not a number (a damaged model's output): never "negative".
+NOT_A_NUMBER_TEXT = "⚠ not a number"
+
+
+def finite(value: object) -> float | None:
+    """``value`` as a finite float, or ``None`` (NaN, infinity, missing or not a number)."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def result_text(f: Finding) -> str:
+    """The badge: POSITIVE only above a validated threshold on an image inside the model's population."""
+    if finite(f.score) is None:
+        return NOT_A_NUMBER_TEXT
+    state = f.state
+    if state == "outside_population":
+        return "⊘ outside population"
+    if state == "not_validated":
+        return "◌ above · not validated" if f.above_threshold else "◌ not validated"
     return "● POSITIVE" if f.positive else "○ negative"
+
+
+def state_tooltip(f: Finding) -> str:
+    """Why a finding carries no POSITIVE badge, in words ("" when it may)."""
+    if f.state == "outside_population":
+        return f"No POSITIVE badge: this image is {f.outside}."
+    if f.state == "not_validated":
+        return ("No POSITIVE badge: this threshold was not validated (too few validation positives, or not "
+                "measured against normal films); read the score, not the badge.")  # fmt: skip
+    return ""
+
+
+def _sort_score(f: Finding) -> float:
+    v = finite(f.score)
+    return -v if v is not None else math.inf  # non-numbers last, and sorting stays total
 
 
 def sort_findings(findings: Sequence[Finding], mode: str) -> list[Finding]:
@@ -67,27 +107,40 @@ def sort_findings(findings: Sequence[Finding], mode: str) -> list[Finding]:
     if mode == "Model order":
         return list(findings)
     if mode == "Positive first":
-        return sorted(findings, key=lambda f: (not f.positive, -f.score))
-    return sorted(findings, key=lambda f: -f.score)
+        return sorted(findings, key=lambda f: (not f.positive, _sort_score(f)))
+    return sorted(findings, key=_sort_score)
 
 
 class ScoreDelegate(QStyledItemDelegate):
     """Score as a number plus a bar with the threshold marked: how far above or below it lies."""
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
-        score = index.data(ROLE_SCORE)
-        if score is None:
+        score = finite(index.data(ROLE_SCORE))
+        if score is None:  # no score, or not a number: the row's text says so
             super().paint(painter, option, index)
             return
+        try:
+            self._paint_score(painter, option, index, score)
+        except Exception:  # noqa: BLE001 - an exception escaping a paint override can take the process down
+            log.exception("could not paint a score cell")
+
+    def _paint_score(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex, score: float) -> None:
         opt = QStyleOptionViewItem(option)
         self.initStyleOption(opt, index)
         opt.text = ""
         style = opt.widget.style() if opt.widget is not None else None
         if style is not None:
             style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, opt.widget)
-        threshold = float(index.data(ROLE_THRESHOLD) or 0.5)
+        threshold = finite(index.data(ROLE_THRESHOLD))
+        threshold = 0.5 if threshold is None else threshold
         rect = option.rect.adjusted(4, 2, -4, -2)
         painter.save()
+        try:
+            self._draw_bar(painter, rect, index, score, threshold)
+        finally:
+            painter.restore()
+
+    def _draw_bar(self, painter: QPainter, rect: QRect, index: QModelIndex, score: float, threshold: float) -> None:
         text_w = 40
         painter.setPen(index.data(Qt.ItemDataRole.ForegroundRole).color() if index.data(Qt.ItemDataRole.ForegroundRole)
                        else QColor("#d6d8db"))
@@ -95,12 +148,11 @@ class ScoreDelegate(QStyledItemDelegate):
                          int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight), f"{float(score):.3f}")
         bar = QRect(rect.left() + text_w + 6, rect.center().y() - 4, max(rect.width() - text_w - 8, 10), 8)
         painter.fillRect(bar, QColor("#2a2d31"))
-        fill = QRect(bar.left(), bar.top(), int(round(bar.width() * min(max(float(score), 0.0), 1.0))), bar.height())
-        painter.fillRect(fill, POSITIVE_COLOUR if float(score) >= threshold else QColor("#4f7f5a"))
+        fill = QRect(bar.left(), bar.top(), int(round(bar.width() * min(max(score, 0.0), 1.0))), bar.height())
+        painter.fillRect(fill, POSITIVE_COLOUR if score >= threshold else QColor("#4f7f5a"))
         x = bar.left() + int(round(bar.width() * min(max(threshold, 0.0), 1.0)))
         painter.setPen(QPen(QColor("#ffffff"), 2))
         painter.drawLine(x, bar.top() - 3, x, bar.bottom() + 3)
-        painter.restore()
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:  # noqa: N802 - Qt override
         s = super().sizeHint(option, index)
@@ -343,9 +395,11 @@ class FindingsPanel(QWidget):
     def _make_item(self, f: Finding, meaningful: bool) -> QTreeWidgetItem:
         user = f.threshold_method == "user"
         label = f.label.replace("_", " ")
-        if f.validated is False:  # a derived score (e.g. TB lesion score): say so on the row, ⚠ first so eliding keeps it
+        if f.validated is False and f.note:  # a derived score (e.g. TB lesion score): say so on the row, ⚠ first so eliding keeps it
             label = f"⚠ {label} — {UNVALIDATED_MARK}"
-        it = QTreeWidgetItem([label, "", f"{f.threshold:.3f}" + (" ✎" if user else ""), result_text(f)])
+        numeric = finite(f.score) is not None
+        it = QTreeWidgetItem([label, "" if numeric else "n/a", f"{f.threshold:.3f}" + (" ✎" if user else ""),
+                              result_text(f)])
         it.setData(COL_LABEL, ROLE_KEY, (f.model, f.label))
         it.setData(COL_LABEL, ROLE_DISPLAY, label)
         it.setData(COL_THRESHOLD, ROLE_KEY, (f.model, f.label))
@@ -354,6 +408,8 @@ class FindingsPanel(QWidget):
         it.setData(COL_THRESHOLD, ROLE_THRESHOLD, float(f.threshold))
         it.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEditable)
         colour = POSITIVE_COLOUR if f.positive else NEGATIVE_COLOUR
+        if not numeric:
+            meaningful = False
         if not meaningful:
             colour = MUTED_COLOUR
             for c in range(4):
@@ -368,10 +424,15 @@ class FindingsPanel(QWidget):
         how = f"your site's threshold (the model's is {model_thr:.3f})" if user else f"the model's threshold ({f.threshold_method or 'default'})"
         tip = (f"{f.label}: score {f.score:.3f} against {how}.\n"
                "Double-click the threshold to change it; right-click to reset. Click a finding to see its heatmap.")
-        if not meaningful:
+        if not numeric:
+            tip = ("The model returned a score that is not a number (NaN or infinite): no result. "
+                   "The model bundle may be damaged; run cxr-viewer --self-test.\n" + tip)
+        elif not meaningful:
             tip = "Not meaningful: untrained model or image outside the model's scope.\n" + tip
         if f.note:
             tip = f"{f.note}\n" + tip
+        if state_tooltip(f):
+            tip = state_tooltip(f) + "\n" + tip
         if f.validated is False:
             it.setForeground(COL_LABEL, QBrush(QColor("#ffd591")))
         for c in range(4):

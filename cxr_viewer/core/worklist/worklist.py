@@ -1,0 +1,371 @@
+"""A triage worklist: every image of a folder (or arriving over DICOM) analysed once, sorted by urgency.
+
+Results come from the :class:`~cxr_viewer.core.worklist.store.ResultStore`, keyed by
+(pixel hash, model sha256): an unchanged file is not even decoded again, a copied
+file finds its results by content, and a changed model recomputes only its own
+findings. The engine is created only when something is missing, so reopening a
+folder that is fully analysed loads no model at all.
+
+The abnormality score that sorts the list is the score of a finding named
+``Abnormal`` when a model predicts one; otherwise the highest finding score
+(of trained, validated findings when there are any). :attr:`Worklist.basis`
+says which, and the CSV header carries it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr_viewer.core.errors import AnalysisCancelledError, CXRError
+from cxr_viewer.core.inference.results import CancelToken, Finding, QCFlag
+from cxr_viewer.core.worklist.store import ResultStore
+
+if TYPE_CHECKING:
+    from cxr_viewer.core.inference.engine import InferenceEngine
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ABNORMAL_LABEL",
+    "ModelKey",
+    "Worklist",
+    "WorklistEntry",
+    "abnormality",
+    "default_store_path",
+    "worklist_table",
+    "write_csv",
+]
+
+#: A model finding with this label is the abnormality score when one exists.
+ABNORMAL_LABEL = "Abnormal"
+#: Read errors that mean "a DICOM object that is no image" (an SR or a PDF beside the films): left out, not listed.
+_NOT_AN_IMAGE = {"no_pixel_data", "result_object"}
+_RESULT_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.104.1")  # SEG, Encapsulated PDF
+
+
+def _is_result_object(record: Any) -> bool:
+    """A SEG, SR or PDF, or a Secondary Capture this viewer wrote: results, not films to triage."""
+    ds = record.header
+    if ds is None:
+        return False
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop in _RESULT_CLASSES or sop.startswith("1.2.840.10008.5.1.4.1.1.88."):
+        return True
+    from cxr_viewer.core.export.dicom_results import MANUFACTURER
+
+    return str(ds.get("Manufacturer", "")) == MANUFACTURER
+
+
+def default_store_path() -> Path:
+    """The per-user store: ``CXR_VIEWER_WORKLIST_DB``, else the user cache folder."""
+    env = os.environ.get("CXR_VIEWER_WORKLIST_DB")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "cxr-viewer" / "worklist.sqlite"
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """A model's identity as far as the store is concerned."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class WorklistEntry:
+    """One image in the worklist. ``computed`` lists the models that ran for it in this call."""
+
+    path: Path
+    content_hash: str | None
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    qc: tuple[QCFlag, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    read: bool = False
+    error: str | None = None
+    computed: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @cached_property  # read on every sort comparison of the worklist view
+    def abnormality(self) -> float | None:
+        return abnormality(self.findings)[0]
+
+    @property
+    def patient(self) -> str:
+        name = str(self.metadata.get("patient_name") or "").replace("^", " ").strip()
+        return name or str(self.metadata.get("patient_id") or "")
+
+    @property
+    def study_date(self) -> str:
+        da = str(self.metadata.get("study_date") or "")
+        return f"{da[:4]}-{da[4:6]}-{da[6:]}" if len(da) == 8 and da.isdigit() else da
+
+    @property
+    def modality_view(self) -> str:
+        parts = [str(self.metadata.get(k) or "") for k in ("modality", "view_position")]
+        return " ".join(p for p in parts if p) or str(self.metadata.get("format") or "").upper()
+
+    @property
+    def qc_text(self) -> str:
+        bad = [q.code for q in self.qc if q.severity in ("warning", "error")]
+        return ", ".join(bad) if bad else ("ok" if self.ok else "")
+
+    def sort_key(self) -> tuple[float, str]:
+        """Highest abnormality first; failed and unscored images last."""
+        score = self.abnormality
+        return (-(score if score is not None else -1.0), str(self.path))
+
+
+def abnormality(findings: Sequence[Finding]) -> tuple[float | None, str]:
+    """(score, basis): the ``Abnormal`` finding's score if any, else the highest finding score.
+
+    A derived score that is not validated (``validated is False``) or an untrained
+    model's score counts only when nothing else was scored.
+    """
+    for f in findings:
+        if f.label == ABNORMAL_LABEL:
+            return float(f.score), ABNORMAL_LABEL
+    if not findings:
+        return None, "max finding score"
+    solid = [f for f in findings if f.trained and f.validated is not False]
+    return max(float(f.score) for f in (solid or findings)), "max finding score"
+
+
+def _is_scoring(manifest: Any) -> bool:
+    return bool(manifest.is_classifier or (manifest.task == "text_segmentation" and manifest.extra.get("derived_findings")))
+
+
+class Worklist:
+    """Analyses images through the store; thread-safe (one analysis at a time).
+
+    ``engine``: use this engine's classifiers (and derived-finding bundles). Without it,
+    the bundles of ``model_dirs`` (default: the app's and the user's) are read by
+    manifest only, and an engine is built from them the first time a result is missing.
+    Models named in ``disabled`` (switched off in the viewer) are left out.
+    """
+
+    def __init__(
+        self,
+        store: ResultStore,
+        *,
+        model_dirs: Sequence[str | Path] | None = None,
+        engine: "InferenceEngine | None" = None,
+        device: str = "auto",
+        backend: str = "auto",
+        disabled: Iterable[str] = (),
+    ) -> None:
+        self.store = store
+        self.disabled = frozenset(disabled)
+        self.model_dirs = None if model_dirs is None else [Path(d) for d in model_dirs]
+        self._engine = engine
+        self._device, self._backend = device, backend
+        self._lock = threading.RLock()
+        self._models: list[ModelKey] | None = None
+        self.load_errors: list[str] = []
+
+    # ------------------------------------------------------------------ models
+    @property
+    def models(self) -> list[ModelKey]:
+        """The scoring models every image should have results from."""
+        with self._lock:
+            if self._models is None:
+                self._models = self._expected_models()
+            return list(self._models)
+
+    def _expected_models(self) -> list[ModelKey]:
+        if self._engine is not None:
+            from cxr_viewer.core.inference.engine import derived_specs
+
+            return [ModelKey(b.name, b.version, b.sha256.lower()) for b in self._engine.bundles
+                    if (b.manifest.is_classifier or derived_specs(b)) and b.name not in self.disabled]
+        from cxr_viewer.core.models.bundle import find_bundles
+
+        out = []
+        for info in find_bundles(self.model_dirs):
+            m = info.manifest
+            if info.enabled and m is not None and _is_scoring(m) and m.name not in self.disabled:
+                out.append(ModelKey(m.name, m.version, str(m.weights.get("sha256", "")).lower()))
+        return out
+
+    def engine(self) -> "InferenceEngine":
+        """The engine, built on first need (only when some result is missing)."""
+        with self._lock:
+            if self._engine is None:
+                from cxr_viewer.core.inference.engine import InferenceEngine
+
+                self._engine = InferenceEngine.from_dirs(self.model_dirs, device=self._device, backend=self._backend)
+                self.load_errors = [f"{p.name}: {msg}" for p, msg in self._engine.load_errors]
+                loaded = {b.sha256.lower() for b in self._engine.bundles}
+                self._models = [k for k in self.models if k.sha256 in loaded]
+            return self._engine
+
+    @property
+    def basis(self) -> str:
+        """What the abnormality column is: ``Abnormal`` or ``max finding score``."""
+        return self.basis_for(self.models_labels())
+
+    def models_labels(self) -> set[str]:
+        with self._lock:
+            if self._engine is not None:
+                return {lab for b in self._engine.classifiers for lab in b.labels}
+        from cxr_viewer.core.models.bundle import find_bundles
+
+        wanted = {k.sha256 for k in self.models}
+        return {lab for i in find_bundles(self.model_dirs) if i.manifest is not None
+                and str(i.manifest.weights.get("sha256", "")).lower() in wanted for lab in i.manifest.labels}
+
+    @staticmethod
+    def basis_for(labels: Iterable[str]) -> str:
+        return ABNORMAL_LABEL if ABNORMAL_LABEL in set(labels) else "max finding score"
+
+    # ------------------------------------------------------------------ entries
+    def entry(self, path: str | Path, *, cancel: CancelToken | None = None,
+              known: dict[str, Any] | None = None) -> WorklistEntry | None:
+        """The entry of one file, computing only what the store lacks; None for a non-image file.
+
+        ``known`` is the store's ``files()`` map, when the caller read it once for a whole folder.
+        """
+        from cxr_viewer.core.io import read_image
+
+        path = Path(path).resolve()
+        try:
+            st = path.stat()
+        except OSError as exc:
+            return WorklistEntry(path, None, error=f"cannot be read ({exc.strerror or type(exc).__name__})")
+        row = (known.get(str(path)) if known is not None else None) or self.store.file(path)
+        record = None
+        if row is not None and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
+            content_hash, metadata, error = row.content_hash, row.metadata, row.error
+        else:
+            try:
+                record = read_image(path)
+            except CXRError as exc:
+                self.store.put_file(path, st.st_size, st.st_mtime_ns, None, {}, f"{exc.code}: {exc.message}")
+                return None if exc.code in _NOT_AN_IMAGE else WorklistEntry(path, None, error=exc.message)
+            if _is_result_object(record):
+                self.store.put_file(path, st.st_size, st.st_mtime_ns, None, {}, "result_object: written by an analysis")
+                return None
+            content_hash = record.content_hash
+            metadata = {k: v for k, v in record.metadata.items() if isinstance(v, (str, int, float, type(None)))}
+            metadata["format"] = record.format
+            error = None
+            self.store.put_file(path, st.st_size, st.st_mtime_ns, content_hash, metadata)
+        if error is not None:
+            code, _, message = error.partition(": ")
+            return None if code in _NOT_AN_IMAGE else WorklistEntry(path, None, metadata, error=message or error)
+        assert content_hash is not None
+        models = self.models
+        have = self.store.findings(content_hash, [k.sha256 for k in models])
+        qc = self.store.qc(content_hash)
+        missing = [k for k in models if k.sha256 not in have]
+        computed: tuple[str, ...] = ()
+        if missing or qc is None:
+            if record is None:
+                try:
+                    record = read_image(path)
+                except CXRError as exc:
+                    return WorklistEntry(path, content_hash, metadata, error=exc.message)
+            computed, qc = self._compute(record, content_hash, missing, cancel)
+            have = self.store.findings(content_hash, [k.sha256 for k in self.models])
+        order = {k.sha256: i for i, k in enumerate(self.models)}
+        findings = tuple(f for sha in sorted(have, key=lambda s: order.get(s, 1 << 30)) for f in have[sha])
+        return WorklistEntry(path, content_hash, metadata, tuple(qc or ()), findings,
+                             self.store.is_read(content_hash), None, computed)
+
+    def _compute(self, record: Any, content_hash: str, missing: list[ModelKey],
+                 cancel: CancelToken | None) -> tuple[tuple[str, ...], tuple[QCFlag, ...]]:
+        engine = self.engine()
+        loaded = {b.sha256.lower(): b.name for b in engine.bundles}
+        names = [loaded[k.sha256] for k in missing if k.sha256 in loaded]
+        result = engine.analyze(record, cancel=cancel, models=names)
+        for m in result.models:
+            if m["name"] in names:
+                self.store.put_findings(content_hash, m, [f for f in result.findings if f.model == m["name"]])
+        self.store.put_qc(content_hash, result.qc)
+        return tuple(names), tuple(result.qc)
+
+    def iter_folder(self, folder: str | Path, *, cancel: CancelToken | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> Iterator[WorklistEntry]:
+        """Every image under ``folder``, in file order, computed through the store."""
+        from cxr_viewer.core.io.scan import iter_image_files
+
+        files, _skipped = iter_image_files(folder)
+        known = self.store.files()
+        for i, f in enumerate(files):
+            if cancel is not None and cancel.cancelled:
+                raise AnalysisCancelledError("The worklist analysis was cancelled.")
+            e = self.entry(f, cancel=cancel, known=known)
+            if progress is not None:
+                progress(i + 1, len(files))
+            if e is not None:
+                yield e
+
+    def open_folder(self, folder: str | Path, *, cancel: CancelToken | None = None) -> list[WorklistEntry]:
+        """The folder's entries, sorted highest abnormality first."""
+        return sorted(self.iter_folder(folder, cancel=cancel), key=WorklistEntry.sort_key)
+
+    def mark_read(self, entry: WorklistEntry, read: bool = True) -> WorklistEntry:
+        if entry.content_hash is None:
+            return entry
+        self.store.set_read(entry.content_hash, read)
+        from dataclasses import replace
+
+        return replace(entry, read=read)
+
+
+# --------------------------------------------------------------------------- the table
+def finding_columns(entries: Iterable[WorklistEntry]) -> list[tuple[str, str]]:
+    """(model, label) of every finding seen, in first-seen order."""
+    seen: dict[tuple[str, str], None] = {}
+    for e in entries:
+        for f in e.findings:
+            seen.setdefault((f.model, f.label), None)
+    return list(seen)
+
+
+def column_titles(columns: Sequence[tuple[str, str]]) -> list[str]:
+    """A finding column is titled by its label, with the model added when two models share it."""
+    labels = [lab for _m, lab in columns]
+    return [lab if labels.count(lab) == 1 else f"{lab} ({model})" for model, lab in columns]
+
+
+def worklist_table(entries: Sequence[WorklistEntry], *, basis: str, hide_patient: bool = False
+                   ) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the worklist, sorted highest abnormality first (what the CSV and the view show)."""
+    cols = finding_columns(entries)
+    header = ["file"] + ([] if hide_patient else ["patient"]) + [
+        "study date", "modality/view", "QC", f"abnormality ({basis})", "read"] + column_titles(cols)
+    rows = []
+    for e in sorted(entries, key=WorklistEntry.sort_key):
+        by = {(f.model, f.label): f for f in e.findings}
+        score = e.abnormality
+        row: list[Any] = [str(e.path)] + ([] if hide_patient else [e.patient]) + [
+            e.study_date, e.modality_view, e.qc_text if e.ok else f"error: {e.error}",
+            "" if score is None else f"{score:.4f}", "yes" if e.read else ""]
+        row += [f"{by[c].score:.4f}" if c in by else "" for c in cols]
+        rows.append(row)
+    return header, rows
+
+
+def write_csv(path: str | Path, entries: Sequence[WorklistEntry], *, basis: str, hide_patient: bool = False) -> Path:
+    header, rows = worklist_table(entries, basis=basis, hide_patient=hide_patient)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path

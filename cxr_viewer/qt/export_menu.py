@@ -1,0 +1,207 @@
+"""The Export menu: PDF/PNG report, DICOM results (SR, SEG, SC, PDF) and the anonymised study export.
+
+Thin: it gathers what the window shows (image, findings with the thresholds in force,
+visible overlays, current window) on the GUI thread, runs the core writers of
+:mod:`cxr_viewer.core.export` on the window's background runner, and reports the
+outcome in the status bar, or as a clear error dialog when it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
+
+from cxr_viewer.core.errors import CXRError
+
+if TYPE_CHECKING:
+    from cxr_viewer.core.inference.results import AnalysisResult
+    from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.qt.main_window import MainWindow
+
+log = logging.getLogger(__name__)
+
+
+class ExportActions:
+    """The Export menu of one main window; the ``export_*`` methods take paths so tests skip the dialogs."""
+
+    def __init__(self, window: "MainWindow") -> None:
+        self.window = window
+        self.last_files: list[Path] = []
+        self.last_warnings: list[str] = []
+        self.warning_dialog: QMessageBox | None = None
+        self.menu = self._build_menu()
+
+    # ------------------------------------------------------------------ menu
+    def _build_menu(self) -> QMenu:
+        win = self.window
+        menu = QMenu("E&xport", win)
+        specs = [
+            ("export_report", "&Report as PDF or PNG…", self.report_dialog, "Ctrl+Shift+P",
+             "One page: image with overlays, findings, QC flags, models"),
+            ("export_dicom", "&DICOM Results (SR, SEG, SC, PDF)…", self.dicom_dialog, "Ctrl+Shift+D",
+             "Structured report, masks, view capture and the PDF, filed under the source study"),
+            ("export_anonymised", "&Anonymised Study with Results…", self.anonymised_dialog, None,
+             "The image and its results, de-identified (DICOM PS3.15 Basic profile)"),
+        ]
+        for key, text, slot, shortcut, tip in specs:
+            act = QAction(text, win)
+            act.setStatusTip(tip)
+            if shortcut:
+                act.setShortcut(shortcut)
+            act.triggered.connect(slot)
+            win.addAction(act)
+            win.action_map[key] = act
+            menu.addAction(act)
+        bar = win.menuBar()
+        menus = [a for a in bar.actions() if a.menu() is not None]
+        before = menus[1] if len(menus) > 1 else None  # right after File
+        if before is None:
+            bar.addMenu(menu)
+        else:
+            bar.insertMenu(before, menu)
+        return menu
+
+    # ------------------------------------------------------------------ what is shown
+    def _current(self) -> tuple["ImageRecord", "AnalysisResult"] | None:
+        from cxr_viewer.core.inference.results import AnalysisResult
+
+        win = self.window
+        record = win.session.record
+        if record is None:
+            win.statusBar().showMessage("Nothing to export: open an image first", 5000)
+            return None
+        state = win.analysis.state
+        if state.status != "done":
+            win.statusBar().showMessage("Wait for the findings before exporting", 5000)
+            return None
+        result = AnalysisResult(content_hash=record.content_hash, findings=tuple(state.findings),
+                                qc=tuple(state.qc), models=tuple(state.models), warnings=tuple(state.warnings))
+        return record, result
+
+    def _overlays(self) -> dict[str, Any]:
+        s = self.window.session
+        return {"masks": [m for m in s.masks if m.visible], "heatmap": s.heatmap, "window": s.display.window}
+
+    def _stem(self) -> str:
+        path = getattr(self.window, "_current_path", None)
+        return Path(path).stem if path else "study"
+
+    def _folder(self, title: str) -> str:
+        return QFileDialog.getExistingDirectory(self.window, title, self.window._last_dir())
+
+    # ------------------------------------------------------------------ dialogs
+    def report_dialog(self) -> None:
+        if self._current() is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self.window, "Export report",
+                                              str(Path(self.window._last_dir()) / f"{self._stem()}_report.pdf"),
+                                              "PDF document (*.pdf);;PNG image (*.png)")
+        if path:
+            self.export_report(path)
+
+    def dicom_dialog(self) -> None:
+        if self._current() is not None and (folder := self._folder("Folder for the DICOM results")):
+            self.export_dicom(folder)
+
+    def anonymised_dialog(self) -> None:
+        if self._current() is not None and (folder := self._folder("Folder for the anonymised export")):
+            self.export_anonymised(folder)
+
+    # ------------------------------------------------------------------ work (off the GUI thread)
+    def export_report(self, path: str | Path) -> bool:
+        from cxr_viewer.core.export.report_pdf import write_report
+
+        current = self._current()
+        if current is None:
+            return False
+        record, result = current
+        path = Path(path)
+        if path.suffix.lower() not in (".pdf", ".png"):
+            path = path.with_suffix(".pdf")
+        ov = self._overlays()
+        self._run(lambda: [write_report(record, result, path, **ov)], "Report")
+        return True
+
+    def export_dicom(self, folder: str | Path) -> bool:
+        current = self._current()
+        if current is None:
+            return False
+        record, result = current
+        ov = self._overlays()
+        analysis_masks = self.window.analysis.masks
+        self._run(lambda: _dicom_job(record, result, Path(folder), analysis_masks, ov), "DICOM results")
+        return True
+
+    def export_anonymised(self, folder: str | Path) -> bool:
+        from cxr_viewer.core.export.anonymise import export_anonymised
+
+        current = self._current()
+        if current is None:
+            return False
+        record, result = current
+        if record.format != "dicom" or record.source is None:
+            self.window.show_error("Anonymised export needs a DICOM image; this one came from a "
+                                   f"{record.format.upper()} file, which carries no DICOM header.", "Export failed")
+            return False
+        masks = self.window.analysis.masks
+
+        def job() -> Any:
+            out = export_anonymised([record.source], Path(folder), results=[(record, result, {"masks": masks})])
+            return out.files, out.warnings
+
+        self._run(job, "Anonymised export")
+        return True
+
+    def _run(self, job: Callable[[], Any], what: str) -> None:
+        win = self.window
+        win.statusBar().showMessage(f"{what}: writing…")
+
+        def done(value: Any) -> None:
+            files, warnings = (value if isinstance(value, tuple) else (value, []))
+            self.last_files, self.last_warnings = list(files), list(warnings)
+            folder = files[0].parent if files else ""
+            win.statusBar().showMessage(f"{what}: wrote {len(files)} file(s) to {folder}", 10000)
+            if warnings and win.interactive:  # modeless, like the window's error dialogs
+                box = QMessageBox(QMessageBox.Icon.Warning, f"{what}: check before sharing", "\n\n".join(warnings),
+                                  QMessageBox.StandardButton.Ok, win)
+                box.setWindowModality(Qt.WindowModality.NonModal)
+                box.show()
+                self.warning_dialog = box
+
+        def failed(exc: BaseException) -> None:
+            if isinstance(exc, CXRError):
+                message = exc.message
+            elif isinstance(exc, OSError):
+                message = f"Could not write the files: {exc.strerror or exc}. Check the folder is writable."
+            else:
+                log.error("unexpected error while exporting", exc_info=exc)
+                message = f"Unexpected error while exporting ({type(exc).__name__}); see the log."
+            win.show_error(f"{what} failed: {message}", "Export failed")
+
+        win.submit(job, on_result=done, on_error=failed)
+
+
+def _dicom_job(record: "ImageRecord", result: "AnalysisResult", folder: Path, masks: list[Any],
+               overlays: dict[str, Any]) -> list[Path]:
+    """SR + SEG + SC + PDF; the SC and the PDF show what the window shows (visible overlays, window)."""
+    import tempfile
+
+    from cxr_viewer.core.export.dicom_results import source_dataset, write_results
+    from cxr_viewer.core.export.report_pdf import render_view_picture, write_report
+
+    source_dataset(record)  # a PNG is refused before anything is drawn
+    view = render_view_picture(record, **overlays)
+    with tempfile.TemporaryDirectory() as tmp:
+        pdf = write_report(record, result, Path(tmp) / "report.pdf", **overlays)
+        return write_results(record, result, folder, masks=masks, view_png=view, pdf=pdf)
+
+
+def install_export_menu(window: "MainWindow") -> ExportActions:
+    """Add the Export menu to ``window`` (called once from its constructor)."""
+    return ExportActions(window)

@@ -1,0 +1,59 @@
+"""A score is only badged POSITIVE above a validated threshold, on a film inside the model's population."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cxr_viewer.core.inference.population import outside_population
+from cxr_viewer.core.inference.results import Finding, QCFlag
+
+POP = {"age_years": {"min": 1.0, "max": 95.0}, "accepted_views": ["PA", "AP", "AP SUPINE"]}
+
+
+def test_population_rules() -> None:
+    assert outside_population({"patient_age_years": 45.0, "view_position": "PA"}, [], POP) == ""
+    assert "age 0.5" in outside_population({"patient_age_years": 0.5}, [], POP)
+    assert "view LL" in outside_population({"view_position": "LL"}, [], POP)
+    assert outside_population({}, [], POP) == ""  # a PNG: nothing says it is outside
+    assert outside_population({}, [], None) == ""
+    lateral = QCFlag("lateral_view", "Lateral view (LAT).", "warning")
+    assert "Lateral view" in outside_population({}, [lateral], None)
+    assert outside_population({}, [QCFlag("ap_view", "AP view", "info")], POP) == ""
+
+
+def test_badge_states() -> None:
+    base = Finding("Effusion", 0.8, 0.5, "m")
+    assert base.positive and base.state == "positive"
+    assert not Finding("Effusion", 0.2, 0.5, "m").positive
+    rare = Finding("Hernia", 0.9, 0.5, "m", validated=False)
+    assert rare.above_threshold and not rare.positive and rare.state == "not_validated"
+    out = Finding("Effusion", 0.9, 0.5, "m", outside="outside the model's population: view LL")
+    assert not out.positive and out.state == "outside_population"
+    d = out.to_dict()
+    assert d["positive"] is False and d["state"] == "outside_population" and "view LL" in d["outside_population"]
+
+
+def test_engine_applies_validated_thresholds_and_population(tmp_path: Path) -> None:
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.core.models.bundle import load_bundle, make_untrained_bundle
+
+    bdir = make_untrained_bundle(tmp_path / "b", name="pop", labels=["Effusion", "Hernia"], size=(64, 64),
+                                 thresholds={"Effusion": 0.0, "Hernia": 0.0}, seed=3)  # fmt: skip
+    man = json.loads((bdir / "manifest.json").read_text())
+    man["thresholds"]["Hernia"].update(validated=False, val_positives=3)
+    man["population"] = POP
+    (bdir / "manifest.json").write_text(json.dumps(man))
+    engine = InferenceEngine([load_bundle(bdir)], device="cpu", backend="torch")
+    rng = np.random.default_rng(0)
+    px = rng.random((300, 260)).astype(np.float32)
+    adult = ImageRecord(pixels=px, source=None, format="array", metadata={"patient_age_years": 40.0, "view_position": "PA"})
+    infant = ImageRecord(pixels=px.copy(), source=None, format="array",
+                         metadata={"patient_age_years": 0.25, "view_position": "PA"})  # fmt: skip
+    r = {f.label: f for f in engine.analyze(adult).findings}
+    assert r["Effusion"].state == "positive" and r["Hernia"].state == "not_validated"
+    r2 = {f.label: f for f in engine.analyze(infant).findings}
+    assert all(f.state == "outside_population" and not f.positive for f in r2.values())

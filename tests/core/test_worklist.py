@@ -1,0 +1,182 @@
+"""The triage worklist on real files with tiny real models: store reuse, per-model recomputation, CSV."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_viewer.cli import main as cli_main
+from cxr_viewer.core.inference.engine import InferenceEngine
+from cxr_viewer.core.models.bundle import make_untrained_bundle
+from cxr_viewer.core.worklist import ResultStore, Worklist, abnormality
+
+SAMPLES = Path(__file__).resolve().parents[2] / "resources" / "samples"
+
+
+def _png(path: Path, seed: int, size: int = 96) -> Path:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    img = 0.5 + 0.3 * np.sin(x / (3 + seed)) * np.cos(y / (4 + seed)) + 0.1 * rng.standard_normal((size, size))
+    Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8), mode="L").save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    d = tmp_path / "studies"
+    d.mkdir()
+    for i in range(4):
+        _png(d / f"film_{i}.png", seed=i)
+    shutil.copy(SAMPLES / "siim_cr_chest.dcm", d / "siim.dcm")
+    (d / "notes.txt").write_text("not an image")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    return d
+
+
+def _models(root: Path, tb_seed: int = 2) -> Path:
+    make_untrained_bundle(root / "nih", name="nih", labels=["Effusion", "Nodule"], size=(64, 64),
+                          backbone="resnet10t", seed=1)
+    make_untrained_bundle(root / "tb", name="tb", labels=["Tuberculosis"], size=(64, 64), task="binary",
+                          backbone="resnet10t", seed=tb_seed)
+    return root
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    return _models(tmp_path / "models")
+
+
+class Counter:
+    """Counts real engine.analyze calls (and which models each asked for)."""
+
+    def __init__(self, engine: InferenceEngine) -> None:
+        self.calls: list[list[str] | None] = []
+        real = engine.analyze
+
+        def analyze(record, *, cancel=None, models=None):
+            self.calls.append(None if models is None else list(models))
+            return real(record, cancel=cancel, models=models)
+
+        engine.analyze = analyze  # type: ignore[method-assign]
+
+
+def test_second_open_recomputes_nothing_and_loads_no_model(folder: Path, models: Path, tmp_path: Path) -> None:
+    db = tmp_path / "wl.sqlite"
+    wl = Worklist(ResultStore(db), model_dirs=[models], device="cpu", backend="torch")
+    counter = Counter(wl.engine())
+    first = wl.open_folder(folder)
+    ok = [e for e in first if e.ok]
+    assert len(ok) == 5 and len(counter.calls) == 5  # 4 PNG + 1 DICOM, one engine call each
+    assert [e.path.name for e in first if not e.ok] == ["broken.png"]  # listed with its reason, last
+    assert "notes.txt" not in {e.path.name for e in first}
+    assert all({f.model for f in e.findings} == {"nih", "tb"} for e in ok)
+    scores = [e.abnormality for e in ok]
+    assert scores == sorted(scores, reverse=True)  # highest abnormality first
+    assert first[-1].abnormality is None
+
+    # a new store object and a new worklist (as after a restart): nothing runs, no engine is even built
+    wl2 = Worklist(ResultStore(db), model_dirs=[models], device="cpu", backend="torch")
+    second = wl2.open_folder(folder)
+    assert wl2._engine is None
+    assert all(e.computed == () for e in second)
+    assert [(e.path, e.abnormality) for e in second] == [(e.path, e.abnormality) for e in first]
+    assert [f.score for e in second for f in e.findings] == pytest.approx([f.score for e in first for f in e.findings])
+
+    # same pixels under a new name, or a touched file: read again, but no model runs
+    shutil.copy(folder / "film_0.png", folder / "film_0_copy.png")
+    os.utime(folder / "film_1.png", ns=(1, 1))
+    wl3 = Worklist(ResultStore(db), model_dirs=[models], device="cpu", backend="torch")
+    third = wl3.open_folder(folder)
+    assert wl3._engine is None and len([e for e in third if e.ok]) == 6
+
+
+def test_changed_model_recomputes_only_its_findings(folder: Path, models: Path, tmp_path: Path) -> None:
+    db = tmp_path / "wl.sqlite"
+    wl = Worklist(ResultStore(db), model_dirs=[models], device="cpu", backend="torch")
+    before = {e.path: e for e in wl.open_folder(folder) if e.ok}
+    shutil.rmtree(models / "tb")
+    make_untrained_bundle(models / "tb", name="tb", labels=["Tuberculosis"], size=(64, 64), task="binary",
+                          backbone="resnet10t", seed=7)  # new weights -> new sha256
+    wl2 = Worklist(ResultStore(db), model_dirs=[models], device="cpu", backend="torch")
+    counter = Counter(wl2.engine())
+    after = {e.path: e for e in wl2.open_folder(folder) if e.ok}
+    assert counter.calls == [["tb"]] * 5  # only the changed model ran, once per image
+    for path, e in after.items():
+        nih = lambda entry: [(f.label, round(f.score, 6)) for f in entry.findings if f.model == "nih"]  # noqa: E731
+        assert nih(e) == nih(before[path])
+        assert e.computed == ("tb",)
+    changed = [abs(after[p].findings[-1].score - before[p].findings[-1].score) for p in after]
+    assert max(changed) > 1e-4  # the new tb weights really scored again
+
+
+def test_abnormal_finding_is_the_score_when_a_model_has_one(folder: Path, tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    make_untrained_bundle(root / "abn", name="abn", labels=["Abnormal", "Effusion"], size=(64, 64),
+                          backbone="resnet10t", seed=3)
+    wl = Worklist(ResultStore(tmp_path / "db.sqlite"), model_dirs=[root], device="cpu", backend="torch")
+    assert wl.basis == "Abnormal"
+    entries = [e for e in wl.open_folder(folder) if e.ok]
+    for e in entries:
+        assert e.abnormality == pytest.approx(next(f.score for f in e.findings if f.label == "Abnormal"))
+    assert [e.abnormality for e in entries] == sorted((e.abnormality for e in entries), reverse=True)
+    assert abnormality([])[0] is None
+
+
+def test_mark_read_persists(folder: Path, models: Path, tmp_path: Path) -> None:
+    db = tmp_path / "wl.sqlite"
+    wl = Worklist(ResultStore(db), model_dirs=[models], device="cpu", backend="torch")
+    top = wl.open_folder(folder)[0]
+    assert not top.read and wl.mark_read(top).read
+    again = Worklist(ResultStore(db), model_dirs=[models]).open_folder(folder)
+    assert [e.read for e in again if e.path == top.path] == [True]
+
+
+def test_worklist_cli_writes_sorted_csv(folder: Path, models: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "wl.csv"
+    args = ["worklist", str(folder), "--csv", str(out), "--models", str(models), "--no-default-models",
+            "--db", str(tmp_path / "db.sqlite"), "--device", "cpu"]
+    assert cli_main(args) == 2  # broken.png is listed as unreadable
+    assert "5 analysed now" in capsys.readouterr().err
+    rows = list(csv.reader(out.open()))
+    header = rows[0]
+    assert header[:7] == ["file", "patient", "study date", "modality/view", "QC", "abnormality (max finding score)",
+                          "read"]
+    assert header[7:] == ["Effusion", "Nodule", "Tuberculosis"]
+    body = rows[1:]
+    assert len(body) == 6
+    scores = [float(r[5]) for r in body if r[5]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    for r in body[:5]:  # abnormality = the highest finding score of the row
+        assert float(r[5]) == pytest.approx(max(float(x) for x in r[7:]), abs=1e-4)
+    dicom_row = next(r for r in body if r[0].endswith("siim.dcm"))
+    assert dicom_row[3] == "CR PA" or dicom_row[3].startswith("CR")
+    assert body[-1][0].endswith("broken.png") and body[-1][4].startswith("error:")
+
+    assert cli_main([*args, "--hide-patient"]) == 2
+    assert "0 analysed now, 5 from the store" in capsys.readouterr().err
+    hidden = list(csv.reader(out.open()))
+    assert "patient" not in hidden[0] and len(hidden[0]) == len(header) - 1
+
+
+def test_worklist_cli_refuses_a_missing_folder(tmp_path: Path, capsys) -> None:
+    assert cli_main(["worklist", str(tmp_path / "nope"), "--csv", str(tmp_path / "x.csv")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_result_objects_beside_the_films_are_left_out(folder: Path, models: Path, tmp_path: Path) -> None:
+    from cxr_viewer.core.export.dicom_results import write_results
+    from cxr_viewer.core.io import read_image
+
+    engine = InferenceEngine.from_dirs([models], device="cpu", backend="torch")
+    record = read_image(folder / "siim.dcm")
+    written = write_results(record, engine.analyze(record), folder / "results")
+    assert len(written) >= 3  # SR, SC, PDF
+    wl = Worklist(ResultStore(tmp_path / "db.sqlite"), engine=engine)
+    names = {e.path.name for e in wl.open_folder(folder)}
+    assert names == {"film_0.png", "film_1.png", "film_2.png", "film_3.png", "siim.dcm", "broken.png"}

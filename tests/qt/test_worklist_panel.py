@@ -1,0 +1,210 @@
+"""The worklist dock in the real main window: background analysis, sorting, shortcuts, studies arriving by C-STORE."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtCore import Qt
+
+from cxr_viewer.qt.worklist import COL_ABNORMAL, COL_PATIENT, COL_READ
+from tests.orthanc import free_port, orthanc  # noqa: F401  (fixture)
+from tests.qt.bundles import tiny_models  # noqa: F401  (fixture)
+SLOW_MS = 300_000  # the first analysis imports torch and loads the models: slow on a busy 2-core machine
+
+SAMPLES = Path(__file__).resolve().parents[2] / "resources" / "samples"
+
+
+def _png(path: Path, seed: int, size: int = 80) -> Path:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    img = 0.5 + 0.3 * np.sin(x / (2 + seed % 7)) * np.cos(y / (3 + seed % 5)) + 0.1 * rng.standard_normal((size, size))
+    Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8), mode="L").save(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_VIEWER_WORKLIST_DB", str(tmp_path / "worklist.sqlite"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    d = tmp_path / "studies"
+    d.mkdir()
+    for i in range(4):
+        _png(d / f"film_{i}.png", seed=i)
+    shutil.copy(SAMPLES / "siim_cr_chest.dcm", d / "siim.dcm")
+    return d
+
+
+def _rows(panel) -> list[tuple[str, float]]:
+    out = []
+    for r in range(panel.proxy.rowCount()):
+        e = panel.model.entry_at(panel.proxy.mapToSource(panel.proxy.index(r, 0)).row())
+        out.append((e.path.name, e.abnormality))
+    return out
+
+
+def _wait_done(qtbot, panel, n: int) -> None:
+    qtbot.waitUntil(lambda: panel.model.rowCount() >= n and not panel.controller.running, timeout=SLOW_MS)
+
+
+def test_folder_becomes_a_sorted_worklist_with_shortcuts(qtbot, make_window, tiny_models, folder: Path) -> None:  # noqa: F811
+    win = make_window(models_dir=tiny_models)
+    panel = win.worklist_panel
+    assert win.worklist_dock.windowTitle() == "Worklist"
+    panel.open_folder(folder)
+    assert panel.progress.isVisibleTo(panel) or panel.controller.running  # progress shows while it works
+    assert not win.session.busy  # the worklist never makes the viewer busy
+    _wait_done(qtbot, panel, 5)
+    rows = _rows(panel)
+    assert len(rows) == 5
+    scores = [s for _n, s in rows]
+    assert scores == sorted(scores, reverse=True)  # highest abnormality first by default
+    assert not panel.progress.isVisible() and not panel.cancel_button.isVisible()
+    headers = [panel.model.headerData(c, Qt.Orientation.Horizontal) for c in range(panel.model.columnCount())]
+    assert headers[:6] == ["Abnormality", "Read", "Patient", "Study date", "Modality/View", "QC"]
+    assert {"Atelectasis", "Cardiomegaly", "Effusion", "Nodule", "Tuberculosis"} <= set(headers)
+
+    # sortable by any column: by Tuberculosis ascending
+    col = headers.index("Tuberculosis")
+    panel.table.sortByColumn(col, Qt.SortOrder.AscendingOrder)
+    tb = [float(panel.proxy.index(r, col).data()) for r in range(5)]
+    assert tb == sorted(tb)
+    panel.table.sortByColumn(COL_ABNORMAL, Qt.SortOrder.DescendingOrder)
+
+    # N opens the first study in list order, N again the second, Shift+N goes back
+    win.action_map["worklist_next"].trigger()
+    first = folder / rows[0][0]
+    qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == first,
+                    timeout=SLOW_MS)
+    win.action_map["worklist_next"].trigger()
+    second = folder / rows[1][0]
+    qtbot.waitUntil(lambda: win.session.record.source == second, timeout=SLOW_MS)
+    win.action_map["worklist_previous"].trigger()
+    qtbot.waitUntil(lambda: win.session.record.source == first, timeout=SLOW_MS)
+    assert win.action_map["worklist_next"].shortcut().toString() == "N"
+
+    # mark as read: shown in the row and kept in the store
+    win.action_map["worklist_mark_read"].trigger()
+    assert panel.current_entry().read
+    assert panel.proxy.index(0, COL_READ).data() == "✓"
+    assert panel.controller.store.is_read(panel.current_entry().content_hash)
+
+    panel.hide_patient.setChecked(True)
+    assert panel.table.isColumnHidden(COL_PATIENT)
+
+
+def test_reopening_recomputes_nothing_and_cancel_stops(qtbot, make_window, tiny_models, folder: Path,  # noqa: F811
+                                                       tmp_path: Path) -> None:
+    win = make_window(models_dir=tiny_models)
+    panel = win.worklist_panel
+    panel.open_folder(folder)
+    _wait_done(qtbot, panel, 5)
+    assert sum(1 for e in panel.model.entries if e.computed) == 5
+    panel.open_folder(folder)
+    _wait_done(qtbot, panel, 5)
+    assert [e.computed for e in panel.model.entries] == [()] * 5  # all from the store
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(40):
+        _png(many / f"m_{i:02d}.png", seed=100 + i)
+    panel.open_folder(many)
+    qtbot.waitUntil(lambda: panel.model.rowCount() >= 1, timeout=SLOW_MS)
+    assert panel.cancel_button.isVisible()
+    qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not panel.controller.running, timeout=SLOW_MS)
+    assert panel.model.rowCount() < 40
+    assert not panel.progress.isVisible()
+
+
+def test_studies_pushed_over_dicom_appear_as_they_arrive(qtbot, make_window, tiny_models, tmp_path: Path) -> None:  # noqa: F811
+    from cxr_viewer.core import pacs
+
+    win = make_window(models_dir=tiny_models)
+    port = free_port()
+    win.settings.setValue("pacs/port", port)
+    win.settings.setValue("pacs/ae_title", "VIEWERTEST")
+    win.settings.setValue("pacs/inbox", str(tmp_path / "inbox"))
+    panel = win.worklist_panel
+    panel.receive_box.setChecked(True)
+    assert panel.controller.receiver is not None and panel.receive_box.text() == f"Receive (VIEWERTEST:{port})"
+
+    done = threading.Event()
+    result: list = []
+
+    def push() -> None:
+        try:
+            result.extend(pacs.send_files(pacs.RemoteNode("127.0.0.1", port, "VIEWERTEST"),
+                                          [SAMPLES / "siim_cr_chest.dcm"]))
+        finally:
+            done.set()
+
+    threading.Thread(target=push, daemon=True).start()  # a modality pushing while the GUI runs
+    qtbot.waitUntil(done.is_set, timeout=30_000)
+    assert len(result) == 1
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 1 and bool(panel.model.entries[0].findings), timeout=SLOW_MS)
+    e = panel.model.entries[0]
+    assert e.path.is_relative_to(tmp_path / "inbox") and e.modality_view.startswith("CR")
+
+    # a port already in use: a clear message, the toggle goes back off, the app runs on
+    panel.receive_box.setChecked(False)
+    assert panel.controller.receiver is None
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("0.0.0.0", 0))
+    busy.listen(1)
+    win.settings.setValue("pacs/port", busy.getsockname()[1])
+    errors: list = []
+    panel.controller.error.connect(lambda title, msg: errors.append(msg))
+    panel.receive_box.setChecked(True)
+    busy.close()
+    assert not panel.receive_box.isChecked() and errors and "cannot listen on port" in errors[0]
+
+
+def test_query_retrieve_and_send_results_from_the_dock(qtbot, make_window, tiny_models, tmp_path: Path,  # noqa: F811
+                                                       orthanc) -> None:  # noqa: F811
+    from cxr_viewer.core import pacs
+
+    remote = pacs.RemoteNode("127.0.0.1", orthanc.dicom_port, "ORTHANC")
+    pacs.send_files(remote, [SAMPLES / "siim_cr_chest.dcm"])
+    win = make_window(models_dir=tiny_models)
+    for key, value in (("pacs/remote_host", "127.0.0.1"), ("pacs/remote_port", orthanc.dicom_port),
+                       ("pacs/remote_ae", "ORTHANC"), ("pacs/inbox", str(tmp_path / "inbox"))):
+        win.settings.setValue(key, value)
+    panel = win.worklist_panel
+    dlg = panel.show_query()
+    dlg.modality.setText("CR")
+    with qtbot.waitSignal(panel.controller.studies_found, timeout=60_000):
+        qtbot.mouseClick(dlg.search, Qt.MouseButton.LeftButton)
+    assert dlg.table.rowCount() >= 1 and "found" in dlg.note.text()
+    dlg.table.selectRow(0)
+    qtbot.mouseClick(dlg.retrieve, Qt.MouseButton.LeftButton)  # no receiver running: C-GET
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 1 and bool(panel.model.entries[0].findings), timeout=SLOW_MS)
+    dlg.close()
+
+    panel.select_row(0, open_it=False)
+    uid = panel.model.entries[0].metadata["study_instance_uid"]
+    before = len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": uid}}))
+    messages: list[str] = []
+    panel.controller.message.connect(messages.append)
+    qtbot.mouseClick(panel.send_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: any("stored on the PACS" in m for m in messages), timeout=SLOW_MS)
+    after = len(orthanc.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": uid}}))
+    assert after - before == 3  # SR, SC and PDF (no report masks in the worklist)
+
+    # the PACS gone: a clear message in a dialog-bound signal, the window keeps running
+    win.settings.setValue("pacs/remote_port", free_port())
+    errors: list[str] = []
+    panel.controller.error.connect(lambda title, msg: errors.append(msg))
+    qtbot.mouseClick(panel.send_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(errors), timeout=60_000)
+    assert "No DICOM server answered" in errors[0]
