@@ -117,3 +117,16 @@ class UnknownLabelError(CXRError):
     """A heatmap or threshold was requested for a label no loaded model predicts."""
 
     code = "unknown_label"
+
+
+# --- site calibration profiles ------------------------------------------------------
+class SiteProfileError(CXRError):
+    """A site calibration profile file is missing, malformed or from a newer viewer."""
+
+    code = "invalid_site_profile"
+
+
+class SiteProfileMismatchError(SiteProfileError):
+    """The profile was fitted to other weights (the bundle was updated): it no longer applies."""
+
+    code = "site_profile_outdated"
