@@ -4,6 +4,7 @@
 ``cxr-viewer --screenshot OUT FILE``  render the real main window offscreen and exit
 ``cxr-viewer analyze FILES --json OUT``  headless analysis as JSON
 ``cxr-viewer --self-test``        check every enabled model bundle against its golden images
+``cxr-viewer export-corrections --out site.csv``  the reader's corrections as a trainer manifest
 
 With no display (Linux without DISPLAY/WAYLAND_DISPLAY, or ``QT_QPA_PLATFORM=offscreen``)
 the plain form does not try to open a window: it writes ``screenshot.png`` and
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         from cxr_viewer.headless import analyze_main
 
         return analyze_main(argv[1:])
+    if argv and argv[0] == "export-corrections":
+        from cxr_viewer.headless import export_corrections_main
+
+        return export_corrections_main(argv[1:])
     if "--self-test" in argv:
         from cxr_viewer.headless import self_test_main
 

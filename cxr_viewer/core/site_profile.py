@@ -46,6 +46,7 @@ __all__ = [
     "apply_site_profile",
     "adjust_findings",
     "check_drift",
+    "finite_json",
     "fit_site_finding",
     "list_profiles",
     "load_profile",
@@ -104,8 +105,8 @@ class FindingProfile:
             "threshold": round(float(self.threshold), 6),
             "target": self.target,
             "validated": bool(self.validated),
-            "summary": _finite(self.summary),
-            "reference": _finite(self.reference),
+            "summary": finite_json(self.summary),
+            "reference": finite_json(self.reference),
         }
 
 
@@ -148,7 +149,7 @@ class SiteProfile:
             "created": self.created,
             "note": self.note,
             "bundle": dict(self.bundle),
-            "data": _finite(self.data),
+            "data": finite_json(self.data),
             "findings": {lab: f.to_dict() for lab, f in self.findings.items()},
         }
 
@@ -339,7 +340,7 @@ class DriftResult:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return _finite({"label": self.label, "n": self.n, "psi": round(self.psi, 4), "ks": round(self.ks, 4),
+        return finite_json({"label": self.label, "n": self.n, "psi": round(self.psi, 4), "ks": round(self.ks, 4),
                         "ks_p": self.ks_p, "drifted": self.drifted, "message": self.message})  # fmt: skip
 
 
@@ -558,14 +559,14 @@ def fit_site_finding(
     return fp, report
 
 
-def _finite(obj: Any) -> Any:
+def finite_json(obj: Any) -> Any:
     """NaN/inf -> None and NumPy scalars -> Python, recursively, so profiles stay strict JSON."""
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, Mapping):
-        return {str(k): _finite(v) for k, v in obj.items()}
+        return {str(k): finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
