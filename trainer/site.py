@@ -28,52 +28,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_VALUES = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "positive": 1.0, "negative": 0.0, "pos": 1.0, "neg": 0.0,
-           "yes": 1.0, "no": 0.0, "true": 1.0, "false": 0.0, "": np.nan, "unsure": np.nan, "nan": np.nan}  # fmt: skip
-
-
 def site_frame(folder: str | Path, labels_csv: str | Path, model_labels: list[str]) -> tuple["pd.DataFrame", list[str]]:
     """Rows ``image`` (absolute), ``patient_id`` and the model's labels found in the CSV (NaN = unknown)."""
     import pandas as pd
 
-    folder, labels_csv = Path(folder), Path(labels_csv)
-    if not folder.is_dir():
-        raise TrainingDataError(f"The site folder {folder} does not exist.")
+    from cxr_viewer.core.errors import SiteProfileError
+    from cxr_viewer.core.site_profile import read_site_labels
+
     try:
-        raw = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise TrainingDataError(f"The site labels {labels_csv} could not be read as CSV ({exc}).") from None
-    cols = {c.strip().lower(): c for c in raw.columns}
-    file_col = cols.get("file") or cols.get("image")
-    if file_col is None:
-        raise TrainingDataError(f"The site labels {labels_csv.name} need a 'file' column (image paths relative to the folder).")
-    found = [lab for lab in model_labels if lab.lower() in cols]
-    if not found:
-        raise TrainingDataError(
-            f"The site labels {labels_csv.name} have no column for the model's findings "
-            f"({', '.join(model_labels)}); name a column after the finding."
-        )
-    frame = pd.DataFrame({"image": [str((folder / f).resolve()) for f in raw[file_col]]})
-    pid = cols.get("patient_id")
-    frame["patient_id"] = raw[pid].where(raw[pid] != "", raw[file_col]) if pid else raw[file_col]
+        rows, found = read_site_labels(folder, labels_csv, model_labels)
+    except SiteProfileError as exc:
+        raise TrainingDataError(exc.message) from None
+    frame = pd.DataFrame({"image": [r["image"] for r in rows], "patient_id": [r["patient_id"] for r in rows]})
     for lab in found:
-        vals = raw[cols[lab.lower()]].str.strip().str.lower()
-        bad = sorted(set(vals) - set(_VALUES))
-        if bad:
-            raise TrainingDataError(f"Column {lab!r} holds {bad[:3]}; use 1/0 (or positive/negative), blank = unknown.")
-        frame[lab] = vals.map(_VALUES).astype(float)
-    missing = [p for p in frame["image"] if not Path(p).is_file()]
-    if missing:
-        raise TrainingDataError(f"{len(missing)} film(s) listed in {labels_csv.name} are not in {folder} "
-                                f"(first: {Path(missing[0]).name}).")  # fmt: skip
+        frame[lab] = [r["labels"][lab] for r in rows]
     return frame, found
-
-
-def card_prevalence(manifest: Any, label: str) -> float | None:
-    """The held-out prevalence the model card reports for ``label`` (None when it reports none)."""
-    a = (manifest.metrics.get("auroc") or {}).get(label) or {}
-    n_pos, n_neg = a.get("n_pos"), a.get("n_neg")
-    return None if not n_pos or n_neg is None else float(n_pos) / (n_pos + n_neg)
 
 
 def parse_targets(items: list[str], default: str = "youden") -> tuple[str, dict[str, str]]:
@@ -114,7 +83,7 @@ def calibrate_site(
     """Score the site's films, fit each finding's profile on a calibration part, measure on the held-out part."""
     from cxr_viewer.core.errors import SiteProfileError
     from cxr_viewer.core.models.bundle import load_bundle, sha256_file
-    from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
+    from cxr_viewer.core.site_profile import SiteProfile, card_prevalence, fit_site_finding, save_profile
     from trainer.evaluate import pick_device, predict
 
     loaded = load_bundle(bundle, device=pick_device())
@@ -168,29 +137,13 @@ def calibrate_site(
 
 def plot_site_report(reports: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     """ROC with the bundle's and the site's operating points, and held-out reliability before/after, per finding."""
+    from cxr_viewer.core.site_profile import draw_site_axes
     from trainer.evaluate import _plt
 
     plt = _plt()
     fig, axes = plt.subplots(len(reports), 2, figsize=(8, 4 * len(reports)), squeeze=False)
     for (lab, r), (ax_roc, ax_rel) in zip(reports.items(), axes):
-        roc = r.get("roc")
-        if roc:
-            ax_roc.plot(roc["fpr"], roc["tpr"], label=f"site ROC (AUROC {r['auroc']['value']:.2f})")
-        for key, mark, text in (("before", "o", "bundle threshold"), ("after", "s", "site threshold")):
-            op = r["held_out"][key]
-            if op["specificity"] is not None and op["sensitivity"] is not None:
-                ax_roc.plot(1 - op["specificity"], op["sensitivity"], mark, ms=8, label=f"{text} {op['threshold']:.2f}")
-        ax_roc.plot([0, 1], [0, 1], "k--", lw=0.6)
-        ax_roc.set(title=f"{lab}: ROC on site films", xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
-        ax_roc.legend(fontsize=7, loc="lower right")
-        for key, text in (("reliability_before", "before"), ("reliability_after", "after")):
-            pts = [(b["mean_score"], b["observed"]) for b in r["held_out"][key] if b["n"]]
-            ece = r["held_out"]["ece_" + text]["value"]
-            ax_rel.plot(*zip(*pts), marker="o", ms=3, label=f"{text} (ECE {ece:.3f})")
-        ax_rel.plot([0, 1], [0, 1], "k--", lw=0.6)
-        ax_rel.set(title=f"{lab}: reliability, held-out site films", xlabel="mean score", ylabel="observed frequency",
-                   xlim=(0, 1), ylim=(0, 1))  # fmt: skip
-        ax_rel.legend(fontsize=7, loc="upper left")
+        draw_site_axes(ax_roc, ax_rel, lab, r)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -34,23 +34,34 @@ from cxr_viewer.core.models.calibration import (
     expected_calibration_error,
     fit_calibration,
 )
-from cxr_viewer.core.models.metrics import auroc, bootstrap_auroc, bootstrap_stat, choose_threshold, operating_point
+from cxr_viewer.core.models.metrics import (
+    auroc,
+    bootstrap_auroc,
+    bootstrap_stat,
+    choose_threshold,
+    operating_point,
+    roc_curve,
+)
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.results import AnalysisResult, Finding
 
 __all__ = [
+    "DriftMonitor",
     "DriftResult",
     "FindingProfile",
     "SiteProfile",
     "apply_site_profile",
     "adjust_findings",
+    "card_prevalence",
     "check_drift",
+    "draw_site_axes",
     "finite_json",
     "fit_site_finding",
     "list_profiles",
     "load_profile",
     "parse_target",
+    "read_site_labels",
     "save_profile",
     "score_drift",
     "split_patients",
@@ -60,7 +71,7 @@ PROFILE_SCHEMA = 1
 MIN_POSITIVES = 20  # fewer site positives: the threshold is shown as not validated
 PSI_LIMIT = 0.25  # population stability index beyond which scores have shifted (0.1 = moderate)
 KS_ALPHA = 0.01
-DRIFT_MIN_IMAGES = 30
+DRIFT_MIN_IMAGES = 50
 CAL_METHODS = ("auto", "none", "temperature", "platt", "isotonic")
 
 
@@ -360,6 +371,10 @@ def score_drift(
 ) -> DriftResult:  # fmt: skip
     """PSI over the reference deciles and a two-sample KS test (against the reference quantiles).
 
+    Drift is flagged when both agree: the KS test says the distributions differ (p below
+    ``ks_alpha``) and the PSI says by enough to matter (above ``psi_limit``); PSI alone is
+    noisy on a few dozen images, and KS alone flags trivial shifts on thousands.
+
     Feed raw model scores (``Finding.raw_score`` when a profile was applied, else ``score``).
     """
     from scipy.stats import kstwobign
@@ -382,7 +397,7 @@ def score_drift(
     ne = s.size * n_ref / (s.size + n_ref)
     ks_p = float(kstwobign.sf(ks * math.sqrt(ne)))
     enough = s.size >= min_n
-    drifted = enough and (psi > psi_limit or ks_p < ks_alpha)
+    drifted = enough and psi > psi_limit and ks_p < ks_alpha  # a real shift (KS) that is large enough (PSI)
     if not enough:
         msg = f"{label}: {s.size} recent images; drift is judged from {min_n}."
     elif drifted:
@@ -397,6 +412,119 @@ def check_drift(profile: SiteProfile, recent: Mapping[str, Sequence[float]], **k
     """One :class:`DriftResult` per profile finding with recent raw scores."""
     return [score_drift(lab, fp.reference, recent[lab], **kwargs)
             for lab, fp in profile.findings.items() if lab in recent and fp.reference]  # fmt: skip
+
+
+class DriftMonitor:
+    """Recent raw scores per finding of the profile's model, checked against the profile's reference.
+
+    Fed with each analysed image's findings (a worklist feeds its stored scores the same
+    way); ``check`` returns the drift of every finding with enough recent images.
+    """
+
+    def __init__(self, profile: SiteProfile, window: int = 500, **limits: Any) -> None:
+        from collections import deque
+
+        self.profile = profile
+        self.limits = limits
+        self.recent: dict[str, Any] = {lab: deque(maxlen=int(window)) for lab in profile.findings}
+
+    def add(self, findings: Iterable["Finding"]) -> None:
+        for f in findings:
+            if f.model == self.profile.bundle.get("name") and f.label in self.recent:
+                self.recent[f.label].append(float(f.raw_score if f.raw_score is not None else f.score))
+
+    def check(self) -> list[DriftResult]:
+        return check_drift(self.profile, {lab: list(v) for lab, v in self.recent.items()}, **self.limits)
+
+
+# ---------------------------------------------------------------------- site data
+_LABEL_VALUES = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "positive": 1.0, "negative": 0.0, "pos": 1.0, "neg": 0.0,
+                 "yes": 1.0, "no": 0.0, "true": 1.0, "false": 0.0, "": math.nan, "unsure": math.nan, "nan": math.nan}  # fmt: skip
+
+
+def read_site_labels(
+    folder: str | Path, labels_csv: str | Path, model_labels: Sequence[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The site's labelled films: ``[{image, patient_id, labels: {finding: 1.0 | 0.0 | nan}}]`` and the findings found.
+
+    The CSV has a ``file`` (or ``image``) column relative to ``folder``, one column per
+    finding named like the model's labels (any case; 1/0, positive/negative, yes/no; blank
+    or ``unsure`` = unknown) and optionally ``patient_id`` (else each film is its own patient).
+    """
+    import csv
+
+    folder, labels_csv = Path(folder), Path(labels_csv)
+    if not folder.is_dir():
+        raise SiteProfileError(f"The site folder {folder} does not exist.", path=folder)
+    try:
+        with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+            table = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SiteProfileError(f"The site labels {labels_csv} could not be read as CSV ({exc}).", path=labels_csv) from None
+    header = list(table[0].keys()) if table else []
+    cols = {str(c).strip().lower(): c for c in header}
+    file_col = cols.get("file") or cols.get("image")
+    if file_col is None:
+        raise SiteProfileError(f"The site labels {labels_csv.name} need a 'file' column (paths relative to the folder).")
+    found = [lab for lab in model_labels if lab.lower() in cols]
+    if not found:
+        raise SiteProfileError(f"The site labels {labels_csv.name} have no column for the model's findings "
+                               f"({', '.join(model_labels)}); name a column after the finding.")  # fmt: skip
+    pid_col = cols.get("patient_id")
+    rows, missing = [], []
+    for n, r in enumerate(table, 2):
+        image = folder / str(r[file_col]).strip()
+        if not image.is_file():
+            missing.append(image.name)
+        labels = {}
+        for lab in found:
+            v = str(r.get(cols[lab.lower()]) or "").strip().lower()
+            if v not in _LABEL_VALUES:
+                raise SiteProfileError(f"{labels_csv.name} line {n}: {lab} is {v!r}; use 1/0 (or positive/negative), "
+                                       "blank = unknown.")  # fmt: skip
+            labels[lab] = _LABEL_VALUES[v]
+        pid = str(r.get(pid_col) or "").strip() if pid_col else ""
+        rows.append({"image": str(image.resolve()), "patient_id": pid or str(r[file_col]), "labels": labels})
+    if missing:
+        raise SiteProfileError(f"{len(missing)} film(s) listed in {labels_csv.name} are not in {folder} "
+                               f"(first: {missing[0]}).")  # fmt: skip
+    if not rows:
+        raise SiteProfileError(f"The site labels {labels_csv.name} list no films.")
+    return rows, found
+
+
+def card_prevalence(manifest: Any, label: str) -> float | None:
+    """The held-out prevalence the model card reports for ``label`` (None when it reports none)."""
+    a = (manifest.metrics.get("auroc") or {}).get(label) or {}
+    n_pos, n_neg = a.get("n_pos"), a.get("n_neg")
+    return None if not n_pos or n_neg is None else float(n_pos) / (n_pos + n_neg)
+
+
+def draw_site_axes(ax_roc: Any, ax_rel: Any, label: str, r: Mapping[str, Any]) -> None:
+    """ROC on the site films with the bundle's and the site's operating points; held-out reliability before/after.
+
+    Takes matplotlib axes (the trainer's report figure and the viewer's wizard draw the same).
+    """
+    roc = r.get("roc")
+    if roc:
+        ax_roc.plot(roc["fpr"], roc["tpr"], label=f"site ROC (AUROC {r['auroc']['value']:.2f})")
+    for key, mark, text in (("before", "o", "model threshold"), ("after", "s", "site threshold")):
+        op = r["held_out"][key]
+        if op["specificity"] is not None and op["sensitivity"] is not None:
+            ax_roc.plot(1 - op["specificity"], op["sensitivity"], mark, ms=8, label=f"{text} {op['threshold']:.2f}")
+    ax_roc.plot([0, 1], [0, 1], "k--", lw=0.6)
+    ax_roc.set(title=f"{label}: ROC on site films", xlabel="1 - specificity", ylabel="sensitivity",
+               xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
+    ax_roc.legend(fontsize=7, loc="lower right")
+    for key, text in (("reliability_before", "before"), ("reliability_after", "after")):
+        pts = [(b["mean_score"], b["observed"]) for b in r["held_out"][key] if b["n"]]
+        ece = r["held_out"]["ece_" + text]["value"]
+        if pts:
+            ax_rel.plot(*zip(*pts), marker="o", ms=3, label=f"{text} (ECE {ece:.3f})")
+    ax_rel.plot([0, 1], [0, 1], "k--", lw=0.6)
+    ax_rel.set(title=f"{label}: reliability, held-out films", xlabel="mean score", ylabel="observed frequency",
+               xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+    ax_rel.legend(fontsize=7, loc="upper left")
 
 
 # ---------------------------------------------------------------------- fitting on site data
@@ -460,8 +588,6 @@ def describe_site_scores(
     n_boot: int = 500, seed: int = 0, min_positives: int = MIN_POSITIVES,
 ) -> dict[str, Any]:  # fmt: skip
     """How the model behaves on the site's films, before any recalibration."""
-    from sklearn.metrics import roc_curve
-
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     a = auroc(y, p)
     lo, hi, _ = bootstrap_auroc(y, p, groups, n_boot=n_boot, seed=seed) if not math.isnan(a) else (math.nan, 0, 0)
@@ -520,8 +646,15 @@ def fit_site_finding(
                 f"{label}: the site's {part} part has only {'positive' if yy.size and yy.min() == 1 else 'negative'} "
                 "films; label more films of both kinds (or change --holdout)."
             )
+    import importlib.util
+
+    has_sklearn = importlib.util.find_spec("sklearn") is not None  # isotonic fits need scikit-learn
+    if method == "isotonic" and not has_sklearn:
+        raise SiteProfileError("Isotonic recalibration needs scikit-learn, which this installation lacks; "
+                               "choose temperature or Platt scaling.")  # fmt: skip
     if method == "auto":
-        calib, cv = choose_calibration(yc, pc)
+        methods = ("none", "temperature", "platt", *(("isotonic",) if has_sklearn else ()))
+        calib, cv = choose_calibration(yc, pc, methods)
     else:
         calib, cv = fit_calibration(yc, pc, method), {}
     qc = calib(pc)

@@ -126,6 +126,9 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_analysis_panels()
         self._connect()
+        from cxr_viewer.qt.site_wizard import SiteCalibrationHook
+
+        self.site_calibration = SiteCalibrationHook(self)  # site profile: wizard action + drift banner
         self._restore_settings()
         self.canvas.set_mode("pan")
 

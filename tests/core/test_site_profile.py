@@ -125,4 +125,4 @@ def test_drift_psi_and_ks() -> None:
     few, = check_drift(prof, {"Pneumonia": shifted[:10]})
     assert not ok.drifted and ok.psi < 0.1 and ok.ks_p > 0.01
     assert bad.drifted and bad.psi > 0.25 and bad.ks_p < 1e-6 and "recalibrate" in bad.message
-    assert not few.drifted and "judged from 30" in few.message
+    assert not few.drifted and "judged from 50" in few.message

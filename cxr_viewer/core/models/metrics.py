@@ -1,6 +1,6 @@
 """Classifier metrics shared by the trainer and the viewer (site calibration runs in both).
 
-AUROC with a patient-level bootstrap, confusion counts at a threshold, the choice of an
+AUROC with a patient-level bootstrap (NumPy/SciPy only, so the viewer can run them), confusion counts at a threshold, the choice of an
 operating threshold by a rule (Youden, target sensitivity, target specificity), and a
 generic patient-bootstrap interval for any statistic. Written once here; ``trainer.evaluate``
 and ``trainer.calibrate`` import them.
@@ -23,17 +23,33 @@ __all__ = [
     "bootstrap_stat",
     "choose_threshold",
     "operating_point",
+    "roc_curve",
 ]
 
 THRESHOLD_METHODS = ("youden", "sensitivity", "specificity")
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN without both classes."""
+    from scipy.stats import rankdata
 
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
     if y.size == 0 or y.min() == y.max():
         return float("nan")
-    return float(roc_auc_score(y, p))
+    pos = y == 1
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    return float((rankdata(p)[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) at every distinct score, highest first; the first threshold is +inf."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), ys.size - 1]
+    tps = np.r_[0.0, np.cumsum(ys)[last]]
+    fps = np.r_[0.0, (last + 1) - tps[1:]]
+    return fps / max(fps[-1], 1.0), tps / max(tps[-1], 1.0), np.r_[np.inf, ps[last]]
 
 
 def _patient_rows(groups: np.ndarray) -> list[np.ndarray]:
@@ -102,8 +118,6 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, method: str = "youden", targe
     threshold that still reaches ``target`` sensitivity (the most specific rule that misses
     few patients); ``specificity`` the lowest threshold that keeps ``target`` specificity.
     """
-    from sklearn.metrics import roc_curve
-
     if method not in THRESHOLD_METHODS:
         raise TrainingConfigError(f"Unknown calibration method {method!r}; use one of {', '.join(THRESHOLD_METHODS)}.")
     fpr, tpr, thr = roc_curve(y, p)
