@@ -153,12 +153,14 @@ def install_site_version(candidate: Path, original: Any, report: dict[str, Any],
         raise TrainingConfigError(f"{dest} is already installed; remove it or fine-tune under another --name.")
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(candidate, dest)
+    from cxr_viewer.core.site_profile import finite_json
+
     m.enabled = False
-    m.extra["site_version"] = {
+    m.extra["site_version"] = finite_json({
         "replaces": original.describe(), "installed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "gates": report["gates"], "site_test": report["site_test"],
         "rollback": f"the original {original.name} {original.version} stays installed; switch this one off to roll back",
-    }  # fmt: skip
+    })  # fmt: skip
     rewrite_manifest(m, dest)
     return dest
 

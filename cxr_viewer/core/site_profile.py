@@ -609,6 +609,9 @@ def describe_site_scores(
     if n_pos < min_positives:
         out["warnings"].append(f"only {n_pos} positive films (fewer than {min_positives}): the intervals are wide "
                                "and the site threshold is not validated")  # fmt: skip
+    if not math.isnan(lo) and hi < 0.7:
+        out["warnings"].append(f"the model ranks these films poorly (AUROC {a:.2f}, CI {lo:.2f}-{hi:.2f}): "
+                               "recalibration cannot repair the ranking; do not rely on this model at this site")  # fmt: skip
     if card_prevalence is not None and y.size and abs(out["prevalence"] - card_prevalence) > 0.1:
         out["warnings"].append(f"prevalence at this site {out['prevalence']:.2f} differs from the model card's "
                                f"{card_prevalence:.2f}: predictive values will differ")  # fmt: skip
