@@ -43,17 +43,17 @@ METHODS = (("Best by cross-validated ECE", "auto"), ("Temperature", "temperature
            ("Isotonic", "isotonic"), ("None (thresholds only)", "none"))  # fmt: skip
 
 
-def score_site_films(bundle_path: str, folder: str, labels_csv: str, backend: str = "auto") -> Iterator[Any]:
+def score_site_films(bundle_path: str, rows: list[dict[str, Any]], found: list[str], folder: str, labels_csv: str,
+                     backend: str = "auto") -> Iterator[Any]:  # fmt: skip
     """Worker: score every labelled film through the engine; yields progress, then ("scores", data)."""
     import numpy as np
 
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
     from cxr_viewer.core.models.bundle import load_bundle
-    from cxr_viewer.core.site_profile import card_prevalence, read_site_labels
+    from cxr_viewer.core.site_profile import card_prevalence
 
     bundle = load_bundle(bundle_path, device="cpu")
-    rows, found = read_site_labels(folder, labels_csv, bundle.labels)
     engine = InferenceEngine([bundle], device="cpu", backend=backend, cache_size=0)
     scores = np.full((len(rows), len(found)), np.nan)
     for i, row in enumerate(rows):
@@ -112,10 +112,12 @@ class SiteCalibrationDialog(QDialog):
         from cxr_viewer.core.models.bundle import find_bundles
 
         self.model_box = QComboBox()
+        self.manifests: dict[str, Any] = {}
         for info in find_bundles(model_dirs):
             m = info.manifest
             if info.ok and m is not None and m.is_classifier and m.task != "multiclass":
                 self.model_box.addItem(m.display_name, str(info.path))
+                self.manifests[str(info.path)] = m
         self.folder_edit = QLineEdit()
         self.labels_edit = QLineEdit()
         self.labels_edit.setPlaceholderText("CSV: file, one 1/0 column per finding, optional patient_id")
@@ -209,10 +211,19 @@ class SiteCalibrationDialog(QDialog):
         if not folder or not labels:
             self._fail("Choose the folder of films and the labels CSV first.")
             return
+        from cxr_viewer.core.errors import SiteProfileError
+        from cxr_viewer.core.site_profile import read_site_labels
+
+        path = self.model_box.currentData()
+        try:  # the labels are checked at once (a CSV read), the films are scored off the GUI thread
+            rows, found = read_site_labels(folder, labels, self.manifests[path].labels)
+        except SiteProfileError as exc:
+            self._fail(exc.message)
+            return
         self.score_button.setEnabled(False)
         self._set_fit_enabled(False)
-        self.status.setText("Scoring the films…")
-        self.runner.submit(score_site_films, self.model_box.currentData(), folder, labels, self.backend,
+        self.status.setText(f"Scoring {len(rows)} films…")
+        self.runner.submit(score_site_films, path, rows, found, folder, labels, self.backend,
                            channel="site-score", on_progress=self._on_score_step, on_error=self._on_error)  # fmt: skip
 
     def _on_score_step(self, item: Any) -> None:
@@ -320,8 +331,12 @@ class DriftBanner(QToolBar):
         super().__init__("Site profile drift", parent)
         self.setObjectName("drift_banner")
         self.setMovable(False)
+        from PySide6.QtWidgets import QSizePolicy
+
         self.label = QLabel()
         self.label.setWordWrap(True)
+        self.label.setMinimumWidth(640)
+        self.label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.label.setStyleSheet("QLabel { background: #6b4a12; color: #ffe9b8; padding: 6px; border-radius: 3px; }")
         self.addWidget(self.label)
         dismiss = QPushButton("Dismiss")
