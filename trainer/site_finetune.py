@@ -114,7 +114,11 @@ def _original_split_gate(orig: Any, new: Any, manifest: str | None, *, n_boot: i
     o, lo, hi = bootstrap_macro_auroc(Y, Po, groups, n_boot=n_boot, seed=seed)
     n, nlo, nhi = bootstrap_macro_auroc(Y, Pn, groups, n_boot=n_boot, seed=seed)
     passed = not math.isnan(lo) and n >= lo
+    weak = math.isnan(lo) or hi - lo > 0.4
     return {
+        "informative": not weak,
+        "note": (f"the original held-out split ({len(frame)} images) gives a CI {lo:.2f}-{hi:.2f}: too wide to "
+                 "detect a drop; check on a larger held-out set before enabling") if weak else "",
         "passed": bool(passed), "n_images": int(len(frame)),
         "original": {"auroc_macro": o, "ci95": [lo, hi]}, "new": {"auroc_macro": n, "ci95": [nlo, nhi]},
         "reason": (f"new macro AUROC {n:.3f} {'>=' if passed else '<'} the original's CI lower bound {lo:.3f} "
