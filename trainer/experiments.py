@@ -99,6 +99,9 @@ def labels_needed(rows: list[dict[str, Any]], target: float, init: str) -> dict[
                largest_run=int(largest), extrapolated=bool(n is not None and n > largest))  # fmt: skip
     if n is None:
         out["message"] = f"AUROC does not rise with more labels in these runs (slope {slope:.3f}); more labels may not help"
+    elif n > 1000 * largest:
+        out["message"] = (f"AUROC {target:g} is out of reach on this trend (slope {slope:.3f} per e-fold from "
+                          f"{int(largest)} patients: over 1000 times more labels); more labels alone will not get there")  # fmt: skip
     elif n <= largest:
         out["message"] = f"target AUROC {target:g} reached with about {int(math.ceil(n - 1e-6))} labelled patients (within the runs)"
     else:
