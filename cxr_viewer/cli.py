@@ -7,6 +7,7 @@
 ``cxr-viewer worklist DIR --csv OUT``  analyse a folder through the result store, sorted by abnormality
 ``cxr-viewer listen --port N --ae-title T --out DIR``  receive studies by DICOM C-STORE
 ``cxr-viewer pacs echo|find|retrieve|send``  query, retrieve from and send results to a PACS
+``cxr-viewer export-corrections --out site.csv``  the reader's corrections as a trainer manifest
 
 With no display (Linux without DISPLAY/WAYLAND_DISPLAY, or ``QT_QPA_PLATFORM=offscreen``)
 the plain form does not try to open a window: it writes ``screenshot.png`` and
@@ -80,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         from cxr_viewer import netcli
 
         return {"worklist": netcli.worklist_main, "listen": netcli.listen_main, "pacs": netcli.pacs_main}[argv[0]](argv[1:])
+
+    if argv and argv[0] == "export-corrections":
+        from cxr_viewer.headless import export_corrections_main
+
+        return export_corrections_main(argv[1:])
     if "--self-test" in argv:
         from cxr_viewer.headless import self_test_main
 

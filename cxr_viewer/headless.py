@@ -50,6 +50,8 @@ def _analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="CPU backend for scores: ONNX Runtime when verified (auto), or force one")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    p.add_argument("--site-profile", metavar="PROFILE", help="site calibration profile (a file, or a name in the "
+                   "profiles folder): its calibrated scores and thresholds replace the bundle's")
     g = p.add_argument_group("heatmaps")
     g.add_argument("--cam", metavar="LABEL", help="write a heatmap for this finding label")
     g.add_argument("--cam-out", metavar="DIR", help="folder for heatmaps (default: beside --json, or ./)")
@@ -133,7 +135,8 @@ def _unique_stem(path_text: str, used: set[str], kind: str = "mask") -> str:
 
 
 def _analyze_one(
-    engine: "InferenceEngine", path_text: str, args: argparse.Namespace, cam_dir: Path | None, used_stems: set[str]
+    engine: "InferenceEngine", path_text: str, args: argparse.Namespace, cam_dir: Path | None, used_stems: set[str],
+    profile: Any = None,
 ) -> tuple[dict[str, Any], bool]:
     """One input -> (JSON object, fully done?)."""
     from cxr_viewer.core.io import read_image
@@ -148,12 +151,18 @@ def _analyze_one(
         return obj, False
     timing["read"] = (time.perf_counter() - t0) * 1e3
     result = engine.analyze(record)
+    if profile is not None:  # site profile: calibrated scores and site thresholds (cxr_viewer.core.site_profile)
+        from cxr_viewer.core.site_profile import apply_site_profile
+
+        result = apply_site_profile(profile, result)
     d = result.to_dict()
     timing.update(d.pop("timing_ms"))
     obj.update(status="ok")
     obj["image"] = {"rows": record.shape[0], "columns": record.shape[1], "format": record.format,
                     "notices": list(record.notices)}
     obj.update(d)
+    if profile is not None:
+        obj["site_profile"] = profile.describe()
     obj["backend"] = dict(result.backend)
     done = True
     mask_objects: list[Any] = []
@@ -268,6 +277,16 @@ def analyze_main(argv: list[str]) -> int:
     refused_all = refusal_error(engine)
     if refused_all is not None:
         print(f"cxr-viewer analyze: {refused_all['message']}", file=sys.stderr)
+    profile = None
+    if args.site_profile:
+        from cxr_viewer.core.site_profile import load_profile
+
+        try:
+            profile = load_profile(args.site_profile)
+            profile.check_bundle(b.describe() for b in engine.classifiers)
+        except CXRError as exc:
+            print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
+            return EXIT_REJECTED
     cam_dir: Path | None = None
     if args.cam:
         cam_dir = Path(args.cam_out) if args.cam_out else (Path(args.json).parent if args.json != "-" else Path("."))
@@ -276,7 +295,7 @@ def analyze_main(argv: list[str]) -> int:
     used_stems: set[str] = set()
     for path_text in args.files:
         try:
-            obj, done = _analyze_one(engine, path_text, args, cam_dir, used_stems)
+            obj, done = _analyze_one(engine, path_text, args, cam_dir, used_stems, profile)
         except CXRError as exc:
             obj, done = {"file": path_text, "status": "error", "error": exc.to_dict()}, False
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
@@ -317,6 +336,29 @@ def refusal_error(engine: "InferenceEngine") -> dict[str, str] | None:
         "message": f"Every model bundle found ({n}) was refused, so no finding was scored "
         f"(only the image checks ran). {reasons}",
     }
+
+
+def export_corrections_main(argv: list[str]) -> int:
+    """``cxr-viewer export-corrections --out site.csv``: the stored corrections as a trainer manifest."""
+    p = argparse.ArgumentParser(prog="cxr-viewer export-corrections",
+                                description="Write the reader's stored corrections as a cxr-train manifest "
+                                "(image, patient_id, one column per finding; blank = unknown).")
+    p.add_argument("--out", required=True, metavar="CSV")
+    p.add_argument("--store", metavar="DIR", help="corrections folder (default: the user's)")
+    p.add_argument("--label", action="append", metavar="FINDING", help="only these findings (repeatable)")
+    p.add_argument("--dataset", default="site", help="value of the manifest's dataset column")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    args = p.parse_args(argv)
+    _setup_logging(args.verbose)
+    from cxr_viewer.core.corrections import CorrectionStore
+
+    try:
+        summary = CorrectionStore(args.store).export_manifest(args.out, dataset=args.dataset, labels=args.label)
+    except CXRError as exc:
+        print(f"cxr-viewer export-corrections: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURES
+    print(json.dumps(summary))
+    return EXIT_OK
 
 
 def self_test_main(argv: list[str]) -> int:

@@ -14,6 +14,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Never read or write the developer's own user models folder or caches from tests.
 _TEST_HOME = tempfile.mkdtemp(prefix="cxr-viewer-tests-")
 os.environ["CXR_VIEWER_MODELS"] = os.path.join(_TEST_HOME, "user_models")
+os.environ["CXR_VIEWER_PROFILES"] = os.path.join(_TEST_HOME, "site_profiles")
+os.environ["CXR_VIEWER_CORRECTIONS"] = os.path.join(_TEST_HOME, "corrections")
 os.environ.setdefault("XDG_CACHE_HOME", os.path.join(_TEST_HOME, "cache"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -16,30 +16,10 @@ from typing import Any
 import numpy as np
 
 from cxr_viewer.core.errors import TrainingConfigError
+from cxr_viewer.core.models.metrics import THRESHOLD_METHODS as METHODS
+from cxr_viewer.core.models.metrics import choose_threshold  # written once, in core
 
 log = logging.getLogger(__name__)
-
-METHODS = ("youden", "sensitivity", "specificity")
-
-
-def choose_threshold(y: np.ndarray, p: np.ndarray, method: str = "youden", target: float = 0.9) -> dict[str, Any]:
-    """Threshold in [0, 1] by ``method`` with the sensitivity/specificity it achieves on (y, p)."""
-    from sklearn.metrics import roc_curve
-
-    if method not in METHODS:
-        raise TrainingConfigError(f"Unknown calibration method {method!r}; use one of {', '.join(METHODS)}.")
-    fpr, tpr, thr = roc_curve(y, p)
-    thr = np.clip(thr, 0.0, 1.0)  # the first threshold is +inf ("nothing positive")
-    spec = 1 - fpr
-    if method == "youden":
-        i = int(np.argmax(tpr - fpr))
-    elif method == "sensitivity":
-        ok = np.flatnonzero(tpr >= target)  # thresholds decrease along the curve: first is the highest
-        i = int(ok[0])
-    else:
-        ok = np.flatnonzero(spec >= target)
-        i = int(ok[-1])
-    return {"value": float(thr[i]), "sensitivity": float(tpr[i]), "specificity": float(spec[i])}
 
 
 def _label_rule(label: str, method: str, target: float, per_label: dict[str, str] | None) -> tuple[str, float]:

@@ -6,7 +6,9 @@ Sub-commands::
     cxr-train data split --manifest nih14.csv --out splits.csv
     cxr-train pretrain simclr|recon --manifest all.csv --name ssl
     cxr-train finetune --manifest nih14.csv --init runs/ssl/bundle --name nih
+    cxr-train finetune --site --init BUNDLE --manifest site.csv --fraction 0.5 --original-manifest M --install
     cxr-train calibrate --bundle runs/nih/bundle --manifest nih14.csv --method youden
+    cxr-train calibrate --site --bundle B --folder DIR --labels site.csv --target Pneumonia=sensitivity:0.9
     cxr-train evaluate --bundle runs/nih/bundle --manifest nih14.csv --out runs/nih/eval
     cxr-train export --bundle runs/nih/bundle --metrics runs/nih/eval/metrics.json --out models/nih
     cxr-train experiment fractions --manifest nih14.csv --simclr runs/ssl/bundle --name frac
@@ -74,6 +76,14 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", default="bce_posweight", help="bce | bce_posweight | focal | ce | ce_weighted")
     g.add_argument("--focal-gamma", type=float, default=2.0)
     g.add_argument("--label-smoothing", type=float, default=0.0)
+    g = p.add_argument_group("site (few-shot fine-tuning of an installed bundle on a site's films)")
+    g.add_argument("--site", action="store_true",
+                   help="take the --init bundle's input contract, compare with it on the same held-out split, apply the gates")  # fmt: skip
+    g.add_argument("--original-manifest", help="the data the --init bundle was trained on (gate: no drop on its held-out split)")
+    g.add_argument("--golden", nargs="*", default=[], help="golden images for the candidate (default: the bundle's own)")
+    g.add_argument("--site-bootstrap", type=int, default=500, help="patient bootstrap resamples for the comparison CIs")
+    g.add_argument("--install", action="store_true", help="install the candidate (switched off) when every gate passes")
+    g.add_argument("--install-dir", help="default: the user's models folder")
 
 
 def finetune_parser() -> argparse.ArgumentParser:
@@ -126,6 +136,29 @@ def calibrate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def site_calibrate_parser() -> argparse.ArgumentParser:
+    p = _base("cxr-train calibrate --site", "Measure a bundle on a site's own labelled films and fit a site profile.")
+    g = p.add_argument_group("site")
+    g.add_argument("--site", action="store_true", help="site calibration (this form)")
+    g.add_argument("--bundle", required=True, help="the installed bundle to calibrate for this site")
+    g.add_argument("--folder", required=True, help="folder of the site's films")
+    g.add_argument("--labels", required=True, help="CSV: file (relative to --folder), one 1/0 column per finding, optional patient_id")
+    g.add_argument("--target", action="append", default=[], metavar="[FINDING=]RULE",
+                   help="youden, sensitivity:0.9 or specificity:0.8, for every finding or one (repeatable)")  # fmt: skip
+    g.add_argument("--method", default="auto", choices=["auto", "none", "temperature", "platt", "isotonic"],
+                   help="recalibration (auto = lowest cross-validated ECE on the calibration part)")  # fmt: skip
+    g.add_argument("--holdout", type=float, default=0.5, help="fraction of the site's patients kept to measure the effect")
+    g.add_argument("--min-positives", type=int, default=20, help="fewer positives: a warning, and the threshold is not validated")
+    g.add_argument("--bootstrap", type=int, default=500, help="patient bootstrap resamples for the 95%% CIs")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--name", default="site", help="profile name (versions are numbered)")
+    g.add_argument("--note", default="", help="your note, kept in the profile")
+    g.add_argument("--profiles-dir", help="default: the user's profiles folder")
+    g.add_argument("--report", help="write the full analysis as JSON here (and the figures beside it as PNG)")
+    g.add_argument("--batch-size", type=int, default=32)
+    return p
+
+
 def export_parser() -> argparse.ArgumentParser:
     p = _base("cxr-train export", "Write the final bundle: metrics, provenance, golden images.")
     g = p.add_argument_group("output")
@@ -146,10 +179,12 @@ def fractions_parser() -> argparse.ArgumentParser:
     p.description = "Label-efficiency: label fractions x initialisations, AUROC with 95% CI."
     g = p.add_argument_group("experiment")
     g.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
-    g.add_argument("--inits", nargs="+", default=["random", "simclr", "recon"])
+    g.add_argument("--inits", nargs="+", default=["random", "simclr", "recon"],
+                   help="random, simclr, recon, or bundle (start from --init, e.g. a site's installed bundle)")
     g.add_argument("--simclr", help="SimCLR encoder bundle")
     g.add_argument("--recon", help="reconstruction encoder bundle")
     g.add_argument("--bootstrap", type=int, default=1000)
+    g.add_argument("--target-auroc", type=float, help="estimate the labelled patients needed for this AUROC (learning curve)")
     return p
 
 
@@ -228,6 +263,14 @@ def cmd_finetune(argv: Sequence[str]) -> int:
 
     args = parse_with_config(finetune_parser(), argv)
     _logging(args.verbose)
+    if args.site:
+        from cxr_viewer.core.site_profile import finite_json
+        from trainer.site_finetune import run_site_finetune
+
+        report = run_site_finetune(args)
+        print(json.dumps(finite_json({k: report[k] for k in ("run", "candidate", "passed", "installed", "gates", "site_test")}),
+                         allow_nan=False))  # fmt: skip
+        return 0 if report["passed"] or not args.install else 3
     res = run_finetune(args)
     print(dumps(finite_or_none({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "val_auroc": res.best_score,
                                 "global_step": res.global_step})))  # fmt: skip
@@ -253,6 +296,9 @@ def cmd_calibrate(argv: Sequence[str]) -> int:
     from trainer.calibrate import calibrate
     from trainer.config import parse_with_config
 
+    if "--site" in argv:
+        return cmd_calibrate_site(argv)
+
     args = parse_with_config(calibrate_parser(), argv)
     _logging(args.verbose)
     out, thresholds = calibrate(
@@ -262,6 +308,30 @@ def cmd_calibrate(argv: Sequence[str]) -> int:
         label_methods=dict(r.split("=", 1) for r in args.label_method if "=" in r),
     )  # fmt: skip
     print(dumps(finite_or_none({"bundle": str(out), "thresholds": thresholds})))
+    return 0
+
+
+def cmd_calibrate_site(argv: Sequence[str]) -> int:
+    from trainer.config import parse_with_config
+    from trainer.site import calibrate_site, parse_targets
+
+    args = parse_with_config(site_calibrate_parser(), argv)
+    _logging(args.verbose)
+    default, per = parse_targets(args.target)
+    profile, out = calibrate_site(
+        args.bundle, args.folder, args.labels, targets=per, default_target=default, method=args.method,
+        holdout=args.holdout, seed=args.seed, n_boot=args.bootstrap, min_positives=args.min_positives,
+        name=args.name, note=args.note, profiles_dir=args.profiles_dir, report=args.report, batch_size=args.batch_size,
+    )  # fmt: skip
+    from cxr_viewer.core.site_profile import finite_json
+
+    summary = {lab: {k: f.summary.get(k) for k in ("n_pos", "n_neg", "auroc", "ece_before", "ece_after", "sensitivity_before",
+                                                  "sensitivity_after", "specificity_before", "specificity_after")}
+               | {"threshold": f.threshold, "target": f.target, "calibration": f.calibration.method,
+                  "validated": f.validated, "warnings": out["findings"][lab]["warnings"]}
+               for lab, f in profile.findings.items()}  # fmt: skip
+    print(json.dumps(finite_json({"profile": str(profile.path), "id": profile.id, "findings": summary,
+                                  "skipped": out["skipped"]}), allow_nan=False))  # fmt: skip
     return 0
 
 

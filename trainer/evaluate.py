@@ -21,6 +21,8 @@ import numpy as np
 
 from cxr_viewer.core.errors import TrainingDataError
 from cxr_viewer.core.jsonio import dumps, finite_or_none
+from cxr_viewer.core.models.calibration import expected_calibration_error
+from cxr_viewer.core.models.metrics import auroc, bootstrap_auroc, operating_point  # written once, in core
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -97,37 +99,6 @@ def predict(
 
 
 # ------------------------------------------------------------------ metrics
-def auroc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if y.size == 0 or y.min() == y.max():
-        return float("nan")
-    return float(roc_auc_score(y, p))
-
-
-def bootstrap_auroc(
-    y: np.ndarray, p: np.ndarray, groups: np.ndarray, *, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float, int]:
-    """Percentile 95 % CI of AUROC resampling ``groups`` (patients) with replacement.
-
-    Returns (lower, upper, resamples used): draws with only one class are skipped.
-    """
-    rng = np.random.default_rng(seed)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    rows = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
-    stats = []
-    for _ in range(int(n_boot)):
-        pick = rng.integers(0, len(uniq), len(uniq))
-        idx = np.concatenate([rows[i] for i in pick])
-        v = auroc(y[idx], p[idx])
-        if not math.isnan(v):
-            stats.append(v)
-    if len(stats) < max(10, n_boot // 10):
-        return float("nan"), float("nan"), len(stats)
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    return float(lo), float(hi), len(stats)
-
-
 def bootstrap_macro_auroc(
     Y: np.ndarray, P: np.ndarray, groups: np.ndarray, *, n_boot: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -155,39 +126,6 @@ def bootstrap_macro_auroc(
         return point, float("nan"), float("nan")
     lo, hi = np.percentile(stats, [2.5, 97.5])
     return point, float(lo), float(hi)
-
-
-def operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Confusion counts and the usual rates at ``threshold`` (score >= threshold is positive)."""
-    pred = p >= threshold
-    tp = int(np.sum(pred & (y == 1)))
-    fp = int(np.sum(pred & (y == 0)))
-    tn = int(np.sum(~pred & (y == 0)))
-    fn = int(np.sum(~pred & (y == 1)))
-
-    def ratio(a: int, b: int) -> float | None:
-        return None if b == 0 else a / b
-
-    sens, ppv = ratio(tp, tp + fn), ratio(tp, tp + fp)
-    f1 = None if not sens or not ppv else 2 * sens * ppv / (sens + ppv)
-    return {
-        "threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "sensitivity": sens, "specificity": ratio(tn, tn + fp), "ppv": ppv, "npv": ratio(tn, tn + fn),
-        "f1": f1 if f1 is not None else (0.0 if tp == 0 and (fp + fn) > 0 else None),
-    }  # fmt: skip
-
-
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
-    """Mean |observed frequency - mean score| over equal-width score bins, weighted by bin size."""
-    if y.size == 0:
-        return float("nan")
-    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        m = bins == b
-        if m.any():
-            ece += m.mean() * abs(float(y[m].mean()) - float(p[m].mean()))
-    return float(ece)
 
 
 # ------------------------------------------------------------------ plots

@@ -14,6 +14,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,11 @@ def run_fractions(args: argparse.Namespace) -> Path:
 
     root = run_dir_for(args, "fractions")
     save_config(resolved(args), root, command="experiment fractions")
-    bundles = {"random": "random", "simclr": args.simclr, "recon": args.recon}
+    bundles = {"random": "random", "simclr": args.simclr, "recon": args.recon,
+               "bundle": args.init if args.init not in (None, "random") else None}  # e.g. a site's installed bundle
     for init in args.inits:
         if init not in bundles:
-            raise TrainingConfigError(f"Unknown initialisation {init!r}; use random, simclr or recon.")
+            raise TrainingConfigError(f"Unknown initialisation {init!r}; use random, simclr, recon or bundle (--init).")
         if not bundles[init]:
             raise TrainingConfigError(f"--inits includes {init} but no --{init} encoder bundle was given.")
     rows: list[dict[str, Any]] = []
@@ -59,8 +61,54 @@ def run_fractions(args: argparse.Namespace) -> Path:
             log.info("fraction %g, %s init: macro AUROC %s", fraction, init, m["auroc_macro"]["value"])
     (root / "results.json").write_text(dumps(finite_or_none(rows), indent=2), encoding="utf-8")
     _plot(rows, root / "results.png")
-    (root / "results.md").write_text(_table(rows, args), encoding="utf-8")
+    table = _table(rows, args)
+    if getattr(args, "target_auroc", None):
+        curves = {init: labels_needed(rows, float(args.target_auroc), init) for init in args.inits}
+        (root / "learning_curve.json").write_text(json.dumps(curves, indent=2), encoding="utf-8")
+        table += "\n## Labels needed\n\n" + "\n".join(f"- {init}: {c['message']}" for init, c in curves.items()) + "\n"
+    (root / "results.md").write_text(table, encoding="utf-8")
     return root / "results.md"
+
+
+def labels_needed(rows: list[dict[str, Any]], target: float, init: str) -> dict[str, Any]:
+    """How many labelled patients the trend of one initialisation's runs needs for ``target`` AUROC.
+
+    Fits AUROC = a + b ln(patients) to the fractions runs (least squares), and the same to
+    the CI bounds for a range; an extrapolation beyond the largest run is marked as such.
+    """
+    import numpy as np
+
+    rs = [r for r in rows if r["init"] == init and r.get("auroc") is not None and r.get("train_patients")]
+    x = np.log([float(r["train_patients"]) for r in rs]) if rs else np.array([])
+    out: dict[str, Any] = {"init": init, "target_auroc": target, "points": [[r["train_patients"], r["auroc"]] for r in rs]}
+    if len(set(x.tolist())) < 2:
+        return {**out, "patients_needed": None, "message": "needs runs at two or more label fractions"}
+
+    def solve(y: list[float]) -> float | None:
+        b, a = np.polyfit(x, y, 1)
+        if b <= 1e-6:
+            return None
+        return float(np.exp((target - a) / b))
+
+    n = solve([r["auroc"] for r in rs])
+    with_ci = [r for r in rs if r.get("ci95")]
+    lo = solve([r["ci95"][1] for r in rs]) if len(with_ci) == len(rs) else None  # optimistic bound: fewer needed
+    hi = solve([r["ci95"][0] for r in rs]) if len(with_ci) == len(rs) else None
+    largest = max(float(r["train_patients"]) for r in rs)
+    slope = float(np.polyfit(x, [r["auroc"] for r in rs], 1)[0])
+    out.update(patients_needed=None if n is None else int(math.ceil(n - 1e-6)), range=[lo, hi], slope_per_log_patient=slope,
+               largest_run=int(largest), extrapolated=bool(n is not None and n > largest))  # fmt: skip
+    if n is None:
+        out["message"] = f"AUROC does not rise with more labels in these runs (slope {slope:.3f}); more labels may not help"
+    elif n > 1000 * largest:
+        out["message"] = (f"AUROC {target:g} is out of reach on this trend (slope {slope:.3f} per e-fold from "
+                          f"{int(largest)} patients: over 1000 times more labels); more labels alone will not get there")  # fmt: skip
+    elif n <= largest:
+        out["message"] = f"target AUROC {target:g} reached with about {int(math.ceil(n - 1e-6))} labelled patients (within the runs)"
+    else:
+        out["message"] = (f"about {int(math.ceil(n - 1e-6))} labelled patients for AUROC {target:g} by a log-linear extrapolation "
+                          f"from {int(largest)} (slope {slope:.3f} per e-fold); read it as an order of magnitude")  # fmt: skip
+    return out
 
 
 def _shared_split(args: argparse.Namespace, root: Path) -> str:

@@ -130,3 +130,16 @@ class ExportError(CXRError):
     """Results could not be written as a report, DICOM object or anonymised copy; the message says why."""
 
     code = "export_failed"
+
+
+# --- site calibration profiles ------------------------------------------------------
+class SiteProfileError(CXRError):
+    """A site calibration profile file is missing, malformed or from a newer viewer."""
+
+    code = "invalid_site_profile"
+
+
+class SiteProfileMismatchError(SiteProfileError):
+    """The profile was fitted to other weights (the bundle was updated): it no longer applies."""
+
+    code = "site_profile_outdated"

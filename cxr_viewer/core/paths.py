@@ -68,3 +68,19 @@ def data_dir() -> Path:
     if env:
         return Path(env).expanduser().resolve()
     return (repo_root().parent / "shared" / "data").resolve()
+
+
+def user_profiles_dir() -> Path:
+    """Site calibration profiles (``CXR_VIEWER_PROFILES`` overrides), beside the user's models."""
+    env = os.environ.get("CXR_VIEWER_PROFILES")
+    if env:
+        return Path(env).expanduser()
+    return user_data_dir() / "site_profiles"
+
+
+def user_corrections_dir() -> Path:
+    """The reader's corrections of model findings (``CXR_VIEWER_CORRECTIONS`` overrides)."""
+    env = os.environ.get("CXR_VIEWER_CORRECTIONS")
+    if env:
+        return Path(env).expanduser()
+    return user_data_dir() / "corrections"

@@ -131,6 +131,9 @@ class MainWindow(QMainWindow):
 
         install_worklist(self)
         self._connect()
+        from cxr_viewer.qt.site_wizard import SiteCalibrationHook
+
+        self.site_calibration = SiteCalibrationHook(self)  # site profile: wizard action + drift banner
         self._restore_settings()
         self.canvas.set_mode("pan")
 

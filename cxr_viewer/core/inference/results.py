@@ -47,6 +47,8 @@ class Finding:
     validated: bool | None = None
     # Why this image is outside the model's training population ("" = inside, or nothing says otherwise).
     outside: str = ""
+    # The model's own score before a site profile recalibrated it (None = no site profile applied).
+    raw_score: float | None = None
 
     @property
     def above_threshold(self) -> bool:
@@ -88,6 +90,8 @@ class Finding:
             out["validated"] = self.validated
         if self.outside:
             out["outside_population"] = self.outside
+        if self.raw_score is not None:
+            out["raw_score"] = round(float(self.raw_score), 6)
         return out
 
 

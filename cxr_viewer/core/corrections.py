@@ -1,0 +1,187 @@
+"""The reader's corrections of model findings, stored as labelled data with their provenance.
+
+A finding marked wrong, a finding confirmed, a missed finding added, a mask edited with a
+brush or eraser: each becomes one :class:`Correction` appended to a JSON-lines file in
+the user's corrections folder (:func:`cxr_viewer.core.paths.user_corrections_dir`; its
+own file, apart from any result store). Each line says which image (path and pixel
+hash), which patient (kept, so the trainer can split by patient), which finding, what the
+reader says (present / absent / unsure), what the model said (model, version, weights
+sha256, score, state, site profile) and when.
+
+:meth:`CorrectionStore.export_manifest` writes the trainer's CSV manifest (``image``,
+``patient_id``, ``dataset``, optional ``mask``, one column per finding, blank = unknown):
+the latest word on each (image, finding) counts. The patient IDs are data here; they are
+never logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxr_viewer.core.errors import CXRError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cxr_viewer.core.inference.results import Finding
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KINDS", "Correction", "CorrectionStore", "CorrectionError"]
+
+KINDS = ("confirmed", "marked_wrong", "added", "mask_edit", "label")
+STORE_FILE = "corrections.jsonl"
+
+
+class CorrectionError(CXRError):
+    code = "invalid_correction"
+
+
+@dataclass(frozen=True)
+class Correction:
+    image: str
+    label: str
+    value: float | None  # 1 = present, 0 = absent, None = unsure
+    kind: str = "label"
+    patient_id: str = ""
+    content_hash: str = ""
+    model: dict[str, Any] = field(default_factory=dict)  # name, version, sha256
+    model_score: float | None = None
+    model_state: str = ""
+    site_profile: str = ""
+    mask: str = ""
+    reader: str = ""
+    note: str = ""
+    time: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise CorrectionError(f"Unknown correction kind {self.kind!r}; use one of {', '.join(KINDS)}.")
+        if self.value not in (None, 0.0, 1.0):
+            raise CorrectionError(f"A correction says present (1), absent (0) or unsure, not {self.value!r}.")
+        if not self.image or not self.label:
+            raise CorrectionError("A correction needs the image and the finding it is about.")
+
+
+class CorrectionStore:
+    """Append-only JSON lines; one writer at a time (the viewer), read by the export."""
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        from cxr_viewer.core.paths import user_corrections_dir
+
+        self.folder = Path(folder) if folder is not None else user_corrections_dir()
+        self.path = self.folder / STORE_FILE
+
+    # ------------------------------------------------------------------ writing
+    def add(self, correction: Correction) -> Correction:
+        if not correction.time:
+            from dataclasses import replace
+
+            correction = replace(correction, time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(asdict(correction), allow_nan=False)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        log.info("correction stored: %s (%s)", correction.label, correction.kind)
+        return correction
+
+    def add_for_finding(
+        self, image: str | Path, finding: "Finding", *, correct: bool | None, patient_id: str = "",
+        content_hash: str = "", model_sha256: str = "", reader: str = "", note: str = "",
+    ) -> Correction:  # fmt: skip
+        """The reader's verdict on a finding the viewer showed: right, wrong, or unsure (``None``).
+
+        The stored label is what the reader says is true: a score above its threshold marked
+        wrong is stored absent, one below it marked wrong present.
+        """
+        shown = 1.0 if finding.above_threshold else 0.0  # what the score said against its threshold
+        value = None if correct is None else (shown if correct else 1.0 - shown)
+        profile = finding.threshold_method.split(":")[0].removeprefix("site profile ") if \
+            finding.threshold_method.startswith("site profile ") else ""  # fmt: skip
+        return self.add(Correction(
+            image=str(Path(image).resolve()), label=finding.label, value=value,
+            kind="label" if correct is None else ("confirmed" if correct else "marked_wrong"),
+            patient_id=str(patient_id), content_hash=content_hash,
+            model={"name": finding.model, "version": finding.model_version, "sha256": model_sha256},
+            model_score=float(finding.score), model_state=finding.state, site_profile=profile, reader=reader, note=note,
+        ))  # fmt: skip
+
+    def add_missed(self, image: str | Path, label: str, *, patient_id: str = "", content_hash: str = "",
+                   reader: str = "", note: str = "") -> Correction:  # fmt: skip
+        """A finding the models did not report, added by the reader."""
+        return self.add(Correction(str(Path(image).resolve()), label, 1.0, "added", str(patient_id), content_hash,
+                                   reader=reader, note=note))  # fmt: skip
+
+    def add_mask(self, image: str | Path, label: str, mask: "np.ndarray", *, patient_id: str = "",
+                 content_hash: str = "", reader: str = "", note: str = "") -> Correction:  # fmt: skip
+        """A report-mask edited with the brush or eraser: saved as a 0/255 PNG beside the store."""
+        import numpy as np
+        from PIL import Image
+
+        m = np.asarray(mask)
+        if m.ndim != 2 or m.size == 0:
+            raise CorrectionError("An edited mask must be a 2-D image.")
+        masks = self.folder / "masks"
+        masks.mkdir(parents=True, exist_ok=True)
+        stem = (content_hash or Path(image).stem)[:16]
+        n = len(list(masks.glob(f"{stem}_*.png")))
+        out = masks / f"{stem}_{''.join(c if c.isalnum() else '_' for c in label)}_{n}.png"
+        Image.fromarray(np.where(m > 0, 255, 0).astype(np.uint8), mode="L").save(out)
+        return self.add(Correction(str(Path(image).resolve()), label, 1.0 if (m > 0).any() else 0.0, "mask_edit",
+                                   str(patient_id), content_hash, mask=str(out), reader=reader, note=note))  # fmt: skip
+
+    # ------------------------------------------------------------------ reading
+    def all(self) -> list[Correction]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(Correction(**json.loads(line)))
+            except (ValueError, TypeError, CXRError) as exc:
+                log.warning("corrections line %d skipped: %s", n, getattr(exc, "message", exc))
+        return out
+
+    def latest(self) -> dict[tuple[str, str], Correction]:
+        """The last word on each (image, finding)."""
+        return {(c.image, c.label): c for c in self.all()}
+
+    def export_manifest(self, out: str | Path, *, dataset: str = "site", labels: Iterable[str] | None = None) -> dict[str, Any]:
+        """Write the trainer manifest; returns counts. Unsure answers leave the cell blank."""
+        latest = self.latest()
+        if not latest:
+            raise CorrectionError(f"No corrections are stored yet (looked in {self.path}).")
+        wanted = list(labels) if labels is not None else sorted({lab for _, lab in latest})
+        rows: dict[str, dict[str, Any]] = {}
+        for (image, lab), c in latest.items():
+            if lab not in wanted:
+                continue
+            row = rows.setdefault(image, {"image": image, "patient_id": "", "dataset": dataset, "mask": ""})
+            row["patient_id"] = c.patient_id or row["patient_id"] or c.content_hash or Path(image).stem
+            if c.kind == "mask_edit":
+                row["mask"] = c.mask
+            row[lab] = "" if c.value is None else int(c.value)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cols = ["image", "patient_id", "dataset", *(["mask"] if any(r["mask"] for r in rows.values()) else []), *wanted]
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for r in rows.values():
+                w.writerow({c: r.get(c, "") for c in cols})
+        counts = {lab: {"positive": sum(1 for r in rows.values() if r.get(lab) == 1),
+                        "negative": sum(1 for r in rows.values() if r.get(lab) == 0)} for lab in wanted}  # fmt: skip
+        return {"manifest": str(out), "images": len(rows), "patients": len({r["patient_id"] for r in rows.values()}),
+                "labels": counts}  # fmt: skip

@@ -1,0 +1,438 @@
+"""Tools › Site Calibration…: measure a model on this hospital's labelled films and save a site profile.
+
+Thin: the films are scored by the core engine and the analysis and fit are
+:func:`cxr_viewer.core.site_profile.fit_site_finding` (what ``cxr-train calibrate --site``
+runs), both on the viewer's worker threads. The dialog shows, per finding, the ROC with
+the bundle's and the site's operating points, the reliability diagram before and after on
+the held-out films, the numbers with their CIs and the warnings, and saves the profile.
+Also the drift banner: a bar that appears when recent scores depart from the profile's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+if TYPE_CHECKING:
+    from cxr_viewer.core.site_profile import DriftResult, SiteProfile
+    from cxr_viewer.qt.workers import TaskRunner
+
+log = logging.getLogger(__name__)
+
+TARGETS = (("Youden (best sensitivity + specificity)", "youden"), ("Target sensitivity", "sensitivity"),
+           ("Target specificity", "specificity"))  # fmt: skip
+METHODS = (("Best by cross-validated ECE", "auto"), ("Temperature", "temperature"), ("Platt", "platt"),
+           ("Isotonic", "isotonic"), ("None (thresholds only)", "none"))  # fmt: skip
+
+
+def score_site_films(bundle_path: str, rows: list[dict[str, Any]], found: list[str], folder: str, labels_csv: str,
+                     backend: str = "auto") -> Iterator[Any]:  # fmt: skip
+    """Worker: score every labelled film through the engine; yields progress, then ("scores", data)."""
+    import numpy as np
+
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.io import read_image
+    from cxr_viewer.core.models.bundle import load_bundle
+    from cxr_viewer.core.site_profile import card_prevalence
+
+    bundle = load_bundle(bundle_path, device="cpu")
+    engine = InferenceEngine([bundle], device="cpu", backend=backend, cache_size=0)
+    scores = np.full((len(rows), len(found)), np.nan)
+    for i, row in enumerate(rows):
+        result = engine.analyze(read_image(row["image"]))
+        by_label = {f.label: f.score for f in result.findings}
+        scores[i] = [by_label.get(lab, np.nan) for lab in found]
+        yield ("progress", i + 1, len(rows))
+    yield ("scores", {
+        "bundle": bundle.describe(), "labels": found, "scores": scores,
+        "truth": np.array([[row["labels"].get(lab, np.nan) for lab in found] for row in rows], dtype=float),
+        "groups": np.array([row["patient_id"] for row in rows]), "n_images": len(rows),
+        "thresholds": {lab: bundle.manifest.threshold(lab) for lab in found},
+        "card_prevalence": {lab: card_prevalence(bundle.manifest, lab) for lab in found},
+        "folder": str(folder), "labels_file": Path(labels_csv).name,
+    })  # fmt: skip
+
+
+def fit_one(data: dict[str, Any], label: str, target: str, method: str, n_boot: int) -> tuple[str, Any, dict[str, Any]]:
+    """Worker: the site analysis and fit of one finding."""
+    import numpy as np
+
+    from cxr_viewer.core.site_profile import fit_site_finding
+
+    j = data["labels"].index(label)
+    y, p = data["truth"][:, j], data["scores"][:, j]
+    known = ~np.isnan(y) & ~np.isnan(p)
+    fp, report = fit_site_finding(label, y[known], p[known], data["groups"][known], method=method, target=target,
+                                  current_threshold=data["thresholds"][label], n_boot=n_boot,
+                                  card_prevalence=data["card_prevalence"][label])  # fmt: skip
+    return label, fp, report
+
+
+def _fmt(v: Any, ci: Any = None) -> str:
+    if v is None:
+        return "n/a"
+    text = f"{v:.3f}"
+    return text + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+
+
+class SiteCalibrationDialog(QDialog):
+    """Load folder + labels, score, per-finding ROC / reliability / numbers, choose a target, save."""
+
+    profile_saved = Signal(object)  # SiteProfile
+
+    def __init__(self, runner: "TaskRunner", model_dirs: list[Path] | None = None, parent: QWidget | None = None,
+                 *, backend: str = "auto", n_boot: int = 300) -> None:  # fmt: skip
+        super().__init__(parent)
+        self.setWindowTitle("Site calibration")
+        self.runner = runner
+        self.backend = backend
+        self.n_boot = n_boot
+        self.data: dict[str, Any] | None = None
+        self.fitted: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self.saved: "SiteProfile | None" = None
+
+        from cxr_viewer.core.models.bundle import find_bundles
+
+        self.model_box = QComboBox()
+        self.manifests: dict[str, Any] = {}
+        for info in find_bundles(model_dirs):
+            m = info.manifest
+            if info.ok and m is not None and m.is_classifier and m.task != "multiclass":
+                self.model_box.addItem(m.display_name, str(info.path))
+                self.manifests[str(info.path)] = m
+        self.folder_edit = QLineEdit()
+        self.labels_edit = QLineEdit()
+        self.labels_edit.setPlaceholderText("CSV: file, one 1/0 column per finding, optional patient_id")
+        browse_folder, browse_labels = QPushButton("Browse…"), QPushButton("Browse…")
+        browse_folder.clicked.connect(self._pick_folder)
+        browse_labels.clicked.connect(self._pick_labels)
+        self.score_button = QPushButton("Score films")
+        self.score_button.clicked.connect(self.score)
+        self.status = QLabel("Choose the model, the folder of films and the labels.")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Model", self.model_box)
+        row = QHBoxLayout()
+        row.addWidget(self.folder_edit)
+        row.addWidget(browse_folder)
+        form.addRow("Films folder", row)
+        row = QHBoxLayout()
+        row.addWidget(self.labels_edit)
+        row.addWidget(browse_labels)
+        form.addRow("Labels CSV", row)
+
+        self.finding_box = QComboBox()
+        self.target_box = QComboBox()
+        for text, key in TARGETS:
+            self.target_box.addItem(text, key)
+        self.target_spin = QDoubleSpinBox()
+        self.target_spin.setRange(0.5, 0.99)
+        self.target_spin.setSingleStep(0.01)
+        self.target_spin.setValue(0.90)
+        self.method_box = QComboBox()
+        for text, key in METHODS:
+            self.method_box.addItem(text, key)
+        for w in (self.finding_box, self.target_box, self.method_box):
+            w.currentIndexChanged.connect(self.refit)
+        self.target_spin.valueChanged.connect(self.refit)
+        fit_row = QHBoxLayout()
+        for w in (QLabel("Finding"), self.finding_box, QLabel("Operating point"), self.target_box, self.target_spin,
+                  QLabel("Recalibration"), self.method_box):  # fmt: skip
+            fit_row.addWidget(w)
+
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(8, 3.6), layout="tight")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.summary = QLabel()
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
+        self.summary.setWordWrap(True)
+        self.name_edit = QLineEdit("site")
+        self.note_edit = QLineEdit()
+        self.note_edit.setPlaceholderText("your note (kept in the profile)")
+        self.save_button = QPushButton("Save profile")
+        self.save_button.clicked.connect(self.save)
+        save_row = QHBoxLayout()
+        for w in (QLabel("Profile name"), self.name_edit, QLabel("Note"), self.note_edit, self.save_button):
+            save_row.addWidget(w)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.score_button)
+        lay.addWidget(self.status)
+        lay.addLayout(fit_row)
+        lay.addWidget(self.canvas, 1)
+        lay.addWidget(self.summary)
+        lay.addLayout(save_row)
+        self._set_fit_enabled(False)
+        self.resize(980, 760)
+
+    # ------------------------------------------------------------------ inputs
+    def _pick_folder(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Folder of the site's films")
+        if d:
+            self.folder_edit.setText(d)
+
+    def _pick_labels(self) -> None:
+        f, _ = QFileDialog.getOpenFileName(self, "Labels of the site's films", "", "CSV (*.csv)")
+        if f:
+            self.labels_edit.setText(f)
+
+    def _set_fit_enabled(self, on: bool) -> None:
+        for w in (self.finding_box, self.target_box, self.target_spin, self.method_box, self.save_button):
+            w.setEnabled(on)
+
+    # ------------------------------------------------------------------ scoring
+    def score(self) -> None:
+        if self.model_box.count() == 0:
+            self._fail("No classifier model is installed to calibrate.")
+            return
+        folder, labels = self.folder_edit.text().strip(), self.labels_edit.text().strip()
+        if not folder or not labels:
+            self._fail("Choose the folder of films and the labels CSV first.")
+            return
+        from cxr_viewer.core.errors import SiteProfileError
+        from cxr_viewer.core.site_profile import read_site_labels
+
+        path = self.model_box.currentData()
+        try:  # the labels are checked at once (a CSV read), the films are scored off the GUI thread
+            rows, found = read_site_labels(folder, labels, self.manifests[path].labels)
+        except SiteProfileError as exc:
+            self._fail(exc.message)
+            return
+        self.score_button.setEnabled(False)
+        self._set_fit_enabled(False)
+        self.status.setText(f"Scoring {len(rows)} films…")
+        self.runner.submit(score_site_films, path, rows, found, folder, labels, self.backend,
+                           channel="site-score", on_progress=self._on_score_step, on_error=self._on_error)  # fmt: skip
+
+    def _on_score_step(self, item: Any) -> None:
+        if item[0] == "progress":
+            self.status.setText(f"Scored {item[1]} of {item[2]} films…")
+            return
+        self.data = item[1]
+        self.fitted.clear()
+        self.score_button.setEnabled(True)
+        self.finding_box.blockSignals(True)
+        self.finding_box.clear()
+        self.finding_box.addItems(self.data["labels"])
+        self.finding_box.blockSignals(False)
+        self.status.setText(f"{self.data['n_images']} films scored with {self.data['bundle']['name']} "
+                            f"{self.data['bundle']['version']}.")  # fmt: skip
+        self._set_fit_enabled(True)
+        for lab in self.data["labels"]:
+            self._fit(lab)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.score_button.setEnabled(True)
+        self._fail(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, message: str) -> None:
+        self.status.setText(f"<span style='color:#e06c5a'>{message}</span>")
+
+    # ------------------------------------------------------------------ fitting
+    def target(self) -> str:
+        key = self.target_box.currentData()
+        return key if key == "youden" else f"{key}:{self.target_spin.value():.2f}"
+
+    def refit(self, *_: Any) -> None:
+        self.target_spin.setEnabled(self.target_box.currentData() != "youden" and self.data is not None)
+        if self.data is not None and self.finding_box.currentText():
+            self._fit(self.finding_box.currentText())
+
+    def _fit(self, label: str) -> None:
+        assert self.data is not None
+        self.status.setText(f"Fitting {label}…")
+        self.runner.submit(fit_one, self.data, label, self.target(), self.method_box.currentData(), self.n_boot,
+                           channel=f"site-fit:{label}", on_result=self._on_fitted, on_error=self._on_error)  # fmt: skip
+
+    def _on_fitted(self, out: tuple[str, Any, dict[str, Any]]) -> None:
+        label, fp, report = out
+        self.fitted[label] = (fp, report)
+        self.status.setText(f"{label}: fitted on {report['fit']['calibration_part']['n_images']} films, measured on "
+                            f"{report['fit']['held_out_part']['n_images']} held-out films.")  # fmt: skip
+        if label == self.finding_box.currentText():
+            self.show_report(label, report)
+
+    def show_report(self, label: str, r: dict[str, Any]) -> None:
+        from cxr_viewer.core.site_profile import draw_site_axes
+
+        self.figure.clear()
+        ax_roc, ax_rel = self.figure.subplots(1, 2)
+        draw_site_axes(ax_roc, ax_rel, label, r)
+        self.canvas.draw_idle()
+        ho, cur = r["held_out"], r["current_threshold"]
+        prev = r["prevalence"]
+        card = r["card_prevalence"]
+        warn = "".join(f"<br><span style='color:#e0a030'>⚠ {w}</span>" for w in r["warnings"])
+        self.summary.setText(
+            f"<b>{label}</b>: {r['n_pos']} positive / {r['n_neg']} negative films, {r['n_patients']} patients. "
+            f"AUROC {_fmt(r['auroc']['value'], r['auroc']['ci95'])}. Prevalence {prev:.2f}"
+            f" (model card {'n/a' if card is None else f'{card:.2f}'}).<br>"
+            f"At the model's threshold {cur['threshold']:.2f}: sensitivity {_fmt(cur['sensitivity'], cur['sensitivity_ci95'])},"
+            f" specificity {_fmt(cur['specificity'], cur['specificity_ci95'])}; ECE {_fmt(r['ece']['value'], r['ece']['ci95'])}.<br>"
+            f"Held-out films, before → after ({r['fit']['calibration']['method']}, threshold "
+            f"{ho['before']['threshold']:.2f} → {ho['after']['threshold']:.2f}): "
+            f"ECE {_fmt(ho['ece_before']['value'])} → {_fmt(ho['ece_after']['value'], ho['ece_after']['ci95'])}, "
+            f"sensitivity {_fmt(ho['before']['sensitivity'])} → {_fmt(ho['after']['sensitivity'], ho['after']['sensitivity_ci95'])}, "
+            f"specificity {_fmt(ho['before']['specificity'])} → {_fmt(ho['after']['specificity'], ho['after']['specificity_ci95'])}."
+            + warn
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ saving
+    def save(self) -> "SiteProfile | None":
+        from cxr_viewer.core.errors import CXRError
+        from cxr_viewer.core.site_profile import SiteProfile, save_profile
+
+        if self.data is None or not self.fitted:
+            self._fail("Score the films and fit at least one finding first.")
+            return None
+        d = self.data
+        profile = SiteProfile(
+            name=self.name_edit.text().strip() or "site", bundle={k: str(d["bundle"][k]) for k in ("name", "version", "sha256")},
+            findings={lab: fp for lab, (fp, _) in self.fitted.items()}, note=self.note_edit.text().strip(),
+            data={"n_images": d["n_images"], "n_patients": int(len(set(d["groups"]))), "folder": d["folder"],
+                  "labels_file": d["labels_file"], "made_with": "viewer site calibration wizard"},
+        )  # fmt: skip
+        try:
+            self.saved = save_profile(profile)
+        except (CXRError, OSError) as exc:
+            self._fail(f"The profile could not be saved: {getattr(exc, 'message', exc)}")
+            return None
+        self.status.setText(f"Saved site profile {self.saved.id} to {self.saved.path}.")
+        self.profile_saved.emit(self.saved)
+        return self.saved
+
+
+class DriftBanner(QToolBar):
+    """A bar over the image that says when recent scores have drifted from the active site profile."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Site profile drift", parent)
+        self.setObjectName("drift_banner")
+        self.setMovable(False)
+        from PySide6.QtWidgets import QSizePolicy
+
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setMinimumWidth(640)
+        self.label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.label.setStyleSheet("QLabel { background: #6b4a12; color: #ffe9b8; padding: 6px; border-radius: 3px; }")
+        self.addWidget(self.label)
+        dismiss = QPushButton("Dismiss")
+        dismiss.clicked.connect(self.hide)
+        self.addWidget(dismiss)
+        self.hide()
+
+    def show_drift(self, profile: "SiteProfile", results: list["DriftResult"]) -> bool:
+        drifted = [r for r in results if r.drifted]
+        if not drifted:
+            self.hide()
+            return False
+        self.label.setText(f"⚠ Drift from site profile {profile.id}: " + " ".join(r.message for r in drifted))
+        self.show()
+        return True
+
+
+class SiteCalibrationHook:
+    """Wires the wizard and the drift banner into the main window: Tools › Site Calibration…, the active
+    profile (kept in the settings), and the drift check after every finished analysis."""
+
+    SETTING = "site/profile"
+
+    def __init__(self, window: Any) -> None:
+        from PySide6.QtGui import QAction
+
+        self.window = window
+        self.dialog: SiteCalibrationDialog | None = None
+        self.profile: "SiteProfile | None" = None
+        self.monitor: Any = None
+        self._seen: set[tuple[float, ...]] = set()
+        self.banner = DriftBanner(window)
+        window.addToolBarBreak(Qt.ToolBarArea.TopToolBarArea)
+        window.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.banner)
+        self.action = QAction("Site &Calibration…", window)
+        self.action.setToolTip("Measure a model on this site's labelled films, recalibrate it, save a site profile")
+        self.action.triggered.connect(self.show_wizard)
+        window.action_map["site_calibration"] = self.action
+        for menu_action in window.menuBar().actions():
+            if menu_action.text().replace("&", "") == "Tools" and menu_action.menu() is not None:
+                menu_action.menu().addSeparator()
+                menu_action.menu().addAction(self.action)
+        window.analysis.state_changed.connect(self.on_state)
+        path = window.settings.value(self.SETTING, "", type=str)
+        if path:
+            self.set_profile_path(path)
+
+    def model_dirs(self) -> list[Path]:
+        from cxr_viewer.core.paths import default_models_dir, user_models_dir
+
+        extra = [Path(self.window.models_dir)] if self.window.models_dir else []
+        return [*extra, default_models_dir(), user_models_dir()]
+
+    def show_wizard(self) -> SiteCalibrationDialog:
+        if self.dialog is None:
+            self.dialog = SiteCalibrationDialog(self.window.runner, self.model_dirs(), self.window)
+            self.dialog.profile_saved.connect(self.set_profile)
+        self.dialog.show()
+        self.dialog.raise_()
+        return self.dialog
+
+    def set_profile_path(self, path: str) -> None:
+        from cxr_viewer.core.errors import SiteProfileError
+        from cxr_viewer.core.site_profile import load_profile
+
+        try:
+            self.set_profile(load_profile(path))
+        except SiteProfileError as exc:
+            self.window.statusBar().showMessage(f"Site profile not used: {exc.message}", 20000)
+
+    def set_profile(self, profile: "SiteProfile | None") -> None:
+        """Make ``profile`` the active one (remembered); drift is measured against it from now on."""
+        from cxr_viewer.core.site_profile import DriftMonitor
+
+        self.profile = profile
+        self.monitor = DriftMonitor(profile) if profile is not None else None
+        self._seen.clear()
+        self.banner.hide()
+        self.window.settings.setValue(self.SETTING, str(profile.path) if profile is not None and profile.path else "")
+        if profile is not None:
+            self.window.statusBar().showMessage(f"Active site profile: {profile.id} ({profile.bundle.get('name')})", 10000)
+
+    def on_state(self, state: Any) -> None:
+        from cxr_viewer.core.errors import SiteProfileError
+
+        if self.profile is None or getattr(state, "status", "") != "done" or not state.findings:
+            return
+        try:
+            self.profile.check_bundle(state.models)
+        except SiteProfileError as exc:  # e.g. the bundle was updated: say so where drift would be shown
+            self.banner.label.setText(f"⚠ {exc.message}")
+            self.banner.show()
+            return
+        key = tuple(round(float(f.score), 6) for f in state.findings)
+        if key in self._seen:  # the same image again (a threshold change, a re-run)
+            return
+        self._seen.add(key)
+        self.monitor.add(state.findings)
+        self.banner.show_drift(self.profile, self.monitor.check())

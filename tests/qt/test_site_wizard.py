@@ -1,0 +1,115 @@
+"""The site calibration wizard (Tools › Site Calibration…) and the drift banner, in the real main window.
+
+The "site" is adult NIH films for the shipped paediatric pneumonia model: a real site shift.
+Set CXR_SCREENSHOT_DIR to keep the screenshots (run under xvfb-run for a real window).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_viewer.core.paths import default_models_dir
+
+PNEUMONIA = default_models_dir() / "pneumonia-kermany-resnet18"
+
+
+def _keep(widget, name: str, tmp_path: Path) -> Path:
+    out = Path(os.environ.get("CXR_SCREENSHOT_DIR") or tmp_path) / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    assert widget.grab().save(str(out))
+    return out
+
+
+@pytest.fixture
+def nih_site(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    root = data_dir / "nih14_extra"
+    labels = pd.read_csv(root / "labels.csv").drop_duplicates("patient_id")
+    pick = pd.concat([labels[labels["Pneumonia"] == v].sample(16, random_state=0) for v in (0, 1)])
+    out = tmp_path / "site.csv"
+    pick[["file", "Pneumonia", "patient_id"]].to_csv(out, index=False)
+    return root, out
+
+
+def test_wizard_scores_fits_and_saves_a_profile(make_window, qtbot, nih_site, tmp_path: Path) -> None:
+    from cxr_viewer.core.models.bundle import load_bundle
+    from cxr_viewer.core.site_profile import load_profile
+
+    folder, labels = nih_site
+    win = make_window(models_dir=default_models_dir())
+    win.action_map["site_calibration"].trigger()
+    dlg = win.site_calibration.dialog
+    assert dlg is not None and dlg.isVisible()
+    dlg.backend = "torch"
+    dlg.n_boot = 150
+    dlg.model_box.setCurrentIndex(dlg.model_box.findData(str(PNEUMONIA)))
+    dlg.folder_edit.setText(str(folder))
+    dlg.labels_edit.setText(str(tmp_path / "missing.csv"))
+    dlg.score_button.click()
+    assert "could not be read" in dlg.status.text()  # bad input: a message at once, no crash
+
+    dlg.labels_edit.setText(str(labels))
+    dlg.score_button.click()
+    qtbot.waitUntil(lambda: "pneumonia" in dlg.fitted, timeout=600_000)
+    assert dlg.finding_box.currentText() == "pneumonia" and dlg.data["n_images"] == 32
+    text = dlg.summary.text()
+    assert "16 positive / 16 negative" in text and "AUROC" in text and "model card 0.74" in text
+    assert "fewer than 20" in text  # 8 positives in the calibration part: a warning, threshold not validated
+
+    dlg.target_box.setCurrentIndex(dlg.target_box.findData("sensitivity"))
+    dlg.target_spin.setValue(0.9)
+    qtbot.waitUntil(lambda: dlg.fitted["pneumonia"][0].target == "sensitivity:0.90", timeout=300_000)
+    fp, report = dlg.fitted["pneumonia"]
+    assert report["fit"]["target"] == "sensitivity:0.90" and "ECE" in dlg.summary.text()
+    assert len(dlg.figure.axes) == 2 and dlg.figure.axes[0].get_title() == "pneumonia: ROC on site films"
+    dlg.name_edit.setText("adult-ward")
+    dlg.note_edit.setText("NIH adults as the site")
+    shot = _keep(dlg, "site_wizard.png", tmp_path)
+    assert shot.stat().st_size > 20_000
+
+    saved = dlg.save()
+    assert saved is not None and saved.id == "adult-ward v1"
+    back = load_profile(saved.path)
+    assert back.bundle["sha256"] == load_bundle(PNEUMONIA).sha256 and back.findings["pneumonia"].target == "sensitivity:0.90"
+    assert not back.findings["pneumonia"].validated and back.note == "NIH adults as the site"
+    assert win.site_calibration.profile.id == "adult-ward v1"  # the saved profile becomes the active one
+    assert win.settings.value("site/profile") == str(saved.path)
+
+
+def test_drift_banner(make_window, qtbot, tmp_path: Path) -> None:
+    from cxr_viewer.core.inference.results import Finding
+    from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
+    from cxr_viewer.qt.analysis import AnalysisState
+
+    sha = "ab" * 32
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1.3, 400)
+    y = (rng.random(400) < 1 / (1 + np.exp(-z))).astype(float)
+    fp, _ = fit_site_finding("pneumonia", y, 1 / (1 + np.exp(-z)), np.arange(400), current_threshold=0.5, n_boot=50)
+    profile = save_profile(SiteProfile("ward", {"name": "pneu", "version": "1", "sha256": sha}, {"pneumonia": fp}))
+    win = make_window()
+    win.site_calibration.set_profile(profile)
+    banner = win.site_calibration.banner
+
+    def analysed(score: float, model_sha: str = sha) -> None:
+        f = Finding("pneumonia", float(score), 0.5, "pneu", "1")
+        win.analysis.state_changed.emit(AnalysisState(status="done", findings=(f,),
+                                                      models=({"name": "pneu", "version": "1", "sha256": model_sha, "trained": True},)))  # fmt: skip
+
+    for s in 1 / (1 + np.exp(-rng.normal(0, 1.3, 60))):  # same population: no banner
+        analysed(s)
+    assert not banner.isVisible()
+    for s in 1 / (1 + np.exp(-rng.normal(2.0, 0.6, 80))):  # a new population: scores pushed up
+        analysed(s)
+    qtbot.waitUntil(banner.isVisible, timeout=5000)
+    assert "Drift from site profile ward v1" in banner.label.text() and "PSI" in banner.label.text()
+    _keep(win, "drift_banner.png", tmp_path)
+    win.site_calibration.set_profile(profile)
+    analysed(0.4, model_sha="cd" * 32)  # the bundle was updated: the profile no longer applies, said in the bar
+    assert banner.isVisible() and "model was updated" in banner.label.text()
+    assert json.loads(Path(profile.path).read_text())["bundle"]["sha256"] == sha
