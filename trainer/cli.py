@@ -246,6 +246,7 @@ def cmd_data(argv: Sequence[str]) -> int:
 def cmd_pretrain(argv: Sequence[str]) -> int:
     from cxr_viewer.core.errors import TrainingConfigError
     from trainer.config import parse_with_config
+    from trainer.distributed import is_global_zero_env
     from trainer.run import run_pretrain
 
     if not argv or argv[0] not in ("simclr", "recon"):
@@ -253,12 +254,14 @@ def cmd_pretrain(argv: Sequence[str]) -> int:
     args = parse_with_config(pretrain_parser(argv[0]), argv[1:])
     _logging(args.verbose)
     res = run_pretrain(args, argv[0])
-    print(json.dumps({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "global_step": res.global_step}))
+    if is_global_zero_env():  # one summary line, not one per DDP process
+        print(json.dumps({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "global_step": res.global_step}))
     return 0
 
 
 def cmd_finetune(argv: Sequence[str]) -> int:
     from trainer.config import parse_with_config
+    from trainer.distributed import is_global_zero_env
     from trainer.run import run_finetune
 
     args = parse_with_config(finetune_parser(), argv)
@@ -272,8 +275,9 @@ def cmd_finetune(argv: Sequence[str]) -> int:
                          allow_nan=False))  # fmt: skip
         return 0 if report["passed"] or not args.install else 3
     res = run_finetune(args)
-    print(dumps(finite_or_none({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "val_auroc": res.best_score,
-                                "global_step": res.global_step})))  # fmt: skip
+    if is_global_zero_env():  # one summary line, not one per DDP process
+        print(dumps(finite_or_none({"run": str(res.run_dir), "bundle": str(res.bundle_dir), "val_auroc": res.best_score,
+                                    "global_step": res.global_step})))  # fmt: skip
     return 0
 
 

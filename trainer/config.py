@@ -72,6 +72,8 @@ def add_scaling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", default="auto", help="auto, a count, or a list such as 0,1")
     g.add_argument("--num-nodes", type=int, default=1)
     g.add_argument("--strategy", default="auto", help="auto | ddp | ddp_find_unused_parameters_true | fsdp ...")
+    g.add_argument("--sync-batchnorm", action="store_true",
+                   help="BatchNorm statistics over the global batch, not each process's share (GPUs only)")  # fmt: skip
     g.add_argument("--precision", default="auto",
                    help="auto (16-mixed/bf16-mixed on a GPU, 32 on CPU) | 32-true | 16-mixed | bf16-mixed")  # fmt: skip
 
@@ -161,11 +163,18 @@ def resolved(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def save_config(cfg: Mapping[str, Any], run_dir: Path, *, command: str) -> Path:
-    """Write ``run_dir/config.yaml``: every resolved option, the sub-command and the date."""
+    """Write ``run_dir/config.yaml``: every resolved option, the sub-command and the date.
+
+    In a multi-process run only global rank 0 writes it (every rank resolved the same options).
+    """
     import yaml
 
+    from trainer.distributed import is_global_zero_env
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"command": command, "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **cfg}
     path = run_dir / "config.yaml"
+    if not is_global_zero_env():
+        return path
+    doc = {"command": command, "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **cfg}
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path

@@ -64,7 +64,9 @@ def run_dir_for(args: argparse.Namespace, task: str) -> Path:
     if not args.name:
         if args.resume:
             raise TrainingConfigError("--resume needs --name: the run folder to continue.")
-        args.name = f"{task}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        from trainer.distributed import default_run_name
+
+        args.name = default_run_name(task)  # the same folder on every rank
     run_dir = Path(args.runs_dir) / args.name
     if args.resume and not run_dir.is_dir():
         raise TrainingConfigError(f"Cannot resume: run folder {run_dir} does not exist.")
@@ -149,7 +151,9 @@ def prepare_frame(args: argparse.Namespace, run_dir: Path, labels: list[str] | N
         fractions = tuple(sorted(set(STANDARD_FRACTIONS) | {wanted}))
         frame = frame.drop(columns=[c for c in frame.columns if str(c).startswith("frac_")])
         frame = label_fractions(frame, fractions, seed=args.seed, labels=labels)
-    sha = write_split_file(frame, split_path)
+    from trainer.distributed import is_global_zero_env
+
+    sha = write_split_file(frame, split_path, write=is_global_zero_env())  # one writer; every rank knows the hash
     info = {"split_file": str(split_path.resolve()), "split_sha256": sha, "datasets": ",".join(manifest.datasets)}
     return frame, info
 
@@ -192,12 +196,15 @@ def make_loader(
         from dataclasses import replace
 
         transform = RadiographAugment(replace(cfg, **overrides), spec)
+    from trainer.distributed import SeededOrderSampler
+
     ds = CXRDataset(frame, spec, labels, transform=transform, cache=cache, views=views)
     batch = min(int(args.batch_size), len(ds))
+    order = train if shuffle is None else shuffle
     return DataLoader(
         ds,
         batch_size=batch,
-        shuffle=train if shuffle is None else shuffle,
+        sampler=SeededOrderSampler(ds, args.seed) if order else None,  # same global batches on 1 or N processes
         drop_last=train and views == 2 and len(ds) > batch,  # BatchNorm in the projector needs >1 sample
         num_workers=int(args.num_workers),
         persistent_workers=int(args.num_workers) > 0,
@@ -243,7 +250,9 @@ def build_trainer(
 
     ckpt_dir = run_dir / "checkpoints"
     logs = run_dir / "logs"
-    if args.resume and logs.is_dir():
+    from trainer.distributed import check_sync_batchnorm, is_global_zero_env
+
+    if args.resume and logs.is_dir() and is_global_zero_env():
         # CSVLogger empties its folder: keep the interrupted run's logs as logs.partN/
         n = len(list(run_dir.glob("logs.part*")))
         logs.rename(run_dir / f"logs.part{n}")
@@ -278,12 +287,15 @@ def build_trainer(
     elif progress == "tqdm":
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 20)))
     precision = resolve_precision(args.precision, args.accelerator)
+    sync_bn = bool(getattr(args, "sync_batchnorm", False))
+    check_sync_batchnorm(sync_bn, args.accelerator)
     return L.Trainer(
         default_root_dir=str(run_dir),
         accelerator=args.accelerator,
         devices=_devices(args.devices),
         num_nodes=int(args.num_nodes),
         strategy=args.strategy,
+        sync_batchnorm=sync_bn,
         precision=precision,
         max_epochs=int(args.max_epochs),
         max_time=getattr(args, "max_time", None) or None,

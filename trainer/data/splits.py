@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,18 +176,24 @@ def label_fractions(
     return frame
 
 
-def write_split_file(frame: "pd.DataFrame", path: str | Path) -> str:
+def write_split_file(frame: "pd.DataFrame", path: str | Path, *, write: bool = True) -> str:
     """Write one row per patient (split + fraction membership); return the file's sha256.
 
     Keyed by patient, not by image path, so the same split hashes the same on every machine.
+    ``write=False`` only returns the hash the file has (the other ranks of a DDP run). The
+    file is replaced atomically: a rank reading it on ``--resume`` never sees half of it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     check_patient_level(frame)
     cols = [SPLIT] + [c for c in frame.columns if str(c).startswith(FRACTION_PREFIX)]
     table = frame.assign(**{PATIENT: frame[PATIENT].astype(str)}).groupby(PATIENT, sort=True)[cols].max()
-    table.reset_index().to_csv(path, index=False, lineterminator="\n")
-    return file_sha256(path)
+    data = table.reset_index().to_csv(index=False, lineterminator="\n").encode("utf-8")
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -128,22 +128,28 @@ class ClassifierTask(BaseTask):
         logits = self.model(batch["image"])
         loss = self.criterion(logits, batch["target"])
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=len(logits), sync_dist=True)
-        self._val.append((scores_from_logits(self.hparams.task, logits.float()).detach(), batch["target"].detach()))
+        scores = scores_from_logits(self.hparams.task, logits.float()).detach()
+        self._val.append((scores, batch["target"].detach(), torch.as_tensor(batch["index"], device=logits.device)))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        probs = torch.cat([p for p, _ in self._val])
-        targets = torch.cat([t for _, t in self._val])
+        probs = torch.cat([p for p, _, _ in self._val])
+        targets = torch.cat([t for _, t, _ in self._val])
+        index = torch.cat([i for _, _, i in self._val])
         self._val.clear()
         if self.trainer.world_size > 1:
-            probs = self.all_gather(probs).flatten(0, 1)
-            targets = self.all_gather(targets).flatten(0, 1)
+            from trainer.distributed import unique_by_index
+
+            # every rank holds the same number of rows (the sampler pads), so all_gather stacks them
+            gathered = [self.all_gather(t).flatten(0, 1) for t in (probs, targets, index)]
+            probs, targets = unique_by_index(gathered[2], gathered[0], gathered[1])
         auc, per = macro_auroc(probs.cpu().numpy(), targets.cpu().numpy())
         # NaN would break "max" monitoring: a split with no positives scores 0.5 (chance) instead.
-        self.log("val_auroc", auc if np.isfinite(auc) else 0.5, prog_bar=True, sync_dist=False)
+        # The value is the same on every rank (gathered scores); sync_dist averages equal numbers.
+        self.log("val_auroc", auc if np.isfinite(auc) else 0.5, prog_bar=True, sync_dist=True)
         for j, v in per.items():
-            self.log(f"val_auroc/{self.hparams.labels[j]}", v, sync_dist=False)
+            self.log(f"val_auroc/{self.hparams.labels[j]}", v, sync_dist=True)
 
     # -------------------------------------------------------------- export
     def bundle_architecture(self) -> dict[str, Any]:
