@@ -1,0 +1,1 @@
+"""Report files and DICOM objects written from the viewer's results (no Qt)."""
