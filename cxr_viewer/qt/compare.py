@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NOISE_SAMPLES = 6
+NOISE_SAMPLES = 4  # augmentations of the current film per comparison (one forward pass each)
 
 
 class PriorView(QWidget):
