@@ -485,7 +485,10 @@ class ImageCanvas(QGraphicsView):
         vp = self.viewport().rect()
         w = max(140, min(260, vp.width() - 2 * 190))
         h = self.colorbar.height()
-        self.colorbar.setGeometry((vp.width() - w) // 2, vp.height() - h - 8, w, h)
+        y = vp.height() - h - 8
+        if vp.width() - 2 * 170 < w:  # a narrow viewport (current | prior): go above the bottom corner text
+            y -= 3 * self.fontMetrics().height() + 6
+        self.colorbar.setGeometry((vp.width() - w) // 2, y, w, h)
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)

@@ -91,6 +91,7 @@ class CompareController:
         window.analysis.state_changed.connect(lambda _s: self._update_deltas())
         window.analysis.masks_changed.connect(self._on_current_masks)
         ev.record_changed.connect(self._on_current_record)
+        ev.preferences_changed.connect(self.prior.session.set_preference)  # demographics, colours... follow
 
     # ------------------------------------------------------------------ public
     @property
@@ -135,8 +136,9 @@ class CompareController:
             self._pan_from_current()
 
     def shutdown(self) -> None:
-        for sig, slot in ((self.w.session.events.display_changed, self._from_current),
-                          (self.w.session.events.record_changed, self._on_current_record)):
+        ev = self.w.session.events
+        for sig, slot in ((ev.display_changed, self._from_current), (ev.record_changed, self._on_current_record),
+                          (ev.preferences_changed, self.prior.session.set_preference)):
             try:
                 sig.disconnect(slot)
             except (RuntimeError, TypeError, ValueError):

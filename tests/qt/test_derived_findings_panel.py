@@ -50,7 +50,7 @@ def test_derived_row_has_note_marker_threshold_and_lesion_map(qtbot, make_window
     score = rows[0][2]
     assert 0.0 <= score <= 1.0 and rows[0][3] == pytest.approx(0.5)
     item = panel.item_for("seg-derived", LABEL)
-    assert UNVALIDATED_MARK in item.text(COL_LABEL)
+    assert item.text(COL_LABEL).startswith("⚠ ") and UNVALIDATED_MARK in item.toolTip(COL_LABEL)
     assert NOTE in item.toolTip(COL_LABEL)
     # a site threshold below / above the score flips the result; the note stays
     panel.set_threshold("seg-derived", LABEL, 0.0)

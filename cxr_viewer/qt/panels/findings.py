@@ -190,7 +190,7 @@ class FindingsPanel(QWidget):
         header.setSectionResizeMode(COL_THRESHOLD, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_RESULT, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_PRIOR, QHeaderView.ResizeMode.ResizeToContents)
-        self.tree.setColumnWidth(COL_SCORE, 116)
+        self.tree.setColumnWidth(COL_SCORE, 104)
         self.tree.itemSelectionChanged.connect(self._on_selection)
 
         self.reset_button = QPushButton("Reset threshold", self)
@@ -356,8 +356,8 @@ class FindingsPanel(QWidget):
     def _make_item(self, f: Finding, meaningful: bool) -> QTreeWidgetItem:
         user = f.threshold_method == "user"
         label = f.label.replace("_", " ")
-        if f.validated is False:  # a derived score (e.g. TB lesion score): say so on the row, ⚠ first so eliding keeps it
-            label = f"⚠ {label} — {UNVALIDATED_MARK}"
+        if f.validated is False:  # a derived score (e.g. TB lesion score): ⚠ on the row, the words in its tooltip
+            label = f"⚠ {label}"  # short, so the name itself fits the column at the default size
         delta = self._deltas.get((f.model, f.label))
         it = QTreeWidgetItem([label, "", f"{f.threshold:.3f}" + (" ✎" if user else ""), result_text(f),
                               delta.text() if delta is not None else ""])  # type: ignore[attr-defined]
@@ -387,6 +387,8 @@ class FindingsPanel(QWidget):
             tip = "Not meaningful: untrained model or image outside the model's scope.\n" + tip
         if f.note:
             tip = f"{f.note}\n" + tip
+        if f.validated is False:
+            tip = f"⚠ {UNVALIDATED_MARK}.\n" + tip
         if f.validated is False:
             it.setForeground(COL_LABEL, QBrush(QColor("#ffd591")))
         for c in range(4):
