@@ -53,7 +53,8 @@ def _analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--site-profile", metavar="PROFILE", help="site calibration profile (a file, or a name in the "
                    "profiles folder): its calibrated scores and thresholds replace the bundle's")
     g = p.add_argument_group("heatmaps")
-    g.add_argument("--cam", metavar="LABEL", help="write a heatmap for this finding label")
+    g.add_argument("--cam", metavar="LABEL", help="write a heatmap for this finding; case, punctuation and a "
+                   "unique prefix are forgiven (e.g. 'tuberculosis', 'pleural')")
     g.add_argument("--cam-out", metavar="DIR", help="folder for heatmaps (default: beside --json, or ./)")
     g.add_argument("--cam-method", default="gradcam", metavar="M",
                    help="gradcam (default), gradcam++, xgradcam, hirescam, layercam, eigencam, scorecam")
@@ -170,7 +171,12 @@ def _analyze_one(
     if args.cam:
         t0 = time.perf_counter()
         try:
-            heat = engine.cam(record, args.cam, args.cam_method, model=args.cam_model,
+            from cxr_viewer.core.labels import match_label
+
+            names = [f["label"] for f in d.get("findings", [])
+                     if args.cam_model is None or f.get("model") == args.cam_model]
+            label = match_label(args.cam, names) if names else args.cam
+            heat = engine.cam(record, label, args.cam_method, model=args.cam_model,
                               faithfulness=not args.no_faithfulness)
             stem = _unique_stem(path_text, used_stems, "cam")
             out = _write_cam(heat.values, cam_dir or Path("."), stem, heat.label, heat.method, args.cam_format)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from psygnal import Signal, SignalGroup
 
-from cxr_viewer.core.imaging.geometry import DisplayTransform, distance_mm, distance_px
+from cxr_viewer.core.imaging.geometry import DisplayTransform
+from cxr_viewer.core.imaging.measurements import Measurement, make_distance
 
 if TYPE_CHECKING:
     from cxr_viewer.core.io.record import ImageRecord
@@ -131,22 +132,6 @@ class MaskLayer:
         return np.asarray(self.mask, dtype=np.float32) >= self.threshold
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """A distance between two image points, (row, col) with pixel centres at integers."""
-
-    p0: tuple[float, float]
-    p1: tuple[float, float]
-    length: float
-    unit: str  # "mm" when the pixel spacing is known, "px" otherwise
-
-    @property
-    def label(self) -> str:
-        if self.unit == "mm":
-            return f"{self.length:.1f} mm"
-        return f"{self.length:.0f} px"
-
-
 class SessionEvents(SignalGroup):
     """Everything a front end may want to redraw on."""
 
@@ -157,7 +142,7 @@ class SessionEvents(SignalGroup):
     findings_changed = Signal(object)  # sequence of findings from the engine
     heatmap_changed = Signal(object)  # HeatmapLayer | None
     masks_changed = Signal(object)  # list[MaskLayer]
-    measurements_changed = Signal(object)  # list[Measurement]
+    measurements_changed = Signal(object)  # list of Measurement and other core.imaging.measurements
     preferences_changed = Signal(str, object)  # key, value
     busy_changed = Signal(bool)
     error = Signal(object)  # an exception (CXRError or other) meant for the user
@@ -350,6 +335,25 @@ class Session:
         self.events.measurements_changed.emit(self.measurements)
         return m
 
+    def add_annotation(self, annotation: Any) -> Any:
+        """Add any measurement or annotation of core.imaging.measurements (angle, ROI, CTR, arrow, text)."""
+        self._measurements.append(annotation)
+        self.events.measurements_changed.emit(self.measurements)
+        return annotation
+
+    def set_measurements(self, annotations: Sequence[Any]) -> None:
+        """Replace every measurement and annotation of the current image (e.g. read from its sidecar)."""
+        self._measurements = list(annotations)
+        self.events.measurements_changed.emit(self.measurements)
+
+    def undo_measurement(self) -> Any | None:
+        """Remove the most recent measurement or annotation."""
+        if not self._measurements:
+            return None
+        last = self._measurements.pop()
+        self.events.measurements_changed.emit(self.measurements)
+        return last
+
     def clear_measurements(self) -> None:
         self._measurements = []
         self.events.measurements_changed.emit([])
@@ -409,12 +413,7 @@ def make_measurement(
     record: "ImageRecord | None", p0: tuple[float, float], p1: tuple[float, float]
 ) -> Measurement:
     """Distance between (row, col) points, in mm with a known pixel spacing, else px."""
-    p0 = (float(p0[0]), float(p0[1]))
-    p1 = (float(p1[0]), float(p1[1]))
-    spacing = record.spacing_mm if record is not None else None
-    if spacing is not None:
-        return Measurement(p0, p1, float(distance_mm(p0, p1, spacing)), "mm")
-    return Measurement(p0, p1, float(distance_px(p0, p1)), "px")
+    return make_distance(record, p0, p1)
 
 
 __all__ = [

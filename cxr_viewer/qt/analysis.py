@@ -127,7 +127,10 @@ class AnalysisController(QObject):
         self.pool = ModelPool()
         self.backend = str(settings.value("analysis/backend", "auto"))
         self.faithfulness = str(settings.value("heatmap/faithfulness", "true")).lower() in ("true", "1")
+        # Heatmaps are opt-in: none is drawn until the reader asks for one. The finding they chose
+        # ("Show") is remembered across images and restarts, and hiding the heatmap forgets it.
         self.auto_cam = True
+        self.shown_cam: tuple[str, str | None] | None = self._read_shown_cam()
         self._sync = False
         self.generations = Generations()
         self.thresholds = UserThresholds(QtSettings(settings))
@@ -310,11 +313,29 @@ class AnalysisController(QObject):
                      lambda item: self._set_summaries(item[1]) if item[0] == "models" else None,
                      lambda exc: self._report(exc, "Models"))
 
-    def request_cam(self, label: str, model: str | None = None, method: str | None = None) -> None:
-        """Compute the heatmap of ``label`` (from ``model``) with ``method`` for the current image."""
+    def _read_shown_cam(self) -> tuple[str, str | None] | None:
+        raw = str(self.settings.value("heatmap/show", "") or "")
+        if not raw:
+            return None
+        label, _, model = raw.partition("\t")
+        return label, (model or None)
+
+    def set_shown_cam(self, label: str | None, model: str | None = None) -> None:
+        """Remember (or, with ``None``, forget) the finding whose heatmap is shown on every image."""
+        self.shown_cam = None if label is None else (label, model)
+        self.settings.setValue("heatmap/show", "" if label is None else f"{label}\t{model or ''}")
+
+    def request_cam(self, label: str, model: str | None = None, method: str | None = None, *,
+                    remember: bool = True) -> None:  # fmt: skip
+        """Compute the heatmap of ``label`` (from ``model``) with ``method`` for the current image.
+
+        A request from the reader (``remember``) becomes the "Show" choice for the next images too.
+        """
         record = self.session.record
         if record is None:
             return
+        if remember:
+            self.set_shown_cam(label, model)
         if method is not None:
             from cxr_viewer.core.inference.cam_methods import canonical_method
 
@@ -431,10 +452,10 @@ class AnalysisController(QObject):
         self._set_summaries(outcome.bundles)
         self._outcome = outcome
         self._publish(outcome)
-        if self.auto_cam:
+        if self.auto_cam and self.shown_cam is not None:
             label, model = self._auto_cam_target(self._state)
             if label is not None:
-                self.request_cam(label, model)
+                self.request_cam(label, model, remember=False)
 
     def _publish(self, outcome: AnalysisOutcome) -> None:
         r = outcome.result
@@ -462,16 +483,17 @@ class AnalysisController(QObject):
         self._set_state(state)
 
     def _auto_cam_target(self, state: AnalysisState) -> tuple[str | None, str | None]:
-        findings = list(state.findings)
-        if not findings:
+        """The finding the reader chose to show, if this image's findings have it (no guessing)."""
+        if self.shown_cam is None:
             return None, None
-        if self._cam_label is not None:
-            for f in findings:
-                if f.label == self._cam_label and (self._cam_model in (None, f.model)):
-                    return f.label, f.model
-        # validated classifier findings first: a derived score (validated False) is shown only when asked for
-        best = max(findings, key=lambda f: (f.trained, f.validated is not False, f.positive, f.score))
-        return best.label, best.model
+        label, model = self.shown_cam
+        for f in state.findings:
+            if f.label == label and model in (None, f.model):
+                return f.label, f.model
+        for f in state.findings:  # the same finding from another (e.g. updated) model
+            if f.label == label:
+                return f.label, f.model
+        return None, None
 
     def _on_cam_item(self, gen: int, record: ImageRecord, item: tuple[str, Any]) -> None:
         kind, value = item

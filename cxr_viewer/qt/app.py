@@ -17,6 +17,21 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SCREENSHOT_SIZE = (1440, 900)
+
+#: Every way to run cxr-viewer, listed by ``cxr-viewer --help`` (each sub-command has its own --help).
+COMMANDS_HELP = """\
+commands:
+  cxr-viewer [FILES_OR_FOLDERS...]        open the viewer window
+  cxr-viewer analyze FILE... --json OUT   headless analysis as JSON (see: cxr-viewer analyze --help)
+                                          --cam LABEL, --cam-out DIR, --cam-method M, --report TEXT,
+                                          --mask-out DIR, --models DIR, --device cpu|cuda|auto, ...
+  cxr-viewer --self-test                  check every installed model bundle's hash and golden scores
+  cxr-viewer --screenshot OUT.png FILE    render the real window offscreen to a PNG and exit
+
+without a display (no DISPLAY/WAYLAND_DISPLAY, or QT_QPA_PLATFORM=offscreen):
+  cxr-viewer [FILES...] [--out DIR]       writes DIR/screenshot.png and DIR/analysis.json
+                                          (default DIR: cxr-viewer-output; the bundled sample without FILES)
+"""
 LOAD_TIMEOUT_S = 180.0
 
 
@@ -24,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cxr-viewer",
         description="Chest X-ray viewer. Open DICOM, PNG or JPEG files, or folders of studies.",
+        epilog=COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="*", metavar="FILES_OR_FOLDERS", help="images or folders to open")
     p.add_argument("--screenshot", metavar="OUT.png", type=Path,
@@ -31,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-demographics", action="store_true",
                    help="show patient name/ID/age/date on the image in --screenshot (hidden by default)")
     p.add_argument("--models", metavar="DIR", type=Path, help="folder of model bundles to use")
+    p.add_argument("--heatmap", metavar="FINDING",
+                   help="in --screenshot, draw this finding's heatmap (heatmaps are off until asked for)")
+    p.add_argument("--out", metavar="DIR", type=Path,
+                   help="without a display: folder for screenshot.png and analysis.json (default cxr-viewer-output)")
     p.add_argument("--size", metavar="WxH", default=f"{SCREENSHOT_SIZE[0]}x{SCREENSHOT_SIZE[1]}",
                    help="window size for --screenshot (default %(default)s)")
     return p
@@ -78,11 +99,54 @@ def gui_main(argv: list[str] | None = None) -> int:
     window.show()
     if args.paths:
         window.open_paths(args.paths)
-    return int(app.exec())
+    rc = int(app.exec())
+    exit_now(rc)
+    return rc  # pragma: no cover - exit_now does not return
+
+
+def exit_now(rc: int) -> None:
+    """End the process at once after the window closed (settings are already written).
+
+    A model call still running on a worker thread (a heatmap, a warm-up) cannot be
+    interrupted, and Qt's thread pool and Python's exit would both wait for it: tens
+    of seconds on a busy CPU. Logs and streams are flushed, then the process ends.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
+
+
+#: Qt platform-plugin chatter that says nothing to a user (offscreen and some X servers print it on start-up).
+QUIET_QT_MESSAGES = ("This plugin does not support propagateSizeHints()", "This plugin does not support raise()")
+_previous_handler = None
+
+
+def _qt_message(mode, context, message: str) -> None:  # noqa: ANN001 - Qt's handler signature
+    if message in QUIET_QT_MESSAGES:
+        return
+    if _previous_handler is not None:
+        _previous_handler(mode, context, message)
+    else:
+        print(message, file=sys.stderr)
+
+
+def install_message_filter() -> None:
+    """Drop the platform plugin's harmless "does not support ..." lines; everything else still prints."""
+    global _previous_handler
+    from PySide6.QtCore import qInstallMessageHandler
+
+    if _previous_handler is None:
+        _previous_handler = qInstallMessageHandler(_qt_message) or None
 
 
 def _application():  # -> QApplication
     from PySide6.QtWidgets import QApplication
+
+    install_message_filter()
 
     from cxr_viewer.qt.main_window import APPLICATION, ORGANIZATION
     from cxr_viewer.qt.theme import apply_dark_theme
@@ -117,6 +181,8 @@ def _screenshot(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         # A throwaway settings file: a screenshot neither reads nor changes the user's layout.
         settings = QSettings(str(Path(tmp) / "screenshot.ini"), QSettings.Format.IniFormat)
+        if args.heatmap:
+            settings.setValue("heatmap/show", f"{args.heatmap}\t")
         window = MainWindow(settings=settings, interactive=False, persist=False, models_dir=args.models)
         window.session.set_preference("show_demographics", bool(args.show_demographics))
         window.resize(*size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,35 +30,77 @@ from PySide6.QtGui import (
     QTransform,
     QWheelEvent,
 )
-from PySide6.QtWidgets import QFrame, QGraphicsItem, QGraphicsPixmapItem, QGraphicsScene, QGraphicsView, QWidget
+from PySide6.QtWidgets import (
+    QFrame,
+    QGraphicsItem,
+    QGraphicsPathItem,
+    QGraphicsPixmapItem,
+    QGraphicsScene,
+    QGraphicsView,
+    QInputDialog,
+    QLabel,
+    QWidget,
+)
 
-from cxr_viewer.core.imaging.windowing import window_in_source_units, window_to_uint8
+from cxr_viewer.core.imaging import measurements as ann
+from cxr_viewer.core.imaging.corner_text import (
+    demographic_lines,
+    display_lines,
+    image_lines,
+    opposite,
+    patient_orientation,
+)
+from cxr_viewer.core.imaging.pixel import PixelReadout, pixel_readout
+from cxr_viewer.core.imaging.windowing import window_to_uint8
 from cxr_viewer.core.io.record import ImageRecord
-from cxr_viewer.core.session import DisplayState, HeatmapLayer, MaskLayer, Measurement, Session, make_measurement
-from cxr_viewer.qt.overlays import ColorBar, MeasurementItem, gray_to_qimage, make_heatmap_item, make_mask_item
+from cxr_viewer.core.session import (
+    DisplayState,
+    HeatmapLayer,
+    MaskLayer,
+    Measurement,
+    Session,
+    make_measurement,
+)
+from cxr_viewer.qt.overlays import (
+    AnnotationItem,
+    ColorBar,
+    gray_to_qimage,
+    make_heatmap_contour_item,
+    make_heatmap_item,
+    make_mask_item,
+)
 
 log = logging.getLogger(__name__)
 
-MODES = ("pan", "measure", "window")
+MODES = ("pan", "measure", "window", "angle", "roi_ellipse", "roi_rect", "ctr", "arrow", "text")
+#: Points each drawing tool collects (by drags or clicks) before it becomes an annotation.
+TOOL_POINTS = {"measure": 2, "angle": 3, "roi_ellipse": 2, "roi_rect": 2, "ctr": 4, "arrow": 2, "text": 1}
+LOUPE_KEY = Qt.Key.Key_Z  # hold for the magnifier
+LOUPE_SIZE, LOUPE_FACTOR = 220, 3.0
 Z_IMAGE, Z_HEATMAP, Z_MASKS, Z_MEASURE = 0.0, 10.0, 20.0, 50.0
-_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
 _CLICK_SLOP_PX = 5  # a press and release closer than this is a click, not a drag
 _WL_WIDTH_PX = 150.0  # dragging this far right doubles the window width
 _WL_CENTER_PX = 300.0  # dragging this far down moves the centre by one window width
 _FIT_MARGIN = 0.98
 
 
-@dataclass(frozen=True)
-class PixelInfo:
-    """What is under the mouse: pixel indices and the [0, 1] value there."""
-
-    row: int
-    col: int
-    value: float
+#: What is under the mouse: pixel indices, the [0, 1] value and the stored/modality values.
+PixelInfo = PixelReadout
 
 
-def _opposite(code: str) -> str:
-    return "".join(_OPPOSITE.get(ch, ch) for ch in code)
+def halo_text(painter: QPainter, pos: QPointF, text: str, colour: QColor) -> None:
+    """Text with a dark outline all round, readable over bright lung and black background alike."""
+    from PySide6.QtGui import QPainterPath
+
+    path = QPainterPath()
+    path.addText(pos, painter.font(), text)
+    painter.save()
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    pen = QPen(QColor(0, 0, 0, 230), 3.0)
+    pen.setJoinStyle(Qt.PenJoinStyle.RoundJoin)
+    painter.strokePath(path, pen)
+    painter.fillPath(path, colour)
+    painter.restore()
 
 
 class ImageCanvas(QGraphicsView):
@@ -66,6 +108,7 @@ class ImageCanvas(QGraphicsView):
 
     pixel_hovered = Signal(object)  # PixelInfo | None
     files_dropped = Signal(list)  # list[Path]
+    navigate = Signal(int)  # -1 previous image, +1 next (mouse back/forward buttons)
     view_changed = Signal()
     mode_changed = Signal(str)
 
@@ -95,10 +138,15 @@ class ImageCanvas(QGraphicsView):
         self._scene.addItem(self._image_item)
         self._heatmap_item: QGraphicsItem | None = None
         self._mask_items: list[QGraphicsItem] = []
-        self._measure_items: list[MeasurementItem] = []
-        self._draft: MeasurementItem | None = None
-        self._draft_start: tuple[float, float] | None = None
-        self._awaiting_second_click = False
+        self._measure_items: list[AnnotationItem] = []
+        self._draft: QGraphicsItem | None = None
+        self._points: list[tuple[float, float]] = []  # points the current drawing tool has collected
+        self._press_pos: QPoint | None = None
+        self._overlays_visible = True
+        self._loupe: QLabel | None = None
+        self._in_loupe = False
+        #: asks for the text of a text/arrow annotation; None = cancelled (tests replace it)
+        self.text_prompt: Callable[[str], str | None] = self._ask_text
 
         self._record: ImageRecord | None = None
         self._u8: np.ndarray | None = None
@@ -150,7 +198,7 @@ class ImageCanvas(QGraphicsView):
         return self._mode
 
     def set_mode(self, mode: str) -> None:
-        """Left-button tool: ``pan``, ``measure`` or ``window`` (right-drag always windows)."""
+        """Left-button tool: ``pan``, ``window`` or a drawing tool of :data:`TOOL_POINTS` (right-drag always windows)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self._cancel_draft()
@@ -159,8 +207,11 @@ class ImageCanvas(QGraphicsView):
         self.mode_changed.emit(mode)
 
     def _restore_cursor(self) -> None:
-        cursor = {"pan": Qt.CursorShape.OpenHandCursor, "measure": Qt.CursorShape.CrossCursor}
-        self.viewport().setCursor(cursor.get(self._mode, Qt.CursorShape.SizeAllCursor))
+        if self._mode in TOOL_POINTS:
+            self.viewport().setCursor(Qt.CursorShape.CrossCursor)
+        else:
+            cursor = Qt.CursorShape.OpenHandCursor if self._mode == "pan" else Qt.CursorShape.SizeAllCursor
+            self.viewport().setCursor(cursor)
 
     @property
     def display_range(self) -> tuple[float, float]:
@@ -215,7 +266,7 @@ class ImageCanvas(QGraphicsView):
         h, w = self._record.shape
         if not (0 <= row < h and 0 <= col < w):
             return None
-        return PixelInfo(row, col, float(self._record.pixels[row, col]))
+        return pixel_readout(self._record, row, col)
 
     @property
     def heatmap_item(self) -> QGraphicsItem | None:
@@ -226,8 +277,26 @@ class ImageCanvas(QGraphicsView):
         return list(self._mask_items)
 
     @property
-    def measurement_items(self) -> list[MeasurementItem]:
+    def measurement_items(self) -> list[AnnotationItem]:
         return list(self._measure_items)
+
+    @property
+    def overlays_visible(self) -> bool:
+        return self._overlays_visible
+
+    def set_overlays_visible(self, visible: bool) -> None:
+        """Show or hide every overlay at once: corner text, heatmap and colour bar, masks, annotations."""
+        self._overlays_visible = bool(visible)
+        layer = self.session.heatmap
+        if self._heatmap_item is not None:
+            self._heatmap_item.setVisible(visible and layer is not None and layer.visible)
+        self.colorbar.setVisible(visible and layer is not None and layer.visible and self._record is not None)
+        masks = self.session.masks
+        for item, m in zip(self._mask_items, masks):
+            item.setVisible(visible and m.visible)
+        for item in self._measure_items:
+            item.setVisible(visible)
+        self.viewport().update()
 
     @property
     def show_demographics(self) -> bool:
@@ -240,6 +309,9 @@ class ImageCanvas(QGraphicsView):
     def measure(self, p0: tuple[float, float], p1: tuple[float, float]) -> Measurement:
         """Add a measurement between two (row, col) image points (what the ruler tool does)."""
         return self.session.add_measurement(self._clamp(p0), self._clamp(p1))
+
+    def set_heatmap_style(self, style: str) -> None:
+        self.session.set_preference("heatmap_style", "contour" if style == "contour" else "fill")
 
     # ------------------------------------------------------------------ session events
     def _on_record(self, record: ImageRecord | None) -> None:
@@ -267,18 +339,28 @@ class ImageCanvas(QGraphicsView):
                 self._render_now()
         if (old.orientation, old.zoom, old.zoom_mode) != (state.orientation, state.zoom, state.zoom_mode):
             self._apply_geometry()
+            self.layout_labels()
         self.viewport().update()
         self.view_changed.emit()
+
+    @property
+    def heatmap_style(self) -> str:
+        """``fill`` (colour wash) or ``contour`` (iso-lines at the cut-off), a preference."""
+        return "contour" if self.session.preference("heatmap_style") == "contour" else "fill"
 
     def _on_heatmap(self, layer: HeatmapLayer | None) -> None:
         if self._heatmap_item is not None:
             self._scene.removeItem(self._heatmap_item)
             self._heatmap_item = None
         if layer is not None and self._record is not None:
-            self._heatmap_item = make_heatmap_item(layer, self._record.shape)
+            make = make_heatmap_contour_item if self.heatmap_style == "contour" else make_heatmap_item
+            self._heatmap_item = make(layer, self._record.shape)
             self._heatmap_item.setZValue(Z_HEATMAP)
+            self._heatmap_item.setVisible(layer.visible and self._overlays_visible)
             self._scene.addItem(self._heatmap_item)
         self.colorbar.set_layer(layer if self._record is not None else None)
+        if not self._overlays_visible:
+            self.colorbar.hide()
         self._place_colorbar()
 
     def _on_masks(self, masks: list[MaskLayer]) -> None:
@@ -289,6 +371,7 @@ class ImageCanvas(QGraphicsView):
             return
         for i, layer in enumerate(masks):
             item = make_mask_item(layer, self._record.shape)
+            item.setVisible(layer.visible and self._overlays_visible)
             item.setZValue(Z_MASKS + i)
             self._scene.addItem(item)
             self._mask_items.append(item)
@@ -300,13 +383,44 @@ class ImageCanvas(QGraphicsView):
         self._measure_items = []
         for m in measurements:
             item = self._new_measure_item(m)
+            item.setVisible(self._overlays_visible)
             self._measure_items.append(item)
+        self.layout_labels()
+
+    def layout_labels(self) -> None:
+        """Nudge annotation labels (in screen pixels) so none covers another or leaves the viewport."""
+        placed: list[QRectF] = []
+        vt = self.viewportTransform()
+        vp = QRectF(self.viewport().rect())
+        for item in self._measure_items:
+            label = item.label
+            label.set_nudge(QPointF(0, 0))
+            anchor = vt.map(label.scenePos())
+            base = label.plate_rect().translated(anchor)
+            dx = min(0.0, vp.right() - 4 - base.right()) or max(0.0, vp.left() + 4 - base.left())
+            dy0 = max(0.0, vp.top() + 4 - base.top()) or min(0.0, vp.bottom() - 4 - base.bottom())
+            base = base.translated(dx, dy0)
+            rect, dy = base, 0.0
+            for _ in range(12):
+                if not any(rect.intersects(r) for r in placed):
+                    break
+                dy += base.height() + 2
+                rect = base.translated(0, dy)
+            label.set_nudge(QPointF(dx, dy0 + dy))
+            placed.append(rect)
+
+    def label_rects(self) -> list[QRectF]:
+        """Where each annotation's label plate is drawn, in viewport coordinates."""
+        vt = self.viewportTransform()
+        return [it.label.boundingRect().translated(vt.map(it.label.scenePos())) for it in self._measure_items]
 
     def _on_preference(self, key: str, value: object) -> None:
         if key == "show_demographics":
             self.set_show_demographics(bool(value))
         elif key == "measure_color":
             self._measure_colour = QColor(str(value))
+        elif key == "heatmap_style":
+            self._on_heatmap(self.session.heatmap)
 
     # ------------------------------------------------------------------ rendering
     def _render_now(self) -> None:
@@ -366,11 +480,15 @@ class ImageCanvas(QGraphicsView):
         vbar.setValue(vbar.value() + round(dy))
 
     def _place_colorbar(self) -> None:
-        # right edge, under the top-right text block and clear of the mid-height orientation label
+        # bottom centre, horizontal: films carry their L/R markers and labels in the top corners,
+        # the corner text sits in the corners, and the orientation letters at mid-edges
         vp = self.viewport().rect()
-        top = 8 * self.fontMetrics().height()
-        h = max(120, min(240, vp.height() // 2 - top - 16))
-        self.colorbar.setGeometry(vp.width() - self.colorbar.width() - 10, top, self.colorbar.width(), h)
+        w = max(140, min(260, vp.width() - 2 * 190))
+        h = self.colorbar.height()
+        y = vp.height() - h - 8
+        if vp.width() - 2 * 170 < w:  # a narrow viewport (current | prior): go above the bottom corner text
+            y -= 3 * self.fontMetrics().height() + 6
+        self.colorbar.setGeometry((vp.width() - w) // 2, y, w, h)
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
@@ -382,6 +500,8 @@ class ImageCanvas(QGraphicsView):
     def drawForeground(self, painter: QPainter, rect: QRectF) -> None:  # noqa: N802 - Qt override
         if self._record is None:
             self._draw_placeholder(painter)
+            return
+        if not self._overlays_visible or self._in_loupe:
             return
         painter.save()
         painter.resetTransform()
@@ -426,78 +546,18 @@ class ImageCanvas(QGraphicsView):
             w = fm.horizontalAdvance(text)
             x = vp.width() - margin - w if right else margin
             y = y0 + i * lh + fm.ascent()
-            painter.setPen(QColor(0, 0, 0, 220))
-            painter.drawText(QPointF(x + 1, y + 1), text)
-            painter.setPen(QColor("#e8e8e8"))
-            painter.drawText(QPointF(x, y), text)
+            halo_text(painter, QPointF(x, y), text, QColor("#f2f2f2"))
 
     def demographic_lines(self) -> list[str]:
         """Patient identity lines for the top-left corner (empty when nothing is known)."""
-        if self._record is None:
-            return []
-        md = self._record.metadata
-        lines = []
-        name = str(md.get("patient_name") or "").replace("^", " ").strip()
-        if name:
-            lines.append(name)
-        if md.get("patient_id"):
-            lines.append(f"ID {md['patient_id']}")
-        age = md.get("patient_age_years")
-        sex = md.get("patient_sex") or ""
-        parts = []
-        if sex:
-            parts.append(f"Sex {sex}")
-        if age is not None:
-            parts.append(f"{age:.0f} y" if age >= 2 else f"{age * 12:.0f} mo")
-        if parts:
-            lines.append(", ".join(parts))
-        date = str(md.get("study_date") or "")
-        if len(date) == 8 and date.isdigit():
-            date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-        if date:
-            lines.append(f"Study {date}")
-        return lines
+        return demographic_lines(self._record)
 
     def display_lines(self) -> list[str]:
         """Acquisition and display state for the top-right corner."""
-        if self._record is None:
-            return []
-        md = self._record.metadata
-        head = " ".join(str(v) for v in (md.get("modality"), md.get("view_position")) if v)
-        desc = str(md.get("series_description") or md.get("study_description") or "")
-        c, w = self._state.center_width
-        source = window_in_source_units(self._record, self._state.window)
-        if source is not None:  # the file's own units, as a PACS shows them
-            c, w = source
-        cw = f"C {c:.0f}  W {w:.0f}" if source is not None else f"C {c:.3f}  W {w:.3f}"
-        lines = [s for s in (head, desc) if s]
-        lines.append(cw + (f"  ({self._state.preset})" if self._state.preset else ""))
-        lines.append(f"Zoom {self._state.zoom * 100:.0f}%")
-        flags = []
-        if self._state.invert:
-            flags.append("Inverted")
-        if self._state.rotation:
-            flags.append(f"Rotated {self._state.rotation}°")
-        if self._state.mirrored:
-            flags.append("Mirrored")
-        if flags:
-            lines.append(", ".join(flags))
-        heat = self.session.heatmap
-        if heat is not None and heat.visible and heat.label:
-            lines.append(f"Heatmap: {heat.label.replace('_', ' ')}" + (f" ({heat.method})" if heat.method else ""))
-        return lines
+        return display_lines(self._record, self._state, self.session.heatmap)
 
     def image_lines(self) -> list[str]:
-        if self._record is None:
-            return []
-        h, w = self._record.shape
-        lines = [f"{w} × {h} px"]
-        if self._record.spacing_mm is not None:
-            r, c = self._record.spacing_mm
-            lines.append(f"{r:.3f} mm/px" if math.isclose(r, c, rel_tol=1e-6) else f"{r:.3f} × {c:.3f} mm/px")
-        else:
-            lines.append("No pixel spacing: measurements in px")
-        return lines
+        return image_lines(self._record)
 
     def orientation_labels(self) -> dict[str, str]:
         """Patient direction at each screen edge (left/right/top/bottom) from PatientOrientation."""
@@ -512,21 +572,13 @@ class ImageCanvas(QGraphicsView):
         for edge, (dx, dy) in {"right": (1, 0), "left": (-1, 0), "bottom": (0, 1), "top": (0, -1)}.items():
             v = inv.map(QPointF(dx, dy)) - inv.map(QPointF(0, 0))
             if abs(v.x()) >= abs(v.y()):
-                labels[edge] = row_dir if v.x() > 0 else _opposite(row_dir)
+                labels[edge] = row_dir if v.x() > 0 else opposite(row_dir)
             else:
-                labels[edge] = col_dir if v.y() > 0 else _opposite(col_dir)
+                labels[edge] = col_dir if v.y() > 0 else opposite(col_dir)
         return labels
 
     def _patient_orientation(self) -> tuple[str, str] | None:
-        header = self._record.header if self._record is not None else None
-        value = getattr(header, "PatientOrientation", None) if header is not None else None
-        try:
-            parts = [str(v).strip().upper() for v in value] if value is not None else []
-        except TypeError:
-            parts = []
-        if len(parts) != 2 or not all(parts) or not all(set(p) <= set(_OPPOSITE) for p in parts):
-            return None
-        return parts[0], parts[1]
+        return patient_orientation(self._record)
 
     def _draw_orientation(self, painter: QPainter, vp: QRect) -> None:
         labels = self.orientation_labels()
@@ -544,10 +596,7 @@ class ImageCanvas(QGraphicsView):
             "bottom": QPointF(vp.width() / 2 - fm.horizontalAdvance(labels["bottom"]) / 2, vp.height() - 8 - fm.descent()),
         }
         for edge, text in labels.items():
-            painter.setPen(QColor(0, 0, 0, 220))
-            painter.drawText(pos[edge] + QPointF(1, 1), text)
-            painter.setPen(QColor("#f0c040"))
-            painter.drawText(pos[edge], text)
+            halo_text(painter, pos[edge], text, QColor("#f0c040"))
         font.setPointSizeF(9.5)
         font.setBold(False)
         painter.setFont(font)
@@ -577,9 +626,9 @@ class ImageCanvas(QGraphicsView):
             painter.drawLine(QPointF(x0 + off, y + off), QPointF(x1 + off, y + off))
             painter.drawLine(QPointF(x0 + off, y - 5 + off), QPointF(x0 + off, y + off))
             painter.drawLine(QPointF(x1 + off, y - 5 + off), QPointF(x1 + off, y + off))
-            text = f"{mm:.0f} mm"
-            tw = painter.fontMetrics().horizontalAdvance(text)
-            painter.drawText(QPointF((x0 + x1) / 2 - tw / 2 + off, y - 8 + off), text)
+        text = f"{mm:.0f} mm"
+        tw = painter.fontMetrics().horizontalAdvance(text)
+        halo_text(painter, QPointF((x0 + x1) / 2 - tw / 2, y - 8), text, QColor("#f2f2f2"))
 
     def _draw_mask_legend(self, painter: QPainter, vp: QRect, margin: int) -> None:
         masks = [m for m in self.session.masks if m.visible]
@@ -591,10 +640,7 @@ class ImageCanvas(QGraphicsView):
         for m in masks:
             text = m.text if len(m.text) <= 40 else m.text[:39] + "…"
             painter.fillRect(QRectF(margin, y + 3, 12, 12), QColor(*m.color))
-            painter.setPen(QColor(0, 0, 0, 220))
-            painter.drawText(QPointF(margin + 19, y + fm.ascent() + 2), text)
-            painter.setPen(QColor("#e8e8e8"))
-            painter.drawText(QPointF(margin + 18, y + fm.ascent() + 1), text)
+            halo_text(painter, QPointF(margin + 18, y + fm.ascent() + 1), text, QColor("#f2f2f2"))
             y += lh
 
     # ------------------------------------------------------------------ measurements
@@ -604,36 +650,101 @@ class ImageCanvas(QGraphicsView):
         h, w = self._record.shape
         return float(min(max(p[0], -0.5), h - 0.5)), float(min(max(p[1], -0.5), w - 0.5))
 
-    def _new_measure_item(self, m: Measurement | None) -> MeasurementItem:
-        item = MeasurementItem(m, self._measure_colour)
+    def _new_measure_item(self, m: object | None) -> AnnotationItem:
+        item = AnnotationItem(m, self._measure_colour)
         item.setZValue(Z_MEASURE)
         self._scene.addItem(item)
         return item
 
+    def build_annotation(self, mode: str, points: list[tuple[float, float]]) -> object | None:
+        """The annotation a tool makes from its collected (row, col) points (None until it has enough)."""
+        rec = self._record
+        n = TOOL_POINTS.get(mode, 0)
+        if rec is None or len(points) < n:
+            return None
+        pts = [self._clamp(p) for p in points[:n]]
+        if mode == "measure":
+            return make_measurement(rec, pts[0], pts[1])
+        if mode == "angle":
+            return ann.make_angle(rec, *pts)
+        if mode in ("roi_ellipse", "roi_rect"):
+            return ann.make_roi(rec, "ellipse" if mode == "roi_ellipse" else "rectangle", pts[0], pts[1])
+        if mode == "ctr":
+            return ann.make_ctr(rec, *pts)
+        if mode == "arrow":
+            return ann.ArrowAnnotation(pts[0], pts[1])
+        if mode == "text":
+            return ann.TextAnnotation(pts[0], "")
+        return None
+
+    def add_annotation(self, mode: str, points: list[tuple[float, float]], text: str | None = None) -> object | None:
+        """Finish a tool with these image points (what clicking/dragging does); text tools take ``text``."""
+        made = self.build_annotation(mode, points)
+        if made is None:
+            return None
+        if mode in ("text", "arrow"):
+            if text is None:
+                text = self.text_prompt("Annotation text" if mode == "text" else "Arrow label (may be empty)")
+            if text is None or (mode == "text" and not text.strip()):
+                return None  # cancelled
+            from dataclasses import replace
+
+            made = replace(made, text=text.strip())
+        if isinstance(made, Measurement):
+            return self.session.add_measurement(made.p0, made.p1)
+        return self.session.add_annotation(made)
+
+    def _ask_text(self, title: str) -> str | None:
+        text, ok = QInputDialog.getText(self, title, title + ":")
+        return text if ok else None
+
     def _update_draft(self, pos: QPoint) -> None:
-        if self._draft is None or self._draft_start is None:
+        if not self._points or self._record is None:
             return
-        p1 = self._clamp(self.viewport_to_image(pos))
-        self._draft.set_measurement(make_measurement(self._record, self._draft_start, p1))
+        live = self._clamp(self.viewport_to_image(pos))
+        pts = [*self._points, live]
+        made = self.build_annotation(self._mode, pts)
+        if made is None and self._mode == "ctr" and len(pts) >= 2:
+            made = ann.make_ctr(self._record, pts[0], pts[1], *(pts[2:4] if len(pts) >= 4 else (pts[0], pts[1])))
+        if self._draft is not None:
+            self._scene.removeItem(self._draft)
+            self._draft = None
+        if made is not None and not isinstance(made, (ann.TextAnnotation,)):
+            self._draft = self._new_measure_item(made)
+        else:
+            from PySide6.QtGui import QPainterPath
 
-    def _start_draft(self, pos: QPoint) -> None:
-        self._cancel_draft()
-        self._draft_start = self._clamp(self.viewport_to_image(pos))
-        self._draft = self._new_measure_item(None)
-        self._update_draft(pos)
+            path = QPainterPath(QPointF(pts[0][1] + 0.5, pts[0][0] + 0.5))
+            for r, c in pts[1:]:
+                path.lineTo(QPointF(c + 0.5, r + 0.5))
+            item = QGraphicsPathItem(path)
+            pen = QPen(self._measure_colour, 1.5, Qt.PenStyle.DashLine)
+            pen.setCosmetic(True)
+            item.setPen(pen)
+            item.setZValue(Z_MEASURE)
+            self._scene.addItem(item)
+            self._draft = item
 
-    def _finish_draft(self, pos: QPoint) -> None:
-        start = self._draft_start
-        self._cancel_draft()
-        if start is not None:
-            self.measure(start, self.viewport_to_image(pos))
+    def _add_point(self, pos: QPoint) -> None:
+        self._points.append(self._clamp(self.viewport_to_image(pos)))
+        if len(self._points) >= TOOL_POINTS[self._mode]:
+            points, mode = list(self._points), self._mode
+            self._cancel_draft()
+            self.add_annotation(mode, points)
+        else:
+            self._update_draft(pos)
+
+    @property
+    def drawing(self) -> bool:
+        """True while a tool has collected some but not all of its points."""
+        return bool(self._points)
 
     def _cancel_draft(self) -> None:
         if self._draft is not None:
             self._scene.removeItem(self._draft)
         self._draft = None
-        self._draft_start = None
-        self._awaiting_second_click = False
+        self._points = []
+        self._press_pos = None
 
     # ------------------------------------------------------------------ mouse
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
@@ -642,25 +753,30 @@ class ImageCanvas(QGraphicsView):
         if self._record is None:
             super().mousePressEvent(event)
             return
+        if button in (Qt.MouseButton.BackButton, Qt.MouseButton.ForwardButton):
+            self.navigate.emit(-1 if button == Qt.MouseButton.BackButton else 1)
+            event.accept()
+            return
         if button == Qt.MouseButton.RightButton or (button == Qt.MouseButton.LeftButton and self._mode == "window"):
             self._drag = ("window", pos, self._state.center_width)
             self.viewport().setCursor(Qt.CursorShape.SizeAllCursor)
         elif button == Qt.MouseButton.MiddleButton or (button == Qt.MouseButton.LeftButton and self._mode == "pan"):
             self._drag = ("pan", pos, pos)
             self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
-        elif button == Qt.MouseButton.LeftButton and self._mode == "measure":
-            if self._awaiting_second_click:
-                self._finish_draft(pos)
-            else:
-                self._start_draft(pos)
-                self._drag = ("measure", pos, None)
+        elif button == Qt.MouseButton.LeftButton and self._mode in TOOL_POINTS:
+            self._drag = ("tool", pos, None)
+            self._add_point(pos)  # a press always places a point; a drag's release places the next
+        elif button in (Qt.MouseButton.BackButton, Qt.MouseButton.ForwardButton):
+            self.navigate.emit(-1 if button == Qt.MouseButton.BackButton else 1)
         event.accept()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
         pos = event.position().toPoint()
         self.pixel_hovered.emit(self.pixel_at(pos))
+        if self._loupe is not None and self._loupe.isVisible():
+            self._update_loupe(pos)
         if self._drag is None:
-            if self._awaiting_second_click:
+            if self._points:
                 self._update_draft(pos)
             return
         kind, start, data = self._drag
@@ -679,7 +795,7 @@ class ImageCanvas(QGraphicsView):
             if self._state.zoom_mode == "fit":
                 self.session.set_zoom_mode("free")
             self.viewport().update()
-        elif kind == "measure":
+        elif kind == "tool":
             self._update_draft(pos)
         event.accept()
 
@@ -690,17 +806,15 @@ class ImageCanvas(QGraphicsView):
             self._drag = None
             if kind == "window":
                 self._render_now()
-            elif kind == "measure":
-                if (pos - start).manhattanLength() < _CLICK_SLOP_PX:
-                    self._awaiting_second_click = True  # click-click measuring
-                else:
-                    self._finish_draft(pos)
-            if kind != "measure":
+            elif kind == "tool":
+                if self._points and (pos - start).manhattanLength() >= _CLICK_SLOP_PX:
+                    self._add_point(pos)  # a drag: its end is the next point; a click waits for the next click
+            if kind != "tool":
                 self._restore_cursor()
         event.accept()
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
-        if self._mode == "measure":
+        if self._mode in TOOL_POINTS:
             self.mousePressEvent(event)
             return
         if event.button() == Qt.MouseButton.LeftButton and self._record is not None:
@@ -721,10 +835,76 @@ class ImageCanvas(QGraphicsView):
         event.accept()
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
-        if event.key() == Qt.Key.Key_Escape and self._draft is not None:
+        if event.key() == Qt.Key.Key_Escape and self._points:
             self._cancel_draft()  # Esc abandons a half-drawn ruler
             return
+        if event.key() == LOUPE_KEY and not event.isAutoRepeat():
+            self.show_loupe(True)
+            return
         super().keyPressEvent(event)
+
+    def keyReleaseEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        if event.key() == LOUPE_KEY and not event.isAutoRepeat():
+            self.show_loupe(False)
+            return
+        super().keyReleaseEvent(event)
+
+    # ------------------------------------------------------------------ magnifier
+    @property
+    def loupe(self) -> QLabel | None:
+        return self._loupe
+
+    def show_loupe(self, on: bool, pos: QPoint | None = None) -> None:
+        """The magnifier: a round loupe under the cursor showing the image at LOUPE_FACTOR times the zoom."""
+        if not on:
+            if self._loupe is not None:
+                self._loupe.hide()
+            return
+        if self._record is None:
+            return
+        if self._loupe is None:
+            self._loupe = QLabel(self.viewport())
+            self._loupe.setObjectName("loupe")
+            self._loupe.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents, True)
+            self._loupe.resize(LOUPE_SIZE, LOUPE_SIZE)
+        if pos is None:
+            pos = self.viewport().mapFromGlobal(self.cursor().pos())
+            if not self.viewport().rect().contains(pos):
+                pos = self.viewport().rect().center()
+        self._loupe.show()
+        self._update_loupe(pos)
+
+    def _update_loupe(self, pos: QPoint) -> None:
+        from PySide6.QtGui import QPainterPath
+
+        assert self._loupe is not None
+        size = LOUPE_SIZE
+        src_half = size / (2.0 * LOUPE_FACTOR)
+        source = QRect(int(pos.x() - src_half), int(pos.y() - src_half), int(2 * src_half), int(2 * src_half))
+        view = QPixmap(size, size)
+        view.fill(QColor("#000000"))
+        vp_painter = QPainter(view)
+        vp_painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+        self._in_loupe = True
+        try:
+            self.render(vp_painter, QRectF(0, 0, size, size), source)  # the scene re-drawn at higher zoom
+        finally:
+            self._in_loupe = False
+            vp_painter.end()
+        pm = QPixmap(size, size)
+        pm.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(pm)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        clip = QPainterPath()
+        clip.addEllipse(QRectF(1, 1, size - 2, size - 2))
+        painter.setClipPath(clip)
+        painter.drawPixmap(0, 0, view)
+        painter.setClipping(False)
+        painter.setPen(QPen(QColor("#f0c040"), 2))
+        painter.drawEllipse(QRectF(1, 1, size - 2, size - 2))
+        painter.end()
+        self._loupe.setPixmap(pm)
+        self._loupe.move(pos.x() - size // 2, pos.y() - size // 2)
 
     # ------------------------------------------------------------------ drag and drop
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override

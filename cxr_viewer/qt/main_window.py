@@ -47,8 +47,9 @@ from cxr_viewer.qt.icons import icon
 from cxr_viewer.qt.panels.findings import FindingsPanel
 from cxr_viewer.qt.panels.heatmap import HeatmapPanel
 from cxr_viewer.qt.panels.report import ReportPanel
+from cxr_viewer.qt.reading import MOUSE_AND_HELD_KEYS, ReadingTools
 from cxr_viewer.qt.study_browser import StudyBrowser, make_thumbnail, thumbnail_array
-from cxr_viewer.qt.tag_browser import TagBrowser
+from cxr_viewer.qt.tag_browser import TagBrowser, TagWindow
 from cxr_viewer.qt.workers import Task, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ APPLICATION = "cxr-viewer"
 MAX_RECENT = 10
 IMAGE_FILTER = "Chest X-rays (*.dcm *.dicom *.dic *.png *.jpg *.jpeg *.tif *.tiff);;All files (*)"
 PRESET_KEYS = ("1", "2", "3", "4", "5", "6")
+QUIT_WAIT_MS = 300  # how long closing waits for background work before leaving it behind
 
 #: Mouse gestures listed in the shortcuts dialog next to the keyboard actions.
 MOUSE_HELP = (
@@ -66,6 +68,7 @@ MOUSE_HELP = (
     ("Pan", "Middle-drag, or left-drag with the Pan tool"),
     ("Measure a distance", "Measure tool: drag, or click start and end"),
     ("Fit to window", "Double-click"),
+    *MOUSE_AND_HELD_KEYS,
 )
 
 
@@ -130,6 +133,7 @@ class MainWindow(QMainWindow):
         from cxr_viewer.qt.worklist import install_worklist  # the triage worklist dock, self-contained
 
         install_worklist(self)
+        self.reading = ReadingTools(self)  # measurement tools, overlays, navigation, annotations, compare
         self._connect()
         from cxr_viewer.qt.site_wizard import SiteCalibrationHook
 
@@ -142,10 +146,10 @@ class MainWindow(QMainWindow):
         self.study_browser = StudyBrowser(self)
         self.studies_dock = self._dock(self.study_browser, "Studies", "dock_studies", Qt.DockWidgetArea.LeftDockWidgetArea)
         self.tag_browser = TagBrowser(self)
-        self.tags_dock = self._dock(self.tag_browser, "DICOM tags", "dock_tags", Qt.DockWidgetArea.RightDockWidgetArea)
-        self.tags_dock.hide()
-        self.tags_dock.visibilityChanged.connect(self._size_tags_dock)
-        self.resizeDocks([self.studies_dock], [230], Qt.Orientation.Horizontal)
+        # A resizable window of its own (not a squashed dock strip); ``tags_dock`` is kept as its name.
+        self.tags_window = TagWindow(self.tag_browser, self.settings, self)
+        self.tags_dock = self.tags_window
+        self.resizeDocks([self.studies_dock], [250], Qt.Orientation.Horizontal)
 
     def _dock(self, widget: QWidget, title: str, name: str, area: Qt.DockWidgetArea) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -246,7 +250,7 @@ class MainWindow(QMainWindow):
             self.mode_group.addAction(act)
         self.action_map["mode_pan"].setChecked(True)
         a("clear_measurements", "&Clear Measurements", s.clear_measurements, ["Delete", "Backspace"])
-        tags = self.tags_dock.toggleViewAction()
+        tags = self.tags_window.toggleViewAction()
         tags.setText("DICOM &Tag Browser")
         tags.setShortcut(QKeySequence("Ctrl+T"))
         tags.setIcon(icon("tags"))
@@ -284,6 +288,7 @@ class MainWindow(QMainWindow):
         m.addAction(self.action_map["export_view"])
         m.addSeparator()
         m.addAction(self.action_map["quit"])
+        self.file_menu = m
 
         m = bar.addMenu("&View")
         for key in ("fit", "actual_size", "zoom_in", "zoom_out"):
@@ -305,6 +310,7 @@ class MainWindow(QMainWindow):
         self._panels_menu = panels
         m.addAction(self.action_map["toggle_panels"])
         m.addAction(self.action_map["fullscreen"])
+        self.view_menu = m
 
         m = bar.addMenu("&Tools")
         for act in self.mode_group.actions():
@@ -319,6 +325,7 @@ class MainWindow(QMainWindow):
         for act in self.device_group.actions():
             device.addAction(act)
         self.device_menu = device
+        self.tools_menu = m
 
         m = bar.addMenu("&Help")
         m.addAction(self.action_map["shortcuts"])
@@ -385,8 +392,9 @@ class MainWindow(QMainWindow):
         if not self._state_restored:
             self.tabifyDockWidget(self.heatmap_dock, self.report_dock)
             self.heatmap_dock.raise_()
-            self.resizeDocks([self.findings_dock], [430], Qt.Orientation.Horizontal)
-            self.resizeDocks([self.findings_dock, self.heatmap_dock], [560, 300], Qt.Orientation.Vertical)
+            self.resizeDocks([self.findings_dock], [460], Qt.Orientation.Horizontal)
+            # every finding row and badge above the fold at the default 1400x900
+            self.resizeDocks([self.findings_dock, self.heatmap_dock], [600, 220], Qt.Orientation.Vertical)
 
     def _connect(self) -> None:
         ev = self.session.events
@@ -636,12 +644,6 @@ class MainWindow(QMainWindow):
         box.setWindowModality(Qt.WindowModality.NonModal)
         box.show()
 
-    def _size_tags_dock(self, visible: bool) -> None:
-        """Give the tag browser room for its value column the first time it opens."""
-        if visible and not self._state_restored and not getattr(self, "_tags_sized", False):
-            self._tags_sized = True
-            self.resizeDocks([self.tags_dock], [480], Qt.Orientation.Horizontal)
-
     # ------------------------------------------------------------------ view actions
     def toggle_panels(self) -> None:
         """Hide every dock for a full-size image; pressing again brings the same ones back."""
@@ -668,6 +670,7 @@ class MainWindow(QMainWindow):
     def _on_display(self, state: DisplayState) -> None:
         from cxr_viewer.core.imaging.windowing import window_in_source_units
 
+        state = self.session.display  # the latest: a fit re-emits from inside the canvas's handler
         c, w = state.center_width
         source = window_in_source_units(self.session.record, state.window)
         if source is not None:
@@ -692,7 +695,7 @@ class MainWindow(QMainWindow):
         if info is None:
             self.pixel_label.setText("")
         else:
-            self.pixel_label.setText(f"row {info.row}, col {info.col}: value {info.value:.4f}")
+            self.pixel_label.setText(info.text())
 
     def _on_busy(self, busy: bool) -> None:
         self.busy_bar.setVisible(busy)
@@ -785,10 +788,16 @@ class MainWindow(QMainWindow):
             self.open_paths(paths)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
-        self.save_settings()
-        self.analysis.shutdown(3000)
+        self.tags_window.save_state()
+        self.save_settings()  # first: nothing below may lose the user's layout
+        self.hide()  # the window goes at once; the work it leaves is cancelled, not awaited
+        self.tags_window.hide()
+        self.reading.shutdown()
+        # A model call in flight cannot be interrupted; wait briefly, then leave it to the process exit
+        # (cxr_viewer.qt.app.gui_main ends the process without joining such threads).
+        self.analysis.shutdown(QUIT_WAIT_MS)
         self.runner.cancel_all()
-        self.runner.wait(3000)
+        self.runner.wait(QUIT_WAIT_MS)
         if self.error_dialog is not None:
             self.error_dialog.close()
         self._disconnect()

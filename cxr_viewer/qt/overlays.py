@@ -12,17 +12,25 @@ from functools import lru_cache
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPainterPath, QPen, QPixmap
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QFontMetricsF,
+    QImage,
+    QPainter,
+    QPainterPath,
+    QPen,
+    QPixmap,
+)
 from PySide6.QtWidgets import (
     QGraphicsItem,
-    QGraphicsLineItem,
     QGraphicsPathItem,
     QGraphicsPixmapItem,
     QStyleOptionGraphicsItem,
     QWidget,
 )
 
-from cxr_viewer.core.session import HeatmapLayer, MaskLayer, Measurement
+from cxr_viewer.core.session import HeatmapLayer, MaskLayer
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +136,18 @@ def make_mask_item(layer: MaskLayer, image_shape: tuple[int, int]) -> QGraphicsI
 
 
 class LabelItem(QGraphicsItem):
-    """Screen-sized text on a dark plate, pinned to a scene point (ignores zoom/rotation)."""
+    """Screen-sized text on a dark plate, pinned to a scene point (ignores zoom/rotation).
+
+    ``nudge`` moves the plate in screen pixels; the canvas uses it to keep labels
+    of lines that share an end point from covering each other.
+    """
 
     def __init__(self, text: str, colour: QColor, parent: QGraphicsItem | None = None) -> None:
         super().__init__(parent)
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
         self._text = text
         self._colour = colour
+        self._nudge = QPointF(0.0, 0.0)
         self._font = QFont()
         self._font.setPointSizeF(10.0)
         self._font.setBold(True)
@@ -143,16 +156,35 @@ class LabelItem(QGraphicsItem):
     def text(self) -> str:
         return self._text
 
+    @property
+    def nudge(self) -> QPointF:
+        return QPointF(self._nudge)
+
     def set_text(self, text: str) -> None:
         self.prepareGeometryChange()
         self._text = text
         self.update()
 
-    def boundingRect(self) -> QRectF:
+    def set_nudge(self, offset: QPointF) -> None:
+        if offset != self._nudge:
+            self.prepareGeometryChange()
+            self._nudge = QPointF(offset)
+            self.update()
+
+    def plate_rect(self) -> QRectF:
+        """The plate in item (screen-pixel) coordinates, before the nudge."""
         fm = QFontMetricsF(self._font)
-        return QRectF(8.0, -fm.height() - 8.0, fm.horizontalAdvance(self._text) + 10.0, fm.height() + 4.0)
+        lines = self._text.split("\n") if self._text else [""]
+        w = max(fm.horizontalAdvance(t) for t in lines) + 10.0
+        h = fm.height() * len(lines) + 4.0
+        return QRectF(8.0, -h - 4.0, w, h)
+
+    def boundingRect(self) -> QRectF:
+        return self.plate_rect().translated(self._nudge)
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
+        if not self._text:
+            return
         rect = self.boundingRect()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setPen(Qt.PenStyle.NoPen)
@@ -163,28 +195,128 @@ class LabelItem(QGraphicsItem):
         painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, self._text)
 
 
-class MeasurementItem(QGraphicsItem):
-    """A measured line with end ticks and its length label."""
+def _scene_pt(p: tuple[float, float]) -> QPointF:
+    """Image (row, col) point with pixel centres at integers -> scene point (pixels span [i, i + 1))."""
+    return QPointF(float(p[1]) + 0.5, float(p[0]) + 0.5)
 
-    def __init__(self, measurement: Measurement | None, colour: QColor) -> None:
+
+class ArrowHeadItem(QGraphicsItem):
+    """An arrow head of constant screen size at ``head``, pointing away from ``tail`` as seen on screen."""
+
+    SIZE = 14.0
+
+    def __init__(self, tail: QPointF, head: QPointF, colour: QColor, parent: QGraphicsItem | None = None) -> None:
+        super().__init__(parent)
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
+        self._tail, self._colour = QPointF(tail), colour
+        self.setPos(head)
+
+    def boundingRect(self) -> QRectF:
+        s = self.SIZE + 2
+        return QRectF(-s, -s, 2 * s, 2 * s)
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
+        import math
+
+        views = self.scene().views() if self.scene() is not None else []
+        if not views:
+            return
+        t = views[0].viewportTransform()
+        d = t.map(self.pos()) - t.map(self._tail)
+        n = math.hypot(d.x(), d.y())
+        if n < 1e-6:
+            return
+        ux, uy = d.x() / n, d.y() / n
+        s = self.SIZE
+        left = QPointF(-ux * s - uy * s * 0.45, -uy * s + ux * s * 0.45)
+        right = QPointF(-ux * s + uy * s * 0.45, -uy * s - ux * s * 0.45)
+        path = QPainterPath(QPointF(0, 0))
+        path.lineTo(left)
+        path.lineTo(right)
+        path.closeSubpath()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(QPen(QColor(0, 0, 0, 200), 1.0))
+        painter.setBrush(self._colour)
+        painter.drawPath(path)
+
+
+class AnnotationItem(QGraphicsItem):
+    """Any measurement or annotation of core.imaging.measurements: its shape plus one label."""
+
+    def __init__(self, annotation: object | None, colour: QColor) -> None:
         super().__init__()
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemHasNoContents, True)
-        pen = QPen(colour, 2.0)
-        pen.setCosmetic(True)
-        self.line = QGraphicsLineItem(self)
-        self.line.setPen(pen)
+        self._colour = colour
+        self._pen = QPen(colour, 2.0)
+        self._pen.setCosmetic(True)
+        self.path = QGraphicsPathItem(self)
+        self.path.setPen(self._pen)
         self.label = LabelItem("", colour, self)
-        self.measurement: Measurement | None = None
-        if measurement is not None:
-            self.set_measurement(measurement)
+        self._extras: list[QGraphicsItem] = []
+        self.annotation: object | None = None
+        if annotation is not None:
+            self.set_annotation(annotation)
 
-    def set_measurement(self, m: Measurement) -> None:
-        self.measurement = m
-        # image points have pixel centres at integers; scene pixels span [i, i + 1)
-        (r0, c0), (r1, c1) = m.p0, m.p1
-        self.line.setLine(c0 + 0.5, r0 + 0.5, c1 + 0.5, r1 + 0.5)
-        self.label.setPos(QPointF(c1 + 0.5, r1 + 0.5))
-        self.label.set_text(m.label)
+    @property
+    def measurement(self) -> object | None:
+        return self.annotation
+
+    def set_measurement(self, m: object) -> None:
+        self.set_annotation(m)
+
+    def set_annotation(self, ann: object) -> None:
+        self.annotation = ann
+        for item in self._extras:
+            item.setParentItem(None)
+            if item.scene() is not None:
+                item.scene().removeItem(item)
+        self._extras = []
+        kind = getattr(ann, "kind", "distance")
+        path = QPainterPath()
+        anchor: QPointF
+        if kind == "distance":
+            a, b = _scene_pt(ann.p0), _scene_pt(ann.p1)  # type: ignore[attr-defined]
+            path.moveTo(a)
+            path.lineTo(b)
+            anchor = (a + b) / 2.0  # the middle: lines sharing an end point keep their labels apart
+        elif kind == "angle":
+            a, v, b = (_scene_pt(p) for p in ann.points)  # type: ignore[attr-defined]
+            path.moveTo(a)
+            path.lineTo(v)
+            path.lineTo(b)
+            anchor = v
+        elif kind == "roi":
+            p0, p1 = _scene_pt(ann.p0), _scene_pt(ann.p1)  # type: ignore[attr-defined]
+            rect = QRectF(p0, p1).normalized()
+            if ann.shape == "ellipse":  # type: ignore[attr-defined]
+                path.addEllipse(rect)
+            else:
+                path.addRect(rect)
+            anchor = rect.bottomRight()
+        elif kind == "ctr":
+            for seg in (ann.cardiac, ann.thoracic):  # type: ignore[attr-defined]
+                a, b = _scene_pt(seg[0]), _scene_pt(seg[1])
+                path.moveTo(a)
+                path.lineTo(b)
+            t0, t1 = (_scene_pt(p) for p in ann.thoracic)  # type: ignore[attr-defined]
+            anchor = QPointF(max(t0.x(), t1.x()), t0.y())
+        elif kind == "arrow":
+            a, b = _scene_pt(ann.tail), _scene_pt(ann.head)  # type: ignore[attr-defined]
+            path.moveTo(a)
+            path.lineTo(b)
+            head = ArrowHeadItem(a, b, self._colour, self)
+            self._extras.append(head)
+            anchor = a
+        elif kind == "text":
+            anchor = _scene_pt(ann.pos)  # type: ignore[attr-defined]
+        else:
+            raise ValueError(f"cannot draw annotation kind {kind!r}")
+        self.path.setPath(path)
+        self.label.setPos(anchor)
+        text = str(getattr(ann, "label", ""))
+        if kind == "ctr":
+            text = f"{text}\n{ann.detail}"  # type: ignore[attr-defined]
+        self.label.set_text(text)
 
     def boundingRect(self) -> QRectF:
         return QRectF()
@@ -193,16 +325,75 @@ class MeasurementItem(QGraphicsItem):
         pass
 
 
+#: The distance ruler is one kind of annotation item.
+MeasurementItem = AnnotationItem
+
+
+CONTOUR_GRID = 256
+
+
+def smooth_upsample(data: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize of a small float map so its longer side is at least ``size`` (no-op when it is)."""
+    h, w = data.shape
+    if max(h, w) >= size:
+        return data
+    from PIL import Image
+
+    f = size / max(h, w)
+    out = Image.fromarray(np.asarray(data, dtype=np.float32), mode="F").resize(
+        (max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def heatmap_contour_levels(layer: HeatmapLayer) -> list[float]:
+    """Iso-lines of a heatmap: the cut-off (0.5 without one) and two levels above it."""
+    t = 0.5 if layer.threshold is None or layer.threshold <= 0 else float(layer.threshold)
+    hi = float(layer.data.max())
+    if hi <= t:
+        return [t]
+    return [t + (hi - t) * f for f in (0.0, 0.4, 0.75)]
+
+
+def make_heatmap_contour_item(layer: HeatmapLayer, image_shape: tuple[int, int]) -> QGraphicsItem:
+    """Heatmap as iso-lines (contour mode): the cut-off line plus two inner levels, coloured by the map."""
+    import contourpy
+    from PySide6.QtWidgets import QGraphicsItemGroup
+
+    group = QGraphicsItemGroup()
+    lut = colormap_lut(layer.colormap)
+    data = smooth_upsample(layer.data, CONTOUR_GRID)  # CAMs are coarse (7x7...): contour a smooth version
+    gen = contourpy.contour_generator(z=np.pad(data, 1, mode="edge"), line_type="Separate")
+    for i, level in enumerate(heatmap_contour_levels(layer)):
+        path = QPainterPath()
+        for line in gen.lines(level):
+            if len(line) < 2:
+                continue
+            pts = line - 1.0 + 0.5
+            path.moveTo(QPointF(float(pts[0, 0]), float(pts[0, 1])))
+            for x, y in pts[1:]:
+                path.lineTo(QPointF(float(x), float(y)))
+        item = QGraphicsPathItem(path)
+        r, g, b, _ = (int(v) for v in lut[int(min(max(level, 0.0), 1.0) * 255)])
+        pen = QPen(QColor(r, g, b), 2.5 if i == 0 else 1.5)
+        pen.setCosmetic(True)
+        item.setPen(pen)
+        group.addToGroup(item)
+    group.setOpacity(max(layer.opacity, 0.85))
+    stretch_to(group, data.shape, image_shape)
+    group.setVisible(layer.visible)
+    return group
+
+
 class ColorBar(QWidget):
-    """Vertical colour scale for the heatmap (0 at the bottom, 1 at the top)."""
+    """Horizontal colour scale for the heatmap (0 on the left, 1 on the right), cut-off marked."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._colormap = FALLBACK_COLORMAP
         self._title = ""
         self._threshold: float | None = None
-        self.setFixedWidth(64)
-        self.setMinimumHeight(120)
+        self.setFixedHeight(38)
+        self.setMinimumWidth(140)
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents, True)
 
     @property
@@ -222,22 +413,25 @@ class ColorBar(QWidget):
     def paintEvent(self, event: object) -> None:  # noqa: N802 - Qt override
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        painter.fillRect(self.rect(), QColor(0, 0, 0, 140))
+        painter.fillRect(self.rect(), QColor(0, 0, 0, 150))
         fm = painter.fontMetrics()
-        top, bottom = fm.height() + 8, self.height() - fm.height() // 2 - 6
-        bar = QRectF(8, top, 14, max(bottom - top, 10))
+        title_w = min(fm.horizontalAdvance(self._title[:10]) + 10, 80)
+        bar = QRectF(title_w, 5, max(self.width() - title_w - 12, 20), 10)
         lut = colormap_lut(self._colormap)
-        img = rgba_to_qimage(lut[::-1][:, None, :].repeat(1, axis=1))
+        img = rgba_to_qimage(lut[None, :, :])
         painter.drawImage(bar, img)
         painter.setPen(QColor("#d6d8db"))
         painter.drawRect(bar)
-        painter.drawText(QRectF(0, 2, self.width(), fm.height() + 4), Qt.AlignmentFlag.AlignCenter, self._title[:10])
+        painter.drawText(QRectF(4, 0, title_w - 6, self.height()), Qt.AlignmentFlag.AlignVCenter, self._title[:10])
         for value in (0.0, 0.5, 1.0):
-            y = bar.bottom() - value * bar.height()
-            painter.drawLine(QPointF(bar.right(), y), QPointF(bar.right() + 4, y))
-            painter.drawText(QPointF(bar.right() + 7, y + fm.ascent() / 2 - 1), f"{value:.1f}")
+            x = bar.left() + value * bar.width()
+            painter.drawLine(QPointF(x, bar.bottom()), QPointF(x, bar.bottom() + 3))
+            text = f"{value:.1f}"
+            tw = fm.horizontalAdvance(text)
+            painter.drawText(QPointF(min(max(x - tw / 2, bar.left() - 2), bar.right() - tw + 2),
+                                     bar.bottom() + 4 + fm.ascent()), text)
         if self._threshold is not None:
-            y = bar.bottom() - self._threshold * bar.height()
-            painter.setPen(QPen(QColor("#ffffff"), 1, Qt.PenStyle.DashLine))
-            painter.drawLine(QPointF(bar.left() - 3, y), QPointF(bar.right() + 3, y))
+            x = bar.left() + self._threshold * bar.width()
+            painter.setPen(QPen(QColor("#ffffff"), 1.5, Qt.PenStyle.DashLine))
+            painter.drawLine(QPointF(x, bar.top() - 3), QPointF(x, bar.bottom() + 3))
         painter.end()

@@ -58,6 +58,9 @@ class StudyBrowser(QTreeWidget):
         self.setUniformRowHeights(False)
         self.setAnimated(False)
         self.setMinimumWidth(200)
+        self.setWordWrap(True)  # long file names wrap beside the thumbnail instead of being cut off
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self._patients: list[Any] = []
         self._opened: list[Path] = []
         self._thumbs: dict[Path, QIcon] = {}
@@ -139,7 +142,7 @@ class StudyBrowser(QTreeWidget):
         self.expandAll()
 
     def _image_item(self, parent: QTreeWidgetItem, path: Path, label: str) -> QTreeWidgetItem:
-        item = QTreeWidgetItem(parent, [label])
+        item = QTreeWidgetItem(parent, [wrappable(label)])
         item.setData(0, PATH_ROLE, path)
         item.setToolTip(0, path.name)
         item.setIcon(0, self._thumbs.get(path, self._placeholder))
@@ -163,6 +166,13 @@ class StudyBrowser(QTreeWidget):
         path = item.data(0, PATH_ROLE)
         if path is not None:
             self.open_requested.emit(Path(path))
+
+
+def wrappable(text: str) -> str:
+    """Allow line breaks after _ . - in file names (zero-width spaces), so a caption wraps instead of clipping."""
+    for ch in "_.-":
+        text = text.replace(ch, ch + "\u200b")
+    return text
 
 
 def _bold(item: QTreeWidgetItem) -> None:

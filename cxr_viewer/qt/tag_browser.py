@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt
-from PySide6.QtGui import QStandardItem, QStandardItemModel
-from PySide6.QtWidgets import QHeaderView, QLabel, QLineEdit, QTreeView, QVBoxLayout, QWidget
+from PySide6.QtCore import QByteArray, QModelIndex, QSettings, QSortFilterProxyModel, Qt
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QHideEvent,
+    QKeySequence,
+    QShowEvent,
+    QStandardItem,
+    QStandardItemModel,
+)
+from PySide6.QtWidgets import (
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
 
 from cxr_viewer.core.io.record import ImageRecord
 
@@ -68,6 +83,7 @@ class TagBrowser(QWidget):
         self.set_record(None)
 
     def set_record(self, record: ImageRecord | None) -> None:
+        had_focus = self.search.hasFocus()
         self.model.removeRows(0, self.model.rowCount())
         root = self.model.invisibleRootItem()
         if record is None:
@@ -87,6 +103,8 @@ class TagBrowser(QWidget):
         self.view.setColumnWidth(1, fm.horizontalAdvance("ReferringPhysicianName") + 12)
         self.view.setColumnWidth(2, fm.horizontalAdvance("VRW") + 8)
         self._on_search(self.search.text())
+        if had_focus:
+            self.search.setFocus()
 
     def _add_dataset(self, parent: QStandardItem, ds: Any) -> None:
         for elem in ds:
@@ -103,9 +121,12 @@ class TagBrowser(QWidget):
                 parent.appendRow(_row(tag, name, str(elem.VR), _value_text(elem)))
 
     def _on_search(self, text: str) -> None:
+        had_focus = self.search.hasFocus()
         self.proxy.setFilterFixedString(text.strip())
         if text.strip():
             self.view.expandAll()
+        if had_focus and not self.search.hasFocus():
+            self.search.setFocus()  # filtering never takes the keyboard away from the search box
         total = self.model.rowCount()
         shown = self.proxy.rowCount()
         self.summary.setText(f"{shown} of {total} elements" if text.strip() else f"{total} elements")
@@ -122,3 +143,52 @@ class TagBrowser(QWidget):
 
         walk(QModelIndex())
         return out
+
+
+class TagWindow(QWidget):
+    """The tag browser in a resizable top-level window of its own; size and place are remembered."""
+
+    def __init__(self, browser: TagBrowser, settings: QSettings | None, parent: QWidget | None = None) -> None:
+        super().__init__(parent, Qt.WindowType.Window)
+        self.browser = browser
+        self.settings = settings
+        self.setObjectName("tagWindow")
+        self.setWindowTitle("DICOM tags")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(browser)
+        self._action = QAction("DICOM &Tag Browser", self)
+        self._action.setCheckable(True)
+        self._action.toggled.connect(self.setVisible)
+        close = QAction(self)
+        close.setShortcuts([QKeySequence("Esc"), QKeySequence("Ctrl+T"), QKeySequence("Ctrl+W")])
+        close.triggered.connect(self.close)
+        self.addAction(close)
+        self.resize(760, 680)
+        geometry = settings.value("tags/geometry") if settings is not None else None
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+
+    def toggleViewAction(self) -> QAction:  # noqa: N802 - the name QDockWidget uses
+        """A checkable action that shows/hides the window (what the dock offered)."""
+        return self._action
+
+    def save_state(self) -> None:
+        if self.settings is not None:
+            self.settings.setValue("tags/geometry", self.saveGeometry())
+            self.settings.setValue("tags/visible", self.isVisible())
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self._action.setChecked(True)
+        self.raise_()
+        self.activateWindow()
+        self.browser.search.setFocus()
+
+    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802 - Qt override
+        self._action.setChecked(False)
+        super().hideEvent(event)
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        self.save_state()
+        super().closeEvent(event)

@@ -108,12 +108,21 @@ class TaskRunner(QObject):
                     if task.cancelled.is_set():
                         result.close()
                         break
-                    self._step.emit(task, item)
+                    self._emit(self._step, task, item)
                 result = None
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the UI
-            self._done.emit(task, None, exc)
+            self._emit(self._done, task, None, exc)
         else:
-            self._done.emit(task, result, None)
+            self._emit(self._done, task, result, None)
+
+    @staticmethod
+    def _emit(signal: Any, *args: Any) -> None:
+        # The window may have closed (and its runner been deleted) while a model call could not be interrupted:
+        # a result nobody can receive any more is dropped, not raised on a worker thread.
+        try:
+            signal.emit(*args)
+        except RuntimeError:
+            log.debug("task finished after its runner was deleted; result dropped")
 
     # GUI thread ----------------------------------------------------------------
     def _on_step(self, task: Task, item: Any) -> None:

@@ -737,8 +737,8 @@ def install_worklist(window: "MainWindow") -> WorklistPanel:
     window.tabifyDockWidget(window.studies_dock, dock)
     window.studies_dock.raise_()
     a = window._act
-    a("worklist_next", "&Next Study in Worklist", panel.next_study, "N", tip="Open the next study in the list order")
-    a("worklist_previous", "&Previous Study in Worklist", panel.previous_study, "Shift+N",
+    a("worklist_next", "&Next Study in Worklist", panel.next_study, "Ctrl+PgDown", tip="Open the next study in the list order")
+    a("worklist_previous", "&Previous Study in Worklist", panel.previous_study, "Ctrl+PgUp",
       tip="Open the previous study in the list order")
     a("worklist_mark_read", "&Mark Study as Read", panel.mark_read, "Ctrl+Return",
       tip="Mark the selected worklist study as read (again to unmark)")

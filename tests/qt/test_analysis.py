@@ -28,9 +28,12 @@ def _torch_threads() -> None:
     torch.set_num_threads(2)
 
 
-def analysed_window(qtbot, make_window, models: Path, path: Path):
+def analysed_window(qtbot, make_window, models: Path, path: Path, show: str | None = "Effusion"):
+    """A window that analysed ``path``; ``show``: the finding whose heatmap the reader chose (opt-in)."""
     win = make_window(models_dir=models)
     win.analysis.backend = "torch"
+    if show is not None:
+        win.analysis.set_shown_cam(show, None)
     win.progress_lines = []
     win.analysis.progress.connect(win.progress_lines.append)
     win.open_paths([path])
@@ -75,11 +78,11 @@ def test_dicom_fills_findings_with_marks_and_heatmap(qtbot, make_window, tiny_mo
     assert group_titles[0].startswith("nih-tiny 0.0.1") and "UNTRAINED" in group_titles[1]
     # the untrained model is called out plainly
     assert panel.banner.isVisible() and "UNTRAINED" in panel.banner.text() and "tb-tiny" in panel.banner.text()
-    # the session holds the same findings; the first heatmap came without asking, at the image's size
+    # the session holds the same findings; the heatmap the reader chose to show came at the image's size
     assert {(f.model, f.label) for f in win.session.findings} == {(r[0], r[1]) for r in rows}
     heat = win.session.heatmap
     assert heat is not None and heat.data.shape == win.session.record.shape
-    assert heat.label in NIH_LABELS, "the heatmap goes to a trained model's finding first"
+    assert heat.label == "Effusion", "the heatmap is the finding the reader chose to show"
     assert win.canvas.heatmap_item is not None and win.canvas.colorbar.isVisible()
     assert f"Heatmap: {heat.label} (gradcam)" in win.canvas.display_lines(), "the image says what the map shows"
     assert re.match(r"[+-]\d\.\d\d ", win.heatmap_panel.faithfulness_label.text())
@@ -240,8 +243,8 @@ def test_screenshot_waits_for_findings_and_heatmap(tmp_path: Path, tiny_models: 
     env = {**os.environ, "CXR_VIEWER_MODELS": str(tmp_path / "user"), "CXR_VIEWER_CACHE": str(tmp_path / "cache"),
            "XDG_CONFIG_HOME": str(tmp_path / "config"), "CXR_VIEWER_THREADS": "2"}
     env.pop("QT_QPA_PLATFORM", None)
-    proc = subprocess.run([sys.executable, "-m", "cxr_viewer.cli", "--screenshot", str(out), "--models",
-                           str(tiny_models), str(siim_dicom)], capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, "-m", "cxr_viewer.cli", "--screenshot", str(out), "--heatmap", "Effusion",
+                           "--models", str(tiny_models), str(siim_dicom)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     rgb = np.asarray(Image.open(out).convert("RGB")).astype(np.int32)
     canvas = rgb[200:700, 350:850]
@@ -258,6 +261,7 @@ def test_sync_switch_runs_requests_inline(qtbot, make_window, tiny_models, nih_p
 
     win = make_window(models_dir=tiny_models)
     win.analysis.backend = "torch"
+    win.analysis.set_shown_cam("Effusion", None)  # the reader's "Show" choice from an earlier image
     win.analysis.set_sync(True)
     rec = read_image(nih_png)
     win.session.set_record(rec)

@@ -50,7 +50,7 @@ def test_derived_row_has_note_marker_threshold_and_lesion_map(qtbot, make_window
     score = rows[0][2]
     assert 0.0 <= score <= 1.0 and rows[0][3] == pytest.approx(0.5)
     item = panel.item_for("seg-derived", LABEL)
-    assert UNVALIDATED_MARK in item.text(COL_LABEL)
+    assert item.text(COL_LABEL).startswith("⚠ ") and UNVALIDATED_MARK in item.toolTip(COL_LABEL)
     assert NOTE in item.toolTip(COL_LABEL)
     # a site threshold below / above the score flips the result; an unvalidated score never reads POSITIVE
     panel.set_threshold("seg-derived", LABEL, 0.0)
@@ -74,10 +74,9 @@ def test_derived_row_has_note_marker_threshold_and_lesion_map(qtbot, make_window
     assert win.heatmap_panel.faithfulness_label.text() == "not applicable"
 
 
-def test_auto_heatmap_prefers_a_validated_classifier_finding(qtbot, make_window, derived_models, nih_png,
-                                                             tmp_path) -> None:
-    """With the derived score positive and every classifier finding negative, the first heatmap is still a classifier's."""
-    import json
+def test_heatmaps_are_opt_in_and_the_show_choice_persists(qtbot, make_window, derived_models, nih_png,
+                                                          tmp_path) -> None:
+    """No heatmap until the reader asks; the finding they chose is shown on the next image and after a restart."""
     import shutil
 
     import torch
@@ -86,16 +85,27 @@ def test_auto_heatmap_prefers_a_validated_classifier_finding(qtbot, make_window,
 
     torch.set_num_threads(2)
     shutil.copytree(derived_models / "seg", tmp_path / "models" / "seg")
-    man_path = tmp_path / "models" / "seg" / "manifest.json"
-    man = json.loads(man_path.read_text(encoding="utf-8"))
-    man["derived_findings"][0]["threshold"]["value"] = 0.0  # always positive (the weights, and their hash, unchanged)
-    man_path.write_text(json.dumps(man), encoding="utf-8")
     build_classifier(tmp_path / "models" / "nih", "nih-tiny", ("Atelectasis", "Effusion"), trained=True, seed=1,
-                     thresholds={"Atelectasis": 1.0, "Effusion": 1.0})
+                     thresholds={"Atelectasis": 0.0, "Effusion": 0.0})  # both above threshold: still no map unasked
     win = make_window(models_dir=tmp_path / "models")
     win.analysis.backend = "torch"
     win.open_paths([nih_png])
-    qtbot.waitUntil(lambda: win.analysis.heatmap is not None, timeout=WAIT_MS)
-    assert win.analysis.heatmap.model == "nih-tiny"
-    by_label = {f.label: f for f in win.analysis.state.findings}
-    assert by_label[LABEL].above_threshold and not by_label["Atelectasis"].positive and not by_label["Effusion"].positive
+    qtbot.waitUntil(lambda: win.analysis.state.status == "done" and not win.session.busy, timeout=WAIT_MS)
+    qtbot.wait(300)
+    assert win.analysis.heatmap is None and win.session.heatmap is None
+    win.findings_panel.show_heatmap("nih-tiny", "Effusion")  # the reader asks
+    qtbot.waitUntil(lambda: win.analysis.heatmap is not None and not win.session.busy, timeout=WAIT_MS)
+    assert win.analysis.heatmap.label == "Effusion"
+    assert win.settings.value("heatmap/show") == "Effusion\tnih-tiny"
+    # the next image (a flipped copy) gets the same finding's map without asking
+    from PIL import Image
+
+    other = tmp_path / "other.png"
+    Image.open(nih_png).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    win.open_paths([other])
+    qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == other
+                    and win.analysis.heatmap is not None and not win.session.busy, timeout=WAIT_MS)
+    assert win.analysis.heatmap.label == "Effusion"
+    # hiding the heatmap forgets the choice
+    win.reading.toggle_heatmap()
+    assert not win.session.heatmap.visible and win.settings.value("heatmap/show") == ""

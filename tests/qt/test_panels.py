@@ -100,6 +100,7 @@ def test_report_without_segmentation_model_says_so(qtbot, make_window, tiny_mode
 def test_heatmap_drawing_controls(qtbot, make_window, tiny_models, nih_png) -> None:
     _torch_threads()
     win = _open(qtbot, make_window, tiny_models, nih_png)
+    win.findings_panel.show_heatmap("nih-tiny", "Effusion")  # heatmaps are opt-in
     qtbot.waitUntil(lambda: win.session.heatmap is not None and not win.session.busy, timeout=WAIT_MS)
     hp = win.heatmap_panel
     heat = win.session.heatmap

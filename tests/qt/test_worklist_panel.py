@@ -79,7 +79,7 @@ def test_folder_becomes_a_sorted_worklist_with_shortcuts(qtbot, make_window, tin
     assert tb == sorted(tb)
     panel.table.sortByColumn(COL_ABNORMAL, Qt.SortOrder.DescendingOrder)
 
-    # N opens the first study in list order, N again the second, Shift+N goes back
+    # Ctrl+PgDown opens the first study in list order, again the second, Ctrl+PgUp goes back
     win.action_map["worklist_next"].trigger()
     first = folder / rows[0][0]
     qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == first,
@@ -89,7 +89,10 @@ def test_folder_becomes_a_sorted_worklist_with_shortcuts(qtbot, make_window, tin
     qtbot.waitUntil(lambda: win.session.record.source == second, timeout=SLOW_MS)
     win.action_map["worklist_previous"].trigger()
     qtbot.waitUntil(lambda: win.session.record.source == first, timeout=SLOW_MS)
-    assert win.action_map["worklist_next"].shortcut().toString() == "N"
+    assert win.action_map["worklist_next"].shortcut().toString() == "Ctrl+PgDown"
+    # one key, one action: no shortcut is claimed twice in the window
+    keys = [a.shortcut().toString() for a in win.action_map.values() if not a.shortcut().isEmpty()]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
 
     # mark as read: shown in the row and kept in the store
     win.action_map["worklist_mark_read"].trigger()

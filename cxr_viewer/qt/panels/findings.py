@@ -37,7 +37,7 @@ from cxr_viewer.qt.analysis import AnalysisController, AnalysisState
 
 log = logging.getLogger(__name__)
 
-COL_LABEL, COL_SCORE, COL_THRESHOLD, COL_RESULT = range(4)
+COL_LABEL, COL_SCORE, COL_THRESHOLD, COL_RESULT, COL_PRIOR = range(5)
 ROLE_KEY = Qt.ItemDataRole.UserRole  # (model, label)
 ROLE_SCORE = Qt.ItemDataRole.UserRole + 1
 ROLE_THRESHOLD = Qt.ItemDataRole.UserRole + 2
@@ -156,7 +156,7 @@ class ScoreDelegate(QStyledItemDelegate):
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:  # noqa: N802 - Qt override
         s = super().sizeHint(option, index)
-        return QSize(max(s.width(), 110), max(s.height(), 22))
+        return QSize(max(s.width(), 110), max(s.height(), 20))
 
 
 class ThresholdDelegate(QStyledItemDelegate):
@@ -198,6 +198,7 @@ class FindingsPanel(QWidget):
         self._state = AnalysisState()
         self._items: dict[tuple[str, str], QTreeWidgetItem] = {}
         self._rebuilding = False
+        self._deltas: dict[tuple[str, str], object] = {}  # (model, label) -> core.compare.ScoreDelta
 
         self.banner = QLabel(self)
         self.banner.setObjectName("findingsBanner")
@@ -220,8 +221,9 @@ class FindingsPanel(QWidget):
         self.summary_label.setObjectName("findingsSummary")
 
         self.tree = QTreeWidget(self)
-        self.tree.setColumnCount(4)
-        self.tree.setHeaderLabels(["Finding", "Score", "Threshold", "Result"])
+        self.tree.setColumnCount(5)
+        self.tree.setHeaderLabels(["Finding", "Score", "Threshold", "Result", "Prior → now"])
+        self.tree.setColumnHidden(COL_PRIOR, True)  # shown in the current | prior layout
         self.tree.setRootIsDecorated(False)
         self.tree.setIndentation(8)
         self.tree.setUniformRowHeights(True)
@@ -239,7 +241,8 @@ class FindingsPanel(QWidget):
         header.setSectionResizeMode(COL_SCORE, QHeaderView.ResizeMode.Fixed)
         header.setSectionResizeMode(COL_THRESHOLD, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_RESULT, QHeaderView.ResizeMode.ResizeToContents)
-        self.tree.setColumnWidth(COL_SCORE, 116)
+        header.setSectionResizeMode(COL_PRIOR, QHeaderView.ResizeMode.ResizeToContents)
+        self.tree.setColumnWidth(COL_SCORE, 104)
         self.tree.itemSelectionChanged.connect(self._on_selection)
 
         self.reset_button = QPushButton("Reset threshold", self)
@@ -291,6 +294,16 @@ class FindingsPanel(QWidget):
                 out.append((model, label, float(it.data(COL_SCORE, ROLE_SCORE)),
                             float(it.data(COL_THRESHOLD, ROLE_THRESHOLD)), it.text(COL_RESULT)))
         return out
+
+    def set_deltas(self, deltas: dict[tuple[str, str], object]) -> None:
+        """Prior → current score per finding (core.compare.ScoreDelta); an empty dict hides the column."""
+        self._deltas = dict(deltas)
+        self.tree.setColumnHidden(COL_PRIOR, not self._deltas)
+        self._rebuild(self._state)
+
+    def delta_text(self, model: str, label: str) -> str:
+        it = self._items.get((model, label))
+        return it.text(COL_PRIOR) if it is not None else ""
 
     def set_threshold(self, model: str, label: str, value: float | None) -> None:
         self.controller.set_threshold(model, label, value)
@@ -368,7 +381,7 @@ class FindingsPanel(QWidget):
             n_pos += pos if trained else 0
             title = f"{m['name']} {m.get('version', '')}".strip()
             tag = "  ·  UNTRAINED (random weights)" if not trained else f"  ·  {pos} positive"
-            group = QTreeWidgetItem([title + tag, "", "", ""])
+            group = QTreeWidgetItem([title + tag, "", "", "", ""])
             group.setFlags(Qt.ItemFlag.ItemIsEnabled)
             group.setFont(COL_LABEL, bold)
             group.setForeground(COL_LABEL, QBrush(QColor("#ffd591" if not trained else "#aeb8c4")))
@@ -395,11 +408,12 @@ class FindingsPanel(QWidget):
     def _make_item(self, f: Finding, meaningful: bool) -> QTreeWidgetItem:
         user = f.threshold_method == "user"
         label = f.label.replace("_", " ")
-        if f.validated is False and f.note:  # a derived score (e.g. TB lesion score): say so on the row, ⚠ first so eliding keeps it
-            label = f"⚠ {label} — {UNVALIDATED_MARK}"
+        if f.validated is False and f.note:  # a derived score (e.g. TB lesion score): ⚠ on the row, the words in its tooltip
+            label = f"⚠ {label}"  # short, so the name itself fits the column at the default size
         numeric = finite(f.score) is not None
+        delta = self._deltas.get((f.model, f.label))
         it = QTreeWidgetItem([label, "" if numeric else "n/a", f"{f.threshold:.3f}" + (" ✎" if user else ""),
-                              result_text(f)])
+                              result_text(f), delta.text() if delta is not None else ""])  # type: ignore[attr-defined]
         it.setData(COL_LABEL, ROLE_KEY, (f.model, f.label))
         it.setData(COL_LABEL, ROLE_DISPLAY, label)
         it.setData(COL_THRESHOLD, ROLE_KEY, (f.model, f.label))
@@ -434,9 +448,18 @@ class FindingsPanel(QWidget):
         if state_tooltip(f):
             tip = state_tooltip(f) + "\n" + tip
         if f.validated is False:
+            tip = f"⚠ {UNVALIDATED_MARK}.\n" + tip
+        if f.validated is False:
             it.setForeground(COL_LABEL, QBrush(QColor("#ffd591")))
         for c in range(4):
             it.setToolTip(c, tip)
+        if delta is not None:
+            it.setToolTip(COL_PRIOR, delta.tooltip())  # type: ignore[attr-defined]
+            if delta.significant:  # type: ignore[attr-defined]
+                it.setForeground(COL_PRIOR, QBrush(POSITIVE_COLOUR if delta.change > 0 else NEGATIVE_COLOUR))  # type: ignore[attr-defined]
+                bold_font = QFont(self.tree.font())
+                bold_font.setBold(True)
+                it.setFont(COL_PRIOR, bold_font)
         self._items[(f.model, f.label)] = it
         return it
 

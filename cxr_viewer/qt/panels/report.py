@@ -187,6 +187,7 @@ class ReportPanel(QWidget):
             "A .txt with the image's name beside the image is read automatically."
         )
         self.editor.setMaximumHeight(140)
+        self.editor.setMinimumHeight(44)  # the tab it shares with the heatmap controls stays short at 1400x900
         self.load_button = QPushButton("Load…", self)
         self.load_button.setToolTip("Read the report from a text file")
         self.draw_button = QPushButton("Draw regions", self)
@@ -197,6 +198,7 @@ class ReportPanel(QWidget):
         self.sentence_list.setObjectName("sentenceList")
         self.sentence_list.setWordWrap(True)
         self.sentence_list.setToolTip("Tick a sentence to show its region on the image")
+        self.sentence_list.setMinimumHeight(40)
         self.phrase_edit = QLineEdit(self)
         self.phrase_edit.setPlaceholderText("Draw any phrase, e.g. “right lower zone opacity”")
         self.phrase_button = QPushButton("Add", self)

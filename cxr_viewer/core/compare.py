@@ -1,0 +1,132 @@
+"""Current film versus the prior: find the prior, and say which score changes exceed the noise.
+
+The prior is the same patient's most recent earlier study in what was scanned
+(folder scan, study browser). A score change only means something when it is
+larger than the score's own noise, estimated here as the bootstrap spread of the
+score over small augmentations of the same film (a shift of a few pixels, a few
+percent of brightness and contrast, a slight zoom: what a repeat exposure
+changes). Qt-free; the viewer runs it off the GUI thread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr_viewer.core.io.record import ImageRecord
+
+#: How many noise standard deviations a change must exceed to earn an arrow.
+NOISE_K = 2.0
+#: Floor on the noise: a score never moves less than this between two films of one patient.
+MIN_NOISE = 0.02
+
+
+@dataclass(frozen=True)
+class PriorMatch:
+    path: Path
+    study_date: str  # DICOM DA of the prior
+    patient_id: str
+
+
+def find_prior(patients: Sequence[Any], patient_id: str, study_date: str, current: Path | None = None) -> PriorMatch | None:
+    """The same patient's latest image from a study dated before ``study_date`` (None when there is none).
+
+    ``patients`` are scanned ``Patient`` objects (core.io.scan). Without a date on the
+    current film, the latest other dated study is taken.
+    """
+    if not patient_id:
+        return None
+    best: tuple[str, Path] | None = None
+    for p in patients:
+        if getattr(p, "is_file_group", False) or p.patient_id != patient_id:
+            continue
+        for study in p.studies:
+            date = str(study.date or "")
+            if not date or (study_date and date >= study_date):
+                continue
+            paths = [i.path for i in study.instances if current is None or Path(i.path) != Path(current)]
+            if paths and (best is None or date > best[0]):
+                best = (date, Path(paths[0]))
+    return PriorMatch(best[1], best[0], patient_id) if best is not None else None
+
+
+# --------------------------------------------------------------------------- noise
+def augmentations(record: ImageRecord, n: int = 8, seed: int = 0) -> list[ImageRecord]:
+    """``n`` slightly changed copies of the film: shift up to 2% of the size, ±4% contrast/brightness, ±3% zoom."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = record.shape
+    base = Image.fromarray(record.pixels, mode="F")
+    out = []
+    for _ in range(n):
+        dy, dx = rng.uniform(-0.02, 0.02, 2) * (h, w)
+        zoom = float(rng.uniform(0.97, 1.03))
+        gain, bias = float(rng.uniform(0.96, 1.04)), float(rng.uniform(-0.04, 0.04))
+        # affine maps output -> input: zoom about the centre, then shift
+        a = 1.0 / zoom
+        cx, cy = w / 2.0, h / 2.0
+        coeffs = (a, 0.0, cx - a * cx - dx, 0.0, a, cy - a * cy - dy)
+        img = base.transform((w, h), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
+        px = np.clip(np.asarray(img, dtype=np.float32) * gain + bias, 0.0, 1.0).astype(np.float32)
+        out.append(ImageRecord(pixels=px, source=record.source, format=record.format, spacing_mm=record.spacing_mm,
+                               spacing_source=record.spacing_source, default_window=record.default_window,
+                               metadata=dict(record.metadata), header=record.header))
+    return out
+
+
+def score_noise(score_fn: Callable[[ImageRecord], dict[tuple[str, str], float]], record: ImageRecord,
+                n: int = 8, seed: int = 0) -> dict[tuple[str, str], float]:
+    """Standard deviation of each (model, label) score over ``n`` augmentations of one film."""
+    runs = [score_fn(r) for r in augmentations(record, n, seed)]
+    keys = set().union(*runs) if runs else set()
+    return {k: float(np.std([r[k] for r in runs if k in r], ddof=1)) if sum(k in r for r in runs) > 1 else 0.0
+            for k in keys}
+
+
+# --------------------------------------------------------------------------- deltas
+@dataclass(frozen=True)
+class ScoreDelta:
+    model: str
+    label: str
+    prior: float
+    current: float
+    noise: float  # the score's standard deviation under augmentation
+
+    @property
+    def change(self) -> float:
+        return self.current - self.prior
+
+    @property
+    def significant(self) -> bool:
+        return abs(self.change) > NOISE_K * max(self.noise, MIN_NOISE)
+
+    @property
+    def arrow(self) -> str:
+        if not self.significant:
+            return ""
+        return "↑" if self.change > 0 else "↓"
+
+    def text(self) -> str:
+        return f"{self.prior:.2f} → {self.current:.2f}" + (f" {self.arrow}" if self.arrow else "")
+
+    def tooltip(self) -> str:
+        verdict = ("beyond" if self.significant else "within") + f" this score's noise (±{NOISE_K:g}×{max(self.noise, MIN_NOISE):.3f})"
+        return (f"Prior {self.prior:.3f} → current {self.current:.3f} ({self.change:+.3f}), {verdict}. "
+                "Noise: spread of the score over small shifts, zoom and contrast changes of the same film.")
+
+
+def score_deltas(current: Iterable[Any], prior: Iterable[Any], noise: dict[tuple[str, str], float]) -> dict[tuple[str, str], ScoreDelta]:
+    """(model, label) -> delta for findings present on both films (objects with model, label, score)."""
+    before = {(f.model, f.label): float(f.score) for f in prior}
+    out = {}
+    for f in current:
+        key = (f.model, f.label)
+        if key in before and math.isfinite(before[key]):
+            out[key] = ScoreDelta(f.model, f.label, before[key], float(f.score), float(noise.get(key, 0.0)))
+    return out

@@ -1,0 +1,326 @@
+"""Reading-room actions of the main window: drawing tools, overlays, navigation, annotations.
+
+Kept apart from ``main_window.py`` so that window stays the frame (menus, docks,
+loading) and this module owns what a radiologist does with one film after another:
+measure (distance, angle, ROI, cardiothoracic ratio), annotate (arrow, text), hide
+every overlay with one key, step through the study list with PgUp/PgDn or the
+mouse's back/forward buttons, save annotations beside the study (JSON, and a DICOM
+presentation state other viewers show), and drive the heatmap from the keyboard.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtWidgets import QMenu, QToolButton
+
+from cxr_viewer.core.imaging import measurements as marks
+
+if TYPE_CHECKING:
+    from cxr_viewer.qt.main_window import MainWindow
+
+log = logging.getLogger(__name__)
+
+#: Tools added next to pan/measure/window: (mode, menu text, key).
+DRAWING_TOOLS = (
+    ("angle", "&Angle", "A"),
+    ("roi_ellipse", "ROI &Ellipse (mean, SD, area)", "E"),
+    ("roi_rect", "ROI &Rectangle (mean, SD, area)", "Shift+E"),
+    ("ctr", "&Cardiothoracic Ratio", "C"),
+    ("arrow", "A&rrow", "Shift+A"),
+    ("text", "&Text Note", "T"),
+)
+
+TABS_HEIGHT = 210  # the heatmap/report tabs under the findings at the default layout
+
+#: Held keys and mouse buttons listed in the shortcuts dialog.
+MOUSE_AND_HELD_KEYS = (
+    ("Magnifier (loupe under the cursor)", "Hold Z"),
+    ("Previous / next image", "Mouse back / forward buttons"),
+    ("Angle", "Drag one arm, then click the end of the other"),
+    ("Cardiothoracic ratio", "Drag the cardiac width, then the thoracic width"),
+    ("Cancel a half-drawn tool", "Esc"),
+    ("Prior → now column", "Shown in the current | prior layout (F8); ↑/↓ only beyond the score's noise"),
+)
+
+
+class ReadingTools:
+    """Installs the reading-room actions on a :class:`MainWindow` and handles them."""
+
+    def __init__(self, window: MainWindow) -> None:
+        self.w = window
+        self._loaded_from: Path | None = None
+        self._build_actions()
+        self._build_menus()
+        from cxr_viewer.qt.compare import CompareController
+
+        self.compare = CompareController(window)
+        window.canvas.navigate.connect(self.step_image)
+        window.image_loaded.connect(self._on_image_loaded)
+        self._shown_once = False
+        self._auto_tabs_height: int | None = None
+        self._filter = _ShowFilter(self._on_first_show, self._on_resize)
+        window.installEventFilter(self._filter)
+
+    # ------------------------------------------------------------------ construction
+    def _build_actions(self) -> None:
+        w, s, c = self.w, self.w.session, self.w.canvas
+        a = w._act
+        for mode, text, key in DRAWING_TOOLS:
+            act = a(f"mode_{mode}", text, lambda _=False, m=mode: c.set_mode(m), key, checkable=True)
+            w.mode_group.addAction(act)
+        a("undo_annotation", "&Undo Last Measurement", s.undo_measurement, "Ctrl+Z")
+        a("save_annotations", "&Save Annotations", self.save_annotations, "Ctrl+S",
+          tip="Save measurements and notes beside the image (JSON, and a DICOM presentation state for DICOM)")
+        a("toggle_overlays", "Hide/Show All &Overlays", self.toggle_overlays, "O",
+          tip="Hide or show corner text, heatmap, masks and annotations together", checkable=True)
+        w.action_map["toggle_overlays"].setChecked(True)
+        a("heatmap_toggle", "Show &Heatmap", self.toggle_heatmap, "G", tip="Show or hide the heatmap", checkable=True)
+        a("heatmap_style", "Heatmap as &Contours", self.toggle_heatmap_style, "Shift+G",
+          tip="Draw the heatmap as iso-lines at the cut-off instead of a colour wash", checkable=True)
+        a("next_finding", "Heatmap of &Next Finding", lambda: self.step_finding(1), "N")
+        a("prev_finding", "Heatmap of &Previous Finding", lambda: self.step_finding(-1), "Shift+N")
+        a("compare", "Compare with &Prior", self.toggle_compare, "F8", checkable=True,
+          tip="Current | prior layout: the same patient's earlier film, linked, with score changes")
+        a("link_views", "&Link Current and Prior", lambda on: self.compare.set_linked(on), "Ctrl+L",
+          checkable=True, tip="Link zoom, pan and window/level of the two viewports")
+        w.action_map["link_views"].setChecked(True)
+        a("next_image", "Next &Image", lambda: self.step_image(1), "PgDown")
+        a("prev_image", "Previous Ima&ge", lambda: self.step_image(-1), "PgUp")
+        for key, dock, text, keys in (
+            ("panel_findings", w.findings_dock, "&Findings Panel", "Ctrl+Shift+F"),
+            ("panel_heatmap", w.heatmap_dock, "&Heatmap Panel", "Ctrl+Shift+H"),
+            ("panel_report", w.report_dock, "&Report Panel", "Ctrl+Shift+R"),
+        ):
+            act = dock.toggleViewAction()
+            act.setText(text)
+            act.setShortcut(keys)
+            w.addAction(act)
+            w.action_map[key] = act
+        style = str(s.preference("heatmap_style") or "fill")
+        w.action_map["heatmap_style"].setChecked(style == "contour")
+        s.events.heatmap_changed.connect(self._on_heatmap)
+
+    def _build_menus(self) -> None:
+        w = self.w
+        m: QMenu = w.tools_menu
+        first = m.actions()[3] if len(m.actions()) > 3 else None  # after pan / measure / window
+        annotate = QMenu("&Measure and Annotate", m)
+        for mode, _, _ in DRAWING_TOOLS:
+            annotate.addAction(w.action_map[f"mode_{mode}"])
+        annotate.addSeparator()
+        annotate.addAction(w.action_map["undo_annotation"])
+        annotate.addAction(w.action_map["save_annotations"])
+        m.insertMenu(first, annotate) if first is not None else m.addMenu(annotate)
+        self.annotate_menu = annotate
+        w.file_menu.insertAction(w.action_map["export_view"], w.action_map["save_annotations"])
+        v: QMenu = w.view_menu
+        v.addSeparator()
+        for key in ("compare", "link_views", "toggle_overlays", "heatmap_toggle", "heatmap_style", "next_finding", "prev_finding",
+                    "next_image", "prev_image"):
+            v.addAction(w.action_map[key])
+        for key in ("panel_findings", "panel_heatmap", "panel_report"):
+            w._panels_menu.addAction(w.action_map[key])
+        button = QToolButton(w.toolbar)
+        button.setObjectName("annotateButton")
+        button.setText("Annotate")
+        button.setToolTip("Angle, ROI, cardiothoracic ratio, arrow and text tools")
+        button.setMenu(annotate)
+        button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        tb = w.toolbar
+        acts = tb.actions()
+        after = acts.index(w.action_map["mode_window"]) + 1 if w.action_map["mode_window"] in acts else len(acts)
+        if after < len(acts):
+            tb.insertWidget(acts[after], button)
+        else:
+            tb.addWidget(button)
+        self.annotate_button = button
+
+    # ------------------------------------------------------------------ overlays and heatmap
+    def toggle_overlays(self, on: bool | None = None) -> None:
+        c = self.w.canvas
+        visible = (not c.overlays_visible) if on is None else bool(on)
+        c.set_overlays_visible(visible)
+        act = self.w.action_map["toggle_overlays"]
+        if act.isChecked() != visible:
+            act.blockSignals(True)
+            act.setChecked(visible)
+            act.blockSignals(False)
+        self.w.statusBar().showMessage("Overlays shown" if visible else "Overlays hidden (press O to show)", 4000)
+
+    def toggle_heatmap(self, _checked: bool = False) -> None:
+        layer = self.w.session.heatmap
+        if layer is None:
+            self.w.statusBar().showMessage("No heatmap yet: pick a finding (N for the next one)", 5000)
+            self._sync_heatmap_action()
+            return
+        visible = not layer.visible
+        self.w.session.update_heatmap(visible=visible)
+        heat = self.w.analysis.heatmap
+        if not visible:  # hidden: the next images open without one
+            self.w.analysis.set_shown_cam(None)
+        elif heat is not None:
+            self.w.analysis.set_shown_cam(heat.label, heat.model)
+
+    def toggle_heatmap_style(self, _checked: bool = False) -> None:
+        contour = self.w.canvas.heatmap_style != "contour"
+        self.w.canvas.set_heatmap_style("contour" if contour else "fill")
+        act = self.w.action_map["heatmap_style"]
+        if act.isChecked() != contour:
+            act.setChecked(contour)
+
+    def _on_heatmap(self, _layer: Any) -> None:
+        self._sync_heatmap_action()
+
+    def _sync_heatmap_action(self) -> None:
+        layer = self.w.session.heatmap
+        act = self.w.action_map["heatmap_toggle"]
+        want = layer is not None and layer.visible
+        if act.isChecked() != want:
+            act.blockSignals(True)
+            act.setChecked(want)
+            act.blockSignals(False)
+
+    def step_finding(self, delta: int) -> tuple[str, str] | None:
+        """Show the heatmap of the next (or previous) finding in the findings list."""
+        panel = self.w.findings_panel
+        rows = [(m, lab) for m, lab, *_ in panel.rows()]
+        if not rows:
+            self.w.statusBar().showMessage("No findings yet", 4000)
+            return None
+        heat = self.w.analysis.heatmap
+        current = (heat.model, heat.label) if heat is not None else None
+        i = rows.index(current) if current in rows else (-1 if delta > 0 else 0)
+        key = rows[(i + delta) % len(rows)]
+        item = panel.item_for(*key)
+        if item is not None and panel.tree.currentItem() is not item:
+            panel.tree.setCurrentItem(item)  # selecting the row asks for its heatmap
+            panel.tree.scrollToItem(item)
+        else:
+            panel.show_heatmap(*key)
+        return key
+
+    def toggle_compare(self, on: bool | None = None) -> bool:
+        """Open (or close) the current | prior layout."""
+        want = (not self.compare.is_open) if on is None else bool(on)
+        opened = self.compare.open() if want else (self.compare.close() or False)
+        act = self.w.action_map["compare"]
+        if act.isChecked() != opened:
+            act.blockSignals(True)
+            act.setChecked(opened)
+            act.blockSignals(False)
+        return opened
+
+    # ------------------------------------------------------------------ navigation
+    def image_list(self) -> list[Path]:
+        """The images the study browser lists, in order (the reading list)."""
+        return self.w.study_browser.image_paths()
+
+    def step_image(self, delta: int) -> Path | None:
+        """Open the previous (-1) or next (+1) image of the study browser."""
+        paths = self.image_list()
+        if not paths:
+            return None
+        current = self.w._current_path
+        if current in paths:
+            i = paths.index(current) + delta
+            if not 0 <= i < len(paths):
+                self.w.statusBar().showMessage("First image of the list" if i < 0 else "Last image of the list", 4000)
+                return None
+        else:
+            i = 0 if delta > 0 else len(paths) - 1
+        self.w.open_file(paths[i])
+        return paths[i]
+
+    # ------------------------------------------------------------------ annotations beside the study
+    def _on_image_loaded(self, record: Any) -> None:
+        path = self.w._current_path
+        self._loaded_from = None
+        if path is None:
+            return
+        side = marks.sidecar_path(path)
+        if not side.is_file():
+            return
+        try:
+            anns = marks.load_annotations(side, record)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.w.show_error(f"The annotations saved beside {path.name} could not be read ({exc}).", "Annotations")
+            return
+        self.w.session.set_measurements(anns)
+        self._loaded_from = side
+        if anns:
+            self.w.statusBar().showMessage(f"{len(anns)} saved annotation(s) shown from {side.name}", 8000)
+
+    def save_annotations(self) -> list[Path]:
+        """Write the current image's annotations beside it: JSON always, a GSPS for DICOM images."""
+        w = self.w
+        record, path = w.session.record, w._current_path
+        if record is None or path is None:
+            w.statusBar().showMessage("Nothing to save: open an image first", 5000)
+            return []
+        anns = w.session.measurements
+        written: list[Path] = []
+        try:
+            written.append(marks.save_annotations(marks.sidecar_path(path), anns, record))
+            if record.format == "dicom" and anns:
+                from cxr_viewer.core.export.gsps import gsps_path, write_gsps
+                from cxr_viewer.core.imaging.windowing import window_in_source_units
+
+                window = window_in_source_units(record, w.session.display.window)
+                written.append(write_gsps(gsps_path(path), record, anns, window=window))
+        except OSError as exc:
+            w.show_error(f"Could not save the annotations beside {path.name}: {exc.strerror or exc}. "
+                         "Check that the folder is writable.", "Annotations not saved")
+            return written
+        except Exception as exc:  # noqa: BLE001 - a DICOM writer error must not lose the JSON or the app
+            log.warning("presentation state not written", exc_info=True)
+            w.show_error(f"The annotations were saved as JSON, but the DICOM presentation state failed ({exc}).",
+                         "Presentation state not written")
+            return written
+        w.statusBar().showMessage("Saved " + ", ".join(p.name for p in written), 8000)
+        return written
+
+    # ------------------------------------------------------------------ tag window, shutdown
+    def _on_first_show(self) -> None:
+        if self._shown_once:
+            return
+        self._shown_once = True
+        if not self.w._state_restored:
+            self.fit_docks()
+        st = self.w.settings
+        if st is not None and str(st.value("tags/visible", "false")).lower() == "true":
+            self.w.tags_window.show()  # it was open when the viewer last closed
+
+    def fit_docks(self) -> None:
+        """Findings get the height, the heatmap/report tabs a fixed strip: every finding row and badge shows."""
+        w = self.w
+        w.resizeDocks([w.findings_dock, w.heatmap_dock], [max(w.height() - 330, 300), TABS_HEIGHT],
+                      Qt.Orientation.Vertical)
+        self._auto_tabs_height = w.heatmap_dock.height()
+
+    def _on_resize(self) -> None:
+        # keep the split while the user has not moved it; a dragged separator is left alone
+        if self._auto_tabs_height is not None and abs(self.w.heatmap_dock.height() - self._auto_tabs_height) <= 40:
+            self.fit_docks()
+
+    def shutdown(self) -> None:
+        """Stop listening (the prior viewport's work runs on the window's runner, cancelled with it)."""
+        self.compare.shutdown()
+
+
+class _ShowFilter(QObject):
+    """Calls back when the watched window is shown (restoring windows that were open) and resized."""
+
+    def __init__(self, on_show: Any, on_resize: Any) -> None:
+        super().__init__()
+        self._on_show, self._on_resize = on_show, on_resize
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        if event.type() == QEvent.Type.Show:
+            self._on_show()
+        elif event.type() == QEvent.Type.Resize:
+            self._on_resize()
+        return False

@@ -1,0 +1,214 @@
+"""Qt-free measurement/annotation models, pixel readout, label matching, corner text and the GSPS writer."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from cxr_viewer.core.errors import CXRError, UnknownLabelError
+from cxr_viewer.core.imaging import measurements as m
+from cxr_viewer.core.imaging.corner_text import (
+    demographic_lines,
+    image_lines,
+    opposite,
+    patient_orientation,
+)
+from cxr_viewer.core.imaging.pixel import pixel_readout, value_scale
+from cxr_viewer.core.io import read_image
+from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.labels import match_label, normalise
+
+
+@pytest.fixture(scope="module")
+def siim(repo_root: Path) -> ImageRecord:
+    return read_image(repo_root / "resources" / "samples" / "siim_cr_chest.dcm")
+
+
+@pytest.fixture
+def rescaled_dicom(tmp_path: Path, repo_root: Path) -> Path:
+    """The sample film with a linear modality LUT (slope 2, intercept -100) and a named unit."""
+    ds = pydicom.dcmread(repo_root / "resources" / "samples" / "siim_cr_chest.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 2, -100, "OD"
+    out = tmp_path / "rescaled.dcm"
+    ds.save_as(out)
+    return out
+
+
+def stored_pixels(path: Path) -> np.ndarray:
+    return pydicom.dcmread(path).pixel_array.astype(np.float64)
+
+
+def test_readout_gives_stored_value_without_modality_lut(siim, repo_root):
+    raw = stored_pixels(repo_root / "resources" / "samples" / "siim_cr_chest.dcm")
+    for r, c in ((500, 500), (10, 900), (1000, 3)):
+        ro = pixel_readout(siim, r, c)
+        assert ro.modality == raw[r, c] and not ro.has_modality_lut
+        assert ro.text() == f"row {r}, col {c}: stored {raw[r, c]:.0f}"
+
+
+def test_readout_gives_stored_and_modality_values_with_rescale(rescaled_dicom):
+    rec = read_image(rescaled_dicom)
+    raw = stored_pixels(rescaled_dicom)
+    ro = pixel_readout(rec, 500, 500)
+    assert ro.stored == raw[500, 500]
+    assert ro.modality == pytest.approx(raw[500, 500] * 2 - 100)
+    assert ro.unit == "OD" and ro.has_modality_lut
+    assert f"stored {raw[500, 500]:.0f}, modality {raw[500, 500] * 2 - 100:.0f} OD" in ro.text()
+
+
+def test_readout_of_png_says_its_scale(repo_root):
+    rec = read_image(repo_root / "resources" / "samples" / "nih_chest.png")
+    assert value_scale(rec) is None
+    assert "(of 0–1)" in pixel_readout(rec, 10, 10).text()
+
+
+def test_monochrome1_readout_is_the_stored_value(dicom_dir):
+    path = dicom_dir / "pydicom-data_RG1_UNCR.dcm"
+    rec = read_image(path)
+    raw = stored_pixels(path)
+    assert pixel_readout(rec, 700, 800).modality == raw[700, 800]  # inverted for display, not in the readout
+
+
+def test_roi_statistics_match_numpy_in_modality_units(rescaled_dicom):
+    rec = read_image(rescaled_dicom)
+    values = stored_pixels(rescaled_dicom) * 2 - 100
+    rect = m.make_roi(rec, "rectangle", (100, 200), (149, 279))  # rows 100..149, cols 200..279 inclusive
+    block = values[100:150, 200:280]
+    assert rect.stats.count == block.size
+    assert rect.stats.mean == pytest.approx(block.mean())
+    assert rect.stats.sd == pytest.approx(block.std())
+    assert (rect.stats.minimum, rect.stats.maximum) == (block.min(), block.max())
+    assert rect.stats.unit == "OD"
+    assert rect.stats.area_mm2 == pytest.approx(49 * 79 * 0.168 * 0.168)
+    ell = m.make_roi(rec, "ellipse", (300, 300), (500, 500))
+    rr, cc = np.mgrid[0:1024, 0:1024]
+    inside = (rr - 400) ** 2 + (cc - 400) ** 2 <= 100**2
+    assert ell.stats.count == int(inside.sum())
+    assert ell.stats.mean == pytest.approx(values[inside].mean())
+    assert ell.stats.area_mm2 == pytest.approx(math.pi * 100 * 100 * 0.168**2)
+    assert "mm²" in ell.label and "mean" in ell.label
+
+
+def test_roi_without_spacing_reports_pixels(repo_root):
+    rec = read_image(repo_root / "resources" / "samples" / "nih_chest.png")
+    roi = m.make_roi(rec, "rectangle", (10, 10), (19, 29))
+    assert roi.stats.area_mm2 is None and roi.stats.unit == "0-1"
+    assert roi.stats.mean == pytest.approx(float(rec.pixels[10:20, 10:30].mean()), rel=1e-6)
+    assert "area 171 px" in roi.label and roi.stats.count == 200  # drawn area between centres; pixels whose centres are inside
+
+
+def test_angle_and_ctr(siim):
+    right = m.make_angle(siim, (0, 100), (100, 100), (100, 300))
+    assert right.degrees == pytest.approx(90.0) and right.label == "90.0°"
+    assert m.make_angle(siim, (0, 0), (100, 100), (200, 200)).degrees == pytest.approx(180.0)
+    ctr = m.make_ctr(siim, (500, 300), (520, 700), (600, 100), (590, 900))  # the second points drift off the row
+    assert ctr.cardiac == ((500.0, 300.0), (500.0, 700.0)) and ctr.thoracic[1] == (600.0, 900.0)
+    assert ctr.ratio == pytest.approx(400 / 800)
+    assert ctr.unit == "mm" and ctr.cardiac_width == pytest.approx(400 * 0.168)
+    assert ctr.label == "CTR 0.50"
+
+
+def test_json_round_trip_recomputes_values(siim, tmp_path):
+    anns = [m.make_distance(siim, (1, 2), (30, 40)), m.make_angle(siim, (0, 100), (100, 100), (100, 300)),
+            m.make_roi(siim, "ellipse", (300, 300), (400, 420)), m.make_ctr(siim, (500, 300), (500, 700), (600, 100), (600, 900)),
+            m.ArrowAnnotation((10, 10), (60, 80), "here"), m.TextAnnotation((70, 70), "note")]
+    path = m.save_annotations(m.sidecar_path(tmp_path / "film.dcm"), anns, siim)
+    assert path.name == "film.dcm.annotations.json"
+    back = m.load_annotations(path, siim)
+    assert back == anns
+    other = ImageRecord.from_array(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="another size"):
+        m.load_annotations(path, other)
+
+
+def test_match_label_the_way_users_type():
+    names = ["Atelectasis", "Pleural_Thickening", "Pneumonia", "Pneumothorax", "pneumonia", "Tuberculosis (lesion score)"]
+    assert normalise("Tuberculosis (lesion score)") == "tuberculosis lesion score"
+    assert match_label("tuberculosis", names) == "Tuberculosis (lesion score)"
+    assert match_label("TUBERCULOSIS-lesion", names) == "Tuberculosis (lesion score)"
+    assert match_label("pleural thick", names) == "Pleural_Thickening"
+    assert match_label("pneumonia", names) == "pneumonia"  # exact first
+    assert match_label("PNEUMONIA", names) == "Pneumonia"
+    with pytest.raises(UnknownLabelError, match="several findings") as exc:
+        match_label("pneumo", names)
+    assert "'Pneumothorax'" in exc.value.message
+    with pytest.raises(UnknownLabelError, match="The loaded models predict") as exc:
+        match_label("fracture", names)
+    assert "'Tuberculosis (lesion score)'" in exc.value.message
+
+
+def test_corner_text_and_orientation(dicom_dir, siim):
+    rg1 = read_image(dicom_dir / "pydicom-data_RG1_UNCR.dcm")
+    assert patient_orientation(rg1) == ("L", "F") and opposite("LF") == "RH"
+    assert image_lines(siim) == ["1024 × 1024 px", "0.168 mm/px"]
+    lines = demographic_lines(siim)
+    assert any(line.startswith("Study 1901-01-01") for line in lines)
+
+
+def test_gsps_references_the_image_and_holds_every_shape(siim, tmp_path, repo_root):
+    from cxr_viewer.core.export.gsps import gsps_path, write_gsps
+
+    src = tmp_path / "film.dcm"
+    shutil.copy(repo_root / "resources" / "samples" / "siim_cr_chest.dcm", src)
+    anns = [m.make_distance(siim, (100, 100), (200, 300)), m.make_roi(siim, "ellipse", (300, 300), (400, 500)),
+            m.make_angle(siim, (0, 0), (100, 100), (0, 200)), m.make_ctr(siim, (500, 300), (500, 700), (600, 100), (600, 900)),
+            m.ArrowAnnotation((10, 10), (50, 50), "look"), m.TextAnnotation((70, 70), "hello")]
+    out = write_gsps(gsps_path(src), siim, anns, window=(128.0, 256.0))
+    assert out.name == "film.gsps.dcm"
+    ds = pydicom.dcmread(out)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.1" and ds.Modality == "PR"
+    assert ds.StudyInstanceUID == siim.header.StudyInstanceUID
+    ref = ds.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
+    assert ref.ReferencedSOPInstanceUID == siim.header.SOPInstanceUID
+    ga = ds.GraphicAnnotationSequence[0]
+    types = [g.GraphicType for g in ga.GraphicObjectSequence]
+    assert types.count("ELLIPSE") == 1 and types.count("POLYLINE") == 6  # distance, angle, 2 CTR widths, arrow + head
+    line = next(g for g in ga.GraphicObjectSequence if g.GraphicType == "POLYLINE")
+    assert list(line.GraphicData) == [100.5, 100.5, 300.5, 200.5]  # column, row; pixel centres at +0.5
+    texts = [t.UnformattedTextValue for t in ga.TextObjectSequence]
+    assert "hello" in texts and "look" in texts and any(t.startswith("CTR 0.50") for t in texts)
+    voi = ds.SoftcopyVOILUTSequence[0]
+    assert float(voi.WindowCenter) == 128.0 and float(voi.WindowWidth) == 256.0
+
+
+def test_gsps_refuses_a_png(repo_root):
+    from cxr_viewer.core.export.gsps import build_gsps
+
+    rec = read_image(repo_root / "resources" / "samples" / "nih_chest.png")
+    with pytest.raises(CXRError, match="only reference a DICOM image"):
+        build_gsps(rec, [m.TextAnnotation((1, 1), "x")])
+
+
+def test_find_prior_and_deltas_beyond_noise(tmp_path, repo_root):
+    from types import SimpleNamespace as NS
+
+    from cxr_viewer.core.compare import MIN_NOISE, augmentations, find_prior, score_deltas, score_noise
+
+    def inst(name):
+        return NS(path=tmp_path / name)
+
+    patients = [NS(patient_id="A", is_file_group=False, studies=[
+        NS(date="20200101", instances=[inst("a2020.dcm")]), NS(date="20220101", instances=[inst("a2022.dcm")]),
+        NS(date="20240101", instances=[inst("a2024.dcm")])]),
+        NS(patient_id="B", is_file_group=False, studies=[NS(date="20230101", instances=[inst("b.dcm")])])]
+    match = find_prior(patients, "A", "20240101", tmp_path / "a2024.dcm")
+    assert match.path == tmp_path / "a2022.dcm" and match.study_date == "20220101"
+    assert find_prior(patients, "A", "20200101") is None
+    assert find_prior(patients, "", "20240101") is None
+    rec = read_image(repo_root / "resources" / "samples" / "nih_chest.png")
+    augs = augmentations(rec, 4)
+    assert len(augs) == 4 and all(a.shape == rec.shape for a in augs)
+    assert all(0.001 < float(np.abs(a.pixels - rec.pixels).mean()) < 0.1 for a in augs), "small changes, not none"
+    noise = score_noise(lambda r: {("m", "x"): float(r.pixels.mean())}, rec, n=5)
+    assert 0 < noise[("m", "x")] < 0.05
+    f = lambda model, label, score: NS(model=model, label=label, score=score)  # noqa: E731
+    deltas = score_deltas([f("m", "x", 0.70), f("m", "y", 0.52)], [f("m", "x", 0.40), f("m", "y", 0.50)],
+                          {("m", "x"): 0.05, ("m", "y"): 0.0})
+    assert deltas[("m", "x")].text() == "0.40 → 0.70 ↑" and deltas[("m", "x")].significant
+    assert deltas[("m", "y")].text() == "0.50 → 0.52" and not deltas[("m", "y")].significant  # within MIN_NOISE
+    assert MIN_NOISE * 2 > 0.02
