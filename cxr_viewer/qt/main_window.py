@@ -138,6 +138,9 @@ class MainWindow(QMainWindow):
         from cxr_viewer.qt.site_wizard import SiteCalibrationHook
 
         self.site_calibration = SiteCalibrationHook(self)  # site profile: wizard action + drift banner
+        # every dock is in place: the film in the middle, every finding row and its badge on the right
+        if getattr(self, "findings_dock", None) is not None:
+            self.resizeDocks([self.studies_dock, self.findings_dock], [250, 460], Qt.Orientation.Horizontal)
         self._restore_settings()
         self.canvas.set_mode("pan")
 

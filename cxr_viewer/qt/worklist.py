@@ -736,6 +736,8 @@ def install_worklist(window: "MainWindow") -> WorklistPanel:
     dock = window.add_panel(panel, "Worklist", Qt.DockWidgetArea.LeftDockWidgetArea)
     window.tabifyDockWidget(window.studies_dock, dock)
     window.studies_dock.raise_()
+    # the worklist table scrolls sideways: its many columns must not widen the left dock over the film
+    panel.setMinimumWidth(200)
     a = window._act
     a("worklist_next", "&Next Study in Worklist", panel.next_study, "Ctrl+PgDown", tip="Open the next study in the list order")
     a("worklist_previous", "&Previous Study in Worklist", panel.previous_study, "Ctrl+PgUp",

@@ -175,6 +175,7 @@ def test_switching_image_drops_stale_results(qtbot, make_window, tiny_models, si
     from cxr_viewer.core.io import read_image
 
     win = make_window(models_dir=tiny_models)
+    win.analysis.set_shown_cam("Effusion", None)  # the reader asked for heatmaps
     win.analysis.backend = "torch"
     a, b = read_image(siim_dicom), read_image(nih_png)
     landed: list[tuple[object, object]] = []
@@ -243,7 +244,7 @@ def test_screenshot_waits_for_findings_and_heatmap(tmp_path: Path, tiny_models: 
     env = {**os.environ, "CXR_VIEWER_MODELS": str(tmp_path / "user"), "CXR_VIEWER_CACHE": str(tmp_path / "cache"),
            "XDG_CONFIG_HOME": str(tmp_path / "config"), "CXR_VIEWER_THREADS": "2"}
     env.pop("QT_QPA_PLATFORM", None)
-    proc = subprocess.run([sys.executable, "-m", "cxr_viewer.cli", "--screenshot", str(out), "--heatmap", "Effusion",
+    proc = subprocess.run([sys.executable, "-m", "cxr_viewer.cli", "--screenshot", str(out), "--heatmap", "Cardiomegaly",
                            "--models", str(tiny_models), str(siim_dicom)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     rgb = np.asarray(Image.open(out).convert("RGB")).astype(np.int32)

@@ -25,6 +25,7 @@ def lane_models(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> 
 def test_viewer_runs_on_the_torch_free_lane(qtbot, make_window, lane_models, nih_png, monkeypatch) -> None:
     monkeypatch.setenv("CXR_VIEWER_NO_TORCH", "1")
     win = make_window(models_dir=lane_models)
+    win.analysis.set_shown_cam("Effusion", None)  # the reader asked for this finding's heatmap
     win.open_paths([nih_png])
     qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done"
                     and not win.session.busy, timeout=WAIT_MS)

@@ -167,6 +167,9 @@ class HeatmapPanel(QWidget):
             self.faithfulness_label.setText("—")
             self.info_label.setText("Heatmaps appear once a model has scored the image."
                                     if state.status != "running" else "Waiting for the findings…")
+        elif self.controller.heatmap is None:
+            self.info_label.setText("Heatmaps are off until you ask: click a finding (or press N). "
+                                    "The one you choose is shown on the next images too.")
 
     def _on_heatmap(self, heat: Heatmap | None) -> None:
         if heat is None:
