@@ -16,7 +16,7 @@ import pytest
 
 from cxr_viewer.core.paths import default_models_dir
 
-PNEUMONIA = default_models_dir() / "pneumonia-kermany-resnet18"
+PNEUMONIA = default_models_dir() / "chest-resnet18"  # its Pneumonia finding
 
 
 def _keep(widget, name: str, tmp_path: Path) -> Path:
@@ -55,18 +55,21 @@ def test_wizard_scores_fits_and_saves_a_profile(make_window, qtbot, nih_site, tm
 
     dlg.labels_edit.setText(str(labels))
     dlg.score_button.click()
-    qtbot.waitUntil(lambda: "pneumonia" in dlg.fitted, timeout=600_000)
-    assert dlg.finding_box.currentText() == "pneumonia" and dlg.data["n_images"] == 32
+    qtbot.waitUntil(lambda: "Pneumonia" in dlg.fitted, timeout=600_000)
+    assert dlg.finding_box.currentText() == "Pneumonia" and dlg.data["n_images"] == 32
     text = dlg.summary.text()
-    assert "16 positive / 16 negative" in text and "AUROC" in text and "model card 0.74" in text
+    import json
+
+    card_auroc = json.loads((PNEUMONIA / "manifest.json").read_text())["metrics"]["auroc"]["Pneumonia"]["value"]
+    assert "16 positive / 16 negative" in text and "AUROC" in text and f"model card {card_auroc:.2f}" in text
     assert "fewer than 20" in text  # 8 positives in the calibration part: a warning, threshold not validated
 
     dlg.target_box.setCurrentIndex(dlg.target_box.findData("sensitivity"))
     dlg.target_spin.setValue(0.9)
-    qtbot.waitUntil(lambda: dlg.fitted["pneumonia"][0].target == "sensitivity:0.90", timeout=300_000)
-    fp, report = dlg.fitted["pneumonia"]
+    qtbot.waitUntil(lambda: dlg.fitted["Pneumonia"][0].target == "sensitivity:0.90", timeout=300_000)
+    fp, report = dlg.fitted["Pneumonia"]
     assert report["fit"]["target"] == "sensitivity:0.90" and "ECE" in dlg.summary.text()
-    assert len(dlg.figure.axes) == 2 and dlg.figure.axes[0].get_title() == "pneumonia: ROC on site films"
+    assert len(dlg.figure.axes) == 2 and dlg.figure.axes[0].get_title() == "Pneumonia: ROC on site films"
     dlg.name_edit.setText("adult-ward")
     dlg.note_edit.setText("NIH adults as the site")
     shot = _keep(dlg, "site_wizard.png", tmp_path)
@@ -75,8 +78,8 @@ def test_wizard_scores_fits_and_saves_a_profile(make_window, qtbot, nih_site, tm
     saved = dlg.save()
     assert saved is not None and saved.id == "adult-ward v1"
     back = load_profile(saved.path)
-    assert back.bundle["sha256"] == load_bundle(PNEUMONIA).sha256 and back.findings["pneumonia"].target == "sensitivity:0.90"
-    assert not back.findings["pneumonia"].validated and back.note == "NIH adults as the site"
+    assert back.bundle["sha256"] == load_bundle(PNEUMONIA).sha256 and back.findings["Pneumonia"].target == "sensitivity:0.90"
+    assert not back.findings["Pneumonia"].validated and back.note == "NIH adults as the site"
     assert win.site_calibration.profile.id == "adult-ward v1"  # the saved profile becomes the active one
     assert win.settings.value("site/profile") == str(saved.path)
 
