@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from cxr_viewer.core.errors import (
-    ImageReadError,
     ImageTooLargeError,
     InconsistentImageError,
     TruncatedFileError,
