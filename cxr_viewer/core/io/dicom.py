@@ -71,6 +71,8 @@ route_pydicom_logs()
 DEFAULT_MAX_PIXELS = 100_000_000
 #: Decoded bytes of the one frame we read, at most (100 M pixels of 32-bit data).
 DEFAULT_MAX_DECODED_BYTES = 400_000_000
+#: A Deflated Explicit VR dataset (PS3.5 A.5) may inflate to at most this (the pixels plus a generous header).
+MAX_INFLATED_BYTES = DEFAULT_MAX_DECODED_BYTES + 64_000_000
 #: How far into a compressed frame its header (SOF / SIZ) is looked for.
 _STREAM_HEAD_BYTES = 1 << 20
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -218,6 +220,7 @@ def _dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] |
         raise ImageReadError(f"The file {path.name} cannot be opened: {exc.strerror or exc}.", path=path) from exc
     if size == 0:
         raise EmptyFileError(f"The file {path.name} is empty (0 bytes). Copy or export it again.", path=path)
+    check_inflated_size(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -240,6 +243,40 @@ def _dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: list[str] |
             "Copy or export it again from the PACS.",
             path=path,
         ) from exc
+
+
+def check_inflated_size(path: Path) -> None:
+    """pydicom inflates a Deflated Explicit VR dataset whole, unbounded: a 1 MB file could become gigabytes.
+    Inflate it here first, in chunks and counting, and refuse it once it passes :data:`MAX_INFLATED_BYTES`."""
+    import zlib
+
+    try:
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+    except ImportError:  # pragma: no cover - pydicom moved its helpers; dcmread still reads the file
+        return
+    with open(path, "rb") as fh:
+        try:
+            read_preamble(fh, force=True)
+            meta = _read_file_meta_info(fh)
+        except Exception:  # noqa: BLE001 - no readable meta group: dcmread reports the file as it is
+            return
+        if str(meta.get("TransferSyntaxUID", "")).strip() != "1.2.840.10008.1.2.1.99":
+            return
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total, chunk = 0, fh.read(1 << 20)
+        while chunk and not inflater.eof:
+            try:
+                total += len(inflater.decompress(chunk, 1 << 22))
+            except zlib.error:
+                return  # damaged: dcmread says so
+            if total > MAX_INFLATED_BYTES:
+                raise ImageTooLargeError(
+                    f"The DICOM file {path.name} is {path.stat().st_size:,} bytes but its deflated contents grow "
+                    f"past {MAX_INFLATED_BYTES / 1e6:,.0f} MB when unpacked, more than any radiograph needs. "
+                    "It was not opened; the file is damaged or crafted.",
+                    path=path,
+                )
+            chunk = inflater.unconsumed_tail or fh.read(1 << 20)
 
 
 def too_short_message(path: Path, size: int) -> str:
