@@ -24,6 +24,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
 import json, resource, sys
+
+
+def peak_kb(reset=False):
+    # ru_maxrss of a forked child starts at its parent's high-water mark: use the kernel's VmHWM, reset first
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        with open("/proc/self/status") as fh:
+            return int(next(line for line in fh if line.startswith("VmHWM")).split()[1])
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 stage, path, models = sys.argv[1], sys.argv[2], sys.argv[3]
 from cxr_viewer.core.io import read_image
 import numpy, PIL.Image, pydicom, tifffile  # noqa: F401
@@ -32,11 +46,11 @@ if stage == "analyse":
     from cxr_viewer.core.inference.engine import InferenceEngine
     engine = InferenceEngine.from_dirs([models], device="cpu", backend="torch")
     small = read_image(sys.argv[4]); engine.analyze(small)  # warm every lazy import and buffer
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_kb(reset=True)
 rec = read_image(path)
 if engine is not None:
     engine.analyze(rec)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = peak_kb()
 print(json.dumps({"base_kb": base, "peak_kb": peak, "shape": list(rec.shape)}))
 """
 
