@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     inputs = make_inputs(args.work, args.side)
     models, small = _tiny_models(args.work)
+    print("decoded = the stored samples at their bit depth; the record itself holds float32 pixels (side^2 x 4 B)")
     print(f"{'input':14s} {'file MB':>8s} {'decoded MB':>10s} {'read MB':>8s} {'x decoded':>9s} "
           f"{'analyse MB':>10s} {'x decoded':>9s}")
     for name, (path, decoded) in inputs.items():
