@@ -593,10 +593,17 @@ def fix_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
     if bits_stored <= 0 or bits_stored >= width:
         return arr
     mask = (1 << bits_stored) - 1
-    work = arr.astype(np.int64) & mask
+    # in a type no wider than needed: a 100 M pixel image must not grow an int64 copy (800 MB)
+    work_type = np.int32 if width <= 16 else np.int64
+    if not signed and arr.dtype.kind == "u":
+        if not np.any(arr > mask):  # pydicom usually masked already: nothing to do, no copy
+            return arr
+        return arr & arr.dtype.type(mask)
+    work = arr.astype(work_type) & mask
     if signed:
         sign = 1 << (bits_stored - 1)
-        work = (work ^ sign) - sign
+        work ^= sign
+        work -= sign
     return work
 
 
@@ -629,7 +636,10 @@ def stored_to_values(stored: np.ndarray, ds: "Dataset") -> tuple[np.ndarray, lis
     arr = fix_bits(stored, bits_stored, signed)
     check_rescale(ds, arr)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused above; float data is cleaned later
-        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        values = apply_modality_lut(arr, ds)
+    # integers of up to 24 bits are exact in float32: half the memory of float64 for the common case
+    exact32 = values.dtype.kind in "iu" and values.dtype.itemsize <= 2 or values.dtype == np.float32
+    values = np.asarray(values, dtype=np.float32 if exact32 else np.float64)
     return values, notices
 
 
@@ -772,7 +782,13 @@ def normalise(values: np.ndarray, lo: float, hi: float, *, invert: bool) -> np.n
         return np.zeros(values.shape, dtype=np.float32)
     if not np.isfinite(hi - lo):  # a range wider than float64 holds: halve everything first
         values, lo, hi = values * 0.5, lo * 0.5, hi * 0.5
-    out = ((values - lo) / (hi - lo)).astype(np.float32)
+    if max(abs(lo), abs(hi)) > 1e30 or np.float32(hi) <= np.float32(lo):  # beyond float32: float64 (rare)
+        out = ((values - lo) / (hi - lo)).astype(np.float32)
+    else:
+        out = values.astype(np.float32)  # one float32 copy, scaled in place
+        out -= np.float32(lo)
+        out /= np.float32(hi) - np.float32(lo)  # the same float32 span: the top value maps to exactly 1
+        np.clip(out, 0.0, 1.0, out=out)  # float32 rounding may step a hair outside [0, 1]
     if invert:
         np.subtract(np.float32(1.0), out, out=out)
     return out
