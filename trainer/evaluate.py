@@ -11,7 +11,6 @@ and ``metrics.json`` (which ``cxr-train export`` copies into the bundle manifest
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from cxr_viewer.core.errors import (
-    ImageReadError,
     ImageTooLargeError,
     InconsistentImageError,
     TruncatedFileError,
@@ -135,14 +134,18 @@ def test_bomb_memory_stays_bounded(tmp_path: Path) -> None:
     """Peak RSS of reading the bomb, measured in a fresh process, stays near the interpreter's own."""
     f = _jpeg_dicom(tmp_path / "bomb.dcm", sof_size=(30000, 30000))
     ok = _jpeg_dicom(tmp_path / "ok.dcm")
-    code = (
-        "import resource, sys, json\n"
+    code = (  # VmHWM, reset first: a forked child's ru_maxrss starts at its parent's high-water mark
+        "import sys, json\n"
+        "def hwm():\n"
+        "    with open('/proc/self/status') as fh:\n"
+        "        return int(next(x for x in fh if x.startswith('VmHWM')).split()[1])\n"
         "from cxr_viewer.core.io import read_image\n"
         "read_image(sys.argv[2])\n"  # warm every import on a good file first
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = hwm()\n"
         "try:\n    read_image(sys.argv[1]); outcome = 'ok'\n"
         "except Exception as exc:\n    outcome = type(exc).__name__\n"
-        "print(json.dumps([outcome, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))\n"
+        "print(json.dumps([outcome, base, hwm()]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(f), str(ok)], capture_output=True, text=True,
                          timeout=120, cwd=REPO, check=True)
@@ -360,3 +363,34 @@ def test_nonsense_pixel_spacing_is_ignored_with_notice(tmp_path: Path, spacing: 
     good = make_dicom(tmp_path / "g.dcm", _gray(), ImagerPixelSpacing=["0.2", "0.2"],
                       EstimatedRadiographicMagnificationFactor="1e308")
     assert read_image(good).spacing_mm == pytest.approx((0.2, 0.2))  # an absurd magnification is not applied
+
+
+def test_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom inflates a Deflated Explicit VR dataset whole; the reader counts while inflating first."""
+    import zlib
+
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    import cxr_viewer.core.io.dicom as dicom
+
+    f = make_dicom(tmp_path / "ok.dcm", _gray())
+    ds = pydicom.dcmread(f)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(f)
+    assert read_image(f).shape == (32, 32)  # a normal deflated file still reads
+    # the same meta group followed by a deflate stream that unpacks to 20 MB of zeros
+    data = f.read_bytes()
+    meta = pydicom.filereader.read_file_meta_info(f)
+    with open(f, "rb") as fh:
+        pydicom.filereader.read_preamble(fh, force=True)
+        pydicom.filereader._read_file_meta_info(fh)  # noqa: SLF001
+        start = fh.tell()
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = b"".join(z.compress(b"\x00" * 1_000_000) for _ in range(20)) + z.flush()
+    bomb = tmp_path / "bomb.dcm"
+    bomb.write_bytes(data[:start] + body)
+    assert bomb.stat().st_size < 100_000 and str(meta.TransferSyntaxUID) == DeflatedExplicitVRLittleEndian
+    monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", 10_000_000)
+    with pytest.raises(ImageTooLargeError, match="deflated contents grow past 10 MB"):
+        read_image(bomb)

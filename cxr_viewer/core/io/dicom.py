@@ -73,6 +73,8 @@ route_pydicom_logs()
 DEFAULT_MAX_PIXELS = 100_000_000
 #: Decoded bytes of the one frame we read, at most (100 M pixels of 32-bit data).
 DEFAULT_MAX_DECODED_BYTES = 400_000_000
+#: A Deflated Explicit VR dataset (PS3.5 A.5) may inflate to at most this (the pixels plus a generous header).
+MAX_INFLATED_BYTES = DEFAULT_MAX_DECODED_BYTES + 64_000_000
 #: How far into a compressed frame its header (SOF / SIZ) is looked for.
 _STREAM_HEAD_BYTES = 1 << 20
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -264,6 +266,7 @@ def _dcmread_unlogged(path: Path, *, stop_before_pixels: bool, specific_tags: li
         raise ImageReadError(f"The file {path.name} cannot be opened: {exc.strerror or exc}.", path=path) from exc
     if size == 0:
         raise EmptyFileError(f"The file {path.name} is empty (0 bytes). Copy or export it again.", path=path)
+    check_inflated_size(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -286,6 +289,40 @@ def _dcmread_unlogged(path: Path, *, stop_before_pixels: bool, specific_tags: li
             "Copy or export it again from the PACS.",
             path=path,
         ) from exc
+
+
+def check_inflated_size(path: Path) -> None:
+    """pydicom inflates a Deflated Explicit VR dataset whole, unbounded: a 1 MB file could become gigabytes.
+    Inflate it here first, in chunks and counting, and refuse it once it passes :data:`MAX_INFLATED_BYTES`."""
+    import zlib
+
+    try:
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+    except ImportError:  # pragma: no cover - pydicom moved its helpers; dcmread still reads the file
+        return
+    with open(path, "rb") as fh:
+        try:
+            read_preamble(fh, force=True)
+            meta = _read_file_meta_info(fh)
+        except Exception:  # noqa: BLE001 - no readable meta group: dcmread reports the file as it is
+            return
+        if str(meta.get("TransferSyntaxUID", "")).strip() != "1.2.840.10008.1.2.1.99":
+            return
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total, chunk = 0, fh.read(1 << 20)
+        while chunk and not inflater.eof:
+            try:
+                total += len(inflater.decompress(chunk, 1 << 22))
+            except zlib.error:
+                return  # damaged: dcmread says so
+            if total > MAX_INFLATED_BYTES:
+                raise ImageTooLargeError(
+                    f"The DICOM file {path.name} is {path.stat().st_size:,} bytes but its deflated contents grow "
+                    f"past {MAX_INFLATED_BYTES / 1e6:,.0f} MB when unpacked, more than any radiograph needs. "
+                    "It was not opened; the file is damaged or crafted.",
+                    path=path,
+                )
+            chunk = inflater.unconsumed_tail or fh.read(1 << 20)
 
 
 def too_short_message(path: Path, size: int) -> str:
@@ -602,10 +639,17 @@ def fix_bits(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
     if bits_stored <= 0 or bits_stored >= width:
         return arr
     mask = (1 << bits_stored) - 1
-    work = arr.astype(np.int64) & mask
+    # in a type no wider than needed: a 100 M pixel image must not grow an int64 copy (800 MB)
+    work_type = np.int32 if width <= 16 else np.int64
+    if not signed and arr.dtype.kind == "u":
+        if not np.any(arr > mask):  # pydicom usually masked already: nothing to do, no copy
+            return arr
+        return arr & arr.dtype.type(mask)
+    work = arr.astype(work_type) & mask
     if signed:
         sign = 1 << (bits_stored - 1)
-        work = (work ^ sign) - sign
+        work ^= sign
+        work -= sign
     return work
 
 
@@ -638,7 +682,10 @@ def stored_to_values(stored: np.ndarray, ds: "Dataset") -> tuple[np.ndarray, lis
     arr = fix_bits(stored, bits_stored, signed)
     check_rescale(ds, arr)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused above; float data is cleaned later
-        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        values = apply_modality_lut(arr, ds)
+    # integers of up to 24 bits are exact in float32: half the memory of float64 for the common case
+    exact32 = values.dtype.kind in "iu" and values.dtype.itemsize <= 2 or values.dtype == np.float32
+    values = np.asarray(values, dtype=np.float32 if exact32 else np.float64)
     return values, notices
 
 
@@ -781,7 +828,13 @@ def normalise(values: np.ndarray, lo: float, hi: float, *, invert: bool) -> np.n
         return np.zeros(values.shape, dtype=np.float32)
     if not np.isfinite(hi - lo):  # a range wider than float64 holds: halve everything first
         values, lo, hi = values * 0.5, lo * 0.5, hi * 0.5
-    out = ((values - lo) / (hi - lo)).astype(np.float32)
+    if max(abs(lo), abs(hi)) > 1e30 or np.float32(hi) <= np.float32(lo):  # beyond float32: float64 (rare)
+        out = ((values - lo) / (hi - lo)).astype(np.float32)
+    else:
+        out = values.astype(np.float32)  # one float32 copy, scaled in place
+        out -= np.float32(lo)
+        out /= np.float32(hi) - np.float32(lo)  # the same float32 span: the top value maps to exactly 1
+        np.clip(out, 0.0, 1.0, out=out)  # float32 rounding may step a hair outside [0, 1]
     if invert:
         np.subtract(np.float32(1.0), out, out=out)
     return out

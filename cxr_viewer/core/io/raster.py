@@ -131,7 +131,7 @@ def _pil_to_gray(im: "object") -> tuple[np.ndarray, list[str]]:
             arr, note = _drop_alpha(arr[..., 0].astype(np.float32), arr[..., 1])
             notices.extend(note)
             return arr / 255.0, notices
-        return arr.astype(np.float32) / 255.0, notices
+        return _scaled(arr, 255.0), notices
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im)
         if mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
@@ -181,7 +181,14 @@ def scale_16bit(arr: np.ndarray) -> np.ndarray:
     arr = np.asarray(arr)
     top = int(arr.max()) if arr.size else 0
     bits = max(8, top.bit_length())
-    return (arr.astype(np.float32) / float((1 << bits) - 1)).astype(np.float32)
+    return _scaled(arr, float((1 << bits) - 1))
+
+
+def _scaled(arr: np.ndarray, top: float) -> np.ndarray:
+    """``arr / top`` as float32, divided in place: one full-size float copy, not two."""
+    out = arr.astype(np.float32)
+    out /= np.float32(top)
+    return out
 
 
 def _minmax(arr: np.ndarray, notices: list[str] | None = None) -> np.ndarray:
@@ -241,7 +248,7 @@ def _read_tiff_fallback(path: Path, max_pixels: int, notices: list[str]) -> Imag
     if arr.ndim != 2:
         raise UnsupportedImageError(f"The TIFF image {path.name} has an unsupported layout {arr.shape}.", path=path)
     if arr.dtype.kind == "u":
-        gray = arr.astype(np.float32) / 255.0 if arr.dtype.itemsize == 1 else scale_16bit(arr)
+        gray = _scaled(arr, 255.0) if arr.dtype.itemsize == 1 else scale_16bit(arr)
     else:
         if arr.dtype.kind == "f" and np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1:
             gray = arr.astype(np.float32)
@@ -252,7 +259,8 @@ def _read_tiff_fallback(path: Path, max_pixels: int, notices: list[str]) -> Imag
 
 def _record(arr: np.ndarray, path: Path, fmt: str, notices: list[str]) -> ImageRecord:
     fmt = {"jpg": "jpeg", "mpo": "jpeg", "tif": "tiff"}.get(fmt, fmt)
-    pixels = np.clip(np.asarray(arr, dtype=np.float32), 0.0, 1.0)
+    pixels = np.asarray(arr, dtype=np.float32)  # the reader's own array: clipped in place, no copy
+    np.clip(pixels, 0.0, 1.0, out=pixels)
     h, w = pixels.shape
     log.debug("read a %s image: %dx%d", fmt, h, w)
     return ImageRecord(
