@@ -28,5 +28,5 @@ def dciodvfy_warnings(path: Path) -> list[str]:
 
 def _dciodvfy(path: Path) -> str:
     exe = need_tool("dciodvfy", "dicom3tools")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120, check=False)
     return proc.stdout + proc.stderr

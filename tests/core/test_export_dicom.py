@@ -160,7 +160,7 @@ def test_report_pdf_and_png_page(analysed, tmp_path: Path) -> None:
 
 
 def test_non_dicom_and_wrong_masks_are_refused(analysed, repo_root: Path, tmp_path: Path) -> None:
-    record, result, masks = analysed
+    record, result, _ = analysed
     png = read_image(repo_root / "resources" / "samples" / "nih_chest.png")
     with pytest.raises(ExportError, match="only be written for a DICOM image"):
         write_results(png, result, tmp_path)

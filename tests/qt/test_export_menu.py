@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 
 from tests.core.dicom_check import dciodvfy_errors
-from tests.qt.bundles import seg_models, tiny_models  # noqa: F401  (fixtures)
+from tests.qt.bundles import tiny_models  # noqa: F401  (fixture)
 from tests.qt.test_analysis import WAIT_MS, analysed_window
 
 

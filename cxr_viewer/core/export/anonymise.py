@@ -147,7 +147,7 @@ def text_like_marks(pixels: np.ndarray, *, border: float = 0.18) -> int:
     min_side, max_side = max(3, int(0.004 * h)), max(6, int(0.08 * h))
     count = 0
     for i in range(1, n):
-        x, y, ww, hh, area = stats[i]
+        _, _, ww, hh, area = stats[i]
         if min_side <= hh <= max_side and ww <= 3 * max_side and area >= 6 and area <= 0.8 * ww * hh:
             count += 1
     return count
