@@ -91,16 +91,21 @@ def soak(folder: Path, models: Path, db: Path, cycles: int, every: int) -> None:
     opened: list[Path] = []
     panel.open_requested.connect(opened.append)
     samples: list[tuple[str, int, float]] = []
+    cycle = ["", 0]
+
+    def on_entry(_entry: object) -> None:  # RSS every ``every`` rows, as they reach the view
+        cycle[1] += 1
+        if cycle[1] % every == 0:
+            samples.append((str(cycle[0]), cycle[1], rss_mb()))
+
+    ctl.entry_ready.connect(on_entry)
 
     def run_cycle(c: int) -> float:
+        cycle[:] = [f"cycle {c}", 0]
         panel.open_folder(folder)
         t0 = time.perf_counter()
-        next_mark = every
         while ctl.running or panel.model.rowCount() == 0:
             app.processEvents()
-            if panel.model.rowCount() >= next_mark:
-                samples.append((f"cycle {c}", panel.model.rowCount(), rss_mb()))
-                next_mark += every
             time.sleep(0.001)
         app.processEvents()
         return time.perf_counter() - t0
@@ -124,6 +129,8 @@ def soak(folder: Path, models: Path, db: Path, cycles: int, every: int) -> None:
               f"(growth {last[-1] - first[-1]:+.1f} MB over {cycles - 1} more cycles of {panel.model.rowCount()} studies)")
     ctl.shutdown()
     panel.close()
+    panel.deleteLater()
+    app.processEvents()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if args.soak:
             soak(folder, models, db, args.cycles, args.every)
+    sys.stdout.flush()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # skip interpreter teardown: PySide6 can crash collecting Qt objects at exit
