@@ -27,18 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from tb_lesion_score import boot_ci  # the one patient-bootstrap CI of the default-model scripts
+
 log = logging.getLogger("localisation")
 NIH_BOX_NAMES = {"Infiltrate": "Infiltration"}
-
-
-def boot_ci(values: np.ndarray, n_boot: int, seed: int) -> list[float] | None:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def summary(values: list[float], n_boot: int, seed: int) -> dict[str, Any]:
