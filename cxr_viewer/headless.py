@@ -363,7 +363,7 @@ def export_corrections_main(argv: list[str]) -> int:
     except CXRError as exc:
         print(f"cxr-viewer export-corrections: {exc.message}", file=sys.stderr)
         return EXIT_FAILURES
-    print(json.dumps(summary))
+    print(dumps(summary))
     return EXIT_OK
 
 

@@ -135,7 +135,7 @@ def _send_results(args: argparse.Namespace, remote) -> int:
     from cxr_viewer.core import pacs
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
-    from cxr_viewer.headless import _segmenter_for, model_dirs
+    from cxr_viewer.headless import model_dirs
 
     files = pacs.dicom_files(args.files)
     if not files:
@@ -152,7 +152,7 @@ def _send_results(args: argparse.Namespace, remote) -> int:
         try:
             record = read_image(f)
             result = engine.analyze(record)
-            masks = _segmenter_for(segs[0]).segment_report(record, args.report) if args.report else None
+            masks = engine.segmenter(segs[0]).segment_report(record, args.report) if args.report else None
             out = Path(args.out) / f"{i:03d}" if args.out else None
             sent = pacs.send_results(remote, record, result, masks=masks, out_dir=out, calling_ae=args.ae_title,
                                      timeout=args.timeout)

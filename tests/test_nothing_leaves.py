@@ -36,7 +36,7 @@ def test_analyze_in_a_fresh_home_writes_only_our_folders(tmp_path: Path) -> None
     result = json.loads(out.read_text())[0]
     assert result["backend"] == {"tiny": "onnx"}  # ONNX Runtime really ran
     written = sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if p.is_file())
-    assert written, "the ONNX export should be cached in our own cache folder"
+    # (the export is regenerated in memory from the verified weights: writing nothing at all is fine)
     strays = [w for w in written if not w.startswith(OURS)]
     assert strays == [], f"written outside our folders: {strays}"
     assert not any(tmp.iterdir())  # and no temporary files left behind

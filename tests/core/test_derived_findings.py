@@ -151,7 +151,7 @@ def test_default_segmenter_scores_real_tbx11k_test_films(repo_root: Path, data_d
         d = engine.analyze(rec).to_dict()
         (row,) = [r for r in d["findings"] if r["label"] == LABEL]
         assert math.isfinite(row["score"]) and 0.0 <= row["score"] <= 1.0
-        assert row["validated"] is False and "not a screening result" in row["note"]
+        assert row["validated"] is False and "Not validated for a POSITIVE badge" in row["note"]
         assert row["threshold"] == pytest.approx(spec["threshold"]["value"], abs=1e-6)
         assert row["above_threshold"] == (row["score"] >= row["threshold"]) and row["positive"] is False
         heat = engine.cam(rec, LABEL)
