@@ -84,7 +84,8 @@ def test_export_of_samples_keeps_no_identifying_tag(repo_root: Path, dicom_dir: 
         before, after = pydicom.dcmread(src_path).get("StudyDate"), pydicom.dcmread(out_path).get("StudyDate")
         if before:
             shifts.add((datetime.strptime(before, "%Y%m%d") - datetime.strptime(after, "%Y%m%d")).days)
-    assert len(shifts) == 1 and shifts.pop() > 0
+    # one offset for the whole export; a date may move one day more where its time of day crosses midnight
+    assert shifts and min(shifts) > 0 and max(shifts) - min(shifts) <= 1, shifts
     # burned-in text: every sample is warned about (flag absent or YES, or marks found)
     assert len(export.warnings) >= len(sources)
 
