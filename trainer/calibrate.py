@@ -57,7 +57,12 @@ def calibrate(
     viewer then shows the score without a POSITIVE badge.
     """
     from cxr_viewer.core.models.bundle import load_bundle
-    from cxr_viewer.core.models.calibration import Calibration, choose_calibration, expected_calibration_error
+    from cxr_viewer.core.models.calibration import (
+        Calibration,
+        choose_calibration,
+        expected_calibration_error,
+        fit_calibration,
+    )
     from trainer.evaluate import pick_device, predict, split_frame
 
     if method != "youden" and not 0 < target < 1:
@@ -86,8 +91,6 @@ def calibrate(
         _, cv = choose_calibration(y, p, methods)
         usable = {k: v for k, v in cv.items() if k != "isotonic"}
         best = min(usable, key=lambda k: (round(usable[k], 4), ("none", "temperature", "platt").index(k)))
-        from cxr_viewer.core.models.calibration import fit_calibration
-
         c = fit_calibration(y, p, best)
         cals.append(c)
         cal_report[lab] = {
@@ -109,7 +112,7 @@ def calibrate(
             head.bias.copy_(torch.from_numpy(b).to(head.bias))
         P = apply_calibration(P, cals)
         m.extra["calibration"] = {
-            "split": split, "method": f"per-label choice by {5}-fold cross-validated ECE (folded into the head)",
+            "split": split, "method": "per-label choice by 5-fold cross-validated ECE (folded into the head)",
             "labels": cal_report,
         }  # fmt: skip
     chosen: dict[str, dict[str, Any]] = {}

@@ -506,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    f"(the app looks in resources/text/{TEXT_DIR_NAME})")
     p.add_argument("--atol", type=float, default=ATOL)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # one line per bundle
     failures = 0
     targets: list[Path] = []
     for b in args.bundles:
@@ -518,21 +518,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             rec = export_bundle(b, atol=args.atol)
         except CXRError as exc:
-            print(f"FAIL  {b.name}: {exc.message}")
+            log.error(f"FAIL  {b.name}: {exc.message}")
             failures += 1
             continue
         if rec is None:
-            print(f"SKIP  {b.name}: not run by the viewer")
+            log.info(f"SKIP  {b.name}: not run by the viewer")
         else:
             diffs = ", ".join(f"{k} {v:.1e}" for k, v in rec["verified"].items() if k.endswith("diff"))
             cam = f", CAM exact={rec['cam']['exact']}" if "cam" in rec else ""
-            print(f"OK    {b.name}: {rec['file']} ({diffs}{cam})")
+            log.info(f"OK    {b.name}: {rec['file']} ({diffs}{cam})")
     if args.text_out:
         try:
             rec = export_text_encoder(args.text_out)
-            print(f"OK    text encoder: {args.text_out} (embedding diff {rec['verified']['embedding_max_abs_diff']:.1e})")
+            log.info(f"OK    text encoder: {args.text_out} (embedding diff {rec['verified']['embedding_max_abs_diff']:.1e})")
         except CXRError as exc:
-            print(f"FAIL  text encoder: {exc.message}")
+            log.error(f"FAIL  text encoder: {exc.message}")
             failures += 1
     return 1 if failures else 0
 
