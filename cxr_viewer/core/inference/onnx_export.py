@@ -63,17 +63,21 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ATOL",
     "OPSET",
+    "TEXT_FLOAT16_ATOL",
     "export_bundle",
     "export_text_encoder",
     "main",
     "ort_artifact_for",
     "regenerate",
+    "store_float16",
     "verification_inputs",
     "verify_classifier",
 ]
 
 #: Largest allowed |onnx - torch| on logits (and, scaled by the map's range, on feature maps).
 ATOL = 1e-4
+#: Largest allowed |onnx - torch| on MiniLM's unit-norm sentence embeddings once its weights are float16.
+TEXT_FLOAT16_ATOL = 2e-3
 OPSET = 18
 NOISE_IMAGES = 2
 SENTENCES = (
@@ -112,12 +116,59 @@ def _export(
                                       input_names=input_names, output_names=output_names,
                                       dynamic_shapes=shapes, opset_version=OPSET, verbose=False)
                 else:
+                    # No constant folding: batch norms stay separate so every weight keeps the bundle's
+                    # own (float16-exact) values for :func:`store_float16`; ONNX Runtime fuses them at load.
                     torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names,
-                                      output_names=output_names, dynamic_axes=dynamic, opset_version=17)
+                                      output_names=output_names, dynamic_axes=dynamic, opset_version=17,
+                                      do_constant_folding=False)
             return
         except Exception as exc:  # noqa: BLE001 - exporter failures are many; try the other one
             errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc)[:300]}")
     raise InferenceError("The model could not be exported to ONNX (" + " | ".join(errors) + ").")
+
+
+def store_float16(path: Path, *, lossy: bool = False, min_size: int = 256) -> dict[str, Any]:
+    """Rewrite the graph at ``path`` with float16 initialisers, each cast to float32 by a ``Cast`` node.
+
+    ONNX Runtime folds the casts at load (constant folding), so the session computes in float32
+    exactly as before and the file is about half the size. Without ``lossy`` only tensors whose
+    values float16 holds exactly are converted (our bundles store float16 weights, so that is
+    nearly all of them and the graph computes the same numbers); with ``lossy`` every float32
+    tensor of at least ``min_size`` values is rounded (the caller re-verifies). Returns what was stored.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    stored = kept = 0
+    casts, halves = [], []
+    for init in list(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or init.name in inputs:
+            continue
+        a = numpy_helper.to_array(init)
+        if a.size < min_size:
+            kept += a.size
+            continue
+        with np.errstate(over="ignore"):
+            h = a.astype(np.float16)
+        if not np.all(np.isfinite(h)) or (not lossy and not np.array_equal(h.astype(np.float32), a)):
+            kept += a.size
+            continue
+        graph.initializer.remove(init)
+        halves.append(numpy_helper.from_array(h, f"{init.name}__f16"))
+        casts.append(helper.make_node("Cast", [f"{init.name}__f16"], [init.name], to=TensorProto.FLOAT,
+                                      name=f"{init.name}__to_f32"))
+        stored += a.size
+    graph.initializer.extend(halves)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*casts, *nodes])  # casts first: the graph stays topologically sorted
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return {"initializers": "float16" if stored and not kept else ("mixed" if stored else "float32"),
+            "float16_values": stored, "float32_values": kept, "lossy": bool(lossy and stored)}
 
 
 def max_diff(got: np.ndarray, ref: np.ndarray, what: str, atol: float = ATOL, *, relative: bool = False) -> float:
@@ -268,10 +319,11 @@ def _export_classifier_file(bundle: "LoadedBundle", path: Path, *, atol: float, 
                     {"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}})
     finally:
         wrapped.handle.remove()
+    storage = store_float16(path)
     with bundle.lock:
         diffs = verify_classifier(ort_session(path, threads=1), model, x, layers[0], atol=atol)
     cam = {"layer": layers[0], **_head_exact(model, ref_feats, ref_logits, atol)}
-    return {"cam": cam, "verified": {**diffs, "atol": atol, "inputs": counts}}
+    return {"cam": cam, "storage": storage, "verified": {**diffs, "atol": atol, "inputs": counts}}
 
 
 class _Seg:
@@ -327,8 +379,10 @@ def _export_segmenter_file(bundle: "LoadedBundle", path: Path, *, atol: float, s
                     ["logits"], {"text": {0: "sentences"}, "logits": {0: "sentences"}})
         else:
             _export(wrapped, (torch.from_numpy(x[:1]),), path, ["image"], ["logits"], {})
+    storage = store_float16(path)
     diffs = verify_segmenter(ort_session(path, threads=1), bundle, x, atol=atol, seed=seed)
-    return {"conditioned": conditioned, "text_dim": dim, "verified": {**diffs, "atol": atol, "inputs": counts}}
+    return {"conditioned": conditioned, "text_dim": dim, "storage": storage,
+            "verified": {**diffs, "atol": atol, "inputs": counts}}
 
 
 def _kind(bundle: "LoadedBundle") -> str | None:
@@ -444,8 +498,13 @@ def export_bundle(bundle_dir: str | Path, *, atol: float = ATOL, seed: int = 0) 
     return rec
 
 
-def export_text_encoder(dest_dir: str | Path, *, atol: float = 1e-5) -> dict[str, Any]:
-    """all-MiniLM-L6-v2 as ONNX + its tokenizer.json into ``dest_dir``; embeddings verified."""
+def export_text_encoder(dest_dir: str | Path, *, atol: float = 1e-5, float16: bool = True) -> dict[str, Any]:
+    """all-MiniLM-L6-v2 as ONNX + its tokenizer.json into ``dest_dir``; embeddings verified.
+
+    The float32 graph must match the transformers model within ``atol``; with ``float16`` (the
+    default, what the repository ships) its weights are then stored as float16 and the embeddings
+    must stay within :data:`TEXT_FLOAT16_ATOL` of the transformers model's (unit vectors).
+    """
     from torch import nn
 
     from cxr_viewer.core.models.text import MiniLMEncoder, minilm_model_dir
@@ -485,13 +544,24 @@ def export_text_encoder(dest_dir: str | Path, *, atol: float = 1e-5) -> dict[str
                      dim=ref_enc.dim)
     _write_json(dest / TEXT_RECORD, record)
     texts = [*SENTENCES, "x " * 400]  # the last one is truncated at max_length
+    ref = ref_enc.encode(texts)
     try:
-        diff = max_diff(OrtMiniLMEncoder(dest, threads=1).encode(texts), ref_enc.encode(texts),
-                        "sentence embeddings", atol)
+        diff = max_diff(OrtMiniLMEncoder(dest, threads=1).encode(texts), ref, "sentence embeddings", atol)
+        verified: dict[str, Any] = {"embedding_max_abs_diff": diff, "atol": atol, "sentences": len(texts)}
+        if float16:
+            # MiniLM's weights are float32, so float16 storage rounds them: verified again, against its own limit.
+            record["storage"] = store_float16(dest / "model.onnx", lossy=True)
+            record["sha256"] = sha256_file(dest / "model.onnx")
+            _write_json(dest / TEXT_RECORD, record)
+            got = OrtMiniLMEncoder(dest, threads=1).encode(texts)
+            verified = {"embedding_max_abs_diff": max_diff(got, ref, "float16-stored sentence embeddings",
+                                                           TEXT_FLOAT16_ATOL),
+                        "atol": TEXT_FLOAT16_ATOL, "float32_export_max_abs_diff": diff,
+                        "min_cosine": float(np.min(np.sum(got * ref, axis=1))), "sentences": len(texts)}
     except InferenceError:
         (dest / TEXT_RECORD).unlink()
         raise
-    record["verified"] = {"embedding_max_abs_diff": diff, "atol": atol, "sentences": len(texts)}
+    record["verified"] = verified
     _write_json(dest / TEXT_RECORD, record)
     return record
 
