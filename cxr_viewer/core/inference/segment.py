@@ -88,16 +88,24 @@ def _cancelled(cancel: Any) -> bool:
 
 
 def default_text_encoder(spec: dict[str, Any]) -> Any:
-    """The encoder a manifest's ``text_encoder`` names: transformers with torch, ONNX Runtime without."""
+    """The encoder a manifest's ``text_encoder`` names.
+
+    MiniLM runs on ONNX Runtime from the verified export the application ships
+    (``resources/text``), with or without torch: it starts in a fraction of the time
+    transformers needs and computes the same embeddings (within ``TEXT_FLOAT16_ATOL``).
+    Other encoders (CLIP) need the torch extra.
+    """
+    from cxr_viewer.core.inference.onnx_runtime import TEXT_RECORD, default_text_dir, ort_text_encoder
+    from cxr_viewer.core.models.text import MINILM_NAME
     from cxr_viewer.core.runtime import torch_available
 
-    if torch_available():
-        from cxr_viewer.core.models.text import get_text_encoder
+    name = str((spec or {}).get("name") or MINILM_NAME).lower()
+    minilm = name in (MINILM_NAME.lower(), "minilm", "sentence-transformers/all-minilm-l6-v2")
+    if minilm and (default_text_dir() / TEXT_RECORD).is_file() or not torch_available():
+        return ort_text_encoder(spec)
+    from cxr_viewer.core.models.text import get_text_encoder
 
-        return get_text_encoder(spec)
-    from cxr_viewer.core.inference.onnx_runtime import ort_text_encoder
-
-    return ort_text_encoder(spec)
+    return get_text_encoder(spec)
 
 
 def _needs_torch(encoder: Any) -> bool:
