@@ -2,11 +2,12 @@
 
 ``python packaging/stage.py [--models DIR] [--out build/stage]`` (run by ``build.sh``)
 copies every bundle the viewer runs (classifiers, report segmentation) into
-``OUT/resources/models``, writes each one's ``onnx/`` export, recorded in its manifest
-(checked against torch on this machine, see ``cxr_viewer.core.inference.onnx_export``), exports the
-MiniLM text encoder to ``OUT/resources/text`` when a segmentation bundle needs it,
-copies ``resources/samples``, and prints one line per item. Nothing under the source
-``resources/`` is modified. Exit status 1 if any bundle cannot be exported.
+``OUT/resources/models`` with the ONNX export its manifest records -- the same file a normal
+install runs -- verified again here against the bundle's torch weights; a bundle that records none
+gets one written now (see ``cxr_viewer.core.inference.onnx_export``). The MiniLM text encoder goes to
+``OUT/resources/text`` when a segmentation bundle needs it: the repository's verified export when
+it is there, else one exported now. ``resources/samples`` is copied, one line is printed per item,
+and nothing under the source ``resources/`` is modified. Exit status 1 if any bundle cannot be shipped.
 
 Torch is needed here (build time) and nowhere in the staged output.
 """
@@ -18,18 +19,35 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 #: Bundle tasks the viewer runs; others (e.g. self-supervised encoders) stay out of the app.
 VIEWER_TASKS = ("multilabel", "binary", "multiclass", "text_segmentation")
 
 
-def stage(models: list[Path], out: Path, *, samples: Path | None = None) -> int:
+def _stage_text(dest: Path, source: Path, export: Any) -> dict[str, Any]:
+    """The shipped MiniLM export copied from ``source`` and checked against transformers, else exported now."""
+    from cxr_viewer.core.inference.onnx_export import TEXT_FLOAT16_ATOL, max_diff
+    from cxr_viewer.core.inference.onnx_runtime import TEXT_RECORD, OrtMiniLMEncoder
+    from cxr_viewer.core.models.text import MiniLMEncoder
+
+    if not (source / TEXT_RECORD).is_file():
+        return {**export(dest), "how": "exported, verified"}
+    shutil.copytree(source, dest)
+    texts = ["No acute cardiopulmonary abnormality.", "Right lower lobe consolidation, likely pneumonia."]
+    rec = json.loads((dest / TEXT_RECORD).read_text(encoding="utf-8"))
+    diff = max_diff(OrtMiniLMEncoder(dest, threads=1).encode(texts), MiniLMEncoder(device="cpu").encode(texts),
+                    "shipped sentence embeddings", TEXT_FLOAT16_ATOL)
+    return {**rec, "how": "recorded, re-verified", "verified": {**rec.get("verified", {}), "embedding_max_abs_diff": diff}}
+
+
+def stage(models: list[Path], out: Path, *, samples: Path | None = None, text_source: Path | None = None) -> int:
     """Fill ``out/resources``; returns the number of failures (0 = ready to freeze)."""
     from cxr_viewer.core.errors import CXRError
-    from cxr_viewer.core.inference.onnx_export import export_bundle, export_text_encoder
-    from cxr_viewer.core.inference.onnx_runtime import ONNX_DIR, TEXT_DIR_NAME
-    from cxr_viewer.core.models.bundle import find_bundles
+    from cxr_viewer.core.inference.onnx_export import export_bundle, export_text_encoder, ort_artifact_for
+    from cxr_viewer.core.inference.onnx_runtime import ONNX_DIR, TEXT_DIR_NAME, default_text_dir
+    from cxr_viewer.core.models.bundle import find_bundles, load_bundle
 
     res = out / "resources"
     if res.exists():
@@ -54,9 +72,15 @@ def stage(models: list[Path], out: Path, *, samples: Path | None = None) -> int:
             failures += 1
             continue
         dest = res / "models" / info.path.name
-        shutil.copytree(info.path, dest, ignore=shutil.ignore_patterns(ONNX_DIR, "lane", "*.onnx", "__pycache__"))
+        recorded = isinstance(m.extra.get("onnx"), dict)
+        ignore = ("lane", "__pycache__") if recorded else (ONNX_DIR, "lane", "*.onnx", "__pycache__")
+        shutil.copytree(info.path, dest, ignore=shutil.ignore_patterns(*ignore))
         try:
-            rec = export_bundle(dest)
+            if recorded:  # the export a normal install runs: hash-checked on load, re-verified against torch
+                art = ort_artifact_for(load_bundle(dest, device="cpu"))
+                rec, how = art.record, "recorded, re-verified"
+            else:
+                rec, how = export_bundle(dest), "exported, verified"
         except CXRError as exc:
             print(f"FAIL  {m.display_name}: {exc.message}")
             shutil.rmtree(dest)
@@ -64,13 +88,15 @@ def stage(models: list[Path], out: Path, *, samples: Path | None = None) -> int:
             continue
         assert rec is not None
         extra = f", heatmaps exact={rec['cam']['exact']}" if "cam" in rec else ""
-        print(f"OK    {m.display_name}: {rec['file']} verified (max diff "
+        print(f"OK    {m.display_name}: {rec['file']} {how} (max diff "
               f"{rec['verified']['logits_max_abs_diff']:.1e}{extra}); {len(m.golden)} golden image(s)")
         needs_text |= m.task == "text_segmentation" and bool(rec.get("conditioned", True))
     if needs_text:
         try:
-            rec = export_text_encoder(res / "text" / TEXT_DIR_NAME)
-            print(f"OK    text encoder {rec['name']}: verified (max diff {rec['verified']['embedding_max_abs_diff']:.1e})")
+            rec = _stage_text(res / "text" / TEXT_DIR_NAME, text_source if text_source is not None else default_text_dir(),
+                              export_text_encoder)
+            print(f"OK    text encoder {rec['name']}: {rec['how']} (max diff "
+                  f"{rec['verified']['embedding_max_abs_diff']:.1e})")
         except CXRError as exc:
             print(f"FAIL  text encoder: {exc.message}")
             failures += 1

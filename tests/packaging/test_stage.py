@@ -39,6 +39,10 @@ def test_stage_ships_viewer_bundles_with_verified_exports(tmp_path: Path, capsys
         "name": "ssl", "version": "0", "task": "ssl_encoder",
         "architecture": {"name": "encoder", "kwargs": {"backbone": "resnet18"}},
     }, models / "ssl")  # fmt: skip
+    from cxr_viewer.core.inference.onnx_export import TEXT_FLOAT16_ATOL, export_bundle
+
+    clf_rec = export_bundle(models / "clf")  # a bundle that carries its export, as the default ones do
+    assert clf_rec is not None
     broken = models / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text("{not json")
@@ -53,7 +57,13 @@ def test_stage_ships_viewer_bundles_with_verified_exports(tmp_path: Path, capsys
     assert sorted(p.name for p in (res / "models").iterdir()) == ["clf", "seg"]
     assert read_manifest(res / "models" / "clf").extra["onnx"]["cam"]["exact"] is True
     assert read_manifest(res / "models" / "seg").extra["onnx"]["conditioned"] is True
-    assert json.loads((res / "text" / "all-MiniLM-L6-v2" / "onnx.json").read_text())["verified"]["embedding_max_abs_diff"] <= 1e-5
+    assert "OK    clf 0: onnx/classifier.onnx recorded, re-verified" in out
+    assert "OK    seg 0: onnx/segmenter.onnx exported, verified" in out
+    staged = read_manifest(res / "models" / "clf").extra["onnx"]
+    assert staged["sha256"] == clf_rec["sha256"]  # the frozen app runs the very file a normal install runs
+    assert "text encoder all-MiniLM-L6-v2: recorded, re-verified" in out  # the repository's resources/text
+    text_rec = json.loads((res / "text" / "all-MiniLM-L6-v2" / "onnx.json").read_text())
+    assert text_rec["verified"]["embedding_max_abs_diff"] <= TEXT_FLOAT16_ATOL
     assert (res / "samples" / "siim_cr_chest.dcm").is_file()
     monkeypatch.setenv("CXR_VIEWER_NO_TORCH", "1")
     for name in ("clf", "seg"):  # staged bundles load without torch, checksums and all

@@ -27,15 +27,21 @@ def wants_onnx(bundle: "LoadedBundle", prefer: str = "auto") -> bool:
 
 
 def onnx_artifact(bundle: "LoadedBundle") -> "OnnxArtifact":
-    """The graph this process may run: the recorded export (verified against torch when torch is here), or one
-    regenerated from the verified weights. Never a file found anywhere else."""
-    if bundle.model is None:
-        if bundle.onnx is None:
-            raise BundleError(f"The model {bundle.name!r} has no ONNX export and no PyTorch to run it.")
-        return bundle.onnx
-    from cxr_viewer.core.inference.onnx_export import ort_artifact_for
+    """The graph this process may run: the recorded export, or one regenerated from the verified weights.
 
-    return ort_artifact_for(bundle)
+    A recorded export was verified against the torch weights when it was written, and on load its
+    sha256 and the sha256 of the weights it was made from are checked (``read_onnx_export``), so it is
+    not re-run against torch here: that would import torch and cost seconds at every start.
+    ``--self-test`` (golden scores through the backend that runs) and ``packaging/stage.py`` check it
+    again. Never a file found anywhere else.
+    """
+    if bundle.onnx is not None:
+        return bundle.onnx
+    if bundle.model is None:
+        raise BundleError(f"The model {bundle.name!r} has no ONNX export and no PyTorch to run it.")
+    from cxr_viewer.core.inference.onnx_export import regenerate
+
+    return regenerate(bundle)
 
 
 def _choose(bundle: "LoadedBundle", prefer: str, make_ort: Any, make_torch: Any) -> Any:
