@@ -61,6 +61,7 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "parse_target",
+    "profile_text",
     "read_site_labels",
     "save_profile",
     "score_drift",
@@ -252,6 +253,19 @@ class SiteProfile:
                 "profile no longer applies. Recalibrate on your site's films (cxr-train calibrate --site, or the "
                 "viewer's site calibration wizard)."
             )
+
+
+def profile_text(profile: Mapping[str, Any]) -> str:
+    """One line naming a site profile: name, version, date, the bundle it was fitted to, the note."""
+    b = profile.get("bundle") or {}
+    text = f"{profile.get('name', '?')} v{profile.get('version', '?')}"
+    if profile.get("created"):
+        text += f", created {str(profile['created'])[:10]}"
+    text += f", fitted to {b.get('name', '?')} {b.get('version', '')} (weights sha256 {str(b.get('sha256', ''))[:16]})"
+    if profile.get("note"):
+        text += f"; note: {profile['note']}"
+    return text
+
 
 
 # ---------------------------------------------------------------------- files

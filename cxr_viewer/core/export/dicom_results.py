@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from cxr_viewer.core.io.record import ImageRecord
 
 __all__ = [
-    "CODING_SCHEME", "LesionMap", "SERIES_NUMBERS", "profile_text", "source_dataset", "write_results",
+    "CODING_SCHEME", "LesionMap", "SERIES_NUMBERS", "source_dataset", "write_results",
     "build_sr", "build_seg", "build_sc", "build_encapsulated_pdf",
 ]
 
@@ -145,16 +145,9 @@ def _model_index(result: "AnalysisResult") -> dict[str, dict[str, Any]]:
     return {str(m.get("name")): dict(m) for m in result.models}
 
 
-def profile_text(profile: dict[str, Any]) -> str:
-    """One line naming a site profile: name, version, date, the bundle it was fitted to, the note."""
-    b = profile.get("bundle") or {}
-    text = f"{profile.get('name', '?')} v{profile.get('version', '?')}"
-    if profile.get("created"):
-        text += f", created {str(profile['created'])[:10]}"
-    text += f", fitted to {b.get('name', '?')} {b.get('version', '')} (weights sha256 {str(b.get('sha256', ''))[:16]})"
-    if profile.get("note"):
-        text += f"; note: {profile['note']}"
-    return text
+def _lo_text(text: str) -> str:
+    """An SR TEXT value (UT): any length, no control characters."""
+    return "".join(c for c in text if c >= " ")
 
 
 def _algorithm(f: "Finding", models: dict[str, dict[str, Any]], backend: dict[str, str],
@@ -243,8 +236,10 @@ def build_sr(src: "Dataset", result: "AnalysisResult", *, series_uid: str | None
     if result.site_profile is not None:  # which site calibration the scores and thresholds come from
         from highdicom.sr import RelationshipTypeValues, TextContentItem
 
+        from cxr_viewer.core.site_profile import profile_text
+
         report[0].ContentSequence.append(TextContentItem(
-            name=_code("SITE_PROFILE", "Site calibration profile"), value=profile_text(result.site_profile),
+            name=_code("SITE_PROFILE", "Site calibration profile"), value=_lo_text(profile_text(result.site_profile)),
             relationship_type=RelationshipTypeValues.CONTAINS,
         ))  # fmt: skip
     return hd.sr.Comprehensive3DSR(
