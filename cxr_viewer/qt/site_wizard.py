@@ -481,6 +481,11 @@ class SiteCalibrationHook:
             self.window.statusBar().showMessage(f"Active site profile: {profile.id} ({profile.bundle.get('name')})", 10000)
 
     def _show_status(self, problem: str = "") -> None:
+        self._status_text(problem)
+        fm = self.status_label.fontMetrics()  # room for the whole name: the status bar does not clip it
+        self.status_label.setMinimumWidth(fm.horizontalAdvance(self.status_label.text()) + 16)
+
+    def _status_text(self, problem: str = "") -> None:
         p = self.profile
         if p is None:
             self.status_label.setText("Site profile: none")
