@@ -103,7 +103,7 @@ def main() -> None:
         t0 = time.perf_counter()
         p = score(frame, label)
         secs = time.perf_counter() - t0
-        fp, r = fit_site_finding(label, frame["y"].to_numpy(float), p, frame["pid"].to_numpy(), method=args.method,
+        _fp, r = fit_site_finding(label, frame["y"].to_numpy(float), p, frame["pid"].to_numpy(), method=args.method,
                                  target=args.target, current_threshold=manifest.threshold(label), n_boot=args.bootstrap,
                                  seed=args.seed, card_prevalence=card_prevalence(manifest, label))  # fmt: skip
         ho = r["held_out"]
