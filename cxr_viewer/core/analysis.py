@@ -42,6 +42,9 @@ __all__ = [
     "Settings",
     "UserThresholds",
     "default_model_dirs",
+    "model_enabled",
+    "replaces",
+    "site_adjusted",
     "run_analysis",
     "run_cam",
     "run_segment",
@@ -102,6 +105,24 @@ class ModelConfig:
     disabled: frozenset[str] = frozenset()
     device: str = "auto"
     backend: str = "auto"
+    enabled: frozenset[str] = frozenset()  # switched on by the user although the bundle ships switched off
+
+
+def model_enabled(manifest: Any, disabled: frozenset[str] | set[str] = frozenset(),
+                  enabled: frozenset[str] | set[str] = frozenset()) -> bool:  # fmt: skip
+    """Whether a bundle runs: the user's choice (switched off / on by name) over the manifest's ``enabled``.
+
+    A site fine-tune is installed switched off (``enabled: false``) until the user enables it.
+    """
+    if manifest.name in disabled:
+        return False
+    return True if manifest.name in enabled else bool(manifest.enabled)
+
+
+def replaces(manifest: Any) -> str:
+    """The name of the bundle a site version was fine-tuned from ("" for any other bundle)."""
+    sv = (getattr(manifest, "extra", None) or {}).get("site_version") or {}
+    return str((sv.get("replaces") or {}).get("name") or "")
 
 
 @dataclass(frozen=True)
@@ -117,6 +138,7 @@ class BundleSummary:
     enabled: bool = True
     loaded: bool = False
     error: str | None = None
+    replaces: str = ""  # a site version: the name of the bundle it was fine-tuned from (kept for rollback)
 
     @property
     def display_name(self) -> str:
@@ -156,6 +178,9 @@ class AnalysisState:
     message: str = ""
     device: str = ""
     unavailable_cam: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {method: why}
+    site_profile: dict[str, Any] | None = None  # the site profile applied to these findings (identity)
+    site_profile_message: str = ""  # why the active site profile was not applied ("" when it was, or none is active)
+    site_profile_stale: bool = False  # not applied because the bundle's weights changed since it was fitted
 
     @property
     def untrained_models(self) -> list[str]:
@@ -208,9 +233,9 @@ class ModelPool:
             if m is None:
                 summaries.append(BundleSummary(info.path.name, "", "", False, "", info.path, False, False, info.error))
                 continue
-            enabled = m.name not in config.disabled
+            enabled = model_enabled(m, config.disabled, config.enabled)
             summaries.append(BundleSummary(m.name, m.version, m.task, m.trained, str(m.weights.get("sha256", "")),
-                                           info.path, enabled))
+                                           info.path, enabled, replaces=replaces(m)))
             if enabled:
                 wanted.append(info)
         wanted_keys = {(i.manifest.name, str(i.manifest.weights.get("sha256", "")).lower()) for i in wanted}
@@ -309,6 +334,27 @@ def validate_bundle(path: Path) -> Any:
     from cxr_viewer.core.models.bundle import load_bundle
 
     return load_bundle(path, device="cpu").manifest
+
+
+def site_adjusted(profile: Any, result: AnalysisResult) -> tuple[AnalysisResult, str, bool]:
+    """``result`` with the active site profile applied, or unchanged with the reason it is not.
+
+    Returns ``(result, message, stale)``: ``message`` is "" when the profile applies (or
+    ``profile`` is None); ``stale`` says the profile's bundle is installed with other weights
+    (the model was updated: the profile must be refitted), as opposed to its bundle being
+    absent or switched off. The viewer shows the message; nothing is raised.
+    """
+    from cxr_viewer.core.errors import SiteProfileError, SiteProfileMismatchError
+    from cxr_viewer.core.site_profile import apply_site_profile
+
+    if profile is None or not result.models:
+        return result, "", False
+    try:
+        return apply_site_profile(profile, result), "", False
+    except SiteProfileMismatchError as exc:
+        return result, exc.message, True
+    except SiteProfileError as exc:
+        return result, exc.message, False
 
 
 class UserThresholds:

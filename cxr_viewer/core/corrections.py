@@ -116,6 +116,26 @@ class CorrectionStore:
             model_score=float(finding.score), model_state=finding.state, site_profile=profile, reader=reader, note=note,
         ))  # fmt: skip
 
+    def add_label(
+        self, image: str | Path, label: str, value: float | None, *, patient_id: str = "", content_hash: str = "",
+        finding: "Finding | None" = None, model_sha256: str = "", site_profile: str = "", reader: str = "",
+        note: str = "",
+    ) -> Correction:  # fmt: skip
+        """The reader's own label of a finding on a film: present (1), absent (0) or unsure (``None``).
+
+        ``finding``: what the model said about it (score, state, model), kept as provenance.
+        """
+        model: dict[str, Any] = {}
+        score, state = None, ""
+        if finding is not None:
+            model = {"name": finding.model, "version": finding.model_version, "sha256": model_sha256}
+            score, state = float(finding.raw_score if finding.raw_score is not None else finding.score), finding.state
+        return self.add(Correction(
+            image=str(Path(image).resolve()), label=label, value=value, kind="label", patient_id=str(patient_id),
+            content_hash=content_hash, model=model, model_score=score, model_state=state, site_profile=site_profile,
+            reader=reader, note=note,
+        ))  # fmt: skip
+
     def add_missed(self, image: str | Path, label: str, *, patient_id: str = "", content_hash: str = "",
                    reader: str = "", note: str = "") -> Correction:  # fmt: skip
         """A finding the models did not report, added by the reader."""
@@ -157,6 +177,31 @@ class CorrectionStore:
     def latest(self) -> dict[tuple[str, str], Correction]:
         """The last word on each (image, finding)."""
         return {(c.image, c.label): c for c in self.all()}
+
+    def labelled_rows(self, model_labels: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The films the reader labelled, as the site calibration's labelled set.
+
+        Same shape as :func:`cxr_viewer.core.site_profile.read_site_labels`:
+        ``[{image, patient_id, labels: {finding: 1.0 | 0.0 | nan}}]`` and the findings found
+        (the model's labels the reader said something about, matched in any case). The latest
+        word on each (image, finding) counts; unsure = unknown; films no longer on disk are left out.
+        """
+        import math
+
+        by_lower = {str(lab).lower(): str(lab) for lab in model_labels}
+        rows: dict[str, dict[str, Any]] = {}
+        for (image, lab), c in self.latest().items():
+            model_lab = by_lower.get(lab.lower())
+            if model_lab is None or c.kind == "mask_edit" or not Path(image).is_file():
+                continue
+            row = rows.setdefault(image, {"image": image, "patient_id": "", "labels": {}})
+            row["patient_id"] = c.patient_id or row["patient_id"] or c.content_hash or Path(image).stem
+            row["labels"][model_lab] = math.nan if c.value is None else float(c.value)
+        found = [lab for lab in by_lower.values() if any(lab in r["labels"] for r in rows.values())]
+        for r in rows.values():
+            for lab in found:
+                r["labels"].setdefault(lab, math.nan)
+        return list(rows.values()), found
 
     def export_manifest(self, out: str | Path, *, dataset: str = "site", labels: Iterable[str] | None = None) -> dict[str, Any]:
         """Write the trainer manifest; returns counts. Unsure answers leave the cell blank."""

@@ -61,6 +61,7 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "parse_target",
+    "profile_text",
     "read_site_labels",
     "save_profile",
     "score_drift",
@@ -138,11 +139,22 @@ class SiteProfile:
     def id(self) -> str:
         return f"{self.name} v{self.version}"
 
+    def identity(self) -> dict[str, Any]:
+        """Which profile this is, in short: what a result carries (and the SR and the PDF name)."""
+        return {"name": self.name, "version": self.version, "id": self.id, "created": self.created,
+                "note": self.note, "bundle": dict(self.bundle)}  # fmt: skip
+
+    @property
+    def title(self) -> str:
+        """One line naming the profile: ``ward-3 v1 (2026-01-12)``."""
+        return f"{self.id}" + (f" ({self.created[:10]})" if self.created else "")
+
     def describe(self) -> dict[str, Any]:
         """What a result names as its active profile (JSON, SR, the viewer's status)."""
         return {
             "name": self.name,
             "version": self.version,
+            "id": self.id,
             "created": self.created,
             "note": self.note,
             "bundle": dict(self.bundle),
@@ -243,6 +255,19 @@ class SiteProfile:
             )
 
 
+def profile_text(profile: Mapping[str, Any]) -> str:
+    """One line naming a site profile: name, version, date, the bundle it was fitted to, the note."""
+    b = profile.get("bundle") or {}
+    text = f"{profile.get('name', '?')} v{profile.get('version', '?')}"
+    if profile.get("created"):
+        text += f", created {str(profile['created'])[:10]}"
+    text += f", fitted to {b.get('name', '?')} {b.get('version', '')} (weights sha256 {str(b.get('sha256', ''))[:16]})"
+    if profile.get("note"):
+        text += f"; note: {profile['note']}"
+    return text
+
+
+
 # ---------------------------------------------------------------------- files
 def _folder(folder: str | Path | None) -> Path:
     from cxr_viewer.core.paths import user_profiles_dir
@@ -335,8 +360,12 @@ def adjust_findings(
 
 
 def apply_site_profile(profile: SiteProfile, result: "AnalysisResult") -> "AnalysisResult":
-    """``result`` with the profile's bundle's findings recalibrated (see :func:`adjust_findings`)."""
-    return replace(result, findings=adjust_findings(profile, result.findings, result.models))
+    """``result`` with the profile's bundle's findings recalibrated (see :func:`adjust_findings`).
+
+    The result then names the profile (``site_profile``): its JSON, SR and PDF say which one is active.
+    """
+    return replace(result, findings=adjust_findings(profile, result.findings, result.models),
+                   site_profile=profile.identity())
 
 
 # ---------------------------------------------------------------------- drift

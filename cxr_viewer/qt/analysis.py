@@ -36,6 +36,7 @@ from cxr_viewer.core.analysis import (  # noqa: F401  (re-exported: older import
     run_analysis,
     run_cam,
     run_segment,
+    site_adjusted,
     threshold_key,
     validate_bundle,
 )
@@ -143,6 +144,7 @@ class AnalysisController(QObject):
         self._cam_model: str | None = None
         self._cam_method = str(settings.value("analysis/cam_method", "gradcam"))
         self._summaries: tuple[BundleSummary, ...] = ()
+        self.site_profile: Any = None  # the active SiteProfile (set by the site calibration hook)
         session.events.record_changed.connect(self._on_record_changed)
 
     # ------------------------------------------------------------------ configuration
@@ -170,18 +172,42 @@ class AnalysisController(QObject):
         value = self.settings.value("models/disabled", [], type=list) or []
         return frozenset(str(v) for v in value if v)
 
-    def is_enabled(self, name: str) -> bool:
-        return name not in self.disabled_models()
+    def enabled_models(self) -> frozenset[str]:
+        """Bundles shipped switched off (a site fine-tune) that the user switched on."""
+        value = self.settings.value("models/enabled", [], type=list) or []
+        return frozenset(str(v) for v in value if v)
+
+    def is_enabled(self, name: str, default: bool = True) -> bool:
+        """The user's choice for ``name``; ``default`` (the manifest's ``enabled``) when they made none."""
+        if name in self.disabled_models():
+            return False
+        return True if name in self.enabled_models() else bool(default)
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         """Enable or disable a model by name (persisted); the current image is analysed again."""
-        disabled = set(self.disabled_models())
-        (disabled.discard if enabled else disabled.add)(name)
+        self._set_enabled_many({name: enabled})
+        self.rerun()
+
+    def _set_enabled_many(self, choices: dict[str, bool]) -> None:
+        disabled, switched_on = set(self.disabled_models()), set(self.enabled_models())
+        for name, on in choices.items():
+            (disabled.discard if on else disabled.add)(name)
+            (switched_on.add if on else switched_on.discard)(name)
         self.settings.setValue("models/disabled", sorted(disabled))
+        self.settings.setValue("models/enabled", sorted(switched_on))
+        self.settings.sync()
+
+    def switch_version(self, use: str, instead_of: str) -> None:
+        """Use bundle ``use`` instead of ``instead_of`` (a site version and its original, either way round).
+
+        Both stay installed: enabling a site version switches the original off, and rolling back
+        switches the site version off and the original on. One re-analysis of the current image.
+        """
+        self._set_enabled_many({use: True, instead_of: False})
         self.rerun()
 
     def config(self) -> ModelConfig:
-        return ModelConfig(self.model_dirs(), self.disabled_models(), self.device, self.backend)
+        return ModelConfig(self.model_dirs(), self.disabled_models(), self.device, self.backend, self.enabled_models())
 
     @property
     def state(self) -> AnalysisState:
@@ -256,6 +282,17 @@ class AnalysisController(QObject):
         """Set (or with ``None`` reset to the model's) the threshold of one finding; persisted."""
         self.thresholds.set(model, self._state.model_sha(model), label, value)
         self.settings.sync()
+        if self._outcome is not None:
+            self._publish(self._outcome)
+
+    def set_site_profile(self, profile: Any) -> None:
+        """Make ``profile`` (a :class:`~cxr_viewer.core.site_profile.SiteProfile`, or None) the one applied.
+
+        Its calibrated scores and site thresholds replace the bundle's on every image from now
+        on, the current one included (judged again, not recomputed). A profile that does not
+        fit the loaded weights is not applied; the state says why.
+        """
+        self.site_profile = profile
         if self._outcome is not None:
             self._publish(self._outcome)
 
@@ -458,7 +495,8 @@ class AnalysisController(QObject):
                 self.request_cam(label, model, remember=False)
 
     def _publish(self, outcome: AnalysisOutcome) -> None:
-        r = outcome.result
+        # the site profile first (calibrated score, site threshold), then any threshold the user set
+        r, profile_message, stale = site_adjusted(self.site_profile, outcome.result)
         load_errors = tuple(f"{s.display_name or s.path.name}: {s.error}" for s in outcome.bundles if s.error)
         message = ""
         if not r.models:
@@ -475,7 +513,8 @@ class AnalysisController(QObject):
         state = AnalysisState(
             status="done", findings=(), qc=r.qc, models=r.models, warnings=r.warnings,
             load_errors=load_errors, message=message, device=outcome.device,
-            unavailable_cam=dict(outcome.unavailable_cam),
+            unavailable_cam=dict(outcome.unavailable_cam), site_profile=r.site_profile,
+            site_profile_message=profile_message, site_profile_stale=stale,
         )
         self._state = state  # model_sha() needs the models before thresholds are read
         state = replace(state, findings=self._judged(r.findings))

@@ -81,7 +81,8 @@ class ExportActions:
             win.statusBar().showMessage("Wait for the findings before exporting", 5000)
             return None
         result = AnalysisResult(content_hash=record.content_hash, findings=tuple(state.findings),
-                                qc=tuple(state.qc), models=tuple(state.models), warnings=tuple(state.warnings))
+                                qc=tuple(state.qc), models=tuple(state.models), warnings=tuple(state.warnings),
+                                site_profile=state.site_profile)  # the SR and PDF name the active profile
         return record, result
 
     def _overlays(self) -> dict[str, Any]:

@@ -99,8 +99,11 @@ class SiteCalibrationDialog(QDialog):
     profile_saved = Signal(object)  # SiteProfile
 
     def __init__(self, runner: "TaskRunner", model_dirs: list[Path] | None = None, parent: QWidget | None = None,
-                 *, backend: str = "auto", n_boot: int = 300) -> None:  # fmt: skip
+                 *, backend: str = "auto", n_boot: int = 300, corrections: Any = None) -> None:  # fmt: skip
         super().__init__(parent)
+        from cxr_viewer.core.corrections import CorrectionStore
+
+        self.corrections = corrections if corrections is not None else CorrectionStore()
         self.setWindowTitle("Site calibration")
         self.runner = runner
         self.backend = backend
@@ -124,6 +127,10 @@ class SiteCalibrationDialog(QDialog):
         browse_folder, browse_labels = QPushButton("Browse…"), QPushButton("Browse…")
         browse_folder.clicked.connect(self._pick_folder)
         browse_labels.clicked.connect(self._pick_labels)
+        self.source_box = QComboBox()
+        self.source_box.addItem("A folder of films and a labels CSV", "csv")
+        self.source_box.addItem("The labels I gave in the worklist (1 / 2 / 3)", "worklist")
+        self.source_box.currentIndexChanged.connect(self._source_changed)
         self.score_button = QPushButton("Score films")
         self.score_button.clicked.connect(self.score)
         self.status = QLabel("Choose the model, the folder of films and the labels.")
@@ -131,6 +138,7 @@ class SiteCalibrationDialog(QDialog):
 
         form = QFormLayout()
         form.addRow("Model", self.model_box)
+        form.addRow("Labelled films", self.source_box)
         row = QHBoxLayout()
         row.addWidget(self.folder_edit)
         row.addWidget(browse_folder)
@@ -198,6 +206,14 @@ class SiteCalibrationDialog(QDialog):
         if f:
             self.labels_edit.setText(f)
 
+    def _source_changed(self, *_: Any) -> None:
+        csv = self.source_box.currentData() == "csv"
+        self.folder_edit.setEnabled(csv)
+        self.labels_edit.setEnabled(csv)
+        if not csv:
+            self.status.setText(f"The labels stored in {self.corrections.path} are used: select a worklist study, "
+                                "choose the finding, press 1 (positive), 2 (negative) or 3 (unsure).")  # fmt: skip
+
     def _set_fit_enabled(self, on: bool) -> None:
         for w in (self.finding_box, self.target_box, self.target_spin, self.method_box, self.save_button):
             w.setEnabled(on)
@@ -207,19 +223,27 @@ class SiteCalibrationDialog(QDialog):
         if self.model_box.count() == 0:
             self._fail("No classifier model is installed to calibrate.")
             return
-        folder, labels = self.folder_edit.text().strip(), self.labels_edit.text().strip()
-        if not folder or not labels:
-            self._fail("Choose the folder of films and the labels CSV first.")
-            return
         from cxr_viewer.core.errors import SiteProfileError
         from cxr_viewer.core.site_profile import read_site_labels
 
         path = self.model_box.currentData()
-        try:  # the labels are checked at once (a CSV read), the films are scored off the GUI thread
-            rows, found = read_site_labels(folder, labels, self.manifests[path].labels)
-        except SiteProfileError as exc:
-            self._fail(exc.message)
-            return
+        if self.source_box.currentData() == "worklist":
+            rows, found = self.corrections.labelled_rows(self.manifests[path].labels)
+            if not rows:
+                self._fail(f"No labels of this model's findings are stored yet ({self.corrections.path}): label "
+                           "studies in the worklist with 1 / 2 / 3, or choose a folder and a labels CSV.")  # fmt: skip
+                return
+            folder, labels = str(self.corrections.folder), str(self.corrections.path)
+        else:
+            folder, labels = self.folder_edit.text().strip(), self.labels_edit.text().strip()
+            if not folder or not labels:
+                self._fail("Choose the folder of films and the labels CSV first.")
+                return
+            try:  # the labels are checked at once (a CSV read), the films are scored off the GUI thread
+                rows, found = read_site_labels(folder, labels, self.manifests[path].labels)
+            except SiteProfileError as exc:
+                self._fail(exc.message)
+                return
         self.score_button.setEnabled(False)
         self._set_fit_enabled(False)
         self.status.setText(f"Scoring {len(rows)} films…")
@@ -356,7 +380,9 @@ class DriftBanner(QToolBar):
 
 class SiteCalibrationHook:
     """Wires the wizard and the drift banner into the main window: Tools › Site Calibration…, the active
-    profile (kept in the settings), and the drift check after every finished analysis."""
+    profile (kept in the settings, applied by the analysis controller to every image, named in the
+    findings panel and the status bar), and the drift check after every finished analysis and every
+    worklist study."""
 
     SETTING = "site/profile"
 
@@ -367,19 +393,36 @@ class SiteCalibrationHook:
         self.dialog: SiteCalibrationDialog | None = None
         self.profile: "SiteProfile | None" = None
         self.monitor: Any = None
-        self._seen: set[tuple[float, ...]] = set()
+        self._seen: set[str] = set()
         self.banner = DriftBanner(window)
         window.addToolBarBreak(Qt.ToolBarArea.TopToolBarArea)
         window.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.banner)
+        self.status_label = QLabel("", window)
+        self.status_label.setObjectName("siteProfileStatus")
+        self.status_label.setTextFormat(Qt.TextFormat.PlainText)
+        window.statusBar().addPermanentWidget(self.status_label)
         self.action = QAction("Site &Calibration…", window)
         self.action.setToolTip("Measure a model on this site's labelled films, recalibrate it, save a site profile")
         self.action.triggered.connect(self.show_wizard)
+        self.choose_action = QAction("Use Site &Profile…", window)
+        self.choose_action.setToolTip("Apply a saved site profile (its calibrated scores and thresholds) to every image")
+        self.choose_action.triggered.connect(self._choose_profile)
+        self.clear_action = QAction("Stop Using the Site Profile", window)
+        self.clear_action.setToolTip("Show the model's own scores and thresholds again")
+        self.clear_action.triggered.connect(lambda: self.set_profile(None))
         window.action_map["site_calibration"] = self.action
+        window.action_map["site_profile_choose"] = self.choose_action
+        window.action_map["site_profile_clear"] = self.clear_action
         for menu_action in window.menuBar().actions():
             if menu_action.text().replace("&", "") == "Tools" and menu_action.menu() is not None:
                 menu_action.menu().addSeparator()
-                menu_action.menu().addAction(self.action)
+                for a in (self.action, self.choose_action, self.clear_action):
+                    menu_action.menu().addAction(a)
         window.analysis.state_changed.connect(self.on_state)
+        panel = getattr(window, "worklist_panel", None)
+        if panel is not None:  # the worklist's scores feed the drift check too
+            panel.controller.entry_ready.connect(self.on_worklist_entry)
+        self._show_status()
         path = window.settings.value(self.SETTING, "", type=str)
         if path:
             self.set_profile_path(path)
@@ -392,11 +435,21 @@ class SiteCalibrationHook:
 
     def show_wizard(self) -> SiteCalibrationDialog:
         if self.dialog is None:
-            self.dialog = SiteCalibrationDialog(self.window.runner, self.model_dirs(), self.window)
+            panel = getattr(self.window, "worklist_panel", None)
+            store = panel.controller.corrections if panel is not None else None
+            self.dialog = SiteCalibrationDialog(self.window.runner, self.model_dirs(), self.window, corrections=store)
             self.dialog.profile_saved.connect(self.set_profile)
         self.dialog.show()
         self.dialog.raise_()
         return self.dialog
+
+    def _choose_profile(self) -> None:
+        from cxr_viewer.core.paths import user_profiles_dir
+
+        path, _ = QFileDialog.getOpenFileName(self.window, "Site profile", str(user_profiles_dir()),
+                                              "Site profile (*.json)")  # fmt: skip
+        if path:
+            self.set_profile_path(path)
 
     def set_profile_path(self, path: str) -> None:
         from cxr_viewer.core.errors import SiteProfileError
@@ -405,10 +458,12 @@ class SiteCalibrationHook:
         try:
             self.set_profile(load_profile(path))
         except SiteProfileError as exc:
+            self.status_label.setText("Site profile: not used")
+            self.status_label.setToolTip(exc.message)
             self.window.statusBar().showMessage(f"Site profile not used: {exc.message}", 20000)
 
     def set_profile(self, profile: "SiteProfile | None") -> None:
-        """Make ``profile`` the active one (remembered); drift is measured against it from now on."""
+        """Make ``profile`` the active one (remembered, applied to the scores); drift is measured against it."""
         from cxr_viewer.core.site_profile import DriftMonitor
 
         self.profile = profile
@@ -416,23 +471,60 @@ class SiteCalibrationHook:
         self._seen.clear()
         self.banner.hide()
         self.window.settings.setValue(self.SETTING, str(profile.path) if profile is not None and profile.path else "")
+        self.clear_action.setEnabled(profile is not None)
+        self._show_status()
+        self.window.analysis.set_site_profile(profile)  # the current image is judged again with it
+        panel = getattr(self.window, "worklist_panel", None)
+        if panel is not None:
+            panel.controller.site_profile = profile  # named in the provenance of the reader's labels
         if profile is not None:
             self.window.statusBar().showMessage(f"Active site profile: {profile.id} ({profile.bundle.get('name')})", 10000)
 
-    def on_state(self, state: Any) -> None:
-        from cxr_viewer.core.errors import SiteProfileError
+    def _show_status(self, problem: str = "") -> None:
+        self._status_text(problem)
+        fm = self.status_label.fontMetrics()  # room for the whole name: the status bar does not clip it
+        self.status_label.setMinimumWidth(fm.horizontalAdvance(self.status_label.text()) + 16)
 
+    def _status_text(self, problem: str = "") -> None:
+        p = self.profile
+        if p is None:
+            self.status_label.setText("Site profile: none")
+            self.status_label.setToolTip("No site profile: the models' own scores and thresholds (Tools › Site Calibration…)")
+            self.status_label.setStyleSheet("color:#8a8d91;")
+        elif problem:
+            self.status_label.setText(f"Site profile {p.id}: NOT APPLIED")
+            self.status_label.setToolTip(problem)
+            self.status_label.setStyleSheet("color:#ffb070; font-weight:bold;")
+        else:
+            self.status_label.setText(f"Site profile: {p.title}")
+            self.status_label.setToolTip(f"{p.bundle.get('name')} {p.bundle.get('version', '')}: calibrated scores and "
+                                         f"site thresholds from {p.path or 'this profile'}" + (f"\n{p.note}" if p.note else ""))  # fmt: skip
+            self.status_label.setStyleSheet("color:#8fe0b0;")
+
+    def on_state(self, state: Any) -> None:
         if self.profile is None or getattr(state, "status", "") != "done" or not state.findings:
             return
-        try:
-            self.profile.check_bundle(state.models)
-        except SiteProfileError as exc:  # e.g. the bundle was updated: say so where drift would be shown
-            self.banner.label.setText(f"⚠ {exc.message}")
+        message = getattr(state, "site_profile_message", "")
+        self._show_status(message)
+        if getattr(state, "site_profile_stale", False):  # the bundle was updated: say so where drift would be shown
+            self.banner.label.setText(f"⚠ {message}")
             self.banner.show()
             return
-        key = tuple(round(float(f.score), 6) for f in state.findings)
-        if key in self._seen:  # the same image again (a threshold change, a re-run)
+        if message:  # its model is not loaded (switched off, removed): nothing to measure drift on
+            return
+        record = self.window.session.record
+        key = getattr(record, "content_hash", "") or "|".join(f"{f.score:.6f}" for f in state.findings)
+        self._feed(key, state.findings)
+
+    def on_worklist_entry(self, entry: Any) -> None:
+        """A worklist study's stored (raw) scores join the recent scores the drift check compares."""
+        if self.profile is None or not getattr(entry, "ok", False) or not entry.findings:
+            return
+        self._feed(entry.content_hash or str(entry.path), entry.findings)
+
+    def _feed(self, key: str, findings: Any) -> None:
+        if key in self._seen:  # the same image again (a threshold change, a re-run, opened from the worklist)
             return
         self._seen.add(key)
-        self.monitor.add(state.findings)
+        self.monitor.add(findings)
         self.banner.show_drift(self.profile, self.monitor.check())

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QAbstractTableModel, QEvent, QModelIndex, QObject, QSettings, QSortFilterProxyModel, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtGui import QBrush, QColor, QFont, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -63,8 +64,11 @@ __all__ = ["WorklistController", "WorklistModel", "WorklistPanel", "install_work
 SORT_ROLE = Qt.ItemDataRole.UserRole + 10
 PATH_ROLE = Qt.ItemDataRole.UserRole + 11
 #: The triage figure first, so it stays in view however wide the finding columns get.
-FIXED = ("Abnormality", "Read", "Patient", "Study date", "Modality/View", "QC")
-COL_ABNORMAL, COL_READ, COL_PATIENT, COL_DATE, COL_MODALITY, COL_QC = range(len(FIXED))
+FIXED = ("Abnormality", "Read", "Patient", "Study date", "Modality/View", "QC", "Labels")
+COL_ABNORMAL, COL_READ, COL_PATIENT, COL_DATE, COL_MODALITY, COL_QC, COL_LABELS = range(len(FIXED))
+#: The reader's labels of a finding on a study, by key (1/2/3 on the table; Alt+1/2/3 anywhere in the window).
+LABEL_KEYS = ((Qt.Key.Key_1, 1.0, "positive"), (Qt.Key.Key_2, 0.0, "negative"), (Qt.Key.Key_3, None, "unsure"))
+LABEL_MARK = {1.0: "+", 0.0: "−", None: "?"}
 MAX_COLUMN_PX = 190
 DEFAULT_AE, DEFAULT_PORT = "CXRVIEWER", 11112
 
@@ -118,6 +122,10 @@ class WorklistModel(QAbstractTableModel):
         self._row: dict[Path, int] = {}
         self.findings: list[tuple[str, str]] = []
         self.basis = "max finding score"
+        self.labels_of: Any = lambda entry: {}  # entry -> {finding: 1.0 | 0.0 | None}, the reader's labels
+
+    def labels_text(self, entry: WorklistEntry) -> str:
+        return ", ".join(f"{lab.replace('_', ' ')} {LABEL_MARK[v]}" for lab, v in sorted(self.labels_of(entry).items()))
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802 - Qt override
         return 0 if parent.isValid() else len(self.entries)
@@ -194,6 +202,8 @@ class WorklistModel(QAbstractTableModel):
                 return "" if e.abnormality is None else f"{e.abnormality:.2f}"
             if col == COL_READ:
                 return "✓" if e.read else ""
+            if col == COL_LABELS:
+                return self.labels_text(e)
             return "" if finding is None else f"{finding.score:.2f}"
         if role == SORT_ROLE:
             if col == COL_ABNORMAL:
@@ -219,6 +229,9 @@ class WorklistModel(QAbstractTableModel):
                 return e.error
             if col == COL_QC and e.qc:
                 return "\n".join(q.message for q in e.qc)
+            if col == COL_LABELS:
+                return ("Your labels (+ positive, − negative, ? unsure): select the study, choose the finding, "
+                        "press 1, 2 or 3")  # fmt: skip
             if finding is not None:
                 return (f"{finding.label}: {finding.score:.3f} (threshold {finding.threshold:.3f}, "
                         f"{finding.threshold_method or 'default'}) from {finding.model}")
@@ -243,14 +256,24 @@ class WorklistController(QObject):
 
     def __init__(self, settings: QSettings, model_dirs: Sequence[Path] | None = None, *,
                  disabled: Sequence[str] = (), device: str = "auto", backend: str = "auto",
-                 store_path: Path | None = None, parent: QObject | None = None) -> None:
+                 store_path: Path | None = None, parent: QObject | None = None, enabled: Sequence[str] = ()) -> None:
         super().__init__(parent)
         self.settings = settings
         self.runner = TaskRunner(Session(), self, max_threads=1)  # private session: the viewer stays un-busy
         path = store_path or Path(str(settings.value("worklist/db", "") or default_store_path()))
         self.store = ResultStore(path)
-        self.worklist = Worklist(self.store, model_dirs=model_dirs, disabled=disabled, device=device, backend=backend)
+        self.worklist = Worklist(self.store, model_dirs=model_dirs, disabled=disabled, device=device, backend=backend,
+                                 enabled=enabled)
         self.receiver: StorageReceiver | None = None
+        from cxr_viewer.core.corrections import CorrectionStore
+
+        folder = str(settings.value("corrections/dir", "") or "")
+        self.corrections = CorrectionStore(folder or None)  # the reader's labels, with their provenance
+        self.site_profile: Any = None  # the viewer's active site profile (named in each label's provenance)
+        self._labels: dict[str, dict[str, float | None]] = {}
+        for c in self.corrections.all():
+            if c.kind != "mask_edit":
+                self._labels.setdefault(c.image, {})[c.label] = c.value
         self._token = CancelToken()
         self._done = self._total = 0
         self._received.connect(self._on_received)
@@ -308,6 +331,32 @@ class WorklistController(QObject):
         new = self.worklist.mark_read(entry, read)
         self.entry_ready.emit(new)
         return new
+
+    # ------------------------------------------------------------------ the reader's labels
+    def labels_of(self, entry: WorklistEntry) -> dict[str, float | None]:
+        """The reader's latest label of each finding on this study (1 present, 0 absent, None unsure)."""
+        return dict(self._labels.get(str(Path(entry.path).resolve()), {}))
+
+    def label(self, entry: WorklistEntry, model: str, label: str, value: float | None) -> Any:
+        """Store the reader's label of ``label`` on ``entry`` (with what ``model`` said about it) and show it."""
+        import getpass
+
+        finding = next((f for f in entry.findings if f.model == model and f.label == label), None)
+        sha = next((k.sha256 for k in self.worklist.models if k.name == model), "")
+        prof = self.site_profile
+        profile_id = prof.id if prof is not None and prof.bundle.get("name") == model else ""
+        try:
+            reader = str(self.settings.value("corrections/reader", "") or getpass.getuser())
+        except (KeyError, OSError):
+            reader = ""
+        c = self.corrections.add_label(entry.path, label, value, patient_id=str(entry.metadata.get("patient_id") or ""),
+                                       content_hash=entry.content_hash or "", finding=finding, model_sha256=sha,
+                                       site_profile=profile_id, reader=reader)  # fmt: skip
+        self._labels.setdefault(c.image, {})[label] = value
+        self.entry_ready.emit(entry)  # the row shows the new label
+        self.message.emit(f"{label.replace('_', ' ')} labelled {'unsure' if value is None else ('positive' if value else 'negative')}"
+                          f" on {entry.path.name}")  # fmt: skip
+        return c
 
     # ------------------------------------------------------------------ network
     def local_node(self) -> tuple[str, int]:
@@ -445,6 +494,14 @@ class WorklistPanel(QWidget):
         self.cancel_button.hide()
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.label_box = QComboBox()
+        self.label_box.setToolTip("The finding your labels are about (clicking a finding's column chooses it too)")
+        self.label_buttons = []
+        for key, value, word in LABEL_KEYS:
+            b = QPushButton(f"{word.capitalize()} ({QKeySequence(key).toString()})")
+            b.setToolTip(f"Label the chosen finding {word} on the selected study (key {QKeySequence(key).toString()})")
+            b.clicked.connect(lambda _=False, v=value: self.label_selected(v))
+            self.label_buttons.append(b)
 
         self.table = QTableView()
         self.table.setModel(self.proxy)
@@ -465,6 +522,11 @@ class WorklistPanel(QWidget):
         self.model.columnsInserted.connect(self._resort)
         self.table.activated.connect(self._open_index)
         self.table.clicked.connect(self._open_index)
+        self.table.clicked.connect(self._choose_label_column)
+        self.table.installEventFilter(self)  # 1 / 2 / 3 label the chosen finding while the table has the focus
+        self.model.labels_of = controller.labels_of
+        self.model.columnsInserted.connect(self._update_label_box)
+        self.model.modelReset.connect(self._update_label_box)
 
         top = QHBoxLayout()
         for w in (self.open_button, self.query_button, self.send_button, self.receive_box, self.hide_patient):
@@ -479,6 +541,12 @@ class WorklistPanel(QWidget):
         lay.addLayout(top)
         lay.addLayout(bar)
         lay.addWidget(self.status)
+        label_row = QHBoxLayout()
+        label_row.addWidget(QLabel("Label"))
+        label_row.addWidget(self.label_box, 1)
+        for b in self.label_buttons:
+            label_row.addWidget(b)
+        lay.addLayout(label_row)
         lay.addWidget(self.table, 1)
 
         controller.entry_ready.connect(self.model.upsert)
@@ -580,6 +648,55 @@ class WorklistPanel(QWidget):
         if e is None:
             return None
         return self.controller.mark_read(e, not e.read)
+
+    # ------------------------------------------------------------------ the reader's labels
+    def _update_label_box(self, *_args: Any) -> None:
+        current = self.label_box.currentData()
+        self.label_box.blockSignals(True)
+        self.label_box.clear()
+        for key, title in zip(self.model.findings, column_titles(self.model.findings)):
+            self.label_box.addItem(title, key)
+        i = self.label_box.findData(current) if current is not None else -1
+        self.label_box.setCurrentIndex(max(i, 0))
+        self.label_box.blockSignals(False)
+
+    def _choose_label_column(self, index: QModelIndex) -> None:
+        col = index.column() - len(FIXED)
+        if 0 <= col < len(self.model.findings):
+            self.label_box.setCurrentIndex(self.label_box.findData(self.model.findings[col]))
+
+    def choose_label_finding(self, label: str, model: str | None = None) -> bool:
+        """Make ``label`` (from ``model``) the finding that 1 / 2 / 3 label; False when no column has it."""
+        for i in range(self.label_box.count()):
+            m, lab = self.label_box.itemData(i)
+            if lab == label and model in (None, m):
+                self.label_box.setCurrentIndex(i)
+                return True
+        return False
+
+    def label_selected(self, value: float | None) -> Any:
+        """Label the chosen finding on the selected study: 1.0 positive, 0.0 negative, None unsure."""
+        e = self.current_entry()
+        key = self.label_box.currentData()
+        if e is None or key is None:
+            self.status.setText("Select a study and choose the finding to label first")
+            return None
+        if not e.ok:
+            self.status.setText(f"{e.path.name} could not be read: nothing to label")
+            return None
+        return self.controller.label(e, key[0], key[1], value)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        if obj is self.table and event.type() in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress):
+            key = event.key()  # type: ignore[attr-defined]
+            plain = event.modifiers() in (Qt.KeyboardModifier.NoModifier, Qt.KeyboardModifier.KeypadModifier)  # type: ignore[attr-defined]
+            for k, value, _word in LABEL_KEYS:
+                if key == k and plain:
+                    event.accept()  # the window's 1 / 2 / 3 (window presets) wait while the worklist has the focus
+                    if event.type() == QEvent.Type.KeyPress:
+                        self.label_selected(value)
+                    return True
+        return super().eventFilter(obj, event)
 
     def _send_selected(self) -> None:
         e = self.current_entry()
@@ -729,7 +846,7 @@ def install_worklist(window: "MainWindow") -> WorklistPanel:
     """Add the worklist dock, its shortcuts and menu entries to ``window``; returns the panel."""
     cfg = window.analysis.config()
     controller = WorklistController(window.settings, list(cfg.dirs), disabled=sorted(cfg.disabled),
-                                    device=cfg.device, backend=cfg.backend, parent=window)
+                                    device=cfg.device, backend=cfg.backend, parent=window, enabled=sorted(cfg.enabled))
     panel = WorklistPanel(controller, window)
     panel.open_requested.connect(window.open_file)
     controller.error.connect(lambda title, message: window.show_error(message, title))
@@ -746,8 +863,15 @@ def install_worklist(window: "MainWindow") -> WorklistPanel:
       tip="Mark the selected worklist study as read (again to unmark)")
     a("worklist_open", "Open Folder as &Worklist…", panel._choose_folder, "Ctrl+Shift+L",
       tip="Analyse every study of a folder in the background, most abnormal first")
+    for (_key, value, word), n in zip(LABEL_KEYS, (1, 2, 3)):
+        a(f"worklist_label_{word}", f"Label Finding {word.capitalize()}", lambda _=False, v=value: panel.label_selected(v),
+          f"Alt+{n}", tip=f"Label the chosen finding {word} on the selected worklist study ({n} in the worklist)")
     menu = window.menuBar().addMenu("&Worklist")
-    for key in ("worklist_open", "worklist_next", "worklist_previous", "worklist_mark_read"):
+    for key in ("worklist_open", "worklist_next", "worklist_previous", "worklist_mark_read", None,
+                "worklist_label_positive", "worklist_label_negative", "worklist_label_unsure"):
+        if key is None:
+            menu.addSeparator()
+            continue
         menu.addAction(window.action_map[key])
     menu.addSeparator()
     menu.addAction("&Query PACS…", panel.show_query)

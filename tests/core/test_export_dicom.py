@@ -169,3 +169,48 @@ def test_non_dicom_and_wrong_masks_are_refused(analysed, repo_root: Path, tmp_pa
         write_results(record, result, tmp_path, masks=[small])
     with pytest.raises(ExportError, match="cannot be read"):
         write_results(record, result, tmp_path, pdf=tmp_path / "missing.pdf")
+
+
+def test_sr_json_and_pdf_name_the_site_profile(analysed, tmp_path: Path) -> None:
+    """A site profile applied to the result: the SR (TEXT item + algorithm parameter), JSON and PDF name it."""
+    import highdicom as hd
+
+    from cxr_viewer.core.site_profile import SiteProfile, apply_site_profile, fit_site_finding, save_profile
+
+    record, result, _ = analysed
+    chest = next(m for m in result.models if any(f.label == "Pneumonia" and f.model == m["name"] for f in result.findings))
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1.3, 300)  # the site's films: a model that is overconfident here
+    y = (rng.random(300) < 1 / (1 + np.exp(-z))).astype(float)
+    fp, _ = fit_site_finding("Pneumonia", y, 1 / (1 + np.exp(-3 * z)), np.arange(300), current_threshold=0.5,
+                             target="sensitivity:0.9", method="platt", n_boot=50)  # fmt: skip
+    profile = save_profile(SiteProfile("ward-3", {k: str(chest[k]) for k in ("name", "version", "sha256")},
+                                       {"Pneumonia": fp}, note="winter films"), tmp_path / "profiles")  # fmt: skip
+    adjusted = apply_site_profile(profile, result)
+    assert adjusted.to_dict()["site_profile"]["id"] == "ward-3 v1"
+    paths = write_results(record, adjusted, tmp_path / "out")
+    sr_path = paths[0]
+    assert sr_path.name.startswith("SR_") and dciodvfy_errors(sr_path) == []
+    ds = pydicom.dcmread(sr_path)
+    texts = [str(n.TextValue) for n in _walk(list(ds.ContentSequence)) if getattr(n, "ValueType", "") == "TEXT"]
+    named = [t for t in texts if t.startswith("ward-3 v1, created ")]
+    assert len(named) == 1 and profile.created[:10] in named[0] and chest["sha256"][:16] in named[0]
+    assert "winter films" in named[0]
+    sr = hd.sr.srread(sr_path)
+    group = next(g for g in sr.content.get_image_measurement_groups() if g.finding_type.meaning == "Pneumonia")
+    values = {m.name.meaning: m for m in group.get_measurements()}
+    f = adjusted.finding("Pneumonia", chest["name"])
+    assert values["Model score"].value == pytest.approx(f.score) and f.raw_score is not None
+    assert values["Operating threshold"].method.meaning == "site profile ward-3 v1: target sensitivity 0.9"
+    params = {str(getattr(n, "TextValue", "")) for n in _walk(list(group))}
+    assert f"site profile ward-3 v1 {profile.created[:10]}" in params
+    other = next(g for g in sr.content.get_image_measurement_groups() if g.finding_type.meaning == "Effusion")
+    assert not any(str(getattr(n, "TextValue", "")).startswith("site profile") for n in _walk(list(other)))
+    doc = pydicom.dcmread(paths[-1])
+    (tmp_path / "r.pdf").write_bytes(bytes(doc.EncapsulatedDocument)[: doc.EncapsulatedDocumentLength])
+    text = subprocess.run([need_tool("pdftotext", "poppler-utils"), str(tmp_path / "r.pdf"), "-"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "Site calibration profile" in text and "ward-3 v1" in text
+    # without a profile, the SR says nothing about one
+    plain = pydicom.dcmread(write_results(record, result, tmp_path / "plain")[0])
+    assert not any(str(getattr(n, "TextValue", "")).startswith("ward-3") for n in _walk(list(plain.ContentSequence)))

@@ -84,7 +84,8 @@ def test_wizard_scores_fits_and_saves_a_profile(make_window, qtbot, nih_site, tm
 
 
 def test_drift_banner(make_window, qtbot, tmp_path: Path) -> None:
-    from cxr_viewer.core.inference.results import Finding
+    from cxr_viewer.core.analysis import site_adjusted
+    from cxr_viewer.core.inference.results import AnalysisResult, Finding
     from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
     from cxr_viewer.qt.analysis import AnalysisState
 
@@ -99,9 +100,13 @@ def test_drift_banner(make_window, qtbot, tmp_path: Path) -> None:
     banner = win.site_calibration.banner
 
     def analysed(score: float, model_sha: str = sha) -> None:
+        """What the controller publishes for one image: the result with the active profile applied (or why not)."""
         f = Finding("pneumonia", float(score), 0.5, "pneu", "1")
-        win.analysis.state_changed.emit(AnalysisState(status="done", findings=(f,),
-                                                      models=({"name": "pneu", "version": "1", "sha256": model_sha, "trained": True},)))  # fmt: skip
+        models = ({"name": "pneu", "version": "1", "sha256": model_sha, "trained": True},)
+        result, message, stale = site_adjusted(profile, AnalysisResult(f"h{score}", (f,), (), models))
+        win.analysis.state_changed.emit(AnalysisState(status="done", findings=result.findings, models=models,
+                                                      site_profile=result.site_profile, site_profile_message=message,
+                                                      site_profile_stale=stale))  # fmt: skip
 
     for s in 1 / (1 + np.exp(-rng.normal(0, 1.3, 60))):  # same population: no banner
         analysed(s)

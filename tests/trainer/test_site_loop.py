@@ -1,30 +1,41 @@
-"""The whole site loop on real films, headless: Kermany films as "the site" for the pneumonia finding.
+"""The whole site loop on real films, headless, in one test.
 
-calibrate --site -> profile saved -> analyze --site-profile (JSON names it) -> corrections
-stored -> export-corrections -> finetune --site a few steps -> gates -> installed beside
-the original -> learning-curve estimate. Tiny: 64 px, one epoch, a few dozen films.
+The "shipped" model was trained on adult NIH films (pneumonia vs no finding); the "site" is a
+children's hospital: Kermany paediatric films. Steps: 1 calibrate on the site's films
+(``cxr-train calibrate --site``), 2 the profile saved (versioned, bound to the weights),
+3 ``cxr-viewer analyze --site-profile`` (the JSON and the DICOM SR name the profile), 4 the
+reader's labels stored as corrections with provenance and exported (``export-corrections``),
+5 ``cxr-train finetune --site`` a few steps, 6 the gates, 7 the new version installed beside the
+original (switched off) and enabled, the original kept for rollback. Tiny: 64 px, a few dozen
+films, one or two epochs. The learning curve (how many more labels) is a second test.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import pandas as pd
+import pydicom
 import pytest
 
+from tests.core.dicom_check import dciodvfy_errors
 from tests.trainer.conftest import common_args
 from trainer.cli import main as train_main
 
 pytestmark = pytest.mark.slow
 
+SIIM = Path(__file__).resolve().parents[2] / "resources" / "samples" / "siim_cr_chest.dcm"
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
-    rc = train_main(argv)
-    out = capsys.readouterr()
-    assert rc == 0, out.err[-3000:]
-    return json.loads(out.out.strip().splitlines()[-1])
+
+def _json_out(argv: list[str], main=train_main) -> tuple[int, dict]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(argv)
+    lines = [ln for ln in buf.getvalue().strip().splitlines() if ln.startswith("{")]
+    return rc, (json.loads(lines[-1]) if lines else {})
 
 
 @pytest.fixture(scope="module")
@@ -33,165 +44,166 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def original(runs: Path, kermany_manifest: Path) -> Path:
-    """The 'shipped' bundle: a few steps on 40 Kermany films, thresholds by Youden on its validation split."""
-    assert train_main(["finetune", "--manifest", str(kermany_manifest), "--max-epochs", "1", "--backbone", "resnet18",
+def adult_manifest(data_dir: Path, runs: Path) -> Path:
+    """40 adult NIH films, 20 with pneumonia and 20 with no finding (one per patient), label ``pneumonia``."""
+    root = data_dir / "nih14_extra"
+    labels = pd.read_csv(root / "labels.csv").drop_duplicates("patient_id")
+    pick = pd.concat([labels[labels["Pneumonia"] == 1].sample(20, random_state=0),
+                      labels[labels["No_Finding"] == 1].sample(20, random_state=0)])  # fmt: skip
+    out = runs / "adult.csv"
+    pd.DataFrame({"image": [str(root / f) for f in pick["file"]], "patient_id": pick["patient_id"].astype(str),
+                  "dataset": "nih14_extra", "pneumonia": pick["Pneumonia"]}).to_csv(out, index=False)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def original(runs: Path, adult_manifest: Path) -> Path:
+    """The 'shipped' bundle: one epoch on the adult films, thresholds by Youden on its validation split."""
+    assert train_main(["finetune", "--manifest", str(adult_manifest), "--max-epochs", "1", "--backbone", "resnet18",
                        "--early-stop", "0", *common_args(runs, "orig")]) == 0  # fmt: skip
     bundle = runs / "orig" / "bundle"
-    assert train_main(["calibrate", "--bundle", str(bundle), "--manifest", str(kermany_manifest)]) == 0
+    assert train_main(["calibrate", "--bundle", str(bundle), "--manifest", str(adult_manifest)]) == 0
     return bundle
 
 
 @pytest.fixture(scope="module")
-def site(data_dir: Path, kermany_manifest: Path, runs: Path) -> tuple[Path, Path]:
-    """80 other Kermany films (40 + 40, patients disjoint from the original's) with the site's labels CSV."""
+def site(data_dir: Path, runs: Path) -> tuple[Path, Path]:
+    """60 Kermany films (30 normal, 30 pneumonia, one per patient) and the site's labels CSV."""
     root = data_dir / "pneumonia_kermany"
-    labels = pd.read_csv(root / "labels.csv")
-    used = set(pd.read_csv(kermany_manifest)["patient_id"].astype(str))
-    labels = labels[~labels["patient_id"].astype(str).isin(used)].drop_duplicates("patient_id")
-    pick = pd.concat([labels[labels["pneumonia"] == v].sample(40, random_state=1) for v in (0, 1)])
+    labels = pd.read_csv(root / "labels.csv").drop_duplicates("patient_id")
+    pick = pd.concat([labels[labels["pneumonia"] == v].sample(30, random_state=1) for v in (0, 1)])
     out = runs / "site.csv"
     pick[["file", "pneumonia", "patient_id"]].to_csv(out, index=False)
     return root, out
 
 
-@pytest.fixture(scope="module")
-def calibrated(original: Path, site: tuple[Path, Path], runs: Path) -> dict:
-    """1-2. calibrate on the site's films and save the profile (the CLI, as a site would run it)."""
-    import contextlib
-    import io
-
-    folder, labels_csv = site
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = train_main(["calibrate", "--site", "--bundle", str(original), "--folder", str(folder), "--labels",
-                         str(labels_csv), "--target", "pneumonia=sensitivity:0.9", "--name", "kermany-ward", "--note",
-                         "test site", "--profiles-dir", str(runs / "profiles"), "--bootstrap", "100", "--report",
-                         str(runs / "site_report.json")])  # fmt: skip
-    assert rc == 0
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
-
-
-def test_calibrate_and_analyze_with_the_profile(
-    original: Path, site: tuple[Path, Path], calibrated: dict, runs: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from cxr_viewer.cli import main as viewer_main
-    from cxr_viewer.core.models.bundle import load_bundle
-    from cxr_viewer.core.site_profile import load_profile
-
-    folder, labels_csv = site
-    res = calibrated
-    f = res["findings"]["pneumonia"]
-    assert res["id"] == "kermany-ward v1" and f["n_pos"] == 40 and f["n_neg"] == 40 and f["validated"]
-    report = json.loads((runs / "site_report.json").read_text())["findings"]["pneumonia"]
-    ho = report["held_out"]
-    print("SITE CALIBRATION (held-out site films):", json.dumps({
-        "calibration": report["fit"]["calibration"], "auroc": report["auroc"],
-        "ece_before": ho["ece_before"], "ece_after": ho["ece_after"],
-        "sensitivity_before": [ho["before"]["sensitivity"], ho["before"]["sensitivity_ci95"], ho["before"]["threshold"]],
-        "sensitivity_after": [ho["after"]["sensitivity"], ho["after"]["sensitivity_ci95"], ho["after"]["threshold"]],
-        "specificity_before": ho["before"]["specificity"], "specificity_after": ho["after"]["specificity"]}))  # fmt: skip
-    assert report["fit"]["calibration_part"]["n_pos"] + report["fit"]["held_out_part"]["n_pos"] == 40
-    assert ho["ece_after"]["value"] <= ho["ece_before"]["value"] + 0.02  # never worse beyond noise
-    assert abs(ho["after"]["sensitivity"] - 0.9) <= abs(ho["before"]["sensitivity"] - 0.9) + 0.1
-    assert (runs / "site_report.png").stat().st_size > 10_000 and len(report["reliability"]) == 10
-    prof = load_profile(res["profile"])
-    assert prof.bundle["sha256"] == load_bundle(original).sha256
-
-    # 3. analyse with it: the JSON names the profile, scores are the calibrated ones
-    films = [str(folder / p) for p in pd.read_csv(labels_csv)["file"].head(2)]
-    out_json = runs / "analysis.json"
-    argv = ["analyze", *films, "--json", str(out_json), "--no-default-models", "--models", str(original.parent),
-            "--backend", "torch", "--device", "cpu"]  # fmt: skip
-    assert viewer_main([*argv, "--site-profile", res["profile"]]) == 0
-    objs = json.loads(out_json.read_text())
-    fd = objs[0]["findings"][0]
-    assert objs[0]["site_profile"]["name"] == "kermany-ward" and objs[0]["site_profile"]["version"] == 1
-    assert fd["threshold_method"] == "site profile kermany-ward v1: target sensitivity 0.9"
-    assert fd["threshold"] == pytest.approx(prof.findings["pneumonia"].threshold, abs=1e-6)
-    assert fd["score"] == pytest.approx(float(prof.findings["pneumonia"].calibration([fd["raw_score"]])[0]), abs=2e-3)
-    stale = json.loads(Path(res["profile"]).read_text())
-    stale["bundle"]["sha256"] = "0" * 64
-    (runs / "stale.json").write_text(json.dumps(stale))
-    capsys.readouterr()
-    assert viewer_main([*argv, "--site-profile", str(runs / "stale.json")]) == 2
-    assert "the model was updated" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def corrections_manifest(original: Path, site: tuple[Path, Path], runs: Path) -> Path:
-    """4. the reader's verdicts on what the viewer showed, stored, then exported by the CLI."""
+def test_whole_site_loop(original: Path, site: tuple[Path, Path], runs: Path, adult_manifest: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     from cxr_viewer.cli import main as viewer_main
     from cxr_viewer.core.corrections import CorrectionStore
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
-    from cxr_viewer.core.models.bundle import load_bundle
+    from cxr_viewer.core.models.bundle import find_bundles, load_bundle, read_manifest
+    from cxr_viewer.core.site_profile import load_profile
 
     folder, labels_csv = site
+    frame = pd.read_csv(labels_csv)
+    orig = load_bundle(original, device="cpu")
+
+    # 1-2. calibrate on the site's films; the profile is saved, versioned, bound to the weights
+    rc, res = _json_out(["calibrate", "--site", "--bundle", str(original), "--folder", str(folder), "--labels",
+                         str(labels_csv), "--target", "pneumonia=sensitivity:0.9", "--name", "kermany-ward", "--note",
+                         "children's hospital", "--profiles-dir", str(runs / "profiles"), "--bootstrap", "100",
+                         "--report", str(runs / "site_report.json")])  # fmt: skip
+    assert rc == 0 and res["id"] == "kermany-ward v1"
+    f = res["findings"]["pneumonia"]
+    assert f["n_pos"] == 30 and f["n_neg"] == 30 and f["validated"] is False  # 15 calibration positives < 20
+    report = json.loads((runs / "site_report.json").read_text())["findings"]["pneumonia"]
+    ho = report["held_out"]
+    print("SITE CALIBRATION (held-out site films):", json.dumps({
+        "calibration": report["fit"]["calibration"]["method"], "auroc": report["auroc"],
+        "ece_before": ho["ece_before"], "ece_after": ho["ece_after"],
+        "sensitivity_before": [ho["before"]["sensitivity"], ho["before"]["sensitivity_ci95"], ho["before"]["threshold"]],
+        "sensitivity_after": [ho["after"]["sensitivity"], ho["after"]["sensitivity_ci95"], ho["after"]["threshold"]],
+        "specificity_before": ho["before"]["specificity"], "specificity_after": ho["after"]["specificity"]}))  # fmt: skip
+    assert report["fit"]["held_out_part"]["n_images"] == 30 and ho["ece_before"]["ci95"] and ho["after"]["sensitivity_ci95"]
+    assert ho["ece_after"]["value"] <= ho["ece_before"]["value"] + 0.02  # never worse beyond noise
+    assert any("fewer than 20" in w for w in report["warnings"])
+    prof = load_profile(res["profile"])
+    assert prof.bundle["sha256"] == orig.sha256 and prof.note == "children's hospital" and prof.created
+
+    # 3. analyse with it: the JSON and the DICOM SR name the profile; the scores are the calibrated ones
+    films = [str(folder / p) for p in frame["file"].head(2)]
+    out_json = runs / "analysis.json"
+    models = ["--no-default-models", "--models", str(original.parent), "--backend", "torch", "--device", "cpu"]
+    argv = ["analyze", *films, "--json", str(out_json), *models]
+    assert viewer_main([*argv, "--site-profile", res["profile"]]) == 0
+    objs = json.loads(out_json.read_text())
+    assert viewer_main(["analyze", str(SIIM), "--json", str(runs / "dicom.json"), *models, "--site-profile",
+                        res["profile"], "--dicom-out", str(runs / "dicom")]) == 0  # a DICOM film: SR, SC, PDF
+    objs += json.loads((runs / "dicom.json").read_text())
+    fp = prof.findings["pneumonia"]
+    for obj in objs:
+        assert obj["site_profile"]["name"] == "kermany-ward" and obj["site_profile"]["version"] == 1
+        assert obj["site_profile"]["created"] == prof.created
+        fd = obj["findings"][0]
+        assert fd["threshold_method"] == "site profile kermany-ward v1: target sensitivity 0.9"
+        assert fd["threshold"] == pytest.approx(fp.threshold, abs=1e-6)
+        assert fd["score"] == pytest.approx(float(fp.calibration([fd["raw_score"]])[0]), abs=2e-3)
+    sr_path = next((runs / "dicom").glob("SR_*.dcm"))
+    assert dciodvfy_errors(sr_path) == []
+    sr = pydicom.dcmread(sr_path)
+    named = [str(item.TextValue) for item in sr.ContentSequence if getattr(item, "ValueType", "") == "TEXT"]
+    assert any(t.startswith(f"kermany-ward v1, created {prof.created[:10]}") and orig.sha256[:16] in t for t in named)
+    stale = json.loads(Path(res["profile"]).read_text())
+    stale["bundle"]["sha256"] = "0" * 64
+    (runs / "stale.json").write_text(json.dumps(stale))
+    capsys.readouterr()
+    assert viewer_main([*argv, "--site-profile", str(runs / "stale.json")]) == 2  # a bundle update invalidates it
+    assert "the model was updated" in capsys.readouterr().err
+
+    # 4. the reader's labels of what the viewer showed, stored with provenance, exported by the CLI
     store = CorrectionStore(runs / "corrections")
-    engine = InferenceEngine([load_bundle(original)], device="cpu", backend="torch")
-    for row in pd.read_csv(labels_csv).itertuples():
+    engine = InferenceEngine([orig], device="cpu", backend="torch")
+    for row in frame.itertuples():
         record = read_image(folder / row.file)
         finding = engine.analyze(record).findings[0]
-        store.add_for_finding(folder / row.file, finding, correct=finding.above_threshold == bool(row.pneumonia),
-                              patient_id=str(row.patient_id), content_hash=record.content_hash)  # fmt: skip
-    out = runs / "site_manifest.csv"
-    assert viewer_main(["export-corrections", "--out", str(out), "--store", str(store.folder)]) == 0
-    return out
+        store.add_label(folder / row.file, "pneumonia", float(row.pneumonia), patient_id=str(row.patient_id),
+                        content_hash=record.content_hash, finding=finding, model_sha256=orig.sha256,
+                        site_profile=prof.id, reader="test reader")  # fmt: skip
+    assert store.all()[0].model == {"name": "orig", "version": orig.version, "sha256": orig.sha256}
+    manifest = runs / "site_manifest.csv"
+    assert viewer_main(["export-corrections", "--out", str(manifest), "--store", str(store.folder)]) == 0
+    exported = pd.read_csv(manifest)
+    assert len(exported) == 60 and set(exported["patient_id"].astype(str)) == set(frame["patient_id"].astype(str))
+    truth = dict(zip(frame["patient_id"].astype(str), frame["pneumonia"]))
+    assert all(truth[str(r.patient_id)] == r.pneumonia for r in exported.itertuples())
 
-
-def test_corrections_export_keeps_patients_and_truth(corrections_manifest: Path, site: tuple[Path, Path]) -> None:
-    truth = pd.read_csv(site[1])
-    rows = list(csv.DictReader(corrections_manifest.open()))
-    assert len(rows) == 80 and {r["patient_id"] for r in rows} == set(truth["patient_id"].astype(str))
-    by_pid = {str(r.patient_id): int(r.pneumonia) for r in truth.itertuples()}
-    assert all(int(r["pneumonia"]) == by_pid[r["patient_id"]] for r in rows)  # corrections restore the truth
-    assert {r["dataset"] for r in rows} == {"site"}
-
-
-def test_finetune_gates_install(
-    original: Path, corrections_manifest: Path, runs: Path, kermany_manifest: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """5-7. fine-tune a few steps on the site, compare on the same held-out split, gates, install."""
-    from cxr_viewer.core.models.bundle import load_bundle, read_manifest
-
+    # 5-7. fine-tune a few steps on the site, compare on the same held-out split, gates, install
     install = runs / "user_models"
-    rc = train_main(["finetune", "--site", "--init", str(original), "--manifest", str(corrections_manifest),
-                     "--fraction", "1.0", "--max-epochs", "2", "--early-stop", "0", "--val-frac", "0.2",
-                     "--test-frac", "0.4", "--original-manifest", str(kermany_manifest), "--site-bootstrap", "100",
-                     "--install", "--install-dir", str(install), *common_args(runs, "site-ft")])  # fmt: skip
+    capsys.readouterr()
+    rc = train_main(["finetune", "--site", "--init", str(original), "--manifest", str(manifest), "--fraction", "1.0",
+                     "--max-epochs", "2", "--early-stop", "0", "--val-frac", "0.2", "--test-frac", "0.4",
+                     "--original-manifest", str(adult_manifest), "--site-bootstrap", "100", "--install",
+                     "--install-dir", str(install), *common_args(runs, "site-ft")])  # fmt: skip
     out = capsys.readouterr()
     rep = json.loads(out.out.strip().splitlines()[-1])
-    assert rc == (0 if rep["passed"] else 3), out.err[-3000:]  # a failed gate installs nothing and says so
     lab = rep["site_test"]["labels"]["pneumonia"]
     print("SITE FINE-TUNE (site test split):", json.dumps(lab), json.dumps(rep["gates"]))
     assert lab["original"]["ci95"] and lab["new"]["ci95"] and lab["difference"]["ci95"]
-    assert rep["site_test"]["n_images"] >= 28
     assert rep["gates"]["golden"]["passed"] and rep["gates"]["golden"]["images"] == 2
     assert rep["gates"]["original_split"]["original"]["ci95"][0] is not None
-    assert rep["passed"] == all(g["passed"] for g in rep["gates"].values())
-    if rep["passed"]:
-        new = read_manifest(rep["installed"])
-        assert not new.enabled and new.extra["site_version"]["replaces"]["sha256"] == load_bundle(original).sha256
-        assert new.name == "orig-site" and load_bundle(rep["installed"]).manifest.golden
-        assert (original / "manifest.json").is_file()  # the old version stays for rollback
-    else:
-        assert rep["installed"] is None and not install.exists()
-    # Whether two epochs on 28 site films beat the original is the data's answer, not the code's: both outcomes
-    # are checked above (installed behind the gates, or refused with the failing gate named).
-    assert rep["passed"] or any(not g["passed"] for g in rep["gates"].values())
+    # An adult model at a children's hospital: two epochs on the site's films beat it on the site test split.
+    assert rep["passed"], rep["gates"]
+    assert rc == 0, out.err[-3000:]
+    new = read_manifest(rep["installed"])
+    assert new.name == "orig-site" and not new.enabled and load_bundle(rep["installed"]).manifest.golden
+    assert new.extra["site_version"]["replaces"]["sha256"] == orig.sha256
+    assert (original / "manifest.json").is_file()  # the old version stays for rollback
+    # installed switched off: nothing loads it until the user enables it (Tools › Models…, tested in the viewer)
+    shelf = [original.parent, install]
+    assert [b.name for b in InferenceEngine.from_dirs(shelf, device="cpu").bundles] == ["orig"]
+    enabled = InferenceEngine.from_dirs(shelf, device="cpu", enabled=["orig-site"])
+    assert {b.name for b in enabled.bundles} == {"orig", "orig-site"}
+    assert {i.manifest.name for i in find_bundles(shelf) if i.ok} == {"orig", "orig-site"}
+    # the profile was fitted to the original: the new version needs its own calibration, and says so
+    assert viewer_main(["analyze", films[0], "--json", str(runs / "new.json"), "--no-default-models", "--models",
+                        str(install), "--backend", "torch", "--device", "cpu", "--site-profile",
+                        res["profile"]]) == 2  # fmt: skip
 
 
-def test_learning_curve_from_fractions(original: Path, site: tuple[Path, Path], runs: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_learning_curve_from_fractions(original: Path, site: tuple[Path, Path], runs: Path) -> None:
+    """How many more labelled patients the trend needs for a target AUROC (fits on fractions of the site)."""
     folder, labels_csv = site
     frame = pd.read_csv(labels_csv)
     manifest = runs / "site_lc.csv"
     pd.DataFrame({"image": [str(folder / f) for f in frame["file"]], "patient_id": frame["patient_id"],
                   "pneumonia": frame["pneumonia"]}).to_csv(manifest, index=False)  # fmt: skip
-    out = _run(["experiment", "fractions", "--manifest", str(manifest), "--inits", "bundle", "--init", str(original),
-                "--fractions", "0.25", "1.0", "--max-epochs", "1", "--early-stop", "0", "--bootstrap", "100",
-                "--target-auroc", "0.99", "--test-frac", "0.4", *common_args(runs, "lc")], capsys)  # fmt: skip
+    rc, out = _json_out(["experiment", "fractions", "--manifest", str(manifest), "--inits", "bundle", "--init",
+                         str(original), "--fractions", "0.25", "1.0", "--max-epochs", "1", "--early-stop", "0",
+                         "--bootstrap", "100", "--target-auroc", "0.99", "--test-frac", "0.4",
+                         *common_args(runs, "lc")])  # fmt: skip
+    assert rc == 0
     curve = json.loads((Path(out["results"]).parent / "learning_curve.json").read_text())["bundle"]
     print("LEARNING CURVE:", json.dumps(curve))
     assert len(curve["points"]) == 2 and curve["points"][0][0] < curve["points"][1][0]

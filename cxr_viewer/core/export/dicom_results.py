@@ -7,7 +7,10 @@ from the source header) and each referencing the source image's SOP instance:
 - a Comprehensive 3D SR holding a TID 1500 measurement report: one measurement
   group per finding (score, operating threshold with its method as the measurement
   method, Present/Absent as a qualitative evaluation, the model as algorithm
-  identification with its weights sha256), plus one group of QC flags;
+  identification with its weights sha256), plus one group of QC flags; when a site
+  profile was applied (``result.site_profile``), a TEXT item "Site calibration profile"
+  names it (name, version, date, the bundle it was fitted to) and the algorithm
+  identification of each recalibrated finding carries it as a parameter;
 - a Segmentation (BINARY) of the report-conditioned masks, one segment per
   sentence, the sentence as segment label/description; lesion maps
   (:class:`LesionMap`) go into a second, FRACTIONAL (probability) Segmentation;
@@ -142,11 +145,20 @@ def _model_index(result: "AnalysisResult") -> dict[str, dict[str, Any]]:
     return {str(m.get("name")): dict(m) for m in result.models}
 
 
-def _algorithm(f: "Finding", models: dict[str, dict[str, Any]], backend: dict[str, str]) -> Any:
+def _lo_text(text: str) -> str:
+    """An SR TEXT value (UT): any length, no control characters."""
+    return "".join(c for c in text if c >= " ")
+
+
+def _algorithm(f: "Finding", models: dict[str, dict[str, Any]], backend: dict[str, str],
+               profile: dict[str, Any] | None = None) -> Any:  # fmt: skip
     from highdicom.sr import AlgorithmIdentification
 
     m = models.get(f.model, {})
     params = [f"weights sha256 {m.get('sha256') or 'unknown'}"]
+    if profile is not None and f.threshold_method.startswith("site profile "):
+        params.append(_lo(f"site profile {profile.get('name')} v{profile.get('version')} "
+                          f"{str(profile.get('created', ''))[:10]}".strip()))  # fmt: skip
     if f.model in backend:
         params.append(f"backend {backend[f.model]}")
     if not f.trained:
@@ -193,7 +205,7 @@ def build_sr(src: "Dataset", result: "AnalysisResult", *, series_uid: str | None
     groups = []
     for f in result.findings:
         concept = _code(f.label, f.label.replace("_", " "))
-        algo = _algorithm(f, models, result.backend)
+        algo = _algorithm(f, models, result.backend, result.site_profile)
         groups.append(MeasurementsAndQualitativeEvaluations(
             tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=_lo(f"{f.model} {f.label}")),
             finding_type=concept,
@@ -221,6 +233,15 @@ def build_sr(src: "Dataset", result: "AnalysisResult", *, series_uid: str | None
         procedure_reported=CodedConcept("168731009", "SCT", "Chest X-ray"),
         imaging_measurements=groups,
     )
+    if result.site_profile is not None:  # which site calibration the scores and thresholds come from
+        from highdicom.sr import RelationshipTypeValues, TextContentItem
+
+        from cxr_viewer.core.site_profile import profile_text
+
+        report[0].ContentSequence.append(TextContentItem(
+            name=_code("SITE_PROFILE", "Site calibration profile"), value=_lo_text(profile_text(result.site_profile)),
+            relationship_type=RelationshipTypeValues.CONTAINS,
+        ))  # fmt: skip
     return hd.sr.Comprehensive3DSR(
         evidence=[src], content=report[0],
         series_instance_uid=series_uid or hd.UID(), series_number=SERIES_NUMBERS["SR"],

@@ -237,6 +237,14 @@ def _build_page(
             fig.text(0.62, y, line, fontsize=6.5, family="monospace", va="top")
             y -= 0.012
         y -= 0.004
+    if result.site_profile is not None:  # the scores and thresholds are the site's: say whose
+        from cxr_viewer.core.site_profile import profile_text
+
+        fig.text(0.60, y, "Site calibration profile", fontsize=10, weight="bold", va="top")
+        y -= 0.02
+        for line in _wrap(profile_text(result.site_profile), 52):
+            fig.text(0.62, y, line, fontsize=7, va="top")
+            y -= 0.013
 
     # Findings table across the page.
     fig.text(0.05, 0.475, "Findings", fontsize=11, weight="bold", va="top")

@@ -201,10 +201,12 @@ class InferenceEngine:
     # ------------------------------------------------------------------ bundles
     @classmethod
     def from_dirs(
-        cls, dirs: Sequence[str | Path] | None = None, *, device: "str | torch.device" = "auto", **kwargs: Any
-    ) -> "InferenceEngine":
+        cls, dirs: Sequence[str | Path] | None = None, *, device: "str | torch.device" = "auto",
+        enabled: Sequence[str] | frozenset[str] = (), **kwargs: Any,
+    ) -> "InferenceEngine":  # fmt: skip
         """Load every enabled bundle found in ``dirs`` (default: app + user model folders).
 
+        ``enabled``: names of bundles shipped switched off (a site fine-tune) that the user switched on.
         Bundles that fail to load are skipped and listed in ``load_errors`` with the reason.
         """
         from cxr_viewer.core.models.bundle import find_bundles, load_bundle
@@ -214,7 +216,7 @@ class InferenceEngine:
             if not info.ok:
                 engine.load_errors.append((info.path, info.error or "invalid bundle"))
                 continue
-            if not info.enabled:
+            if not info.enabled and info.manifest.name not in enabled:
                 continue
             try:
                 engine.add_bundle(load_bundle(info.path, device=engine.device))

@@ -147,6 +147,7 @@ class AnalysisResult:
     warnings: tuple[str, ...] = ()
     cached: bool = False
     backend: dict[str, str] = field(default_factory=dict)  # model name -> "torch" | "onnx"
+    site_profile: dict[str, Any] | None = None  # the site profile applied (SiteProfile.identity()), if any
 
     @property
     def positives(self) -> list[Finding]:
@@ -164,13 +165,16 @@ class AnalysisResult:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "qc": [q.to_dict() for q in self.qc],
             "findings": [f.to_dict() for f in self.findings],
             "models": [dict(m) for m in self.models],
             "timing_ms": {k: round(float(v), 3) for k, v in self.timing_ms.items()},
             "warnings": list(self.warnings),
         }
+        if self.site_profile is not None:
+            out["site_profile"] = dict(self.site_profile)
+        return out
 
 
 class CancelToken:

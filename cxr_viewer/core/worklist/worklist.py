@@ -166,9 +166,11 @@ class Worklist:
         device: str = "auto",
         backend: str = "auto",
         disabled: Iterable[str] = (),
+        enabled: Iterable[str] = (),
     ) -> None:
         self.store = store
         self.disabled = frozenset(disabled)
+        self.enabled = frozenset(enabled)  # switched on by the user although the bundle ships switched off
         self.model_dirs = None if model_dirs is None else [Path(d) for d in model_dirs]
         self._engine = engine
         self._device, self._backend = device, backend
@@ -191,12 +193,13 @@ class Worklist:
 
             return [ModelKey(b.name, b.version, b.sha256.lower()) for b in self._engine.bundles
                     if (b.manifest.is_classifier or derived_specs(b)) and b.name not in self.disabled]
+        from cxr_viewer.core.analysis import model_enabled
         from cxr_viewer.core.models.bundle import find_bundles
 
         out = []
         for info in find_bundles(self.model_dirs):
             m = info.manifest
-            if info.enabled and m is not None and _is_scoring(m) and m.name not in self.disabled:
+            if info.ok and m is not None and _is_scoring(m) and model_enabled(m, self.disabled, self.enabled):
                 out.append(ModelKey(m.name, m.version, str(m.weights.get("sha256", "")).lower()))
         return out
 
@@ -206,7 +209,8 @@ class Worklist:
             if self._engine is None:
                 from cxr_viewer.core.inference.engine import InferenceEngine
 
-                self._engine = InferenceEngine.from_dirs(self.model_dirs, device=self._device, backend=self._backend)
+                self._engine = InferenceEngine.from_dirs(self.model_dirs, device=self._device, backend=self._backend,
+                                                         enabled=self.enabled)
                 self.load_errors = [f"{p.name}: {msg}" for p, msg in self._engine.load_errors]
                 loaded = {b.sha256.lower() for b in self._engine.bundles}
                 self._models = [k for k in self.models if k.sha256 in loaded]

@@ -210,6 +210,12 @@ class FindingsPanel(QWidget):
         self.qc_label.setWordWrap(True)
         self.qc_label.setTextFormat(Qt.TextFormat.RichText)
         self.qc_label.hide()
+        # which site profile the scores and thresholds come from (or why the active one is not applied)
+        self.profile_label = QLabel(self)
+        self.profile_label.setObjectName("siteProfile")
+        self.profile_label.setWordWrap(True)
+        self.profile_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.profile_label.hide()
 
         self.sort_combo = QComboBox(self)
         self.sort_combo.addItems(SORT_MODES)
@@ -266,6 +272,7 @@ class FindingsPanel(QWidget):
         layout.setSpacing(6)
         layout.addWidget(self.banner)
         layout.addWidget(self.qc_label)
+        layout.addWidget(self.profile_label)
         layout.addLayout(top)
         layout.addWidget(self.tree, 1)
         layout.addLayout(bottom)
@@ -317,7 +324,34 @@ class FindingsPanel(QWidget):
         self._state = state
         self._render_banner(state)
         self._render_qc(state.qc)
+        self._render_profile(state)
         self._rebuild(state)
+
+    def _render_profile(self, state: AnalysisState) -> None:
+        """The active site profile in the header: applied (name, version, date), or why not."""
+        if state.status != "done":
+            return  # keep the last line while the next image runs
+        p = state.site_profile
+        if p is not None:
+            date = f", {str(p.get('created', ''))[:10]}" if p.get("created") else ""
+            b = p.get("bundle") or {}
+            self.profile_label.setText(f"Site profile {p.get('name')} v{p.get('version')}{date}: calibrated scores "
+                                       f"and site thresholds for {b.get('name', '?')}")  # fmt: skip
+            self.profile_label.setProperty("kind", "active")
+            style = "background:#17332a; color:#b8f0d0; border-left:3px solid #3fb37f;"
+        elif state.site_profile_message:
+            self.profile_label.setText(("⚠ Site profile not applied: " if state.site_profile_stale else
+                                        "Site profile not applied: ") + state.site_profile_message)  # fmt: skip
+            self.profile_label.setProperty("kind", "stale" if state.site_profile_stale else "inactive")
+            style = ("background:#4a2a12; color:#ffd9b0; border-left:3px solid #e08a3a;" if state.site_profile_stale
+                     else "background:#1f2226; color:#c0c4c8; border-left:3px solid #8a8d91;")  # fmt: skip
+        else:
+            self.profile_label.setProperty("kind", "none")
+            self.profile_label.setText("")
+            self.profile_label.hide()
+            return
+        self.profile_label.setStyleSheet(f"QLabel#siteProfile {{ {style} padding:5px; border-radius:3px; }}")
+        self.profile_label.show()
 
     def _render_banner(self, state: AnalysisState) -> None:
         kind, text = None, ""
@@ -435,7 +469,13 @@ class FindingsPanel(QWidget):
         if f.positive and meaningful:
             it.setBackground(COL_RESULT, QBrush(QColor(255, 122, 89, 40)))
         model_thr = self._model_threshold(f)
-        how = f"your site's threshold (the model's is {model_thr:.3f})" if user else f"the model's threshold ({f.threshold_method or 'default'})"
+        if user:
+            how = f"your site's threshold (the model's is {model_thr:.3f})"
+        elif f.threshold_method.startswith("site profile "):
+            how = (f"the {f.threshold_method} (the model's raw score {f.raw_score:.3f}, its threshold {model_thr:.3f})"
+                   if f.raw_score is not None else f"the {f.threshold_method}")
+        else:
+            how = f"the model's threshold ({f.threshold_method or 'default'})"
         tip = (f"{f.label}: score {f.score:.3f} against {how}.\n"
                "Double-click the threshold to change it; right-click to reset. Click a finding to see its heatmap.")
         if not numeric:

@@ -1,5 +1,9 @@
 """Tools › Models…: the installed bundles, their model cards, enable/disable, and adding new ones.
 
+A site fine-tune (``cxr-train finetune --site --install``) arrives switched off beside the
+bundle it was fine-tuned from. Selecting it offers "Use this site version": it is switched on
+and the original off (both stay installed); selecting the original then offers "Roll back".
+
 A bundle is added from a folder or a .zip (file dialog or drag-and-drop). It is
 loaded once (hash check, safetensors only, network rebuilt) before it is copied
 into the user models folder, so a tampered or pickled bundle never gets installed.
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ROLE_PATH = Qt.ItemDataRole.UserRole
 ROLE_NAME = Qt.ItemDataRole.UserRole + 1
+ROLE_DEFAULT = Qt.ItemDataRole.UserRole + 2  # the manifest's own enabled flag
 
 
 class ModelManagerDialog(QDialog):
@@ -44,6 +49,7 @@ class ModelManagerDialog(QDialog):
         self.setAcceptDrops(True)
         self.resize(900, 600)
         self._cards: dict[str, str] = {}
+        self._manifests: dict[str, object] = {}  # path -> Manifest
         self._updating = False
 
         self.list = QListWidget(self)
@@ -66,7 +72,13 @@ class ModelManagerDialog(QDialog):
         self.add_zip_button = QPushButton("Add bundle .zip…", self)
         self.open_folder_button = QPushButton("Open models folder", self)
         self.close_button = QPushButton("Close", self)
+        self.version_button = QPushButton(self)  # "Use this site version" / "Roll back to this version"
+        self.version_button.setObjectName("versionButton")
+        self.version_button.hide()
+        self.version_button.clicked.connect(self._switch_version)
+        self._switch: tuple[str, str] | None = None  # (use, instead_of) offered by the button
         buttons = QHBoxLayout()
+        buttons.addWidget(self.version_button)
         for b in (self.add_folder_button, self.add_zip_button, self.open_folder_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
@@ -101,7 +113,12 @@ class ModelManagerDialog(QDialog):
         self._updating = True
         self.list.clear()
         self._cards = {}
-        for info in find_bundles(dirs):
+        self._manifests = {}
+        from cxr_viewer.core.analysis import replaces
+
+        infos = find_bundles(dirs)
+        names = {i.manifest.name for i in infos if i.manifest is not None}
+        for info in infos:
             m = info.manifest
             if m is None:
                 item = QListWidgetItem(f"⚠ {info.path.name} — unusable")
@@ -112,6 +129,9 @@ class ModelManagerDialog(QDialog):
                 tags = [m.task]
                 if not m.trained:
                     tags.append("UNTRAINED")
+                original = replaces(m)
+                if original:
+                    tags.append(f"site version of {original}" + ("" if original in names else ", original missing"))
                 if (m.name, str(m.weights.get("sha256", "")).lower()) in loaded:
                     tags.append("loaded")
                 error = failed.get(str(info.path))
@@ -119,10 +139,15 @@ class ModelManagerDialog(QDialog):
                     tags.append("NOT LOADED")
                 item = QListWidgetItem(f"{'⚠ ' if error else ''}{m.name} {m.version}  ({', '.join(tags)})")
                 item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsUserCheckable)
-                item.setCheckState(Qt.CheckState.Checked if self.controller.is_enabled(m.name) else Qt.CheckState.Unchecked)
+                item.setCheckState(Qt.CheckState.Checked if self.controller.is_enabled(m.name, m.enabled)
+                                   else Qt.CheckState.Unchecked)  # fmt: skip
                 item.setData(ROLE_NAME, m.name)
+                item.setData(ROLE_DEFAULT, bool(m.enabled))
+                self._manifests[str(info.path)] = m
                 item.setToolTip(f"{info.path}\nTick to use this model, untick to switch it off.")
                 card = model_card_markdown(m)
+                if original:
+                    card = _site_version_card(m) + card
                 if error:
                     card = f"> **Not loaded:** {error}\n\n" + card
                 self._cards[str(info.path)] = card
@@ -159,16 +184,55 @@ class ModelManagerDialog(QDialog):
         if item is None:
             return
         self.card.setMarkdown(self._cards.get(str(item.data(ROLE_PATH)), ""))
+        self._offer_switch(item)
+
+    def _offer_switch(self, item: QListWidgetItem) -> None:
+        """A site version and its original: offer to use the selected one instead of the other."""
+        from cxr_viewer.core.analysis import replaces
+
+        self._switch = None
+        self.version_button.hide()
+        m = self._manifests.get(str(item.data(ROLE_PATH)))
+        if m is None:
+            return
+        mine = {str(x.name): x for x in self._manifests.values()}  # type: ignore[attr-defined]
+        on = self.controller.is_enabled(m.name, m.enabled)  # type: ignore[attr-defined]
+        original = replaces(m)
+        if original and original in mine:
+            other = mine[original]
+            if not on or self.controller.is_enabled(other.name, other.enabled):  # type: ignore[attr-defined]
+                self._switch = (m.name, original)  # type: ignore[attr-defined]
+                self.version_button.setText(f"Use this site version (switch {original} off, kept for rollback)")
+        else:
+            site = [x for x in mine.values() if replaces(x) == m.name]  # type: ignore[attr-defined]
+            active = [x for x in site if self.controller.is_enabled(x.name, x.enabled)]  # type: ignore[attr-defined]
+            if active:
+                self._switch = (m.name, active[0].name)  # type: ignore[attr-defined]
+                self.version_button.setText(f"Roll back to this version (switch {active[0].name} off)")
+        if self._switch is not None:
+            self.version_button.show()
+
+    def switch_version(self, use: str, instead_of: str) -> None:
+        """Use bundle ``use`` instead of ``instead_of``; both stay installed (rollback is the same call reversed)."""
+        self.controller.switch_version(use, instead_of)
+        self.message.setStyleSheet("color:#9ccc9c;")
+        self.message.setText(f"Using {use}; {instead_of} is switched off and stays installed for rollback.")
+        self.refresh()
+
+    def _switch_version(self) -> None:
+        if self._switch is not None:
+            self.switch_version(*self._switch)
 
     def _on_item_changed(self, item: QListWidgetItem) -> None:
         name = item.data(ROLE_NAME)
         if self._updating or not name:
             return
         on = item.checkState() == Qt.CheckState.Checked
-        if on != self.controller.is_enabled(name):
+        if on != self.controller.is_enabled(name, bool(item.data(ROLE_DEFAULT))):
             self.controller.set_enabled(name, on)
             self.message.setStyleSheet("")
             self.message.setText(f"{name} {'enabled' if on else 'switched off'}.")
+            self._offer_switch(item)
 
     def _on_models_changed(self, _summaries: object) -> None:
         self.refresh()
@@ -219,3 +283,16 @@ class ModelManagerDialog(QDialog):
             except (RuntimeError, TypeError):
                 pass
         super().closeEvent(event)  # type: ignore[arg-type]
+
+
+def _site_version_card(m: object) -> str:
+    """What the site fine-tune's gates said, above its model card."""
+    sv = (getattr(m, "extra", None) or {}).get("site_version") or {}
+    rep = sv.get("replaces") or {}
+    lines = [f"> **Site version** of {rep.get('name', '?')} {rep.get('version', '')} "
+             f"(weights {str(rep.get('sha256', ''))[:12]}), installed {str(sv.get('installed', ''))[:10]}.", ">"]
+    for gate, g in (sv.get("gates") or {}).items():
+        lines.append(f"> - gate `{gate}`: {'passed' if g.get('passed') else 'FAILED'}")
+    if sv.get("rollback"):
+        lines += [">", f"> {sv['rollback']}."]
+    return "\n".join(lines) + "\n\n"
