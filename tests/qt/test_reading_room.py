@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QRectF, Qt
 
+from cxr_viewer.core.compare import MIN_NOISE, NOISE_K
 from cxr_viewer.core.imaging import measurements as marks
 from cxr_viewer.core.session import HeatmapLayer, MaskLayer
 from tests.qt.bundles import NIH_LABELS, tiny_models  # noqa: F401  (fixture)
@@ -402,8 +403,16 @@ def _study_pair(folder: Path, siim_dicom: Path, dicom_dir: Path) -> tuple[Path, 
 
 def test_current_and_prior_side_by_side_linked_with_score_deltas(qtbot, make_window, tiny_models, tmp_path,
                                                                  siim_dicom, dicom_dir):
+    import json
+
     cur, prior = _study_pair(tmp_path / "pair", siim_dicom, dicom_dir)
-    win = make_window(models_dir=tiny_models)
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    manifest = json.loads((models / "nih" / "manifest.json").read_text())
+    manifest["score_noise"] = {"weights_sha256": manifest["weights"]["sha256"], "split": "val",
+                               "labels": {lab: {"value": 0.0} for lab in NIH_LABELS}}  # measured: no noise at all
+    (models / "nih" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    win = make_window(models_dir=models)
     win.analysis.backend = "torch"
     win.open_paths([tmp_path / "pair"])
     qtbot.waitUntil(lambda: len(win.study_browser.image_paths()) == 2, timeout=LOAD_TIMEOUT_MS)
@@ -430,18 +439,23 @@ def test_current_and_prior_side_by_side_linked_with_score_deltas(qtbot, make_win
     win.action_map["link_views"].trigger()  # unlink
     win.session.set_window(0.1, 0.3)
     assert pv.session.display.window == pytest.approx((0.2, 0.6))
-    # per-finding deltas: prior -> current, with the noise of each score
+    # per-finding deltas: prior -> current, with the noise each bundle recorded on its validation films
     qtbot.waitUntil(lambda: bool(compare.deltas) or "could not be scored" in win.statusBar().currentMessage(),
-                    timeout=3 * WAIT_MS)  # the prior and the noise augmentations are scored on a shared CPU
+                    timeout=3 * WAIT_MS)  # the prior is scored on a shared CPU
     assert compare.deltas, win.statusBar().currentMessage()
     panel = win.findings_panel
     assert not panel.tree.isColumnHidden(4)
     for (model, label), d in compare.deltas.items():
         assert panel.delta_text(model, label) == d.text()
-        assert d.noise >= 0.0 and d.current == pytest.approx(
+        assert d.current == pytest.approx(
             next(f.score for f in win.analysis.state.findings if (f.model, f.label) == (model, label)))
         assert ("↑" in d.text() or "↓" in d.text()) == d.significant
+        if model == "nih-tiny":  # recorded noise 0: the floor decides
+            assert d.noise == 0.0 and d.significant == (abs(d.change) > NOISE_K * MIN_NOISE)
+        else:  # tb-tiny records no noise: the change is shown as a number, never with an arrow
+            assert d.noise is None and not d.significant and "records no score noise" in d.tooltip()
     assert len(compare.deltas) == len(NIH_LABELS) + 1
+    assert "No score noise recorded for tb-tiny" in win.statusBar().currentMessage()
     qtbot.keyClick(win, Qt.Key.Key_F8)
     assert not compare.is_open and panel.tree.isColumnHidden(4)
 

@@ -455,7 +455,9 @@ class FindingsPanel(QWidget):
             it.setToolTip(c, tip)
         if delta is not None:
             it.setToolTip(COL_PRIOR, delta.tooltip())  # type: ignore[attr-defined]
-            if delta.significant:  # type: ignore[attr-defined]
+            if not delta.measured:  # type: ignore[attr-defined]  # no noise recorded: a number, never an arrow
+                it.setForeground(COL_PRIOR, QBrush(MUTED_COLOUR))
+            elif delta.significant:  # type: ignore[attr-defined]
                 it.setForeground(COL_PRIOR, QBrush(POSITIVE_COLOUR if delta.change > 0 else NEGATIVE_COLOUR))  # type: ignore[attr-defined]
                 bold_font = QFont(self.tree.font())
                 bold_font.setBold(True)
