@@ -325,9 +325,16 @@ class ReadingTools:
         if st is not None and str(st.value("tags/visible", "false")).lower() == "true":
             self.w.tags_window.show()  # it was open when the viewer last closed
 
-    def fit_docks(self) -> None:
-        """Findings get the height, the heatmap/report tabs a fixed strip: every finding row and badge shows."""
+    def fit_docks(self, *, width: bool = True) -> None:
+        """Findings get the height and the width their longest name and badge need, the heatmap/report tabs a
+        fixed strip: every finding row and badge shows, whole, at the default 1400x900."""
         w = self.w
+        if width:
+            from cxr_viewer.qt.main_window import LEFT_DOCK_PX
+
+            w.resizeDocks([w.studies_dock, w.findings_dock], [LEFT_DOCK_PX, w.findings_panel.preferred_width()],
+                          Qt.Orientation.Horizontal)
+            self._auto_width = w.findings_dock.width()
         w.resizeDocks([w.findings_dock, w.heatmap_dock], [max(w.height() - 330, 300), TABS_HEIGHT],
                       Qt.Orientation.Vertical)
         self._auto_tabs_height = w.heatmap_dock.height()
@@ -335,7 +342,8 @@ class ReadingTools:
     def _on_resize(self) -> None:
         # keep the split while the user has not moved it; a dragged separator is left alone
         if self._auto_tabs_height is not None and abs(self.w.heatmap_dock.height() - self._auto_tabs_height) <= 40:
-            self.fit_docks()
+            auto_width = self._auto_width is not None and abs(self.w.findings_dock.width() - self._auto_width) <= 8
+            self.fit_docks(width=auto_width)
 
     def shutdown(self) -> None:
         """Stop listening (the prior viewport's work runs on the window's runner, cancelled with it)."""

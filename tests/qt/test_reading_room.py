@@ -170,6 +170,8 @@ def test_page_keys_and_mouse_buttons_step_through_the_study_list(qtbot, window, 
 
 
 def test_colour_bar_stays_clear_of_the_film_corners(qtbot, window, helpers, siim_dicom):
+    window.resize(1400, 900)  # the default window
+    qtbot.waitUntil(lambda: window.width() == 1400)
     helpers.load(qtbot, window, siim_dicom)
     window.session.set_heatmap(HeatmapLayer(np.ones((8, 8), np.float32) * 0.7, label="x", threshold=0.2))
     bar = window.canvas.colorbar.geometry()
@@ -233,6 +235,75 @@ def test_layout_at_default_size_shows_every_finding_row(qtbot, make_window, tiny
     header = tree.header()
     result = header.sectionViewportPosition(3) + header.sectionSize(3)
     assert result <= view.width(), "the Result badge column is inside the panel"
+
+
+CHEST_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+                "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "Abnormal")
+
+
+@pytest.fixture(scope="module")
+def chest_like_models(tmp_path_factory) -> Path:
+    """The default bundles' shape: one 15-finding classifier and a segmenter with the derived TB lesion score."""
+    import torch
+
+    from cxr_viewer.core.models import create_model
+    from cxr_viewer.core.models.bundle import save_bundle
+    from tests.qt.bundles import build_classifier
+    from tests.qt.test_derived_findings_panel import LABEL, NOTE
+
+    root = tmp_path_factory.mktemp("chest_like_models")
+    build_classifier(root / "chest", "chest-tiny", CHEST_LABELS, trained=True, seed=3)
+    torch.manual_seed(0)
+    save_bundle(create_model("text_unet_tiny", text_dim=384), {
+        "name": "seg-derived", "version": "0.0.1", "task": "text_segmentation", "trained": True,
+        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
+        "labels": ["region"], "thresholds": {"region": {"value": 0.5, "method": "test"}},
+        "preprocessing": {"size": [64, 64], "resize": "letterbox"},
+        "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
+        "derived_findings": [{"label": LABEL, "prompts": ["tuberculosis in the right lung"], "score": "max",
+                              "threshold": {"value": 0.5, "method": "test", "source": "test"},
+                              "validated": False, "note": NOTE}],
+    }, root / "seg", dtype="float32")  # fmt: skip
+    return root
+
+
+def test_default_size_shows_every_finding_name_and_badge_whole(qtbot, make_window, chest_like_models):
+    """At 1400x900 no finding name or badge is elided, the widest ones included, and the last row is in view."""
+    from PySide6.QtGui import QFontMetrics
+    from PySide6.QtWidgets import QStyle
+
+    from cxr_viewer.qt.panels.findings import COL_LABEL, COL_RESULT
+    from tests.qt.test_analysis import analysed_window
+    from tests.qt.test_derived_findings_panel import LABEL
+
+    win = analysed_window(qtbot, make_window, chest_like_models,
+                          Path(__file__).resolve().parents[2] / "resources/samples/nih_chest.png", show=None)
+    win.resize(1400, 900)  # the default window size (the test fixture opens at 1200x800)
+    qtbot.waitUntil(lambda: (win.width(), win.height()) == (1400, 900))
+    panel = win.findings_panel
+    panel.set_threshold("seg-derived", LABEL, 0.0)  # the longest badge: "◌ above · not validated"
+    panel.show_heatmap("seg-derived", LABEL)  # the longest name: bold, with the ◉ of the shown heatmap
+    qtbot.waitUntil(lambda: win.analysis.heatmap is not None and win.analysis.heatmap.label == LABEL, timeout=WAIT_MS)
+    qtbot.wait(50)
+    tree = panel.tree
+    rows = [tree.topLevelItem(g).child(i) for g in range(tree.topLevelItemCount())
+            for i in range(tree.topLevelItem(g).childCount())]
+    assert len(rows) == len(CHEST_LABELS) + 1
+    assert panel.item_for("seg-derived", LABEL).text(COL_LABEL).startswith("◉ ⚠ ")
+    assert panel.item_for("seg-derived", LABEL).text(COL_RESULT) == "◌ above · not validated"
+    view = tree.viewport().rect()
+    header = tree.header()
+    margin = 2 * (tree.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, tree) + 1)
+    for it in rows:
+        for col, indent in ((COL_LABEL, tree.indentation()), (COL_RESULT, 0)):
+            need = QFontMetrics(it.font(col)).horizontalAdvance(it.text(col))
+            room = header.sectionSize(col) - indent - margin
+            assert need <= room, f"{it.text(col)!r} is elided ({need} px of text in {room} px)"
+        assert view.contains(tree.visualItemRect(it)), f"row {it.text(COL_LABEL)} is below the fold"
+    right = header.sectionViewportPosition(COL_RESULT) + header.sectionSize(COL_RESULT)
+    assert right <= view.width(), "the Result badge column is inside the panel, no sideways scrolling"
+    assert tree.horizontalScrollBar().maximum() == 0 and tree.verticalScrollBar().maximum() == 0
+    assert win.canvas.viewport().width() >= 560, "the film keeps most of the window"
 
 
 # --------------------------------------------------------------------------- measurements and annotations

@@ -49,6 +49,11 @@ MUTED_COLOUR = QColor("#8a8d91")
 #: Shown on rows whose finding is not validated as a screening score (manifest ``validated: false``).
 UNVALIDATED_MARK = "not validated for screening"
 SORT_MODES = ("Score", "Positive first", "Model order")
+#: The widest texts a row shows at the default size (a shown heatmap's bold ◉, the derived TB row, its badge):
+#: the panel's preferred width keeps every one of them whole.
+WIDEST_LABEL = "◉ ⚠ Tuberculosis (lesion score)"
+WIDEST_RESULT = "◌ above · not validated"
+SCORE_COLUMN_PX = 96
 SEVERITY_STYLE = {
     "error": ("#ff6b6b", "⛔"),
     "warning": ("#f0b64a", "⚠"),
@@ -242,7 +247,7 @@ class FindingsPanel(QWidget):
         header.setSectionResizeMode(COL_THRESHOLD, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_RESULT, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_PRIOR, QHeaderView.ResizeMode.ResizeToContents)
-        self.tree.setColumnWidth(COL_SCORE, 104)
+        self.tree.setColumnWidth(COL_SCORE, SCORE_COLUMN_PX)
         self.tree.itemSelectionChanged.connect(self._on_selection)
 
         self.reset_button = QPushButton("Reset threshold", self)
@@ -279,6 +284,21 @@ class FindingsPanel(QWidget):
     @property
     def state(self) -> AnalysisState:
         return self._state
+
+    def preferred_width(self) -> int:
+        """Width (px) at which the longest finding name and badge show whole, the Prior column hidden."""
+        from PySide6.QtGui import QFontMetrics
+
+        bold = QFont(self.tree.font())
+        bold.setBold(True)
+        fb, fm = QFontMetrics(bold), self.tree.fontMetrics()
+        cell = 2 * (self.tree.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, self.tree) + 1) + 8
+        label = self.tree.indentation() + fb.horizontalAdvance(WIDEST_LABEL) + cell
+        threshold = max(fm.horizontalAdvance("Threshold"), fm.horizontalAdvance("0.000 ✎")) + cell
+        result = max(fm.horizontalAdvance(WIDEST_RESULT), fb.horizontalAdvance("● POSITIVE")) + cell  # bold: positives
+        m = self.layout().contentsMargins()
+        frame = 2 * self.tree.frameWidth()
+        return label + SCORE_COLUMN_PX + threshold + result + m.left() + m.right() + frame + 8  # + the dock's frame
 
     def item_for(self, model: str, label: str) -> QTreeWidgetItem | None:
         return self._items.get((model, label))
