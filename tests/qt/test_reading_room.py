@@ -536,3 +536,57 @@ def test_compare_says_when_there_is_no_prior(qtbot, window, helpers, siim_dicom)
     window.action_map["compare"].trigger()
     assert not window.reading.compare.is_open and not window.action_map["compare"].isChecked()
     assert "No earlier film" in window.statusBar().currentMessage()
+
+
+@pytest.fixture(scope="module")
+def pair_models(tmp_path_factory) -> Path:
+    """The tiny classifier and the tiny report-conditioned segmenter in one folder."""
+    from tests.qt.bundles import build_classifier, build_segmenter
+
+    root = tmp_path_factory.mktemp("pair_models")
+    build_classifier(root / "nih", "nih-tiny", NIH_LABELS, trained=True, seed=1)
+    build_segmenter(root / "seg")
+    return root
+
+
+def test_report_masks_are_drawn_on_the_current_and_the_prior(qtbot, make_window, pair_models, tmp_path,
+                                                             siim_dicom, dicom_dir):
+    import torch
+
+    torch.set_num_threads(2)
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    cur, prior = _study_pair(tmp_path / "pair", siim_dicom, dicom_dir)
+    ds = pydicom.dcmread(prior)  # a prior of another size: its masks can only come from segmenting it
+    px = np.ascontiguousarray(ds.pixel_array[40:940, 60:1000])
+    ds.PixelData, (ds.Rows, ds.Columns) = px.tobytes(), px.shape
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(prior)
+    win = make_window(models_dir=pair_models)
+    win.analysis.backend = "torch"
+    win.open_paths([tmp_path / "pair"])
+    qtbot.waitUntil(lambda: len(win.study_browser.image_paths()) == 2, timeout=LOAD_TIMEOUT_MS)
+    win.open_file(cur)
+    qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == cur
+                    and win.analysis.state.status == "done", timeout=WAIT_MS)
+    report = win.report_panel
+    report.editor.setPlainText("Opacity in the right lower zone. The left lung is clear.")
+    report.draw_button.click()  # drawn before the prior is shown: the prior gets the same sentences when it opens
+    qtbot.waitUntil(lambda: len(win.session.masks) == 2 and not win.session.busy, timeout=WAIT_MS)
+    compare = win.reading.compare
+    qtbot.keyClick(win, Qt.Key.Key_F8)
+    assert compare.is_open
+    pv = compare.prior
+    qtbot.waitUntil(lambda: pv.session.record is not None and len(pv.session.masks) == 2, timeout=WAIT_MS)
+    assert [m.text for m in pv.session.masks] == [m.text for m in win.session.masks]
+    assert pv.session.record.shape == (900, 940)
+    assert all(m.mask.shape == (900, 940) for m in pv.session.masks), "segmented on the prior film itself"
+    assert all(m.mask.shape == win.session.record.shape == (1024, 1024) for m in win.session.masks)
+    assert len(pv.canvas.mask_items) == 2 and all(i.isVisible() for i in pv.canvas.mask_items)
+    assert len(win.canvas.mask_items) == 2 and all(i.isVisible() for i in win.canvas.mask_items)
+    # a sentence added while both are shown is drawn on both films
+    report.phrase_edit.setText("left upper zone")
+    report.phrase_button.click()
+    qtbot.waitUntil(lambda: len(win.session.masks) == 3 and len(pv.session.masks) == 3, timeout=WAIT_MS)
+    assert pv.session.masks[2].text == win.session.masks[2].text == "left upper zone"
+    assert len(pv.canvas.mask_items) == 3
