@@ -70,6 +70,23 @@ def test_status_zoom_matches_the_overlay_after_fit_and_home(qtbot, window, helpe
     assert window.zoom_label.text() == f"Zoom {c.zoom * 100:.0f}%" and f"Zoom {c.zoom * 100:.0f}%" in c.display_lines()
 
 
+def test_ctrl_q_closes_the_window_at_once_while_a_model_call_runs(qtbot, window, helpers, siim_dicom):
+    import threading
+    import time
+
+    helpers.load(qtbot, window, siim_dicom)
+    release = threading.Event()
+    window.runner.submit(release.wait, 30)  # a model call that cannot be interrupted, still running
+    try:
+        t0 = time.monotonic()
+        qtbot.keyClick(window, Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
+        elapsed = time.monotonic() - t0
+        assert not window.isVisible(), "Ctrl+Q closed the window"
+        assert elapsed < 2.0, f"closing waited {elapsed:.1f} s for background work"
+    finally:
+        release.set()
+
+
 def test_tag_browser_is_a_resizable_window_whose_search_keeps_focus(qtbot, window, helpers, rg1_dicom, siim_dicom):
     helpers.load(qtbot, window, rg1_dicom)
     window.action_map["tag_browser"].trigger()
