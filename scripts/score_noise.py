@@ -169,7 +169,7 @@ def write_record(bundle_dir: Path, record: dict[str, Any], notes: Path | None) -
     if NOISE_KEY not in new:
         new[NOISE_KEY] = record
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(new, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(new, indent=2) + "\n", encoding="utf-8")  # as core.models.bundle writes it
     os.replace(tmp, path)
     read_manifest(bundle_dir)  # still a valid manifest
     card_notes = yaml.safe_load(notes.read_text(encoding="utf-8")) if notes else None

@@ -209,9 +209,9 @@ def _noise_section(manifest: Mapping[str, Any]) -> list[str]:
         return []
     by_source = ", ".join(f"{k} {v}" for k, v in (noise.get("films_by_source") or {}).items())
     out = ["", "### Score noise (current | prior arrows)", "",
-           f"Measured on {noise.get('n_films')} {noise.get('split', 'val')} films ({by_source}): {noise.get('what')}; "
-           f"{noise.get('augmentations_per_film')} augmented copies per film. {noise.get('statistic')}. "
-           f"The viewer's rule: {noise.get('rule')}.", "",
+           f"Measured on {noise.get('n_films')} {noise.get('split', 'val')} films ({by_source}), "
+           f"{noise.get('augmentations_per_film')} augmented copies each: {noise.get('what')}. "
+           f"Statistic: {noise.get('statistic')}. Rule: {noise.get('rule')}.", "",
            "| finding | noise (median SD) | 95% CI | 90th percentile |", "|---|---|---|---|"]  # fmt: skip
     for lab, v in noise["labels"].items():
         if isinstance(v, Mapping):
