@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer
 from PySide6.QtWidgets import QMenu, QToolButton
 
 from cxr_viewer.core.imaging import measurements as marks
@@ -66,6 +66,7 @@ class ReadingTools:
         if getattr(window, "worklist_panel", None) is not None:
             window.worklist_panel.open_requested.connect(lambda _p: self._opened_from("worklist"))
         window.image_loaded.connect(self._on_image_loaded)
+        window.findings_panel.prior_column_toggled.connect(self._on_prior_column)
         self._shown_once = False
         self._auto_tabs_height: int | None = None
         self._auto_width: int | None = None
@@ -332,18 +333,30 @@ class ReadingTools:
         if width:
             from cxr_viewer.qt.main_window import LEFT_DOCK_PX
 
-            w.resizeDocks([w.studies_dock, w.findings_dock], [LEFT_DOCK_PX, w.findings_panel.preferred_width()],
-                          Qt.Orientation.Horizontal)
-            self._auto_width = w.findings_dock.width()
+            target = w.findings_panel.preferred_width()
+            w.resizeDocks([w.studies_dock, w.findings_dock], [LEFT_DOCK_PX, target], Qt.Orientation.Horizontal)
+            self._auto_width = target  # the layout applies it later; what it became is noted then
+            QTimer.singleShot(0, self._note_auto_width)
         w.resizeDocks([w.findings_dock, w.heatmap_dock], [max(w.height() - 330, 300), TABS_HEIGHT],
                       Qt.Orientation.Vertical)
         self._auto_tabs_height = w.heatmap_dock.height()
 
+    def _note_auto_width(self) -> None:
+        self._auto_width = self.w.findings_dock.width()
+
+    def _width_is_auto(self) -> bool:
+        """Whether the findings dock still has the width fit_docks gave it (the user has not dragged it)."""
+        return self._auto_width is not None and abs(self.w.findings_dock.width() - self._auto_width) <= 8
+
+    def _on_prior_column(self, _shown: bool) -> None:
+        """The Prior → now column came or went: the findings dock follows, unless the user has sized it."""
+        if self._width_is_auto():
+            self.fit_docks()
+
     def _on_resize(self) -> None:
         # keep the split while the user has not moved it; a dragged separator is left alone
         if self._auto_tabs_height is not None and abs(self.w.heatmap_dock.height() - self._auto_tabs_height) <= 40:
-            auto_width = self._auto_width is not None and abs(self.w.findings_dock.width() - self._auto_width) <= 8
-            self.fit_docks(width=auto_width)
+            self.fit_docks(width=self._width_is_auto())
 
     def shutdown(self) -> None:
         """Stop listening (the prior viewport's work runs on the window's runner, cancelled with it)."""

@@ -284,11 +284,30 @@ def chest_like_models(tmp_path_factory) -> Path:
     return root
 
 
-def test_default_size_shows_every_finding_name_and_badge_whole(qtbot, make_window, chest_like_models):
-    """At 1400x900 no finding name or badge is elided, the widest ones included, and the last row is in view."""
+def assert_rows_whole(tree, rows, cols=None) -> None:
+    """No finding name, badge (or prior → now text) is elided, and no column reaches past the panel."""
     from PySide6.QtGui import QFontMetrics
     from PySide6.QtWidgets import QStyle
 
+    from cxr_viewer.qt.panels.findings import COL_LABEL, COL_PRIOR, COL_RESULT
+
+    cols = cols or ((COL_LABEL, tree.indentation()), (COL_RESULT, 0))
+    header = tree.header()
+    view = tree.viewport().rect()
+    margin = 2 * (tree.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, tree) + 1)
+    for it in rows:
+        for col, indent in cols:
+            need = QFontMetrics(it.font(col)).horizontalAdvance(it.text(col))
+            room = header.sectionSize(col) - indent - margin
+            assert need <= room, f"{it.text(col)!r} is elided ({need} px of text in {room} px)"
+        assert view.contains(tree.visualItemRect(it)), f"row {it.text(COL_LABEL)} is below the fold"
+    last = COL_PRIOR if not tree.isColumnHidden(COL_PRIOR) else COL_RESULT
+    assert header.sectionViewportPosition(last) + header.sectionSize(last) <= view.width(), "no sideways scrolling"
+    assert tree.horizontalScrollBar().maximum() == 0
+
+
+def test_default_size_shows_every_finding_name_and_badge_whole(qtbot, make_window, chest_like_models):
+    """At 1400x900 no finding name or badge is elided, the widest ones included, and the last row is in view."""
     from cxr_viewer.qt.panels.findings import COL_LABEL, COL_RESULT
     from tests.qt.test_analysis import analysed_window
     from tests.qt.test_derived_findings_panel import LABEL
@@ -308,18 +327,8 @@ def test_default_size_shows_every_finding_name_and_badge_whole(qtbot, make_windo
     assert len(rows) == len(CHEST_LABELS) + 1
     assert panel.item_for("seg-derived", LABEL).text(COL_LABEL).startswith("◉ ⚠ ")
     assert panel.item_for("seg-derived", LABEL).text(COL_RESULT) == "◌ above · not validated"
-    view = tree.viewport().rect()
-    header = tree.header()
-    margin = 2 * (tree.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, tree) + 1)
-    for it in rows:
-        for col, indent in ((COL_LABEL, tree.indentation()), (COL_RESULT, 0)):
-            need = QFontMetrics(it.font(col)).horizontalAdvance(it.text(col))
-            room = header.sectionSize(col) - indent - margin
-            assert need <= room, f"{it.text(col)!r} is elided ({need} px of text in {room} px)"
-        assert view.contains(tree.visualItemRect(it)), f"row {it.text(COL_LABEL)} is below the fold"
-    right = header.sectionViewportPosition(COL_RESULT) + header.sectionSize(COL_RESULT)
-    assert right <= view.width(), "the Result badge column is inside the panel, no sideways scrolling"
-    assert tree.horizontalScrollBar().maximum() == 0 and tree.verticalScrollBar().maximum() == 0
+    assert_rows_whole(tree, rows)
+    assert tree.verticalScrollBar().maximum() == 0
     assert win.canvas.viewport().width() >= 560, "the film keeps most of the window"
 
 
@@ -501,6 +510,7 @@ def test_current_and_prior_side_by_side_linked_with_score_deltas(qtbot, make_win
                                "labels": {lab: {"value": 0.0} for lab in NIH_LABELS}}  # measured: no noise at all
     (models / "nih" / "manifest.json").write_text(json.dumps(manifest, indent=2))
     win = make_window(models_dir=models)
+    win.resize(1400, 900)  # the default window: room for the findings with their Prior → now column
     win.analysis.backend = "torch"
     win.open_paths([tmp_path / "pair"])
     qtbot.waitUntil(lambda: len(win.study_browser.image_paths()) == 2, timeout=LOAD_TIMEOUT_MS)
@@ -514,6 +524,8 @@ def test_current_and_prior_side_by_side_linked_with_score_deltas(qtbot, make_win
     qtbot.waitUntil(lambda: pv.session.record is not None, timeout=LOAD_TIMEOUT_MS)
     assert "2023-01-15" in pv.title.text() and "2024-03-01" in compare.current_title.text()
     assert pv.canvas.width() > 200 and win.canvas.width() > 200, "two viewports side by side"
+    for canvas in (win.canvas, pv.canvas):  # the scale bar stays clear of the bottom-left text in a narrow viewport
+        assert canvas.scale_bar()[1] <= max(40, 0.3 * canvas.viewport().width())
     # linked: window/level, zoom (relative to fit) and pan follow the current viewport
     win.session.set_window(0.2, 0.6)
     assert pv.session.display.window == pytest.approx((0.2, 0.6))
@@ -544,8 +556,14 @@ def test_current_and_prior_side_by_side_linked_with_score_deltas(qtbot, make_win
             assert d.noise is None and not d.significant and "records no score noise" in d.tooltip()
     assert len(compare.deltas) == len(NIH_LABELS) + 1
     assert "No score noise recorded for tb-tiny" in win.statusBar().currentMessage()
+    from cxr_viewer.qt.panels.findings import COL_LABEL, COL_PRIOR, COL_RESULT
+
+    rows = [panel.item_for(m, lab) for m, lab in compare.deltas]
+    qtbot.waitUntil(lambda: win.findings_dock.width() >= panel.preferred_width(prior=True) - 8)  # widened for the column
+    assert_rows_whole(panel.tree, rows, ((COL_LABEL, panel.tree.indentation()), (COL_RESULT, 0), (COL_PRIOR, 0)))
     qtbot.keyClick(win, Qt.Key.Key_F8)
     assert not compare.is_open and panel.tree.isColumnHidden(4)
+    qtbot.waitUntil(lambda: abs(win.findings_dock.width() - panel.preferred_width(prior=False)) <= 8)  # and back
 
 
 def test_compare_says_when_there_is_no_prior(qtbot, window, helpers, siim_dicom):

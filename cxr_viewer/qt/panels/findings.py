@@ -53,6 +53,7 @@ SORT_MODES = ("Score", "Positive first", "Model order")
 #: the panel's preferred width keeps every one of them whole.
 WIDEST_LABEL = "◉ ⚠ Tuberculosis (lesion score)"
 WIDEST_RESULT = "◌ above · not validated"
+WIDEST_DELTA = "0.00 → 0.00 ↑"
 SCORE_COLUMN_PX = 96
 SEVERITY_STYLE = {
     "error": ("#ff6b6b", "⛔"),
@@ -196,6 +197,7 @@ class FindingsPanel(QWidget):
     """Findings grouped by model, QC flags above them, banners for untrained or missing models."""
 
     finding_activated = Signal(str, str)  # model, label (its heatmap was requested)
+    prior_column_toggled = Signal(bool)  # the Prior → now column was shown (True) or hidden
 
     def __init__(self, controller: AnalysisController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -285,8 +287,9 @@ class FindingsPanel(QWidget):
     def state(self) -> AnalysisState:
         return self._state
 
-    def preferred_width(self) -> int:
-        """Width (px) at which the longest finding name and badge show whole, the Prior column hidden."""
+    def preferred_width(self, *, prior: bool | None = None) -> int:
+        """Width (px) at which the longest finding name and badge show whole (with the Prior → now column
+        when ``prior``, by default when it is shown)."""
         from PySide6.QtGui import QFontMetrics
 
         bold = QFont(self.tree.font())
@@ -298,7 +301,10 @@ class FindingsPanel(QWidget):
         result = max(fm.horizontalAdvance(WIDEST_RESULT), fb.horizontalAdvance("● POSITIVE")) + cell  # bold: positives
         m = self.layout().contentsMargins()
         frame = 2 * self.tree.frameWidth()
-        return label + SCORE_COLUMN_PX + threshold + result + m.left() + m.right() + frame + 8  # + the dock's frame
+        if prior is None:
+            prior = not self.tree.isColumnHidden(COL_PRIOR)
+        extra = max(fb.horizontalAdvance(WIDEST_DELTA), fm.horizontalAdvance("Prior → now")) + cell if prior else 0
+        return label + SCORE_COLUMN_PX + threshold + result + extra + m.left() + m.right() + frame + 8  # + dock frame
 
     def item_for(self, model: str, label: str) -> QTreeWidgetItem | None:
         return self._items.get((model, label))
@@ -318,8 +324,11 @@ class FindingsPanel(QWidget):
     def set_deltas(self, deltas: dict[tuple[str, str], object]) -> None:
         """Prior → current score per finding (core.compare.ScoreDelta); an empty dict hides the column."""
         self._deltas = dict(deltas)
+        shown = not self.tree.isColumnHidden(COL_PRIOR)
         self.tree.setColumnHidden(COL_PRIOR, not self._deltas)
         self._rebuild(self._state)
+        if shown != bool(self._deltas):
+            self.prior_column_toggled.emit(bool(self._deltas))
 
     def delta_text(self, model: str, label: str) -> str:
         it = self._items.get((model, label))
