@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from cxr_viewer.core.models.card import model_card_markdown
+from cxr_viewer.core.models.card import write_model_card
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(split_src, bundle / "splits.csv")
         prov["split_file"] = "splits.csv"
     rewrite_manifest(m, bundle)
-    final = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    card = model_card_markdown(final, notes)
-    if (bundle / "evaluation" / "report.md").is_file():
-        card += "\nFull held-out evaluation (ROC, PR, calibration, Grad-CAM of the worst errors): `evaluation/report.md`.\n"
-    (bundle / "model_card.md").write_text(card, encoding="utf-8")
+    write_model_card(bundle, notes)
     print(json.dumps({"bundle": str(bundle), "card": str(bundle / "model_card.md")}))
     return 0
 

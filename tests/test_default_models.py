@@ -205,3 +205,20 @@ def test_ssl_manifest_excludes_test_patients(tmp_path: Path, data_dir: Path) -> 
     )
     combined = pd.read_csv(tmp_path / "all.csv")
     assert set(combined.loc[combined["split"] == "test", "patient_id"]) == test_ids
+
+
+def test_chest_score_noise_was_measured_on_validation_films_for_these_weights() -> None:
+    """The current | prior arrow reads each finding's noise from the bundle, measured on validation, not at run time."""
+    from cxr_viewer.core.compare import NOISE_KEY, recorded_noise
+    from cxr_viewer.core.models.bundle import read_manifest
+
+    bundle = MODELS / "chest-resnet18"
+    raw = json.loads((bundle / "manifest.json").read_text())
+    noise = raw[NOISE_KEY]
+    assert noise["split"] == "val" and noise["n_films"] >= 200 and noise["augmentations_per_film"] >= 4
+    assert noise["weights_sha256"] == raw["weights"]["sha256"]
+    values = recorded_noise(read_manifest(bundle))
+    assert set(values) == set(raw["labels"])
+    assert all(0.0 <= v < 0.2 for v in values.values()), values
+    card = (bundle / "model_card.md").read_text()
+    assert "### Score noise" in card and f"Measured on {noise['n_films']} val films" in card

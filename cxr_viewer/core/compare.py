@@ -2,16 +2,20 @@
 
 The prior is the same patient's most recent earlier study in what was scanned
 (folder scan, study browser). A score change only means something when it is
-larger than the score's own noise, estimated here as the bootstrap spread of the
-score over small augmentations of the same film (a shift of a few pixels, a few
-percent of brightness and contrast, a slight zoom: what a repeat exposure
-changes). Qt-free; the viewer runs it off the GUI thread.
+larger than the score's own noise: the spread of the score over small
+augmentations of the same film (a shift of a few pixels, a few percent of
+brightness and contrast, a slight zoom: what a repeat exposure changes). That
+noise is measured once per bundle on its validation films
+(``scripts/score_noise.py``) and recorded in the manifest under
+:data:`NOISE_KEY`; the viewer only reads it (:func:`recorded_noise`). A finding
+whose bundle records no noise gets no arrow: its change is shown as a number.
+Qt-free; the viewer runs it off the GUI thread.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,8 @@ from cxr_viewer.core.io.record import ImageRecord
 NOISE_K = 2.0
 #: Floor on the noise: a score never moves less than this between two films of one patient.
 MIN_NOISE = 0.02
+#: The manifest's top-level key holding the noise measured on validation (scripts/score_noise.py).
+NOISE_KEY = "score_noise"
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,30 @@ def score_noise(score_fn: Callable[[ImageRecord], dict[tuple[str, str], float]],
             for k in keys}
 
 
+def recorded_noise(manifest: Any) -> dict[str, float]:
+    """label -> score noise recorded in a bundle manifest ({} when none, or not for these weights).
+
+    ``manifest`` is a :class:`~cxr_viewer.core.models.manifest.Manifest` or its dict. The
+    record is ``{"labels": {label: {"value": sd, ...}}, "weights_sha256": ...}``; it is only
+    believed for the weights it was measured on, and only finite, non-negative values count.
+    """
+    if isinstance(manifest, Mapping):
+        block, weights = manifest.get(NOISE_KEY), manifest.get("weights") or {}
+    else:
+        block, weights = getattr(manifest, "extra", {}).get(NOISE_KEY), getattr(manifest, "weights", {}) or {}
+    if not isinstance(block, Mapping) or not isinstance(block.get("labels"), Mapping):
+        return {}
+    measured_on = str(block.get("weights_sha256") or "").lower()
+    if measured_on and measured_on != str(weights.get("sha256") if isinstance(weights, Mapping) else "").lower():
+        return {}  # measured on other weights: says nothing about these
+    out: dict[str, float] = {}
+    for label, entry in block["labels"].items():
+        value = entry.get("value") if isinstance(entry, Mapping) else entry
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            out[str(label)] = float(value)
+    return out
+
+
 # --------------------------------------------------------------------------- deltas
 @dataclass(frozen=True)
 class ScoreDelta:
@@ -96,15 +126,24 @@ class ScoreDelta:
     label: str
     prior: float
     current: float
-    noise: float  # the score's standard deviation under augmentation
+    noise: float | None  # the score's SD under augmentation, measured on validation; None: not measured
 
     @property
     def change(self) -> float:
         return self.current - self.prior
 
     @property
+    def measured(self) -> bool:
+        return self.noise is not None
+
+    @property
+    def limit(self) -> float | None:
+        """How far the score must move for an arrow (None: no noise recorded, so never)."""
+        return None if self.noise is None else NOISE_K * max(self.noise, MIN_NOISE)
+
+    @property
     def significant(self) -> bool:
-        return abs(self.change) > NOISE_K * max(self.noise, MIN_NOISE)
+        return self.limit is not None and abs(self.change) > self.limit
 
     @property
     def arrow(self) -> str:
@@ -116,17 +155,27 @@ class ScoreDelta:
         return f"{self.prior:.2f} → {self.current:.2f}" + (f" {self.arrow}" if self.arrow else "")
 
     def tooltip(self) -> str:
-        verdict = ("beyond" if self.significant else "within") + f" this score's noise (±{NOISE_K:g}×{max(self.noise, MIN_NOISE):.3f})"
-        return (f"Prior {self.prior:.3f} → current {self.current:.3f} ({self.change:+.3f}), {verdict}. "
-                "Noise: spread of the score over small shifts, zoom and contrast changes of the same film.")
+        head = f"Prior {self.prior:.3f} → current {self.current:.3f} ({self.change:+.3f})"
+        if self.noise is None:
+            return (f"{head}. No arrow: this model records no score noise, so whether the change is real is "
+                    "unknown (measure it with scripts/score_noise.py).")
+        verdict = ("beyond" if self.significant else "within") + \
+            f" this score's noise (arrow beyond ±{NOISE_K:g}×{max(self.noise, MIN_NOISE):.3f})"
+        return (f"{head}, {verdict}. Noise: the score's spread over small shifts, zoom and contrast changes of "
+                "the same film, measured on the model's validation films.")
 
 
-def score_deltas(current: Iterable[Any], prior: Iterable[Any], noise: dict[tuple[str, str], float]) -> dict[tuple[str, str], ScoreDelta]:
-    """(model, label) -> delta for findings present on both films (objects with model, label, score)."""
+def score_deltas(current: Iterable[Any], prior: Iterable[Any],
+                 noise: Mapping[tuple[str, str], float]) -> dict[tuple[str, str], ScoreDelta]:
+    """(model, label) -> delta for findings present on both films (objects with model, label, score).
+
+    A finding missing from ``noise`` gets ``noise=None``: its change is shown, never an arrow.
+    """
     before = {(f.model, f.label): float(f.score) for f in prior}
     out = {}
     for f in current:
         key = (f.model, f.label)
         if key in before and math.isfinite(before[key]):
-            out[key] = ScoreDelta(f.model, f.label, before[key], float(f.score), float(noise.get(key, 0.0)))
+            n = noise.get(key)
+            out[key] = ScoreDelta(f.model, f.label, before[key], float(f.score), None if n is None else float(n))
     return out

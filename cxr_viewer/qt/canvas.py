@@ -607,8 +607,10 @@ class ImageCanvas(QGraphicsView):
             return None
         spacing = self._record.spacing_mm[1] if self._state.rotation in (0, 180) else self._record.spacing_mm[0]
         px_per_mm = self._state.zoom / spacing
+        # at most 160 px, and under a third of a narrow viewport (current | prior): clear of the bottom-left text
+        limit = min(160.0, max(40.0, self.viewport().width() * 0.3))
         for mm in (200, 100, 50, 20, 10, 5, 2, 1):
-            if mm * px_per_mm <= 160:
+            if mm * px_per_mm <= limit:
                 return float(mm), mm * px_per_mm
         return 1.0, px_per_mm
 

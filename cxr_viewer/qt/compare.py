@@ -4,9 +4,10 @@ The prior is found by patient ID and study date in what the study browser holds
 (:func:`cxr_viewer.core.compare.find_prior`). Zoom (relative to fit), pan (the same
 relative image point at the centre), window/level, inversion and orientation are
 linked both ways unless unlinked. The prior is scored off the GUI thread by the
-same bundles, with the current film's score noise (augmentation spread), so the
-findings panel can show prior → current with an arrow only for real changes; the
-report's sentences are segmented on the prior too.
+same bundles; each score's noise is the one its bundle records (measured on the
+validation films by ``scripts/score_noise.py``), so the findings panel can show
+prior → current with an arrow only for changes beyond it (none where a bundle
+records no noise). The report's sentences are segmented on the prior too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QPointF, Qt
 from PySide6.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
 
-from cxr_viewer.core.compare import find_prior, score_deltas, score_noise
+from cxr_viewer.core.compare import find_prior, recorded_noise, score_deltas
 from cxr_viewer.core.imaging.corner_text import format_date
 from cxr_viewer.core.session import Session
 from cxr_viewer.qt.canvas import ImageCanvas
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
     from cxr_viewer.qt.main_window import MainWindow
 
 log = logging.getLogger(__name__)
-
-NOISE_SAMPLES = 4  # augmentations of the current film per comparison (one forward pass each)
-
 
 class PriorView(QWidget):
     """The prior film's viewport: its own session and canvas, a title naming the study date."""
@@ -149,9 +147,8 @@ class CompareController:
     def _on_prior_loaded(self, record: Any) -> None:
         self.prior.session.set_record(record)
         self._from_current(self.w.session.display)
-        current = self.w.session.record
         dirs = self._model_dirs()
-        self.w.runner.submit(_score_pair, self, dirs, record, current, on_result=self._on_scores,
+        self.w.runner.submit(_score_prior, self, dirs, record, on_result=self._on_scores,
                              on_error=lambda exc: self.w.statusBar().showMessage(
                                  f"The prior could not be scored: {exc}", 10000))
         masks = self.w.analysis.masks
@@ -175,6 +172,11 @@ class CompareController:
     def _on_scores(self, result: tuple[list[Any], dict[tuple[str, str], float]]) -> None:
         self.prior_findings, self.noise = result
         self._update_deltas()
+        unmeasured = sorted({m for (m, _lab), d in self.deltas.items() if not d.measured})
+        if unmeasured:
+            self.w.statusBar().showMessage(
+                f"No score noise recorded for {', '.join(unmeasured)}: its changes are shown without arrows "
+                "(scripts/score_noise.py measures it)", 10000)
 
     def _update_deltas(self) -> None:
         if not self.is_open or not self.prior_findings:
@@ -270,15 +272,11 @@ def _read(path: Path) -> Any:
     return read_image(path)
 
 
-def _score_pair(ctl: CompareController, dirs: tuple[Path, ...], prior: Any, current: Any) -> tuple[list[Any], dict]:
-    """Prior's findings and the current film's per-score noise, with one engine (worker thread)."""
+def _score_prior(ctl: CompareController, dirs: tuple[Path, ...], prior: Any) -> tuple[list[Any], dict]:
+    """Prior's findings, and each score's noise as its bundle records it (worker thread)."""
     engine = ctl.engine(dirs)
     prior_findings = list(engine.analyze(prior).findings)
-
-    def scores(rec: Any) -> dict[tuple[str, str], float]:
-        return {(f.model, f.label): float(f.score) for f in engine.analyze(rec).findings}
-
-    noise = score_noise(scores, current, n=NOISE_SAMPLES) if current is not None else {}
+    noise = {(b.name, label): value for b in engine.bundles for label, value in recorded_noise(b.manifest).items()}
     return prior_findings, noise
 
 

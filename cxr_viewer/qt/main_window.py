@@ -60,6 +60,8 @@ MAX_RECENT = 10
 IMAGE_FILTER = "Chest X-rays (*.dcm *.dicom *.dic *.png *.jpg *.jpeg *.tif *.tiff);;All files (*)"
 PRESET_KEYS = ("1", "2", "3", "4", "5", "6")
 QUIT_WAIT_MS = 300  # how long closing waits for background work before leaving it behind
+#: Studies / worklist dock width at the default layout (thumbnail captions wrap; the findings get the rest they need).
+LEFT_DOCK_PX = 200
 
 #: Mouse gestures listed in the shortcuts dialog next to the keyboard actions.
 MOUSE_HELP = (
@@ -140,7 +142,8 @@ class MainWindow(QMainWindow):
         self.site_calibration = SiteCalibrationHook(self)  # site profile: wizard action + drift banner
         # every dock is in place: the film in the middle, every finding row and its badge on the right
         if getattr(self, "findings_dock", None) is not None:
-            self.resizeDocks([self.studies_dock, self.findings_dock], [250, 460], Qt.Orientation.Horizontal)
+            self.resizeDocks([self.studies_dock, self.findings_dock], [LEFT_DOCK_PX, self.findings_panel.preferred_width()],
+                             Qt.Orientation.Horizontal)
         self._restore_settings()
         self.canvas.set_mode("pan")
 
@@ -152,7 +155,7 @@ class MainWindow(QMainWindow):
         # A resizable window of its own (not a squashed dock strip); ``tags_dock`` is kept as its name.
         self.tags_window = TagWindow(self.tag_browser, self.settings, self)
         self.tags_dock = self.tags_window
-        self.resizeDocks([self.studies_dock], [250], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.studies_dock], [LEFT_DOCK_PX], Qt.Orientation.Horizontal)
 
     def _dock(self, widget: QWidget, title: str, name: str, area: Qt.DockWidgetArea) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -217,7 +220,7 @@ class MainWindow(QMainWindow):
         a("open_file", "&Open File…", self.open_file_dialog, QKeySequence.StandardKey.Open, "open", "Open a DICOM, PNG or JPEG file")
         a("open_folder", "Open &Folder…", self.open_folder_dialog, "Ctrl+Shift+O", "folder", "Scan a folder into the study browser")
         a("export_view", "&Export View as PNG…", self.export_view_dialog, "Ctrl+E", "export", "Save what the canvas shows as a PNG")
-        a("quit", "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        a("quit", "&Quit", self.close, "Ctrl+Q")  # the platform key set of some desktops (and offscreen) has none
 
         a("fit", "&Fit to Window", c.fit, "F", "fit")
         a("actual_size", "Actual &Size (1:1)", c.actual_size, "Ctrl+0", "actual", "One image pixel per screen pixel")
@@ -395,7 +398,7 @@ class MainWindow(QMainWindow):
         if not self._state_restored:
             self.tabifyDockWidget(self.heatmap_dock, self.report_dock)
             self.heatmap_dock.raise_()
-            self.resizeDocks([self.findings_dock], [460], Qt.Orientation.Horizontal)
+            self.resizeDocks([self.findings_dock], [self.findings_panel.preferred_width()], Qt.Orientation.Horizontal)
             # every finding row and badge above the fold at the default 1400x900
             self.resizeDocks([self.findings_dock, self.heatmap_dock], [600, 220], Qt.Orientation.Vertical)
 

@@ -4,7 +4,8 @@ Kept apart from ``main_window.py`` so that window stays the frame (menus, docks,
 loading) and this module owns what a radiologist does with one film after another:
 measure (distance, angle, ROI, cardiothoracic ratio), annotate (arrow, text), hide
 every overlay with one key, step through the study list with PgUp/PgDn or the
-mouse's back/forward buttons, save annotations beside the study (JSON, and a DICOM
+mouse's back/forward buttons (in the worklist's order when the worklist is the list
+shown), save annotations beside the study (JSON, and a DICOM
 presentation state other viewers show), and drive the heatmap from the keyboard.
 """
 
@@ -14,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer
 from PySide6.QtWidgets import QMenu, QToolButton
 
 from cxr_viewer.core.imaging import measurements as marks
@@ -39,7 +40,8 @@ TABS_HEIGHT = 210  # the heatmap/report tabs under the findings at the default l
 #: Held keys and mouse buttons listed in the shortcuts dialog.
 MOUSE_AND_HELD_KEYS = (
     ("Magnifier (loupe under the cursor)", "Hold Z"),
-    ("Previous / next image", "Mouse back / forward buttons"),
+    ("Previous / next image (study list, or worklist order when the Worklist dock is shown)",
+     "PgUp / PgDn, mouse back / forward buttons"),
     ("Angle", "Drag one arm, then click the end of the other"),
     ("Cardiothoracic ratio", "Drag the cardiac width, then the thoracic width"),
     ("Cancel a half-drawn tool", "Esc"),
@@ -53,15 +55,21 @@ class ReadingTools:
     def __init__(self, window: MainWindow) -> None:
         self.w = window
         self._loaded_from: Path | None = None
+        self._last_list = "studies"  # the list the current film was opened from (PgUp/PgDn when both show)
         self._build_actions()
         self._build_menus()
         from cxr_viewer.qt.compare import CompareController
 
         self.compare = CompareController(window)
         window.canvas.navigate.connect(self.step_image)
+        window.study_browser.open_requested.connect(lambda _p: self._opened_from("studies"))
+        if getattr(window, "worklist_panel", None) is not None:
+            window.worklist_panel.open_requested.connect(lambda _p: self._opened_from("worklist"))
         window.image_loaded.connect(self._on_image_loaded)
+        window.findings_panel.prior_column_toggled.connect(self._on_prior_column)
         self._shown_once = False
         self._auto_tabs_height: int | None = None
+        self._auto_width: int | None = None
         self._filter = _ShowFilter(self._on_first_show, self._on_resize)
         window.installEventFilter(self._filter)
 
@@ -219,8 +227,32 @@ class ReadingTools:
         """The images the study browser lists, in order (the reading list)."""
         return self.w.study_browser.image_paths()
 
+    def active_list(self) -> str:
+        """Which list PgUp/PgDn step through: ``"worklist"`` or ``"studies"``.
+
+        The worklist when its dock is the one shown (the front tab) and holds studies; when
+        both docks are shown side by side, the list the current film was opened from.
+        """
+        w = self.w
+        panel, dock = getattr(w, "worklist_panel", None), getattr(w, "worklist_dock", None)
+        if panel is None or dock is None or not _shown(dock) or panel.model.rowCount() == 0:
+            return "studies"
+        if not _shown(w.studies_dock) or not self.image_list():
+            return "worklist"
+        return self._last_list
+
+    def _opened_from(self, which: str) -> None:
+        self._last_list = which
+
     def step_image(self, delta: int) -> Path | None:
-        """Open the previous (-1) or next (+1) image of the study browser."""
+        """Open the previous (-1) or next (+1) image of the active list (study browser or worklist)."""
+        if self.active_list() == "worklist":
+            entry = self.w.worklist_panel.step(delta, self.w._current_path)
+            if entry is None:
+                self.w.statusBar().showMessage("First study of the worklist" if delta < 0 else
+                                               "Last study of the worklist", 4000)
+                return None
+            return entry.path
         paths = self.image_list()
         if not paths:
             return None
@@ -294,21 +326,46 @@ class ReadingTools:
         if st is not None and str(st.value("tags/visible", "false")).lower() == "true":
             self.w.tags_window.show()  # it was open when the viewer last closed
 
-    def fit_docks(self) -> None:
-        """Findings get the height, the heatmap/report tabs a fixed strip: every finding row and badge shows."""
+    def fit_docks(self, *, width: bool = True) -> None:
+        """Findings get the height and the width their longest name and badge need, the heatmap/report tabs a
+        fixed strip: every finding row and badge shows, whole, at the default 1400x900."""
         w = self.w
+        if width:
+            from cxr_viewer.qt.main_window import LEFT_DOCK_PX
+
+            target = w.findings_panel.preferred_width()
+            w.resizeDocks([w.studies_dock, w.findings_dock], [LEFT_DOCK_PX, target], Qt.Orientation.Horizontal)
+            self._auto_width = target  # the layout applies it later; what it became is noted then
+            QTimer.singleShot(0, self._note_auto_width)
         w.resizeDocks([w.findings_dock, w.heatmap_dock], [max(w.height() - 330, 300), TABS_HEIGHT],
                       Qt.Orientation.Vertical)
         self._auto_tabs_height = w.heatmap_dock.height()
 
+    def _note_auto_width(self) -> None:
+        self._auto_width = self.w.findings_dock.width()
+
+    def _width_is_auto(self) -> bool:
+        """Whether the findings dock still has the width fit_docks gave it (the user has not dragged it)."""
+        return self._auto_width is not None and abs(self.w.findings_dock.width() - self._auto_width) <= 8
+
+    def _on_prior_column(self, _shown: bool) -> None:
+        """The Prior → now column came or went: the findings dock follows, unless the user has sized it."""
+        if self._width_is_auto():
+            self.fit_docks()
+
     def _on_resize(self) -> None:
         # keep the split while the user has not moved it; a dragged separator is left alone
         if self._auto_tabs_height is not None and abs(self.w.heatmap_dock.height() - self._auto_tabs_height) <= 40:
-            self.fit_docks()
+            self.fit_docks(width=self._width_is_auto())
 
     def shutdown(self) -> None:
         """Stop listening (the prior viewport's work runs on the window's runner, cancelled with it)."""
         self.compare.shutdown()
+
+
+def _shown(dock: Any) -> bool:
+    """Whether a dock is on screen: open, and not a tab hidden behind another (its region is then empty)."""
+    return bool(dock.isVisible()) and not dock.visibleRegion().isEmpty()
 
 
 class _ShowFilter(QObject):

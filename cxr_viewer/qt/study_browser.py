@@ -169,10 +169,13 @@ class StudyBrowser(QTreeWidget):
 
 
 def wrappable(text: str) -> str:
-    """Allow line breaks after _ . - in file names (zero-width spaces), so a caption wraps instead of clipping."""
+    """Allow line breaks after _ . - in file names and in a size such as 1024x1024 (zero-width spaces), so a
+    caption wraps instead of being cut or elided in the narrow dock."""
+    import re
+
     for ch in "_.-":
         text = text.replace(ch, ch + "\u200b")
-    return text
+    return re.sub(r"(\d)x(\d)", "\\1x\u200b\\2", text)
 
 
 def _bold(item: QTreeWidgetItem) -> None:

@@ -640,6 +640,29 @@ class WorklistPanel(QWidget):
     def next_study(self) -> WorklistEntry | None:
         return self.select_row(self.current_row() + 1)
 
+    def row_of_path(self, path: Path | None) -> int:
+        """The row (in the shown, sorted order) of ``path``, or -1."""
+        src = self.model.row_of(Path(path)) if path is not None else None
+        if src is None:
+            return -1
+        return self.proxy.mapFromSource(self.model.index(src, 0)).row()
+
+    def step(self, delta: int, current: Path | None = None) -> WorklistEntry | None:
+        """Open the study ``delta`` rows from ``current`` (else from the selection) in the list order.
+
+        None at either end of the list (nothing is opened) or when the list is empty.
+        """
+        n = self.proxy.rowCount()
+        if n == 0:
+            return None
+        row = self.row_of_path(current)
+        if row < 0:
+            row = self.current_row()
+        target = (0 if delta > 0 else n - 1) if row < 0 else row + delta
+        if not 0 <= target < n:
+            return None
+        return self.select_row(target)
+
     def previous_study(self) -> WorklistEntry | None:
         return self.select_row(max(0, self.current_row() - 1))
 

@@ -212,3 +212,22 @@ def test_find_prior_and_deltas_beyond_noise(tmp_path, repo_root):
     assert deltas[("m", "x")].text() == "0.40 → 0.70 ↑" and deltas[("m", "x")].significant
     assert deltas[("m", "y")].text() == "0.50 → 0.52" and not deltas[("m", "y")].significant  # within MIN_NOISE
     assert MIN_NOISE * 2 > 0.02
+    # a finding whose bundle records no noise: the change is shown, never an arrow, and the tooltip says why
+    [unmeasured] = score_deltas([f("m", "z", 0.9)], [f("m", "z", 0.1)], {}).values()
+    assert unmeasured.noise is None and not unmeasured.significant and unmeasured.text() == "0.10 → 0.90"
+    assert "records no score noise" in unmeasured.tooltip()
+
+
+def test_recorded_noise_is_read_from_the_manifest_for_its_own_weights():
+    from cxr_viewer.core.compare import NOISE_KEY, recorded_noise
+    from cxr_viewer.core.models.manifest import Manifest
+
+    base = {"name": "m", "version": "1", "task": "multilabel", "labels": ["a", "b", "c"],
+            "architecture": {"name": "classifier", "kwargs": {"num_classes": 3}}, "weights": {"sha256": "AB12"}}
+    rec = {"weights_sha256": "ab12", "labels": {"a": {"value": 0.01}, "b": {"value": float("nan")}, "c": "x"}}
+    m = Manifest.from_dict({**base, NOISE_KEY: rec})
+    assert recorded_noise(m) == {"a": 0.01} == recorded_noise(m.to_dict())  # non-finite or malformed: not believed
+    assert recorded_noise(Manifest.from_dict(base)) == {}
+    other = Manifest.from_dict({**base, NOISE_KEY: {**rec, "weights_sha256": "ffff"}})
+    assert recorded_noise(other) == {}, "noise measured on other weights says nothing about these"
+    assert recorded_noise({**base, NOISE_KEY: [1, 2]}) == {}

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from PySide6.QtCore import QEvent, QPoint, QRectF, Qt
 
+from cxr_viewer.core.compare import MIN_NOISE, NOISE_K
 from cxr_viewer.core.imaging import measurements as marks
 from cxr_viewer.core.session import HeatmapLayer, MaskLayer
 from tests.qt.bundles import NIH_LABELS, tiny_models  # noqa: F401  (fixture)
@@ -67,6 +68,23 @@ def test_status_zoom_matches_the_overlay_after_fit_and_home(qtbot, window, helpe
     window.action_map["reset"].trigger()
     assert c.zoom < 1.0, "Home fits the film"
     assert window.zoom_label.text() == f"Zoom {c.zoom * 100:.0f}%" and f"Zoom {c.zoom * 100:.0f}%" in c.display_lines()
+
+
+def test_ctrl_q_closes_the_window_at_once_while_a_model_call_runs(qtbot, window, helpers, siim_dicom):
+    import threading
+    import time
+
+    helpers.load(qtbot, window, siim_dicom)
+    release = threading.Event()
+    window.runner.submit(release.wait, 30)  # a model call that cannot be interrupted, still running
+    try:
+        t0 = time.monotonic()
+        qtbot.keyClick(window, Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
+        elapsed = time.monotonic() - t0
+        assert not window.isVisible(), "Ctrl+Q closed the window"
+        assert elapsed < 2.0, f"closing waited {elapsed:.1f} s for background work"
+    finally:
+        release.set()
 
 
 def test_tag_browser_is_a_resizable_window_whose_search_keeps_focus(qtbot, window, helpers, rg1_dicom, siim_dicom):
@@ -169,6 +187,8 @@ def test_page_keys_and_mouse_buttons_step_through_the_study_list(qtbot, window, 
 
 
 def test_colour_bar_stays_clear_of_the_film_corners(qtbot, window, helpers, siim_dicom):
+    window.resize(1400, 900)  # the default window
+    qtbot.waitUntil(lambda: window.width() == 1400)
     helpers.load(qtbot, window, siim_dicom)
     window.session.set_heatmap(HeatmapLayer(np.ones((8, 8), np.float32) * 0.7, label="x", threshold=0.2))
     bar = window.canvas.colorbar.geometry()
@@ -232,6 +252,84 @@ def test_layout_at_default_size_shows_every_finding_row(qtbot, make_window, tiny
     header = tree.header()
     result = header.sectionViewportPosition(3) + header.sectionSize(3)
     assert result <= view.width(), "the Result badge column is inside the panel"
+
+
+CHEST_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+                "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "Abnormal")
+
+
+@pytest.fixture(scope="module")
+def chest_like_models(tmp_path_factory) -> Path:
+    """The default bundles' shape: one 15-finding classifier and a segmenter with the derived TB lesion score."""
+    import torch
+
+    from cxr_viewer.core.models import create_model
+    from cxr_viewer.core.models.bundle import save_bundle
+    from tests.qt.bundles import build_classifier
+    from tests.qt.test_derived_findings_panel import LABEL, NOTE
+
+    root = tmp_path_factory.mktemp("chest_like_models")
+    build_classifier(root / "chest", "chest-tiny", CHEST_LABELS, trained=True, seed=3)
+    torch.manual_seed(0)
+    save_bundle(create_model("text_unet_tiny", text_dim=384), {
+        "name": "seg-derived", "version": "0.0.1", "task": "text_segmentation", "trained": True,
+        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
+        "labels": ["region"], "thresholds": {"region": {"value": 0.5, "method": "test"}},
+        "preprocessing": {"size": [64, 64], "resize": "letterbox"},
+        "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
+        "derived_findings": [{"label": LABEL, "prompts": ["tuberculosis in the right lung"], "score": "max",
+                              "threshold": {"value": 0.5, "method": "test", "source": "test"},
+                              "validated": False, "note": NOTE}],
+    }, root / "seg", dtype="float32")  # fmt: skip
+    return root
+
+
+def assert_rows_whole(tree, rows, cols=None) -> None:
+    """No finding name, badge (or prior → now text) is elided, and no column reaches past the panel."""
+    from PySide6.QtGui import QFontMetrics
+    from PySide6.QtWidgets import QStyle
+
+    from cxr_viewer.qt.panels.findings import COL_LABEL, COL_PRIOR, COL_RESULT
+
+    cols = cols or ((COL_LABEL, tree.indentation()), (COL_RESULT, 0))
+    header = tree.header()
+    view = tree.viewport().rect()
+    margin = 2 * (tree.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, tree) + 1)
+    for it in rows:
+        for col, indent in cols:
+            need = QFontMetrics(it.font(col)).horizontalAdvance(it.text(col))
+            room = header.sectionSize(col) - indent - margin
+            assert need <= room, f"{it.text(col)!r} is elided ({need} px of text in {room} px)"
+        assert view.contains(tree.visualItemRect(it)), f"row {it.text(COL_LABEL)} is below the fold"
+    last = COL_PRIOR if not tree.isColumnHidden(COL_PRIOR) else COL_RESULT
+    assert header.sectionViewportPosition(last) + header.sectionSize(last) <= view.width(), "no sideways scrolling"
+    assert tree.horizontalScrollBar().maximum() == 0
+
+
+def test_default_size_shows_every_finding_name_and_badge_whole(qtbot, make_window, chest_like_models):
+    """At 1400x900 no finding name or badge is elided, the widest ones included, and the last row is in view."""
+    from cxr_viewer.qt.panels.findings import COL_LABEL, COL_RESULT
+    from tests.qt.test_analysis import analysed_window
+    from tests.qt.test_derived_findings_panel import LABEL
+
+    win = analysed_window(qtbot, make_window, chest_like_models,
+                          Path(__file__).resolve().parents[2] / "resources/samples/nih_chest.png", show=None)
+    win.resize(1400, 900)  # the default window size (the test fixture opens at 1200x800)
+    qtbot.waitUntil(lambda: (win.width(), win.height()) == (1400, 900))
+    panel = win.findings_panel
+    panel.set_threshold("seg-derived", LABEL, 0.0)  # the longest badge: "◌ above · not validated"
+    panel.show_heatmap("seg-derived", LABEL)  # the longest name: bold, with the ◉ of the shown heatmap
+    qtbot.waitUntil(lambda: win.analysis.heatmap is not None and win.analysis.heatmap.label == LABEL, timeout=WAIT_MS)
+    qtbot.wait(50)
+    tree = panel.tree
+    rows = [tree.topLevelItem(g).child(i) for g in range(tree.topLevelItemCount())
+            for i in range(tree.topLevelItem(g).childCount())]
+    assert len(rows) == len(CHEST_LABELS) + 1
+    assert panel.item_for("seg-derived", LABEL).text(COL_LABEL).startswith("◉ ⚠ ")
+    assert panel.item_for("seg-derived", LABEL).text(COL_RESULT) == "◌ above · not validated"
+    assert_rows_whole(tree, rows)
+    assert tree.verticalScrollBar().maximum() == 0
+    assert win.canvas.viewport().width() >= 560, "the film keeps most of the window"
 
 
 # --------------------------------------------------------------------------- measurements and annotations
@@ -402,8 +500,17 @@ def _study_pair(folder: Path, siim_dicom: Path, dicom_dir: Path) -> tuple[Path, 
 
 def test_current_and_prior_side_by_side_linked_with_score_deltas(qtbot, make_window, tiny_models, tmp_path,
                                                                  siim_dicom, dicom_dir):
+    import json
+
     cur, prior = _study_pair(tmp_path / "pair", siim_dicom, dicom_dir)
-    win = make_window(models_dir=tiny_models)
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    manifest = json.loads((models / "nih" / "manifest.json").read_text())
+    manifest["score_noise"] = {"weights_sha256": manifest["weights"]["sha256"], "split": "val",
+                               "labels": {lab: {"value": 0.0} for lab in NIH_LABELS}}  # measured: no noise at all
+    (models / "nih" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    win = make_window(models_dir=models)
+    win.resize(1400, 900)  # the default window: room for the findings with their Prior → now column
     win.analysis.backend = "torch"
     win.open_paths([tmp_path / "pair"])
     qtbot.waitUntil(lambda: len(win.study_browser.image_paths()) == 2, timeout=LOAD_TIMEOUT_MS)
@@ -417,6 +524,8 @@ def test_current_and_prior_side_by_side_linked_with_score_deltas(qtbot, make_win
     qtbot.waitUntil(lambda: pv.session.record is not None, timeout=LOAD_TIMEOUT_MS)
     assert "2023-01-15" in pv.title.text() and "2024-03-01" in compare.current_title.text()
     assert pv.canvas.width() > 200 and win.canvas.width() > 200, "two viewports side by side"
+    for canvas in (win.canvas, pv.canvas):  # the scale bar stays clear of the bottom-left text in a narrow viewport
+        assert canvas.scale_bar()[1] <= max(40, 0.3 * canvas.viewport().width())
     # linked: window/level, zoom (relative to fit) and pan follow the current viewport
     win.session.set_window(0.2, 0.6)
     assert pv.session.display.window == pytest.approx((0.2, 0.6))
@@ -430,20 +539,31 @@ def test_current_and_prior_side_by_side_linked_with_score_deltas(qtbot, make_win
     win.action_map["link_views"].trigger()  # unlink
     win.session.set_window(0.1, 0.3)
     assert pv.session.display.window == pytest.approx((0.2, 0.6))
-    # per-finding deltas: prior -> current, with the noise of each score
+    # per-finding deltas: prior -> current, with the noise each bundle recorded on its validation films
     qtbot.waitUntil(lambda: bool(compare.deltas) or "could not be scored" in win.statusBar().currentMessage(),
-                    timeout=3 * WAIT_MS)  # the prior and the noise augmentations are scored on a shared CPU
+                    timeout=3 * WAIT_MS)  # the prior is scored on a shared CPU
     assert compare.deltas, win.statusBar().currentMessage()
     panel = win.findings_panel
     assert not panel.tree.isColumnHidden(4)
     for (model, label), d in compare.deltas.items():
         assert panel.delta_text(model, label) == d.text()
-        assert d.noise >= 0.0 and d.current == pytest.approx(
+        assert d.current == pytest.approx(
             next(f.score for f in win.analysis.state.findings if (f.model, f.label) == (model, label)))
         assert ("↑" in d.text() or "↓" in d.text()) == d.significant
+        if model == "nih-tiny":  # recorded noise 0: the floor decides
+            assert d.noise == 0.0 and d.significant == (abs(d.change) > NOISE_K * MIN_NOISE)
+        else:  # tb-tiny records no noise: the change is shown as a number, never with an arrow
+            assert d.noise is None and not d.significant and "records no score noise" in d.tooltip()
     assert len(compare.deltas) == len(NIH_LABELS) + 1
+    assert "No score noise recorded for tb-tiny" in win.statusBar().currentMessage()
+    from cxr_viewer.qt.panels.findings import COL_LABEL, COL_PRIOR, COL_RESULT
+
+    rows = [panel.item_for(m, lab) for m, lab in compare.deltas]
+    qtbot.waitUntil(lambda: win.findings_dock.width() >= panel.preferred_width(prior=True) - 8)  # widened for the column
+    assert_rows_whole(panel.tree, rows, ((COL_LABEL, panel.tree.indentation()), (COL_RESULT, 0), (COL_PRIOR, 0)))
     qtbot.keyClick(win, Qt.Key.Key_F8)
     assert not compare.is_open and panel.tree.isColumnHidden(4)
+    qtbot.waitUntil(lambda: abs(win.findings_dock.width() - panel.preferred_width(prior=False)) <= 8)  # and back
 
 
 def test_compare_says_when_there_is_no_prior(qtbot, window, helpers, siim_dicom):
@@ -451,3 +571,57 @@ def test_compare_says_when_there_is_no_prior(qtbot, window, helpers, siim_dicom)
     window.action_map["compare"].trigger()
     assert not window.reading.compare.is_open and not window.action_map["compare"].isChecked()
     assert "No earlier film" in window.statusBar().currentMessage()
+
+
+@pytest.fixture(scope="module")
+def pair_models(tmp_path_factory) -> Path:
+    """The tiny classifier and the tiny report-conditioned segmenter in one folder."""
+    from tests.qt.bundles import build_classifier, build_segmenter
+
+    root = tmp_path_factory.mktemp("pair_models")
+    build_classifier(root / "nih", "nih-tiny", NIH_LABELS, trained=True, seed=1)
+    build_segmenter(root / "seg")
+    return root
+
+
+def test_report_masks_are_drawn_on_the_current_and_the_prior(qtbot, make_window, pair_models, tmp_path,
+                                                             siim_dicom, dicom_dir):
+    import torch
+
+    torch.set_num_threads(2)
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    cur, prior = _study_pair(tmp_path / "pair", siim_dicom, dicom_dir)
+    ds = pydicom.dcmread(prior)  # a prior of another size: its masks can only come from segmenting it
+    px = np.ascontiguousarray(ds.pixel_array[40:940, 60:1000])
+    ds.PixelData, (ds.Rows, ds.Columns) = px.tobytes(), px.shape
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(prior)
+    win = make_window(models_dir=pair_models)
+    win.analysis.backend = "torch"
+    win.open_paths([tmp_path / "pair"])
+    qtbot.waitUntil(lambda: len(win.study_browser.image_paths()) == 2, timeout=LOAD_TIMEOUT_MS)
+    win.open_file(cur)
+    qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == cur
+                    and win.analysis.state.status == "done", timeout=WAIT_MS)
+    report = win.report_panel
+    report.editor.setPlainText("Opacity in the right lower zone. The left lung is clear.")
+    report.draw_button.click()  # drawn before the prior is shown: the prior gets the same sentences when it opens
+    qtbot.waitUntil(lambda: len(win.session.masks) == 2 and not win.session.busy, timeout=WAIT_MS)
+    compare = win.reading.compare
+    qtbot.keyClick(win, Qt.Key.Key_F8)
+    assert compare.is_open
+    pv = compare.prior
+    qtbot.waitUntil(lambda: pv.session.record is not None and len(pv.session.masks) == 2, timeout=WAIT_MS)
+    assert [m.text for m in pv.session.masks] == [m.text for m in win.session.masks]
+    assert pv.session.record.shape == (900, 940)
+    assert all(m.mask.shape == (900, 940) for m in pv.session.masks), "segmented on the prior film itself"
+    assert all(m.mask.shape == win.session.record.shape == (1024, 1024) for m in win.session.masks)
+    assert len(pv.canvas.mask_items) == 2 and all(i.isVisible() for i in pv.canvas.mask_items)
+    assert len(win.canvas.mask_items) == 2 and all(i.isVisible() for i in win.canvas.mask_items)
+    # a sentence added while both are shown is drawn on both films
+    report.phrase_edit.setText("left upper zone")
+    report.phrase_button.click()
+    qtbot.waitUntil(lambda: len(win.session.masks) == 3 and len(pv.session.masks) == 3, timeout=WAIT_MS)
+    assert pv.session.masks[2].text == win.session.masks[2].text == "left upper zone"
+    assert len(pv.canvas.mask_items) == 3

@@ -104,6 +104,52 @@ def test_folder_becomes_a_sorted_worklist_with_shortcuts(qtbot, make_window, tin
     assert panel.table.isColumnHidden(COL_PATIENT)
 
 
+def test_page_keys_and_mouse_buttons_follow_the_worklist_order_when_it_is_shown(qtbot, make_window, tiny_models,  # noqa: F811
+                                                                                folder: Path) -> None:
+    from PySide6.QtCore import QEvent, QPointF
+    from PySide6.QtGui import QMouseEvent
+    from PySide6.QtWidgets import QApplication
+
+    win = make_window(models_dir=tiny_models)
+    panel = win.worklist_panel
+    panel.open_folder(folder)
+    _wait_done(qtbot, panel, 5)
+    order = [folder / name for name, _ in _rows(panel)]  # most abnormal first: not the file-name order
+    # the study browser holds the same films in its own (name) order
+    win.open_paths([folder])
+    qtbot.waitUntil(lambda: len(win.study_browser.image_paths()) == 5, timeout=SLOW_MS)
+    assert win.wait_idle(120)
+    assert win.study_browser.image_paths() != order, "the test needs the two orders to differ"
+    assert win.reading.active_list() == "studies"  # the Studies tab is in front
+    win.worklist_dock.raise_()
+    qtbot.waitUntil(lambda: win.reading.active_list() == "worklist")  # its tab in front of the Studies tab
+    win.open_file(order[1])
+    qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == order[1], timeout=SLOW_MS)
+    qtbot.keyClick(win, Qt.Key.Key_PageDown)
+    qtbot.waitUntil(lambda: win.session.record.source == order[2], timeout=SLOW_MS)
+    assert panel.current_row() == 2, "the worklist selection follows"
+    qtbot.keyClick(win, Qt.Key.Key_PageUp)
+    qtbot.waitUntil(lambda: win.session.record.source == order[1], timeout=SLOW_MS)
+    qtbot.keyClick(win, Qt.Key.Key_PageUp)
+    qtbot.waitUntil(lambda: win.session.record.source == order[0], timeout=SLOW_MS)
+    qtbot.keyClick(win, Qt.Key.Key_PageUp)  # the first stays, and the status bar says so
+    assert win.wait_idle(60) and win.session.record.source == order[0]
+    assert "First study of the worklist" in win.statusBar().currentMessage()
+    vp = win.canvas.viewport()
+    for button, want in ((Qt.MouseButton.ForwardButton, order[1]), (Qt.MouseButton.BackButton, order[0])):
+        ev = QMouseEvent(QEvent.Type.MouseButtonPress, QPointF(vp.rect().center()), QPointF(vp.mapToGlobal(vp.rect().center())),
+                         button, button, Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(vp, ev)
+        qtbot.waitUntil(lambda w=want: win.session.record.source == w, timeout=SLOW_MS)
+    win.studies_dock.raise_()  # the study browser in front again: PgDn follows its order
+    qtbot.waitUntil(lambda: win.reading.active_list() == "studies")
+    browser = win.study_browser.image_paths()
+    i = browser.index(order[0])
+    j = i + 1 if i + 1 < len(browser) else i - 1
+    qtbot.keyClick(win, Qt.Key.Key_PageDown if j > i else Qt.Key.Key_PageUp)
+    qtbot.waitUntil(lambda: win.session.record.source == browser[j], timeout=SLOW_MS)
+
+
 def test_reopening_recomputes_nothing_and_cancel_stops(qtbot, make_window, tiny_models, folder: Path,  # noqa: F811
                                                        tmp_path: Path) -> None:
     win = make_window(models_dir=tiny_models)

@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cxr_viewer.core.models.manifest import Manifest
 
-__all__ = ["model_card_markdown"]
+__all__ = ["model_card_markdown", "write_model_card"]
+
+#: Appended to a card whose bundle carries a full evaluation report.
+EVALUATION_NOTE = "\nFull held-out evaluation (ROC, PR, calibration, Grad-CAM of the worst errors): `evaluation/report.md`.\n"
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -191,10 +194,42 @@ def _population_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> l
                 f"- ROAD on {g.get('n')} true positives of {lab}: Grad-CAM {_fmt(g.get('value'))} (95% CI {_ci(g.get('ci95'))}) "
                 f"against a random map {_fmt(r.get('value'))} (95% CI {_ci(r.get('ci95'))})."
             )
+    out += _noise_section(manifest)
     wall = m.get("wall_time_s")
     if wall:
         out += ["", "### Wall time of every build step", "", "| step | minutes |", "|---|---|"]
         out += [f"| {k} | {float(v) / 60:.1f} |" for k, v in wall.items()]
+    return out
+
+
+def _noise_section(manifest: Mapping[str, Any]) -> list[str]:
+    """The score noise measured on validation (``score_noise``, scripts/score_noise.py)."""
+    noise = manifest.get("score_noise")
+    if not isinstance(noise, Mapping) or not isinstance(noise.get("labels"), Mapping):
+        return []
+    by_source = ", ".join(f"{k} {v}" for k, v in (noise.get("films_by_source") or {}).items())
+    out = ["", "### Score noise (current | prior arrows)", "",
+           f"Measured on {noise.get('n_films')} {noise.get('split', 'val')} films ({by_source}), "
+           f"{noise.get('augmentations_per_film')} augmented copies each: {noise.get('what')}. "
+           f"Statistic: {noise.get('statistic')}. Rule: {noise.get('rule')}.", "",
+           "| finding | noise (median SD) | 95% CI | 90th percentile |", "|---|---|---|---|"]  # fmt: skip
+    for lab, v in noise["labels"].items():
+        if isinstance(v, Mapping):
+            out.append(f"| {lab} | {_fmt(v.get('value'))} | {_ci(v.get('ci95'))} | {_fmt(v.get('p90'))} |")
+    return out
+
+
+def write_model_card(bundle_dir: Any, notes: Mapping[str, Any] | None = None) -> Any:
+    """Render ``model_card.md`` of a bundle folder from its manifest (plus ``notes``); returns its path."""
+    from pathlib import Path
+
+    bundle = Path(bundle_dir)
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    card = model_card_markdown(manifest, notes)
+    if (bundle / "evaluation" / "report.md").is_file():
+        card += EVALUATION_NOTE
+    out = bundle / "model_card.md"
+    out.write_text(card, encoding="utf-8")
     return out
 
 

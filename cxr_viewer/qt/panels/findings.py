@@ -49,6 +49,12 @@ MUTED_COLOUR = QColor("#8a8d91")
 #: Shown on rows whose finding is not validated as a screening score (manifest ``validated: false``).
 UNVALIDATED_MARK = "not validated for screening"
 SORT_MODES = ("Score", "Positive first", "Model order")
+#: The widest texts a row shows at the default size (a shown heatmap's bold ◉, the derived TB row, its badge):
+#: the panel's preferred width keeps every one of them whole.
+WIDEST_LABEL = "◉ ⚠ Tuberculosis (lesion score)"
+WIDEST_RESULT = "◌ above · not validated"
+WIDEST_DELTA = "0.00 → 0.00 ↑"
+SCORE_COLUMN_PX = 96
 SEVERITY_STYLE = {
     "error": ("#ff6b6b", "⛔"),
     "warning": ("#f0b64a", "⚠"),
@@ -191,6 +197,7 @@ class FindingsPanel(QWidget):
     """Findings grouped by model, QC flags above them, banners for untrained or missing models."""
 
     finding_activated = Signal(str, str)  # model, label (its heatmap was requested)
+    prior_column_toggled = Signal(bool)  # the Prior → now column was shown (True) or hidden
 
     def __init__(self, controller: AnalysisController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -248,7 +255,7 @@ class FindingsPanel(QWidget):
         header.setSectionResizeMode(COL_THRESHOLD, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_RESULT, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_PRIOR, QHeaderView.ResizeMode.ResizeToContents)
-        self.tree.setColumnWidth(COL_SCORE, 104)
+        self.tree.setColumnWidth(COL_SCORE, SCORE_COLUMN_PX)
         self.tree.itemSelectionChanged.connect(self._on_selection)
 
         self.reset_button = QPushButton("Reset threshold", self)
@@ -287,6 +294,25 @@ class FindingsPanel(QWidget):
     def state(self) -> AnalysisState:
         return self._state
 
+    def preferred_width(self, *, prior: bool | None = None) -> int:
+        """Width (px) at which the longest finding name and badge show whole (with the Prior → now column
+        when ``prior``, by default when it is shown)."""
+        from PySide6.QtGui import QFontMetrics
+
+        bold = QFont(self.tree.font())
+        bold.setBold(True)
+        fb, fm = QFontMetrics(bold), self.tree.fontMetrics()
+        cell = 2 * (self.tree.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, self.tree) + 1) + 8
+        label = self.tree.indentation() + fb.horizontalAdvance(WIDEST_LABEL) + cell
+        threshold = max(fm.horizontalAdvance("Threshold"), fm.horizontalAdvance("0.000 ✎")) + cell
+        result = max(fm.horizontalAdvance(WIDEST_RESULT), fb.horizontalAdvance("● POSITIVE")) + cell  # bold: positives
+        m = self.layout().contentsMargins()
+        frame = 2 * self.tree.frameWidth()
+        if prior is None:
+            prior = not self.tree.isColumnHidden(COL_PRIOR)
+        extra = max(fb.horizontalAdvance(WIDEST_DELTA), fm.horizontalAdvance("Prior → now")) + cell if prior else 0
+        return label + SCORE_COLUMN_PX + threshold + result + extra + m.left() + m.right() + frame + 8  # + dock frame
+
     def item_for(self, model: str, label: str) -> QTreeWidgetItem | None:
         return self._items.get((model, label))
 
@@ -305,8 +331,11 @@ class FindingsPanel(QWidget):
     def set_deltas(self, deltas: dict[tuple[str, str], object]) -> None:
         """Prior → current score per finding (core.compare.ScoreDelta); an empty dict hides the column."""
         self._deltas = dict(deltas)
+        shown = not self.tree.isColumnHidden(COL_PRIOR)
         self.tree.setColumnHidden(COL_PRIOR, not self._deltas)
         self._rebuild(self._state)
+        if shown != bool(self._deltas):
+            self.prior_column_toggled.emit(bool(self._deltas))
 
     def delta_text(self, model: str, label: str) -> str:
         it = self._items.get((model, label))
@@ -495,7 +524,9 @@ class FindingsPanel(QWidget):
             it.setToolTip(c, tip)
         if delta is not None:
             it.setToolTip(COL_PRIOR, delta.tooltip())  # type: ignore[attr-defined]
-            if delta.significant:  # type: ignore[attr-defined]
+            if not delta.measured:  # type: ignore[attr-defined]  # no noise recorded: a number, never an arrow
+                it.setForeground(COL_PRIOR, QBrush(MUTED_COLOUR))
+            elif delta.significant:  # type: ignore[attr-defined]
                 it.setForeground(COL_PRIOR, QBrush(POSITIVE_COLOUR if delta.change > 0 else NEGATIVE_COLOUR))  # type: ignore[attr-defined]
                 bold_font = QFont(self.tree.font())
                 bold_font.setBold(True)
