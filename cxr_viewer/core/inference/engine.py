@@ -143,6 +143,12 @@ def derived_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
     return out
 
 
+def wants_features(bundle: "LoadedBundle") -> bool:
+    """Whether the bundle's population block carries fitted OOD statistics for its pooled features."""
+    ood = (bundle.manifest.extra.get("population") or {}).get("ood")
+    return bool(ood) and ood.get("threshold") is not None and ood.get("mean") is not None
+
+
 def _scores(logits: np.ndarray, task: str) -> np.ndarray:
     """Logits (L,) -> probabilities: softmax across labels for multiclass, else independent sigmoids."""
     z = logits.astype(np.float64)
@@ -187,7 +193,7 @@ class InferenceEngine:
         self._segmenters: dict[str, Segmenter] = {}
         self._user_thresholds: dict[tuple[str, str], float] = {}
         self.inputs = ModelInputs(size=8)
-        self._outputs: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (input key, what ran) -> logits
+        self._outputs: OrderedDict[tuple, tuple] = OrderedDict()  # (input key, what ran) -> (logits, pooled features)
         self._maps: OrderedDict[tuple, Heatmap] = OrderedDict()
         self._cache_size = cache_size
         self.load_errors: list[tuple[Path, str]] = []
@@ -372,18 +378,40 @@ class InferenceEngine:
             self._maps.clear()
             self.inputs.clear()
 
-    def _logits(self, record: ImageRecord, bundle: "LoadedBundle", windowed: np.ndarray) -> tuple[np.ndarray, bool, float]:
-        """One image's logits (L,), whether they came from the cache, and the seconds spent preprocessing."""
+    def _logits(
+        self, record: ImageRecord, bundle: "LoadedBundle", windowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, bool, float]:
+        """One image's logits (L,), its pooled features (K,) when the bundle's population block
+        carries OOD statistics (else None), whether they came from the cache, and the seconds
+        spent preprocessing."""
         backend = self._backend(bundle)
         key = (input_key(record, bundle.preprocessing), backend.executed)
         hit = self._recall(self._outputs, key)
         if hit is not None:
-            return hit, True, 0.0
+            return hit[0], hit[1], True, 0.0
         t0 = time.perf_counter()
         x = self.inputs.get(record, bundle.preprocessing, windowed)
         t_pre = time.perf_counter() - t0
+        logits, pooled = self._forward(bundle, x)
+        logits, pooled = logits[0], (None if pooled is None else pooled[0])
+        if self._cache_size > 0:
+            self._remember(self._outputs, key, (logits, pooled), self._cache_size)
+        return logits, pooled, False, t_pre
+
+    def _forward(self, bundle: "LoadedBundle", x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (N, L) of a batch and, when the bundle wants them for its OOD check, the pooled
+        features (N, K): the mean of the heatmap layer's map, from the same forward."""
+        backend = self._backend(bundle)
         try:
-            logits = backend.logits(x)[0]
+            pooled = None
+            if wants_features(bundle):
+                try:
+                    logits, feats = backend.features(x)
+                    pooled = np.asarray(feats, dtype=np.float64).mean(axis=(2, 3))
+                except InferenceError as exc:  # e.g. an export without the feature output: no OOD check
+                    log.warning("no pooled features from %s, so no OOD check: %s", bundle.name, exc.message)
+            if pooled is None:
+                logits = backend.logits(x)
         except CXRError:
             raise
         except Exception as exc:  # noqa: BLE001 - report which model failed, in words
@@ -391,9 +419,7 @@ class InferenceEngine:
             raise InferenceError(f"Model {bundle.name!r} failed on this image: {exc}") from exc
         if logits.shape[-1] != len(bundle.labels):
             raise InferenceError(f"Model {bundle.name!r} returned {logits.shape[-1]} scores for {len(bundle.labels)} labels.")
-        if self._cache_size > 0:
-            self._remember(self._outputs, key, logits, self._cache_size)
-        return logits, False, t_pre
+        return logits, pooled
 
     # ------------------------------------------------------------------ analysis
     def analyze(
@@ -423,13 +449,13 @@ class InferenceEngine:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             t0 = time.perf_counter()
-            logits, cached, dt = self._logits(record, b, windowed)
+            logits, pooled, cached, dt = self._logits(record, b, windowed)
             all_cached &= cached
             t_pre += dt
             timing[f"inference:{b.name}"] = (time.perf_counter() - t0 - dt) * 1e3
             backends[b.name] = self.backend_for(b)
             described.append({**b.describe(), "executed": self.executed(b)})
-            outside = outside_population(record.metadata, qc, b.manifest.extra.get("population"))
+            outside = outside_population(record.metadata, qc, b.manifest.extra.get("population"), pooled)
             for label, p in zip(b.labels, _scores(logits, b.task)):
                 thr, method = self.threshold(b, label)
                 validated = (b.manifest.thresholds.get(label) or {}).get("validated")
