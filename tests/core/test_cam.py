@@ -75,6 +75,30 @@ def test_road_detects_a_faithful_map() -> None:
     assert good > 0.05 and bad < -0.05
 
 
+def test_road_in_steps_equals_the_library_and_can_be_cancelled() -> None:
+    """The stepwise ROAD (cancellable between imputations) is the library's ROADCombined, noise included."""
+    from pytorch_grad_cam.metrics.road import ROADCombined
+
+    from cxr_viewer.core.errors import AnalysisCancelledError
+    from cxr_viewer.core.inference.cam import _SigmoidTarget
+    from cxr_viewer.core.inference.results import CancelToken
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    x = torch.rand(1, 1, 24, 24)
+    cam = np.random.default_rng(1).random((24, 24)).astype(np.float32)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        ref = float(np.asarray(ROADCombined(percentiles=[25, 50, 75])(x, cam[None], [_SigmoidTarget(1)], model))[0])
+    torch.manual_seed(5)
+    assert road_faithfulness(model, x, cam, 1) == pytest.approx(ref, abs=1e-6)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(AnalysisCancelledError):
+        road_faithfulness(model, x, cam, 1, cancel=token)
+
+
 def test_gradcam_reaches_frozen_models() -> None:
     """Loaded bundles freeze parameters; gradients must still reach the hooked layer."""
     model = create_model("classifier", backbone="resnet18", num_classes=2).eval()

@@ -628,22 +628,30 @@ class InferenceEngine:
         if faithfulness and hit.faithfulness is None and b.model is not None:
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            hit = hit.with_faithfulness(*self._road(record, hit))
+            hit = hit.with_faithfulness(*self._road(record, hit, cancel=cancel))
             self._remember(self._maps, ckey, hit, MAP_CACHE)
         return hit
 
-    def faithfulness(self, record: ImageRecord, heatmap: Heatmap) -> Heatmap:
-        """The same heatmap with its ROAD faithfulness score filled in (see ``inference.cam``).
+    def faithfulness(self, record: ImageRecord, heatmap: Heatmap, *, cancel: CancelToken | None = None) -> Heatmap:
+        """The same heatmap with its ROAD faithfulness score filled in (see ``inference.cam``), on demand.
 
-        Without torch the ROAD score cannot be computed: the heatmap comes back as it is.
+        Scored at model resolution on the cached model input the map was made from; the result
+        is cached with the map. Without torch the ROAD score cannot be computed: the heatmap
+        comes back as it is. ``cancel`` is checked between ROAD's steps.
         """
         if heatmap.faithfulness is not None or heatmap.method == LESION_MAP_METHOD:
             return heatmap
-        if self.bundle(heatmap.model).model is None:
+        b = self.bundle(heatmap.model)
+        if b.model is None:
             return heatmap
-        return heatmap.with_faithfulness(*self._road(record, heatmap))
+        done = heatmap.with_faithfulness(*self._road(record, heatmap, cancel=cancel))
+        backend = self._explainer(b, heatmap.method)
+        ckey = (input_key(record, b.preprocessing), backend.executed, heatmap.label, heatmap.method)
+        if self._recall(self._maps, ckey) is not None:
+            self._remember(self._maps, ckey, done, MAP_CACHE)
+        return done
 
-    def _road(self, record: ImageRecord, heatmap: Heatmap) -> tuple[float, str]:
+    def _road(self, record: ImageRecord, heatmap: Heatmap, *, cancel: CancelToken | None = None) -> tuple[float, str]:
         from cxr_viewer.core.inference.cam_methods import DEFAULT_ROAD_PERCENTILES
 
         if heatmap.network_map is None:
@@ -651,5 +659,5 @@ class InferenceEngine:
         b = self.bundle(heatmap.model)
         x = self.inputs.get(record, b.preprocessing)  # the same input the map was made from
         value = self._torch_backend(b).road(x, heatmap.network_map, heatmap.target_index,
-                                            multiclass=b.task == "multiclass")
+                                            multiclass=b.task == "multiclass", cancel=cancel)
         return float(value or 0.0), f"ROAD combined, percentiles {list(DEFAULT_ROAD_PERCENTILES)}"

@@ -79,7 +79,8 @@ class OrtClassifier:
             weight, widx, form = (self.head[0] if self.head is not None else None), index, method
         return cam_from_features(feats[0], weight, widx, form, x.shape[-2:]), logits[0]
 
-    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool) -> float | None:
+    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool,
+             cancel: CancelToken | None = None) -> float | None:
         return None  # the library's ROAD imputation runs on torch tensors
 
 

@@ -77,11 +77,13 @@ class TorchClassifier(_TorchNet):
             net_map, logits = compute_cam(self.model, self._tensor(x), index, method=method, target_layers=self.layers)
         return net_map, np.asarray(logits, dtype=np.float64)
 
-    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool) -> float | None:
+    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool,
+             cancel: CancelToken | None = None) -> float | None:
         from cxr_viewer.core.inference.cam import road_faithfulness
 
         with self.bundle.lock:
-            return road_faithfulness(self.model, self._tensor(x), network_map, index, multiclass=multiclass)
+            return road_faithfulness(self.model, self._tensor(x), network_map, index, multiclass=multiclass,
+                                     cancel=cancel)
 
 
 class TorchSegmentation(_TorchNet):
