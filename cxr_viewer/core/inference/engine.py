@@ -423,11 +423,17 @@ class InferenceEngine:
 
     # ------------------------------------------------------------------ analysis
     def analyze(
-        self, record: ImageRecord, *, cancel: CancelToken | None = None, models: Sequence[str] | None = None
+        self,
+        record: ImageRecord,
+        *,
+        cancel: CancelToken | None = None,
+        models: Sequence[str] | None = None,
+        _batched: dict[str, tuple[np.ndarray, np.ndarray | None, float, float]] | None = None,
     ) -> AnalysisResult:
         """Findings from every classifier (or those named in ``models``) plus QC flags.
 
         Thread-safe; raises AnalysisCancelledError if ``cancel`` fires between stages.
+        (``_batched``: outputs :meth:`analyze_batch` computed for this record, by weights sha.)
         """
         t_all = time.perf_counter()
         bundles = self.classifiers
@@ -449,10 +455,16 @@ class InferenceEngine:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             t0 = time.perf_counter()
-            logits, pooled, cached, dt = self._logits(record, b, windowed)
-            all_cached &= cached
-            t_pre += dt
-            timing[f"inference:{b.name}"] = (time.perf_counter() - t0 - dt) * 1e3
+            done = (_batched or {}).get(b.sha256)
+            if done is not None:  # this record's share of a batched forward
+                logits, pooled, ms, dt = done
+                t_pre += dt
+                timing[f"inference:{b.name}"] = ms
+            else:
+                logits, pooled, cached, dt = self._logits(record, b, windowed)
+                all_cached &= cached
+                t_pre += dt
+                timing[f"inference:{b.name}"] = (time.perf_counter() - t0 - dt) * 1e3
             backends[b.name] = self.backend_for(b)
             described.append({**b.describe(), "executed": self.executed(b)})
             outside = outside_population(record.metadata, qc, b.manifest.extra.get("population"), pooled)
@@ -508,6 +520,48 @@ class InferenceEngine:
             cached=bool(used) and all_cached,
             backend=backends,
         )
+
+    def analyze_batch(
+        self,
+        records: Sequence[ImageRecord],
+        *,
+        cancel: CancelToken | None = None,
+        models: Sequence[str] | None = None,
+        max_batch: int = 8,
+    ) -> list[AnalysisResult]:
+        """:meth:`analyze` for several images, each classifier's forwards run in batches of ``max_batch``.
+
+        The results are those of one :meth:`analyze` call per record (the same inputs, caches,
+        QC, thresholds, population checks and derived findings); only the classifiers' network
+        runs are shared, and each record's ``inference`` time is its share of its batch.
+        """
+        records = list(records)
+        bundles = self.classifiers if models is None else [b for b in self.classifiers if b.name in set(models)]
+        done: list[dict[str, tuple[np.ndarray, np.ndarray | None, float, float]]] = [{} for _ in records]
+        for b in bundles:
+            backend = self._backend(b)
+            todo: list[tuple[int, tuple]] = []
+            for i, r in enumerate(records):
+                key = (input_key(r, b.preprocessing), backend.executed)
+                if self._recall(self._outputs, key) is None and all(key != k for _, k in todo):
+                    todo.append((i, key))
+            for start in range(0, len(todo), max(1, int(max_batch))):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                chunk = todo[start : start + max(1, int(max_batch))]
+                t0 = time.perf_counter()
+                x = np.concatenate([self.inputs.get(records[i], b.preprocessing, records[i].model_pixels())
+                                    for i, _ in chunk])  # fmt: skip
+                t_pre = (time.perf_counter() - t0) / len(chunk)
+                t0 = time.perf_counter()
+                logits, pooled = self._forward(b, x)
+                ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
+                for j, (i, key) in enumerate(chunk):
+                    out = (logits[j], None if pooled is None else pooled[j])
+                    done[i][b.sha256] = (*out, ms, t_pre)
+                    if self._cache_size > 0:
+                        self._remember(self._outputs, key, out, self._cache_size)
+        return [self.analyze(r, cancel=cancel, models=models, _batched=d or None) for r, d in zip(records, done)]
 
     # ------------------------------------------------------------------ maps
     def lesion_map(
