@@ -325,12 +325,33 @@ class InferenceEngine:
         return self._backend(bundle).unavailable_cam_methods()
 
     def warmup(self, cancel: CancelToken | None = None) -> None:
-        """Choose and prepare every bundle's backend (ONNX verification) and run one forward per model."""
+        """Everything the first image would otherwise wait for, done now (call it off the GUI thread).
+
+        Chooses and prepares every classifier's backend (ONNX sessions, verification) and runs one
+        forward per model; for each segmentation bundle with derived findings, builds its segmenter
+        (text encoder included), encodes the stock prompts (cached for every later image) and runs
+        one decode. ``cancel`` is checked between the steps.
+        """
         for b in self.classifiers:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             spec = b.preprocessing
-            self._backend(b).logits(np.zeros((1, spec.channels, *spec.size), np.float32))
+            self._forward(b, np.zeros((1, spec.channels, *spec.size), np.float32))
+        for b in self.derived_bundles:
+            prompts = [p for spec in derived_specs(b) for p in spec["prompts"]]
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            try:
+                seg = self.segmenter(b)
+                emb = seg.embed(prompts)
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                spec = b.preprocessing
+                seg.probabilities(np.zeros((1, spec.channels, *spec.size), np.float32), emb, cancel=cancel)
+            except AnalysisCancelledError:
+                raise
+            except CXRError as exc:  # analyze reports it per image; the classifiers still warm up
+                log.warning("warm-up of %s skipped: %s", b.name, exc.message)
 
     # ------------------------------------------------------------------ thresholds
     def threshold(self, bundle: "LoadedBundle", label: str) -> tuple[float, str]:
