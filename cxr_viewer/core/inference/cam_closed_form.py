@@ -204,7 +204,11 @@ def scorecam(
 
     One forward gives the logits and the heatmap layer's map; then at most ``ceil(top_k / batch)``
     batched forwards of ``top_k`` masked inputs at ``max_side`` pixels (see the module docstring).
+    A backend whose graph takes one input size only (``fixed_size``: an ONNX export with fixed
+    spatial axes) runs them at the model's size instead.
     """
+    if getattr(backend, "fixed_size", None) is not None:
+        max_side = None
     logits, feats = backend.features(x)
     a = np.nan_to_num(np.asarray(feats[0], dtype=np.float32))
     head = getattr(backend, "head", None)

@@ -42,6 +42,9 @@ class OrtClassifier:
         self.session = ort_session(artifact.graph, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
+        dims = list(self.session.get_inputs()[0].shape)[-2:]
+        #: (H, W) when the graph takes only that input size (ScoreCAM then cannot shrink its masked inputs)
+        self.fixed_size = tuple(dims) if len(dims) == 2 and all(isinstance(d, int) for d in dims) else None
         cam = dict(artifact.record.get("cam") or {})
         self.head = artifact.head
         self.cam_exact = bool(cam.get("exact")) and self.head is not None
