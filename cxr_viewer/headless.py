@@ -50,6 +50,9 @@ def _analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="CPU backend for scores: ONNX Runtime when verified (auto), or force one")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    p.add_argument("--batch", type=int, default=8, metavar="N",
+                   help="images per batched forward (default 8; 1 analyses one at a time); a reader thread "
+                   "decodes and preprocesses the next files meanwhile")
     p.add_argument("--site-profile", metavar="PROFILE", help="site calibration profile (a file, or a name in the "
                    "profiles folder): its calibrated scores and thresholds replace the bundle's")
     g = p.add_argument_group("heatmaps")
@@ -135,23 +138,65 @@ def _unique_stem(path_text: str, used: set[str], kind: str = "mask") -> str:
     return stem
 
 
-def _analyze_one(
-    engine: "InferenceEngine", path_text: str, args: argparse.Namespace, cam_dir: Path | None, used_stems: set[str],
-    profile: Any = None,
-) -> tuple[dict[str, Any], bool]:
-    """One input -> (JSON object, fully done?)."""
+def _read_ahead(engine: "InferenceEngine", path_text: str) -> tuple[Any, float]:
+    """Reader thread: decode one input and prepare what the engine will need (content hash, windowed
+    pixels, every model's input); returns (record or the CXRError, read ms)."""
     from cxr_viewer.core.io import read_image
 
-    obj: dict[str, Any] = {"file": path_text}
-    timing: dict[str, float] = {}
     t0 = time.perf_counter()
     try:
         record = read_image(Path(path_text))
-    except CXRError as exc:
-        obj.update(status="error", error=exc.to_dict())
+    except Exception as exc:  # noqa: BLE001 - handed to the main thread, which reports it for this input
+        return exc, 0.0
+    read_ms = (time.perf_counter() - t0) * 1e3
+    try:
+        windowed = record.model_pixels()
+        for b in engine.bundles:
+            if b.manifest.is_classifier or b.task == "text_segmentation":
+                engine.inputs.get(record, b.preprocessing, windowed)
+    except Exception:  # noqa: BLE001 - the engine meets (and reports) the same problem on the main thread
+        log.debug("preparing %s ahead failed", path_text, exc_info=True)
+    return record, read_ms
+
+
+def _prefetched(engine: "InferenceEngine", files: list[str], depth: int) -> Any:
+    """(path, record or CXRError, read ms) in input order, decoded and preprocessed ``depth`` files ahead on
+    one reader thread, so the models never wait for a decode."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-reader") as pool:
+        pending: deque = deque()
+        it = iter(files)
+        for path_text in it:
+            pending.append((path_text, pool.submit(_read_ahead, engine, path_text)))
+            if len(pending) >= depth:
+                break
+        while pending:
+            path_text, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_read_ahead, engine, nxt)))
+            yield (path_text, *fut.result())
+
+
+def _analyze_one(
+    engine: "InferenceEngine", path_text: str, args: argparse.Namespace, cam_dir: Path | None, used_stems: set[str],
+    profile: Any = None, read: "tuple[Any, float] | None" = None, result: Any = None,
+) -> tuple[dict[str, Any], bool]:
+    """One input -> (JSON object, fully done?). ``read``: the reader thread's (record or error, ms);
+    ``result``: its analysis when a batch already ran it."""
+    obj: dict[str, Any] = {"file": path_text}
+    timing: dict[str, float] = {}
+    record, read_ms = read if read is not None else _read_ahead(engine, path_text)
+    if isinstance(record, CXRError):
+        obj.update(status="error", error=record.to_dict())
         return obj, False
-    timing["read"] = (time.perf_counter() - t0) * 1e3
-    result = engine.analyze(record)
+    if isinstance(record, BaseException):
+        raise record
+    timing["read"] = read_ms
+    if result is None:
+        result = engine.analyze(record)
     if profile is not None:  # site profile: calibrated scores and site thresholds (cxr_viewer.core.site_profile)
         from cxr_viewer.core.site_profile import apply_site_profile
 
@@ -299,26 +344,21 @@ def analyze_main(argv: list[str]) -> int:
     results: list[dict[str, Any]] = []
     all_done = True
     used_stems: set[str] = set()
-    for path_text in args.files:
-        try:
-            obj, done = _analyze_one(engine, path_text, args, cam_dir, used_stems, profile)
-        except CXRError as exc:
-            obj, done = {"file": path_text, "status": "error", "error": exc.to_dict()}, False
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-            log.error("internal error on input %d: %s: %s", len(results) + 1, type(exc).__name__, exc)
-            log.debug("details", exc_info=True)
-            obj = {"file": path_text, "status": "error",
-                   "error": {"code": "internal_error", "message": f"Unexpected error ({type(exc).__name__}); see the log."}}
-            done = False
-        if run_warnings:  # refusals first: they explain any "no models" warning after them
-            kept = [w for w in obj.get("warnings", []) if refused_all is None or w != no_models_warning]
-            obj["warnings"] = run_warnings + kept
-        if refused_all is not None and obj.get("status") == "ok":
-            obj["status"] = "error"
-            obj["error"] = dict(refused_all)
-        obj, finite = _finite_result(obj)
-        results.append(obj)
-        all_done &= done and finite
+    batch = max(1, int(args.batch))
+    engine.inputs.reserve(4 * batch * max(1, len(engine.bundles)))  # what the reader prepares ahead stays cached
+    reads = _prefetched(engine, list(args.files), depth=2 * batch)
+    queue: list[tuple[str, Any, Any]] = []  # (path, (record or error, ms), batched result or None)
+    for path_text, record, read_ms in reads:
+        queue.append((path_text, (record, read_ms), None))
+        if len(queue) < batch and len(results) + len(queue) < len(args.files):
+            continue
+        queue = _batched(engine, queue)
+        for path_text, read, result in queue:
+            obj, done = _one_safely(engine, path_text, args, cam_dir, used_stems, profile, read, result,
+                                    len(results), run_warnings, refused_all, no_models_warning)
+            results.append(obj)
+            all_done &= done
+        queue = []
     text = dumps(results, indent=2)
     if args.json == "-":
         sys.stdout.write(text + "\n")
@@ -329,6 +369,49 @@ def analyze_main(argv: list[str]) -> int:
     if refused_all is not None:
         return EXIT_MODELS_REFUSED
     return EXIT_OK if all_done else EXIT_REJECTED
+
+
+def _batched(engine: "InferenceEngine", queue: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    """The queued inputs that were read, analysed together (batched forwards); a batch that fails is
+    left to the one-at-a-time path, which reports each input's own error."""
+    ok = [i for i, (_, (record, _ms), _r) in enumerate(queue) if not isinstance(record, BaseException)]
+    if len(ok) < 2:
+        return queue
+    try:
+        results = engine.analyze_batch([queue[i][1][0] for i in ok])
+    except Exception:  # noqa: BLE001 - one bad file must not stop the batch
+        log.debug("batched analysis failed; analysing one at a time", exc_info=True)
+        return queue
+    out = list(queue)
+    for i, res in zip(ok, results):
+        out[i] = (queue[i][0], queue[i][1], res)
+    return out
+
+
+def _one_safely(
+    engine: "InferenceEngine", path_text: str, args: argparse.Namespace, cam_dir: Path | None, used_stems: set[str],
+    profile: Any, read: Any, result: Any, position: int, run_warnings: list[str], refused_all: Any,
+    no_models_warning: Any,
+) -> tuple[dict[str, Any], bool]:
+    """One input's finished JSON object (errors become objects) and whether it was fully done."""
+    try:
+        obj, done = _analyze_one(engine, path_text, args, cam_dir, used_stems, profile, read, result)
+    except CXRError as exc:
+        obj, done = {"file": path_text, "status": "error", "error": exc.to_dict()}, False
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+        log.error("internal error on input %d: %s: %s", position + 1, type(exc).__name__, exc)
+        log.debug("details", exc_info=True)
+        obj = {"file": path_text, "status": "error",
+               "error": {"code": "internal_error", "message": f"Unexpected error ({type(exc).__name__}); see the log."}}
+        done = False
+    if run_warnings:  # refusals first: they explain any "no models" warning after them
+        kept = [w for w in obj.get("warnings", []) if refused_all is None or w != no_models_warning]
+        obj["warnings"] = run_warnings + kept
+    if refused_all is not None and obj.get("status") == "ok":
+        obj["status"] = "error"
+        obj["error"] = dict(refused_all)
+    obj, finite = _finite_result(obj)
+    return obj, done and finite
 
 
 def refusal_error(engine: "InferenceEngine") -> dict[str, str] | None:

@@ -150,3 +150,27 @@ def test_analyze_report_writes_one_mask_per_sentence(models: Path, png: Path, tm
         assert abs(m["area_fraction"] - float((img > 0).mean())) < 1e-3
     assert len({m["path"] for m in obj["masks"]}) == 3
     assert "segment" in obj["timing_ms"]
+
+
+def test_batched_analyze_with_reader_thread_equals_one_at_a_time(models: Path, data_dir: Path, dicom_dir: Path,
+                                                                  tmp_path: Path) -> None:  # fmt: skip
+    """--batch N (batched forwards, decode + preprocess on a reader thread) writes what --batch 1 writes,
+    input for input, errors and duplicates included; only the timings differ."""
+    films = sorted((data_dir / "nih14" / "images").iterdir())[:5]
+    files = [str(f) for f in films[:3]] + [str(tmp_path / "missing.png"), str(dicom_dir / SIIM), str(films[0]),
+                                           *map(str, films[3:5])]  # fmt: skip
+    outs = {}
+    for n in (1, 3):
+        out = tmp_path / f"b{n}.json"
+        rc = analyze_main([*files, "--no-default-models", "--models", str(models), "--json", str(out),
+                           "--backend", "torch", "--batch", str(n)])  # fmt: skip
+        assert rc == 2  # the missing file
+        outs[n] = [{k: v for k, v in d.items() if k != "timing_ms"} for d in json.loads(out.read_text())]
+    assert [d["file"] for d in outs[3]] == files
+    assert [d["status"] for d in outs[3]] == ["ok"] * 3 + ["error"] + ["ok"] * 4
+    for one, many in zip(outs[1], outs[3]):
+        for f1, f3 in zip(one.get("findings", []), many.pop("findings", [])):
+            assert f3.pop("score") == pytest.approx(f1.pop("score"), abs=1e-5)
+            assert f3 == f1
+        one.pop("findings", None)
+        assert many == one

@@ -300,10 +300,12 @@ def run_cam(
     pool: ModelPool, config: ModelConfig, record: ImageRecord, label: str, model: str | None, method: str,
     faithfulness: bool, token: CancelToken,
 ) -> Iterator[tuple[str, Any]]:
-    """Worker: the heatmap first (fast), then the same map with its faithfulness score.
+    """Worker: the heatmap first (fast), then, when asked, the same map with its faithfulness score.
 
     The last item is ("heatmap_final", ...): after it nothing more comes for this map
-    (the torch-free engine leaves faithfulness at None).
+    (the torch-free engine leaves faithfulness at None). ROAD runs at model resolution on the
+    cached model input and checks ``token`` between its steps, so a newer request (the next
+    image) waits at most one imputation for the worker.
     """
     token.raise_if_cancelled()
     engine = pool.sync(config)
@@ -315,7 +317,7 @@ def run_cam(
     yield "heatmap", heat
     token.raise_if_cancelled()
     yield "progress", f"Checking how faithful the {method} map is…"
-    yield "heatmap_final", engine.cam(record, label, method, model=model, faithfulness=True, cancel=token)
+    yield "heatmap_final", engine.faithfulness(record, heat, cancel=token)
 
 
 def run_segment(

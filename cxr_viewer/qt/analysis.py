@@ -340,15 +340,34 @@ class AnalysisController(QObject):
             self.refresh_models()
 
     def refresh_models(self) -> None:
-        """Rescan the model folders (and load enabled bundles) without an image."""
+        """Rescan the model folders, load the enabled bundles and warm them up, without an image.
+
+        On the model worker: bundles loaded, backends chosen and sessions built, one forward per
+        model, the segmenter's text encoder loaded and the stock prompts encoded, so the first
+        image waits for none of it. A newer refresh cancels this one between steps; quitting
+        never waits for it (see ``cxr_viewer.qt.app.exit_now``).
+        """
+        _gen, token = self.generations.start("models")
+
         def scan(pool: ModelPool, config: ModelConfig) -> Iterator[tuple[str, Any]]:
+            token.raise_if_cancelled()
             engine = pool.sync(config)
             yield "models", pool.summaries
-            engine.warmup()  # backends chosen and sessions built here, off the GUI thread, before the first image
+            yield "progress", "Preparing the models…"
+            engine.warmup(cancel=token)
 
-        self._submit("models", scan, (self.pool, self.config()),
-                     lambda item: self._set_summaries(item[1]) if item[0] == "models" else None,
-                     lambda exc: self._report(exc, "Models"))
+        def on_item(item: tuple[str, Any]) -> None:
+            if item[0] == "models":
+                self._set_summaries(item[1])
+            elif item[0] == "progress" and self.session.record is None:
+                self.progress.emit(item[1])
+
+        self._submit("models", scan, (self.pool, self.config()), on_item, lambda exc: self._report(exc, "Models"))
+
+    def warm_up(self) -> None:
+        """Start-up: load and warm the models in the background before any image is opened."""
+        if self.session.record is None:
+            self.refresh_models()
 
     def _read_shown_cam(self) -> tuple[str, str | None] | None:
         raw = str(self.settings.value("heatmap/show", "") or "")

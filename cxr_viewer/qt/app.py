@@ -98,7 +98,12 @@ def gui_main(argv: list[str] | None = None) -> int:
     window = MainWindow(models_dir=args.models)
     window.show()
     if args.paths:
-        window.open_paths(args.paths)
+        window.open_paths(args.paths)  # the first analysis loads the models itself
+    else:
+        from PySide6.QtCore import QTimer
+
+        # models loaded and warmed on the worker once the window is up, so the first image waits for none of it
+        QTimer.singleShot(0, window.analysis.warm_up)
     rc = int(app.exec())
     exit_now(rc)
     return rc  # pragma: no cover - exit_now does not return

@@ -57,3 +57,25 @@ def test_engine_applies_validated_thresholds_and_population(tmp_path: Path) -> N
     assert r["Effusion"].state == "positive" and r["Hernia"].state == "not_validated"
     r2 = {f.label: f for f in engine.analyze(infant).findings}
     assert all(f.state == "outside_population" and not f.positive for f in r2.values())
+
+
+def test_engine_flags_an_out_of_population_image_from_its_pooled_features() -> None:
+    """The shipped chest model's fitted OOD check (population.ood) runs inside the engine: a real chest
+    film stays inside, a noise image that passes every QC check is flagged by its features alone."""
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.io import read_image
+    from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.core.models.bundle import load_bundle
+
+    repo = Path(__file__).resolve().parents[2]
+    bundle = load_bundle(repo / "resources" / "models" / "chest-resnet18")
+    assert bundle.manifest.extra["population"]["ood"]["threshold"] is not None
+    engine = InferenceEngine([bundle], device="cpu", backend="torch")
+    film = engine.analyze(read_image(repo / "resources" / "samples" / "nih_chest.png"))
+    assert all(f.outside == "" for f in film.findings)
+    noise = ImageRecord(pixels=np.random.default_rng(0).random((512, 512)).astype(np.float32), source=None,
+                        format="array", metadata={})
+    res = engine.analyze(noise)
+    assert not any(q.code in ("not_radiograph", "blank_image", "not_chest") for q in res.qc)  # QC alone lets it in
+    assert res.findings and all("features are unlike the training films" in f.outside for f in res.findings)
+    assert not any(f.positive for f in res.findings)

@@ -109,3 +109,25 @@ def test_heatmaps_are_opt_in_and_the_show_choice_persists(qtbot, make_window, de
     # hiding the heatmap forgets the choice
     win.reading.toggle_heatmap()
     assert not win.session.heatmap.visible and win.settings.value("heatmap/show") == ""
+
+
+def test_start_up_warm_up_loads_models_and_encodes_the_stock_prompts(qtbot, make_window, derived_models) -> None:
+    """Before any image: bundles loaded, backends chosen, the text encoder loaded and the derived findings'
+    prompts encoded, all on the model worker; closing the window then cancels what is left of it."""
+    import torch
+
+    torch.set_num_threads(2)
+    win = make_window(models_dir=derived_models)
+    win.analysis.backend = "torch"
+    win.analysis.warm_up()
+    qtbot.waitUntil(lambda: not win.session.busy, timeout=WAIT_MS)
+    engine = win.analysis.pool.engine
+    assert engine is not None and [b.name for b in engine.bundles] == ["seg-derived"]
+    seg = engine.segmenter(engine.bundle("seg-derived"))
+    cache = seg.text_encoder.cache
+    hits = cache.hits
+    seg.embed(["tuberculosis in the right lung", "tuberculosis in the left lung"])
+    assert cache.hits == hits + 2  # already encoded by the warm-up
+    assert [s.name for s in win.analysis.bundles] == ["seg-derived"]
+    win.analysis.warm_up()  # a second warm-up, cancelled by closing: nothing is left running or raised
+    win.close()

@@ -143,6 +143,12 @@ def derived_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
     return out
 
 
+def wants_features(bundle: "LoadedBundle") -> bool:
+    """Whether the bundle's population block carries fitted OOD statistics for its pooled features."""
+    ood = (bundle.manifest.extra.get("population") or {}).get("ood")
+    return bool(ood) and ood.get("threshold") is not None and ood.get("mean") is not None
+
+
 def _scores(logits: np.ndarray, task: str) -> np.ndarray:
     """Logits (L,) -> probabilities: softmax across labels for multiclass, else independent sigmoids."""
     z = logits.astype(np.float64)
@@ -187,7 +193,7 @@ class InferenceEngine:
         self._segmenters: dict[str, Segmenter] = {}
         self._user_thresholds: dict[tuple[str, str], float] = {}
         self.inputs = ModelInputs(size=8)
-        self._outputs: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (input key, what ran) -> logits
+        self._outputs: OrderedDict[tuple, tuple] = OrderedDict()  # (input key, what ran) -> (logits, pooled features)
         self._maps: OrderedDict[tuple, Heatmap] = OrderedDict()
         self._cache_size = cache_size
         self.load_errors: list[tuple[Path, str]] = []
@@ -321,12 +327,33 @@ class InferenceEngine:
         return self._backend(bundle).unavailable_cam_methods()
 
     def warmup(self, cancel: CancelToken | None = None) -> None:
-        """Choose and prepare every bundle's backend (ONNX verification) and run one forward per model."""
+        """Everything the first image would otherwise wait for, done now (call it off the GUI thread).
+
+        Chooses and prepares every classifier's backend (ONNX sessions, verification) and runs one
+        forward per model; for each segmentation bundle with derived findings, builds its segmenter
+        (text encoder included), encodes the stock prompts (cached for every later image) and runs
+        one decode. ``cancel`` is checked between the steps.
+        """
         for b in self.classifiers:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             spec = b.preprocessing
-            self._backend(b).logits(np.zeros((1, spec.channels, *spec.size), np.float32))
+            self._forward(b, np.zeros((1, spec.channels, *spec.size), np.float32))
+        for b in self.derived_bundles:
+            prompts = [p for spec in derived_specs(b) for p in spec["prompts"]]
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            try:
+                seg = self.segmenter(b)
+                emb = seg.embed(prompts)
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                spec = b.preprocessing
+                seg.probabilities(np.zeros((1, spec.channels, *spec.size), np.float32), emb, cancel=cancel)
+            except AnalysisCancelledError:
+                raise
+            except CXRError as exc:  # analyze reports it per image; the classifiers still warm up
+                log.warning("warm-up of %s skipped: %s", b.name, exc.message)
 
     # ------------------------------------------------------------------ thresholds
     def threshold(self, bundle: "LoadedBundle", label: str) -> tuple[float, str]:
@@ -374,18 +401,40 @@ class InferenceEngine:
             self._maps.clear()
             self.inputs.clear()
 
-    def _logits(self, record: ImageRecord, bundle: "LoadedBundle", windowed: np.ndarray) -> tuple[np.ndarray, bool, float]:
-        """One image's logits (L,), whether they came from the cache, and the seconds spent preprocessing."""
+    def _logits(
+        self, record: ImageRecord, bundle: "LoadedBundle", windowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, bool, float]:
+        """One image's logits (L,), its pooled features (K,) when the bundle's population block
+        carries OOD statistics (else None), whether they came from the cache, and the seconds
+        spent preprocessing."""
         backend = self._backend(bundle)
         key = (input_key(record, bundle.preprocessing), backend.executed)
         hit = self._recall(self._outputs, key)
         if hit is not None:
-            return hit, True, 0.0
+            return hit[0], hit[1], True, 0.0
         t0 = time.perf_counter()
         x = self.inputs.get(record, bundle.preprocessing, windowed)
         t_pre = time.perf_counter() - t0
+        logits, pooled = self._forward(bundle, x)
+        logits, pooled = logits[0], (None if pooled is None else pooled[0])
+        if self._cache_size > 0:
+            self._remember(self._outputs, key, (logits, pooled), self._cache_size)
+        return logits, pooled, False, t_pre
+
+    def _forward(self, bundle: "LoadedBundle", x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (N, L) of a batch and, when the bundle wants them for its OOD check, the pooled
+        features (N, K): the mean of the heatmap layer's map, from the same forward."""
+        backend = self._backend(bundle)
         try:
-            logits = backend.logits(x)[0]
+            pooled = None
+            if wants_features(bundle):
+                try:
+                    logits, feats = backend.features(x)
+                    pooled = np.asarray(feats, dtype=np.float64).mean(axis=(2, 3))
+                except InferenceError as exc:  # e.g. an export without the feature output: no OOD check
+                    log.warning("no pooled features from %s, so no OOD check: %s", bundle.name, exc.message)
+            if pooled is None:
+                logits = backend.logits(x)
         except CXRError:
             raise
         except Exception as exc:  # noqa: BLE001 - report which model failed, in words
@@ -393,17 +442,21 @@ class InferenceEngine:
             raise InferenceError(f"Model {bundle.name!r} failed on this image: {exc}") from exc
         if logits.shape[-1] != len(bundle.labels):
             raise InferenceError(f"Model {bundle.name!r} returned {logits.shape[-1]} scores for {len(bundle.labels)} labels.")
-        if self._cache_size > 0:
-            self._remember(self._outputs, key, logits, self._cache_size)
-        return logits, False, t_pre
+        return logits, pooled
 
     # ------------------------------------------------------------------ analysis
     def analyze(
-        self, record: ImageRecord, *, cancel: CancelToken | None = None, models: Sequence[str] | None = None
+        self,
+        record: ImageRecord,
+        *,
+        cancel: CancelToken | None = None,
+        models: Sequence[str] | None = None,
+        _batched: dict[str, tuple[np.ndarray, np.ndarray | None, float, float]] | None = None,
     ) -> AnalysisResult:
         """Findings from every classifier (or those named in ``models``) plus QC flags.
 
         Thread-safe; raises AnalysisCancelledError if ``cancel`` fires between stages.
+        (``_batched``: outputs :meth:`analyze_batch` computed for this record, by weights sha.)
         """
         t_all = time.perf_counter()
         bundles = self.classifiers
@@ -425,13 +478,19 @@ class InferenceEngine:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             t0 = time.perf_counter()
-            logits, cached, dt = self._logits(record, b, windowed)
-            all_cached &= cached
-            t_pre += dt
-            timing[f"inference:{b.name}"] = (time.perf_counter() - t0 - dt) * 1e3
+            done = (_batched or {}).get(b.sha256)
+            if done is not None:  # this record's share of a batched forward
+                logits, pooled, ms, dt = done
+                t_pre += dt
+                timing[f"inference:{b.name}"] = ms
+            else:
+                logits, pooled, cached, dt = self._logits(record, b, windowed)
+                all_cached &= cached
+                t_pre += dt
+                timing[f"inference:{b.name}"] = (time.perf_counter() - t0 - dt) * 1e3
             backends[b.name] = self.backend_for(b)
             described.append({**b.describe(), "executed": self.executed(b)})
-            outside = outside_population(record.metadata, qc, b.manifest.extra.get("population"))
+            outside = outside_population(record.metadata, qc, b.manifest.extra.get("population"), pooled)
             for label, p in zip(b.labels, _scores(logits, b.task)):
                 thr, method = self.threshold(b, label)
                 validated = (b.manifest.thresholds.get(label) or {}).get("validated")
@@ -484,6 +543,48 @@ class InferenceEngine:
             cached=bool(used) and all_cached,
             backend=backends,
         )
+
+    def analyze_batch(
+        self,
+        records: Sequence[ImageRecord],
+        *,
+        cancel: CancelToken | None = None,
+        models: Sequence[str] | None = None,
+        max_batch: int = 8,
+    ) -> list[AnalysisResult]:
+        """:meth:`analyze` for several images, each classifier's forwards run in batches of ``max_batch``.
+
+        The results are those of one :meth:`analyze` call per record (the same inputs, caches,
+        QC, thresholds, population checks and derived findings); only the classifiers' network
+        runs are shared, and each record's ``inference`` time is its share of its batch.
+        """
+        records = list(records)
+        bundles = self.classifiers if models is None else [b for b in self.classifiers if b.name in set(models)]
+        done: list[dict[str, tuple[np.ndarray, np.ndarray | None, float, float]]] = [{} for _ in records]
+        for b in bundles:
+            backend = self._backend(b)
+            todo: list[tuple[int, tuple]] = []
+            for i, r in enumerate(records):
+                key = (input_key(r, b.preprocessing), backend.executed)
+                if self._recall(self._outputs, key) is None and all(key != k for _, k in todo):
+                    todo.append((i, key))
+            for start in range(0, len(todo), max(1, int(max_batch))):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                chunk = todo[start : start + max(1, int(max_batch))]
+                t0 = time.perf_counter()
+                x = np.concatenate([self.inputs.get(records[i], b.preprocessing, records[i].model_pixels())
+                                    for i, _ in chunk])  # fmt: skip
+                t_pre = (time.perf_counter() - t0) / len(chunk)
+                t0 = time.perf_counter()
+                logits, pooled = self._forward(b, x)
+                ms = (time.perf_counter() - t0) * 1e3 / len(chunk)
+                for j, (i, key) in enumerate(chunk):
+                    out = (logits[j], None if pooled is None else pooled[j])
+                    done[i][b.sha256] = (*out, ms, t_pre)
+                    if self._cache_size > 0:
+                        self._remember(self._outputs, key, out, self._cache_size)
+        return [self.analyze(r, cancel=cancel, models=models, _batched=d or None) for r, d in zip(records, done)]
 
     # ------------------------------------------------------------------ maps
     def lesion_map(
@@ -604,22 +705,30 @@ class InferenceEngine:
         if faithfulness and hit.faithfulness is None and b.model is not None:
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            hit = hit.with_faithfulness(*self._road(record, hit))
+            hit = hit.with_faithfulness(*self._road(record, hit, cancel=cancel))
             self._remember(self._maps, ckey, hit, MAP_CACHE)
         return hit
 
-    def faithfulness(self, record: ImageRecord, heatmap: Heatmap) -> Heatmap:
-        """The same heatmap with its ROAD faithfulness score filled in (see ``inference.cam``).
+    def faithfulness(self, record: ImageRecord, heatmap: Heatmap, *, cancel: CancelToken | None = None) -> Heatmap:
+        """The same heatmap with its ROAD faithfulness score filled in (see ``inference.cam``), on demand.
 
-        Without torch the ROAD score cannot be computed: the heatmap comes back as it is.
+        Scored at model resolution on the cached model input the map was made from; the result
+        is cached with the map. Without torch the ROAD score cannot be computed: the heatmap
+        comes back as it is. ``cancel`` is checked between ROAD's steps.
         """
         if heatmap.faithfulness is not None or heatmap.method == LESION_MAP_METHOD:
             return heatmap
-        if self.bundle(heatmap.model).model is None:
+        b = self.bundle(heatmap.model)
+        if b.model is None:
             return heatmap
-        return heatmap.with_faithfulness(*self._road(record, heatmap))
+        done = heatmap.with_faithfulness(*self._road(record, heatmap, cancel=cancel))
+        backend = self._explainer(b, heatmap.method)
+        ckey = (input_key(record, b.preprocessing), backend.executed, heatmap.label, heatmap.method)
+        if self._recall(self._maps, ckey) is not None:
+            self._remember(self._maps, ckey, done, MAP_CACHE)
+        return done
 
-    def _road(self, record: ImageRecord, heatmap: Heatmap) -> tuple[float, str]:
+    def _road(self, record: ImageRecord, heatmap: Heatmap, *, cancel: CancelToken | None = None) -> tuple[float, str]:
         from cxr_viewer.core.inference.cam_methods import DEFAULT_ROAD_PERCENTILES
 
         if heatmap.network_map is None:
@@ -627,5 +736,5 @@ class InferenceEngine:
         b = self.bundle(heatmap.model)
         x = self.inputs.get(record, b.preprocessing)  # the same input the map was made from
         value = self._torch_backend(b).road(x, heatmap.network_map, heatmap.target_index,
-                                            multiclass=b.task == "multiclass")
+                                            multiclass=b.task == "multiclass", cancel=cancel)
         return float(value or 0.0), f"ROAD combined, percentiles {list(DEFAULT_ROAD_PERCENTILES)}"

@@ -49,6 +49,11 @@ class ModelInputs:
                 self._items.popitem(last=False)
         return x
 
+    def reserve(self, size: int) -> None:
+        """Keep at least ``size`` inputs (a batch being prepared ahead must not evict itself)."""
+        with self._lock:
+            self._size = max(self._size, int(size))
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

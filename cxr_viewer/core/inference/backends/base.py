@@ -44,8 +44,10 @@ class ClassifierBackend(Protocol):
     def unavailable_cam_methods(self) -> dict[str, str]:
         """Heatmap methods this backend cannot draw -> the reason, in words."""
 
-    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool) -> float | None:
-        """ROAD faithfulness of a map, or None when the backend cannot compute it."""
+    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool,
+             cancel: "CancelToken | None" = None) -> float | None:
+        """ROAD faithfulness of a map at model resolution, or None when the backend cannot compute it;
+        ``cancel`` is checked between the metric's steps."""
 
 
 class SegmentationBackend(Protocol):

@@ -13,7 +13,7 @@ from cxr_viewer.core.inference.cam_closed_form import (
     CLOSED_FORM_METHODS,
     FEATURE_ONLY_METHODS,
     cam_from_features,
-    scorecam_weights,
+    scorecam,
 )
 from cxr_viewer.core.inference.onnx_runtime import ort_session
 from cxr_viewer.core.inference.results import CancelToken, is_cancelled
@@ -42,6 +42,9 @@ class OrtClassifier:
         self.session = ort_session(artifact.graph, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
+        dims = list(self.session.get_inputs()[0].shape)[-2:]
+        #: (H, W) when the graph takes only that input size (ScoreCAM then cannot shrink its masked inputs)
+        self.fixed_size = tuple(dims) if len(dims) == 2 and all(isinstance(d, int) for d in dims) else None
         cam = dict(artifact.record.get("cam") or {})
         self.head = artifact.head
         self.cam_exact = bool(cam.get("exact")) and self.head is not None
@@ -72,14 +75,14 @@ class OrtClassifier:
         reason = self.unavailable_cam_methods().get(method)
         if reason:
             raise InferenceError(reason)
-        logits, feats = self.features(x)
         if method == "scorecam":
-            weight, widx, form = scorecam_weights(self.logits, x, feats[0], index, cancel=cancel)[None], 0, "weighted"
-        else:
-            weight, widx, form = (self.head[0] if self.head is not None else None), index, method
-        return cam_from_features(feats[0], weight, widx, form, x.shape[-2:]), logits[0]
+            return scorecam(self, x, index, cancel=cancel)
+        logits, feats = self.features(x)
+        weight = self.head[0] if self.head is not None else None
+        return cam_from_features(feats[0], weight, index, method, x.shape[-2:]), logits[0]
 
-    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool) -> float | None:
+    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool,
+             cancel: CancelToken | None = None) -> float | None:
         return None  # the library's ROAD imputation runs on torch tensors
 
 

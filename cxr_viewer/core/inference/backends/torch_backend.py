@@ -39,6 +39,7 @@ class TorchClassifier(_TorchNet):
             layers = [self.model.cam_layer_name()]
         self.layers = list(layers)
         self.cam_layer = ",".join(self.layers)
+        self.head = _linear_head(self.model, len(bundle.labels))
 
     def _tensor(self, x: np.ndarray) -> Any:
         import torch
@@ -70,18 +71,33 @@ class TorchClassifier(_TorchNet):
 
     def cam(self, x: np.ndarray, index: int, method: str, *, cancel: CancelToken | None = None) -> tuple[np.ndarray, np.ndarray]:
         from cxr_viewer.core.inference.cam import compute_cam
+        from cxr_viewer.core.inference.cam_closed_form import scorecam
 
         if not self.layers:
             raise InferenceError(f"Model {self.bundle.name!r} names no heatmap layer in its bundle.")
+        if method == "scorecam":  # forward-only: the one batched, capped ScoreCAM both backends draw
+            return scorecam(self, x, index, cancel=cancel)
         with self.bundle.lock:
             net_map, logits = compute_cam(self.model, self._tensor(x), index, method=method, target_layers=self.layers)
         return net_map, np.asarray(logits, dtype=np.float64)
 
-    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool) -> float | None:
+    def road(self, x: np.ndarray, network_map: np.ndarray, index: int, *, multiclass: bool,
+             cancel: CancelToken | None = None) -> float | None:
         from cxr_viewer.core.inference.cam import road_faithfulness
 
         with self.bundle.lock:
-            return road_faithfulness(self.model, self._tensor(x), network_map, index, multiclass=multiclass)
+            return road_faithfulness(self.model, self._tensor(x), network_map, index, multiclass=multiclass,
+                                     cancel=cancel)
+
+
+def _linear_head(model: Any, n_labels: int) -> "tuple[np.ndarray, np.ndarray] | None":
+    """The final linear layer (W (L, K), b (L,)) of a pooled classifier, when it has one named ``head``."""
+    import torch
+
+    head = getattr(model, "head", None)
+    if not isinstance(head, torch.nn.Linear) or head.out_features != n_labels or head.bias is None:
+        return None
+    return head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()
 
 
 class TorchSegmentation(_TorchNet):
