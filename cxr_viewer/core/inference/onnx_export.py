@@ -302,6 +302,14 @@ def _head_exact(model: "nn.Module", feats: np.ndarray, logits: np.ndarray, atol:
     return {"exact": exact, "head": {"weight": "head.weight", "bias": "head.bias"}, "gap_linear_max_diff": gap}
 
 
+def _half_size(x: np.ndarray) -> np.ndarray | None:
+    """``x`` at half its height and width (area averaging), or None when that is too small to matter."""
+    h, w = x.shape[2] // 2, x.shape[3] // 2
+    if min(h, w) < 32:
+        return None
+    return x[:, :, : 2 * h, : 2 * w].reshape(x.shape[0], x.shape[1], h, 2, w, 2).mean(axis=(3, 5)).astype(np.float32)
+
+
 def _export_classifier_file(bundle: "LoadedBundle", path: Path, *, atol: float, seed: int) -> dict[str, Any]:
     """Export + verify into ``path``; returns the record's verification fields (no file/sha yet)."""
     model = bundle.model.eval()
@@ -315,13 +323,20 @@ def _export_classifier_file(bundle: "LoadedBundle", path: Path, *, atol: float, 
     try:
         with bundle.lock:
             ref_logits, ref_feats = _torch_outputs(wrapped, x)
+            # Height and width stay free so ScoreCAM may run its masked forwards at a capped size.
             _export(wrapped, (torch.from_numpy(x[:1]),), path, ["input"], ["logits", "features"],
-                    {"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}})
+                    {"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"},
+                     "features": {0: "batch", 2: "feature_height", 3: "feature_width"}})
     finally:
         wrapped.handle.remove()
     storage = store_float16(path)
+    session = ort_session(path, threads=1)
     with bundle.lock:
-        diffs = verify_classifier(ort_session(path, threads=1), model, x, layers[0], atol=atol)
+        diffs = verify_classifier(session, model, x, layers[0], atol=atol)
+        small = _half_size(x)
+        if small is not None:  # the same rule at the size ScoreCAM's capped forwards use
+            half = verify_classifier(session, model, small, layers[0], atol=atol)
+            diffs.update({f"half_size_{k}": v for k, v in half.items()})
     cam = {"layer": layers[0], **_head_exact(model, ref_feats, ref_logits, atol)}
     return {"cam": cam, "storage": storage, "verified": {**diffs, "atol": atol, "inputs": counts}}
 
