@@ -465,7 +465,7 @@ def self_test_main(argv: list[str]) -> int:
     _setup_logging(args.verbose)
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.inference.golden import GOLDEN_TOLERANCE, check_golden
-    from cxr_viewer.core.models.bundle import find_bundles, load_bundle
+    from cxr_viewer.core.models.bundle import find_bundles
 
     tol = GOLDEN_TOLERANCE if args.tolerance is None else args.tolerance
     infos = find_bundles(model_dirs(args))
@@ -489,7 +489,7 @@ def self_test_main(argv: list[str]) -> int:
             lines.append(f"SKIP  {m.display_name}: disabled")
             continue
         try:
-            bundle = load_bundle(info.path, device=engine.device)
+            bundle = engine.load(info.path)
         except CXRError as exc:
             lines.append(f"FAIL  {m.display_name}: {exc.message}")
             failed += 1

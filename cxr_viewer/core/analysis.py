@@ -216,7 +216,7 @@ class ModelPool:
         Without torch (the small CPU app) the engine and bundles are the ONNX lane's; same calls.
         """
         from cxr_viewer.core.inference.engine import InferenceEngine
-        from cxr_viewer.core.models.bundle import find_bundles, load_bundle
+        from cxr_viewer.core.models.bundle import find_bundles
 
         old = self._config
         if self._engine is None or old is None or (old.device, old.backend) != (config.device, config.backend):
@@ -251,7 +251,7 @@ class ModelPool:
             if progress:
                 progress(f"Loading model {m.display_name}…")
             try:
-                engine.add_bundle(load_bundle(info.path, device=engine.device))
+                engine.add_bundle(engine.load(info.path))
             except CXRError as exc:
                 log.warning("model bundle %s not loaded: %s", info.path.name, exc.message)
                 errors[info.path] = exc.message

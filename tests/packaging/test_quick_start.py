@@ -125,3 +125,30 @@ def test_quick_start_runs_without_torch(tmp_path: Path) -> None:
     assert (out / a["cam"]["path"]).is_file()
     masks = sorted((out / "masks").glob("*.png"))
     assert len(masks) == 1 and "right_lower_lobe" in masks[0].name
+
+
+def test_torch_install_starts_without_importing_torch_and_builds_it_on_demand(tmp_path: Path) -> None:
+    """With torch installed, a CPU start on the default bundles runs ONNX Runtime and imports no torch;
+    ROAD (a torch-only score) then builds the network from the same verified weights."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from cxr_viewer.core.inference.engine import InferenceEngine
+from cxr_viewer.core.io import read_image
+engine = InferenceEngine.from_dirs([r"{MODELS}"], device="auto")
+rec = read_image(r"{SAMPLE}")
+res = engine.analyze(rec)
+heat = engine.cam(rec, "Pneumonia", "gradcam")
+print("BEFORE", "torch" in sys.modules, "timm" in sys.modules, len(res.findings), heat.faithfulness)
+done = engine.faithfulness(rec, heat)
+print("AFTER", "torch" in sys.modules, done.faithfulness is not None)
+"""
+    env = {**__import__("os").environ, "CXR_VIEWER_THREADS": "1"}
+    env.pop("CXR_VIEWER_NO_TORCH", None)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    before = next(line for line in p.stdout.splitlines() if line.startswith("BEFORE")).split()
+    assert before[1:3] == ["False", "False"] and int(before[3]) >= 15 and before[4] == "None", p.stdout
+    assert "AFTER True True" in p.stdout, p.stdout

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -45,7 +46,7 @@ from cxr_viewer.core.inference.population import outside_population
 from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
-from cxr_viewer.core.runtime import torch_available
+from cxr_viewer.core.runtime import configure_threads, torch_available
 
 if TYPE_CHECKING:
     import torch
@@ -68,11 +69,23 @@ NO_MODELS_WARNING = (
 )
 
 
-def select_device(preference: "str | torch.device" = "auto") -> "torch.device":
-    """CUDA, then Apple MPS, then CPU for ``auto``; an explicit choice that is unavailable is an error."""
+def _no_gpu_here() -> bool:
+    """True on Linux when no NVIDIA or AMD GPU driver is present: ``auto`` is then the CPU, known without torch."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd"))
+
+
+def select_device(preference: "str | torch.device" = "auto") -> "torch.device | str":
+    """CUDA, then Apple MPS, then CPU for ``auto``; an explicit choice that is unavailable is an error.
+
+    ``auto`` on a Linux machine with no GPU driver is ``"cpu"`` without importing torch (seconds at start-up).
+    """
+    pref = str(preference).lower()
+    if pref in ("auto", "cpu") and (pref == "cpu" or _no_gpu_here()) and "torch" not in sys.modules:
+        return "cpu"
     import torch
 
-    pref = str(preference).lower()
     if pref == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -86,23 +99,6 @@ def select_device(preference: "str | torch.device" = "auto") -> "torch.device":
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InferenceError("Apple MPS was requested but is not available; use --device cpu or auto.")
     return dev
-
-
-def configure_threads(threads: int | None = None) -> int:
-    """CPU threads: ``threads``, else ``CXR_VIEWER_THREADS``, else the library default.
-
-    torch defaults to the number of physical cores, which suits a desktop; the
-    variable lets a shared server keep the viewer to a few cores. ONNX Runtime
-    sessions are given the same number.
-    """
-    n = threads or int(os.environ.get("CXR_VIEWER_THREADS", "0") or 0)
-    if not torch_available():
-        return n if n > 0 else (os.cpu_count() or 1)
-    import torch
-
-    if n > 0 and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return torch.get_num_threads()
 
 
 #: How derived findings name their heatmap: the lesion map itself, not a class-activation map.
@@ -215,7 +211,7 @@ class InferenceEngine:
         ``enabled``: names of bundles shipped switched off (a site fine-tune) that the user switched on.
         Bundles that fail to load are skipped and listed in ``load_errors`` with the reason.
         """
-        from cxr_viewer.core.models.bundle import find_bundles, load_bundle
+        from cxr_viewer.core.models.bundle import find_bundles
 
         engine = cls(None, device=device, **kwargs)
         for info in find_bundles(dirs):
@@ -225,11 +221,17 @@ class InferenceEngine:
             if not info.enabled and info.manifest.name not in enabled:
                 continue
             try:
-                engine.add_bundle(load_bundle(info.path, device=engine.device))
+                engine.add_bundle(engine.load(info.path))
             except CXRError as exc:
                 log.warning("skipping model bundle %s: %s", info.path.name, exc.message)
                 engine.load_errors.append((info.path, exc.message))
         return engine
+
+    def load(self, path: str | Path) -> "LoadedBundle":
+        """A bundle loaded for this engine: on a CPU with a recorded export, torch is built only when needed."""
+        from cxr_viewer.core.models.bundle import load_bundle
+
+        return load_bundle(path, device=self.device, defer_torch=self.backend != "torch")
 
     def add_bundle(self, bundle: "LoadedBundle") -> None:
         with self._lock:
@@ -322,7 +324,7 @@ class InferenceEngine:
 
     def unavailable_cam_methods(self, bundle: "LoadedBundle") -> dict[str, str]:
         """Heatmap methods that cannot be drawn for ``bundle`` here -> the reason (for a greyed-out tooltip)."""
-        if bundle.model is not None:
+        if bundle.torch_capable:
             return {}  # torch draws whatever the ONNX backend cannot
         return self._backend(bundle).unavailable_cam_methods()
 
@@ -647,7 +649,7 @@ class InferenceEngine:
         reason = primary.unavailable_cam_methods().get(method)
         if reason is None:
             return primary
-        if bundle.model is None:
+        if not bundle.ensure_model():
             raise InferenceError(reason)
         return self._torch_backend(bundle)
 
@@ -699,10 +701,10 @@ class InferenceEngine:
                 score=float(_scores(logits, b.task)[idx]),
                 timing_ms=(time.perf_counter() - t0) * 1e3,
                 network_map=net_map,
-                **({} if b.model is not None else {"faithfulness_method": NO_FAITHFULNESS}),
+                **({} if b.torch_capable else {"faithfulness_method": NO_FAITHFULNESS}),
             )
             self._remember(self._maps, ckey, hit, MAP_CACHE)
-        if faithfulness and hit.faithfulness is None and b.model is not None:
+        if faithfulness and hit.faithfulness is None and b.torch_capable:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             hit = hit.with_faithfulness(*self._road(record, hit, cancel=cancel))
@@ -719,7 +721,7 @@ class InferenceEngine:
         if heatmap.faithfulness is not None or heatmap.method == LESION_MAP_METHOD:
             return heatmap
         b = self.bundle(heatmap.model)
-        if b.model is None:
+        if not b.torch_capable:
             return heatmap
         done = heatmap.with_faithfulness(*self._road(record, heatmap, cancel=cancel))
         backend = self._explainer(b, heatmap.method)

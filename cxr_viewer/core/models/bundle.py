@@ -16,7 +16,7 @@ import struct
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,22 @@ class LoadedBundle:
     device: "torch.device | str"
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     onnx: OnnxArtifact | None = field(default=None, repr=False)
+    #: Builds ``model`` from the verified weights when torch is first needed (``load_bundle(defer_torch=True)``).
+    builder: "Callable[[], nn.Module] | None" = field(default=None, repr=False, compare=False)
+
+    @property
+    def torch_capable(self) -> bool:
+        """True when this process can run the bundle on torch (now, or once :meth:`ensure_model` builds it)."""
+        return self.model is not None or self.builder is not None
+
+    def ensure_model(self) -> bool:
+        """Build the deferred torch network now (ROAD, a GPU, a gradient-only heatmap); False without torch."""
+        if self.model is None and self.builder is not None:
+            with self.lock:
+                if self.model is None and self.builder is not None:
+                    self.model = self.builder()
+                    self.builder = None
+        return self.model is not None
 
     @property
     def name(self) -> str:
@@ -466,11 +482,15 @@ def _onnx_head(weights: bytes, rec: Mapping[str, Any], name: str) -> "tuple[np.n
         raise BundleError(f"The weights of '{name}' lack the classifier head {exc} named by its ONNX export.") from exc
 
 
-def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu") -> LoadedBundle:
+def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu", defer_torch: bool = False) -> LoadedBundle:
     """Validate, hash-check and rebuild a bundle; the model comes back in eval mode on ``device``.
 
     Without torch (the small CPU app) ``model`` is None and the bundle must carry a recorded
-    ONNX export, which the ONNX Runtime backend runs.
+    ONNX export, which the ONNX Runtime backend runs. With ``defer_torch`` on a CPU, a bundle
+    that carries a recorded export (or one the viewer never runs, such as an SSL encoder) comes
+    back the same way, plus a ``builder`` that makes the
+    torch network from the same verified bytes when something first needs it
+    (:meth:`LoadedBundle.ensure_model`): a start-up that runs ONNX Runtime never imports torch.
     """
     from cxr_viewer.core.runtime import torch_available
 
@@ -478,7 +498,6 @@ def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu"
     bdir = _resolve_bundle_dir(path)
     manifest = read_manifest(bdir)
     data, digest = read_verified_weights(bdir, manifest)
-    wpath = bdir / str(manifest.weights.get("file") or WEIGHTS_FILE)
     runs_net = manifest.is_classifier or manifest.task == "text_segmentation"
     if not torch_available():
         if device is not None and str(device).split(":")[0] not in ("cpu", "auto"):
@@ -495,12 +514,6 @@ def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu"
             )
         log.info("loaded bundle %s %s (%s) for ONNX Runtime", manifest.name, manifest.version, digest[:12])
         return LoadedBundle(manifest=manifest, model=None, path=bdir, sha256=digest, device="cpu", onnx=artifact)
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
-    from cxr_viewer.core.models.registry import create_model
-
     artifact = None
     if runs_net:
         try:
@@ -509,6 +522,28 @@ def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu"
             raise
         except BundleError as exc:  # e.g. made from earlier weights: torch still runs, the export is ignored
             log.warning("ignoring the ONNX export of %s: %s", manifest.name, exc.message)
+    if defer_torch and (artifact is not None or not runs_net) and str(device).split(":")[0] in ("cpu", "auto"):
+        log.info("loaded bundle %s %s (%s) for ONNX Runtime (torch on demand)", manifest.name, manifest.version,
+                 digest[:12])
+        return LoadedBundle(manifest=manifest, model=None, path=bdir, sha256=digest, device="cpu", onnx=artifact,
+                            builder=lambda: _torch_model(bdir, manifest, data, "cpu"))
+    import torch
+
+    dev = torch.device(device)
+    model = _torch_model(bdir, manifest, data, dev)
+    log.info("loaded bundle %s %s (%s) on %s", manifest.name, manifest.version, digest[:12], dev)
+    return LoadedBundle(manifest=manifest, model=model, path=bdir, sha256=digest, device=dev, onnx=artifact)
+
+
+def _torch_model(bdir: Path, manifest: Manifest, data: bytes, device: "str | torch.device") -> "nn.Module":
+    """The torch network from verified weight bytes, in eval mode on ``device``, gradients off."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    from cxr_viewer.core.models.registry import create_model
+
+    wpath = bdir / str(manifest.weights.get("file") or WEIGHTS_FILE)
     try:
         state = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -528,12 +563,10 @@ def load_bundle(path_or_zip: str | Path, *, device: "str | torch.device" = "cpu"
             f"The weights of '{manifest.name}' do not fit the architecture in its manifest ({str(exc)[:300]}).",
             path=wpath,
         ) from exc
-    dev = torch.device(device)
-    model = model.to(dev).eval()
+    model = model.to(torch.device(device)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    log.info("loaded bundle %s %s (%s) on %s", manifest.name, manifest.version, digest[:12], dev)
-    return LoadedBundle(manifest=manifest, model=model, path=bdir, sha256=digest, device=dev, onnx=artifact)
+    return model
 
 
 def find_bundles(dirs: Iterable[str | Path] | None = None) -> list[BundleInfo]:

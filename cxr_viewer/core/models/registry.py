@@ -43,8 +43,10 @@ def register_model(name: str) -> Callable[[F], F]:
 
 
 def _ensure_builtin() -> None:
-    # Importing the package registers the built-in models.
-    import cxr_viewer.core.models  # noqa: F401
+    """Register the built-in architectures (the package knows its members; they import torch)."""
+    from cxr_viewer.core import models
+
+    models.register_builtin_models()
 
 
 def list_models() -> list[str]:

@@ -19,8 +19,8 @@ __all__ = ["classifier_backend", "segmentation_backend", "wants_onnx"]
 def wants_onnx(bundle: "LoadedBundle", prefer: str = "auto") -> bool:
     """ONNX Runtime without torch; on a CPU for a bundle that carries a recorded export (``auto``) or for any
     bundle when asked (``onnx``: an export is regenerated from the weights, which costs seconds); else torch."""
-    if bundle.model is None:
-        return True
+    if bundle.model is None and (prefer != "torch" or not bundle.ensure_model()):
+        return True  # no torch here, or torch deferred until something needs it
     if prefer == "torch" or str(bundle.device).split(":")[0] != "cpu":
         return False
     return prefer == "onnx" or bundle.onnx is not None
@@ -49,7 +49,7 @@ def _choose(bundle: "LoadedBundle", prefer: str, make_ort: Any, make_torch: Any)
         try:
             return make_ort(onnx_artifact(bundle))
         except Exception as exc:  # noqa: BLE001 - no verified export: torch runs the weights instead
-            if bundle.model is None:
+            if not bundle.ensure_model():
                 raise
             log.warning("ONNX backend unavailable for %s, using torch: %s", bundle.name, exc)
     return make_torch(bundle)

@@ -22,8 +22,11 @@ class _TorchNet:
     name = "torch"
 
     def __init__(self, bundle: "LoadedBundle") -> None:
-        if bundle.model is None:
+        if not bundle.ensure_model():
             raise InferenceError(f"Model {bundle.name!r} was loaded without PyTorch.")
+        from cxr_viewer.core.runtime import configure_threads
+
+        configure_threads()  # torch may have been imported only now (deferred): give it the thread setting
         self.bundle = bundle
         self.model = bundle.model
         self.executed = Executed("torch", bundle.sha256, "weights")
