@@ -348,6 +348,34 @@ class SiteCalibrationDialog(QDialog):
         return self.saved
 
 
+class ElidedLabel(QLabel):
+    """A one-line label that shortens its text with "…" when the room is short (the status bar at 1200 px).
+
+    ``text()`` stays the full text; the tooltip shows it whole when it is cut (unless one is set).
+    """
+
+    MIN_WIDTH = 120
+
+    def minimumSizeHint(self) -> Any:  # noqa: N802 - Qt override
+        hint = super().minimumSizeHint()
+        hint.setWidth(min(hint.width(), self.MIN_WIDTH))
+        return hint
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+        from PySide6.QtGui import QPainter
+
+        painter = QPainter(self)
+        rect = self.contentsRect()
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, rect.width())
+        self.style().drawItemText(painter, rect, int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), self.palette(),
+                                  self.isEnabled(), text, self.foregroundRole())  # fmt: skip
+        painter.end()
+
+    @property
+    def elided(self) -> bool:
+        return self.fontMetrics().horizontalAdvance(self.text()) > self.contentsRect().width()
+
+
 class DriftBanner(QToolBar):
     """A bar over the image that says when recent scores have drifted from the active site profile."""
 
@@ -410,7 +438,7 @@ class SiteCalibrationHook:
         self._successor: Any = None  # the bundle now in use instead of the profile's (updated, or a site version)
         window.addToolBarBreak(Qt.ToolBarArea.TopToolBarArea)
         window.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.banner)
-        self.status_label = QLabel("", window)
+        self.status_label = ElidedLabel("", window)
         self.status_label.setObjectName("siteProfileStatus")
         self.status_label.setTextFormat(Qt.TextFormat.PlainText)
         window.statusBar().addPermanentWidget(self.status_label)
@@ -504,9 +532,17 @@ class SiteCalibrationHook:
             self.window.statusBar().showMessage(f"Active site profile: {profile.id} ({profile.bundle.get('name')})", 10000)
 
     def _show_status(self, problem: str = "") -> None:
+        """The status bar's word on the profile: short, cut with "…" when the bar is full; the tooltip has it all."""
         self._status_text(problem)
-        fm = self.status_label.fontMetrics()  # room for the whole name: the status bar does not clip it
-        self.status_label.setMinimumWidth(fm.horizontalAdvance(self.status_label.text()) + 16)
+        label = self.status_label
+        if label.text() not in label.toolTip():
+            label.setToolTip(f"{label.text()}\n{label.toolTip()}")
+        label.updateGeometry()
+        # QStatusBar lays its widgets out again only when its height changes: a longer text would stay clipped
+        layout = self.window.statusBar().layout()
+        if layout is not None:
+            layout.invalidate()
+            layout.activate()
 
     def _status_text(self, problem: str = "") -> None:
         p = self.profile
