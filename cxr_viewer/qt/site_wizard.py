@@ -356,12 +356,12 @@ class ElidedLabel(QLabel):
 
     MIN_WIDTH = 120
 
-    def minimumSizeHint(self) -> Any:  # noqa: N802 - Qt override
+    def minimumSizeHint(self) -> Any:  # Qt override
         hint = super().minimumSizeHint()
         hint.setWidth(min(hint.width(), self.MIN_WIDTH))
         return hint
 
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+    def paintEvent(self, event: Any) -> None:  # Qt override
         from PySide6.QtGui import QPainter
 
         painter = QPainter(self)
