@@ -112,10 +112,9 @@ def _analyse(worklist: Worklist, folder: Path | None, paths: Sequence[Path], tok
 
 
 def _send_results(worklist: Worklist, remote: "RemoteNode", path: Path, calling_ae: str) -> int:
+    from cxr_viewer.core.analysis import site_adjusted
     from cxr_viewer.core.io import read_image
     from cxr_viewer.core.pacs import send_results
-
-    from cxr_viewer.core.analysis import site_adjusted
 
     record = read_image(path)
     result = site_adjusted(worklist.site_profile, worklist.engine().analyze(record))[0]  # the SR names the profile
