@@ -43,12 +43,15 @@ def worklist_main(argv: list[str]) -> int:
         description="Analyse every image under DIR (results kept in a local store keyed by pixel hash and "
         "model sha256, so a second run recomputes nothing) and write the worklist, highest abnormality first. "
         "The abnormality is the score of a finding named 'Abnormal' when a model has one, otherwise the "
-        "highest finding score; the CSV header says which.",
+        "highest finding score; the CSV header says which. With --site-profile the profile's model's findings "
+        "carry its calibrated scores (and thresholds), the order follows them, and the header names the profile.",
     )
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--csv", required=True, metavar="OUT", help="CSV file to write, or - for standard output")
     p.add_argument("--db", metavar="FILE", help="result store (default: CXR_VIEWER_WORKLIST_DB or the user cache)")
     p.add_argument("--hide-patient", action="store_true", help="leave the patient column out")
+    p.add_argument("--site-profile", metavar="PROFILE", help="site calibration profile (a file, or a name in the "
+                   "profiles folder): its calibrated scores and thresholds replace the bundle's, as in analyze")
     _model_args(p)
     p.add_argument("-v", "--verbose", action="count", default=0)
     args = p.parse_args(argv)
@@ -66,6 +69,20 @@ def worklist_main(argv: list[str]) -> int:
         print(f"cxr-viewer worklist: the result store cannot be opened ({exc}); pass --db FILE", file=sys.stderr)
         return EXIT_USAGE
     wl = Worklist(store, model_dirs=model_dirs(args), device=args.device, backend=args.backend)
+    if args.site_profile:
+        from cxr_viewer.core.site_profile import load_profile
+
+        try:
+            wl.site_profile = load_profile(args.site_profile)
+        except CXRError as exc:
+            print(f"cxr-viewer worklist: {exc.message}", file=sys.stderr)
+            store.close()
+            return EXIT_USAGE
+        problem, _stale = wl.site_status()  # refused like analyze: fitted to other weights, or its model is absent
+        if problem:
+            print(f"cxr-viewer worklist: {problem}", file=sys.stderr)
+            store.close()
+            return EXIT_USAGE
     try:
         entries = wl.open_folder(folder)
     except CXRError as exc:
@@ -86,6 +103,9 @@ def worklist_main(argv: list[str]) -> int:
     print(f"{len(entries)} image(s): {computed} analysed now, {len(entries) - computed - failed} from the store, "
           f"{failed} unreadable; sorted by abnormality ({wl.basis}) in {time.perf_counter() - t0:.2f} s",
           file=sys.stderr)
+    if wl.site_profile is not None:
+        print(f"site profile {wl.site_profile.id} applied to {wl.site_profile.bundle.get('name')}'s findings",
+              file=sys.stderr)
     for msg in wl.load_errors:
         print(f"warning: model bundle skipped: {msg}", file=sys.stderr)
     store.close()

@@ -107,6 +107,7 @@ class AnalysisController(QObject):
     masks_changed = Signal(object)  # list[Mask] of the current report phrases
     progress = Signal(str)  # a line for the status bar; "" when nothing runs
     models_changed = Signal(object)  # tuple[BundleSummary, ...]
+    enabled_changed = Signal()  # the user switched a model on or off (the worklist follows)
     segment_failed = Signal(str)
     bundle_added = Signal(object)  # Path of the copied bundle
     error = Signal(str, str)  # title, message: for a non-blocking dialog
@@ -196,6 +197,7 @@ class AnalysisController(QObject):
         self.settings.setValue("models/disabled", sorted(disabled))
         self.settings.setValue("models/enabled", sorted(switched_on))
         self.settings.sync()
+        self.enabled_changed.emit()
 
     def switch_version(self, use: str, instead_of: str) -> None:
         """Use bundle ``use`` instead of ``instead_of`` (a site version and its original, either way round).

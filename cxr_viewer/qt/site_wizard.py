@@ -348,6 +348,34 @@ class SiteCalibrationDialog(QDialog):
         return self.saved
 
 
+class ElidedLabel(QLabel):
+    """A one-line label that shortens its text with "…" when the room is short (the status bar at 1200 px).
+
+    ``text()`` stays the full text; the tooltip shows it whole when it is cut (unless one is set).
+    """
+
+    MIN_WIDTH = 120
+
+    def minimumSizeHint(self) -> Any:  # Qt override
+        hint = super().minimumSizeHint()
+        hint.setWidth(min(hint.width(), self.MIN_WIDTH))
+        return hint
+
+    def paintEvent(self, event: Any) -> None:  # Qt override
+        from PySide6.QtGui import QPainter
+
+        painter = QPainter(self)
+        rect = self.contentsRect()
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, rect.width())
+        self.style().drawItemText(painter, rect, int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), self.palette(),
+                                  self.isEnabled(), text, self.foregroundRole())  # fmt: skip
+        painter.end()
+
+    @property
+    def elided(self) -> bool:
+        return self.fontMetrics().horizontalAdvance(self.text()) > self.contentsRect().width()
+
+
 class DriftBanner(QToolBar):
     """A bar over the image that says when recent scores have drifted from the active site profile."""
 
@@ -363,6 +391,10 @@ class DriftBanner(QToolBar):
         self.label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.label.setStyleSheet("QLabel { background: #6b4a12; color: #ffe9b8; padding: 6px; border-radius: 3px; }")
         self.addWidget(self.label)
+        self.recalibrate_button = QPushButton("Recalibrate for this version…")
+        self.recalibrate_button.setToolTip("Open the site calibration wizard on the model version now in use")
+        self._recalibrate_action = self.addWidget(self.recalibrate_button)
+        self._recalibrate_action.setVisible(False)
         dismiss = QPushButton("Dismiss")
         dismiss.clicked.connect(self.hide)
         self.addWidget(dismiss)
@@ -374,8 +406,15 @@ class DriftBanner(QToolBar):
             self.hide()
             return False
         self.label.setText(f"⚠ Drift from site profile {profile.id}: " + " ".join(r.message for r in drifted))
+        self._recalibrate_action.setVisible(False)
         self.show()
         return True
+
+    def show_problem(self, text: str, recalibrate: bool = False) -> None:
+        """The active profile does not apply; ``recalibrate`` offers the wizard on the version now in use."""
+        self.label.setText(f"⚠ {text}")
+        self._recalibrate_action.setVisible(recalibrate)
+        self.show()
 
 
 class SiteCalibrationHook:
@@ -395,9 +434,11 @@ class SiteCalibrationHook:
         self.monitor: Any = None
         self._seen: set[str] = set()
         self.banner = DriftBanner(window)
+        self.banner.recalibrate_button.clicked.connect(self.recalibrate)
+        self._successor: Any = None  # the bundle now in use instead of the profile's (updated, or a site version)
         window.addToolBarBreak(Qt.ToolBarArea.TopToolBarArea)
         window.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.banner)
-        self.status_label = QLabel("", window)
+        self.status_label = ElidedLabel("", window)
         self.status_label.setObjectName("siteProfileStatus")
         self.status_label.setTextFormat(Qt.TextFormat.PlainText)
         window.statusBar().addPermanentWidget(self.status_label)
@@ -433,12 +474,22 @@ class SiteCalibrationHook:
         extra = [Path(self.window.models_dir)] if self.window.models_dir else []
         return [*extra, default_models_dir(), user_models_dir()]
 
-    def show_wizard(self) -> SiteCalibrationDialog:
+    def show_wizard(self, model: str | None = None) -> SiteCalibrationDialog:
+        """The wizard; ``model`` (a bundle name) chosen in it when given."""
+        if self.dialog is not None and model is not None and model not in {m.name for m in self.dialog.manifests.values()}:
+            self.dialog.close()  # installed after the wizard was first built: list the models again
+            self.dialog = None
         if self.dialog is None:
             panel = getattr(self.window, "worklist_panel", None)
             store = panel.controller.corrections if panel is not None else None
             self.dialog = SiteCalibrationDialog(self.window.runner, self.model_dirs(), self.window, corrections=store)
             self.dialog.profile_saved.connect(self.set_profile)
+        if model is not None:
+            box = self.dialog.model_box
+            for i in range(box.count()):
+                if self.dialog.manifests[box.itemData(i)].name == model:
+                    box.setCurrentIndex(i)
+                    break
         self.dialog.show()
         self.dialog.raise_()
         return self.dialog
@@ -476,14 +527,22 @@ class SiteCalibrationHook:
         self.window.analysis.set_site_profile(profile)  # the current image is judged again with it
         panel = getattr(self.window, "worklist_panel", None)
         if panel is not None:
-            panel.controller.site_profile = profile  # named in the provenance of the reader's labels
+            panel.controller.set_site_profile(profile)  # its scores and order; named in the labels' provenance
         if profile is not None:
             self.window.statusBar().showMessage(f"Active site profile: {profile.id} ({profile.bundle.get('name')})", 10000)
 
     def _show_status(self, problem: str = "") -> None:
+        """The status bar's word on the profile: short, cut with "…" when the bar is full; the tooltip has it all."""
         self._status_text(problem)
-        fm = self.status_label.fontMetrics()  # room for the whole name: the status bar does not clip it
-        self.status_label.setMinimumWidth(fm.horizontalAdvance(self.status_label.text()) + 16)
+        label = self.status_label
+        if label.text() not in label.toolTip():
+            label.setToolTip(f"{label.text()}\n{label.toolTip()}")
+        label.updateGeometry()
+        # QStatusBar lays its widgets out again only when its height changes: a longer text would stay clipped
+        layout = self.window.statusBar().layout()
+        if layout is not None:
+            layout.invalidate()
+            layout.activate()
 
     def _status_text(self, problem: str = "") -> None:
         p = self.profile
@@ -501,14 +560,37 @@ class SiteCalibrationHook:
                                          f"site thresholds from {p.path or 'this profile'}" + (f"\n{p.note}" if p.note else ""))  # fmt: skip
             self.status_label.setStyleSheet("color:#8fe0b0;")
 
+    def successor(self) -> Any:
+        """The loaded bundle used instead of the profile's: its update (other weights) or its site version."""
+        p = self.profile
+        if p is None:
+            return None
+        name, sha = p.bundle.get("name"), str(p.bundle.get("sha256", "")).lower()
+        for s in self.window.analysis.bundles:
+            if s.loaded and s.enabled and (s.replaces == name or (s.name == name and str(s.sha256).lower() != sha)):
+                return s
+        return None
+
+    def recalibrate(self) -> SiteCalibrationDialog:
+        """Recalibrate for this version…: the wizard on the bundle now in use."""
+        s = self._successor or self.successor()
+        return self.show_wizard(s.name if s is not None else None)
+
     def on_state(self, state: Any) -> None:
         if self.profile is None or getattr(state, "status", "") != "done" or not state.findings:
             return
         message = getattr(state, "site_profile_message", "")
         self._show_status(message)
-        if getattr(state, "site_profile_stale", False):  # the bundle was updated: say so where drift would be shown
-            self.banner.label.setText(f"⚠ {message}")
-            self.banner.show()
+        self._successor = self.successor() if message else None
+        s = self._successor
+        if s is not None and s.replaces == self.profile.bundle.get("name"):  # a site version is in use instead
+            b = self.profile.bundle
+            message = (f"Site profile {self.profile.id} was fitted to {b.get('name')} {b.get('version', '')}; the "
+                       f"version in use is its site version {s.display_name}, so the profile is not applied. "
+                       "Recalibrate on your site's films for this version.")  # fmt: skip
+            self._show_status(message)
+        if getattr(state, "site_profile_stale", False) or s is not None:  # say so where drift would be shown
+            self.banner.show_problem(message, recalibrate=s is not None)
             return
         if message:  # its model is not loaded (switched off, removed): nothing to measure drift on
             return
@@ -519,6 +601,8 @@ class SiteCalibrationHook:
     def on_worklist_entry(self, entry: Any) -> None:
         """A worklist study's stored (raw) scores join the recent scores the drift check compares."""
         if self.profile is None or not getattr(entry, "ok", False) or not entry.findings:
+            return
+        if getattr(entry, "site_profile", None) is None:  # the profile does not apply to the worklist's models
             return
         self._feed(entry.content_hash or str(entry.path), entry.findings)
 

@@ -79,11 +79,19 @@ def default_inbox() -> Path:
 
 
 # --------------------------------------------------------------------------- worker functions
-def _analyse(worklist: Worklist, folder: Path | None, paths: Sequence[Path], token: CancelToken
-             ) -> Iterator[tuple[str, Any]]:
-    """Worker: entries one by one, with ("progress", done, total) between them."""
+def _analyse(worklist: Worklist, folder: Path | None, paths: Sequence[Path], token: CancelToken,
+             reconfigure: Any = None) -> Iterator[tuple[str, Any]]:
+    """Worker: entries one by one, with ("progress", done, total) between them.
+
+    ``reconfigure(worklist)`` runs first (a new site profile, a new enabled set): on this
+    worker, so it never waits for a model being loaded on the GUI thread.
+    """
     from cxr_viewer.core.io.scan import iter_image_files
 
+    if reconfigure is not None:
+        reconfigure(worklist)
+    message, stale = worklist.site_status()
+    yield "site", (worklist.site_profile, message, stale)
     files = list(paths)
     if folder is not None:
         files += iter_image_files(folder)[0]
@@ -104,11 +112,12 @@ def _analyse(worklist: Worklist, folder: Path | None, paths: Sequence[Path], tok
 
 
 def _send_results(worklist: Worklist, remote: "RemoteNode", path: Path, calling_ae: str) -> int:
+    from cxr_viewer.core.analysis import site_adjusted
     from cxr_viewer.core.io import read_image
     from cxr_viewer.core.pacs import send_results
 
     record = read_image(path)
-    result = worklist.engine().analyze(record)
+    result = site_adjusted(worklist.site_profile, worklist.engine().analyze(record))[0]  # the SR names the profile
     return len(send_results(remote, record, result, calling_ae=calling_ae))
 
 
@@ -122,6 +131,8 @@ class WorklistModel(QAbstractTableModel):
         self._row: dict[Path, int] = {}
         self.findings: list[tuple[str, str]] = []
         self.basis = "max finding score"
+        self.site_columns: frozenset[tuple[str, str]] = frozenset()  # (model, label) the active site profile recalibrates
+        self.site_profile_id = ""
         self.labels_of: Any = lambda entry: {}  # entry -> {finding: 1.0 | 0.0 | None}, the reader's labels
 
     def labels_text(self, entry: WorklistEntry) -> str:
@@ -156,6 +167,22 @@ class WorklistModel(QAbstractTableModel):
             self.entries[row] = entry
             self.dataChanged.emit(self.index(row, 0), self.index(row, self.columnCount() - 1))
 
+    def prune_columns(self) -> None:
+        """Drop the finding columns no entry has any more (a model switched off)."""
+        seen = {(f.model, f.label) for e in self.entries for f in e.findings}
+        if all(c in seen for c in self.findings):
+            return
+        self.beginResetModel()
+        self.findings = [c for c in self.findings if c in seen]
+        self.endResetModel()
+
+    def set_site(self, profile: Any) -> None:
+        """The site profile applied (None: none, or not applied): its recalibrated columns say so in their title."""
+        self.site_profile_id = profile.id if profile is not None else ""
+        self.site_columns = frozenset((profile.bundle.get("name"), lab) for lab in profile.findings) if profile else frozenset()
+        if self.findings:
+            self.headerDataChanged.emit(Qt.Orientation.Horizontal, len(FIXED), self.columnCount() - 1)
+
     def entry_at(self, row: int) -> WorklistEntry:
         return self.entries[row]
 
@@ -168,14 +195,17 @@ class WorklistModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             if section < len(FIXED):
                 return FIXED[section]
-            return column_titles(self.findings)[section - len(FIXED)]
+            title = column_titles(self.findings)[section - len(FIXED)]
+            return f"{title} (site)" if self.findings[section - len(FIXED)] in self.site_columns else title
         if role == Qt.ItemDataRole.ToolTipRole:
             if section == COL_ABNORMAL:
                 return (f"Abnormality: {self.basis}" + ("" if self.basis == "Abnormal" else
                         " (no model predicts a finding named 'Abnormal')"))
             if section >= len(FIXED):
                 model, label = self.findings[section - len(FIXED)]
-                return f"{label} from {model}"
+                site = (f", recalibrated by site profile {self.site_profile_id} (its scores and threshold)"
+                        if (model, label) in self.site_columns else "")  # fmt: skip
+                return f"{label} from {model}{site}"
         return None
 
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -233,8 +263,9 @@ class WorklistModel(QAbstractTableModel):
                 return ("Your labels (+ positive, − negative, ? unsure): select the study, choose the finding, "
                         "press 1, 2 or 3")  # fmt: skip
             if finding is not None:
+                raw = "" if finding.raw_score is None else f"; the model's own score {finding.raw_score:.3f}"
                 return (f"{finding.label}: {finding.score:.3f} (threshold {finding.threshold:.3f}, "
-                        f"{finding.threshold_method or 'default'}) from {finding.model}")
+                        f"{finding.threshold_method or 'default'}) from {finding.model}{raw}")
             return str(e.path)
         if role == Qt.ItemDataRole.TextAlignmentRole and (col in (COL_ABNORMAL, COL_READ) or col >= len(FIXED)):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -252,6 +283,8 @@ class WorklistController(QObject):
     receiving_changed = Signal(bool)
     studies_found = Signal(object)  # list[StudyHit]
     basis_changed = Signal(str)  # what the abnormality column is ("Abnormal" or "max finding score")
+    site_changed = Signal(object)  # (SiteProfile | None, message, stale): the profile applied, or why not
+    refreshed = Signal()  # the listed studies were listed again (a new profile or enabled set)
     _received = Signal(object)  # ReceivedFile, emitted on a receiver thread
 
     def __init__(self, settings: QSettings, model_dirs: Sequence[Path] | None = None, *,
@@ -276,6 +309,8 @@ class WorklistController(QObject):
                 self._labels.setdefault(c.image, {})[c.label] = c.value
         self._token = CancelToken()
         self._done = self._total = 0
+        self._folder: Path | None = None  # what is listed: the folder opened and the files added since
+        self._added: list[Path] = []
         self._received.connect(self._on_received)
 
     # ------------------------------------------------------------------ analysis
@@ -284,12 +319,44 @@ class WorklistController(QObject):
         return self.runner.pending > 0
 
     def open_folder(self, folder: str | Path) -> None:
+        self._folder, self._added = Path(folder), []
         self._start(Path(folder), [])
 
     def add_paths(self, paths: Sequence[str | Path]) -> None:
+        self._added += [Path(p) for p in paths]
         self._start(None, [Path(p) for p in paths])
 
-    def _start(self, folder: Path | None, paths: list[Path]) -> None:
+    def set_site_profile(self, profile: Any) -> None:
+        """Apply ``profile`` (or None) to the listed studies and every one after: the same rule as the viewer's.
+
+        The store keeps the models' own scores, so nothing is computed again; the dock says which
+        profile is active, or why it is not applied.
+        """
+        self.site_profile = profile
+
+        def apply(worklist: Worklist) -> None:
+            worklist.site_profile = profile
+
+        self.refresh(apply)
+
+    def set_models(self, disabled: Sequence[str], enabled: Sequence[str]) -> None:
+        """Follow the model manager's enabled set now: the listed studies get the enabled models' results."""
+        disabled, enabled = sorted(disabled), sorted(enabled)
+
+        def apply(worklist: Worklist) -> None:
+            worklist.set_models(disabled, enabled)
+
+        self.refresh(apply)
+
+    def refresh(self, reconfigure: Any = None) -> None:
+        """List what is listed again (after ``reconfigure(worklist)`` on the worker), superseding a running batch."""
+        self._token.cancel()
+        self.runner.cancel_all()
+        self._token = CancelToken()
+        self._done = self._total = 0
+        self._start(self._folder, list(self._added), reconfigure=reconfigure, refresh=True)
+
+    def _start(self, folder: Path | None, paths: list[Path], *, reconfigure: Any = None, refresh: bool = False) -> None:
         if not self.running:
             self._token = CancelToken()
             self._done = self._total = 0
@@ -302,6 +369,8 @@ class WorklistController(QObject):
                 self.entry_ready.emit(value)
             elif kind == "basis":
                 self.basis_changed.emit(value)
+            elif kind == "site":
+                self.site_changed.emit(value)
             else:
                 done, total = value
                 self._total += total - seen[1]
@@ -311,16 +380,19 @@ class WorklistController(QObject):
 
         def on_error(exc: BaseException) -> None:
             if isinstance(exc, AnalysisCancelledError):
-                self.message.emit("Worklist analysis cancelled")
+                if token is self._token:  # not when a refresh superseded it
+                    self.message.emit("Worklist analysis cancelled")
                 return
             self.error.emit("Worklist", exc.message if isinstance(exc, CXRError) else f"{type(exc).__name__}: {exc}")
 
-        self.runner.submit(_analyse, self.worklist, folder, paths, token, on_progress=on_item,
-                           on_error=on_error, on_result=lambda _r: self._batch_done())
+        self.runner.submit(_analyse, self.worklist, folder, paths, token, reconfigure, on_progress=on_item,
+                           on_error=on_error, on_result=lambda _r: self._batch_done(refresh))
 
-    def _batch_done(self) -> None:
+    def _batch_done(self, refresh: bool = False) -> None:
         if self.runner.pending <= 1:
             self.progress.emit(0, 0)
+        if refresh:
+            self.refreshed.emit()
 
     def cancel(self) -> None:
         self._token.cancel()
@@ -494,6 +566,11 @@ class WorklistPanel(QWidget):
         self.cancel_button.hide()
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.site_label = QLabel("")  # the active site profile, or why it is not applied
+        self.site_label.setObjectName("worklistSiteProfile")
+        self.site_label.setWordWrap(True)
+        self.site_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.site_label.hide()
         self.label_box = QComboBox()
         self.label_box.setToolTip("The finding your labels are about (clicking a finding's column chooses it too)")
         self.label_buttons = []
@@ -541,6 +618,7 @@ class WorklistPanel(QWidget):
         lay.addLayout(top)
         lay.addLayout(bar)
         lay.addWidget(self.status)
+        lay.addWidget(self.site_label)
         label_row = QHBoxLayout()
         label_row.addWidget(QLabel("Label"))
         label_row.addWidget(self.label_box, 1)
@@ -551,6 +629,8 @@ class WorklistPanel(QWidget):
 
         controller.entry_ready.connect(self.model.upsert)
         controller.basis_changed.connect(self._set_basis)
+        controller.site_changed.connect(self._on_site)
+        controller.refreshed.connect(self._on_refreshed)
         controller.progress.connect(self._on_progress)
         controller.message.connect(self.status.setText)
         controller.receiving_changed.connect(self._on_receiving)
@@ -607,6 +687,34 @@ class WorklistPanel(QWidget):
     def _resort(self, *_args: Any) -> None:
         header = self.table.horizontalHeader()
         self.proxy.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
+
+    def _on_site(self, value: tuple[Any, str, bool]) -> None:
+        from cxr_viewer.core.site_profile import profile_text
+
+        profile, message, _stale = value
+        self.model.set_site(profile if profile is not None and not message else None)
+        if profile is None:
+            self.site_label.hide()
+            self.site_label.setText("")
+            return
+        if message:
+            self.site_label.setText(f"⚠ Site profile {profile.id} not applied: {message}")
+            self.site_label.setStyleSheet("color:#ffb070;")
+        else:
+            self.site_label.setText(f"Site profile {profile.title}: calibrated scores and site thresholds of "
+                                    f"{profile.bundle.get('name')} ({', '.join(sorted(profile.findings))})")  # fmt: skip
+            self.site_label.setStyleSheet("color:#8fe0b0;")
+        self.site_label.setToolTip(profile_text(profile.identity()) if not message else message)
+        self.site_label.show()
+
+    def _on_refreshed(self) -> None:
+        """The studies were listed again: columns of models switched off go, the selection stays."""
+        current = self.current_entry()
+        self.model.prune_columns()
+        if current is not None:
+            row = self.model.row_of(current.path)
+            if row is not None:
+                self.table.selectRow(self.proxy.mapFromSource(self.model.index(row, 0)).row())
 
     def _set_basis(self, basis: str) -> None:
         self.model.basis = basis
@@ -872,6 +980,9 @@ def install_worklist(window: "MainWindow") -> WorklistPanel:
                                     device=cfg.device, backend=cfg.backend, parent=window, enabled=sorted(cfg.enabled))
     panel = WorklistPanel(controller, window)
     panel.open_requested.connect(window.open_file)
+    # the model manager's choices reach the worklist at once (enable, disable, use a site version, roll back)
+    window.analysis.enabled_changed.connect(lambda: controller.set_models(sorted(window.analysis.disabled_models()),
+                                                                          sorted(window.analysis.enabled_models())))
     controller.error.connect(lambda title, message: window.show_error(message, title))
     dock = window.add_panel(panel, "Worklist", Qt.DockWidgetArea.LeftDockWidgetArea)
     window.tabifyDockWidget(window.studies_dock, dock)

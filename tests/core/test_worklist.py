@@ -180,3 +180,86 @@ def test_result_objects_beside_the_films_are_left_out(folder: Path, models: Path
     wl = Worklist(ResultStore(tmp_path / "db.sqlite"), engine=engine)
     names = {e.path.name for e in wl.open_folder(folder)}
     assert names == {"film_0.png", "film_1.png", "film_2.png", "film_3.png", "siim.dcm", "broken.png"}
+
+
+def _site_profile(model, label: str, folder: Path, sha: str | None = None):
+    """A real profile of ``label``: Platt and a target-sensitivity threshold fitted to an overconfident model's
+    scores (they move up by about 0.1 near 0.5), bound to ``model``'s weights (or to ``sha``)."""
+    from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 1.3, 400)
+    y = (rng.random(400) < 1 / (1 + np.exp(-z))).astype(float)
+    fp, _ = fit_site_finding(label, y, 1 / (1 + np.exp(-(3 * z - 1))), np.arange(400), current_threshold=0.5,
+                             target="sensitivity:0.9", method="platt", n_boot=20)  # fmt: skip
+    ident = {"name": model.name, "version": model.version, "sha256": sha or model.sha256}
+    return save_profile(SiteProfile("clinic", ident, {label: fp}, note="test site"), folder)
+
+
+def test_site_profile_recalibrates_the_worklist_and_its_order(folder: Path, models: Path, tmp_path: Path) -> None:
+    db = tmp_path / "wl.sqlite"
+    raw = {e.path: e for e in Worklist(ResultStore(db), model_dirs=[models], device="cpu", backend="torch")
+           .open_folder(folder) if e.ok}  # fmt: skip
+    nih = next(k for k in Worklist(ResultStore(db), model_dirs=[models]).models if k.name == "nih")
+    profile = _site_profile(nih, "Effusion", tmp_path / "profiles")
+    fp = profile.findings["Effusion"]
+    wl = Worklist(ResultStore(db), model_dirs=[models], device="cpu", backend="torch", site_profile=profile)
+    assert wl.site_status() == ("", False)
+    entries = wl.open_folder(folder)
+    assert wl._engine is None and all(e.computed == () for e in entries)  # the store's raw scores, no model run
+    ok = [e for e in entries if e.ok]
+    changed = 0
+    for e in ok:
+        assert e.site_profile["id"] == "clinic v1"
+        before = {(f.model, f.label): f for f in raw[e.path].findings}
+        for f in e.findings:
+            r = before[(f.model, f.label)]
+            if (f.model, f.label) == ("nih", "Effusion"):  # the same rule as analyze and the viewer
+                assert f.score == pytest.approx(float(fp.calibration(np.array([r.score]))[0]))
+                assert f.raw_score == pytest.approx(r.score) and f.threshold == pytest.approx(fp.threshold)
+                assert f.threshold_method == "site profile clinic v1: target sensitivity 0.9"
+            else:
+                assert (f.score, f.threshold, f.raw_score) == (r.score, r.threshold, None)
+        assert e.abnormality == pytest.approx(abnormality(e.findings)[0])
+        changed += abs(e.abnormality - raw[e.path].abnormality) > 1e-3
+    assert changed  # the abnormality and the order follow the recalibrated score
+    assert [e.abnormality for e in ok] == sorted((e.abnormality for e in ok), reverse=True)
+
+    # a profile fitted to other weights, or to a model not enabled: not applied, and why
+    wl.site_profile = _site_profile(nih, "Effusion", tmp_path / "profiles", sha="0" * 64)
+    message, stale = wl.site_status()
+    assert stale and "the model was updated" in message
+    assert all(e.site_profile is None and all(f.raw_score is None for f in e.findings) for e in wl.open_folder(folder))
+    wl.site_profile = profile
+    assert wl.set_models(disabled=["nih"], enabled=[]) and not wl.set_models(disabled=["nih"], enabled=[])
+    message, stale = wl.site_status()
+    assert not stale and "not installed or not enabled" in message
+    assert {f.model for e in wl.open_folder(folder) if e.ok for f in e.findings} == {"tb"}
+
+
+def test_worklist_cli_applies_a_site_profile(folder: Path, models: Path, tmp_path: Path, capsys) -> None:
+    nih = next(k for k in Worklist(ResultStore(tmp_path / "x.sqlite"), model_dirs=[models]).models if k.name == "nih")
+    profile = _site_profile(nih, "Effusion", tmp_path / "profiles")
+    out = tmp_path / "wl.csv"
+    args = ["worklist", str(folder), "--csv", str(out), "--models", str(models), "--no-default-models",
+            "--db", str(tmp_path / "db.sqlite"), "--device", "cpu", "--backend", "torch"]
+    assert cli_main(args) == 2  # broken.png
+    raw = {r[0]: r for r in list(csv.reader(out.open()))[1:]}
+    capsys.readouterr()
+    assert cli_main([*args, "--site-profile", str(profile.path)]) == 2
+    assert "site profile clinic v1 applied" in capsys.readouterr().err
+    rows = list(csv.reader(out.open()))
+    header, body = rows[0], rows[1:]
+    assert header[5] == "abnormality (max finding score; site profile clinic v1)"
+    assert header[7:] == ["Effusion (site profile clinic v1)", "Nodule", "Tuberculosis"]
+    fp = profile.findings["Effusion"]
+    for r in body[:5]:
+        want = float(fp.calibration(np.array([float(raw[r[0]][7])]))[0])
+        assert float(r[7]) == pytest.approx(want, abs=1e-4) and r[8:] == raw[r[0]][8:]
+        assert float(r[5]) == pytest.approx(max(float(x) for x in r[7:]), abs=1e-4)
+    scores = [float(r[5]) for r in body if r[5]]
+    assert scores == sorted(scores, reverse=True)
+    # refused, like analyze: the model was updated since the profile was fitted
+    stale = _site_profile(nih, "Effusion", tmp_path / "profiles", sha="0" * 64)
+    assert cli_main([*args, "--site-profile", str(stale.path)]) == 2
+    assert "the model was updated" in capsys.readouterr().err

@@ -190,6 +190,80 @@ def test_keyboard_labels_in_the_worklist_feed_the_store_export_and_wizard(qtbot,
     assert win2.worklist_panel.controller.labels_of(entry) == {"Effusion": 0.0, "Nodule": None}
 
 
+def _worklist_rows(panel) -> list:
+    return [panel.model.entry_at(panel.proxy.mapToSource(panel.proxy.index(r, 0)).row())
+            for r in range(panel.proxy.rowCount())]  # fmt: skip
+
+
+def test_worklist_follows_the_site_profile_and_the_enabled_set(qtbot, make_window, tiny_models,  # noqa: F811
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    from cxr_viewer.core.worklist import abnormality
+    from cxr_viewer.qt.worklist import COL_ABNORMAL, FIXED
+
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    for i in range(5):
+        _film(folder / f"film_{i}.png", seed=i)
+    win = make_window(models_dir=tiny_models)
+    panel = win.worklist_panel
+    panel.open_folder(folder)
+    qtbot.waitUntil(lambda: panel.model.rowCount() >= 5 and not panel.controller.running, timeout=WAIT_MS)
+    assert not panel.site_label.isVisible()
+    raw = {e.path: e for e in panel.model.entries}
+    key = ("nih-tiny", "Effusion")
+    nih = next(k for k in panel.controller.worklist.models if k.name == "nih-tiny")
+    profile = _profile({"name": nih.name, "version": nih.version, "sha256": nih.sha256})
+    fp = profile.findings["Effusion"]
+
+    win.site_calibration.set_profile(profile)  # the viewer's active profile is the worklist's too
+    qtbot.waitUntil(lambda: all(e.site_profile for e in panel.model.entries) and not panel.controller.running,
+                    timeout=WAIT_MS)  # fmt: skip
+    assert panel.site_label.isVisible()
+    assert panel.site_label.text().startswith(f"Site profile clinic v1 ({profile.created[:10]}): calibrated scores")
+    col = len(FIXED) + panel.model.findings.index(key)
+    assert panel.model.headerData(col, Qt.Orientation.Horizontal) == "Effusion (site)"
+    assert "site profile clinic v1" in panel.model.headerData(col, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+    rows = _worklist_rows(panel)
+    changed = 0
+    for r, e in enumerate(rows):
+        f = next(f for f in e.findings if (f.model, f.label) == key)
+        r0 = next(f for f in raw[e.path].findings if (f.model, f.label) == key)
+        want = float(fp.calibration(np.array([r0.score]))[0])
+        assert f.score == pytest.approx(want) and f.threshold == pytest.approx(fp.threshold)
+        assert panel.proxy.index(r, col).data() == f"{want:.2f}"
+        tip = panel.proxy.index(r, col).data(Qt.ItemDataRole.ToolTipRole)
+        assert f"threshold {fp.threshold:.3f}, site profile clinic v1" in tip and f"own score {r0.score:.3f}" in tip
+        assert e.abnormality == pytest.approx(abnormality(e.findings)[0])
+        changed += abs(e.abnormality - raw[e.path].abnormality) > 1e-3
+    assert changed
+    shown = [float(panel.proxy.index(r, COL_ABNORMAL).data()) for r in range(len(rows))]
+    assert shown == sorted(shown, reverse=True)  # the order follows the recalibrated scores
+    assert all(e.computed == () for e in rows)  # from the store: nothing was computed again
+
+    # fitted to other weights: not applied, the dock says why, the model's own scores again
+    win.site_calibration.set_profile(_profile({"name": nih.name, "version": nih.version, "sha256": "0" * 64}))
+    qtbot.waitUntil(lambda: "not applied" in panel.site_label.text() and not panel.controller.running,
+                    timeout=WAIT_MS)  # fmt: skip
+    assert "the model was updated" in panel.site_label.text()
+    assert all(e.site_profile is None and e.findings == raw[e.path].findings for e in panel.model.entries)
+    assert panel.model.headerData(col, Qt.Orientation.Horizontal) == "Effusion"
+    win.site_calibration.set_profile(None)
+    qtbot.waitUntil(lambda: not panel.site_label.isVisible(), timeout=WAIT_MS)
+
+    # the model manager's choices reach the worklist at once, no restart
+    panel.select_row(2, open_it=False)
+    selected = panel.current_entry().path
+    win.analysis.set_enabled("tb-tiny", False)
+    qtbot.waitUntil(lambda: ("tb-tiny", "Tuberculosis") not in panel.model.findings and not panel.controller.running,
+                    timeout=WAIT_MS)  # fmt: skip
+    assert all({f.model for f in e.findings} == {"nih-tiny"} for e in panel.model.entries)
+    assert panel.model.rowCount() == 5 and panel.current_entry().path == selected
+    win.analysis.set_enabled("tb-tiny", True)
+    qtbot.waitUntil(lambda: ("tb-tiny", "Tuberculosis") in panel.model.findings and not panel.controller.running,
+                    timeout=WAIT_MS)  # fmt: skip
+    assert all({f.model for f in e.findings} == {"nih-tiny", "tb-tiny"} for e in panel.model.entries)
+
+
 def _install_site_version(tiny_models: Path, user_models: Path) -> tuple[Path, Path]:
     """The original 'nih-tiny' and a site fine-tune of it installed the way cxr-train finetune --site --install does."""
     from cxr_viewer.core.models.bundle import load_bundle
@@ -212,6 +286,17 @@ def test_model_manager_enables_a_site_version_and_rolls_back(qtbot, make_window,
     models, installed = _install_site_version(tiny_models, user_models_dir())
     win = _open(qtbot, make_window, models, nih_png)
     assert {m["name"] for m in win.analysis.state.models} == {"nih-tiny"}  # installed switched off
+    nih = next(m for m in win.analysis.state.models if m["name"] == "nih-tiny")
+    win.site_calibration.set_profile(_profile(nih))  # fitted to the original
+    qtbot.waitUntil(lambda: win.analysis.state.site_profile is not None, timeout=WAIT_MS)
+    films = tmp_path / "studies"
+    films.mkdir()
+    for i in range(2):
+        _film(films / f"film_{i}.png", seed=i)
+    panel = win.worklist_panel
+    panel.open_folder(films)
+    qtbot.waitUntil(lambda: panel.model.rowCount() >= 2 and not panel.controller.running, timeout=WAIT_MS)
+    assert {m for m, _lab in panel.model.findings} == {"nih-tiny"}
     dlg = win.show_models()
     qtbot.waitExposed(dlg)
     names = dlg.names()
@@ -230,6 +315,23 @@ def test_model_manager_enables_a_site_version_and_rolls_back(qtbot, make_window,
               for i in range(dlg.list.count())}  # fmt: skip
     assert states == {"nih-tiny": Qt.CheckState.Unchecked, "nih-tiny-site": Qt.CheckState.Checked}
     assert "kept for rollback" in dlg.message.text() or "stays installed" in dlg.message.text()
+    # the worklist follows at once: the site version's results, the original's gone
+    qtbot.waitUntil(lambda: {m for m, _lab in panel.model.findings} == {"nih-tiny-site"}
+                    and not panel.controller.running, timeout=WAIT_MS)  # fmt: skip
+    assert all({f.model for f in e.findings} == {"nih-tiny-site"} for e in panel.model.entries)
+    assert "not applied" in panel.site_label.text()
+    # the profile fitted to the original is not applied, and the viewer offers to recalibrate for this version
+    hook = win.site_calibration
+    qtbot.waitUntil(lambda: hook.banner.isVisible() and hook.banner.recalibrate_button.isVisible(), timeout=WAIT_MS)
+    assert win.analysis.state.site_profile is None
+    text = hook.banner.label.text()
+    assert "site version nih-tiny-site" in text and "Recalibrate" in text
+    assert hook.status_label.text() == "Site profile clinic v1: NOT APPLIED"
+    hook.banner.recalibrate_button.click()
+    wizard = hook.dialog
+    assert wizard is not None and wizard.isVisible()
+    assert wizard.manifests[wizard.model_box.currentData()].name == "nih-tiny-site"
+    wizard.close()
 
     # the choice persists: a new window uses the site version
     win.close()

@@ -115,6 +115,9 @@ def test_drift_banner(make_window, qtbot, tmp_path: Path) -> None:
         analysed(s)
     qtbot.waitUntil(banner.isVisible, timeout=5000)
     assert "Drift from site profile ward v1" in banner.label.text() and "PSI" in banner.label.text()
+    label = win.site_calibration.status_label  # the status bar's word on the profile: inside the window, whole in its tooltip
+    assert label.text() == f"Site profile: ward v1 ({profile.created[:10]})" and label.text() in label.toolTip()
+    assert label.isVisible() and label.mapTo(win, label.rect().topRight()).x() < win.width() and not label.elided
     _keep(win, "drift_banner.png", tmp_path)
     win.site_calibration.set_profile(profile)
     analysed(0.4, model_sha="cd" * 32)  # the bundle was updated: the profile no longer applies, said in the bar

@@ -7,7 +7,8 @@ children's hospital: Kermany paediatric films. Steps: 1 calibrate on the site's 
 reader's labels stored as corrections with provenance and exported (``export-corrections``),
 5 ``cxr-train finetune --site`` a few steps, 6 the gates, 7 the new version installed beside the
 original (switched off) and enabled, the original kept for rollback. Tiny: 64 px, a few dozen
-films, one or two epochs. The learning curve (how many more labels) is a second test.
+films, one or two epochs; the site's films are scored once by ``analyze`` (one engine start-up), and
+the reader's labels are given on what it showed. The learning curve (how many more labels) is a second test.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from trainer.cli import main as train_main
 pytestmark = pytest.mark.slow
 
 SIIM = Path(__file__).resolve().parents[2] / "resources" / "samples" / "siim_cr_chest.dcm"
+N_SITE = 60  # site films: 30 positive, 30 negative
 
 
 def _json_out(argv: list[str], main=train_main) -> tuple[int, dict]:
@@ -71,7 +73,7 @@ def site(data_dir: Path, runs: Path) -> tuple[Path, Path]:
     """60 Kermany films (30 normal, 30 pneumonia, one per patient) and the site's labels CSV."""
     root = data_dir / "pneumonia_kermany"
     labels = pd.read_csv(root / "labels.csv").drop_duplicates("patient_id")
-    pick = pd.concat([labels[labels["pneumonia"] == v].sample(30, random_state=1) for v in (0, 1)])
+    pick = pd.concat([labels[labels["pneumonia"] == v].sample(N_SITE // 2, random_state=1) for v in (0, 1)])
     out = runs / "site.csv"
     pick[["file", "pneumonia", "patient_id"]].to_csv(out, index=False)
     return root, out
@@ -82,6 +84,7 @@ def test_whole_site_loop(original: Path, site: tuple[Path, Path], runs: Path, ad
     from cxr_viewer.cli import main as viewer_main
     from cxr_viewer.core.corrections import CorrectionStore
     from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.inference.results import Finding
     from cxr_viewer.core.io import read_image
     from cxr_viewer.core.models.bundle import find_bundles, load_bundle, read_manifest
     from cxr_viewer.core.site_profile import load_profile
@@ -97,7 +100,8 @@ def test_whole_site_loop(original: Path, site: tuple[Path, Path], runs: Path, ad
                          "--report", str(runs / "site_report.json")])  # fmt: skip
     assert rc == 0 and res["id"] == "kermany-ward v1"
     f = res["findings"]["pneumonia"]
-    assert f["n_pos"] == 30 and f["n_neg"] == 30 and f["validated"] is False  # 15 calibration positives < 20
+    assert f["n_pos"] == N_SITE // 2 and f["n_neg"] == N_SITE // 2
+    assert f["validated"] is False  # 15 calibration positives < 20
     report = json.loads((runs / "site_report.json").read_text())["findings"]["pneumonia"]
     ho = report["held_out"]
     print("SITE CALIBRATION (held-out site films):", json.dumps({
@@ -106,22 +110,24 @@ def test_whole_site_loop(original: Path, site: tuple[Path, Path], runs: Path, ad
         "sensitivity_before": [ho["before"]["sensitivity"], ho["before"]["sensitivity_ci95"], ho["before"]["threshold"]],
         "sensitivity_after": [ho["after"]["sensitivity"], ho["after"]["sensitivity_ci95"], ho["after"]["threshold"]],
         "specificity_before": ho["before"]["specificity"], "specificity_after": ho["after"]["specificity"]}))  # fmt: skip
-    assert report["fit"]["held_out_part"]["n_images"] == 30 and ho["ece_before"]["ci95"] and ho["after"]["sensitivity_ci95"]
+    assert report["fit"]["held_out_part"]["n_images"] == N_SITE // 2
+    assert ho["ece_before"]["ci95"] and ho["after"]["sensitivity_ci95"]
     assert ho["ece_after"]["value"] <= ho["ece_before"]["value"] + 0.02  # never worse beyond noise
     assert any("fewer than 20" in w for w in report["warnings"])
     prof = load_profile(res["profile"])
     assert prof.bundle["sha256"] == orig.sha256 and prof.note == "children's hospital" and prof.created
 
-    # 3. analyse with it: the JSON and the DICOM SR name the profile; the scores are the calibrated ones
-    films = [str(folder / p) for p in frame["file"].head(2)]
+    # 3. analyse with it: the JSON and the DICOM SR name the profile; the scores are the calibrated ones.
+    # Every site film in one call (one engine start-up): step 4's reader labels what it showed.
+    films = [str(folder / p) for p in frame["file"]]
     out_json = runs / "analysis.json"
     models = ["--no-default-models", "--models", str(original.parent), "--backend", "torch", "--device", "cpu"]
-    argv = ["analyze", *films, "--json", str(out_json), *models]
-    assert viewer_main([*argv, "--site-profile", res["profile"]]) == 0
-    objs = json.loads(out_json.read_text())
+    assert viewer_main(["analyze", *films, "--json", str(out_json), *models, "--site-profile", res["profile"]]) == 0
+    shown = json.loads(out_json.read_text())
+    assert len(shown) == N_SITE
     assert viewer_main(["analyze", str(SIIM), "--json", str(runs / "dicom.json"), *models, "--site-profile",
                         res["profile"], "--dicom-out", str(runs / "dicom")]) == 0  # a DICOM film: SR, SC, PDF
-    objs += json.loads((runs / "dicom.json").read_text())
+    objs = shown + json.loads((runs / "dicom.json").read_text())
     fp = prof.findings["pneumonia"]
     for obj in objs:
         assert obj["site_profile"]["name"] == "kermany-ward" and obj["site_profile"]["version"] == 1
@@ -139,23 +145,27 @@ def test_whole_site_loop(original: Path, site: tuple[Path, Path], runs: Path, ad
     stale["bundle"]["sha256"] = "0" * 64
     (runs / "stale.json").write_text(json.dumps(stale))
     capsys.readouterr()
-    assert viewer_main([*argv, "--site-profile", str(runs / "stale.json")]) == 2  # a bundle update invalidates it
+    assert viewer_main(["analyze", films[0], "--json", str(runs / "stale_out.json"), *models, "--site-profile",
+                        str(runs / "stale.json")]) == 2  # a bundle update invalidates it
     assert "the model was updated" in capsys.readouterr().err
 
     # 4. the reader's labels of what the viewer showed, stored with provenance, exported by the CLI
     store = CorrectionStore(runs / "corrections")
-    engine = InferenceEngine([orig], device="cpu", backend="torch")
-    for row in frame.itertuples():
-        record = read_image(folder / row.file)
-        finding = engine.analyze(record).findings[0]
+    for row, obj in zip(frame.itertuples(), shown):
+        fd = obj["findings"][0]
+        finding = Finding(fd["label"], fd["score"], fd["threshold"], fd["model"], fd["model_version"],
+                          fd["threshold_method"], fd["trained"], validated=fd.get("validated"), raw_score=fd["raw_score"])
         store.add_label(folder / row.file, "pneumonia", float(row.pneumonia), patient_id=str(row.patient_id),
-                        content_hash=record.content_hash, finding=finding, model_sha256=orig.sha256,
+                        content_hash=read_image(folder / row.file).content_hash, finding=finding, model_sha256=orig.sha256,
                         site_profile=prof.id, reader="test reader")  # fmt: skip
-    assert store.all()[0].model == {"name": "orig", "version": orig.version, "sha256": orig.sha256}
+    first = store.all()[0]
+    assert first.model == {"name": "orig", "version": orig.version, "sha256": orig.sha256}
+    assert first.model_score == pytest.approx(shown[0]["findings"][0]["raw_score"])  # the model's own score
+    assert first.model_state == shown[0]["findings"][0]["state"] and first.site_profile == "kermany-ward v1"
     manifest = runs / "site_manifest.csv"
     assert viewer_main(["export-corrections", "--out", str(manifest), "--store", str(store.folder)]) == 0
     exported = pd.read_csv(manifest)
-    assert len(exported) == 60 and set(exported["patient_id"].astype(str)) == set(frame["patient_id"].astype(str))
+    assert len(exported) == N_SITE and set(exported["patient_id"].astype(str)) == set(frame["patient_id"].astype(str))
     truth = dict(zip(frame["patient_id"].astype(str), frame["pneumonia"]))
     assert all(truth[str(r.patient_id)] == r.pneumonia for r in exported.itertuples())
 

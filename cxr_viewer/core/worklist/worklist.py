@@ -10,6 +10,12 @@ The abnormality score that sorts the list is the score of a finding named
 ``Abnormal`` when a model predicts one; otherwise the highest finding score
 (of trained, validated findings when there are any). :attr:`Worklist.basis`
 says which, and the CSV header carries it.
+
+With a site profile (:attr:`Worklist.site_profile`) the findings of its bundle carry the
+profile's calibrated score and site threshold, by the same rule the viewer and ``analyze``
+use (:func:`cxr_viewer.core.analysis.site_adjusted`); the abnormality, the order and the
+CSV follow them. The store keeps the model's own scores, so a profile changed or dropped
+recomputes nothing.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class WorklistEntry:
     read: bool = False
     error: str | None = None
     computed: tuple[str, ...] = ()
+    site_profile: dict[str, Any] | None = None  # the site profile applied to ``findings`` (identity), if any
 
     @property
     def ok(self) -> bool:
@@ -167,12 +174,15 @@ class Worklist:
         backend: str = "auto",
         disabled: Iterable[str] = (),
         enabled: Iterable[str] = (),
+        site_profile: Any = None,
     ) -> None:
         self.store = store
         self.disabled = frozenset(disabled)
         self.enabled = frozenset(enabled)  # switched on by the user although the bundle ships switched off
         self.model_dirs = None if model_dirs is None else [Path(d) for d in model_dirs]
+        self.site_profile = site_profile  # a SiteProfile applied to every entry's findings, or None
         self._engine = engine
+        self._own_engine = engine is None  # built here from model_dirs: rebuilt when the enabled set changes
         self._device, self._backend = device, backend
         self._lock = threading.RLock()
         self._models: list[ModelKey] | None = None
@@ -202,6 +212,50 @@ class Worklist:
             if info.ok and m is not None and _is_scoring(m) and model_enabled(m, self.disabled, self.enabled):
                 out.append(ModelKey(m.name, m.version, str(m.weights.get("sha256", "")).lower()))
         return out
+
+    def set_models(self, disabled: Iterable[str], enabled: Iterable[str]) -> bool:
+        """Follow the user's enabled set (the viewer's model manager); True when it changed.
+
+        The next entries have results from exactly the models now enabled: a newly enabled
+        model is computed where the store lacks it, a disabled one's findings are left out.
+        An engine built here is dropped and built again on the next missing result.
+        """
+        disabled, enabled = frozenset(disabled), frozenset(enabled)
+        with self._lock:
+            if (disabled, enabled) == (self.disabled, self.enabled):
+                return False
+            self.disabled, self.enabled = disabled, enabled
+            self._models = None
+            if self._own_engine:
+                self._engine = None
+            return True
+
+    def site_status(self) -> tuple[str, bool]:
+        """Whether :attr:`site_profile` applies to the enabled models: ``(message, stale)``.
+
+        ``message`` is "" when it applies (or there is none); ``stale`` says its bundle is
+        installed with other weights (recalibrate). The same rule as every result's.
+        """
+        message, stale = self._adjust(())[1:3]
+        return message, stale
+
+    def _adjust(self, findings: Sequence[Finding]) -> tuple[tuple[Finding, ...], str, bool, dict[str, Any] | None]:
+        from cxr_viewer.core.analysis import site_adjusted
+        from cxr_viewer.core.inference.results import AnalysisResult
+
+        profile = self.site_profile
+        if profile is None:
+            return tuple(findings), "", False, None
+        models = tuple({"name": k.name, "version": k.version, "sha256": k.sha256} for k in self.models)
+        if not models:  # nothing enabled: say why rather than nothing
+            from cxr_viewer.core.errors import SiteProfileError
+
+            try:
+                profile.check_bundle(())
+            except SiteProfileError as exc:
+                return tuple(findings), exc.message, False, None
+        r, message, stale = site_adjusted(profile, AnalysisResult("", tuple(findings), (), models))
+        return r.findings, message, stale, r.site_profile
 
     def engine(self) -> "InferenceEngine":
         """The engine, built on first need (only when some result is missing)."""
@@ -286,8 +340,9 @@ class Worklist:
             have = self.store.findings(content_hash, [k.sha256 for k in self.models])
         order = {k.sha256: i for i, k in enumerate(self.models)}
         findings = tuple(f for sha in sorted(have, key=lambda s: order.get(s, 1 << 30)) for f in have[sha])
+        findings, _message, _stale, applied = self._adjust(findings)
         return WorklistEntry(path, content_hash, metadata, tuple(qc or ()), findings,
-                             self.store.is_read(content_hash), None, computed)
+                             self.store.is_read(content_hash), None, computed, applied)
 
     def _compute(self, record: Any, content_hash: str, missing: list[ModelKey],
                  cancel: CancelToken | None) -> tuple[tuple[str, ...], tuple[QCFlag, ...]]:
@@ -340,6 +395,17 @@ def finding_columns(entries: Iterable[WorklistEntry]) -> list[tuple[str, str]]:
     return list(seen)
 
 
+def site_column_titles(entries: Iterable[WorklistEntry], columns: Sequence[tuple[str, str]]) -> list[str]:
+    """:func:`column_titles`, a recalibrated column naming its site profile: ``Effusion (site profile ward-3 v1)``."""
+    site: dict[tuple[str, str], str] = {}
+    for e in entries:
+        if e.site_profile:
+            for f in e.findings:
+                if f.raw_score is not None:
+                    site.setdefault((f.model, f.label), str(e.site_profile.get("id", "")))
+    return [t if c not in site else f"{t} (site profile {site[c]})" for c, t in zip(columns, column_titles(columns))]
+
+
 def column_titles(columns: Sequence[tuple[str, str]]) -> list[str]:
     """A finding column is titled by its label, with the model added when two models share it."""
     labels = [lab for _m, lab in columns]
@@ -350,8 +416,10 @@ def worklist_table(entries: Sequence[WorklistEntry], *, basis: str, hide_patient
                    ) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of the worklist, sorted highest abnormality first (what the CSV and the view show)."""
     cols = finding_columns(entries)
+    profiles = sorted({str(e.site_profile.get("id", "")) for e in entries if e.site_profile})
+    basis_text = basis + "".join(f"; site profile {p}" for p in profiles)
     header = ["file"] + ([] if hide_patient else ["patient"]) + [
-        "study date", "modality/view", "QC", f"abnormality ({basis})", "read"] + column_titles(cols)
+        "study date", "modality/view", "QC", f"abnormality ({basis_text})", "read"] + site_column_titles(entries, cols)
     rows = []
     for e in sorted(entries, key=WorklistEntry.sort_key):
         by = {(f.model, f.label): f for f in e.findings}
