@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_viewer.core.errors import BundleError
@@ -26,22 +27,34 @@ def wants_onnx(bundle: "LoadedBundle", prefer: str = "auto") -> bool:
     return prefer == "onnx" or bundle.onnx is not None
 
 
+def _shipped(bundle: "LoadedBundle") -> bool:
+    """True for a bundle installed with the application itself (its ``resources/models``), as trusted as its code."""
+    from cxr_viewer.core.paths import resources_dir
+
+    try:
+        return Path(bundle.path).resolve().is_relative_to((resources_dir() / "models").resolve())
+    except (OSError, ValueError):
+        return False
+
+
 def onnx_artifact(bundle: "LoadedBundle") -> "OnnxArtifact":
     """The graph this process may run: the recorded export, or one regenerated from the verified weights.
 
-    A recorded export was verified against the torch weights when it was written, and on load its
-    sha256 and the sha256 of the weights it was made from are checked (``read_onnx_export``), so it is
-    not re-run against torch here: that would import torch and cost seconds at every start.
-    ``--self-test`` (golden scores through the backend that runs) and ``packaging/stage.py`` check it
-    again. Never a file found anywhere else.
+    Every recorded export is hash-checked on load (its sha256 and that of the weights it was made
+    from, ``read_onnx_export``). Where torch is here, one that came with a user's bundle is also run
+    against the torch weights on golden images, sample radiographs and noise before use (a graph is
+    code; a hostile one could agree on noise only); the application's own bundles were verified when
+    their exports were written and are not re-run against torch at every start, so a CPU start-up
+    imports no torch. ``--self-test`` and ``packaging/stage.py`` check those again. Never a file found
+    anywhere else.
     """
-    if bundle.onnx is not None:
+    if bundle.onnx is not None and (not bundle.torch_capable or _shipped(bundle)):
         return bundle.onnx
-    if bundle.model is None:
+    if not bundle.ensure_model():
         raise BundleError(f"The model {bundle.name!r} has no ONNX export and no PyTorch to run it.")
-    from cxr_viewer.core.inference.onnx_export import regenerate
+    from cxr_viewer.core.inference.onnx_export import ort_artifact_for
 
-    return regenerate(bundle)
+    return ort_artifact_for(bundle)
 
 
 def _choose(bundle: "LoadedBundle", prefer: str, make_ort: Any, make_torch: Any) -> Any:
