@@ -75,3 +75,16 @@ def seg_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("seg_models")
     build_segmenter(root / "seg")
     return root
+
+
+def open_and_wait(qtbot, make_window, models: Path, path: Path, *, timeout_ms: int = 180_000):
+    """A window on ``models`` (torch backend, 2 threads) with ``path`` opened and its analysis finished."""
+    import torch
+
+    torch.set_num_threads(2)
+    win = make_window(models_dir=models)
+    win.analysis.backend = "torch"
+    win.open_paths([path])
+    qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done"
+                    and not win.session.busy, timeout=timeout_ms)  # fmt: skip
+    return win

@@ -9,21 +9,13 @@ from pathlib import Path
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
-from tests.qt.bundles import build_classifier, tiny_models  # noqa: F401  (fixture)
+from tests.qt.bundles import build_classifier, tiny_models, open_and_wait  # noqa: F401  (fixture)
 
 WAIT_MS = 180_000
 
 
 def _open(qtbot, make_window, models: Path, path: Path):
-    import torch
-
-    torch.set_num_threads(2)
-    win = make_window(models_dir=models)
-    win.analysis.backend = "torch"
-    win.open_paths([path])
-    qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done"
-                    and not win.session.busy, timeout=WAIT_MS)
-    return win
+    return open_and_wait(qtbot, make_window, models, path, timeout_ms=WAIT_MS)
 
 
 def _models_in_findings(win) -> set[str]:

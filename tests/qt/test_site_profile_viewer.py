@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from tests.qt.bundles import build_classifier, tiny_models  # noqa: F401  (fixture)
+from tests.qt.bundles import build_classifier, tiny_models, open_and_wait  # noqa: F401  (fixture)
 
 WAIT_MS = 300_000
 
@@ -31,15 +31,7 @@ def _stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _open(qtbot, make_window, models: Path, path: Path):
-    import torch
-
-    torch.set_num_threads(2)
-    win = make_window(models_dir=models)
-    win.analysis.backend = "torch"
-    win.open_paths([path])
-    qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done"
-                    and not win.session.busy, timeout=WAIT_MS)  # fmt: skip
-    return win
+    return open_and_wait(qtbot, make_window, models, path, timeout_ms=WAIT_MS)
 
 
 def _profile(bundle: dict, label: str = "Effusion", sha: str | None = None):
