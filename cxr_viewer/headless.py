@@ -326,6 +326,8 @@ def analyze_main(argv: list[str]) -> int:
         return EXIT_REJECTED
     run_warnings = [f"model bundle {p.name} was refused: {msg}" for p, msg in engine.load_errors]
     refused_all = refusal_error(engine)
+    if refused_all is None:
+        engine.prepare()  # every model's session at once, while nothing else runs
     if refused_all is not None:
         print(f"cxr-viewer analyze: {refused_all['message']}", file=sys.stderr)
     profile = None

@@ -255,6 +255,8 @@ class ModelPool:
             except CXRError as exc:
                 log.warning("model bundle %s not loaded: %s", info.path.name, exc.message)
                 errors[info.path] = exc.message
+        if len(engine.bundles) > len(loaded):
+            engine.prepare()  # the new models' sessions side by side, before the first image needs them
         names = {(b.name, b.sha256) for b in engine.bundles}
         self.summaries = tuple(
             replace(s, loaded=(s.name, s.sha256.lower()) in names, error=errors.get(s.path, s.error)) for s in summaries

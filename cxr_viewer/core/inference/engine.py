@@ -328,6 +328,32 @@ class InferenceEngine:
             return {}  # torch draws whatever the ONNX backend cannot
         return self._backend(bundle).unavailable_cam_methods()
 
+    def prepare(self) -> None:
+        """Build every model's backend now, side by side in threads.
+
+        Most of a cold start is ONNX Runtime optimising each graph when its session is created
+        (about 0.3-0.5 s each here), work that releases the GIL: the classifiers' sessions, each
+        segmenter's and the text encoder's are made at once instead of one after another. Errors are
+        left for the first real call to report (each by model), as without this step.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from cxr_viewer.core.inference.segment import default_text_encoder
+
+        jobs: list[Any] = [lambda b=b: self._backend(b) for b in self.classifiers]
+        for b in self.bundles_for_task("text_segmentation"):
+            jobs.append(lambda b=b: self.segmenter(b))
+            if b.manifest.text_encoder and derived_specs(b):
+                jobs.append(lambda b=b: default_text_encoder(b.manifest.text_encoder).encode(["chest"]))
+        if len(jobs) < 2:
+            return
+        with ThreadPoolExecutor(max_workers=min(4, len(jobs)), thread_name_prefix="cxr-prepare") as pool:
+            for fut in [pool.submit(job) for job in jobs]:
+                try:
+                    fut.result()
+                except Exception as exc:  # noqa: BLE001 - reported by the model's own call later
+                    log.debug("preparing a model failed (reported when it is used): %s", exc)
+
     def warmup(self, cancel: CancelToken | None = None) -> None:
         """Everything the first image would otherwise wait for, done now (call it off the GUI thread).
 
@@ -336,6 +362,7 @@ class InferenceEngine:
         (text encoder included), encodes the stock prompts (cached for every later image) and runs
         one decode. ``cancel`` is checked between the steps.
         """
+        self.prepare()
         for b in self.classifiers:
             if cancel is not None:
                 cancel.raise_if_cancelled()
