@@ -88,3 +88,24 @@ def open_and_wait(qtbot, make_window, models: Path, path: Path, *, timeout_ms: i
     qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done"
                     and not win.session.busy, timeout=timeout_ms)  # fmt: skip
     return win
+
+
+def build_derived_segmenter(out: Path, label: str, note: str, prompts: list[str]) -> Path:
+    """A tiny report segmenter (random weights, seed 0) with one derived, unvalidated lesion finding."""
+    import torch
+
+    from cxr_viewer.core.models import create_model
+    from cxr_viewer.core.models.bundle import save_bundle
+
+    torch.manual_seed(0)
+    save_bundle(create_model("text_unet_tiny", text_dim=384), {
+        "name": "seg-derived", "version": "0.0.1", "task": "text_segmentation", "trained": True,
+        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
+        "labels": ["region"], "thresholds": {"region": {"value": 0.5, "method": "test"}},
+        "preprocessing": {"size": [64, 64], "resize": "letterbox"},
+        "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
+        "derived_findings": [{"label": label, "prompts": list(prompts), "score": "max",
+                              "threshold": {"value": 0.5, "method": "test", "source": "test"},
+                              "validated": False, "note": note}],
+    }, out, dtype="float32")  # fmt: skip
+    return out

@@ -13,24 +13,10 @@ NOTE = "Localisation validated on held-out TBX11K; specificity not measured — 
 
 @pytest.fixture(scope="module")
 def derived_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from cxr_viewer.core.models import create_model
-    from cxr_viewer.core.models.bundle import save_bundle
+    from tests.qt.bundles import build_derived_segmenter
 
     root = tmp_path_factory.mktemp("derived_models")
-    torch.manual_seed(0)
-    save_bundle(create_model("text_unet_tiny", text_dim=384), {
-        "name": "seg-derived", "version": "0.0.1", "task": "text_segmentation", "trained": True,
-        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
-        "labels": ["region"], "thresholds": {"region": {"value": 0.5, "method": "test"}},
-        "preprocessing": {"size": [64, 64], "resize": "letterbox"},
-        "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
-        "derived_findings": [{"label": LABEL, "prompts": ["tuberculosis in the right lung",
-                                                          "tuberculosis in the left lung"],
-                              "score": "max", "threshold": {"value": 0.5, "method": "test", "source": "test"},
-                              "validated": False, "note": NOTE}],
-    }, root / "seg", dtype="float32")  # fmt: skip
+    build_derived_segmenter(root / "seg", LABEL, NOTE, ["tuberculosis in the right lung", "tuberculosis in the left lung"])
     return root
 
 

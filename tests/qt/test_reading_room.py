@@ -261,26 +261,12 @@ CHEST_LABELS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass
 @pytest.fixture(scope="module")
 def chest_like_models(tmp_path_factory) -> Path:
     """The default bundles' shape: one 15-finding classifier and a segmenter with the derived TB lesion score."""
-    import torch
-
-    from cxr_viewer.core.models import create_model
-    from cxr_viewer.core.models.bundle import save_bundle
-    from tests.qt.bundles import build_classifier
+    from tests.qt.bundles import build_classifier, build_derived_segmenter
     from tests.qt.test_derived_findings_panel import LABEL, NOTE
 
     root = tmp_path_factory.mktemp("chest_like_models")
     build_classifier(root / "chest", "chest-tiny", CHEST_LABELS, trained=True, seed=3)
-    torch.manual_seed(0)
-    save_bundle(create_model("text_unet_tiny", text_dim=384), {
-        "name": "seg-derived", "version": "0.0.1", "task": "text_segmentation", "trained": True,
-        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
-        "labels": ["region"], "thresholds": {"region": {"value": 0.5, "method": "test"}},
-        "preprocessing": {"size": [64, 64], "resize": "letterbox"},
-        "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
-        "derived_findings": [{"label": LABEL, "prompts": ["tuberculosis in the right lung"], "score": "max",
-                              "threshold": {"value": 0.5, "method": "test", "source": "test"},
-                              "validated": False, "note": NOTE}],
-    }, root / "seg", dtype="float32")  # fmt: skip
+    build_derived_segmenter(root / "seg", LABEL, NOTE, ["tuberculosis in the right lung"])
     return root
 
 

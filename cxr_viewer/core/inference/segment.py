@@ -101,7 +101,7 @@ def default_text_encoder(spec: dict[str, Any]) -> Any:
 
     name = str((spec or {}).get("name") or MINILM_NAME).lower()
     minilm = name in (MINILM_NAME.lower(), "minilm", "sentence-transformers/all-minilm-l6-v2")
-    if minilm and (default_text_dir() / TEXT_RECORD).is_file() or not torch_available():
+    if (minilm and (default_text_dir() / TEXT_RECORD).is_file()) or not torch_available():
         return ort_text_encoder(spec)
     from cxr_viewer.core.models.text import get_text_encoder
 
