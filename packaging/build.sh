@@ -3,7 +3,7 @@
 #
 #   packaging/build.sh [--models DIR]... [--skip-check] [--resources-only]
 #
-# 1. installs the project with its build extra (PyInstaller) if missing;
+# 1. installs the locked build set (requirements/bundle.txt) and the project if missing;
 # 2. stages the shipped models with ONNX exports verified against torch (packaging/stage.py);
 # 3. freezes the viewer with PyInstaller (packaging/cxr-viewer.spec) into dist/cxr-viewer/;
 # 4. runs packaging/check_bundle.py: self-test, sample analysis, screenshot, start-up time and
@@ -28,7 +28,12 @@ while (($#)); do
   esac
 done
 
-python -c "import PyInstaller, cxr_viewer" 2>/dev/null || python -m pip install -q -e ".[dev,bundle]"
+# the frozen app is built from the locked set (requirements/bundle.txt: the viewer's packages, PyInstaller,
+# and the trainer's torch that stages and verifies the models' exports)
+if ! python -c "import PyInstaller, cxr_viewer" 2>/dev/null; then
+  python -m pip install -q --require-hashes -r requirements/bundle.txt
+  python -m pip install -q --no-deps -e .
+fi
 
 echo "== staging models, samples and text encoder (ONNX exports verified against torch)"
 python packaging/stage.py "${models[@]}" --out build/stage
