@@ -392,6 +392,14 @@ def _logging(verbose: bool) -> None:
         logging.getLogger(name).propagate = False
 
 
+def missing_extra(exc: ModuleNotFoundError) -> str:
+    """A one-line message for a trainer package the viewer's own install lacks (pandas, Lightning, torch...)."""
+    name = (exc.name or str(exc)).split(".")[0]
+    return (f"cxr-train: the trainer needs the package {name!r}, which is not installed (the viewer's quick start "
+            "leaves the trainer out). Install it with: python -m pip install -r requirements/dev.txt "
+            "&& python -m pip install --no-deps -e .   (or: python -m pip install -e \".[train]\")")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -401,10 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         print(f"cxr-train: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from trainer.run import RunFinished
+    try:
+        from trainer.run import RunFinished
+    except ModuleNotFoundError as exc:
+        print(missing_extra(exc), file=sys.stderr)
+        return 2
 
     try:
         return cmd(argv[1:])
+    except ModuleNotFoundError as exc:
+        print(missing_extra(exc), file=sys.stderr)
+        return 2
     except RunFinished as exc:  # --resume of a finished run: say so, change nothing
         print(f"cxr-train {argv[0]}: {exc.message}", file=sys.stderr)
         print(dumps({"run": str(exc.run_dir), "bundle": exc.info.get("bundle"), "already_finished": True}))

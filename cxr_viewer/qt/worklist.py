@@ -976,8 +976,10 @@ class _CloseWatcher(QObject):
 def install_worklist(window: "MainWindow") -> WorklistPanel:
     """Add the worklist dock, its shortcuts and menu entries to ``window``; returns the panel."""
     cfg = window.analysis.config()
+    # a window that keeps nothing (a headless screenshot run) writes no result store into the user's cache
     controller = WorklistController(window.settings, list(cfg.dirs), disabled=sorted(cfg.disabled),
-                                    device=cfg.device, backend=cfg.backend, parent=window, enabled=sorted(cfg.enabled))
+                                    device=cfg.device, backend=cfg.backend, parent=window, enabled=sorted(cfg.enabled),
+                                    store_path=None if window.persist else Path(":memory:"))
     panel = WorklistPanel(controller, window)
     panel.open_requested.connect(window.open_file)
     # the model manager's choices reach the worklist at once (enable, disable, use a site version, roll back)

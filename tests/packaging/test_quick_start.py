@@ -99,7 +99,8 @@ def test_quick_start_runs_without_torch(tmp_path: Path) -> None:
     p = _torch_free(f"""
         import os
         os.chdir(r"{out}")
-        for k in ("DISPLAY", "WAYLAND_DISPLAY"):
+        for k in ("DISPLAY", "WAYLAND_DISPLAY", "CXR_VIEWER_MODELS", "CXR_VIEWER_PROFILES", "CXR_VIEWER_CORRECTIONS",
+                  "CXR_VIEWER_CACHE", "CXR_VIEWER_WORKLIST_DB"):
             os.environ.pop(k, None)
         os.environ.update(HOME=r"{tmp_path}", XDG_CONFIG_HOME=r"{tmp_path / 'cfg'}",
                           XDG_CACHE_HOME=r"{tmp_path / 'cache'}", XDG_DATA_HOME=r"{tmp_path / 'data'}")
@@ -125,6 +126,11 @@ def test_quick_start_runs_without_torch(tmp_path: Path) -> None:
     assert (out / a["cam"]["path"]).is_file()
     masks = sorted((out / "masks").glob("*.png"))
     assert len(masks) == 1 and "right_lower_lobe" in masks[0].name
+    # a fresh HOME: the run writes only what it was asked for, in its own folder (no result store, cache,
+    # settings or runtime telemetry files in the user's home)
+    elsewhere = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+                       if p.is_file() and out not in p.parents and p.name != "run.py")
+    assert elsewhere == [], elsewhere
 
 
 def test_torch_install_starts_without_importing_torch_and_builds_it_on_demand(tmp_path: Path) -> None:

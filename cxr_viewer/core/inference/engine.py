@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["InferenceEngine", "configure_threads", "select_device"]
 
+TORCH_BACKEND_ONLY = (
+    "The torch backend was requested but PyTorch is not installed: install the torch extra "
+    "(python -m pip install -r requirements/dev.txt, or -e \".[torch]\") or use --backend onnx (or auto)."
+)
 CPU_ONLY = "This copy of cxr-viewer runs on the CPU only (it has no PyTorch/CUDA); use --device cpu or auto."
 NO_FAITHFULNESS = "not available without PyTorch"
 #: Heatmaps (and lesion maps) kept: each is a float32 map at the image's full size.
@@ -179,6 +183,8 @@ class InferenceEngine:
         else:
             if str(device).split(":")[0] not in ("auto", "cpu"):
                 raise InferenceError(CPU_ONLY)
+            if backend == "torch":
+                raise InferenceError(TORCH_BACKEND_ONLY)
             self.device = "cpu"
         self.threads = configure_threads(threads)
         self.backend = backend
