@@ -19,6 +19,7 @@ Heavy imports (Qt, torch) happen inside the sub-commands so ``--help`` is instan
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -33,28 +34,34 @@ def has_display() -> bool:
     return True
 
 
-def _pop_option(argv: list[str], name: str, default: str) -> str:
-    if name in argv:
-        i = argv.index(name)
-        if i + 1 >= len(argv):
-            raise SystemExit(f"cxr-viewer: {name} needs a value")
-        value = argv[i + 1]
-        del argv[i : i + 2]
-        return value
-    return default
+def _expand(paths: list[str]) -> list[str]:
+    """The image files to analyse: files as given, a folder's readable images in the order it lists them."""
+    from cxr_viewer.core.io.scan import iter_image_files
+
+    files: list[str] = []
+    for p in paths:
+        if Path(p).is_dir():
+            found, _skipped = iter_image_files(p)
+            files += [str(f) for f in sorted(found)]
+        else:
+            files.append(p)
+    return files
 
 
-def headless_main(argv: list[str]) -> int:
-    """No display: screenshot of the real window plus the analysis JSON, for each run."""
+def headless_main(args: argparse.Namespace) -> int:
+    """No display: screenshot of the real window plus the analysis JSON, for the same arguments the
+    window takes (parsed by the one parser, :func:`cxr_viewer.qt.app.build_parser`)."""
     from cxr_viewer.core.paths import resources_dir
 
-    out = Path(_pop_option(argv, "--out", "cxr-viewer-output"))
-    files = [a for a in argv if not a.startswith("-")]
-    passthrough = [a for a in argv if a.startswith("-")]
-    if not files:
+    out = args.out or Path("cxr-viewer-output")
+    if not args.paths:
         sample = resources_dir() / "samples" / "siim_cr_chest.dcm"
-        files = [str(sample)]
+        args.paths = [str(sample)]
         print(f"No file given: using the bundled sample study {sample}")
+    files = _expand(args.paths)
+    if not files:
+        print(f"cxr-viewer: no images found in {', '.join(args.paths)}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     shot = out / "screenshot.png"
     report = out / "analysis.json"
@@ -63,9 +70,11 @@ def headless_main(argv: list[str]) -> int:
     from cxr_viewer.headless import analyze_main
     from cxr_viewer.qt.app import gui_main
 
-    rc_analyze = analyze_main([*files, "--json", str(report)])
-    rc_shot = gui_main([*passthrough, "--screenshot", str(shot), files[0]])
-    print(f"Screenshot: {shot}\nAnalysis JSON: {report}")
+    models = ["--models", str(args.models)] if args.models else []
+    rc_analyze = analyze_main([*files, "--json", str(report), *models])
+    args.screenshot = shot
+    rc_shot = gui_main(args)
+    print(f"Screenshot: {shot}\nAnalysis JSON: {report} ({len(files)} image(s))")
     return max(rc_analyze, rc_shot)
 
 
@@ -90,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         from cxr_viewer.headless import self_test_main
 
         return self_test_main([a for a in argv if a != "--self-test"])
-    wants_help = any(a in {"-h", "--help"} for a in argv)
-    if not wants_help and "--screenshot" not in argv and not has_display():
-        return headless_main(argv)
-    from cxr_viewer.qt.app import gui_main
+    from cxr_viewer.qt.app import build_parser, gui_main
 
-    return gui_main(argv)
+    args = build_parser().parse_args(argv)  # one parser for the window, --screenshot and the headless form
+    if args.screenshot is None and not has_display():
+        return headless_main(args)
+    return gui_main(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

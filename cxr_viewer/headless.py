@@ -67,7 +67,8 @@ def _analyze_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-faithfulness", action="store_true", help="skip the ROAD faithfulness score (faster)")
     s = p.add_argument_group("report-conditioned segmentation")
     s.add_argument("--report", metavar="TEXT", help="report text whose findings to segment")
-    s.add_argument("--mask-out", metavar="DIR", help="folder for segmentation masks")
+    s.add_argument("--mask-out", metavar="DIR", help="write one mask PNG per sentence into this folder "
+                   "(without it the masks are only described in the JSON)")
     e = p.add_argument_group("reports and DICOM results")
     e.add_argument("--pdf-out", metavar="DIR", help="write the one-page PDF report of each input here")
     e.add_argument("--dicom-out", metavar="DIR",
@@ -85,11 +86,16 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "x"
 
 
+def method_file_part(method: str) -> str:
+    """A CAM method as a file-name part that no other method shares (``gradcam++`` -> ``gradcampp``)."""
+    return _safe_name(method.replace("+", "p"))
+
+
 def _write_cam(values: Any, out_dir: Path, stem: str, label: str, method: str, fmt: str) -> Path:
     import numpy as np
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{_safe_name(stem)}_{_safe_name(label)}_{_safe_name(method)}.{fmt}"
+    path = out_dir / f"{_safe_name(stem)}_{_safe_name(label)}_{method_file_part(method)}.{fmt}"
     if fmt == "npy":
         np.save(path, values.astype(np.float32), allow_pickle=False)
     else:
@@ -112,7 +118,8 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
 def segment_request(
     engine: "InferenceEngine", record: "ImageRecord", report: str, mask_out: Path | None, stem: str
 ) -> dict[str, Any]:
-    """Report-conditioned masks: one 0/255 PNG per report sentence, at the input's size."""
+    """Report-conditioned masks: one 0/255 PNG per report sentence, at the input's size, written into
+    ``mask_out`` (nothing is written without it)."""
     from cxr_viewer.core.inference.segment import write_report_masks
 
     bundles = engine.bundles_for_task("text_segmentation")
@@ -124,7 +131,10 @@ def segment_request(
     bundle = bundles[0]
     seg = engine.segmenter(bundle)  # one per bundle, held by the engine
     objects = seg.segment_report(record, report)
-    masks = write_report_masks(seg, record, report, mask_out or Path("."), stem, masks=objects)
+    if mask_out is None:  # masks are written only when asked for (--mask-out); the JSON still lists them
+        masks = [m.summary() for m in objects]
+    else:
+        masks = write_report_masks(seg, record, report, mask_out, stem, masks=objects)
     return {"model": {**bundle.describe(), "executed": seg.backend.executed.to_dict()}, "masks": masks,
             "mask_objects": objects}
 

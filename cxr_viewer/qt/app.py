@@ -16,21 +16,29 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SCREENSHOT_SIZE = (1440, 900)
+SCREENSHOT_SIZE = (1400, 900)  # the window's own default size
 
 #: Every way to run cxr-viewer, listed by ``cxr-viewer --help`` (each sub-command has its own --help).
 COMMANDS_HELP = """\
-commands:
+commands (each has its own --help, e.g. cxr-viewer worklist --help):
   cxr-viewer [FILES_OR_FOLDERS...]        open the viewer window
-  cxr-viewer analyze FILE... --json OUT   headless analysis as JSON (see: cxr-viewer analyze --help)
+  cxr-viewer analyze FILE... --json OUT   headless analysis as JSON
                                           --cam LABEL, --cam-out DIR, --cam-method M, --report TEXT,
                                           --mask-out DIR, --models DIR, --device cpu|cuda|auto, ...
+  cxr-viewer worklist DIR --csv OUT       analyse a folder through the result store, highest abnormality first
+  cxr-viewer listen --port N --ae-title T --out DIR
+                                          receive studies from a modality or PACS by DICOM C-STORE
+  cxr-viewer pacs echo|find|retrieve|send query, retrieve from and send results to a configured PACS
+  cxr-viewer export-corrections --out site.csv
+                                          the reader's stored corrections as a cxr-train manifest
   cxr-viewer --self-test                  check every installed model bundle's hash and golden scores
   cxr-viewer --screenshot OUT.png FILE    render the real window offscreen to a PNG and exit
 
 without a display (no DISPLAY/WAYLAND_DISPLAY, or QT_QPA_PLATFORM=offscreen):
-  cxr-viewer [FILES...] [--out DIR]       writes DIR/screenshot.png and DIR/analysis.json
-                                          (default DIR: cxr-viewer-output; the bundled sample without FILES)
+  cxr-viewer [FILES_OR_FOLDERS...] [--out DIR] [--heatmap FINDING] [--size WxH] [--models DIR]
+                                          writes DIR/screenshot.png and DIR/analysis.json (one object per
+                                          image; a folder's images all); default DIR: cxr-viewer-output,
+                                          the bundled sample without FILES
 """
 LOAD_TIMEOUT_S = 180.0
 
@@ -80,8 +88,12 @@ def _parse_size(text: str) -> tuple[int, int] | None:
     return (w, h) if 320 <= w <= 8000 and 240 <= h <= 8000 else None
 
 
-def gui_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+def gui_main(argv: "list[str] | argparse.Namespace | None" = None) -> int:
+    """The window (or ``--screenshot``); ``argv`` may be arguments already parsed by :func:`build_parser`."""
+    if isinstance(argv, argparse.Namespace):
+        args = argv
+    else:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.models is not None and not args.models.is_dir():
         return _fail(f"the models folder {args.models} does not exist")
     if args.screenshot is not None:
@@ -172,7 +184,7 @@ def _screenshot(args: argparse.Namespace) -> int:
         return _fail(f"{Path(missing[0]).name} does not exist (was it moved or deleted?)")
     size = _parse_size(args.size)
     if size is None:
-        return _fail(f"--size must look like 1440x900, not {args.size!r}")
+        return _fail(f"--size must look like {SCREENSHOT_SIZE[0]}x{SCREENSHOT_SIZE[1]}, not {args.size!r}")
     out = Path(args.screenshot)
     if not out.parent.exists():
         return _fail(f"the folder {out.parent} does not exist")

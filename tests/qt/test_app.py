@@ -30,7 +30,7 @@ def test_screenshot_renders_the_loaded_window(tmp_path, rg1_dicom):
     proc = _run(["--screenshot", str(out), str(rg1_dicom)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     img = np.asarray(Image.open(out).convert("RGB")).astype(int)
-    assert img.shape == (900, 1440, 3)
+    assert img.shape == (900, 1400, 3)
     gray = img.mean(axis=2)
     # dark theme around, a bright radiograph in the middle of the canvas
     assert gray[:, :40].mean() < 60
