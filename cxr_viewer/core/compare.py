@@ -9,6 +9,13 @@ noise is measured once per bundle on its validation films
 (``scripts/score_noise.py``) and recorded in the manifest under
 :data:`NOISE_KEY`; the viewer only reads it (:func:`recorded_noise`). A finding
 whose bundle records no noise gets no arrow: its change is shown as a number.
+
+Beyond the noise is not enough: a finding with a tiny recorded noise would earn
+arrows for moves that mean nothing (a Hernia score of 0.08 falling to 0.00, far
+below its threshold). An arrow also needs the change to *matter*
+(:attr:`ScoreDelta.matters`): the finding changes state (crosses its operating
+threshold), or the score moves towards the threshold by at least
+:data:`MATTER_FRACTION` of the prior's distance to it.
 Qt-free; the viewer runs it off the GUI thread.
 """
 
@@ -28,6 +35,8 @@ from cxr_viewer.core.io.record import ImageRecord
 NOISE_K = 2.0
 #: Floor on the noise: a score never moves less than this between two films of one patient.
 MIN_NOISE = 0.02
+#: The fraction of the way from the prior score to the threshold a move must cover to matter (without a change of state).
+MATTER_FRACTION = 0.5
 #: The manifest's top-level key holding the noise measured on validation (scripts/score_noise.py).
 NOISE_KEY = "score_noise"
 
@@ -127,6 +136,7 @@ class ScoreDelta:
     prior: float
     current: float
     noise: float | None  # the score's SD under augmentation, measured on validation; None: not measured
+    threshold: float | None = None  # the current operating threshold; None: unknown (noise alone decides)
 
     @property
     def change(self) -> float:
@@ -142,8 +152,30 @@ class ScoreDelta:
         return None if self.noise is None else NOISE_K * max(self.noise, MIN_NOISE)
 
     @property
-    def significant(self) -> bool:
+    def beyond_noise(self) -> bool:
         return self.limit is not None and abs(self.change) > self.limit
+
+    @property
+    def changes_state(self) -> bool:
+        """The finding crossed its threshold (either way)."""
+        t = self.threshold
+        return t is not None and (self.prior >= t) != (self.current >= t)
+
+    @property
+    def matters(self) -> bool:
+        """A change of state, or a move towards the threshold of at least MATTER_FRACTION of the way there."""
+        t = self.threshold
+        if t is None or not math.isfinite(t):
+            return True
+        if self.changes_state:
+            return True
+        gap = t - self.prior
+        return gap * self.change > 0 and abs(self.change) >= MATTER_FRACTION * abs(gap)
+
+    @property
+    def significant(self) -> bool:
+        """Earns an arrow: beyond the recorded noise, and a change that matters."""
+        return self.beyond_noise and self.matters
 
     @property
     def arrow(self) -> str:
@@ -159,15 +191,23 @@ class ScoreDelta:
         if self.noise is None:
             return (f"{head}. No arrow: this model records no score noise, so whether the change is real is "
                     "unknown (measure it with scripts/score_noise.py).")
-        verdict = ("beyond" if self.significant else "within") + \
-            f" this score's noise (arrow beyond ±{NOISE_K:g}×{max(self.noise, MIN_NOISE):.3f})"
+        verdict = ("beyond" if self.beyond_noise else "within") + \
+            f" this score's noise (±{NOISE_K:g}×{max(self.noise, MIN_NOISE):.3f})"
+        if self.beyond_noise and not self.matters:
+            verdict += (f", but no arrow: it neither crosses the threshold {self.threshold:.3f} nor moves "
+                        f"{MATTER_FRACTION:.0%} of the way towards it")
+        elif self.significant and self.changes_state:
+            verdict += f", crossing the threshold {self.threshold:.3f}"
         return (f"{head}, {verdict}. Noise: the score's spread over small shifts, zoom and contrast changes of "
-                "the same film, measured on the model's validation films.")
+                "the same film, measured on the model's validation films. An arrow needs a change beyond the "
+                f"noise that also changes the finding's state or covers {MATTER_FRACTION:.0%} of the way to "
+                "its threshold.")
 
 
 def score_deltas(current: Iterable[Any], prior: Iterable[Any],
                  noise: Mapping[tuple[str, str], float]) -> dict[tuple[str, str], ScoreDelta]:
-    """(model, label) -> delta for findings present on both films (objects with model, label, score).
+    """(model, label) -> delta for findings present on both films (objects with model, label, score and,
+    optionally, the operating ``threshold`` the current finding is judged against).
 
     A finding missing from ``noise`` gets ``noise=None``: its change is shown, never an arrow.
     """
@@ -177,5 +217,7 @@ def score_deltas(current: Iterable[Any], prior: Iterable[Any],
         key = (f.model, f.label)
         if key in before and math.isfinite(before[key]):
             n = noise.get(key)
-            out[key] = ScoreDelta(f.model, f.label, before[key], float(f.score), None if n is None else float(n))
+            t = getattr(f, "threshold", None)
+            out[key] = ScoreDelta(f.model, f.label, before[key], float(f.score), None if n is None else float(n),
+                                  None if t is None else float(t))
     return out

@@ -21,6 +21,7 @@ from PySide6.QtGui import (
     QDragMoveEvent,
     QDropEvent,
     QFont,
+    QFontMetricsF,
     QKeyEvent,
     QMouseEvent,
     QPainter,
@@ -86,6 +87,23 @@ _FIT_MARGIN = 0.98
 
 #: What is under the mouse: pixel indices, the [0, 1] value and the stored/modality values.
 PixelInfo = PixelReadout
+
+
+def _wrap(fm: QFontMetricsF, text: str, width: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` (a word wider than it is cut with "…")."""
+    if fm.horizontalAdvance(text) <= width:
+        return [text]
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        trial = f"{line} {word}" if line else word
+        if fm.horizontalAdvance(trial) <= width or not line:
+            line = trial
+        else:
+            lines.append(line)
+            line = word
+    lines.append(line)
+    return [fm.elidedText(t, Qt.TextElideMode.ElideMiddle, width) for t in lines]
 
 
 def halo_text(painter: QPainter, pos: QPointF, text: str, colour: QColor) -> None:
@@ -340,6 +358,7 @@ class ImageCanvas(QGraphicsView):
         if (old.orientation, old.zoom, old.zoom_mode) != (state.orientation, state.zoom, state.zoom_mode):
             self._apply_geometry()
             self.layout_labels()
+            self._place_colorbar()  # the scale bar's length changed
         self.viewport().update()
         self.view_changed.emit()
 
@@ -480,15 +499,9 @@ class ImageCanvas(QGraphicsView):
         vbar.setValue(vbar.value() + round(dy))
 
     def _place_colorbar(self) -> None:
-        # bottom centre, horizontal: films carry their L/R markers and labels in the top corners,
-        # the corner text sits in the corners, and the orientation letters at mid-edges
-        vp = self.viewport().rect()
-        w = max(140, min(260, vp.width() - 2 * 190))
-        h = self.colorbar.height()
-        y = vp.height() - h - 8
-        if vp.width() - 2 * 170 < w:  # a narrow viewport (current | prior): go above the bottom corner text
-            y -= 3 * self.fontMetrics().height() + 6
-        self.colorbar.setGeometry((vp.width() - w) // 2, y, w, h)
+        box = self.overlay_layout().get("colorbar")
+        if box is not None:
+            self.colorbar.setGeometry(box.toRect())
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
@@ -505,19 +518,126 @@ class ImageCanvas(QGraphicsView):
             return
         painter.save()
         painter.resetTransform()
-        font = QFont(painter.font())
-        font.setPointSizeF(9.5)
-        painter.setFont(font)
-        vp = self.viewport().rect()
-        margin = 10
-        if self._show_demographics:
-            self._draw_block(painter, self.demographic_lines(), vp, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop, margin)
-        self._draw_block(painter, self.display_lines(), vp, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop, margin)
-        self._draw_block(painter, self.image_lines(), vp, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignBottom, margin)
-        self._draw_orientation(painter, vp)
-        self._draw_scale_bar(painter, vp, margin)
-        self._draw_mask_legend(painter, vp, margin)
+        painter.setFont(self._corner_font())
+        layout = self.overlay_layout()
+        for name in ("top_left", "top_right", "bottom_left"):
+            box = layout.get(name)
+            if box is not None:
+                self._draw_block(painter, self._layout_lines[name], box, name.endswith("right"))
+        self._draw_orientation(painter, layout)
+        self._draw_scale_bar(painter, layout)
+        self._draw_mask_legend(painter, layout)
         painter.restore()
+
+    # ------------------------------------------------------------------ overlay layout
+    def _corner_font(self) -> QFont:
+        font = QFont(self.viewport().font())
+        font.setPointSizeF(9.5)
+        return font
+
+    def _marker_font(self) -> QFont:
+        font = QFont(self.viewport().font())
+        font.setPointSizeF(12)
+        font.setBold(True)
+        return font
+
+    def overlay_layout(self) -> dict[str, QRectF]:
+        """Where every text and the colour bar go in the viewport, so that none overlaps another.
+
+        Corner blocks wrap (a word too long is cut with "…") to the room beside the mid-edge markers; the
+        colour bar sits at the bottom centre when the bottom corners leave room, else above them;
+        the mask legend stacks above the bottom-left block and the colour bar, as many lines as fit
+        below the left marker. Keys: top_left, top_right, bottom_left, scale_bar, colorbar, legend,
+        orient_left/right/top/bottom (only what is shown). The lines each block draws are kept in
+        ``self._layout_lines``.
+        """
+        vp = QRectF(self.viewport().rect())
+        w, h = vp.width(), vp.height()
+        m, gap = 10.0, 6.0
+        fm = QFontMetricsF(self._corner_font())
+        lh = fm.height()
+        out: dict[str, QRectF] = {}
+        self._layout_lines: dict[str, list[str]] = {}
+        if self._record is None:
+            return out
+        ofm = QFontMetricsF(self._marker_font())
+        markers = self.orientation_labels()
+        centre = max((ofm.horizontalAdvance(markers.get(k, "")) for k in ("top", "bottom")), default=0.0)
+        side = max((ofm.horizontalAdvance(markers.get(k, "")) for k in ("left", "right")), default=0.0)
+        room = max(40.0, (w - 2 * m - centre) / 2 - gap * 2)  # a corner block's width
+
+        def block(name: str, lines: list[str], right: bool, bottom: bool, floor: float | None = None) -> QRectF | None:
+            if not lines:
+                return None
+            cut = [part for t in lines for part in _wrap(fm, t, room)]
+            bw = max(fm.horizontalAdvance(t) for t in cut)
+            bh = lh * len(cut)
+            x = w - m - bw if right else m
+            y = (h - m - bh if floor is None else floor - bh) if bottom else m
+            self._layout_lines[name] = cut
+            out[name] = QRectF(x, y, bw, bh)
+            return out[name]
+
+        mh = ofm.height()
+        if "top" in markers:
+            tw = ofm.horizontalAdvance(markers["top"])
+            out["orient_top"] = QRectF(w / 2 - tw / 2, 8, tw, mh)
+        if "bottom" in markers:
+            tw = ofm.horizontalAdvance(markers["bottom"])
+            out["orient_bottom"] = QRectF(w / 2 - tw / 2, h - 8 - mh, tw, mh)
+        if self._show_demographics:
+            block("top_left", self.demographic_lines(), False, False)
+        block("top_right", self.display_lines(), True, False)
+        bl = block("bottom_left", self.image_lines(), False, True)
+        bar = self.scale_bar()
+        if bar is not None:
+            label_w = fm.horizontalAdvance(f"{bar[0]:.0f} mm")
+            bw = max(bar[1], label_w) + 2
+            out["scale_bar"] = QRectF(w - m - bw, h - m - 4 - 8 - fm.ascent() - 2, bw, 8 + fm.ascent() + 2 + 3)
+        bottoms = [r for r in (bl, out.get("scale_bar")) if r is not None]
+        if not self.colorbar.isHidden():
+            cb_h = float(self.colorbar.height())
+            side_w = max((r.width() for r in bottoms), default=0.0)
+            between = w - 2 * (m + side_w + gap)
+            cb_floor = out["orient_bottom"].top() - gap if "orient_bottom" in out else h - 8
+            if between >= ColorBar.MIN_WIDTH:
+                cb_w = min(260.0, between)
+                out["colorbar"] = QRectF(round((w - cb_w) / 2), math.floor(cb_floor - cb_h), round(cb_w), cb_h)
+            else:  # no room between the bottom corners: above them
+                top = min([r.top() for r in bottoms] + [cb_floor]) - gap
+                cb_w = max(60.0, min(260.0, w - 2 * m))
+                out["colorbar"] = QRectF(round((w - cb_w) / 2), math.floor(top - cb_h), round(cb_w), cb_h)
+        # side markers at mid-height, moved into the free band between the top and bottom blocks
+        for edge in ("left", "right"):
+            if edge not in markers:
+                continue
+            tw = ofm.horizontalAdvance(markers[edge])
+            x = 8.0 if edge == "left" else w - 8 - tw
+            col = [r for r in out.values() if r.left() < x + tw + gap and r.right() > x - gap]
+            lo = max([r.bottom() + gap for r in col if r.center().y() < h / 2] + [0.0])
+            hi = min([r.top() - gap for r in col if r.center().y() >= h / 2] + [h])
+            y = min(max(h / 2 - mh / 2, lo), hi - mh)
+            out[f"orient_{edge}"] = QRectF(x, y, tw, mh)
+        # the mask legend: above the bottom-left block (and the colour bar when they share columns)
+        masks = [mk for mk in self.session.masks if mk.visible]
+        if masks:
+            llh = lh + 2
+            texts = [fm.elidedText(mk.text, Qt.TextElideMode.ElideRight, room - 18) for mk in masks]
+            lw = 18 + max(fm.horizontalAdvance(t) for t in texts)
+            x0 = m + (side + gap if "orient_left" in out else 0.0)
+            lw = min(lw, room)
+            floor = min([r.top() for k, r in out.items() if k != "top_left" and not k.startswith("orient_")
+                         and r.left() < x0 + lw and r.right() > x0 and r.center().y() > h / 2] + [h - m]) - gap
+            ceiling = max([r.bottom() for k, r in out.items() if r.left() < x0 + lw and r.right() > x0
+                           and r.center().y() < floor and k != "legend"] + [m]) + gap
+            n = min(len(texts), int(max(0.0, floor - ceiling) // llh))
+            if 0 < n < len(texts):
+                texts = texts[: n - 1] + [f"… {len(masks) - n + 1} more (Report panel)"]
+            self._layout_lines["legend"] = texts[:n]
+            self._legend_masks = masks[:n]
+            if n:
+                out["legend"] = QRectF(x0, floor - n * llh, lw, n * llh)
+        return out
 
     def _draw_placeholder(self, painter: QPainter) -> None:
         painter.save()
@@ -533,20 +653,12 @@ class ImageCanvas(QGraphicsView):
         )
         painter.restore()
 
-    def _draw_block(self, painter: QPainter, lines: list[str], vp: QRect, align: Qt.AlignmentFlag, margin: int) -> None:
-        if not lines:
-            return
+    def _draw_block(self, painter: QPainter, lines: list[str], box: QRectF, right: bool) -> None:
         fm = painter.fontMetrics()
         lh = fm.height()
-        total = lh * len(lines)
-        right = bool(align & Qt.AlignmentFlag.AlignRight)
-        bottom = bool(align & Qt.AlignmentFlag.AlignBottom)
-        y0 = vp.height() - margin - total if bottom else margin
         for i, text in enumerate(lines):
-            w = fm.horizontalAdvance(text)
-            x = vp.width() - margin - w if right else margin
-            y = y0 + i * lh + fm.ascent()
-            halo_text(painter, QPointF(x, y), text, QColor("#f2f2f2"))
+            x = box.right() - fm.horizontalAdvance(text) if right else box.left()
+            halo_text(painter, QPointF(x, box.top() + i * lh + fm.ascent()), text, QColor("#f2f2f2"))
 
     def demographic_lines(self) -> list[str]:
         """Patient identity lines for the top-left corner (empty when nothing is known)."""
@@ -580,26 +692,18 @@ class ImageCanvas(QGraphicsView):
     def _patient_orientation(self) -> tuple[str, str] | None:
         return patient_orientation(self._record)
 
-    def _draw_orientation(self, painter: QPainter, vp: QRect) -> None:
+    def _draw_orientation(self, painter: QPainter, layout: dict[str, QRectF]) -> None:
         labels = self.orientation_labels()
         if not labels:
             return
-        font = QFont(painter.font())
-        font.setPointSizeF(12)
-        font.setBold(True)
-        painter.setFont(font)
+        painter.save()
+        painter.setFont(self._marker_font())
         fm = painter.fontMetrics()
-        pos = {
-            "left": QPointF(8, vp.height() / 2 + fm.ascent() / 2),
-            "right": QPointF(vp.width() - 8 - fm.horizontalAdvance(labels["right"]), vp.height() / 2 + fm.ascent() / 2),
-            "top": QPointF(vp.width() / 2 - fm.horizontalAdvance(labels["top"]) / 2, 8 + fm.ascent()),
-            "bottom": QPointF(vp.width() / 2 - fm.horizontalAdvance(labels["bottom"]) / 2, vp.height() - 8 - fm.descent()),
-        }
         for edge, text in labels.items():
-            halo_text(painter, pos[edge], text, QColor("#f0c040"))
-        font.setPointSizeF(9.5)
-        font.setBold(False)
-        painter.setFont(font)
+            box = layout.get(f"orient_{edge}")
+            if box is not None:
+                halo_text(painter, QPointF(box.left(), box.top() + fm.ascent()), text, QColor("#f0c040"))
+        painter.restore()
 
     def scale_bar(self) -> tuple[float, float] | None:
         """(length in mm, length in screen px) of the scale bar, or None without spacing."""
@@ -607,21 +711,21 @@ class ImageCanvas(QGraphicsView):
             return None
         spacing = self._record.spacing_mm[1] if self._state.rotation in (0, 180) else self._record.spacing_mm[0]
         px_per_mm = self._state.zoom / spacing
-        # at most 160 px, and under a third of a narrow viewport (current | prior): clear of the bottom-left text
-        limit = min(160.0, max(40.0, self.viewport().width() * 0.3))
+        # at most 160 px, and under a quarter of a narrow viewport (current | prior): clear of the bottom-left text
+        limit = min(160.0, max(40.0, self.viewport().width() * 0.25))
         for mm in (200, 100, 50, 20, 10, 5, 2, 1):
             if mm * px_per_mm <= limit:
                 return float(mm), mm * px_per_mm
         return 1.0, px_per_mm
 
-    def _draw_scale_bar(self, painter: QPainter, vp: QRect, margin: int) -> None:
-        bar = self.scale_bar()
-        if bar is None:
+    def _draw_scale_bar(self, painter: QPainter, layout: dict[str, QRectF]) -> None:
+        bar, box = self.scale_bar(), layout.get("scale_bar")
+        if bar is None or box is None:
             return
         mm, px = bar
-        x1 = vp.width() - margin
+        x1 = box.right() - 1
         x0 = x1 - px
-        y = vp.height() - margin - 4
+        y = box.bottom() - 3
         for colour, off in ((QColor(0, 0, 0, 220), 1), (QColor("#e8e8e8"), 0)):
             pen = QPen(colour, 2)
             painter.setPen(pen)
@@ -630,19 +734,20 @@ class ImageCanvas(QGraphicsView):
             painter.drawLine(QPointF(x1 + off, y - 5 + off), QPointF(x1 + off, y + off))
         text = f"{mm:.0f} mm"
         tw = painter.fontMetrics().horizontalAdvance(text)
-        halo_text(painter, QPointF((x0 + x1) / 2 - tw / 2, y - 8), text, QColor("#f2f2f2"))
+        tx = min((x0 + x1) / 2 - tw / 2, box.right() - tw)
+        halo_text(painter, QPointF(tx, y - 8), text, QColor("#f2f2f2"))
 
-    def _draw_mask_legend(self, painter: QPainter, vp: QRect, margin: int) -> None:
-        masks = [m for m in self.session.masks if m.visible]
-        if not masks:
+    def _draw_mask_legend(self, painter: QPainter, layout: dict[str, QRectF]) -> None:
+        box = layout.get("legend")
+        if box is None:
             return
         fm = painter.fontMetrics()
         lh = fm.height() + 2
-        y = vp.height() - margin - lh * (len(masks) + 2) - 30
-        for m in masks:
-            text = m.text if len(m.text) <= 40 else m.text[:39] + "…"
-            painter.fillRect(QRectF(margin, y + 3, 12, 12), QColor(*m.color))
-            halo_text(painter, QPointF(margin + 18, y + fm.ascent() + 1), text, QColor("#f2f2f2"))
+        y = box.top()
+        for mk, text in zip(self._legend_masks, self._layout_lines.get("legend", [])):
+            if not text.startswith("… "):
+                painter.fillRect(QRectF(box.left(), y + 3, 12, 12), QColor(*mk.color))
+            halo_text(painter, QPointF(box.left() + 18, y + fm.ascent() + 1), text, QColor("#f2f2f2"))
             y += lh
 
     # ------------------------------------------------------------------ measurements

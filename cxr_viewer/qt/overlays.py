@@ -385,7 +385,12 @@ def make_heatmap_contour_item(layer: HeatmapLayer, image_shape: tuple[int, int])
 
 
 class ColorBar(QWidget):
-    """Horizontal colour scale for the heatmap (0 on the left, 1 on the right), cut-off marked."""
+    """Horizontal colour scale for the heatmap (0 on the left, 1 on the right), cut-off marked.
+
+    The title sits left of the bar when there is room, and the tick labels are as many of
+    0, 0.5, 1 (or 0, 0.25 ... 1) as fit without touching (:meth:`ticks`)."""
+
+    MIN_WIDTH = 140
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -393,7 +398,7 @@ class ColorBar(QWidget):
         self._title = ""
         self._threshold: float | None = None
         self.setFixedHeight(38)
-        self.setMinimumWidth(140)
+        self.setMinimumWidth(60)
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents, True)
 
     @property
@@ -410,26 +415,51 @@ class ColorBar(QWidget):
         self.setVisible(layer.visible)
         self.update()
 
+    def _bar_rect(self, fm: QFontMetricsF) -> QRectF:
+        title_w = min(fm.horizontalAdvance(self._title) + fm.horizontalAdvance("0.0") / 2 + 14, 110) if self._title else 0.0
+        if self.width() - title_w - 12 < 3 * fm.horizontalAdvance("0.5") + 24:
+            title_w = 0.0  # too narrow for a title beside the bar: the bar alone (its method is in the corner text)
+        left = max(title_w, fm.horizontalAdvance("0.0") / 2 + 4)
+        return QRectF(left, 5, max(self.width() - left - fm.horizontalAdvance("1.0") / 2 - 4, 20), 10)
+
+    def ticks(self) -> list[tuple[float, QRectF]]:
+        """(value, label rectangle) of each tick label drawn: no two touch, and all lie inside the bar widget."""
+        fm = QFontMetricsF(self.font())
+        bar = self._bar_rect(fm)
+        for values in ((0.0, 0.5, 1.0), (0.0, 1.0)):
+            boxes = []
+            for v in values:
+                text = self._tick_text(v)
+                tw = fm.horizontalAdvance(text)
+                x = bar.left() + v * bar.width()
+                boxes.append((v, QRectF(x - tw / 2, bar.bottom() + 4, tw, fm.height())))
+            if all(b[1].left() - a[1].right() >= 6 for a, b in zip(boxes, boxes[1:])):
+                return boxes
+        return boxes
+
+    @staticmethod
+    def _tick_text(value: float) -> str:
+        return f"{value:.1f}"
+
     def paintEvent(self, event: object) -> None:  # noqa: N802 - Qt override
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.fillRect(self.rect(), QColor(0, 0, 0, 150))
-        fm = painter.fontMetrics()
-        title_w = min(fm.horizontalAdvance(self._title[:10]) + 10, 80)
-        bar = QRectF(title_w, 5, max(self.width() - title_w - 12, 20), 10)
+        fm = QFontMetricsF(self.font())
+        bar = self._bar_rect(fm)
         lut = colormap_lut(self._colormap)
         img = rgba_to_qimage(lut[None, :, :])
         painter.drawImage(bar, img)
         painter.setPen(QColor("#d6d8db"))
         painter.drawRect(bar)
-        painter.drawText(QRectF(4, 0, title_w - 6, self.height()), Qt.AlignmentFlag.AlignVCenter, self._title[:10])
-        for value in (0.0, 0.5, 1.0):
+        room = bar.left() - fm.horizontalAdvance("0.0") / 2 - 10  # clear of the first tick label
+        if room > 30:
+            title = fm.elidedText(self._title, Qt.TextElideMode.ElideRight, room)
+            painter.drawText(QRectF(4, 0, room, self.height()), Qt.AlignmentFlag.AlignVCenter, title)
+        for value, box in self.ticks():
             x = bar.left() + value * bar.width()
             painter.drawLine(QPointF(x, bar.bottom()), QPointF(x, bar.bottom() + 3))
-            text = f"{value:.1f}"
-            tw = fm.horizontalAdvance(text)
-            painter.drawText(QPointF(min(max(x - tw / 2, bar.left() - 2), bar.right() - tw + 2),
-                                     bar.bottom() + 4 + fm.ascent()), text)
+            painter.drawText(QPointF(box.left(), box.top() + fm.ascent()), self._tick_text(value))
         if self._threshold is not None:
             x = bar.left() + self._threshold * bar.width()
             painter.setPen(QPen(QColor("#ffffff"), 1.5, Qt.PenStyle.DashLine))

@@ -218,6 +218,32 @@ def test_find_prior_and_deltas_beyond_noise(tmp_path, repo_root):
     assert "records no score noise" in unmeasured.tooltip()
 
 
+def test_arrows_only_for_changes_that_matter():
+    """Beyond a tiny recorded noise is not enough: the change must cross the threshold or cover half the way to it."""
+    from types import SimpleNamespace as NS
+
+    from cxr_viewer.core.compare import MATTER_FRACTION, score_deltas
+
+    def f(label, score, thr):
+        return NS(model="m", label=label, score=score, threshold=thr)
+
+    noise = {("m", k): 0.001 for k in ("hernia", "emph", "eff", "nod", "pneu", "unk")}
+    cur = [f("hernia", 0.00, 0.138), f("emph", 0.02, 0.111), f("eff", 0.30, 0.233), f("nod", 0.07, 0.091),
+           f("pneu", 0.05, 0.50), f("unk", 0.40, None)]
+    pri = [f("hernia", 0.08, 0.138), f("emph", 0.07, 0.111), f("eff", 0.10, 0.233), f("nod", 0.02, 0.091),
+           f("pneu", 0.12, 0.50), f("unk", 0.30, None)]
+    d = {k[1]: v for k, v in score_deltas(cur, pri, noise).items()}
+    assert all(v.beyond_noise for v in d.values())
+    # far below the threshold and moving away from it: beyond the noise, but no arrow
+    assert not d["hernia"].significant and d["hernia"].text() == "0.08 → 0.00"
+    assert not d["emph"].significant and "no arrow" in d["emph"].tooltip()
+    assert d["eff"].changes_state and d["eff"].arrow == "↑" and "crossing the threshold" in d["eff"].tooltip()
+    # 0.02 -> 0.07 covers 0.05 of the 0.071 to the threshold (> MATTER_FRACTION): an arrow without a crossing
+    assert MATTER_FRACTION <= 0.05 / 0.071 and not d["nod"].changes_state and d["nod"].arrow == "↑"
+    assert not d["pneu"].significant  # 0.12 -> 0.05: away from 0.50
+    assert d["unk"].significant  # no threshold known: the noise alone decides
+
+
 def test_recorded_noise_is_read_from_the_manifest_for_its_own_weights():
     from cxr_viewer.core.compare import NOISE_KEY, recorded_noise
     from cxr_viewer.core.models.manifest import Manifest

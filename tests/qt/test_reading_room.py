@@ -537,7 +537,8 @@ def test_current_and_prior_side_by_side_linked_with_score_deltas(qtbot, make_win
             next(f.score for f in win.analysis.state.findings if (f.model, f.label) == (model, label)))
         assert ("↑" in d.text() or "↓" in d.text()) == d.significant
         if model == "nih-tiny":  # recorded noise 0: the floor decides
-            assert d.noise == 0.0 and d.significant == (abs(d.change) > NOISE_K * MIN_NOISE)
+            assert d.noise == 0.0 and d.beyond_noise == (abs(d.change) > NOISE_K * MIN_NOISE)
+            assert d.significant == (d.beyond_noise and d.matters)
         else:  # tb-tiny records no noise: the change is shown as a number, never with an arrow
             assert d.noise is None and not d.significant and "records no score noise" in d.tooltip()
     assert len(compare.deltas) == len(NIH_LABELS) + 1
