@@ -169,6 +169,11 @@ class MainWindow(QMainWindow):
         self.addDockWidget(area, dock)
         return dock
 
+    def _preset(self, name: str) -> None:
+        """A window preset, said in the status bar (the same keys label studies while the worklist table has focus)."""
+        self.session.apply_preset(name)
+        self.statusBar().showMessage(f"Window preset: {name}", 3000)
+
     def add_panel(self, widget: QWidget, title: str, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
         """Dock a panel (findings, heatmap controls, report...) on the right; returns its dock."""
         slug = "".join(ch if ch.isalnum() else "_" for ch in title.lower())
@@ -242,7 +247,7 @@ class MainWindow(QMainWindow):
         from cxr_viewer.core.session import window_presets
 
         for key, name in zip(PRESET_KEYS, window_presets()):
-            act = a(f"preset_{name}", f"{name}", lambda _=False, n=name: s.apply_preset(n), key,
+            act = a(f"preset_{name}", f"{name}", lambda _=False, n=name: self._preset(n), key,
                     tip=f"Window preset: {name}", checkable=True)
             self.preset_group.addAction(act)
 

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QTableView,
     QTableWidget,
@@ -70,6 +71,7 @@ COL_ABNORMAL, COL_READ, COL_PATIENT, COL_DATE, COL_MODALITY, COL_QC, COL_LABELS 
 LABEL_KEYS = ((Qt.Key.Key_1, 1.0, "positive"), (Qt.Key.Key_2, 0.0, "negative"), (Qt.Key.Key_3, None, "unsure"))
 LABEL_MARK = {1.0: "+", 0.0: "−", None: "?"}
 MAX_COLUMN_PX = 190
+WORKLIST_HEIGHT_PX = 280  # the bottom panel's height when it opens
 DEFAULT_AE, DEFAULT_PORT = "CXRVIEWER", 11112
 
 
@@ -531,6 +533,8 @@ class WorklistPanel(QWidget):
     """Toolbar, progress with Cancel, and the sortable table."""
 
     open_requested = Signal(object)  # Path
+    shown_requested = Signal()  # a folder is being analysed: the panel should be on screen
+    labelled = Signal(str)  # the confirmation of a label, for the status bar
 
     def __init__(self, controller: WorklistController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -573,9 +577,13 @@ class WorklistPanel(QWidget):
         self.site_label.hide()
         self.label_box = QComboBox()
         self.label_box.setToolTip("The finding your labels are about (clicking a finding's column chooses it too)")
+        self.label_mode = QLabel("")  # which keys label, and what: shown so 1 / 2 / 3 never surprise
+        self.label_mode.setObjectName("worklistLabelMode")
+        self.label_mode.setWordWrap(True)
         self.label_buttons = []
         for key, value, word in LABEL_KEYS:
             b = QPushButton(f"{word.capitalize()} ({QKeySequence(key).toString()})")
+            b.setMinimumWidth(b.sizeHint().width())  # the whole word, never "sitive"
             b.setToolTip(f"Label the chosen finding {word} on the selected study (key {QKeySequence(key).toString()})")
             b.clicked.connect(lambda _=False, v=value: self.label_selected(v))
             self.label_buttons.append(b)
@@ -601,31 +609,38 @@ class WorklistPanel(QWidget):
         self.table.clicked.connect(self._open_index)
         self.table.clicked.connect(self._choose_label_column)
         self.table.installEventFilter(self)  # 1 / 2 / 3 label the chosen finding while the table has the focus
+        self.label_box.currentIndexChanged.connect(lambda _i: self._show_label_mode())
         self.model.labels_of = controller.labels_of
         self.model.columnsInserted.connect(self._update_label_box)
         self.model.modelReset.connect(self._update_label_box)
 
+        # compact rows: the table keeps the height of the bottom panel
         top = QHBoxLayout()
         for w in (self.open_button, self.query_button, self.send_button, self.receive_box, self.hide_patient):
             top.addWidget(w)
-        top.addStretch(1)
+        top.addWidget(self.status, 1)
+        top.addWidget(self.progress, 1)
+        top.addWidget(self.cancel_button)
         top.addWidget(self.settings_button)
-        bar = QHBoxLayout()
-        bar.addWidget(self.progress, 1)
-        bar.addWidget(self.cancel_button)
+        self.status.setWordWrap(False)
         lay = QVBoxLayout(self)
-        lay.setContentsMargins(4, 4, 4, 4)
+        lay.setContentsMargins(4, 2, 4, 2)
+        lay.setSpacing(2)
         lay.addLayout(top)
-        lay.addLayout(bar)
-        lay.addWidget(self.status)
         lay.addWidget(self.site_label)
         label_row = QHBoxLayout()
         label_row.addWidget(QLabel("Label"))
-        label_row.addWidget(self.label_box, 1)
+        self.label_box.setMinimumContentsLength(16)
+        label_row.addWidget(self.label_box)
         for b in self.label_buttons:
             label_row.addWidget(b)
+        self.label_mode.setWordWrap(False)
+        self.label_mode.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the panel
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        label_row.addWidget(self.label_mode, 1)
         lay.addLayout(label_row)
         lay.addWidget(self.table, 1)
+        self._show_label_mode()
 
         controller.entry_ready.connect(self.model.upsert)
         controller.basis_changed.connect(self._set_basis)
@@ -643,6 +658,7 @@ class WorklistPanel(QWidget):
             self.open_folder(folder)
 
     def open_folder(self, folder: str | Path) -> None:
+        self.shown_requested.emit()  # the progress is in this panel: bring it to the front
         self.model.clear()
         self.status.setText(f"Analysing {Path(folder).name}…")
         self.controller.open_folder(folder)
@@ -815,9 +831,30 @@ class WorklistPanel(QWidget):
         if not e.ok:
             self.status.setText(f"{e.path.name} could not be read: nothing to label")
             return None
-        return self.controller.label(e, key[0], key[1], value)
+        result = self.controller.label(e, key[0], key[1], value)
+        word = next(w for _k, v, w in LABEL_KEYS if v == value)
+        title = self.label_box.currentText()
+        self.labelled.emit(f"Labelled {title} {word} on {e.path.name}")
+        return result
+
+    def _show_label_mode(self, focused: bool | None = None) -> None:
+        """Say what 1 / 2 / 3 do now: label the chosen finding (the table has the keyboard) or window presets."""
+        focused = self.table.hasFocus() if focused is None else focused
+        finding = self.label_box.currentText() or "a finding"
+        if focused:
+            self.label_mode.setText(f"Labelling {finding}: 1 positive · 2 negative · 3 unsure")
+            self.label_mode.setStyleSheet("background:#2b3a1f; color:#d8f5b8; padding:2px 4px;")
+        else:
+            self.label_mode.setText("Table: 1 / 2 / 3 label · Alt+1 / 2 / 3 anywhere · image: presets")
+            self.label_mode.setStyleSheet("color:#9aa4ae; padding:2px 4px;")
+        self.label_mode.setToolTip(f"While the worklist table has the keyboard, 1 / 2 / 3 label {finding} positive, "
+                                   "negative or unsure on the selected study (Alt+1 / 2 / 3 do it from anywhere); "
+                                   "elsewhere 1 / 2 / 3 switch window presets. Each label is confirmed in the "
+                                   "status bar.")
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        if obj is self.table and event.type() in (QEvent.Type.FocusIn, QEvent.Type.FocusOut):
+            self._show_label_mode(event.type() == QEvent.Type.FocusIn)
         if obj is self.table and event.type() in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress):
             key = event.key()  # type: ignore[attr-defined]
             plain = event.modifiers() in (Qt.KeyboardModifier.NoModifier, Qt.KeyboardModifier.KeypadModifier)  # type: ignore[attr-defined]
@@ -986,11 +1023,22 @@ def install_worklist(window: "MainWindow") -> WorklistPanel:
     window.analysis.enabled_changed.connect(lambda: controller.set_models(sorted(window.analysis.disabled_models()),
                                                                           sorted(window.analysis.enabled_models())))
     controller.error.connect(lambda title, message: window.show_error(message, title))
-    dock = window.add_panel(panel, "Worklist", Qt.DockWidgetArea.LeftDockWidgetArea)
-    window.tabifyDockWidget(window.studies_dock, dock)
-    window.studies_dock.raise_()
-    # the worklist table scrolls sideways: its many columns must not widen the left dock over the film
-    panel.setMinimumWidth(200)
+    # A full-width panel under the film (the findings keep the right edge whole): room for the patient, date and
+    # view columns at 1400x900. Hidden until a folder is analysed or it is asked for (View > Panels, Ctrl+Shift+K).
+    window.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.BottomDockWidgetArea)
+    window.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+    dock = window.add_panel(panel, "Worklist", Qt.DockWidgetArea.BottomDockWidgetArea)
+    dock.toggleViewAction().setShortcut("Ctrl+Shift+K")
+    dock.hide()  # a saved layout that showed it brings it back
+
+    def bring_forward() -> None:
+        if dock.isHidden():
+            dock.show()
+            window.resizeDocks([dock], [WORKLIST_HEIGHT_PX], Qt.Orientation.Vertical)
+        dock.raise_()
+
+    panel.shown_requested.connect(bring_forward)
+    panel.labelled.connect(lambda text: window.statusBar().showMessage(text, 6000))
     a = window._act
     a("worklist_next", "&Next Study in Worklist", panel.next_study, "Ctrl+PgDown", tip="Open the next study in the list order")
     a("worklist_previous", "&Previous Study in Worklist", panel.previous_study, "Ctrl+PgUp",

@@ -61,10 +61,25 @@ def test_readout_gives_stored_and_modality_values_with_rescale(rescaled_dicom):
     assert f"stored {raw[500, 500]:.0f}, modality {raw[500, 500] * 2 - 100:.0f} OD" in ro.text()
 
 
-def test_readout_of_png_says_its_scale(repo_root):
-    rec = read_image(repo_root / "resources" / "samples" / "nih_chest.png")
-    assert value_scale(rec) is None
-    assert "(of 0–1)" in pixel_readout(rec, 10, 10).text()
+def test_png_speaks_its_own_units(repo_root, tmp_path):
+    """An 8-bit PNG reads 0-255 and a 12-bit film in a 16-bit PNG its stored values: the pixel readout and the
+    corner's window/level alike (never "C 0.500 W 1.000")."""
+    from PIL import Image
+
+    from cxr_viewer.core.imaging.corner_text import display_lines
+    from cxr_viewer.core.session import DisplayState
+
+    path = repo_root / "resources" / "samples" / "nih_chest.png"
+    rec = read_image(path)
+    raw = np.asarray(Image.open(path).convert("L"))
+    assert pixel_readout(rec, 10, 10).text() == f"row 10, col 10: stored {raw[10, 10]}"
+    state = DisplayState(window=(0.0, 1.0))
+    assert display_lines(rec, state)[0].startswith("C 128  W 256")
+    deep = np.linspace(0, 4000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    rec = read_image(tmp_path / "deep.png")
+    assert pixel_readout(rec, 63, 63).text() == f"row 63, col 63: stored {deep[63, 63]}"
+    assert display_lines(rec, state)[0].startswith("C 2048  W 4096")
 
 
 def test_monochrome1_readout_is_the_stored_value(dicom_dir):
@@ -97,8 +112,8 @@ def test_roi_statistics_match_numpy_in_modality_units(rescaled_dicom):
 def test_roi_without_spacing_reports_pixels(repo_root):
     rec = read_image(repo_root / "resources" / "samples" / "nih_chest.png")
     roi = m.make_roi(rec, "rectangle", (10, 10), (19, 29))
-    assert roi.stats.area_mm2 is None and roi.stats.unit == "0-1"
-    assert roi.stats.mean == pytest.approx(float(rec.pixels[10:20, 10:30].mean()), rel=1e-6)
+    assert roi.stats.area_mm2 is None and roi.stats.unit == ""  # the PNG's own 0-255 values
+    assert roi.stats.mean == pytest.approx(float(rec.pixels[10:20, 10:30].mean()) * 255, rel=1e-5)
     assert "area 171 px" in roi.label and roi.stats.count == 200  # drawn area between centres; pixels whose centres are inside
 
 

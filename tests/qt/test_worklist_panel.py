@@ -120,9 +120,11 @@ def test_page_keys_and_mouse_buttons_follow_the_worklist_order_when_it_is_shown(
     qtbot.waitUntil(lambda: len(win.study_browser.image_paths()) == 5, timeout=SLOW_MS)
     assert win.wait_idle(120)
     assert win.study_browser.image_paths() != order, "the test needs the two orders to differ"
-    assert win.reading.active_list() == "studies"  # the Studies tab is in front
-    win.worklist_dock.raise_()
-    qtbot.waitUntil(lambda: win.reading.active_list() == "worklist")  # its tab in front of the Studies tab
+    win.worklist_dock.hide()
+    qtbot.waitUntil(lambda: win.reading.active_list() == "studies")  # the worklist is not on screen
+    win.worklist_dock.show()
+    win.studies_dock.hide()
+    qtbot.waitUntil(lambda: win.reading.active_list() == "worklist")  # the worklist is the list shown
     win.open_file(order[1])
     qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == order[1], timeout=SLOW_MS)
     qtbot.keyClick(win, Qt.Key.Key_PageDown)
@@ -141,7 +143,8 @@ def test_page_keys_and_mouse_buttons_follow_the_worklist_order_when_it_is_shown(
                          button, button, Qt.KeyboardModifier.NoModifier)
         QApplication.sendEvent(vp, ev)
         qtbot.waitUntil(lambda w=want: win.session.record.source == w, timeout=SLOW_MS)
-    win.studies_dock.raise_()  # the study browser in front again: PgDn follows its order
+    win.worklist_dock.hide()
+    win.studies_dock.show()  # the study browser alone again: PgDn follows its order
     qtbot.waitUntil(lambda: win.reading.active_list() == "studies")
     browser = win.study_browser.image_paths()
     i = browser.index(order[0])
@@ -257,3 +260,66 @@ def test_query_retrieve_and_send_results_from_the_dock(qtbot, make_window, tiny_
     qtbot.mouseClick(panel.send_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: bool(errors), timeout=60_000)
     assert "No DICOM server answered" in errors[0]
+
+
+def _names_fit(table, col: int) -> bool:
+    """Every cell of a column shows whole: the column is as wide as its widest text (and header)."""
+    return table.columnWidth(col) >= max(table.sizeHintForColumn(col),
+                                         table.horizontalHeader().sectionSizeHint(col)) - 2
+
+
+def test_worklist_at_1400x900_shows_its_columns_and_readable_buttons(qtbot, make_window, tiny_models,  # noqa: F811
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    """Opening a folder brings the panel forward; at the default window every fixed column is in view and whole
+    (two NIH films of one patient are told apart), the label buttons read whole, and the film keeps its room."""
+    d = tmp_path / "nih"
+    d.mkdir()
+    for i, name in enumerate(("00000013_005.png", "00000013_026.png", "00000032_001.png")):
+        _png(d / name, seed=i)
+    win = make_window(models_dir=tiny_models)
+    win.resize(1400, 900)
+    qtbot.waitUntil(lambda: (win.width(), win.height()) == (1400, 900))
+    panel = win.worklist_panel
+    assert not win.worklist_dock.isVisible()  # nothing to show yet: the film has the room
+    win.action_map["worklist_open"]  # the menu entry exists; the dialog itself is skipped
+    panel.open_folder(d)
+    assert win.worklist_dock.isVisible() and not win.worklist_dock.visibleRegion().isEmpty(), "progress in view"
+    _wait_done(qtbot, panel, 3)
+    qtbot.wait(100)
+    table = panel.table
+    vp = table.viewport().rect()
+    from cxr_viewer.qt.worklist import COL_DATE, COL_MODALITY
+
+    for col in (COL_ABNORMAL, COL_READ, COL_PATIENT, COL_DATE, COL_MODALITY):
+        x = table.columnViewportPosition(col)
+        assert 0 <= x and x + table.columnWidth(col) <= vp.width(), f"column {col} is out of view"
+        assert _names_fit(table, col), f"column {col} is cut"
+    patients = {panel.proxy.index(r, COL_PATIENT).data() for r in range(3)}
+    assert len(patients) == 3, patients
+    for b in panel.label_buttons:
+        assert b.width() >= b.sizeHint().width() - 1, f"{b.text()!r} is cut"
+    canvas = win.canvas.viewport()
+    assert canvas.width() >= 500 and canvas.height() >= 380, "the film keeps a readable size"
+
+
+def test_labels_are_explicit_and_confirmed(qtbot, make_window, tiny_models, folder: Path) -> None:  # noqa: F811
+    """1 / 2 / 3 label only while the table has the keyboard (a visible line says so); every label is confirmed in the
+    status bar; on the image the same keys are window presets, and the status bar says which preset."""
+    win = make_window(models_dir=tiny_models)
+    panel = win.worklist_panel
+    panel.open_folder(folder)
+    _wait_done(qtbot, panel, 5)
+    panel.select_row(0, open_it=False)
+    win.canvas.setFocus()
+    qtbot.waitUntil(lambda: win.canvas.hasFocus())
+    assert panel.label_mode.text().startswith("Table: 1 / 2 / 3 label")
+    qtbot.keyClick(win.canvas, Qt.Key.Key_2)
+    assert "Window preset" in win.statusBar().currentMessage()
+    assert not panel.controller.labels_of(panel.current_entry())
+    panel.table.setFocus()
+    qtbot.waitUntil(lambda: panel.table.hasFocus())
+    finding = panel.label_box.currentText()
+    assert panel.label_mode.text().startswith(f"Labelling {finding}")
+    qtbot.keyClick(panel.table, Qt.Key.Key_1)
+    assert win.statusBar().currentMessage() == f"Labelled {finding} positive on {panel.current_entry().path.name}"
+    assert list(panel.controller.labels_of(panel.current_entry()).values()) == [1.0]

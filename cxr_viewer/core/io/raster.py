@@ -54,7 +54,7 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, fmt: 
                 frames = int(getattr(im, "n_frames", 1) or 1)
                 if frames > 1:
                     notices.append(f"This file holds {frames} pages; showing the first.")
-                arr, mode_notices = _pil_to_gray(im)
+                arr, mode_notices, top = _pil_to_gray(im)
                 notices.extend(mode_notices)
     except Image.DecompressionBombError as exc:  # Pillow's own guard fired before ours could
         m = re.search(r"\((\d+) pixels\)", str(exc))
@@ -80,7 +80,7 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, fmt: 
             "Copy or export it again.",
             path=path,
         ) from exc
-    return _record(arr, path, fmt or "png", notices)
+    return _record(arr, path, fmt or "png", notices, top)
 
 
 def _check_size(size: tuple[int, int], max_pixels: int, path: Path) -> None:
@@ -105,8 +105,9 @@ def _needs_tifffile(im: "object") -> bool:
     return deepest > 8 and not (im.mode.startswith("I") or im.mode == "F")
 
 
-def _pil_to_gray(im: "object") -> tuple[np.ndarray, list[str]]:
-    """A Pillow image -> (2-D array of intensities as float32, native scale), notices."""
+def _pil_to_gray(im: "object") -> tuple[np.ndarray, list[str], float | None]:
+    """A Pillow image -> (2-D array of intensities as float32 in [0, 1]), notices, and the stored value that 1.0
+    stands for (255 for 8-bit, 2**bits - 1 for 16-bit; None when the values were stretched over their own range)."""
     from PIL import ImageOps
 
     notices: list[str] = []
@@ -124,21 +125,21 @@ def _pil_to_gray(im: "object") -> tuple[np.ndarray, list[str]]:
         palette_note = False
     if mode == "1":
         arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-        return arr, ["Black-and-white (1-bit) image."]
+        return arr, ["Black-and-white (1-bit) image."], 255.0
     if mode in ("L", "LA"):
         arr = np.asarray(im, dtype=np.uint8)
         if mode == "LA":
             arr, note = _drop_alpha(arr[..., 0].astype(np.float32), arr[..., 1])
             notices.extend(note)
-            return arr / 255.0, notices
-        return _scaled(arr, 255.0), notices
+            return arr / 255.0, notices, 255.0
+        return _scaled(arr, 255.0), notices, 255.0
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im)
         if mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
-            return _minmax(arr.astype(np.float64), notices), notices
+            return _minmax(arr.astype(np.float64), notices), notices, None
         if mode == "F":
-            return _minmax(arr.astype(np.float64), notices), notices
-        return scale_16bit(arr), notices
+            return _minmax(arr.astype(np.float64), notices), notices, None
+        return scale_16bit(arr), notices, _top_16bit(arr)
     if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "RGBX", "LAB", "HSV"):
         if mode not in ("RGB", "RGBA"):
             im = im.convert("RGB")
@@ -149,7 +150,7 @@ def _pil_to_gray(im: "object") -> tuple[np.ndarray, list[str]]:
         if alpha is not None:
             gray, note = _drop_alpha(gray, alpha)
             notices.extend(note)
-        return gray / 255.0, notices
+        return gray / 255.0, notices, 255.0
     raise UnsupportedImageError(f"Images with pixel mode '{mode}' are not supported.")
 
 
@@ -178,10 +179,14 @@ def scale_16bit(arr: np.ndarray) -> np.ndarray:
     by 65535 would make it nearly black, so the divisor is the smallest ``2**n - 1``
     (n >= 8) that covers the maximum.
     """
+    return _scaled(np.asarray(arr), _top_16bit(arr))
+
+
+def _top_16bit(arr: np.ndarray) -> float:
+    """The smallest ``2**n - 1`` (n >= 8) that covers the array's maximum: what 1.0 stands for."""
     arr = np.asarray(arr)
     top = int(arr.max()) if arr.size else 0
-    bits = max(8, top.bit_length())
-    return _scaled(arr, float((1 << bits) - 1))
+    return float((1 << max(8, top.bit_length())) - 1)
 
 
 def _scaled(arr: np.ndarray, top: float) -> np.ndarray:
@@ -247,17 +252,21 @@ def _read_tiff_fallback(path: Path, max_pixels: int, notices: list[str]) -> Imag
             arr = arr[0]
     if arr.ndim != 2:
         raise UnsupportedImageError(f"The TIFF image {path.name} has an unsupported layout {arr.shape}.", path=path)
+    top: float | None = None
     if arr.dtype.kind == "u":
-        gray = _scaled(arr, 255.0) if arr.dtype.itemsize == 1 else scale_16bit(arr)
+        top = 255.0 if arr.dtype.itemsize == 1 else _top_16bit(arr)
+        gray = _scaled(arr, top)
     else:
         if arr.dtype.kind == "f" and np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1:
             gray = arr.astype(np.float32)
         else:
             gray = _minmax(arr.astype(np.float64), notices)
-    return _record(gray, path, "tiff", notices)
+    return _record(gray, path, "tiff", notices, top)
 
 
-def _record(arr: np.ndarray, path: Path, fmt: str, notices: list[str]) -> ImageRecord:
+def _record(arr: np.ndarray, path: Path, fmt: str, notices: list[str], top: float | None = None) -> ImageRecord:
+    """``top``: the stored value 1.0 stands for; recorded as ``value_range`` so window/level and the pixel
+    readout speak the file's own units (0-255 for 8-bit, stored values for 16-bit)."""
     fmt = {"jpg": "jpeg", "mpo": "jpeg", "tif": "tiff"}.get(fmt, fmt)
     pixels = np.asarray(arr, dtype=np.float32)  # the reader's own array: clipped in place, no copy
     np.clip(pixels, 0.0, 1.0, out=pixels)
@@ -267,6 +276,7 @@ def _record(arr: np.ndarray, path: Path, fmt: str, notices: list[str]) -> ImageR
         pixels=np.ascontiguousarray(pixels),
         source=path,
         format=fmt,
-        metadata={**blank_metadata(), "rows": h, "columns": w},
+        metadata={**blank_metadata(), "rows": h, "columns": w,
+                  **({"value_range": (0.0, float(top))} if top else {})},
         notices=tuple(notices),
     )
