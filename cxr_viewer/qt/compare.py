@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QPointF, Qt
-from PySide6.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QSizePolicy, QSplitter, QVBoxLayout, QWidget
 
-from cxr_viewer.core.compare import find_prior, recorded_noise, score_deltas
+from cxr_viewer.core.compare import PriorMatch, find_prior, recorded_noise, score_deltas
 from cxr_viewer.core.imaging.corner_text import format_date
 from cxr_viewer.core.session import Session
 from cxr_viewer.qt.canvas import ImageCanvas
@@ -39,6 +39,7 @@ class PriorView(QWidget):
         self.title = QLabel("Prior", self)
         self.title.setObjectName("priorTitle")
         self.title.setStyleSheet("background:#1d2630; color:#cfe3f7; padding:3px 6px; font-weight:bold;")
+        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # a long name never widens it
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
@@ -69,6 +70,7 @@ class CompareController:
         box.setSpacing(0)
         self.current_title = QLabel("Current", self.current_box)
         self.current_title.setStyleSheet("background:#2a2420; color:#ffd591; padding:3px 6px; font-weight:bold;")
+        self.current_title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.current_title.hide()
         box.addWidget(self.current_title)
         box.addWidget(central, 1)
@@ -96,23 +98,35 @@ class CompareController:
     def is_open(self) -> bool:
         return self.prior.isVisible()
 
-    def open(self) -> bool:
-        """Show current | prior for the current film; False (with a status message) when no prior is known."""
+    def open(self, chosen: Path | None = None) -> bool:
+        """Show current | prior for the current film; False (with a status message) when no prior is known.
+
+        ``chosen``: a prior picked by hand (files with no patient ID or date to match on, such as PNG/JPEG)."""
         w = self.w
         rec = w.session.record
         if rec is None:
             w.statusBar().showMessage("Open a film first", 5000)
             return False
         md = rec.metadata or {}
-        match = find_prior(w.session.studies, str(md.get("patient_id") or ""), str(md.get("study_date") or ""),
-                           w._current_path)
+        pid, date = str(md.get("patient_id") or ""), str(md.get("study_date") or "")
+        if chosen is not None:
+            match = PriorMatch(Path(chosen), "", pid)
+        else:
+            match = find_prior(w.session.studies, pid, date, w._current_path)
         if match is None:
-            w.statusBar().showMessage("No earlier film of this patient among the scanned studies "
-                                      "(open the folder holding the prior study)", 8000)
+            if not pid or not date:
+                missing = " or ".join(x for x, v in (("patient ID", pid), ("study date", date)) if not v)
+                w.statusBar().showMessage(
+                    f"This file carries no {missing} to find its prior by: choose the prior film by hand "
+                    "(View > Compare with a Chosen Film…, Shift+F8)", 10000)
+            else:
+                w.statusBar().showMessage("No earlier film of this patient among the scanned studies "
+                                          "(open the folder holding the prior study)", 8000)
             return False
         self.prior_path, self.prior_date = match.path, match.study_date
-        self.current_title.setText(f"Current  {format_date(str(md.get('study_date') or ''))}")
-        self.prior.title.setText(f"Prior  {format_date(match.study_date)}")
+        self.current_title.setText(f"Current  {format_date(date)}".rstrip())
+        self.prior.title.setText(f"Prior  {format_date(match.study_date)}" if match.study_date
+                                 else f"Prior  {match.path.name} (chosen by hand)")
         self.current_title.show()
         self.prior.show()
         self.splitter.setSizes([1, 1])
@@ -122,6 +136,7 @@ class CompareController:
 
     def close(self) -> None:
         self.prior.hide()
+        self.current_title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.current_title.hide()
         self.prior.session.set_record(None)
         self.prior_findings, self.deltas = [], {}

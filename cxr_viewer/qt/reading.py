@@ -93,6 +93,8 @@ class ReadingTools:
         a("prev_finding", "Heatmap of &Previous Finding", lambda: self.step_finding(-1), "Shift+N")
         a("compare", "Compare with &Prior", self.toggle_compare, "F8", checkable=True,
           tip="Current | prior layout: the same patient's earlier film, linked, with score changes")
+        a("compare_chosen", "Compare with a &Chosen Film…", self.compare_with_chosen, "Shift+F8",
+          tip="Current | prior with a film you pick (for files with no patient ID or date to match on)")
         a("link_views", "&Link Current and Prior", lambda on: self.compare.set_linked(on), "Ctrl+L",
           checkable=True, tip="Link zoom, pan and window/level of the two viewports")
         w.action_map["link_views"].setChecked(True)
@@ -127,7 +129,7 @@ class ReadingTools:
         w.file_menu.insertAction(w.action_map["export_view"], w.action_map["save_annotations"])
         v: QMenu = w.view_menu
         v.addSeparator()
-        for key in ("compare", "link_views", "toggle_overlays", "heatmap_toggle", "heatmap_style", "next_finding", "prev_finding",
+        for key in ("compare", "compare_chosen", "link_views", "toggle_overlays", "heatmap_toggle", "heatmap_style", "next_finding", "prev_finding",
                     "next_image", "prev_image"):
             v.addAction(w.action_map[key])
         for key in ("panel_findings", "panel_heatmap", "panel_report"):
@@ -210,6 +212,25 @@ class ReadingTools:
         else:
             panel.show_heatmap(*key)
         return key
+
+    def compare_with_chosen(self, path: Path | str | None = None) -> bool:
+        """Current | prior with a film picked by hand (a file dialog unless ``path`` is given)."""
+        if path is None or isinstance(path, bool):
+            from PySide6.QtWidgets import QFileDialog
+
+            start = str(self.w._current_path.parent) if self.w._current_path is not None else ""
+            path, _ = QFileDialog.getOpenFileName(self.w, "Choose the prior film", start,
+                                                  "Images (*.dcm *.png *.jpg *.jpeg *.tif *.tiff);;All files (*)")
+            if not path:
+                return False
+        if self.compare.is_open:
+            self.compare.close()
+        opened = self.compare.open(Path(path))
+        act = self.w.action_map["compare"]
+        act.blockSignals(True)
+        act.setChecked(opened)
+        act.blockSignals(False)
+        return opened
 
     def toggle_compare(self, on: bool | None = None) -> bool:
         """Open (or close) the current | prior layout."""
@@ -348,10 +369,14 @@ class ReadingTools:
         """Whether the findings dock still has the width fit_docks gave it (the user has not dragged it)."""
         return self._auto_width is not None and abs(self.w.findings_dock.width() - self._auto_width) <= 8
 
-    def _on_prior_column(self, _shown: bool) -> None:
-        """The Prior → now column came or went: the findings dock follows, unless the user has sized it."""
+    def _on_prior_column(self, shown: bool) -> None:
+        """The Prior → now column came or went: the findings dock follows, unless the user has sized it; it is
+        always widened enough for the column, so names such as Pneumonia and Pneumothorax are never cut."""
+        w = self.w
         if self._width_is_auto():
             self.fit_docks()
+        elif shown and w.findings_dock.width() < w.findings_panel.preferred_width(prior=True):
+            w.resizeDocks([w.findings_dock], [w.findings_panel.preferred_width(prior=True)], Qt.Orientation.Horizontal)
 
     def _on_resize(self) -> None:
         # keep the split while the user has not moved it; a dragged separator is left alone

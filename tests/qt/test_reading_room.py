@@ -612,3 +612,39 @@ def test_report_masks_are_drawn_on_the_current_and_the_prior(qtbot, make_window,
     qtbot.waitUntil(lambda: len(win.session.masks) == 3 and len(pv.session.masks) == 3, timeout=WAIT_MS)
     assert pv.session.masks[2].text == win.session.masks[2].text == "left upper zone"
     assert len(pv.canvas.mask_items) == 3
+
+
+def test_png_films_say_why_no_prior_and_take_one_chosen_by_hand(qtbot, make_window, chest_like_models, tmp_path):
+    """PNG/JPEG carry no patient or date: F8 says so (not "open the folder"), Shift+F8's film becomes the prior,
+    and Pneumonia and Pneumothorax stay whole beside the Prior → now column at 1400x900."""
+    from PIL import Image
+
+    from cxr_viewer.qt.panels.findings import COL_LABEL, COL_PRIOR, COL_RESULT
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    src = Image.open(Path(__file__).resolve().parents[2] / "resources/samples/nih_chest.png").convert("L")
+    src.resize((256, 256)).save(folder / "00000013_005.png")
+    src.resize((256, 256)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "00000013_026.png")
+    win = make_window(models_dir=chest_like_models)
+    win.resize(1400, 900)
+    win.analysis.backend = "torch"
+    win.open_paths([folder])
+    qtbot.waitUntil(lambda: len(win.study_browser.image_paths()) == 2, timeout=LOAD_TIMEOUT_MS)
+    current, prior = folder / "00000013_026.png", folder / "00000013_005.png"
+    win.open_file(current)
+    qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == current
+                    and win.analysis.state.status == "done", timeout=WAIT_MS)
+    qtbot.keyClick(win, Qt.Key.Key_F8)
+    compare = win.reading.compare
+    message = win.statusBar().currentMessage()
+    assert not compare.is_open and "no patient ID or study date" in message and "open the folder" not in message
+    assert "Shift+F8" in message
+    assert win.reading.compare_with_chosen(prior)
+    assert compare.is_open and compare.prior_path == prior and "chosen by hand" in compare.prior.title.text()
+    qtbot.waitUntil(lambda: bool(compare.deltas), timeout=3 * WAIT_MS)
+    panel = win.findings_panel
+    qtbot.waitUntil(lambda: win.findings_dock.width() >= panel.preferred_width(prior=True) - 8)
+    rows = [panel.item_for(m, lab) for m, lab in compare.deltas]
+    assert {"Pneumonia", "Pneumothorax"} <= {lab for _m, lab in compare.deltas}
+    assert_rows_whole(panel.tree, rows, ((COL_LABEL, panel.tree.indentation()), (COL_RESULT, 0), (COL_PRIOR, 0)))
