@@ -246,7 +246,7 @@ def _analyze_one(
             seg = segment_request(engine, record, args.report,
                                   Path(args.mask_out) if args.mask_out else None, _unique_stem(path_text, used_stems))
             obj["masks"] = seg.pop("masks")
-            mask_objects = seg.pop("mask_objects")
+            mask_objects = [m for m in seg.pop("mask_objects") if not m.empty]  # exports: only what was found
             obj["segmentation"] = seg
             timing["segment"] = (time.perf_counter() - t0) * 1e3
         except CXRError as exc:

@@ -135,7 +135,7 @@ class ExportActions:
             return False
         record, result = current
         ov = self._overlays()
-        analysis_masks = self.window.analysis.masks
+        analysis_masks = [m for m in self.window.analysis.masks if not m.empty]  # nothing found: no segment
         self._run(lambda: _dicom_job(record, result, Path(folder), analysis_masks, ov), "DICOM results")
         return True
 
@@ -150,7 +150,7 @@ class ExportActions:
             self.window.show_error("Anonymised export needs a DICOM image; this one came from a "
                                    f"{record.format.upper()} file, which carries no DICOM header.", "Export failed")
             return False
-        masks = self.window.analysis.masks
+        masks = [m for m in self.window.analysis.masks if not m.empty]
 
         def job() -> Any:
             out = export_anonymised([record.source], Path(folder), results=[(record, result, {"masks": masks})])

@@ -317,7 +317,8 @@ class ReadingTools:
         anns = w.session.measurements
         written: list[Path] = []
         try:
-            written.append(marks.save_annotations(marks.sidecar_path(path), anns, record))
+            report = w.report_panel.editor.toPlainText() if getattr(w, "report_panel", None) is not None else None
+            written.append(marks.save_annotations(marks.sidecar_path(path), anns, record, report=report or None))
             if record.format == "dicom" and anns:
                 from cxr_viewer.core.export.gsps import gsps_path, write_gsps
                 from cxr_viewer.core.imaging.windowing import window_in_source_units

@@ -31,7 +31,9 @@ def _open(qtbot, make_window, models: Path, path: Path):
 def test_report_sentences_get_coloured_masks_toggles_phrases_and_export(qtbot, make_window, seg_models, nih_png,
                                                                         tmp_path) -> None:
     _torch_threads()
-    win = _open(qtbot, make_window, seg_models, nih_png)
+    image = tmp_path / "film.png"  # the pasted report is stored beside the film: never beside the repo's sample
+    shutil.copy(nih_png, image)
+    win = _open(qtbot, make_window, seg_models, image)
     panel = win.report_panel
     panel.editor.setPlainText(REPORT)
     panel.draw_button.click()
@@ -87,9 +89,11 @@ def test_report_is_read_from_a_sidecar_text_file(qtbot, make_window, seg_models,
     assert panel.editor.toPlainText() == "" and win.session.masks == [] and panel.rows == []
 
 
-def test_report_without_segmentation_model_says_so(qtbot, make_window, tiny_models, nih_png) -> None:
+def test_report_without_segmentation_model_says_so(qtbot, make_window, tiny_models, nih_png, tmp_path) -> None:
     _torch_threads()
-    win = _open(qtbot, make_window, tiny_models, nih_png)
+    image = tmp_path / "film.png"
+    shutil.copy(nih_png, image)
+    win = _open(qtbot, make_window, tiny_models, image)
     win.report_panel.editor.setPlainText(REPORT)
     win.report_panel.draw_button.click()
     qtbot.waitUntil(lambda: win.report_panel.message.isVisible() and not win.session.busy, timeout=WAIT_MS)
@@ -157,3 +161,59 @@ def test_findings_sort_positive_first(qtbot, make_window, tiny_models, siim_dico
     panel.sort_combo.setCurrentText("Model order")
     assert [r[1] for r in panel.rows() if r[0] == "nih-tiny"] == ["Atelectasis", "Cardiomegaly", "Effusion", "Nodule"]
     assert win.settings.value("findings/sort") == "Model order"
+
+
+def test_empty_masks_say_nothing_was_found_and_a_pasted_report_comes_back(qtbot, make_window, seg_models, nih_png,
+                                                                          tmp_path) -> None:  # fmt: skip
+    """A sentence whose region comes out empty is listed as "nothing found": no legend line, not counted, not
+    exported; the list shows three sentences whole; the pasted report is stored with the study's annotations and
+    back when the study is opened again (measurements saved there are kept)."""
+    from PySide6.QtCore import Qt
+
+    from cxr_viewer.core.imaging.measurements import load_annotations, load_report, sidecar_path
+    from cxr_viewer.qt.panels.report import drawn_text
+
+    _torch_threads()
+    image = tmp_path / "film.png"
+    shutil.copy(nih_png, image)
+    win = _open(qtbot, make_window, seg_models, image)
+    panel = win.report_panel
+    win.resize(1400, 900)
+    win.report_dock.raise_()
+    panel.editor.setPlainText(REPORT)
+    panel.draw_button.click()
+    qtbot.waitUntil(lambda: len(win.analysis.masks) == 2 and len(win.session.masks) == 2 and not win.session.busy,
+                    timeout=WAIT_MS)
+    masks = win.analysis.masks
+    assert len(masks) == 2
+    # make the second sentence's region come out empty, as the model may: the panel gets the same signal
+    import dataclasses
+
+    empty = dataclasses.replace(masks[1], mask=np.zeros_like(masks[1].mask), area_fraction=0.0)
+    win.analysis.masks_changed.emit([masks[0], empty])
+    item = panel.sentence_list.item(1)
+    assert item.text().endswith("— nothing found")
+    assert item.data(Qt.ItemDataRole.CheckStateRole) is None, "no tick box: nothing to show"
+    assert [m.text for m in win.session.masks] == [masks[0].text], "not in the on-image legend"
+    assert panel.source_label.text() == "1 region drawn; nothing found for 1 sentence"
+    assert drawn_text(2, 0) == "2 regions drawn" and drawn_text(0, 2) == "Nothing found for 2 sentences"
+    # three sentences in view, whole
+    lst = panel.sentence_list
+    assert lst.isVisible()
+    for row in range(lst.count()):
+        r = lst.visualItemRect(lst.item(row))
+        assert r.bottom() <= lst.viewport().height(), f"sentence {row + 1} is cut off"
+    # stored with the study's annotations, beside a measurement saved earlier
+    side = sidecar_path(image)
+    assert load_report(side) == REPORT
+    win.session.set_measurements([])
+    win.canvas.add_annotation("measure", [(100, 100), (300, 100)])
+    win.reading.save_annotations()
+    assert load_report(side) == REPORT and len(load_annotations(side, win.session.record)) == 1
+    win.open_paths([nih_png])
+    qtbot.waitUntil(lambda: win.session.record.source == nih_png and not win.session.busy, timeout=WAIT_MS)
+    assert panel.editor.toPlainText() == ""
+    win.open_paths([image])
+    qtbot.waitUntil(lambda: win.session.record.source == image and not win.session.busy, timeout=WAIT_MS)
+    assert panel.editor.toPlainText() == REPORT and "annotations" in panel.source_text
+    assert len(win.session.measurements) == 1

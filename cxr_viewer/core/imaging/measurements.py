@@ -322,9 +322,20 @@ def sidecar_path(image_path: str | Path) -> Path:
     return p.with_name(p.name + ".annotations.json")
 
 
-def save_annotations(path: str | Path, annotations: list[Any], record: ImageRecord | None) -> Path:
-    """Write the annotations of one image as JSON (schema, image identity, shapes)."""
+def _existing_report(path: Path) -> str | None:
+    try:
+        return load_report(path)
+    except (OSError, ValueError):
+        return None
+
+
+def save_annotations(path: str | Path, annotations: list[Any], record: ImageRecord | None,
+                     report: str | None = None) -> Path:
+    """Write the annotations of one image as JSON (schema, image identity, shapes, and the reader's report text:
+    ``report``, else the one the file already holds)."""
     path = Path(path)
+    if report is None and path.is_file():
+        report = _existing_report(path)
     md = (record.metadata or {}) if record is not None else {}
     doc = {
         "schema": SCHEMA,
@@ -336,8 +347,31 @@ def save_annotations(path: str | Path, annotations: list[Any], record: ImageReco
         },
         "annotations": [annotation_to_dict(a) for a in annotations],
     }
+    if report and report.strip():
+        doc["report"] = report
     path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     return path
+
+
+def save_report(path: str | Path, report: str, record: ImageRecord | None) -> Path:
+    """Store a pasted report with the image's annotations, keeping the annotations already saved there."""
+    path = Path(path)
+    annotations: list[Any] = []
+    if path.is_file():
+        try:
+            annotations = load_annotations(path, record)
+        except (OSError, ValueError, KeyError, TypeError):
+            annotations = []  # an unreadable sidecar is replaced: the report is what the reader just gave
+    return save_annotations(path, annotations, record, report=report)
+
+
+def load_report(path: str | Path) -> str | None:
+    """The report text stored with an image's annotations (None when there is none)."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ValueError(f"{Path(path).name} is not a cxr-viewer annotations file")
+    text = doc.get("report")
+    return text if isinstance(text, str) and text.strip() else None
 
 
 def load_annotations(path: str | Path, record: ImageRecord | None) -> list[Any]:

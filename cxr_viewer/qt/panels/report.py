@@ -58,14 +58,27 @@ class ReportRow:
     source: str = "report"  # report | phrase
 
 
+STORED_SOURCE = "the study's annotations"
+
+
 def find_report_text(record: ImageRecord | None) -> tuple[str, str] | None:
-    """(text, where it came from) for a study's report: metadata field, else a sidecar .txt."""
+    """(text, where it came from) for a study's report: the one the reader pasted (stored with the study's
+    annotations), else a metadata field, else a sidecar .txt."""
+    from cxr_viewer.core.imaging.measurements import load_report, sidecar_path
+
     if record is None:
         return None
+    src = record.source
+    if src is not None and sidecar_path(src).is_file():
+        try:
+            stored = load_report(sidecar_path(src))
+        except (OSError, ValueError):
+            stored = None
+        if stored:
+            return stored, STORED_SOURCE
     text = record.metadata.get("report") if record.metadata else None
     if isinstance(text, str) and text.strip():
         return text, "the image file"
-    src = record.source
     if src is None:
         return None
     for suffix in SIDECAR_SUFFIXES:
@@ -90,6 +103,17 @@ def report_rows(text: str) -> list[ReportRow]:
         phrases = tuple(r.phrase for r in reading.regions)
         rows.append(ReportRow(s.text, phrases, bool(phrases), reading.negative))
     return rows
+
+
+def drawn_text(drawn: int, empty: int) -> str:
+    """"2 regions drawn; nothing found for 1 sentence" (plurals right; "" when nothing was asked)."""
+    if not drawn and not empty:
+        return ""
+    parts = [f"{drawn} region{'' if drawn == 1 else 's'} drawn"] if drawn or not empty else []
+    if empty:
+        parts.append(f"nothing found for {empty} sentence{'' if empty == 1 else 's'}")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:]
 
 
 def _swatch(colour: Sequence[int]) -> QIcon:
@@ -198,7 +222,9 @@ class ReportPanel(QWidget):
         self.sentence_list.setObjectName("sentenceList")
         self.sentence_list.setWordWrap(True)
         self.sentence_list.setToolTip("Tick a sentence to show its region on the image")
-        self.sentence_list.setMinimumHeight(40)
+        # three sentences in view (a fourth scrolls): the report's usual FINDINGS + IMPRESSION fit whole
+        self.sentence_list.setMinimumHeight(3 * (self.sentence_list.fontMetrics().height() + 6)
+                                            + 2 * self.sentence_list.frameWidth())
         self.phrase_edit = QLineEdit(self)
         self.phrase_edit.setPlaceholderText("Draw any phrase, e.g. “right lower zone opacity”")
         self.phrase_button = QPushButton("Add", self)
@@ -272,10 +298,14 @@ class ReportPanel(QWidget):
         self._set_rows(report_rows(text) if text.strip() else [])
 
     def draw(self) -> None:
-        """Split the editor's text and ask for one mask per sentence that names a region (plus phrases)."""
+        """Split the editor's text and ask for one mask per sentence that names a region (plus phrases).
+
+        A report typed or pasted here is stored with the study's annotations, so it is back when the study is
+        opened again."""
         text = self.editor.toPlainText()
         self._set_rows(report_rows(text) + [ReportRow(p, (p,), True, False, "phrase") for p in self._phrases])
         self._request()
+        self._store(text)
 
     def add_phrase(self, phrase: str) -> None:
         """Draw any phrase alongside the report's sentences."""
@@ -336,6 +366,23 @@ class ReportPanel(QWidget):
         self.source_label.setText(f"Saved {out.name}")
         return out
 
+    def _store(self, text: str) -> None:
+        from cxr_viewer.core.imaging.measurements import save_report, sidecar_path
+
+        record = self.session.record
+        if record is None or record.source is None or not text.strip():
+            return
+        found = find_report_text(record)
+        if found is not None and found[0] == text:
+            return  # already the study's report (stored, in the file, or beside it)
+        try:
+            save_report(sidecar_path(record.source), text, record)
+        except OSError as exc:
+            self._show_message(f"The report is drawn but could not be stored beside {record.source.name} "
+                               f"({exc.strerror or exc}); it will not be there when the study is opened again.")
+            return
+        self.source_text = STORED_SOURCE
+
     def disconnect_session(self) -> None:
         self.session.events.record_changed.disconnect(self._on_record)
 
@@ -382,20 +429,29 @@ class ReportPanel(QWidget):
             self._masks, self._mask_rows = [], []
             self.export_button.setEnabled(False)
             return
-        self._masks, self._mask_rows = list(masks), drawable
+        found = [(m, row) for m, row in zip(masks, drawable) if not m.empty]
+        self._masks, self._mask_rows = [m for m, _r in found], [r for _m, r in found]
         self._updating = True
         for m, row in zip(masks, drawable):
             item = self.sentence_list.item(row)
+            if m.empty:  # the model found nothing for it: said in the list, never drawn, counted or exported
+                item.setText(f"{self._rows[row].text} — nothing found")
+                item.setFlags(Qt.ItemFlag.ItemIsEnabled)
+                item.setData(Qt.ItemDataRole.CheckStateRole, None)
+                item.setForeground(QColor("#7c8086"))
+                item.setToolTip("The model found no region for this sentence, so nothing is drawn or exported for it.")
+                continue
             item.setIcon(_swatch(m.colour))
             pct = 100.0 * m.area_fraction
-            item.setToolTip(item.toolTip() + f"\nArea {pct:.1f}% of the image" + (" — empty" if m.empty else ""))
+            item.setToolTip(item.toolTip() + f"\nArea {pct:.1f}% of the image")
         self._updating = False
-        self.source_label.setText(f"{len(masks)} region(s) drawn" if masks else "")
+        self.source_label.setText(drawn_text(len(self._masks), len(masks) - len(self._masks)))
         self._apply()
-        self.export_button.setEnabled(bool(masks))
+        self.export_button.setEnabled(bool(self._masks))
 
     def _apply(self) -> None:
         if not self._masks:
+            self.session.set_masks([])
             return
         visible = []
         for row in self._mask_rows:
