@@ -636,7 +636,8 @@ def describe_site_scores(
         out["roc"] = {"fpr": [round(float(v), 4) for v in fpr[keep]], "tpr": [round(float(v), 4) for v in tpr[keep]],
                       "threshold": [round(float(min(v, 1.0)), 4) for v in thr[keep]]}  # fmt: skip
     if n_pos < min_positives:
-        out["warnings"].append(f"only {n_pos} positive films (fewer than {min_positives}): the intervals are wide "
+        out["warnings"].append(f"only {n_pos} positive film{'' if n_pos == 1 else 's'} (fewer than {min_positives}): "
+                               "the intervals are wide "
                                "and the site threshold is not validated")  # fmt: skip
     if not math.isnan(lo) and hi < 0.7:
         out["warnings"].append(f"the model ranks these films poorly (AUROC {a:.2f}, CI {lo:.2f}-{hi:.2f}): "
@@ -709,7 +710,8 @@ def fit_site_finding(
     }  # fmt: skip
     validated = cal_pos >= min_positives
     if not validated:
-        report["warnings"].append(f"the threshold rests on {cal_pos} positives of the calibration part "
+        report["warnings"].append(f"the threshold rests on {cal_pos} positive{'' if cal_pos == 1 else 's'} of the "
+                                  "calibration part "
                                   f"(fewer than {min_positives}): marked not validated")  # fmt: skip
     summary = {
         "n_pos": report["n_pos"], "n_neg": report["n_neg"], "prevalence": report["prevalence"],
@@ -722,6 +724,35 @@ def fit_site_finding(
     }  # fmt: skip
     fp = FindingProfile(label, calib, t["value"], target, validated, summary, reference_distribution(p))
     return fp, report
+
+
+def operating_point_problem(report: dict[str, Any]) -> str | None:
+    """Why a fitted site threshold is not a usable operating point (None when it is).
+
+    ``report`` is :func:`fit_site_finding`'s. Unusable: a threshold at either end of the score range (it flags
+    no film, or every film), no positive film found on the held-out part (sensitivity 0), every negative
+    film flagged (specificity 0), or a held-out part with no positive (or no negative) film to check it on.
+    """
+    fit, held = report.get("fit") or {}, report.get("held_out") or {}
+    t = fit.get("threshold")
+    if t is None or not math.isfinite(float(t)):
+        return "no threshold could be chosen"
+    t = float(t)
+    if t >= 0.995 or t <= 0.005:
+        flags = "no film" if t >= 0.995 else "every film"
+        return f"the proposed threshold {t:.2f} sits at the end of the score range: it flags {flags}"
+    part = fit.get("held_out_part") or {}
+    n_img, n_pos = int(part.get("n_images") or 0), int(part.get("n_pos") or 0)
+    if n_pos == 0 or n_pos == n_img:
+        kind = "positive" if n_pos == 0 else "negative"
+        return f"the held-out films hold no {kind} film, so the threshold cannot be checked: label more films"
+    after = held.get("after") or {}
+    sens, spec = after.get("sensitivity"), after.get("specificity")
+    if sens is not None and math.isfinite(float(sens)) and float(sens) == 0.0:
+        return f"at the proposed threshold {t:.2f} no held-out positive film is found (sensitivity 0.00)"
+    if spec is not None and math.isfinite(float(spec)) and float(spec) == 0.0:
+        return f"at the proposed threshold {t:.2f} every held-out negative film is flagged (specificity 0.00)"
+    return None
 
 
 def finite_json(obj: Any) -> Any:

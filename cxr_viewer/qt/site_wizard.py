@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDoubleSpinBox,
@@ -84,6 +85,10 @@ def fit_one(data: dict[str, Any], label: str, target: str, method: str, n_boot: 
                                   current_threshold=data["thresholds"][label], n_boot=n_boot,
                                   card_prevalence=data["card_prevalence"][label])  # fmt: skip
     return label, fp, report
+
+
+def _films(n: int) -> str:
+    return "film" if n == 1 else "films"
 
 
 def _fmt(v: Any, ci: Any = None) -> str:
@@ -172,6 +177,10 @@ class SiteCalibrationDialog(QDialog):
 
         self.figure = Figure(figsize=(8, 3.6), layout="tight")
         self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.hide()  # no empty white plot before anything is scored
+        self.plot_hint = QLabel("The ROC curve and the reliability plot of the chosen finding appear here once "
+                                "the films are scored.")
+        self.plot_hint.setStyleSheet("color:#8a8d91; padding:12px;")
         self.summary = QLabel()
         self.summary.setTextFormat(Qt.TextFormat.RichText)
         self.summary.setWordWrap(True)
@@ -180,8 +189,18 @@ class SiteCalibrationDialog(QDialog):
         self.note_edit.setPlaceholderText("your note (kept in the profile)")
         self.save_button = QPushButton("Save profile")
         self.save_button.clicked.connect(self.save)
+        self.override_box = QCheckBox("Save anyway")
+        self.override_box.setToolTip("Keep thresholds that are not usable operating points (the reason is shown above)")
+        self.override_box.toggled.connect(lambda _on: self._update_save())
+        self.override_box.hide()
+        self.save_problem = QLabel("")
+        self.save_problem.setObjectName("siteSaveProblem")
+        self.save_problem.setWordWrap(True)
+        self.save_problem.setStyleSheet("color:#e06c5a;")
+        self.save_problem.hide()
         save_row = QHBoxLayout()
-        for w in (QLabel("Profile name"), self.name_edit, QLabel("Note"), self.note_edit, self.save_button):
+        for w in (QLabel("Profile name"), self.name_edit, QLabel("Note"), self.note_edit, self.override_box,
+                  self.save_button):
             save_row.addWidget(w)
 
         lay = QVBoxLayout(self)
@@ -189,11 +208,13 @@ class SiteCalibrationDialog(QDialog):
         lay.addWidget(self.score_button)
         lay.addWidget(self.status)
         lay.addLayout(fit_row)
+        lay.addWidget(self.plot_hint)
         lay.addWidget(self.canvas, 1)
         lay.addWidget(self.summary)
+        lay.addWidget(self.save_problem)
         lay.addLayout(save_row)
         self._set_fit_enabled(False)
-        self.resize(980, 760)
+        self.resize(980, 420)  # grows when the plots come
 
     # ------------------------------------------------------------------ inputs
     def _pick_folder(self) -> None:
@@ -215,8 +236,35 @@ class SiteCalibrationDialog(QDialog):
                                 "choose the finding, press 1 (positive), 2 (negative) or 3 (unsure).")  # fmt: skip
 
     def _set_fit_enabled(self, on: bool) -> None:
-        for w in (self.finding_box, self.target_box, self.target_spin, self.method_box, self.save_button):
+        for w in (self.finding_box, self.target_box, self.target_spin, self.method_box):
             w.setEnabled(on)
+        self._update_save()
+
+    def problems(self) -> dict[str, str]:
+        """Finding -> why its fitted threshold is not a usable operating point (only the unusable ones)."""
+        from cxr_viewer.core.site_profile import operating_point_problem
+
+        out = {}
+        for label, (_fp, report) in self.fitted.items():
+            why = operating_point_problem(report)
+            if why:
+                out[label] = why
+        return out
+
+    def _update_save(self) -> None:
+        """Save only with something usable to save: every fitted threshold a usable operating point, or the
+        explicit "Save anyway"; the reason is said above the button."""
+        problems = self.problems()
+        ready = self.data is not None and bool(self.fitted) and self.finding_box.isEnabled()
+        if problems:
+            self.save_problem.setText("Not a usable operating point: " + "; ".join(
+                f"{label}: {why}" for label, why in sorted(problems.items()))
+                + ". Change the operating point or label more films, or tick “Save anyway”.")
+        self.save_problem.setVisible(bool(problems))
+        self.override_box.setVisible(bool(problems))
+        if not problems and self.override_box.isChecked():
+            self.override_box.setChecked(False)
+        self.save_button.setEnabled(ready and (not problems or self.override_box.isChecked()))
 
     # ------------------------------------------------------------------ scoring
     def score(self) -> None:
@@ -246,13 +294,13 @@ class SiteCalibrationDialog(QDialog):
                 return
         self.score_button.setEnabled(False)
         self._set_fit_enabled(False)
-        self.status.setText(f"Scoring {len(rows)} films…")
+        self.status.setText(f"Scoring {len(rows)} {_films(len(rows))}…")
         self.runner.submit(score_site_films, path, rows, found, folder, labels, self.backend,
                            channel="site-score", on_progress=self._on_score_step, on_error=self._on_error)  # fmt: skip
 
     def _on_score_step(self, item: Any) -> None:
         if item[0] == "progress":
-            self.status.setText(f"Scored {item[1]} of {item[2]} films…")
+            self.status.setText(f"Scored {item[1]} of {item[2]} {_films(item[2])}…")
             return
         self.data = item[1]
         self.fitted.clear()
@@ -261,7 +309,7 @@ class SiteCalibrationDialog(QDialog):
         self.finding_box.clear()
         self.finding_box.addItems(self.data["labels"])
         self.finding_box.blockSignals(False)
-        self.status.setText(f"{self.data['n_images']} films scored with {self.data['bundle']['name']} "
+        self.status.setText(f"{self.data['n_images']} {_films(self.data['n_images'])} scored with {self.data['bundle']['name']} "
                             f"{self.data['bundle']['version']}.")  # fmt: skip
         self._set_fit_enabled(True)
         for lab in self.data["labels"]:
@@ -286,21 +334,30 @@ class SiteCalibrationDialog(QDialog):
 
     def _fit(self, label: str) -> None:
         assert self.data is not None
-        self.status.setText(f"Fitting {label}…")
+        if label == self.finding_box.currentText():
+            self.status.setText(f"Fitting {label}…")
         self.runner.submit(fit_one, self.data, label, self.target(), self.method_box.currentData(), self.n_boot,
                            channel=f"site-fit:{label}", on_result=self._on_fitted, on_error=self._on_error)  # fmt: skip
 
     def _on_fitted(self, out: tuple[str, Any, dict[str, Any]]) -> None:
         label, fp, report = out
         self.fitted[label] = (fp, report)
-        self.status.setText(f"{label}: fitted on {report['fit']['calibration_part']['n_images']} films, measured on "
-                            f"{report['fit']['held_out_part']['n_images']} held-out films.")  # fmt: skip
-        if label == self.finding_box.currentText():
-            self.show_report(label, report)
+        self._update_save()
+        if label != self.finding_box.currentText():
+            return  # the status line speaks of the finding on screen only
+        n_cal, n_held = report["fit"]["calibration_part"]["n_images"], report["fit"]["held_out_part"]["n_images"]
+        self.status.setText(f"{label}: fitted on {n_cal} {_films(n_cal)}, measured on {n_held} held-out "
+                            f"{_films(n_held)}.")
+        self.show_report(label, report)
 
     def show_report(self, label: str, r: dict[str, Any]) -> None:
         from cxr_viewer.core.site_profile import draw_site_axes
 
+        if self.canvas.isHidden():
+            self.plot_hint.hide()
+            self.canvas.show()
+            if self.height() < 700:
+                self.resize(self.width(), 760)
         self.figure.clear()
         ax_roc, ax_rel = self.figure.subplots(1, 2)
         draw_site_axes(ax_roc, ax_rel, label, r)
@@ -310,7 +367,8 @@ class SiteCalibrationDialog(QDialog):
         card = r["card_prevalence"]
         warn = "".join(f"<br><span style='color:#e0a030'>⚠ {w}</span>" for w in r["warnings"])
         self.summary.setText(
-            f"<b>{label}</b>: {r['n_pos']} positive / {r['n_neg']} negative films, {r['n_patients']} patients. "
+            f"<b>{label}</b>: {r['n_pos']} positive / {r['n_neg']} negative {_films(r['n_neg'])}, "
+            f"{r['n_patients']} patient{'' if r['n_patients'] == 1 else 's'}. "
             f"AUROC {_fmt(r['auroc']['value'], r['auroc']['ci95'])}. Prevalence {prev:.2f}"
             f" (model card {'n/a' if card is None else f'{card:.2f}'}).<br>"
             f"At the model's threshold {cur['threshold']:.2f}: sensitivity {_fmt(cur['sensitivity'], cur['sensitivity_ci95'])},"
@@ -330,6 +388,11 @@ class SiteCalibrationDialog(QDialog):
 
         if self.data is None or not self.fitted:
             self._fail("Score the films and fit at least one finding first.")
+            return None
+        problems = self.problems()
+        if problems and not self.override_box.isChecked():
+            self._update_save()
+            self._fail("Not saved: " + "; ".join(f"{lab}: {why}" for lab, why in sorted(problems.items())) + ".")
             return None
         d = self.data
         profile = SiteProfile(

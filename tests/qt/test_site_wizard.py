@@ -123,3 +123,50 @@ def test_drift_banner(make_window, qtbot, tmp_path: Path) -> None:
     analysed(0.4, model_sha="cd" * 32)  # the bundle was updated: the profile no longer applies, said in the bar
     assert banner.isVisible() and "model was updated" in banner.label.text()
     assert json.loads(Path(profile.path).read_text())["bundle"]["sha256"] == sha
+
+
+def _site_data(n: int = 40) -> dict:
+    """Scores of a site's labelled films as the wizard's scoring step hands them on: one finding with many
+    positives, one (Rare) with two, scored no better than chance."""
+    rng = np.random.default_rng(0)
+    rare_y = np.zeros(n)
+    rare_y[rng.choice(n, 2, replace=False)] = 1
+    rare_p = rng.uniform(0, 1, n)
+    good_y = (np.arange(n) % 2).astype(float)
+    good_p = np.clip(0.3 + 0.4 * good_y + np.random.default_rng(1).normal(0, 0.12, n), 0, 1)
+    return {"bundle": {"name": "site-test", "version": "1", "sha256": "0" * 64}, "labels": ["Good", "Rare"],
+            "scores": np.stack([good_p, rare_p], axis=1), "truth": np.stack([good_y, rare_y], axis=1),
+            "groups": np.array([f"p{i}" for i in range(n)]), "n_images": n,
+            "thresholds": {"Good": 0.5, "Rare": 0.5}, "card_prevalence": {"Good": None, "Rare": None},
+            "folder": "site", "labels_file": "site.csv"}
+
+
+def test_wizard_refuses_an_unusable_operating_point_and_says_why(make_window, qtbot, tmp_path: Path) -> None:
+    """Two positives: the proposed threshold is 1.00 (sensitivity 0). Save is disabled with the reason, until
+    "Save anyway"; the status speaks of the finding on screen; no blank plot before scoring; plurals right."""
+    from cxr_viewer.core.site_profile import operating_point_problem
+
+    win = make_window(models_dir=default_models_dir())
+    win.action_map["site_calibration"].trigger()
+    dlg = win.site_calibration.dialog
+    dlg.n_boot = 50
+    assert dlg.canvas.isHidden() and dlg.plot_hint.isVisible(), "no empty plot area before scoring"
+    assert not dlg.save_button.isEnabled()
+    dlg.target_box.setCurrentIndex(dlg.target_box.findData("specificity"))
+    dlg.target_spin.setValue(0.95)
+    dlg._on_score_step(("scores", _site_data()))
+    qtbot.waitUntil(lambda: set(dlg.fitted) == {"Good", "Rare"}, timeout=120_000)
+    qtbot.wait(50)
+    assert dlg.finding_box.currentText() == "Good"
+    assert dlg.status.text().startswith("Good: fitted on"), "the status names the finding on screen"
+    assert dlg.canvas.isVisible() and not dlg.plot_hint.isVisible()
+    assert operating_point_problem(dlg.fitted["Rare"][1]) and not operating_point_problem(dlg.fitted["Good"][1])
+    assert not dlg.save_button.isEnabled()
+    assert dlg.save_problem.isVisible() and "Rare" in dlg.save_problem.text() and "1.00" in dlg.save_problem.text()
+    assert dlg.save() is None and dlg.saved is None
+    dlg.override_box.setChecked(True)
+    assert dlg.save_button.isEnabled()
+    dlg.finding_box.setCurrentText("Rare")
+    qtbot.waitUntil(lambda: dlg.status.text().startswith("Rare: fitted on"), timeout=120_000)
+    assert "2 positive / 38 negative films" in dlg.summary.text()
+    assert "only 2 positive films" in dlg.summary.text() and "1 positives" not in dlg.summary.text()
