@@ -609,14 +609,19 @@ class MainWindow(QMainWindow):
         for r, (name, keys) in enumerate(rows):
             table.setItem(r, 0, QTableWidgetItem(name))
             table.setItem(r, 1, QTableWidgetItem(keys))
-        table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        table.horizontalHeader().setStretchLastSection(True)
+        # the keys keep their width, the action names wrap: nothing needs a sideways scroll
+        table.setWordWrap(True)
+        table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        table.horizontalHeader().setStretchLastSection(False)
+        table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, dlg)
         buttons.rejected.connect(dlg.close)
         layout = QVBoxLayout(dlg)
         layout.addWidget(table)
         layout.addWidget(buttons)
-        dlg.resize(520, 560)
+        dlg.resize(620, 600)
         dlg.setModal(False)
         dlg.show()
         self.shortcuts_dialog = dlg

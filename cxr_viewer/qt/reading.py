@@ -344,9 +344,7 @@ class ReadingTools:
         self._shown_once = True
         if not self.w._state_restored:
             self.fit_docks()
-        st = self.w.settings
-        if st is not None and str(st.value("tags/visible", "false")).lower() == "true":
-            self.w.tags_window.show()  # it was open when the viewer last closed
+        # the DICOM tag window is never reopened by itself at start-up: it opens when asked for (Ctrl+T)
 
     def fit_docks(self, *, width: bool = True) -> None:
         """Findings get the height and the width their longest name and badge need, the heatmap/report tabs a

@@ -394,3 +394,22 @@ def test_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path: Path, monk
     monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", 10_000_000)
     with pytest.raises(ImageTooLargeError, match="deflated contents grow past 10 MB"):
         read_image(bomb)
+
+
+def test_a_text_file_named_png_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """A 32-byte note saved as .png is text, not a cut-short DICOM: the message says so (no talk of preambles)."""
+    from cxr_viewer.core.errors import NotAnImageError
+    from cxr_viewer.core.io import read_image
+
+    for name, data in (("note.png", b"this is not an image, just text\n"), ("long.dcm", b"patient notes\n" * 400)):
+        f = tmp_path / name
+        f.write_bytes(data)
+        with pytest.raises(NotAnImageError) as exc:
+            read_image(f)
+        assert "plain text" in exc.value.message and "preamble" not in exc.value.message
+        assert f"{len(data):,} bytes" in exc.value.message
+    short_binary = tmp_path / "cut.dcm"
+    short_binary.write_bytes(bytes(range(32)))  # binary and short: still the cut-short message
+    with pytest.raises(Exception) as exc:
+        read_image(short_binary)
+    assert "plain text" not in str(exc.value)

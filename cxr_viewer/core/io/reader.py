@@ -43,6 +43,12 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if not head:
         raise EmptyFileError(f"The file {path.name} is empty (0 bytes). Copy or export it again.", path=path)
     kind = sniff_bytes(head)
+    if kind is None and _is_text(head):
+        raise NotAnImageError(
+            f"The file {path.name} holds plain text ({path.stat().st_size:,} bytes), not an image: it is not a "
+            "DICOM, PNG, JPEG or TIFF file, whatever its name says.",
+            path=path,
+        )
     if kind in (None, "tiff") and len(head) < HEAD_BYTES:  # a DICOM cut inside its preamble may look like TIFF
         from cxr_viewer.core.io.dicom import too_short_message
 
@@ -94,3 +100,15 @@ def _cause(exc: BaseException) -> str:
     if isinstance(exc, (ZeroDivisionError, ArithmeticError)):
         return "its header gives sizes that do not add up"
     return "the reader met a form of the file it does not handle"
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether the first bytes read as text (UTF-8, printable or white space): a note, a CSV, a report."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        try:  # the head may end inside a multi-byte character
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return bool(text.strip()) and all(c.isprintable() or c in "\r\n\t\f" for c in text)
