@@ -384,6 +384,11 @@ class MainWindow(QMainWindow):
         for w in (self.pixel_label, self.window_label, self.zoom_label, self.spacing_label, self.analysis_label):
             w.setTextFormat(Qt.TextFormat.PlainText)
         self.pixel_label.setMinimumWidth(230)
+        self.notes_label = QLabel("")
+        self.notes_label.setObjectName("fileNotes")
+        self.notes_label.setStyleSheet("color:#ffd591;")
+        self.notes_label.hide()
+        sb.addPermanentWidget(self.notes_label)
         sb.addPermanentWidget(self.analysis_label)
         sb.addPermanentWidget(self.busy_bar)
         sb.addPermanentWidget(self.pixel_label)
@@ -485,11 +490,11 @@ class MainWindow(QMainWindow):
             self.study_browser.set_thumbnail(path, thumbnail_array(record.pixels, lo, hi))
         self.study_browser.select_path(path)
         n = len(record.notices)
-        self.statusBar().setToolTip("\n".join(record.notices))
-        self.statusBar().showMessage(
-            f"Opened {path.name}" + (f" ({n} note{'s' if n > 1 else ''} on this file: hover here to read)" if n else ""),
-            15000,
-        )
+        # the notes stay in the status bar while this file is open (a message would be gone before it is hovered)
+        self.notes_label.setText(f"ⓘ {n} note{'s' if n > 1 else ''} on this file" if n else "")
+        self.notes_label.setToolTip("\n".join(record.notices))
+        self.notes_label.setVisible(bool(n))
+        self.statusBar().showMessage(f"Opened {path.name}", 15000)
         self.image_loaded.emit(record)
 
     def _on_load_error(self, path: Path, exc: BaseException) -> None:
@@ -847,13 +852,17 @@ def _spacing_text(record: ImageRecord | None) -> str:
         return ""
     if record.spacing_mm is None:
         return "Spacing: unknown (px)"
+    from cxr_viewer.core.imaging.geometry import spacing_problem
+
     r, c = record.spacing_mm
-    return f"Spacing {r:.3f} mm" if abs(r - c) < 1e-6 else f"Spacing {r:.3f} × {c:.3f} mm"
+    text = f"Spacing {r:.3f} mm" if abs(r - c) < 1e-6 else f"Spacing {r:.3f} × {c:.3f} mm"
+    return ("⚠ " + text + " (implausible)") if spacing_problem(record) else text
 
 
 def _spacing_tip(record: ImageRecord | None) -> str:
     if record is None:
         return ""
-    from cxr_viewer.core.imaging.geometry import describe_spacing
+    from cxr_viewer.core.imaging.geometry import describe_spacing, spacing_problem
 
-    return describe_spacing(record)
+    problem = spacing_problem(record)
+    return describe_spacing(record) + (f"\n{problem}" if problem else "")

@@ -160,7 +160,8 @@ def test_match_label_the_way_users_type():
 def test_corner_text_and_orientation(dicom_dir, siim):
     rg1 = read_image(dicom_dir / "pydicom-data_RG1_UNCR.dcm")
     assert patient_orientation(rg1) == ("L", "F") and opposite("LF") == "RH"
-    assert image_lines(siim) == ["1024 × 1024 px", "0.168 mm/px"]
+    # the SIIM film was shrunk to 1024 px without its spacing changing: 17 cm across, flagged
+    assert image_lines(siim) == ["1024 × 1024 px", "0.168 mm/px", "⚠ spacing implausible: film 17 × 17 cm"]
     lines = demographic_lines(siim)
     assert any(line.startswith("Study 1901-01-01") for line in lines)
 
@@ -272,3 +273,21 @@ def test_recorded_noise_is_read_from_the_manifest_for_its_own_weights():
     other = Manifest.from_dict({**base, NOISE_KEY: {**rec, "weights_sha256": "ffff"}})
     assert recorded_noise(other) == {}, "noise measured on other weights says nothing about these"
     assert recorded_noise({**base, NOISE_KEY: [1, 2]}) == {}
+
+
+def test_implausible_spacing_is_flagged_with_its_plane():
+    """A header spacing that makes an adult chest 17 cm wide is doubted on screen, naming the plane it is given at."""
+    from cxr_viewer.core.imaging.corner_text import image_lines
+    from cxr_viewer.core.imaging.geometry import spacing_problem
+    from cxr_viewer.core.io.record import ImageRecord
+
+    px = np.zeros((2000, 1700), np.float32)
+    ok = ImageRecord(pixels=px, source=None, format="dicom", spacing_mm=(0.2, 0.2), spacing_source="PixelSpacing")
+    assert spacing_problem(ok) is None and not any("implausible" in t for t in image_lines(ok))
+    small = ImageRecord(pixels=px, source=None, format="dicom", spacing_mm=(0.1, 0.1), spacing_source="ImagerPixelSpacing")
+    why = spacing_problem(small)
+    assert why and "17 × 20 cm" in why and "imager (detector) plane" in why
+    assert "⚠ spacing implausible: film 17 × 20 cm" in image_lines(small)
+    assert "at the patient" in spacing_problem(ImageRecord(pixels=px, source=None, format="dicom", spacing_mm=(0.5, 0.5),
+                                                  spacing_source="PixelSpacing"))
+    assert spacing_problem(ImageRecord(pixels=px, source=None, format="png")) is None  # no spacing: nothing to doubt

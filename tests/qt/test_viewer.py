@@ -146,7 +146,8 @@ def test_measure_in_mm_with_spacing(qtbot, window, helpers, siim_dicom):
     assert 95 < m.length < 107  # ~600 px at 0.168 mm/px, give or take a screen pixel
     [item] = canvas.measurement_items
     assert item.label.text == f"{m.length:.1f} mm"
-    assert window.spacing_label.text() == "Spacing 0.168 mm"
+    assert window.spacing_label.text() == "⚠ Spacing 0.168 mm (implausible)"  # the SIIM film is 17 cm across
+    assert "17 × 17 cm" in window.spacing_label.toolTip()
 
 
 def test_measure_in_px_without_spacing(qtbot, window, helpers, nih_png):

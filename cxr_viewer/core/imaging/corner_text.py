@@ -95,6 +95,11 @@ def image_lines(record: ImageRecord | None) -> list[str]:
         lines.append(f"{r:.3f} mm/px" if math.isclose(r, c, rel_tol=1e-6) else f"{r:.3f} × {c:.3f} mm/px")
     else:
         lines.append("No pixel spacing: measurements in px")
+    from cxr_viewer.core.imaging.geometry import spacing_problem
+
+    if spacing_problem(record):
+        r, c = record.spacing_mm  # type: ignore[misc]
+        lines.append(f"⚠ spacing implausible: film {w * c / 10:.0f} × {h * r / 10:.0f} cm")
     return lines
 
 

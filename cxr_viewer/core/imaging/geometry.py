@@ -52,6 +52,38 @@ def describe_spacing(record: ImageRecord) -> str:
     return f"{value} ({_SOURCE_NOTES.get(source, source)})"
 
 
+#: The film's longer side (cm) a chest radiograph's pixel spacing may give: outside it the spacing is doubted.
+CHEST_FIELD_CM = (24.0, 60.0)
+_PLANE = {
+    "PixelSpacing": "the header gives it at the patient (PixelSpacing)",
+    "ImagerPixelSpacing": "the header gives it at the imager (detector) plane, not at the patient (ImagerPixelSpacing)",
+    "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor": (
+        "the header gives it at the imager (detector) plane, corrected by its estimated magnification"
+    ),
+}
+
+
+def spacing_problem(record: ImageRecord | None) -> str | None:
+    """Why the header's pixel spacing is implausible for a chest film (None when it is plausible or absent).
+
+    The spacing times the image size is the film's field of view: a chest radiograph's longer side is
+    about 35-43 cm (smaller for children), so a spacing that makes it under 24 cm or over 60 cm is doubted,
+    and the message says at which plane the header gives it.
+    """
+    if record is None or record.spacing_mm is None:
+        return None
+    r, c = record.spacing_mm
+    h, w = record.shape
+    height_cm, width_cm = h * r / 10.0, w * c / 10.0
+    longest = max(height_cm, width_cm)
+    if CHEST_FIELD_CM[0] <= longest <= CHEST_FIELD_CM[1]:
+        return None
+    size = "small for an adult" if longest < CHEST_FIELD_CM[0] else "large for a"
+    plane = _PLANE.get(record.spacing_source or "", "the header does not say at which plane")
+    return (f"Pixel spacing implausible for a chest film: it makes the film {width_cm:.0f} × {height_cm:.0f} cm, "
+            f"too {size} chest ({plane}). Distances and areas in mm may be wrong.")
+
+
 # --------------------------------------------------------------------------- orientation
 def rotate_points_cw(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Map (row, col) points of an image of ``shape`` to the image rotated 90 degrees clockwise."""
