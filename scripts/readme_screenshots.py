@@ -10,6 +10,9 @@ Writes, at the default 1400x900 window with the shipped default models:
 - ``screenshot-compare.png``: current | prior (the DICOM sample and the NIH sample film put in
   the same patient's DICOM header a year earlier), scores prior → now, a report's sentences
   masked on both films.
+- ``screenshot-worklist.png``: a folder of films (``--films``, by default twelve NIH films from
+  ``$CXR_DATA_DIR/nih14/images``) analysed as a worklist in the bottom panel, most abnormal first,
+  the first study open.
 
 Annotations are added through the canvas's own tool code (``add_annotation``: what a drag
 or click finishes), the magnifier by a real key press with the cursor over the film.
@@ -156,10 +159,33 @@ def compare_shot(app, tmp: Path, out: Path) -> None:
     win.close()
 
 
+def worklist_shot(app, tmp: Path, out: Path, films: Path) -> None:
+    import os
+
+    folder = tmp / "worklist"
+    folder.mkdir()
+    for f in sorted(p for p in films.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm"))[:12]:
+        shutil.copy(f, folder / f.name)
+    os.environ["CXR_VIEWER_WORKLIST_DB"] = str(tmp / "worklist.sqlite")  # a fresh store: every film analysed
+    win = make_window(app, tmp, "worklist")
+    panel = win.worklist_panel
+    panel.open_folder(folder)
+    wait(app, lambda: panel.model.rowCount() >= 1 and not panel.controller.running, what="the worklist")
+    panel.select_row(0)
+    wait(app, lambda: win.session.record is not None and win.analysis.state.status == "done"
+         and not win.session.busy, what="the first study")
+    panel.table.setFocus()  # the labelling line says what 1 / 2 / 3 do now
+    settle(app, 1.0)
+    win.grab().save(str(out / "screenshot-worklist.png"), "PNG")
+    win.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "docs")
-    p.add_argument("--only", choices=("main", "tools", "compare"), action="append")
+    p.add_argument("--only", choices=("main", "tools", "compare", "worklist"), action="append")
+    p.add_argument("--films", type=Path, help="folder of films for the worklist screenshot "
+                   "(default: $CXR_DATA_DIR/nih14/images)")
     args = p.parse_args(argv)
     from cxr_viewer.qt.app import _application
 
@@ -167,14 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        for name in args.only or ("main", "tools", "compare"):
+        import os
+
+        films = args.films or Path(os.environ.get("CXR_DATA_DIR", REPO.parent / "shared" / "data")) / "nih14" / "images"
+        for name in args.only or ("main", "tools", "compare", "worklist"):
             started = time.monotonic()
             if name == "main":
                 main_shot(app, tmp, args.out)
             elif name == "tools":
                 tools_shot(app, tmp, args.out)
-            else:
+            elif name == "compare":
                 compare_shot(app, tmp, args.out)
+            else:
+                worklist_shot(app, tmp, args.out, films)
             print(f"{name}: {time.monotonic() - started:.0f} s", flush=True)
     return 0
 

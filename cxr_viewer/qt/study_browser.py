@@ -123,12 +123,12 @@ class StudyBrowser(QTreeWidget):
         listed: set[Path] = set()
         for n, patient in enumerate(self._patients, start=1):
             label = patient.label if (self._show_identity or patient.is_file_group) else f"Patient {n}"
-            p_item = QTreeWidgetItem(self, [label])
+            p_item = _wrapped_item(self, label)  # names that tell films apart wrap, never "000…5_000.png"
             _bold(p_item)
             for study in patient.studies:
-                s_item = QTreeWidgetItem(p_item, [study.label])
+                s_item = _wrapped_item(p_item, study.label)
                 for series in study.series:
-                    se_item = QTreeWidgetItem(s_item, [series.label])
+                    se_item = _wrapped_item(s_item, series.label)
                     se_item.setForeground(0, QColor("#aeb2b8"))
                     for inst in series.instances:
                         self._image_item(se_item, Path(inst.path), inst.label)
@@ -176,6 +176,12 @@ def wrappable(text: str) -> str:
     for ch in "_.-":
         text = text.replace(ch, ch + "\u200b")
     return re.sub(r"(\d)x(\d)", "\\1x\u200b\\2", text)
+
+
+def _wrapped_item(parent: Any, label: str) -> QTreeWidgetItem:
+    item = QTreeWidgetItem(parent, [wrappable(label)])
+    item.setToolTip(0, label)
+    return item
 
 
 def _bold(item: QTreeWidgetItem) -> None:
