@@ -566,10 +566,11 @@ class ImageCanvas(QGraphicsView):
         side = max((ofm.horizontalAdvance(markers.get(k, "")) for k in ("left", "right")), default=0.0)
         room = max(40.0, (w - 2 * m - centre) / 2 - gap * 2)  # a corner block's width
 
-        def block(name: str, lines: list[str], right: bool, bottom: bool, floor: float | None = None) -> QRectF | None:
+        def block(name: str, lines: list[str], right: bool, bottom: bool, floor: float | None = None,
+                  width: float | None = None) -> QRectF | None:
             if not lines:
                 return None
-            cut = [part for t in lines for part in _wrap(fm, t, room)]
+            cut = [part for t in lines for part in _wrap(fm, t, width or room)]
             bw = max(fm.horizontalAdvance(t) for t in cut)
             bh = lh * len(cut)
             x = w - m - bw if right else m
@@ -585,15 +586,20 @@ class ImageCanvas(QGraphicsView):
         if "bottom" in markers:
             tw = ofm.horizontalAdvance(markers["bottom"])
             out["orient_bottom"] = QRectF(w / 2 - tw / 2, h - 8 - mh, tw, mh)
+        # the right-hand corners first; a left-hand block may then use the rest of its edge (half of it when a
+        # mid-edge marker sits between them)
+        tr = block("top_right", self.display_lines(), True, False)
         if self._show_demographics:
-            block("top_left", self.demographic_lines(), False, False)
-        block("top_right", self.display_lines(), True, False)
-        bl = block("bottom_left", self.image_lines(), False, True)
+            left = room if "top" in markers else max(room, w - 2 * m - (tr.width() if tr else 0.0) - 2 * gap)
+            block("top_left", self.demographic_lines(), False, False, width=left)
         bar = self.scale_bar()
         if bar is not None:
             label_w = fm.horizontalAdvance(f"{bar[0]:.0f} mm")
             bw = max(bar[1], label_w) + 2
             out["scale_bar"] = QRectF(w - m - bw, h - m - 4 - 8 - fm.ascent() - 2, bw, 8 + fm.ascent() + 2 + 3)
+        right_w = out["scale_bar"].width() if "scale_bar" in out else 0.0
+        left = room if "bottom" in markers else max(room, w - 2 * m - right_w - 2 * gap)
+        bl = block("bottom_left", self.image_lines(), False, True, width=left)
         bottoms = [r for r in (bl, out.get("scale_bar")) if r is not None]
         if not self.colorbar.isHidden():
             cb_h = float(self.colorbar.height())
@@ -622,11 +628,11 @@ class ImageCanvas(QGraphicsView):
         masks = [mk for mk in self.session.masks if mk.visible]
         if masks:
             llh = lh + 2
-            texts = [fm.elidedText(mk.text, Qt.TextElideMode.ElideRight, room - 18) for mk in masks]
-            lw = 18 + max(fm.horizontalAdvance(t) for t in texts)
             x0 = m + (side + gap if "orient_left" in out else 0.0)
-            lw = min(lw, room)
-            floor = min([r.top() for k, r in out.items() if k != "top_left" and not k.startswith("orient_")
+            wide = w - x0 - m - (side + gap if "orient_right" in out else 0.0)  # the film's width, beside markers
+            texts = [fm.elidedText(mk.text, Qt.TextElideMode.ElideRight, wide - 18) for mk in masks]
+            lw = min(18 + max(fm.horizontalAdvance(t) for t in texts), wide)
+            floor = min([r.top() for k, r in out.items() if k not in ("top_left", "orient_left", "orient_right")
                          and r.left() < x0 + lw and r.right() > x0 and r.center().y() > h / 2] + [h - m]) - gap
             ceiling = max([r.bottom() for k, r in out.items() if r.left() < x0 + lw and r.right() > x0
                            and r.center().y() < floor and k != "legend"] + [m]) + gap

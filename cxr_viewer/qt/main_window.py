@@ -491,7 +491,7 @@ class MainWindow(QMainWindow):
         self.study_browser.select_path(path)
         n = len(record.notices)
         # the notes stay in the status bar while this file is open (a message would be gone before it is hovered)
-        self.notes_label.setText(f"ⓘ {n} note{'s' if n > 1 else ''} on this file" if n else "")
+        self.notes_label.setText(f"{n} note{'s' if n > 1 else ''} on this file (hover to read)" if n else "")
         self.notes_label.setToolTip("\n".join(record.notices))
         self.notes_label.setVisible(bool(n))
         self.statusBar().showMessage(f"Opened {path.name}", 15000)

@@ -79,3 +79,15 @@ def test_narrow_viewports_keep_the_texts_apart(qtbot, window, helpers, siim_dico
         _assert_colour_bar_readable(c, f"{path.name} at {width} px")
         window.canvas.setMinimumWidth(0)
         window.canvas.setMaximumWidth(16777215)
+
+
+def test_file_notes_stay_readable_while_the_file_is_open(qtbot, window, helpers, rg1_dicom):
+    """The notes of a file (RG1 has two) stay in the status bar until another file is opened: a later message
+    no longer hides them before they can be hovered."""
+    helpers.load(qtbot, window, rg1_dicom)
+    record = window.session.record
+    assert len(record.notices) >= 1
+    label = window.notes_label
+    window.statusBar().showMessage("something else", 1000)
+    assert label.isVisible() and label.text().startswith(f"{len(record.notices)} note")
+    assert label.toolTip() == "\n".join(record.notices)

@@ -315,6 +315,9 @@ def test_default_size_shows_every_finding_name_and_badge_whole(qtbot, make_windo
     assert panel.item_for("seg-derived", LABEL).text(COL_RESULT) == "◌ above · not validated"
     assert_rows_whole(tree, rows)
     assert tree.verticalScrollBar().maximum() == 0
+    unvalidated = [r for r in rows if "not validated" in r.text(COL_RESULT)]
+    assert unvalidated and all("not validated" in r.toolTip(COL_RESULT) and "read the score" in r.toolTip(COL_RESULT)
+                               for r in unvalidated), "every 'not validated' badge says what it means when hovered"
     assert win.canvas.viewport().width() >= 560, "the film keeps most of the window"
 
 
