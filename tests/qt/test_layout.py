@@ -91,3 +91,29 @@ def test_file_notes_stay_readable_while_the_file_is_open(qtbot, window, helpers,
     window.statusBar().showMessage("something else", 1000)
     assert label.isVisible() and label.text().startswith(f"{len(record.notices)} note")
     assert label.toolTip() == "\n".join(record.notices)
+
+
+def test_study_names_wrap_instead_of_eliding(qtbot, window, nih_png, tmp_path):
+    """NIH films differ only at the end of their names: every label in the Studies list may wrap after _ . -
+    (never "000…5_000.png") and says its whole name when hovered."""
+    import shutil
+
+    from PySide6.QtWidgets import QTreeWidgetItemIterator
+
+    folder = tmp_path / "nih"
+    folder.mkdir()
+    for name in ("00000013_005.png", "00000013_026.png"):
+        shutil.copy(nih_png, folder / name)
+    window.open_paths([folder])
+    qtbot.waitUntil(lambda: len(window.study_browser.image_paths()) == 2, timeout=60_000)
+    it = QTreeWidgetItemIterator(window.study_browser)
+    seen = []
+    while it.value():
+        item = it.value()
+        text = item.text(0)
+        if "_" in text:
+            assert "_\u200b" in text, text
+            assert item.toolTip(0).replace("\u200b", "") == item.toolTip(0)
+            seen.append(text.replace("\u200b", ""))
+        it += 1
+    assert any("00000013_005" in t for t in seen) and any("00000013_026" in t for t in seen)
