@@ -174,7 +174,9 @@ def worklist_shot(app, tmp: Path, out: Path, films: Path) -> None:
     panel.select_row(0)
     wait(app, lambda: win.session.record is not None and win.analysis.state.status == "done"
          and not win.session.busy, what="the first study")
+    win.activateWindow()
     panel.table.setFocus()  # the labelling line says what 1 / 2 / 3 do now
+    panel._show_label_mode(True)
     settle(app, 1.0)
     win.grab().save(str(out / "screenshot-worklist.png"), "PNG")
     win.close()
