@@ -214,6 +214,9 @@ def _screenshot(args: argparse.Namespace) -> int:
             window.close()
             return _fail(message)
         app.processEvents()
+        if (window.width(), window.height()) != size:  # the docks' minimum sizes win over a small --size
+            print(f"cxr-viewer: the window cannot be made {size[0]}x{size[1]}; the screenshot is "
+                  f"{window.width()}x{window.height()}", file=sys.stderr)
         ok = window.grab().save(str(out), "PNG")
         window.close()
         app.processEvents()
