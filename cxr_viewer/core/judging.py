@@ -18,7 +18,7 @@ texts and footnotes of each state live here, once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,7 +27,7 @@ from cxr_viewer.core.inference.results import AnalysisResult, Finding, FindingSt
 
 __all__ = [
     "FindingState", "JudgedFinding", "JudgedResult", "REPORT_ORDER", "STATE_BADGE", "STATE_FOOTNOTE", "STATE_TEXT",
-    "apply_site_profile_safely", "display_name", "judge", "threshold_source",
+    "apply_site_profile_safely", "display_name", "judge", "judged_from", "threshold_source",
 ]
 
 #: Plain text of each state (PDF, CSV, SR text); the viewer's badge adds a symbol.
@@ -267,6 +267,6 @@ def judge(result: AnalysisResult, *, site_profile: Any = None, user_thresholds: 
     return JudgedResult(replace(result, findings=tuple(findings)), tuple(judged), message, stale)
 
 
-def rejudge(judged: JudgedResult, findings: Sequence[Finding]) -> JudgedResult:
-    """``judged`` with findings that already carry their thresholds (e.g. the viewer's), judged again."""
-    return judge(replace(judged.result, findings=tuple(findings)))
+def judged_from(result: "AnalysisResult | JudgedResult") -> JudgedResult:
+    """A :class:`JudgedResult` as is; an :class:`AnalysisResult` whose thresholds are already in force, judged."""
+    return result if isinstance(result, JudgedResult) else judge(result)
