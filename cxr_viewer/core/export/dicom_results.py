@@ -350,7 +350,8 @@ def build_sr(src: "Dataset", result: Any, *, series_uid: str | None = None, sop_
             measurements = [
                 Measurement(name=score_name, value=float(f.score), unit=no_units, algorithm_id=algo),
                 Measurement(name=threshold_name, value=float(f.threshold), unit=no_units,
-                            method=_code(f"THRESHOLD_{j.threshold_source}", f"threshold from {j.source_text}")),
+                            method=CodedConcept(f"THRESHOLD_{j.threshold_source.upper()}", CODING_SCHEME,
+                                                _lo(f.threshold_method or f"threshold from {j.source_text}"))),
             ]
         group = MeasurementsAndQualitativeEvaluations(
             tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=_lo(f"{f.model} {f.label}")),
