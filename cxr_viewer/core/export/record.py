@@ -172,5 +172,6 @@ def write_record(rec: ClinicalRecord, *, pdf_path: str | Path | None = None,
             pdf = written[0] if written and written[0].suffix.lower() == ".pdf" else \
                 report_pdf.write_record_pdf(rec, Path(tmp) / "report.pdf")
             written += write_results(rec.record, rec.judged, dicom_dir, masks=list(rec.masks), view_png=view,
-                                     pdf=pdf, annotations=rec.annotations)
+                                     pdf=pdf, annotations=rec.annotations,
+                                     pdf_identified=rec.identification is not None)
     return written
