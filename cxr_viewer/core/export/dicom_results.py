@@ -4,21 +4,21 @@ For one analysed DICOM image :func:`write_results` writes, each in a new series 
 the ORIGINAL study (same Study Instance UID, patient and study attributes copied
 from the source header) and each referencing the source image's SOP instance:
 
-- a Comprehensive 3D SR holding a TID 1500 measurement report: one measurement
-  group per finding (score, operating threshold with its method as the measurement
-  method, Present/Absent as a qualitative evaluation, the model as algorithm
-  identification with its weights sha256), plus one group of QC flags; when a site
-  profile was applied (``result.site_profile``), a TEXT item "Site calibration profile"
-  names it (name, version, date, the bundle it was fitted to) and the algorithm
-  identification of each recalibrated finding carries it as a parameter;
+- a Comprehensive 3D SR holding a TID 1500 measurement report of the one judged result
+  (:mod:`cxr_viewer.core.judging`): one measurement group per finding (finding in SNOMED CT
+  where a concept fits, score, threshold with its source, presence Present/Absent only for a
+  validated verdict, otherwise Indeterminate with the coded state and its reason, the model as
+  algorithm identification with its weights sha256), one group of QC flags, and the reader's
+  measurements as planar groups with their SCOORD on the source image; the site profile
+  applied is named in a TEXT item (see docs/dicom-conformance.md);
 - a Segmentation (BINARY) of the report-conditioned masks, one segment per
-  sentence, the sentence as segment label/description; lesion maps
+  sentence that drew something, the sentence as segment label/description; lesion maps
   (:class:`LesionMap`) go into a second, FRACTIONAL (probability) Segmentation;
 - a Secondary Capture (RGB) of the view with its overlays and legends, for PACS
   that cannot show SEG;
 - an Encapsulated PDF of the one-page report (:mod:`.report_pdf`).
 
-Codes that DICOM does not define (our finding labels, "model score", QC flag codes)
+Codes with no standard concept (some finding labels, the finding states, QC flag codes)
 come from the local coding scheme :data:`CODING_SCHEME` ("99" designators are
 private by PS3.16 8.2), declared in each object's Coding Scheme Identification.
 
