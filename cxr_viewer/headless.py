@@ -81,6 +81,18 @@ def _analyze_parser() -> argparse.ArgumentParser:
     return p
 
 
+def site_profile_for(engine: "InferenceEngine", name: str | None) -> Any:
+    """The site profile ``name`` (a file or a name in the profiles folder) checked against the engine's
+    classifiers; None without a name. Raises the CXRError that says what does not fit."""
+    if not name:
+        return None
+    from cxr_viewer.core.site_profile import load_profile
+
+    profile = load_profile(name)
+    profile.check_bundle(b.describe() for b in engine.classifiers)
+    return profile
+
+
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "x"
 
@@ -339,16 +351,11 @@ def analyze_main(argv: list[str]) -> int:
         engine.prepare()  # every model's session at once, while nothing else runs
     if refused_all is not None:
         print(f"cxr-viewer analyze: {refused_all['message']}", file=sys.stderr)
-    profile = None
-    if args.site_profile:
-        from cxr_viewer.core.site_profile import load_profile
-
-        try:
-            profile = load_profile(args.site_profile)
-            profile.check_bundle(b.describe() for b in engine.classifiers)
-        except CXRError as exc:
-            print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
-            return EXIT_REJECTED
+    try:
+        profile = site_profile_for(engine, args.site_profile)
+    except CXRError as exc:
+        print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
+        return EXIT_REJECTED
     cam_dir: Path | None = None
     if args.cam:
         cam_dir = Path(args.cam_out) if args.cam_out else (Path(args.json).parent if args.json != "-" else Path("."))

@@ -155,23 +155,18 @@ def _send_results(args: argparse.Namespace, remote) -> int:
     from cxr_viewer.core import pacs
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
-    from cxr_viewer.headless import model_dirs
+    from cxr_viewer.headless import model_dirs, site_profile_for
 
     files = pacs.dicom_files(args.files)
     if not files:
         print("cxr-viewer pacs send-results: no DICOM files given", file=sys.stderr)
         return EXIT_USAGE
     engine = InferenceEngine.from_dirs(model_dirs(args), device=args.device, backend=args.backend)
-    profile = None
-    if getattr(args, "site_profile", None):  # the same judging as analyze and the viewer
-        from cxr_viewer.core.site_profile import load_profile
-
-        try:
-            profile = load_profile(args.site_profile)
-            profile.check_bundle(b.describe() for b in engine.classifiers)
-        except CXRError as exc:
-            print(f"cxr-viewer pacs send-results: {exc.message}", file=sys.stderr)
-            return EXIT_USAGE
+    try:  # the same judging as analyze and the viewer
+        profile = site_profile_for(engine, args.site_profile)
+    except CXRError as exc:
+        print(f"cxr-viewer pacs send-results: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     segs = engine.bundles_for_task("text_segmentation")
     if args.report and not segs:
         print("cxr-viewer pacs send-results: --report needs a segmentation model; none is installed",
