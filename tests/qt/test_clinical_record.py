@@ -186,6 +186,10 @@ def test_the_record_says_what_the_screen_said(qtbot, make_window, repo_root, tmp
             make_ctr(record, (h * 0.6, w * 0.35), (h * 0.6, w * 0.6), (h * 0.7, w * 0.15), (h * 0.7, w * 0.85))]
     for a in anns:
         win.session.add_annotation(a)
+    # the heatmap the reader looks at
+    win.analysis.request_cam("Effusion")
+    qtbot.waitUntil(lambda: win.session.heatmap is not None and not win.session.busy, timeout=WAIT_MS)
+    heat = win.session.heatmap
     # the report, pasted and drawn
     win.report_panel.set_report(REPORT)
     win.report_panel.draw()
@@ -223,6 +227,7 @@ def test_the_record_says_what_the_screen_said(qtbot, make_window, repo_root, tmp
     assert [p.name.split("_")[0] for p in menu_files] == ["SR", "SEG", "SC", "DOC"]
     text = _pdf_text(pdf)
     _check_pdf(text, judged, anns, prior=True, empty_region=False)
+    assert f"{heat.label} ({heat.method})" in text  # the heatmap's colour bar on the key image
     for p in menu_files:
         assert dciodvfy_errors(p) == [], p.name
     _check_sr(menu_files[0], judged.states(), anns)
