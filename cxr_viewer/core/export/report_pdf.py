@@ -216,7 +216,7 @@ def findings_rows(rec: "ClinicalRecord") -> list[list[str]]:
         f = j.finding
         name = j.display_name + ("" if f.trained else " [untrained]")
         score = f"{f.score:.3f}" if j.state.value != "not_applicable" else "n/a"
-        row = [name, _short(f.model, 26), score, f"{f.threshold:.3f}", j.source_text, j.state_text]
+        row = [name, _short(f.model, 23), score, f"{f.threshold:.3f}", j.source_text, j.state_text]
         if rec.prior is not None:
             row.append(rec.prior.text(f.model, f.label))
         rows.append(row)
