@@ -238,6 +238,18 @@ def test_the_record_says_what_the_screen_said(qtbot, make_window, repo_root, tmp
     (tmp_path / "doc.pdf").write_bytes(bytes(doc.EncapsulatedDocument)[: doc.EncapsulatedDocumentLength])
     _check_pdf(_pdf_text(tmp_path / "doc.pdf"), judged, anns, prior=True, empty_region=False)  # the same record as the menu's PDF
 
+    # the anonymised export: the same findings, no identification on its page
+    assert win.export_actions.export_anonymised(tmp_path / "anon")
+    assert win.wait_idle(WAIT_MS / 1000)
+    anon_doc = next(pydicom.dcmread(p) for p in win.export_actions.last_files
+                    if pydicom.dcmread(p, stop_before_pixels=True).Modality == "DOC")
+    (tmp_path / "anon.pdf").write_bytes(bytes(anon_doc.EncapsulatedDocument)[: anon_doc.EncapsulatedDocumentLength])
+    anon_text = _pdf_text(tmp_path / "anon.pdf")
+    assert "Patient:" not in anon_text and "2024-03-11" not in anon_text
+    for value in IDENTIFICATION:
+        assert value not in anon_text, value
+    assert _pdf_states(anon_text) == _pdf_states(text)
+
     # analyze: the same record from the command line, with the annotations saved beside the image
     out = tmp_path / "cli"
     rc = analyze_main([str(cur), "--json", str(out / "a.json"), "--models", str(models), "--no-default-models",

@@ -234,9 +234,7 @@ def _header(fig: "Figure", rec: "ClinicalRecord", page: int, pages: int) -> floa
             fig.text(0.05, y, line, fontsize=8.5, va="top", weight="bold" if line.startswith("Patient") else None)
             y -= 0.015
     md = rec.record.metadata or {}
-    study_bits = [b for b in (
-        ident is None and _iso_date(str(md.get("study_date") or "")) and
-        f"study date {_iso_date(str(md.get('study_date')))}",
+    study_bits = [b for b in (  # no date here: an anonymised page carries none
         md.get("modality") and f"modality {md.get('modality')}",
         md.get("view_position") and f"view {md.get('view_position')}",
         f"{rec.record.shape[1]}×{rec.record.shape[0]} px",
