@@ -160,6 +160,11 @@ class JudgedResult:
     def site_profile(self) -> dict[str, Any] | None:
         return self.result.site_profile
 
+    def finding(self, label: str, model: str | None = None) -> Finding | None:
+        """The judged :class:`Finding` (threshold in force), as :meth:`AnalysisResult.finding` gives it."""
+        j = self.get(label, model)
+        return None if j is None else j.finding
+
     @property
     def positives(self) -> list[JudgedFinding]:
         return [j for j in self.findings if j.state is FindingState.POSITIVE]

@@ -40,7 +40,7 @@ from cxr_viewer.core.analysis import (  # noqa: F401  (re-exported: older import
     validate_bundle,
 )
 from cxr_viewer.core.errors import AnalysisCancelledError, CXRError, NoSegmentationModelError
-from cxr_viewer.core.inference.results import Finding, Heatmap
+from cxr_viewer.core.inference.results import Heatmap
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import HeatmapLayer, MaskLayer, Session
 from cxr_viewer.qt.workers import TaskRunner

@@ -644,11 +644,11 @@ def _write_results(record: "ImageRecord", result: Any, src: "Dataset", out: Path
                    pdf: str | Path | None, anonymiser: Any, annotations: tuple[Any, ...],
                    identified: bool) -> list[Path]:  # fmt: skip
     from cxr_viewer.core.export import report_pdf
-    from cxr_viewer.core.export.record import _drew
+    from cxr_viewer.core.export.clinical import drew
     from cxr_viewer.core.judging import judged_from
 
     result = judged_from(result)
-    binary = [m for m in masks if not isinstance(m, LesionMap) and _drew(m)]  # an empty region is no segment
+    binary = [m for m in masks if not isinstance(m, LesionMap) and drew(m)]  # an empty region is no segment
     lesion = [m for m in masks if isinstance(m, LesionMap)]
     objects: list[tuple[str, Any]] = [("SR", build_sr(src, result, annotations=annotations))]
     if binary:

@@ -25,7 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from cxr_viewer.core.export.record import ClinicalRecord
+    from cxr_viewer.core.export.clinical import ClinicalRecord
     from cxr_viewer.core.inference.results import AnalysisResult
     from cxr_viewer.core.io.record import ImageRecord
     from cxr_viewer.core.judging import JudgedResult
@@ -446,7 +446,7 @@ def write_report(
     annotations: Sequence[Any] = (),
 ) -> Path:
     """The record without identification (an anonymised page): see :func:`write_record_pdf`."""
-    from cxr_viewer.core.export.record import ClinicalRecord
+    from cxr_viewer.core.export.clinical import ClinicalRecord
     from cxr_viewer.core.judging import judged_from
 
     rec = ClinicalRecord(record, judged_from(result), None, tuple(annotations), tuple(masks or ()), heatmap, window,
