@@ -286,3 +286,10 @@ def test_the_record_says_what_the_screen_said(qtbot, make_window, repo_root, tmp
     found = orthanc.post("/tools/find", {"Level": "Instance",
                                          "Query": {"StudyInstanceUID": str(record.header.StudyInstanceUID)}})
     assert len(found) == 5
+    # the PACS send files the same record (judged result, measurements, regions)
+    keep = tmp_path / "sent"
+    sent = pacs.send_results(remote, record, judged, masks=[m for m in win.session.masks if m.visible],
+                             annotations=anns, out_dir=keep)
+    assert len(sent) == 4
+    sent_sr = next(p for p in keep.iterdir() if p.name.startswith("SR_"))
+    _check_sr(sent_sr, judged.states(), anns)
