@@ -82,6 +82,18 @@ def _analyze_parser() -> argparse.ArgumentParser:
     return p
 
 
+def site_profile_for(engine: "InferenceEngine", name: str | None) -> Any:
+    """The site profile ``name`` (a file or a name in the profiles folder) checked against the engine's
+    classifiers; None without a name. Raises the CXRError that says what does not fit."""
+    if not name:
+        return None
+    from cxr_viewer.core.site_profile import load_profile
+
+    profile = load_profile(name)
+    profile.check_bundle(b.describe() for b in engine.classifiers)
+    return profile
+
+
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "x"
 
@@ -207,11 +219,11 @@ def _analyze_one(
     timing["read"] = read_ms
     if result is None:
         result = engine.analyze(record)
-    if profile is not None:  # site profile: calibrated scores and site thresholds (cxr_viewer.core.site_profile)
-        from cxr_viewer.core.site_profile import apply_site_profile
+    from cxr_viewer.core.judging import judge
 
-        result = apply_site_profile(profile, result)
-    d = result.to_dict()
+    judged = judge(result, site_profile=profile)  # THE judging step (site profile, validation, population)
+    result = judged.result
+    d = judged.to_dict()
     timing.update(d.pop("timing_ms"))
     obj.update(status="ok")
     obj["image"] = {"rows": record.shape[0], "columns": record.shape[1], "format": record.format,
@@ -254,7 +266,8 @@ def _analyze_one(
             done = False
     if args.pdf_out or args.dicom_out or args.anonymised_out:
         t0 = time.perf_counter()
-        done &= _export_one(record, result, args, obj, mask_objects, heat, _unique_stem(path_text, used_stems, "report"))
+        done &= _export_one(record, judged, args, obj, mask_objects, heat, _unique_stem(path_text, used_stems, "report"),
+                            path_text)
         timing["export"] = (time.perf_counter() - t0) * 1e3
     obj["timing_ms"] = {k: round(v, 3) for k, v in timing.items()}
     return obj, done
@@ -277,19 +290,28 @@ def _finite_result(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 
 def _export_one(
-    record: "ImageRecord", result: Any, args: argparse.Namespace, obj: dict[str, Any], masks: list[Any],
-    heat: Any, stem: str,
+    record: "ImageRecord", judged: Any, args: argparse.Namespace, obj: dict[str, Any], masks: list[Any],
+    heat: Any, stem: str, path_text: str,
 ) -> bool:
-    """``--pdf-out`` / ``--dicom-out`` for one analysed input; failures become ``error`` objects."""
-    from cxr_viewer.core.export import report_pdf
-    from cxr_viewer.core.export.dicom_results import write_results
+    """``--pdf-out`` / ``--dicom-out`` (the record the Export menu writes) and ``--anonymised-out`` for one
+    analysed input, with the annotations saved beside it (Ctrl+S); failures become ``error`` objects."""
+    from cxr_viewer.core.export.measurements import measurement_rows
+    from cxr_viewer.core.export.record import ClinicalRecord, Identification, annotations_beside, write_record
 
     done = True
+    try:
+        annotations = tuple(annotations_beside(path_text, record))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        annotations = ()
+        obj.setdefault("warnings", []).append(f"The annotations saved beside this image were not read: {exc}")
+    if annotations:
+        obj["measurements"] = [{"kind": r.kind, "name": r.name, "value": r.value} for r in measurement_rows(annotations)]
+    rec = ClinicalRecord(record, judged, Identification.from_record(record), annotations, tuple(masks), heat,
+                         report_text=args.report or "")
     pdf_path: Path | None = None
     if args.pdf_out:
         try:
-            pdf_path = report_pdf.write_report(record, result, Path(args.pdf_out) / f"{_safe_name(stem)}_report.pdf",
-                                               masks=masks, heatmap=heat)
+            pdf_path = write_record(rec, pdf_path=Path(args.pdf_out) / f"{_safe_name(stem)}_report.pdf")[0]
             obj["report_pdf"] = str(pdf_path)
         except (OSError, CXRError) as exc:
             obj["report_pdf"] = {"error": exc.to_dict() if isinstance(exc, CXRError) else
@@ -297,9 +319,7 @@ def _export_one(
             done = False
     if args.dicom_out:
         try:
-            view = report_pdf.render_view_picture(record, masks=masks, heatmap=heat)
-            paths = write_results(record, result, Path(args.dicom_out), masks=masks, view_png=view, pdf=pdf_path)
-            obj["dicom"] = [str(p) for p in paths]
+            obj["dicom"] = [str(p) for p in write_record(rec, dicom_dir=Path(args.dicom_out))]
         except CXRError as exc:
             obj["dicom"] = {"error": exc.to_dict()}
             done = False
@@ -309,8 +329,9 @@ def _export_one(
         try:
             if record.format != "dicom" or record.source is None:
                 raise ExportError("Anonymised export needs a DICOM image; this input carries no DICOM header.")
+            # no identified PDF here: the anonymised objects get a page drawn without identification
             out = export_anonymised([record.source], Path(args.anonymised_out),
-                                    results=[(record, result, {"masks": masks, "pdf": pdf_path})])
+                                    results=[(record, judged, {"masks": masks, "annotations": annotations})])
             obj["anonymised"] = {"files": [str(p) for p in out.files], "warnings": out.warnings}
         except CXRError as exc:
             obj["anonymised"] = {"error": exc.to_dict()}
@@ -340,16 +361,11 @@ def analyze_main(argv: list[str]) -> int:
         engine.prepare()  # every model's session at once, while nothing else runs
     if refused_all is not None:
         print(f"cxr-viewer analyze: {refused_all['message']}", file=sys.stderr)
-    profile = None
-    if args.site_profile:
-        from cxr_viewer.core.site_profile import load_profile
-
-        try:
-            profile = load_profile(args.site_profile)
-            profile.check_bundle(b.describe() for b in engine.classifiers)
-        except CXRError as exc:
-            print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
-            return EXIT_REJECTED
+    try:
+        profile = site_profile_for(engine, args.site_profile)
+    except CXRError as exc:
+        print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
+        return EXIT_REJECTED
     cam_dir: Path | None = None
     if args.cam:
         cam_dir = Path(args.cam_out) if args.cam_out else (Path(args.json).parent if args.json != "-" else Path("."))

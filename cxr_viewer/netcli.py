@@ -155,13 +155,18 @@ def _send_results(args: argparse.Namespace, remote) -> int:
     from cxr_viewer.core import pacs
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
-    from cxr_viewer.headless import model_dirs
+    from cxr_viewer.headless import model_dirs, site_profile_for
 
     files = pacs.dicom_files(args.files)
     if not files:
         print("cxr-viewer pacs send-results: no DICOM files given", file=sys.stderr)
         return EXIT_USAGE
     engine = InferenceEngine.from_dirs(model_dirs(args), device=args.device, backend=args.backend)
+    try:  # the same judging as analyze and the viewer
+        profile = site_profile_for(engine, args.site_profile)
+    except CXRError as exc:
+        print(f"cxr-viewer pacs send-results: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     segs = engine.bundles_for_task("text_segmentation")
     if args.report and not segs:
         print("cxr-viewer pacs send-results: --report needs a segmentation model; none is installed",
@@ -170,12 +175,20 @@ def _send_results(args: argparse.Namespace, remote) -> int:
     failed = 0
     for i, f in enumerate(files, start=1):
         try:
+            from cxr_viewer.core.export.record import annotations_beside
+            from cxr_viewer.core.judging import judge
+
             record = read_image(f)
-            result = engine.analyze(record)
+            judged = judge(engine.analyze(record), site_profile=profile)
             masks = engine.segmenter(segs[0]).segment_report(record, args.report) if args.report else None
             out = Path(args.out) / f"{i:03d}" if args.out else None
-            sent = pacs.send_results(remote, record, result, masks=masks, out_dir=out, calling_ae=args.ae_title,
-                                     timeout=args.timeout)
+            try:
+                annotations = annotations_beside(f, record)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                annotations = []
+                print(f"{f.name}: the annotations saved beside it were not read ({exc})", file=sys.stderr)
+            sent = pacs.send_results(remote, record, judged, masks=masks, out_dir=out, calling_ae=args.ae_title,
+                                     timeout=args.timeout, annotations=annotations, report_text=args.report or "")
             print(f"{f.name}: {len(sent)} result object(s) stored on {remote.ae_title}")
         except (pacs.PacsConnectionLostError, pacs.PacsUnreachableError, pacs.PacsRefusedError):
             raise  # the PACS, not this file: stop here
@@ -225,6 +238,8 @@ def pacs_main(argv: list[str]) -> int:
     sr.add_argument("files", nargs="+", metavar="FILE_OR_DIR")
     sr.add_argument("--report", metavar="TEXT", help="report text whose sentences become SEG segments")
     sr.add_argument("--out", metavar="DIR", help="also keep the written objects in this folder")
+    sr.add_argument("--site-profile", metavar="PROFILE", help="site calibration profile (a file, or a name in the "
+                    "profiles folder): findings are judged as analyze and the viewer judge them")
     _model_args(sr)
     args = p.parse_args(argv)
     _setup_logging(args.verbose)

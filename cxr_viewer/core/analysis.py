@@ -181,6 +181,7 @@ class AnalysisState:
     site_profile: dict[str, Any] | None = None  # the site profile applied to these findings (identity)
     site_profile_message: str = ""  # why the active site profile was not applied ("" when it was, or none is active)
     site_profile_stale: bool = False  # not applied because the bundle's weights changed since it was fitted
+    judged: Any = None  # the JudgedResult these findings come from (cxr_viewer.core.judging): what exports file
 
     @property
     def untrained_models(self) -> list[str]:
@@ -343,22 +344,11 @@ def validate_bundle(path: Path) -> Any:
 def site_adjusted(profile: Any, result: AnalysisResult) -> tuple[AnalysisResult, str, bool]:
     """``result`` with the active site profile applied, or unchanged with the reason it is not.
 
-    Returns ``(result, message, stale)``: ``message`` is "" when the profile applies (or
-    ``profile`` is None); ``stale`` says the profile's bundle is installed with other weights
-    (the model was updated: the profile must be refitted), as opposed to its bundle being
-    absent or switched off. The viewer shows the message; nothing is raised.
+    The judging step's own site-profile stage (:func:`cxr_viewer.core.judging.apply_site_profile_safely`).
     """
-    from cxr_viewer.core.errors import SiteProfileError, SiteProfileMismatchError
-    from cxr_viewer.core.site_profile import apply_site_profile
+    from cxr_viewer.core.judging import apply_site_profile_safely
 
-    if profile is None or not result.models:
-        return result, "", False
-    try:
-        return apply_site_profile(profile, result), "", False
-    except SiteProfileMismatchError as exc:
-        return result, exc.message, True
-    except SiteProfileError as exc:
-        return result, exc.message, False
+    return apply_site_profile_safely(profile, result)
 
 
 class UserThresholds:

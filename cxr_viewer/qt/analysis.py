@@ -36,12 +36,11 @@ from cxr_viewer.core.analysis import (  # noqa: F401  (re-exported: older import
     run_analysis,
     run_cam,
     run_segment,
-    site_adjusted,
     threshold_key,
     validate_bundle,
 )
 from cxr_viewer.core.errors import AnalysisCancelledError, CXRError, NoSegmentationModelError
-from cxr_viewer.core.inference.results import Finding, Heatmap
+from cxr_viewer.core.inference.results import Heatmap
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import HeatmapLayer, MaskLayer, Session
 from cxr_viewer.qt.workers import TaskRunner
@@ -298,9 +297,6 @@ class AnalysisController(QObject):
         if self._outcome is not None:
             self._publish(self._outcome)
 
-    def _judged(self, findings: Sequence[Finding]) -> tuple[Finding, ...]:
-        return self.thresholds.judged(findings, self._state.model_sha)
-
     # ------------------------------------------------------------------ requests
     def _is_current(self, channel: str, gen: int, record: ImageRecord) -> bool:
         return self.generations.is_current(channel, gen) and self.session.record is record
@@ -516,8 +512,13 @@ class AnalysisController(QObject):
                 self.request_cam(label, model, remember=False)
 
     def _publish(self, outcome: AnalysisOutcome) -> None:
-        # the site profile first (calibrated score, site threshold), then any threshold the user set
-        r, profile_message, stale = site_adjusted(self.site_profile, outcome.result)
+        # THE judging step: the site profile (calibrated score, site threshold), then any threshold the user set
+        from cxr_viewer.core.judging import judge
+
+        models = {str(m.get("name")): str(m.get("sha256", "")) for m in outcome.result.models}
+        judged = judge(outcome.result, site_profile=self.site_profile,
+                       user_thresholds=lambda model, label: self.thresholds.get(model, models.get(model, ""), label))
+        r, profile_message, stale = judged.result, judged.site_profile_message, judged.site_profile_stale
         load_errors = tuple(f"{s.display_name or s.path.name}: {s.error}" for s in outcome.bundles if s.error)
         message = ""
         if not r.models:
@@ -537,8 +538,7 @@ class AnalysisController(QObject):
             unavailable_cam=dict(outcome.unavailable_cam), site_profile=r.site_profile,
             site_profile_message=profile_message, site_profile_stale=stale,
         )
-        self._state = state  # model_sha() needs the models before thresholds are read
-        state = replace(state, findings=self._judged(r.findings))
+        state = replace(state, findings=r.findings, judged=judged)
         self.session.set_findings(state.findings)
         self._set_state(state)
 

@@ -163,7 +163,7 @@ class CompareController:
         self.prior.session.set_record(record)
         self._from_current(self.w.session.display)
         dirs = self._model_dirs()
-        self.w.runner.submit(_score_prior, self, dirs, record, on_result=self._on_scores,
+        self.w.runner.submit(_score_prior, self, dirs, record, self.w.analysis.site_profile, on_result=self._on_scores,
                              on_error=lambda exc: self.w.statusBar().showMessage(
                                  f"The prior could not be scored: {exc}", 10000))
         masks = self.w.analysis.masks
@@ -287,10 +287,13 @@ def _read(path: Path) -> Any:
     return read_image(path)
 
 
-def _score_prior(ctl: CompareController, dirs: tuple[Path, ...], prior: Any) -> tuple[list[Any], dict]:
-    """Prior's findings, and each score's noise as its bundle records it (worker thread)."""
+def _score_prior(ctl: CompareController, dirs: tuple[Path, ...], prior: Any, profile: Any = None) -> tuple[list[Any], dict]:
+    """Prior's findings judged as the current film's are (the same site profile), and each score's noise as
+    its bundle records it (worker thread)."""
+    from cxr_viewer.core.judging import judge
+
     engine = ctl.engine(dirs)
-    prior_findings = list(engine.analyze(prior).findings)
+    prior_findings = list(judge(engine.analyze(prior), site_profile=profile).result.findings)
     noise = {(b.name, label): value for b in engine.bundles for label, value in recorded_noise(b.manifest).items()}
     return prior_findings, noise
 

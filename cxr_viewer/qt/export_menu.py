@@ -1,9 +1,12 @@
 """The Export menu: PDF/PNG report, DICOM results (SR, SEG, SC, PDF) and the anonymised study export.
 
-Thin: it gathers what the window shows (image, findings with the thresholds in force,
-visible overlays, current window) on the GUI thread, runs the core writers of
-:mod:`cxr_viewer.core.export` on the window's background runner, and reports the
-outcome in the status bar, or as a clear error dialog when it fails.
+Thin: it gathers what the window shows into one
+:class:`~cxr_viewer.core.export.record.ClinicalRecord` on the GUI thread (the image, the
+judged result the findings panel shows, the patient's identification, the measurements,
+the report text and its visible masks, the heatmap, the window, the current | prior
+changes), runs :func:`~cxr_viewer.core.export.record.write_record` (the code path
+``cxr-viewer analyze --pdf-out/--dicom-out`` uses) on the window's background runner, and
+reports the outcome in the status bar, or as a clear error dialog when it fails.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
 from cxr_viewer.core.errors import CXRError
 
 if TYPE_CHECKING:
-    from cxr_viewer.core.inference.results import AnalysisResult
+    from cxr_viewer.core.export.record import ClinicalRecord
+    from cxr_viewer.core.judging import JudgedResult
     from cxr_viewer.core.io.record import ImageRecord
     from cxr_viewer.qt.main_window import MainWindow
 
@@ -68,8 +72,9 @@ class ExportActions:
         return menu
 
     # ------------------------------------------------------------------ what is shown
-    def _current(self) -> tuple["ImageRecord", "AnalysisResult"] | None:
+    def _current(self) -> tuple["ImageRecord", "JudgedResult"] | None:
         from cxr_viewer.core.inference.results import AnalysisResult
+        from cxr_viewer.core.judging import judge
 
         win = self.window
         record = win.session.record
@@ -80,14 +85,32 @@ class ExportActions:
         if state.status != "done":
             win.statusBar().showMessage("Wait for the findings before exporting", 5000)
             return None
-        result = AnalysisResult(content_hash=record.content_hash, findings=tuple(state.findings),
-                                qc=tuple(state.qc), models=tuple(state.models), warnings=tuple(state.warnings),
-                                site_profile=state.site_profile)  # the SR and PDF name the active profile
-        return record, result
+        judged = state.judged  # the very result the findings panel shows
+        if judged is None:
+            judged = judge(AnalysisResult(content_hash=record.content_hash, findings=tuple(state.findings),
+                                          qc=tuple(state.qc), models=tuple(state.models),
+                                          warnings=tuple(state.warnings), site_profile=state.site_profile))
+        return record, judged
 
-    def _overlays(self) -> dict[str, Any]:
-        s = self.window.session
-        return {"masks": [m for m in s.masks if m.visible], "heatmap": s.heatmap, "window": s.display.window}
+    def clinical_record(self, *, identified: bool = True) -> "ClinicalRecord | None":
+        """What the window shows, as the record every export writes (None when there is nothing yet)."""
+        from cxr_viewer.core.export.record import ClinicalRecord, Identification, PriorComparison
+
+        current = self._current()
+        if current is None:
+            return None
+        record, judged = current
+        win, s = self.window, self.window.session
+        compare = getattr(getattr(win, "reading", None), "compare", None)
+        prior = None
+        if compare is not None and compare.is_open and compare.prior_date:
+            prior = PriorComparison(compare.prior_date, dict(compare.deltas))
+        panel = getattr(win, "report_panel", None)
+        report = panel.editor.toPlainText() if panel is not None else ""
+        return ClinicalRecord(
+            record, judged, Identification.from_record(record) if identified else None, tuple(s.measurements),
+            tuple(m for m in s.masks if m.visible), s.heatmap, s.display.window, report, prior,
+        )
 
     def _stem(self) -> str:
         path = getattr(self.window, "_current_path", None)
@@ -116,27 +139,24 @@ class ExportActions:
 
     # ------------------------------------------------------------------ work (off the GUI thread)
     def export_report(self, path: str | Path) -> bool:
-        from cxr_viewer.core.export.report_pdf import write_report
+        from cxr_viewer.core.export.record import write_record
 
-        current = self._current()
-        if current is None:
+        rec = self.clinical_record()
+        if rec is None:
             return False
-        record, result = current
         path = Path(path)
         if path.suffix.lower() not in (".pdf", ".png"):
             path = path.with_suffix(".pdf")
-        ov = self._overlays()
-        self._run(lambda: [write_report(record, result, path, **ov)], "Report")
+        self._run(lambda: write_record(rec, pdf_path=path), "Report")
         return True
 
     def export_dicom(self, folder: str | Path) -> bool:
-        current = self._current()
-        if current is None:
+        from cxr_viewer.core.export.record import write_record
+
+        rec = self.clinical_record()
+        if rec is None:
             return False
-        record, result = current
-        ov = self._overlays()
-        analysis_masks = [m for m in self.window.analysis.masks if not m.empty]  # nothing found: no segment
-        self._run(lambda: _dicom_job(record, result, Path(folder), analysis_masks, ov), "DICOM results")
+        self._run(lambda: write_record(rec, dicom_dir=Path(folder)), "DICOM results")
         return True
 
     def export_anonymised(self, folder: str | Path) -> bool:
@@ -150,10 +170,13 @@ class ExportActions:
             self.window.show_error("Anonymised export needs a DICOM image; this one came from a "
                                    f"{record.format.upper()} file, which carries no DICOM header.", "Export failed")
             return False
-        masks = [m for m in self.window.analysis.masks if not m.empty]
+        # a region where nothing was found is no segment
+        masks = [m for m in self.window.session.masks if m.visible and m.binary().any()]
+        annotations = tuple(self.window.session.measurements)
 
         def job() -> Any:
-            out = export_anonymised([record.source], Path(folder), results=[(record, result, {"masks": masks})])
+            out = export_anonymised([record.source], Path(folder),
+                                    results=[(record, result, {"masks": masks, "annotations": annotations})])
             return out.files, out.warnings
 
         self._run(job, "Anonymised export")
@@ -186,21 +209,6 @@ class ExportActions:
             win.show_error(f"{what} failed: {message}", "Export failed")
 
         win.submit(job, on_result=done, on_error=failed)
-
-
-def _dicom_job(record: "ImageRecord", result: "AnalysisResult", folder: Path, masks: list[Any],
-               overlays: dict[str, Any]) -> list[Path]:
-    """SR + SEG + SC + PDF; the SC and the PDF show what the window shows (visible overlays, window)."""
-    import tempfile
-
-    from cxr_viewer.core.export.dicom_results import source_dataset, write_results
-    from cxr_viewer.core.export.report_pdf import render_view_picture, write_report
-
-    source_dataset(record)  # a PNG is refused before anything is drawn
-    view = render_view_picture(record, **overlays)
-    with tempfile.TemporaryDirectory() as tmp:
-        pdf = write_report(record, result, Path(tmp) / "report.pdf", **overlays)
-        return write_results(record, result, folder, masks=masks, view_png=view, pdf=pdf)
 
 
 def install_export_menu(window: "MainWindow") -> ExportActions:

@@ -114,13 +114,18 @@ def _analyse(worklist: Worklist, folder: Path | None, paths: Sequence[Path], tok
 
 
 def _send_results(worklist: Worklist, remote: "RemoteNode", path: Path, calling_ae: str) -> int:
-    from cxr_viewer.core.analysis import site_adjusted
+    from cxr_viewer.core.export.record import annotations_beside
     from cxr_viewer.core.io import read_image
+    from cxr_viewer.core.judging import judge
     from cxr_viewer.core.pacs import send_results
 
     record = read_image(path)
-    result = site_adjusted(worklist.site_profile, worklist.engine().analyze(record))[0]  # the SR names the profile
-    return len(send_results(remote, record, result, calling_ae=calling_ae))
+    judged = judge(worklist.engine().analyze(record), site_profile=worklist.site_profile)  # the SR names the profile
+    try:
+        annotations = annotations_beside(path, record)
+    except (OSError, ValueError, KeyError, TypeError):
+        annotations = []  # a damaged sidecar does not stop the results
+    return len(send_results(remote, record, judged, calling_ae=calling_ae, annotations=annotations))
 
 
 # --------------------------------------------------------------------------- model

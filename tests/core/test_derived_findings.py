@@ -81,7 +81,8 @@ def test_analyze_emits_the_derived_finding(tmp_path: Path, record: ImageRecord) 
     expected = float(np.maximum(masks[0].prob, masks[1].prob).max())
     assert 0.0 <= f.score <= 1.0 and f.score == pytest.approx(expected, abs=1e-6)
     assert f.threshold == 0.5 and f.above_threshold == (f.score >= 0.5)
-    assert not f.positive and f.state == "not_validated"  # unvalidated: never a POSITIVE badge
+    # unvalidated: never a POSITIVE badge, and above its threshold it says so
+    assert not f.positive and f.state == ("above_not_validated" if f.above_threshold else "not_validated")
     assert f.note == NOTE and f.validated is False
     d = json.loads(json.dumps(result.to_dict()))["findings"][0]
     assert d["label"] == LABEL and d["validated"] is False and d["note"] == NOTE

@@ -16,7 +16,8 @@ import pytest
 
 from cxr_viewer.core.errors import ExportError
 from cxr_viewer.core.export import report_pdf
-from cxr_viewer.core.export.dicom_results import CODING_SCHEME, LesionMap, write_results
+from cxr_viewer.core.export.dicom_results import CODING_SCHEME, LesionMap, finding_concept, write_results
+from cxr_viewer.core.judging import display_name, judge
 from cxr_viewer.core.io import read_image
 from tests.core.dicom_check import dciodvfy_errors, need_tool
 
@@ -80,18 +81,29 @@ def test_sr_round_trip(analysed, written) -> None:
     groups = sr.content.get_image_measurement_groups()
     by_label = {g.finding_type.meaning: g for g in groups}
     models = {m["name"]: m for m in result.models}
-    for f in result.findings:
-        g = by_label[f.label.replace("_", " ")]
+    judged = judge(result)
+    for j in judged.findings:
+        f = j.finding
+        g = by_label[finding_concept(f.label).meaning]
         values = {m.name.meaning: m for m in g.get_measurements()}
-        assert values["Model score"].value == pytest.approx(f.score, abs=1e-9)
-        assert values["Operating threshold"].value == pytest.approx(f.threshold, abs=1e-9)
-        assert values["Operating threshold"].method.meaning == f.threshold_method
-        (evaluation,) = g.get_qualitative_evaluations()
-        assert evaluation.value.meaning == ("Present" if f.positive else "Absent")
+        assert values["Probability"].value == pytest.approx(f.score, abs=1e-9)
+        assert values["Threshold Value"].value == pytest.approx(f.threshold, abs=1e-9)
+        assert values["Threshold Value"].method.meaning == f.threshold_method
+        assert values["Threshold Value"].method.value == "THRESHOLD_MODEL"
+        evaluations = {e.name.meaning: e.value for e in g.get_qualitative_evaluations()}
+        # presence only for a validated verdict; otherwise indeterminate, with the state and its reason
+        presence = {"positive": "Present", "negative": "Absent"}.get(j.state.value, "Indeterminate")
+        assert evaluations["Presence of property"].meaning == presence
+        assert evaluations["Finding state"].value == "STATE_" + j.state.value.upper()
         assert g.source_images[0].referenced_sop_instance_uid == record.header.SOPInstanceUID
         texts = {str(getattr(n, "TextValue", "")) for n in _walk(list(g))}  # incl. TID 4019 algorithm id
         assert f.model in texts and f"weights sha256 {models[f.model]['sha256']}" in texts
+        assert "threshold source model" in texts
+        if not j.validated:
+            assert j.reason and j.reason in texts
     assert by_label["Tuberculosis (lesion score)"].finding_type.scheme_designator == CODING_SCHEME
+    assert by_label["Pleural effusion"].finding_type.value == "60046008"  # SNOMED CT where a concept fits
+    assert by_label["Pleural effusion"].finding_type.scheme_designator == "SCT"
     qc = by_label["Image quality checks"].get_qualitative_evaluations()
     assert [q.name.value for q in qc] == ([q.code.upper() for q in result.qc] or ["QC"])
 
@@ -137,8 +149,8 @@ def test_sc_and_pdf_round_trip(analysed, written, tmp_path: Path) -> None:
     text = subprocess.run([need_tool("pdftotext", "poppler-utils"), str(tmp_path / "r.pdf"), "-"],
                           capture_output=True, text=True, check=True).stdout
     assert "Research use only" in text
-    for f in result.findings:
-        assert f.label in text
+    for f in result.findings:  # display names, never the raw label
+        assert display_name(f.label) in text and "Pleural_Thickening" not in text
     for m in result.models:
         assert m["sha256"][:32] in text
 
@@ -200,11 +212,12 @@ def test_sr_json_and_pdf_name_the_site_profile(analysed, tmp_path: Path) -> None
     group = next(g for g in sr.content.get_image_measurement_groups() if g.finding_type.meaning == "Pneumonia")
     values = {m.name.meaning: m for m in group.get_measurements()}
     f = adjusted.finding("Pneumonia", chest["name"])
-    assert values["Model score"].value == pytest.approx(f.score) and f.raw_score is not None
-    assert values["Operating threshold"].method.meaning == "site profile ward-3 v1: target sensitivity 0.9"
+    assert values["Probability"].value == pytest.approx(f.score) and f.raw_score is not None
+    assert values["Threshold Value"].method.meaning == "site profile ward-3 v1: target sensitivity 0.9"
+    assert values["Threshold Value"].method.value == "THRESHOLD_SITE_PROFILE"
     params = {str(getattr(n, "TextValue", "")) for n in _walk(list(group))}
     assert f"site profile ward-3 v1 {profile.created[:10]}" in params
-    other = next(g for g in sr.content.get_image_measurement_groups() if g.finding_type.meaning == "Effusion")
+    other = next(g for g in sr.content.get_image_measurement_groups() if g.finding_type.meaning == "Pleural effusion")
     assert not any(str(getattr(n, "TextValue", "")).startswith("site profile") for n in _walk(list(other)))
     doc = pydicom.dcmread(paths[-1])
     (tmp_path / "r.pdf").write_bytes(bytes(doc.EncapsulatedDocument)[: doc.EncapsulatedDocumentLength])

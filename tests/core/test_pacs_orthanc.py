@@ -215,6 +215,26 @@ def test_send_results_command_files_results_under_the_study(orthanc, samples, tm
     classes = sorted(orthanc.get(f"/instances/{i}/simplified-tags")["SOPClassUID"] for i in new)
     assert len(classes) == 3 and sum(c.startswith(SR_PREFIX) for c in classes) == 1 and PDF in classes
     assert len(list((tmp_path / "kept").rglob("*.dcm"))) == 3
+    # with the site profile: judged as analyze and the viewer judge (the SR says the site set the threshold)
+    import highdicom as hd
+    import numpy as np
+
+    from cxr_viewer.core.models.bundle import load_bundle
+    from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
+
+    desc = load_bundle(models / "tiny", device="cpu").describe()
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1.3, 300)
+    y = (rng.random(300) < 1 / (1 + np.exp(-z))).astype(float)
+    fp, _ = fit_site_finding("Effusion", y, 1 / (1 + np.exp(-3 * z)), np.arange(300), current_threshold=0.5,
+                             target="sensitivity:0.9", method="platt", n_boot=50)  # fmt: skip
+    profile = save_profile(SiteProfile("ward", {k: str(desc[k]) for k in ("name", "version", "sha256")},
+                                       {"Effusion": fp}), tmp_path / "profiles")  # fmt: skip
+    site_args = [*args[:-1], str(tmp_path / "site"), "--site-profile", str(profile.path)]
+    assert cli_main(site_args) == 0
+    sr = hd.sr.srread(next((tmp_path / "site").rglob("SR_*.dcm")))
+    group = next(g for g in sr.content.get_image_measurement_groups() if g.finding_type.meaning == "Pleural effusion")
+    assert {m.name.meaning: m for m in group.get_measurements()}["Threshold Value"].method.value == "THRESHOLD_SITE_PROFILE"
     # nothing listens: one clear line, status 1
     args[args.index("--port") + 1] = str(free_port())
     assert cli_main(args) == 1

@@ -29,7 +29,7 @@ def test_badge_states() -> None:
     assert base.positive and base.state == "positive"
     assert not Finding("Effusion", 0.2, 0.5, "m").positive
     rare = Finding("Hernia", 0.9, 0.5, "m", validated=False)
-    assert rare.above_threshold and not rare.positive and rare.state == "not_validated"
+    assert rare.above_threshold and not rare.positive and rare.state == "above_not_validated"
     out = Finding("Effusion", 0.9, 0.5, "m", outside="outside the model's population: view LL")
     assert not out.positive and out.state == "outside_population"
     d = out.to_dict()
@@ -54,7 +54,7 @@ def test_engine_applies_validated_thresholds_and_population(tmp_path: Path) -> N
     infant = ImageRecord(pixels=px.copy(), source=None, format="array",
                          metadata={"patient_age_years": 0.25, "view_position": "PA"})  # fmt: skip
     r = {f.label: f for f in engine.analyze(adult).findings}
-    assert r["Effusion"].state == "positive" and r["Hernia"].state == "not_validated"
+    assert r["Effusion"].state == "positive" and r["Hernia"].state == "above_not_validated"  # threshold 0
     r2 = {f.label: f for f in engine.analyze(infant).findings}
     assert all(f.state == "outside_population" and not f.positive for f in r2.values())
 

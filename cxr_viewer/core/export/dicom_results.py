@@ -4,21 +4,21 @@ For one analysed DICOM image :func:`write_results` writes, each in a new series 
 the ORIGINAL study (same Study Instance UID, patient and study attributes copied
 from the source header) and each referencing the source image's SOP instance:
 
-- a Comprehensive 3D SR holding a TID 1500 measurement report: one measurement
-  group per finding (score, operating threshold with its method as the measurement
-  method, Present/Absent as a qualitative evaluation, the model as algorithm
-  identification with its weights sha256), plus one group of QC flags; when a site
-  profile was applied (``result.site_profile``), a TEXT item "Site calibration profile"
-  names it (name, version, date, the bundle it was fitted to) and the algorithm
-  identification of each recalibrated finding carries it as a parameter;
+- a Comprehensive 3D SR holding a TID 1500 measurement report of the one judged result
+  (:mod:`cxr_viewer.core.judging`): one measurement group per finding (finding in SNOMED CT
+  where a concept fits, score, threshold with its source, presence Present/Absent only for a
+  validated verdict, otherwise Indeterminate with the coded state and its reason, the model as
+  algorithm identification with its weights sha256), one group of QC flags, and the reader's
+  measurements as planar groups with their SCOORD on the source image; the site profile
+  applied is named in a TEXT item (see docs/dicom-conformance.md);
 - a Segmentation (BINARY) of the report-conditioned masks, one segment per
-  sentence, the sentence as segment label/description; lesion maps
+  sentence that drew something, the sentence as segment label/description; lesion maps
   (:class:`LesionMap`) go into a second, FRACTIONAL (probability) Segmentation;
 - a Secondary Capture (RGB) of the view with its overlays and legends, for PACS
   that cannot show SEG;
 - an Encapsulated PDF of the one-page report (:mod:`.report_pdf`).
 
-Codes that DICOM does not define (our finding labels, "model score", QC flag codes)
+Codes with no standard concept (some finding labels, the finding states, QC flag codes)
 come from the local coding scheme :data:`CODING_SCHEME` ("99" designators are
 private by PS3.16 8.2), declared in each object's Coding Scheme Identification.
 
@@ -47,7 +47,7 @@ from cxr_viewer.core.errors import ExportError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from cxr_viewer.core.inference.results import AnalysisResult, Finding
+    from cxr_viewer.core.inference.results import AnalysisResult
     from cxr_viewer.core.io.record import ImageRecord
 
 __all__ = [
@@ -141,36 +141,159 @@ def _repair_age(ds: "Dataset") -> None:
         del ds.PatientAge
 
 
-def _model_index(result: "AnalysisResult") -> dict[str, dict[str, Any]]:
-    return {str(m.get("name")): dict(m) for m in result.models}
-
-
 def _lo_text(text: str) -> str:
     """An SR TEXT value (UT): any length, no control characters."""
     return "".join(c for c in text if c >= " ")
 
 
-def _algorithm(f: "Finding", models: dict[str, dict[str, Any]], backend: dict[str, str],
+#: Findings with a standard concept (SNOMED CT), looked up in DICOM PS3.16 context groups (pydicom's
+#: code dictionary) or the SNOMED CT browser; the rest stay in :data:`CODING_SCHEME` (docs/dicom-conformance.md).
+SNOMED_FINDINGS: dict[str, tuple[str, str]] = {
+    "atelectasis": ("46621007", "Atelectasis"),
+    "cardiomegaly": ("8186001", "Cardiomegaly"),
+    "effusion": ("60046008", "Pleural effusion"),
+    "pleural effusion": ("60046008", "Pleural effusion"),
+    "pneumothorax": ("36118008", "Pneumothorax"),
+    "pneumonia": ("233604007", "Pneumonia"),
+    "consolidation": ("95436008", "Lung consolidation"),
+    "edema": ("19242006", "Pulmonary edema"),
+    "emphysema": ("87433001", "Pulmonary emphysema"),
+    "fibrosis": ("112674009", "Fibrosis"),
+    "mass": ("4147007", "Mass"),
+    "nodule": ("27925004", "Nodule"),
+}
+#: Private codes of the six finding states (a receiving system can tell them apart).
+STATE_CODES = {
+    "positive": "STATE_POSITIVE", "negative": "STATE_NEGATIVE", "not_validated": "STATE_NOT_VALIDATED",
+    "above_not_validated": "STATE_ABOVE_NOT_VALIDATED", "outside_population": "STATE_OUTSIDE_POPULATION",
+    "not_applicable": "STATE_NOT_APPLICABLE",
+}
+
+
+def finding_concept(label: str) -> Any:
+    """The coded concept of a finding: SNOMED CT where one fits, else the private scheme."""
+    from highdicom.sr import CodedConcept
+
+    from cxr_viewer.core.judging import display_name
+
+    key = " ".join(label.replace("_", " ").replace("-", " ").lower().split())
+    if key in SNOMED_FINDINGS:
+        value, meaning = SNOMED_FINDINGS[key]
+        return CodedConcept(value, "SCT", meaning)
+    return _code(label, display_name(label))
+
+
+def _algorithm(j: Any, models: dict[str, dict[str, Any]], backend: dict[str, str],
                profile: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    """Algorithm identification of one judged finding: name, version, weights sha256, site profile, threshold source."""
     from highdicom.sr import AlgorithmIdentification
 
+    f = j.finding
     m = models.get(f.model, {})
-    params = [f"weights sha256 {m.get('sha256') or 'unknown'}"]
-    if profile is not None and f.threshold_method.startswith("site profile "):
+    params = [f"weights sha256 {m.get('sha256') or 'unknown'}", f"threshold source {j.threshold_source}"]
+    if profile is not None and j.threshold_source == "site_profile":
         params.append(_lo(f"site profile {profile.get('name')} v{profile.get('version')} "
                           f"{str(profile.get('created', ''))[:10]}".strip()))  # fmt: skip
     if f.model in backend:
         params.append(f"backend {backend[f.model]}")
     if not f.trained:
         params.append("untrained weights")
-    if f.validated is False:
-        params.append("not validated: " + (f.note or "see the model card"))
     return AlgorithmIdentification(name=_lo(f.model), version=_lo(f.model_version or m.get("version") or "unknown"),
                                    parameters=params)
 
 
-def build_sr(src: "Dataset", result: "AnalysisResult", *, series_uid: str | None = None, sop_uid: str | None = None) -> Any:
-    """A Comprehensive 3D SR with one TID 1500 measurement report of every finding and the QC flags."""
+_UCUM = {"mm": ("mm", "millimeter"), "deg": ("deg", "degree"), "mm2": ("mm2", "square millimeter"),
+         "HU": ("[hnsf'U]", "Hounsfield unit"), "px": ("{pixels}", "pixels"), "px2": ("{pixels}", "pixels")}
+
+
+def _unit(unit: str) -> Any:
+    from highdicom.sr import CodedConcept
+
+    value, meaning = _UCUM.get(unit, ("1", f"no units ({unit})" if unit and unit != "0-1" else "no units"))
+    return CodedConcept(value, "UCUM", _lo(meaning))
+
+
+def _points(points: Sequence[tuple[float, float]]) -> np.ndarray:
+    """(row, col) image points as SCOORD data: (column, row), pixel centres at .5 (PS3.3 C.18.6.1.1)."""
+    return np.asarray([[float(c) + 0.5, float(r) + 0.5] for r, c in points], dtype=np.float32)
+
+
+def _measurement_groups(src: "Dataset", annotations: Sequence[Any]) -> list[Any]:
+    """TID 1410 planar measurement groups with their SCOORD on the source image, one per measurement."""
+    import highdicom as hd
+    from highdicom.sr import (
+        CodedConcept,
+        ImageRegion,
+        Measurement,
+        PlanarROIMeasurementsAndQualitativeEvaluations,
+        SourceImageForRegion,
+        TrackingIdentifier,
+    )
+
+    from cxr_viewer.core.export.measurements import measurement_rows
+
+    source = SourceImageForRegion(referenced_sop_class_uid=str(src.SOPClassUID),
+                                  referenced_sop_instance_uid=str(src.SOPInstanceUID))
+    length = CodedConcept("410668003", "SCT", "Length")
+    width = CodedConcept("103355008", "SCT", "Width")
+    groups = []
+    for i, row in enumerate(measurement_rows(annotations), start=1):
+        ann = row.annotation
+        kind = row.kind
+        if kind == "distance":
+            region = ImageRegion("POLYLINE", _points(ann.points), source)
+            items = [Measurement(name=length, value=float(ann.length), unit=_unit(ann.unit))]
+            finding = CodedConcept("121206", "DCM", "Distance")
+        elif kind == "angle":
+            region = ImageRegion("POLYLINE", _points(ann.points), source)
+            items = [Measurement(name=CodedConcept("1483009", "SCT", "Angle"), value=float(ann.degrees),
+                                 unit=_unit("deg"))]
+            finding = CodedConcept("1483009", "SCT", "Angle")
+        elif kind == "ctr":  # two groups, each width with its own line; the ratio goes with the cardiac one
+            ratio = Measurement(name=_code("CTR", "Cardiothoracic ratio"), value=float(ann.ratio),
+                                unit=CodedConcept("{ratio}", "UCUM", "ratio"))
+            for part, line, value, extra in (("cardiac", ann.cardiac, ann.cardiac_width, [ratio]),
+                                             ("thoracic", ann.thoracic, ann.thoracic_width, [])):
+                groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=_lo(f"measurement {i}: {row.name} {part}")),
+                    referenced_region=ImageRegion("POLYLINE", _points(line), source), finding_type=width,
+                    measurements=[Measurement(name=_code(f"{part.upper()}_WIDTH", f"{part.capitalize()} width"),
+                                              value=float(value), unit=_unit(ann.unit)), *extra],
+                ))  # fmt: skip
+            continue
+        elif kind == "roi":
+            (r0, c0), (r1, c1) = ann.p0, ann.p1
+            if ann.shape == "ellipse":
+                rm, cm = (r0 + r1) / 2, (c0 + c1) / 2
+                pts = [(rm, min(c0, c1)), (rm, max(c0, c1)), (min(r0, r1), cm), (max(r0, r1), cm)]
+                region = ImageRegion("ELLIPSE", _points(pts), source)
+            else:
+                pts = [(r0, c0), (r0, c1), (r1, c1), (r1, c0), (r0, c0)]
+                region = ImageRegion("POLYLINE", _points(pts), source)
+            st = ann.stats
+            unit = _unit(st.unit)
+            items = [Measurement(name=CodedConcept("373098007", "SCT", "Mean"), value=float(st.mean), unit=unit),
+                     Measurement(name=CodedConcept("386136009", "SCT", "Standard Deviation"), value=float(st.sd),
+                                 unit=unit),
+                     Measurement(name=CodedConcept("255605001", "SCT", "Minimum"), value=float(st.minimum), unit=unit),
+                     Measurement(name=CodedConcept("56851009", "SCT", "Maximum"), value=float(st.maximum), unit=unit),
+                     Measurement(name=CodedConcept("42798000", "SCT", "Area"),
+                                 value=float(st.area_mm2 if st.area_mm2 is not None else st.area_px),
+                                 unit=_unit("mm2" if st.area_mm2 is not None else "px2"))]
+            finding = CodedConcept("42798000", "SCT", "Area")
+        else:
+            continue
+        groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=_lo(f"measurement {i}: {row.name}")),
+            referenced_region=region, finding_type=finding, measurements=items,
+        ))
+    return groups
+
+
+def build_sr(src: "Dataset", result: Any, *, series_uid: str | None = None, sop_uid: str | None = None,
+             annotations: Sequence[Any] = ()) -> Any:  # fmt: skip
+    """A Comprehensive 3D SR: one TID 1500 measurement report of every judged finding, the QC flags
+    and the reader's measurements (``annotations``, with their SCOORD on the source image)."""
     import highdicom as hd
     from highdicom.sr import (
         CodedConcept,
@@ -181,11 +304,16 @@ def build_sr(src: "Dataset", result: "AnalysisResult", *, series_uid: str | None
         ObservationContext,
         ObserverContext,
         QualitativeEvaluation,
+        RelationshipTypeValues,
         SourceImageForMeasurementGroup,
+        TextContentItem,
         TrackingIdentifier,
     )
     from pydicom.sr.codedict import codes
 
+    from cxr_viewer.core.judging import FindingState, judged_from
+
+    judged = judged_from(result)
     device = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
@@ -193,34 +321,52 @@ def build_sr(src: "Dataset", result: "AnalysisResult", *, series_uid: str | None
         ),
     )
     context = ObservationContext(observer_device_context=device)
+    presence = CodedConcept("121052", "DCM", "Presence of property")
     present = CodedConcept("52101004", "SCT", "Present")
-    absent = CodedConcept("2667000", "SCT", "Absent")
+    absent = CodedConcept("272519000", "SCT", "Absent")
+    indeterminate = CodedConcept("82334004", "SCT", "Indeterminate")
     no_units = CodedConcept("1", "UCUM", "no units")
-    score_name = _code("MODEL_SCORE", "Model score")
-    threshold_name = _code("OP_THRESHOLD", "Operating threshold")
+    score_name = CodedConcept("122157", "DCM", "Probability")
+    threshold_name = CodedConcept("122411", "DCM", "Threshold Value")
+    state_name = _code("FINDING_STATE", "Finding state")
     source_ref = SourceImageForMeasurementGroup(
         referenced_sop_class_uid=str(src.SOPClassUID), referenced_sop_instance_uid=str(src.SOPInstanceUID),
     )
-    models = _model_index(result)
+    models = {str(m.get("name")): dict(m) for m in judged.models}
+    backend = dict(judged.result.backend)
     groups = []
-    for f in result.findings:
-        concept = _code(f.label, f.label.replace("_", " "))
-        algo = _algorithm(f, models, result.backend, result.site_profile)
-        groups.append(MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=_lo(f"{f.model} {f.label}")),
-            finding_type=concept,
-            algorithm_id=algo,
-            source_images=[source_ref],
-            measurements=[
+    for j in judged.findings:
+        f = j.finding
+        algo = _algorithm(j, models, backend, judged.site_profile)
+        evaluations = [QualitativeEvaluation(name=state_name, value=_code(STATE_CODES[j.state.value], j.state_text))]
+        if j.state is FindingState.POSITIVE:
+            evaluations.insert(0, QualitativeEvaluation(name=presence, value=present))
+        elif j.state is FindingState.NEGATIVE:
+            evaluations.insert(0, QualitativeEvaluation(name=presence, value=absent))
+        else:  # no presence assertion: indeterminate, with the reason
+            evaluations.insert(0, QualitativeEvaluation(name=presence, value=indeterminate))
+        measurements = []
+        if j.state is not FindingState.NOT_APPLICABLE:
+            measurements = [
                 Measurement(name=score_name, value=float(f.score), unit=no_units, algorithm_id=algo),
                 Measurement(name=threshold_name, value=float(f.threshold), unit=no_units,
-                            method=_code(f.threshold_method or "unspecified", f.threshold_method or "unspecified")),
-            ],
-            qualitative_evaluations=[QualitativeEvaluation(name=concept, value=present if f.positive else absent)],
-        ))
+                            method=CodedConcept(f"THRESHOLD_{j.threshold_source.upper()}", CODING_SCHEME,
+                                                _lo(f.threshold_method or f"threshold from {j.source_text}"))),
+            ]
+        group = MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=_lo(f"{f.model} {f.label}")),
+            finding_type=finding_concept(f.label), algorithm_id=algo, source_images=[source_ref],
+            measurements=measurements, qualitative_evaluations=evaluations,
+        )
+        if j.reason:
+            group[0].ContentSequence.append(TextContentItem(
+                name=_code("STATE_REASON", "Reason for the finding state"), value=_lo_text(j.reason),
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            ))  # fmt: skip
+        groups.append(group)
     qc_items = [
         QualitativeEvaluation(name=_code(q.code, q.message), value=_code(f"QC_{q.severity}", q.severity))
-        for q in result.qc
+        for q in judged.qc
     ] or [QualitativeEvaluation(name=_code("QC", "Image quality checks"), value=_code("QC_PASSED", "passed"))]
     groups.append(MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier="image quality"),
@@ -228,18 +374,17 @@ def build_sr(src: "Dataset", result: "AnalysisResult", *, series_uid: str | None
         source_images=[source_ref],
         qualitative_evaluations=qc_items,
     ))
+    groups.extend(_measurement_groups(src, annotations))
     report = MeasurementReport(
         observation_context=context,
         procedure_reported=CodedConcept("168731009", "SCT", "Chest X-ray"),
         imaging_measurements=groups,
     )
-    if result.site_profile is not None:  # which site calibration the scores and thresholds come from
-        from highdicom.sr import RelationshipTypeValues, TextContentItem
-
+    if judged.site_profile is not None:  # which site calibration the scores and thresholds come from
         from cxr_viewer.core.site_profile import profile_text
 
         report[0].ContentSequence.append(TextContentItem(
-            name=_code("SITE_PROFILE", "Site calibration profile"), value=_lo_text(profile_text(result.site_profile)),
+            name=_code("SITE_PROFILE", "Site calibration profile"), value=_lo_text(profile_text(judged.site_profile)),
             relationship_type=RelationshipTypeValues.CONTAINS,
         ))  # fmt: skip
     return hd.sr.Comprehensive3DSR(
@@ -387,7 +532,8 @@ def build_sc(src: "Dataset", view: np.ndarray, *, burned_in_identity: bool, seri
 
 
 def build_encapsulated_pdf(src: "Dataset", pdf_bytes: bytes, *, title: str = "cxr-viewer analysis report",
-                           series_uid: str | None = None, sop_uid: str | None = None) -> Any:
+                           series_uid: str | None = None, sop_uid: str | None = None,
+                           identified: bool = False) -> Any:  # fmt: skip
     """An Encapsulated PDF instance in a new series of the source study."""
     import highdicom as hd
     from pydicom.dataset import Dataset
@@ -408,7 +554,7 @@ def build_encapsulated_pdf(src: "Dataset", pdf_bytes: bytes, *, title: str = "cx
     doc.copy_patient_and_study_information(src)
     doc.ConversionType = "WSD"
     doc.AcquisitionDateTime = date + time
-    doc.BurnedInAnnotation = "NO"  # the report page carries no patient name or ID
+    doc.BurnedInAnnotation = "YES" if identified else "NO"  # an identified record prints the patient on every page
     doc.DocumentTitle = _lo(title)
     doc.ConceptNameCodeSequence = DicomSequence()
     doc.MIMETypeOfEncapsulatedDocument = "application/pdf"
@@ -454,6 +600,8 @@ def write_results(
     view_png: Any = None,
     pdf: str | Path | None = None,
     profile: Any = None,
+    annotations: Sequence[Any] = (),
+    pdf_identified: bool = False,
 ) -> list[Path]:
     """Write SR, SEG (when there are masks), SC and Encapsulated PDF for one analysed DICOM image.
 
@@ -463,7 +611,9 @@ def write_results(
     patient's identity: Burned In Annotation YES), or a :class:`~.report_pdf.ViewPicture` that says
     whether it does; when None the view is drawn here (image + masks + legends, no identity). ``pdf``: the report PDF; when None
     it is written here. ``profile``: an :class:`~cxr_viewer.core.export.anonymise.Anonymiser`
-    applied to every object before writing. Returns the files written, SR first.
+    applied to every object before writing. ``annotations``: the reader's measurements, stored as TID 1500
+    measurement groups in the SR. ``pdf_identified``: the given PDF prints the patient's identity. Masks that
+    drew nothing are not written as segments. Returns the files written, SR first.
     """
     src = source_dataset(record)
     out = Path(out_dir)
@@ -478,7 +628,8 @@ def write_results(
     masks = list(masks or [])
 
     with _quiet_about_names():
-        return _write_results(record, result, src, out, masks, view_png, pdf, anonymiser)
+        return _write_results(record, result, src, out, masks, view_png, pdf, anonymiser, tuple(annotations),
+                              pdf_identified and anonymiser is None)
 
 
 @contextmanager
@@ -489,19 +640,23 @@ def _quiet_about_names() -> Iterator[None]:
         yield
 
 
-def _write_results(record: "ImageRecord", result: "AnalysisResult", src: "Dataset", out: Path,
-                   masks: list[Any], view_png: Any, pdf: str | Path | None, anonymiser: Any) -> list[Path]:
+def _write_results(record: "ImageRecord", result: Any, src: "Dataset", out: Path, masks: list[Any], view_png: Any,
+                   pdf: str | Path | None, anonymiser: Any, annotations: tuple[Any, ...],
+                   identified: bool) -> list[Path]:  # fmt: skip
     from cxr_viewer.core.export import report_pdf
+    from cxr_viewer.core.export.clinical import drew
+    from cxr_viewer.core.judging import judged_from
 
-    binary = [m for m in masks if not isinstance(m, LesionMap)]
+    result = judged_from(result)
+    binary = [m for m in masks if not isinstance(m, LesionMap) and drew(m)]  # an empty region is no segment
     lesion = [m for m in masks if isinstance(m, LesionMap)]
-    objects: list[tuple[str, Any]] = [("SR", build_sr(src, result))]
+    objects: list[tuple[str, Any]] = [("SR", build_sr(src, result, annotations=annotations))]
     if binary:
         objects.append(("SEG", build_seg(src, binary, result)))
     if lesion:
         objects.append(("SEG", build_seg(src, lesion, result, fractional=True)))
     if view_png is None:
-        view_png = report_pdf.render_view_picture(record, masks=binary)
+        view_png = report_pdf.render_view_picture(record, masks=binary, annotations=annotations)
     if isinstance(view_png, report_pdf.ViewPicture):
         view, burned_identity = view_png.rgb, view_png.shows_identity
     else:
@@ -512,13 +667,15 @@ def _write_results(record: "ImageRecord", result: "AnalysisResult", src: "Datase
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            pdf_bytes = report_pdf.write_report(record, result, Path(tmp) / "report.pdf", masks=binary).read_bytes()
+            pdf_bytes = report_pdf.write_report(record, result, Path(tmp) / "report.pdf", masks=binary,
+                                                annotations=annotations).read_bytes()
+        identified = False
     else:
         try:
             pdf_bytes = Path(pdf).read_bytes()
         except OSError as exc:
             raise ExportError(f"The report PDF {Path(pdf).name} cannot be read.") from exc
-    objects.append(("DOC", build_encapsulated_pdf(src, pdf_bytes)))
+    objects.append(("DOC", build_encapsulated_pdf(src, pdf_bytes, identified=identified)))
 
     written = []
     for kind, ds in objects:

@@ -1,10 +1,13 @@
 """The one-page report (PDF or PNG) and the view with overlays, drawn with matplotlib (Agg, no pyplot).
 
-One page: the image with its active overlays and their legends, the findings table
-(score, threshold and how it was chosen, a POSITIVE/negative badge), QC flags, the
-models that produced the scores (name, version, weights sha256) and "research use
-only". The page carries no patient name or ID, so the same file serves an
-anonymised export; the study is named by its date and the image's format.
+The record of one read film (:class:`~cxr_viewer.core.export.record.ClinicalRecord`):
+on every page a header identifying the patient and study (none when the record is
+anonymised); the key image with the overlays the reader had on (heatmap with its colour
+bar, report masks, measurements); the findings table from the one judged result
+(display name, score, threshold in force and its source, the state exactly as the viewer
+shows it, POSITIVE first, one footnote per state present, the change since the prior when
+current | prior was open); QC flags, the models (name, version, weights sha256), the site
+profile; then the measurements and the report sentences with their regions.
 
 :func:`render_view` is also the Secondary Capture picture of
 :mod:`cxr_viewer.core.export.dicom_results` (image + overlays + legends, RGB).
@@ -22,10 +25,13 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from cxr_viewer.core.export.clinical import ClinicalRecord
     from cxr_viewer.core.inference.results import AnalysisResult
     from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.core.judging import JudgedResult
 
-__all__ = ["Overlay", "RESEARCH_NOTICE", "ViewPicture", "overlays_from", "render_view", "render_view_picture", "write_report"]
+__all__ = ["Overlay", "RESEARCH_NOTICE", "ViewPicture", "findings_rows", "overlays_from", "render_view", "render_view_picture",
+           "write_record_pdf", "write_report"]
 
 RESEARCH_NOTICE = "Research use only. Not a medical device. Not for diagnosis."
 _A4 = (8.27, 11.69)
@@ -99,7 +105,35 @@ def _resized(values: np.ndarray, shape: tuple[int, int], *, nearest: bool) -> np
     return out > 0.5 if values.dtype == bool else out
 
 
-def _draw_image(ax: Any, record: "ImageRecord", overlays: Sequence[Overlay], window: tuple[float, float] | None) -> None:
+def _draw_annotations(ax: Any, annotations: Sequence[Any], colour: str = "#00e5ff") -> None:
+    """The reader's measurements as the viewer draws them: lines through their points and the value."""
+    from cxr_viewer.core.export.measurements import measurement_rows
+
+    for row in measurement_rows(annotations):
+        ann = row.annotation
+        pts = list(ann.points)
+        if row.kind == "ctr":
+            segments = [list(ann.cardiac), list(ann.thoracic)]
+        elif row.kind == "roi":
+            from matplotlib.patches import Ellipse, Rectangle
+
+            (r0, c0), (r1, c1) = ann.p0, ann.p1
+            xy, w, h = (min(c0, c1), min(r0, r1)), abs(c1 - c0), abs(r1 - r0)
+            patch = (Ellipse((xy[0] + w / 2, xy[1] + h / 2), w, h, fill=False, edgecolor=colour, linewidth=1.0)
+                     if ann.shape == "ellipse" else Rectangle(xy, w, h, fill=False, edgecolor=colour, linewidth=1.0))
+            ax.add_patch(patch)
+            segments = []
+        else:
+            segments = [pts]
+        for seg in segments:
+            ax.plot([p[1] for p in seg], [p[0] for p in seg], color=colour, linewidth=1.0, marker="+", markersize=4)
+        r, c = pts[-1]
+        ax.annotate(row.name.split(" (")[0], (c, r), xytext=(3, 3), textcoords="offset points", fontsize=6,
+                    color=colour)
+
+
+def _draw_image(ax: Any, record: "ImageRecord", overlays: Sequence[Overlay], window: tuple[float, float] | None,
+                annotations: Sequence[Any] = ()) -> None:  # fmt: skip
     from matplotlib.patches import Patch
 
     ax.imshow(_display_pixels(record, window), cmap="gray", vmin=0.0, vmax=1.0, interpolation="lanczos")
@@ -121,6 +155,7 @@ def _draw_image(ax: Any, record: "ImageRecord", overlays: Sequence[Overlay], win
         if mask.any():
             ax.contour(mask.astype(np.float32), levels=[0.5], colors=[rgb], linewidths=1.2)
         handles.append(Patch(facecolor=rgb, edgecolor=rgb, label=_short(ov.text, 70)))
+    _draw_annotations(ax, annotations)
     if handles:
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=7, frameon=False,
                   ncol=1, handlelength=1.2)
@@ -139,6 +174,7 @@ def render_view(
     heatmap: Any = None,
     window: tuple[float, float] | None = None,
     width_px: int = 1024,
+    annotations: Sequence[Any] = (),
 ) -> np.ndarray:
     """The image with its overlays and legends as an RGB uint8 array (the Secondary Capture picture)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -153,7 +189,7 @@ def render_view(
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.01, (legend_in + 0.25) / fig.get_figheight(), 0.98,
                        1 - (legend_in + 0.3) / fig.get_figheight()))
-    _draw_image(ax, record, overlays, window)
+    _draw_image(ax, record, overlays, window, annotations)
     leg = ax.get_legend()
     if leg is not None:
         for t in leg.get_texts():
@@ -169,113 +205,199 @@ def render_view_picture(record: "ImageRecord", **kwargs: Any) -> ViewPicture:
     return ViewPicture(render_view(record, **kwargs), shows_identity=False)
 
 
-def _findings_rows(result: "AnalysisResult") -> list[list[str]]:
+_STATE_COLOUR = {"positive": _POS, "above_not_validated": "#b9770e", "outside_population": "#6c3483",
+                 "not_applicable": "#7f8c8d"}
+
+
+def findings_rows(rec: "ClinicalRecord") -> list[list[str]]:
+    """The findings table as printed: report order, display names, the state's own text."""
     rows = []
-    for f in result.findings:
-        method = f.threshold_method or "—"
-        label = f.label + ("" if f.trained else " [untrained]") + ("" if f.validated is not False else " *")
-        rows.append([label, f.model, f"{f.score:.3f}", f"{f.threshold:.3f}", _short(method, 26),
-                     "POSITIVE" if f.positive else "negative"])
+    for j in rec.judged.in_report_order():
+        f = j.finding
+        name = j.display_name + ("" if f.trained else " [untrained]")
+        score = f"{f.score:.3f}" if j.state.value != "not_applicable" else "n/a"
+        row = [name, _short(f.model, 23), score, f"{f.threshold:.3f}", j.source_text, j.state_text]
+        if rec.prior is not None:
+            row.append(rec.prior.text(f.model, f.label))
+        rows.append(row)
     return rows
 
 
-def _build_page(
-    record: "ImageRecord",
-    result: "AnalysisResult",
-    overlays: Sequence[Overlay],
-    window: tuple[float, float] | None,
-    title: str,
-) -> "Figure":
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=_A4, dpi=100, facecolor="white")
-    FigureCanvasAgg(fig)
-    fig.text(0.05, 0.972, title, fontsize=15, weight="bold", va="top")
-    md = record.metadata or {}
-    study_bits = [b for b in (
-        _iso_date(str(md.get("study_date") or "")) and f"study date {_iso_date(str(md.get('study_date')))}",
+def _header(fig: "Figure", rec: "ClinicalRecord", page: int, pages: int) -> float:
+    """Title, identification block and notice at the top of every page; returns where the body starts."""
+    fig.text(0.05, 0.975, rec.title, fontsize=14, weight="bold", va="top")
+    fig.text(0.95, 0.975, f"page {page} of {pages}", fontsize=7, color="#666666", va="top", ha="right")
+    y = 0.952
+    ident = rec.identification
+    if ident is not None:
+        for line in ident.lines():
+            fig.text(0.05, y, line, fontsize=8.5, va="top", weight="bold" if line.startswith("Patient") else None)
+            y -= 0.015
+    md = rec.record.metadata or {}
+    study_bits = [b for b in (  # no date here: an anonymised page carries none
         md.get("modality") and f"modality {md.get('modality')}",
         md.get("view_position") and f"view {md.get('view_position')}",
-        f"{record.shape[1]}×{record.shape[0]} px",
-        f"image sha256 {result.content_hash[:16]}…",
+        f"{rec.record.shape[1]}×{rec.record.shape[0]} px",
+        f"image sha256 {rec.judged.content_hash[:16]}…",
     ) if b]
-    fig.text(0.05, 0.945, " · ".join(study_bits), fontsize=8, color="#444444", va="top")
-    fig.text(0.05, 0.928, RESEARCH_NOTICE, fontsize=9, color=_POS, weight="bold", va="top")
+    fig.text(0.05, y, " · ".join(study_bits), fontsize=7.5, color="#444444", va="top")
+    y -= 0.015
+    fig.text(0.05, y, RESEARCH_NOTICE, fontsize=8.5, color=_POS, weight="bold", va="top")
+    fig.add_artist(_rule(fig, y - 0.014))
+    return y - 0.022
 
-    ax = fig.add_axes((0.05, 0.50, 0.50, 0.41))
-    _draw_image(ax, record, overlays, window)
 
-    # Right column: QC flags and models.
-    y = 0.905
+def _rule(fig: "Figure", y: float) -> Any:
+    from matplotlib.lines import Line2D
+
+    return Line2D([0.05, 0.95], [y, y], transform=fig.transFigure, color="#bbbbbb", linewidth=0.6)
+
+
+def _table(fig: "Figure", top: float, rows: list[list[str]], cols: list[str], widths: list[float],
+           colour_col: int | None = None, states: list[str] | None = None) -> float:  # fmt: skip
+    """A table whose top sits at ``top``; returns the y below it."""
+    row_h = 0.0175
+    height = row_h * (len(rows) + 1)
+    tax = fig.add_axes((0.05, top - height, 0.90, height))
+    tax.set_axis_off()
+    table = tax.table(cellText=rows, colLabels=cols, loc="upper center", cellLoc="left", colWidths=widths,
+                      bbox=(0, 0, 1, 1))
+    table.auto_set_font_size(False)
+    table.set_fontsize(7.5)
+    for (r, c), cell in table.get_celld().items():
+        cell.set_edgecolor("#dddddd")
+        if r == 0:
+            cell.set_facecolor("#eeeeee")
+            cell.get_text().set_weight("bold")
+        elif colour_col is not None and c == colour_col and states is not None:
+            state = states[r - 1]
+            if state == "positive":
+                cell.set_facecolor(_POS)
+                cell.get_text().set_color("white")
+            else:
+                cell.set_facecolor("#f4f6f6")
+                cell.get_text().set_color(_STATE_COLOUR.get(state, _NEG))
+            cell.get_text().set_weight("bold")
+    return top - height - 0.01
+
+
+def _text_block(fig: "Figure", y: float, lines: Sequence[str], *, x: float = 0.05, size: float = 7.5,
+                width: int = 120, colour: str = "#222222") -> float:  # fmt: skip
+    for text in lines:
+        for line in _wrap(text, width):
+            fig.text(x, y, line, fontsize=size, va="top", color=colour)
+            y -= 0.0135 * size / 7.5
+    return y
+
+
+def _side_column(fig: "Figure", rec: "ClinicalRecord", y: float) -> None:
+    result = rec.judged
     fig.text(0.60, y, "Image quality (QC)", fontsize=10, weight="bold", va="top")
-    y -= 0.022
+    y -= 0.02
     if not result.qc:
         fig.text(0.60, y, "No quality flags.", fontsize=8, va="top")
-        y -= 0.018
+        y -= 0.016
     for q in result.qc:
         colour = {"error": _POS, "warning": "#b9770e"}.get(q.severity, "#333333")
         fig.text(0.60, y, f"[{q.severity}] {q.code}", fontsize=8, color=colour, weight="bold", va="top")
-        y -= 0.015
-        for line in _wrap(q.message, 52):
-            fig.text(0.62, y, line, fontsize=7, va="top")
-            y -= 0.013
-    if not result.reliable:
-        fig.text(0.60, y, "Scores should not be read for this image.", fontsize=8, color=_POS, va="top")
-        y -= 0.018
-    y -= 0.01
+        y -= 0.014
+        y = _text_block(fig, y, [q.message], x=0.62, size=7, width=52)
+    y -= 0.008
     fig.text(0.60, y, "Models", fontsize=10, weight="bold", va="top")
-    y -= 0.022
+    y -= 0.02
+    backend = result.result.backend
     for m in result.models:
         fig.text(0.60, y, f"{m.get('name', '?')} {m.get('version', '')}"
                  + ("" if m.get("trained", True) else " [untrained]")
-                 + (f" ({result.backend[m['name']]})" if m.get("name") in result.backend else ""),
+                 + (f" ({backend[m['name']]})" if m.get("name") in backend else ""),
                  fontsize=8, weight="bold", va="top")
-        y -= 0.014
+        y -= 0.013
         sha = str(m.get("sha256") or "")
         for line in (sha[:32], sha[32:]) if sha else ("sha256 unknown",):
             fig.text(0.62, y, line, fontsize=6.5, family="monospace", va="top")
-            y -= 0.012
+            y -= 0.011
         y -= 0.004
     if result.site_profile is not None:  # the scores and thresholds are the site's: say whose
         from cxr_viewer.core.site_profile import profile_text
 
         fig.text(0.60, y, "Site calibration profile", fontsize=10, weight="bold", va="top")
-        y -= 0.02
-        for line in _wrap(profile_text(result.site_profile), 52):
-            fig.text(0.62, y, line, fontsize=7, va="top")
-            y -= 0.013
+        y -= 0.018
+        _text_block(fig, y, [profile_text(result.site_profile)], x=0.62, size=7, width=52)
+    elif result.site_profile_message:
+        fig.text(0.60, y, "Site profile not applied", fontsize=10, weight="bold", va="top")
+        _text_block(fig, y - 0.018, [result.site_profile_message], x=0.62, size=7, width=52)
 
-    # Findings table across the page.
-    fig.text(0.05, 0.475, "Findings", fontsize=11, weight="bold", va="top")
-    rows = _findings_rows(result)
-    tax = fig.add_axes((0.05, 0.06, 0.90, 0.40))
-    tax.set_axis_off()
+
+def _second_page_needed(rec: "ClinicalRecord") -> bool:
+    return bool(rec.annotations or rec.report_text.strip() or rec.masks)
+
+
+def _page_one(rec: "ClinicalRecord", overlays: Sequence[Overlay], pages: int) -> "Figure":
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=_A4, dpi=100, facecolor="white")
+    FigureCanvasAgg(fig)
+    top = _header(fig, rec, 1, pages)
+    img_h = 0.40
+    ax = fig.add_axes((0.05, top - img_h, 0.50, img_h))
+    _draw_image(ax, rec.record, overlays, rec.window, rec.annotations)
+    _side_column(fig, rec, top)
+    y = top - img_h - 0.035 - 0.012 * sum(o.kind == "mask" for o in overlays)
+    title = "Findings"
+    if rec.prior is not None:
+        title += f" (change since the prior of {_iso_date(rec.prior.prior_date) or rec.prior.prior_date})"
+    fig.text(0.05, y, title, fontsize=11, weight="bold", va="top")
+    y -= 0.02
+    rows = findings_rows(rec)
     if rows:
-        cols = ["Finding", "Model", "Score", "Threshold", "Operating point", "Result"]
-        table = tax.table(cellText=rows, colLabels=cols, loc="upper center", cellLoc="left",
-                          colWidths=[0.23, 0.26, 0.08, 0.10, 0.19, 0.12])
-        table.auto_set_font_size(False)
-        table.set_fontsize(7.5)
-        table.scale(1.0, 1.25)
-        for (r, c), cell in table.get_celld().items():
-            cell.set_edgecolor("#dddddd")
-            if r == 0:
-                cell.set_facecolor("#eeeeee")
-                cell.get_text().set_weight("bold")
-            elif c == 5:
-                positive = rows[r - 1][5] == "POSITIVE"
-                cell.set_facecolor(_POS if positive else "#f4f6f6")
-                cell.get_text().set_color("white" if positive else _NEG)
-                cell.get_text().set_weight("bold")
+        cols = ["Finding", "Model", "Score", "Threshold", "Source", "Result"]
+        widths = [0.25, 0.25, 0.08, 0.10, 0.11, 0.21]
+        if rec.prior is not None:
+            cols.append("Prior → now")
+            widths = [0.21, 0.21, 0.07, 0.09, 0.10, 0.19, 0.13]
+        states = [j.state.value for j in rec.judged.in_report_order()]
+        y = _table(fig, y, rows, cols, widths, colour_col=5, states=states)
     else:
-        tax.text(0.0, 1.0, "No findings: no classifier model was loaded.", fontsize=9, va="top")
-    if any(f.validated is False for f in result.findings):
-        notes = {f.note for f in result.findings if f.validated is False and f.note}
-        fig.text(0.05, 0.05, "* not fully validated: " + " ".join(sorted(notes)), fontsize=6.5, va="bottom",
-                 wrap=True, color="#444444")
-    fig.text(0.5, 0.015, "cxr-viewer · " + RESEARCH_NOTICE + " Scores are judged against each model's operating "
+        fig.text(0.05, y, "No findings: no classifier model was loaded.", fontsize=9, va="top")
+        y -= 0.02
+    _text_block(fig, y, rec.judged.footnotes(), size=6.5, width=150, colour="#444444")
+    fig.text(0.5, 0.012, "cxr-viewer · " + RESEARCH_NOTICE + " Scores are judged against each finding's operating "
              "threshold; they are not a diagnosis.", ha="center", fontsize=6.5, color="#666666")
+    return fig
+
+
+def _page_two(rec: "ClinicalRecord", pages: int) -> "Figure":
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from cxr_viewer.core.export.measurements import measurement_rows
+
+    fig = Figure(figsize=_A4, dpi=100, facecolor="white")
+    FigureCanvasAgg(fig)
+    y = _header(fig, rec, 2, pages)
+    fig.text(0.05, y, "Measurements", fontsize=11, weight="bold", va="top")
+    y -= 0.02
+    rows = [[r.name, r.value] for r in measurement_rows(rec.annotations)]
+    if rows:
+        y = _table(fig, y, rows, ["Measurement", "Value"], [0.25, 0.75])
+    else:
+        y = _text_block(fig, y, ["No measurements were made."])
+    y -= 0.015
+    fig.text(0.05, y, "Report", fontsize=11, weight="bold", va="top")
+    y -= 0.02
+    if rec.report_text.strip():
+        y = _text_block(fig, y, [rec.report_text.strip()], size=8, width=120)
+        y -= 0.01
+    drawn, empty = rec.drawn_masks(), rec.empty_masks()
+    if drawn or empty:
+        fig.text(0.05, y, "Regions drawn from the report", fontsize=9, weight="bold", va="top")
+        y -= 0.018
+        y = _text_block(fig, y, [f"• {_short(m.text, 110)}: region shown on the key image" for m in drawn]
+                        + [f"• {_short(m.text, 110)}: nothing found (no region drawn)" for m in empty])
+    elif not rec.report_text.strip():
+        y = _text_block(fig, y, ["No report text was entered."])
+    fig.text(0.5, 0.012, "cxr-viewer · " + RESEARCH_NOTICE, ha="center", fontsize=6.5, color="#666666")
     return fig
 
 
@@ -289,23 +411,44 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(str(text), width) or [""]
 
 
+def write_record_pdf(rec: "ClinicalRecord", path: str | Path) -> Path:
+    """Write the record; ``.pdf`` gives every page, ``.png`` the first page at 150 dpi."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in {"pdf", "png"}:
+        raise ValueError("the report file must end in .pdf or .png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    overlays = overlays_from(rec.drawn_masks(), rec.heatmap)
+    pages = 2 if _second_page_needed(rec) else 1
+    figures = [_page_one(rec, overlays, pages)]
+    if pages == 2:
+        figures.append(_page_two(rec, pages))
+    if fmt == "png":
+        figures[0].savefig(path, format="png", dpi=150)
+        return path
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    with PdfPages(path, metadata={"Title": rec.title, "Creator": "cxr-viewer"}) as pdf:
+        for fig in figures:
+            pdf.savefig(fig)
+    return path
+
+
 def write_report(
     record: "ImageRecord",
-    result: "AnalysisResult",
+    result: "AnalysisResult | JudgedResult",
     path: str | Path,
     *,
     masks: Sequence[Any] | None = None,
     heatmap: Any = None,
     window: tuple[float, float] | None = None,
     title: str = "Chest X-ray analysis",
+    annotations: Sequence[Any] = (),
 ) -> Path:
-    """Write the one-page report; ``.pdf`` gives a PDF, ``.png`` a 150 dpi PNG of the same page."""
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in {"pdf", "png"}:
-        raise ValueError("the report file must end in .pdf or .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = _build_page(record, result, overlays_from(masks, heatmap), window, title)
-    metadata = {"Title": title, "Creator": "cxr-viewer"} if fmt == "pdf" else None
-    fig.savefig(path, format=fmt, dpi=150 if fmt == "png" else 100, metadata=metadata)
-    return path
+    """The record without identification (an anonymised page): see :func:`write_record_pdf`."""
+    from cxr_viewer.core.export.clinical import ClinicalRecord
+    from cxr_viewer.core.judging import judged_from
+
+    rec = ClinicalRecord(record, judged_from(result), None, tuple(annotations), tuple(masks or ()), heatmap, window,
+                         title=title)
+    return write_record_pdf(rec, path)

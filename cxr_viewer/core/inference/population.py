@@ -18,7 +18,7 @@ from cxr_viewer.core.inference.results import QCFlag
 __all__ = ["feature_distance", "outside_population"]
 
 #: QC codes that put an image outside every chest model's population.
-OUTSIDE_CODES = frozenset({"not_radiograph", "not_chest", "blank_image", "lateral_view"})
+OUTSIDE_CODES = frozenset({"not_radiograph", "not_chest", "blank_image", "lateral_view", "possibly_inverted"})
 AGE_MARGIN_YEARS = 5.0
 
 

@@ -6,15 +6,17 @@ can cross threads and be cached safely.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
 from cxr_viewer.core.errors import AnalysisCancelledError
 
-__all__ = ["AnalysisResult", "CancelToken", "Finding", "Heatmap", "QCFlag", "SEVERITIES", "is_cancelled"]
+__all__ = ["AnalysisResult", "CancelToken", "Finding", "FindingState", "Heatmap", "QCFlag", "SEVERITIES", "is_cancelled"]
 
 SEVERITIES = ("info", "warning", "error")
 
@@ -29,6 +31,20 @@ class QCFlag:
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message, "severity": self.severity}
+
+
+class FindingState(str, Enum):
+    """THE closed set of verdicts a finding can carry; every surface shows one of these, never another."""
+
+    POSITIVE = "positive"  # above a validated threshold, on an image inside the model's population
+    ABOVE_NOT_VALIDATED = "above_not_validated"  # above a threshold that was not validated: no POSITIVE badge
+    NEGATIVE = "negative"  # below a validated threshold
+    NOT_VALIDATED = "not_validated"  # below a threshold that was not validated: no negative verdict either
+    OUTSIDE_POPULATION = "outside_population"  # the image is not the kind the model learned from
+    NOT_APPLICABLE = "not_applicable"  # no usable score (not a number)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -60,13 +76,20 @@ class Finding:
         return self.above_threshold and self.validated is not False and not self.outside
 
     @property
-    def state(self) -> str:
-        """``positive`` | ``negative`` | ``not_validated`` | ``outside_population``: what the badge says."""
+    def state(self) -> FindingState:
+        """The one verdict (:class:`FindingState`), in this order: no number, outside the population,
+        not validated (above or below its threshold), then positive or negative."""
+        try:
+            finite = math.isfinite(float(self.score)) and math.isfinite(float(self.threshold))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            return FindingState.NOT_APPLICABLE
         if self.outside:
-            return "outside_population"
+            return FindingState.OUTSIDE_POPULATION
         if self.validated is False:
-            return "not_validated"
-        return "positive" if self.positive else "negative"
+            return FindingState.ABOVE_NOT_VALIDATED if self.above_threshold else FindingState.NOT_VALIDATED
+        return FindingState.POSITIVE if self.positive else FindingState.NEGATIVE
 
     def with_threshold(self, threshold: float, method: str = "user") -> "Finding":
         """The same score judged against a user-chosen threshold (the score never changes)."""
@@ -78,7 +101,7 @@ class Finding:
             "score": round(float(self.score), 6),
             "threshold": round(float(self.threshold), 6),
             "positive": self.positive,
-            "state": self.state,
+            "state": self.state.value,
             "above_threshold": self.above_threshold,
             "model": self.model,
             "model_version": self.model_version,

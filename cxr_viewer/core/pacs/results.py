@@ -14,27 +14,35 @@ from cxr_viewer.core.pacs.nodes import RemoteNode
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.results import AnalysisResult
     from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.core.judging import JudgedResult
 
 __all__ = ["send_results"]
 
 
-def send_results(remote: RemoteNode, record: "ImageRecord", result: "AnalysisResult", *,
+def send_results(remote: RemoteNode, record: "ImageRecord", result: "AnalysisResult | JudgedResult", *,
                  masks: Sequence[Any] | None = None, view_png: Any = None, out_dir: str | Path | None = None,
-                 calling_ae: str = "CXRVIEWER", timeout: float = DEFAULT_TIMEOUT) -> list[StoredFile]:
-    """Write the result objects (:func:`~cxr_viewer.core.export.dicom_results.write_results`) and C-STORE them.
+                 calling_ae: str = "CXRVIEWER", timeout: float = DEFAULT_TIMEOUT,
+                 annotations: Sequence[Any] = (), report_text: str = "") -> list[StoredFile]:  # fmt: skip
+    """Write the record's DICOM objects (:func:`~cxr_viewer.core.export.record.write_record`: SR, SEG, SC
+    and the identified PDF, as the Export menu writes them) and C-STORE them.
 
-    ``out_dir`` keeps the written files; by default they go to a temporary folder removed afterwards.
+    ``result``: the :class:`~cxr_viewer.core.judging.JudgedResult` shown (an ``AnalysisResult`` is judged
+    with the thresholds it carries). ``out_dir`` keeps the written files; by default they go to a temporary
+    folder removed afterwards. ``view_png`` is accepted for compatibility; the view is drawn from the record.
     """
-    from cxr_viewer.core.export.dicom_results import write_results
+    from cxr_viewer.core.export.record import ClinicalRecord, Identification, write_record
+    from cxr_viewer.core.judging import judged_from
 
     if record.format != "dicom" or record.header is None:
         raise PacsError(
             "Only a DICOM study's results can be sent to a PACS (they are filed under its study); "
             f"{record.source.name if record.source else 'this image'} is not DICOM."
         )
+    rec = ClinicalRecord(record, judged_from(result), Identification.from_record(record), tuple(annotations),
+                         tuple(masks or ()), report_text=report_text)
     if out_dir is not None:
-        files = write_results(record, result, out_dir, masks=masks, view_png=view_png)
+        files = [p for p in write_record(rec, dicom_dir=out_dir)]
         return send_files(remote, files, calling_ae=calling_ae, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="cxr-results-") as tmp:
-        files = write_results(record, result, tmp, masks=masks, view_png=view_png)
+        files = write_record(rec, dicom_dir=tmp)
         return send_files(remote, files, calling_ae=calling_ae, timeout=timeout)

@@ -239,13 +239,15 @@ class Worklist:
         message, stale = self._adjust(())[1:3]
         return message, stale
 
-    def _adjust(self, findings: Sequence[Finding]) -> tuple[tuple[Finding, ...], str, bool, dict[str, Any] | None]:
-        from cxr_viewer.core.analysis import site_adjusted
+    def _adjust(self, findings: Sequence[Finding], qc: Sequence[Any] = ()) -> tuple[tuple[Finding, ...], str, bool, dict[str, Any] | None]:
+        """THE judging step (:func:`cxr_viewer.core.judging.judge`): the site profile, then the QC flags
+        that put the film outside every model's population."""
         from cxr_viewer.core.inference.results import AnalysisResult
+        from cxr_viewer.core.judging import judge
 
         profile = self.site_profile
         if profile is None:
-            return tuple(findings), "", False, None
+            return judge(AnalysisResult("", tuple(findings), tuple(qc), ())).result.findings, "", False, None
         models = tuple({"name": k.name, "version": k.version, "sha256": k.sha256} for k in self.models)
         if not models:  # nothing enabled: say why rather than nothing
             from cxr_viewer.core.errors import SiteProfileError
@@ -254,8 +256,8 @@ class Worklist:
                 profile.check_bundle(())
             except SiteProfileError as exc:
                 return tuple(findings), exc.message, False, None
-        r, message, stale = site_adjusted(profile, AnalysisResult("", tuple(findings), (), models))
-        return r.findings, message, stale, r.site_profile
+        judged = judge(AnalysisResult("", tuple(findings), tuple(qc), models), site_profile=profile)
+        return judged.result.findings, judged.site_profile_message, judged.site_profile_stale, judged.result.site_profile
 
     def engine(self) -> "InferenceEngine":
         """The engine, built on first need (only when some result is missing)."""
@@ -340,7 +342,7 @@ class Worklist:
             have = self.store.findings(content_hash, [k.sha256 for k in self.models])
         order = {k.sha256: i for i, k in enumerate(self.models)}
         findings = tuple(f for sha in sorted(have, key=lambda s: order.get(s, 1 << 30)) for f in have[sha])
-        findings, _message, _stale, applied = self._adjust(findings)
+        findings, _message, _stale, applied = self._adjust(findings, qc or ())
         return WorklistEntry(path, content_hash, metadata, tuple(qc or ()), findings,
                              self.store.is_read(content_hash), None, computed, applied)
 

@@ -32,7 +32,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from cxr_viewer.core.inference.results import Finding, QCFlag
+from cxr_viewer.core.inference.results import Finding, FindingState, QCFlag
+from cxr_viewer.core.judging import REPORT_ORDER, STATE_BADGE, display_name
 from cxr_viewer.qt.analysis import AnalysisController, AnalysisState
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ BANNER_STYLE = {
 
 
 #: Result text of a row whose score is not a number (a damaged model's output): never "negative".
-NOT_A_NUMBER_TEXT = "⚠ not a number"
+NOT_A_NUMBER_TEXT = STATE_BADGE[FindingState.NOT_APPLICABLE]
 
 
 def finite(value: object) -> float | None:
@@ -82,22 +83,16 @@ def finite(value: object) -> float | None:
 
 
 def result_text(f: Finding) -> str:
-    """The badge: POSITIVE only above a validated threshold on an image inside the model's population."""
-    if finite(f.score) is None:
-        return NOT_A_NUMBER_TEXT
-    state = f.state
-    if state == "outside_population":
-        return "⊘ outside population"
-    if state == "not_validated":
-        return "◌ above · not validated" if f.above_threshold else "◌ not validated"
-    return "● POSITIVE" if f.positive else "○ negative"
+    """The badge of the finding's one state (:data:`cxr_viewer.core.judging.STATE_BADGE`)."""
+    return STATE_BADGE[f.state]
 
 
 def state_tooltip(f: Finding) -> str:
-    """Why a finding carries no POSITIVE badge, in words ("" when it may)."""
-    if f.state == "outside_population":
+    """Why a finding carries no POSITIVE or negative verdict, in words ("" when it may)."""
+    state = f.state
+    if state is FindingState.OUTSIDE_POPULATION:
         return f"No POSITIVE badge: this image is {f.outside}."
-    if f.state == "not_validated":
+    if state in (FindingState.NOT_VALIDATED, FindingState.ABOVE_NOT_VALIDATED):
         return ("No POSITIVE badge: this threshold was not validated (too few validation positives, or not "
                 "measured against normal films); read the score, not the badge.")  # fmt: skip
     return ""
@@ -112,8 +107,9 @@ def sort_findings(findings: Sequence[Finding], mode: str) -> list[Finding]:
     """Order within a model group: by score, positives first, or as the model lists its labels."""
     if mode == "Model order":
         return list(findings)
-    if mode == "Positive first":
-        return sorted(findings, key=lambda f: (not f.positive, _sort_score(f)))
+    if mode == "Positive first":  # the report's order: POSITIVE, then above-not-validated, then the rest
+        rank = {state: i for i, state in enumerate(REPORT_ORDER)}
+        return sorted(findings, key=lambda f: (rank[f.state], _sort_score(f)))
     return sorted(findings, key=_sort_score)
 
 
@@ -470,7 +466,7 @@ class FindingsPanel(QWidget):
 
     def _make_item(self, f: Finding, meaningful: bool) -> QTreeWidgetItem:
         user = f.threshold_method == "user"
-        label = f.label.replace("_", " ")
+        label = display_name(f.label)
         if f.validated is False and f.note:  # a derived score (e.g. TB lesion score): ⚠ on the row, the words in its tooltip
             label = f"⚠ {label}"  # short, so the name itself fits the column at the default size
         numeric = finite(f.score) is not None
