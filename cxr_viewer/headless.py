@@ -258,7 +258,7 @@ def _analyze_one(
             seg = segment_request(engine, record, args.report,
                                   Path(args.mask_out) if args.mask_out else None, _unique_stem(path_text, used_stems))
             obj["masks"] = seg.pop("masks")
-            mask_objects = [m for m in seg.pop("mask_objects") if not m.empty]  # exports: only what was found
+            mask_objects = seg.pop("mask_objects")  # the record lists an empty region as "nothing found"
             obj["segmentation"] = seg
             timing["segment"] = (time.perf_counter() - t0) * 1e3
         except CXRError as exc:
@@ -331,7 +331,8 @@ def _export_one(
                 raise ExportError("Anonymised export needs a DICOM image; this input carries no DICOM header.")
             # no identified PDF here: the anonymised objects get a page drawn without identification
             out = export_anonymised([record.source], Path(args.anonymised_out),
-                                    results=[(record, judged, {"masks": masks, "annotations": annotations})])
+                                    results=[(record, judged, {"masks": [m for m in masks if not m.empty],
+                                                               "annotations": annotations})])
             obj["anonymised"] = {"files": [str(p) for p in out.files], "warnings": out.warnings}
         except CXRError as exc:
             obj["anonymised"] = {"error": exc.to_dict()}
