@@ -11,6 +11,10 @@ blank (unknown), and the trainer masks its loss there (torchxrayvision's "all" r
   the COVID collection's findings (its "No Finding" films are 0), TBX11K (all 1: active or
   old tuberculosis) and the Shenzhen normals (0).
 
+Normal means normal (:func:`trainer.data.manifest.normal_means_normal`): a film a source labels
+normal (NIH "No Finding", Kermany normal, Shenzhen normal, the COVID collection's "No Finding")
+is negative for every finding, so the NIH findings also learn from normal children.
+
 Splits are per patient and seeded. Every source but NIH keeps exactly the split that
 ``cxr-train data split --seed SEED`` gives its own manifest (so the segmenter trained on
 those splits keeps a clean test set); NIH is split once over both folders by
@@ -41,7 +45,22 @@ SOURCES = {  # adapter -> shared-data folder(s)
 }
 
 
+def _normal_films(name: str, frame, pd):  # noqa: ANN001
+    """True where the source labels the film normal (no finding at all)."""
+    if name == "nih14":
+        return frame[NIH].sum(axis=1) == 0
+    if name == "kermany":
+        return frame["pneumonia"] == 0
+    if name == "covid":
+        return frame["meta_finding"].fillna("").astype(str).str.strip() == "No Finding"
+    if name == "shenzhen":
+        return frame["tuberculosis"] == 0
+    return pd.Series(False, index=frame.index)
+
+
 def _labels_for(name: str, frame, pd, np):  # noqa: ANN001 - pandas/numpy passed in to keep imports lazy
+    from trainer.data.manifest import normal_means_normal
+
     out = pd.DataFrame(np.nan, index=frame.index, columns=LABELS)
     if name == "nih14":
         for lab in NIH:
@@ -59,7 +78,7 @@ def _labels_for(name: str, frame, pd, np):  # noqa: ANN001 - pandas/numpy passed
         out["Abnormal"] = 1.0
     elif name == "shenzhen":
         out["Abnormal"] = frame["tuberculosis"].astype(float)
-    return out
+    return normal_means_normal(out, _normal_films(name, frame, pd))
 
 
 def build(data_dir: Path, seed: int) -> "tuple[object, dict]":

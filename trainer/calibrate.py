@@ -3,8 +3,15 @@
 Methods: ``youden`` (maximise sensitivity + specificity - 1), ``sensitivity`` (the
 highest threshold that still reaches a target sensitivity, e.g. 0.90 as the WHO asks of
 TB triage tests: the most specific rule that misses few patients), ``specificity`` (the
-lowest threshold that keeps a target specificity). The weights do not change, so the
-rewritten bundle keeps its sha256; each threshold records its method and source.
+lowest threshold that keeps a target specificity), ``budget`` (one false-alarm budget of
+POSITIVE badges per normal film shared by every validated finding, adults and children
+separately; :mod:`trainer.budget`). The weights do not change unless scores are calibrated,
+so the rewritten bundle keeps its sha256; each threshold records its method and source.
+
+With ``age_head`` the bundle's population block also gets a linear age head on the pooled
+features (fitted on the training films that record age) and, per finding, the population its
+threshold is validated on; the viewer shows a finding as "outside population" on a film
+outside it (:mod:`cxr_viewer.core.inference.population`).
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ def calibrate(
     scaling: str = "none",
     label_methods: dict[str, str] | None = None,
     min_positives: int = 0,
+    budget: float = 0.5,
+    age_head: bool = False,
+    cache_dir: str | Path | None = None,
+    age_films_per_source: int = 600,
 ) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Calibrate scores and choose thresholds on ``split``; save the bundle (in place, or a copy at ``out``).
 
@@ -65,7 +76,9 @@ def calibrate(
     )
     from trainer.evaluate import pick_device, predict, split_frame
 
-    if method != "youden" and not 0 < target < 1:
+    if method == "budget":
+        age_head = True  # the budget is spent per group (adults, children) inside each finding's population
+    elif method != "youden" and not 0 < target < 1:
         raise TrainingConfigError(f"Target {method} must lie between 0 and 1, got {target}.")
     if scaling not in ("none", "auto", "temperature", "platt"):
         raise TrainingConfigError(f"Unknown --scaling {scaling!r}; use none, auto, temperature or platt.")
@@ -76,7 +89,8 @@ def calibrate(
     if out is None and not src.is_dir():
         raise TrainingConfigError("A zipped bundle cannot be updated in place; pass --out FOLDER.")
     frame = split_frame(manifest, split, split_file, loaded)
-    P, Y = predict(loaded, frame, batch_size=batch_size, num_workers=num_workers)
+    P, Y, F = predict(loaded, frame, batch_size=batch_size, num_workers=num_workers, with_features=True,
+                      cache_dir=cache_dir)  # fmt: skip
     m = loaded.manifest
     scaled = scaling != "none" and loaded.task != "multiclass"
     cals: list[Calibration] = []
@@ -116,6 +130,8 @@ def calibrate(
             "labels": cal_report,
         }  # fmt: skip
     chosen: dict[str, dict[str, Any]] = {}
+    base_method = "specificity" if method == "budget" else method
+    base_target = 0.95 if method == "budget" else target  # display thresholds of findings the budget cannot use
     for j, lab in enumerate(loaded.labels):
         known = ~np.isnan(Y[:, j])
         y, p = Y[known, j], P[known, j]
@@ -127,7 +143,7 @@ def calibrate(
                 t.update(validated=False, val_positives=int(y.sum()) if y.size else 0)
                 m.thresholds[lab] = chosen[lab] = t
             continue
-        lm, lt = _label_rule(lab, method, target, label_methods)
+        lm, lt = _label_rule(lab, base_method, base_target, label_methods)
         t = choose_threshold(y, p, lm, lt)
         what = "youden" if lm == "youden" else f"target {lm} {lt:g}"
         npos = int(y.sum())
@@ -139,14 +155,21 @@ def calibrate(
     if "dataset" in frame:
         from trainer.population import describe_population
 
+        train_frame = None
         try:
-            m.extra["population"] = describe_population(split_frame(manifest, "train", split_file, loaded))
+            train_frame = split_frame(manifest, "train", split_file, loaded)
+            m.extra["population"] = describe_population(train_frame)
         except Exception as exc:  # noqa: BLE001 - a manifest without a train split still calibrates
             log.info("population not described: %s", exc)
         if "population" in m.extra and len(frame) >= 20:
             from trainer.population import fit_feature_ood
 
-            m.extra["population"]["ood"] = fit_feature_ood(loaded, frame, batch_size=batch_size)
+            m.extra["population"]["ood"] = fit_feature_ood(loaded, frame, batch_size=batch_size, features=F)
+        if age_head and "population" in m.extra and train_frame is not None:
+            _population_per_finding(loaded, m.extra["population"], train_frame, frame, Y, min_positives=min_positives,
+                                    per_source=age_films_per_source, batch_size=batch_size, cache_dir=cache_dir)  # fmt: skip
+        if method == "budget":
+            _spend_budget(loaded, m, frame, P, Y, F, chosen, budget=budget, split=split)
     dest = Path(out) if out else src
     if scaled or not src.is_dir():
         from cxr_viewer.core.models.bundle import save_bundle
@@ -157,3 +180,66 @@ def calibrate(
 
         rewrite_manifest(m, dest, weights_from=src)  # weights unchanged: same sha256
     return dest, chosen
+
+
+def _population_per_finding(loaded: Any, population: dict[str, Any], train: Any, val: Any, Y: np.ndarray, *,
+                            min_positives: int, per_source: int, batch_size: int, cache_dir: Any) -> None:  # fmt: skip
+    """The age head (fitted on training films that record age, at most ``per_source`` per source)
+    and each finding's validated population, into the bundle's population block."""
+    from trainer.evaluate import predict
+    from trainer.population import film_ages, finding_populations, fit_age_head
+
+    aged = train[~np.isnan(film_ages(train))]
+    keep = [i for _, g in aged.groupby("dataset") for i in g.sample(min(len(g), per_source), random_state=0).index]
+    aged = aged.loc[sorted(keep)].reset_index(drop=True)
+    _, _, F_train = predict(loaded, aged, batch_size=batch_size, with_features=True, cache_dir=cache_dir)
+    population["age_head"] = fit_age_head(F_train, aged)
+    population["findings"] = finding_populations(val, loaded.labels, Y, min_positives=max(min_positives, 1))
+
+
+def viewer_eligibility(population: dict[str, Any], labels: list[str], F: np.ndarray | None) -> np.ndarray:
+    """(N, L): the viewer would judge finding L on film N (inside its population), by the age
+    head's estimate, as for a film whose header records no age."""
+    from cxr_viewer.core.inference.population import film_age, finding_outside
+
+    n = 0 if F is None else len(F)
+    out = np.ones((n, len(labels)), dtype=bool)
+    for i in range(n):
+        age = film_age({}, population, F[i])
+        for j, lab in enumerate(labels):
+            out[i, j] = not finding_outside(population, lab, age)
+    return out
+
+
+def _spend_budget(loaded: Any, m: Any, frame: Any, P: np.ndarray, Y: np.ndarray, F: np.ndarray | None,
+                  chosen: dict[str, dict[str, Any]], *, budget: float, split: str) -> None:  # fmt: skip
+    """Replace the validated findings' thresholds by the false-alarm budget's allocation."""
+    from trainer.budget import allocate_budget
+    from trainer.population import is_child
+
+    labels = loaded.labels
+    population = m.extra.get("population") or {}
+    eligible = viewer_eligibility(population, labels, F)
+    group = np.where(is_child(frame), "children", "adults")
+    normal = Y[:, labels.index("Abnormal")] == 0 if "Abnormal" in labels else np.all(np.nan_to_num(Y, nan=1.0) == 0, axis=1)
+    cand = [j for j, lab in enumerate(labels) if m.thresholds.get(lab, {}).get("validated") is not False]
+    alloc = allocate_budget(P, Y, normal=normal, group=group, eligible=eligible, candidates=cand, budget=budget)
+    for j, a in alloc.items():
+        lab = labels[j]
+        t = dict(m.thresholds.get(lab) or {})
+        spent = ", ".join(f"{g} {v:.3f}" for g, v in a["badges_per_normal_film"].items())
+        if np.isfinite(a["value"]):
+            t.update(value=float(a["value"]), sensitivity=a["true_badged"] / max(a["positives"], 1),
+                     method=f"false-alarm budget {budget:g} badges per normal film (spends {spent})")  # fmt: skip
+        else:
+            t.update(value=1.0, sensitivity=0.0, method=f"false-alarm budget {budget:g}: none allocated (never POSITIVE)")
+        t.update(budget_spent=a["badges_per_normal_film"], val_true_badged=a["true_badged"],
+                 val_positives_in_population=a["positives"])  # fmt: skip
+        t.pop("specificity", None)
+        m.thresholds[lab] = chosen[lab] = t
+    n_groups = {g: int(((group == g) & normal).sum()) for g in ("adults", "children")}
+    m.extra["false_alarm_budget"] = {
+        "badges_per_normal_film": budget, "split": split, "normal_films": n_groups,
+        "groups": "children: recorded age under 18 or Kermany; adults: every other film",
+        "objective": "expected true findings badged on validation (films inside each finding's population)",
+    }  # fmt: skip

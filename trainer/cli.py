@@ -76,6 +76,8 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", default="bce_posweight", help="bce | bce_posweight | focal | ce | ce_weighted")
     g.add_argument("--focal-gamma", type=float, default=2.0)
     g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--source-weighting", default="none", choices=["none", "sqrt", "equal"],
+                   help="per-source loss weights per label: equal = every source the same total weight, sqrt = half way")  # fmt: skip
     g = p.add_argument_group("site (few-shot fine-tuning of an installed bundle on a site's films)")
     g.add_argument("--site", action="store_true",
                    help="take the --init bundle's input contract, compare with it on the same held-out split, apply the gates")  # fmt: skip
@@ -112,6 +114,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     g.add_argument("--gallery", type=int, default=4, help="Grad-CAM gallery size per error type (0 = none)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--cache-dir", help="read preprocessed images from this training decode cache")
     return p
 
 
@@ -122,8 +125,14 @@ def calibrate_parser() -> argparse.ArgumentParser:
     g.add_argument("--manifest", required=True)
     g.add_argument("--split-file")
     g.add_argument("--split", default="val")
-    g.add_argument("--method", default="youden", choices=["youden", "sensitivity", "specificity"])
+    g.add_argument("--method", default="youden", choices=["youden", "sensitivity", "specificity", "budget"],
+                   help="budget: one false-alarm budget (--budget badges per normal film, adults and children "
+                        "separately) allocated across the validated findings")  # fmt: skip
     g.add_argument("--target", type=float, default=0.9, help="target sensitivity/specificity (e.g. WHO TB: 0.90)")
+    g.add_argument("--budget", type=float, default=0.5, help="--method budget: POSITIVE badges per normal film in total")
+    g.add_argument("--age-head", action="store_true",
+                   help="fit the age head and each finding's validated population (always with --method budget)")  # fmt: skip
+    g.add_argument("--cache-dir", help="read preprocessed images from this training decode cache")
     g.add_argument("--out", help="write a calibrated copy here (default: update the bundle in place)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--num-workers", type=int, default=0)
@@ -290,7 +299,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
     out = evaluate(
         args.bundle, args.manifest, args.out, split=args.split, split_file=args.split_file,
         n_boot=args.bootstrap, seed=args.seed, gallery=args.gallery, batch_size=args.batch_size,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, cache_dir=args.cache_dir,
     )  # fmt: skip
     print(json.dumps({"report": str(out / "report.md"), "metrics": str(out / "metrics.json")}))
     return 0
@@ -310,6 +319,7 @@ def cmd_calibrate(argv: Sequence[str]) -> int:
         split_file=args.split_file, out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
         scaling=args.scaling, min_positives=args.min_positives,
         label_methods=dict(r.split("=", 1) for r in args.label_method if "=" in r),
+        budget=args.budget, age_head=args.age_head, cache_dir=args.cache_dir,
     )  # fmt: skip
     print(dumps(finite_or_none({"bundle": str(out), "thresholds": thresholds})))
     return 0

@@ -72,29 +72,47 @@ def split_frame(
 
 
 def predict(
-    loaded: "LoadedBundle", frame: "pd.DataFrame", *, batch_size: int = 32, num_workers: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N, L) the viewer would show for each row, and the (N, L) targets (NaN = unknown)."""
+    loaded: "LoadedBundle", frame: "pd.DataFrame", *, batch_size: int = 32, num_workers: int = 0,
+    with_features: bool = False, cache_dir: str | Path | None = None,
+) -> Any:  # fmt: skip
+    """Scores (N, L) the viewer would show for each row, and the (N, L) targets (NaN = unknown).
+
+    ``with_features``: also the (N, F) pooled features (one forward pass gives both), for the
+    population checks and the age head. ``cache_dir``: a training run's decode cache to read.
+    """
     import torch
     from torch.utils.data import DataLoader
 
-    from trainer.data.dataset import CXRDataset
+    from trainer.data.dataset import CXRDataset, ImageCache
     from trainer.tasks.classify import scores_from_logits
 
     labels = loaded.labels
     missing = [lab for lab in labels if lab not in frame.columns]
     if missing:
         raise TrainingDataError(f"The manifest has no column for the model's label(s) {missing}.")
-    ds = CXRDataset(frame, loaded.preprocessing, labels)
+    cache = ImageCache(memory=False, disk_dir=cache_dir) if cache_dir else None
+    ds = CXRDataset(frame, loaded.preprocessing, labels, cache=cache)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     device = next(loaded.model.parameters()).device
-    out, tgt = [], []
+    model = loaded.model
+    split = with_features and hasattr(model, "forward_features") and hasattr(model, "head")
+    out, tgt, feats = [], [], []
     with loaded.lock, torch.inference_mode():
-        loaded.model.eval()
+        model.eval()
         for batch in dl:
-            out.append(scores_from_logits(loaded.task, loaded.model(batch["image"].to(device))).float().cpu())
+            x = batch["image"].to(device)
+            if split:
+                f = model.forward_features(x)
+                logits = model.head(f)  # dropout is the identity in eval mode
+                feats.append(f.float().cpu())
+            else:
+                logits = model(x)
+            out.append(scores_from_logits(loaded.task, logits).float().cpu())
             tgt.append(batch["target"])
-    return torch.cat(out).numpy(), torch.cat(tgt).numpy()
+    P, Y = torch.cat(out).numpy(), torch.cat(tgt).numpy()
+    if with_features:
+        return P, Y, (torch.cat(feats).numpy() if feats else None)
+    return P, Y
 
 
 # ------------------------------------------------------------------ metrics
@@ -276,6 +294,7 @@ def evaluate(
     gallery_labels: int = 4,
     batch_size: int = 32,
     num_workers: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> Path:
     """Evaluate ``bundle`` on ``split`` of ``manifest``; write report.md, metrics.json and PNGs to ``out``."""
     from cxr_viewer.core.models.bundle import load_bundle
@@ -286,7 +305,8 @@ def evaluate(
     if not loaded.manifest.is_classifier:
         raise TrainingDataError(f"Bundle {loaded.name} is a {loaded.task} model; evaluate needs a classifier.")
     frame = split_frame(manifest, split, split_file, loaded)
-    P, Y = predict(loaded, frame, batch_size=batch_size, num_workers=num_workers)
+    P, Y, F = predict(loaded, frame, batch_size=batch_size, num_workers=num_workers, with_features=True,
+                      cache_dir=cache_dir)  # fmt: skip
     groups = frame["patient_id"].astype(str).to_numpy()
     labels = loaded.labels
     metrics: dict[str, Any] = {
@@ -314,6 +334,7 @@ def evaluate(
     point, lo, hi = bootstrap_macro_auroc(Y, P, groups, n_boot=n_boot, seed=seed)
     metrics["auroc_macro"] = {"value": None if math.isnan(point) else point, "ci95": None if math.isnan(lo) else [lo, hi]}
     metrics.update(population_metrics(loaded, frame, Y, P, groups, n_boot=n_boot, seed=seed))
+    metrics.update(badge_metrics(loaded, frame, Y, P, F, groups, n_boot=n_boot, seed=seed))
     if loaded.task == "multiclass":
         from sklearn.metrics import confusion_matrix
 
@@ -421,6 +442,46 @@ def population_metrics(
     return out
 
 
+def badge_metrics(
+    loaded: "LoadedBundle", frame: "pd.DataFrame", Y: np.ndarray, P: np.ndarray, F: np.ndarray | None,
+    groups: np.ndarray, *, n_boot: int, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """What the viewer's POSITIVE badges do on these films, judged as the viewer judges a film
+    without a recorded age (each finding's population by the age head's estimate):
+
+    - ``badges``: POSITIVE badges per normal film (``Abnormal`` = 0), adults and children
+      separately, and the fraction of true findings that wear a badge, per finding and overall;
+    - ``age_head``: the age head's error on these films (when the bundle has one).
+    """
+    from trainer.budget import badge_figures
+    from trainer.calibrate import viewer_eligibility
+    from trainer.population import age_head_metrics, is_child
+
+    labels = loaded.labels
+    if "Abnormal" not in labels or "dataset" not in frame:
+        return {}
+    population = loaded.manifest.extra.get("population") or {}
+    eligible = viewer_eligibility(population, labels, F) if F is not None else np.ones(P.shape, dtype=bool)
+    thr = np.array([loaded.manifest.threshold(lab) for lab in labels])
+    counted = np.array([loaded.manifest.thresholds.get(lab, {}).get("validated", True) is not False for lab in labels])
+    child = is_child(frame)
+    out: dict[str, Any] = {
+        "badges": badge_figures(
+            P, Y, thr, eligible, normal=Y[:, labels.index("Abnormal")] == 0, group=np.where(child, "children", "adults"),
+            counted=counted, labels=labels, patients=groups, n_boot=n_boot, seed=seed,
+        )
+    }
+    out["badges"]["labels_counted"] = [lab for lab, c in zip(labels, counted) if c]
+    head = population.get("age_head")
+    if head and F is not None:
+        from cxr_viewer.core.inference.population import estimate_age
+
+        est = np.array([estimate_age(f, population) for f in F])
+        out["age_head"] = age_head_metrics(est, frame, groups, n_boot=n_boot, seed=seed,
+                                           child_below=float(head.get("child_below", 11.5)))  # fmt: skip
+    return out
+
+
 def _report(loaded: "LoadedBundle", m: dict[str, Any], figures: dict[str, str], galleries: dict[str, str]) -> str:
     mac = m["auroc_macro"]
     ci = mac["ci95"]
@@ -445,6 +506,7 @@ def _report(loaded: "LoadedBundle", m: dict[str, Any], figures: dict[str, str], 
             f"{(_fmt(ci[0]) + ' - ' + _fmt(ci[1])) if ci else 'n/a'} | {o['threshold']:.3f} ({o['threshold_method']}) | "
             f"{_fmt(o['sensitivity'])} | {_fmt(o['specificity'])} | {_fmt(o['ppv'])} | {_fmt(o['f1'])} | {_fmt(m['ece'][lab])} |"
         )
+    lines += _badge_lines(m)
     lines += ["", "## ROC", "", f"![ROC curves]({figures['roc']})", "", "## Precision-recall", "", f"![PR curves]({figures['pr']})"]
     lines += ["", "## Confusion at the operating thresholds", "", f"![confusion matrices]({figures['confusion']})"]
     lines += ["", "## Calibration", "", f"![reliability diagram]({figures['calibration']})"]
@@ -453,3 +515,29 @@ def _report(loaded: "LoadedBundle", m: dict[str, Any], figures: dict[str, str], 
         for lab, name in galleries.items():
             lines += [f"### {lab}", "", f"![{lab} gallery]({name})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _ci_text(r: dict[str, Any] | None, nd: int = 3) -> str:
+    if not r:
+        return "n/a"
+    ci = r.get("ci95") or [math.nan, math.nan]
+    return f"{_fmt(r['value'], nd)} ({_fmt(ci[0], nd)} - {_fmt(ci[1], nd)})"
+
+
+def _badge_lines(m: dict[str, Any]) -> list[str]:
+    """The POSITIVE-badge and age-head figures of ``badge_metrics`` as markdown."""
+    b = m.get("badges")
+    if not b:
+        return []
+    lines = ["", "## POSITIVE badges (as the viewer shows them; 95% CIs)", "", "| | value (95% CI) | films / findings |", "|---|---|---|"]
+    for g, r in b["badges_per_normal_film"].items():
+        lines.append(f"| badges per normal film, {g} | {_ci_text(r)} | {r['n_images']} |")
+    for k, r in b["true_findings_badged"].items():
+        lines.append(f"| true findings badged, {k} | {_ci_text(r)} | {r['n_images']} |")
+    a = m.get("age_head")
+    if a:
+        lines += ["", "## Age head", "", "| | value (95% CI) | films |", "|---|---|---|"]
+        for k, r in a.items():
+            if isinstance(r, dict):
+                lines.append(f"| {k.replace('_', ' ')} | {_ci_text(r, 2)} | {r['n_images']} |")
+    return lines

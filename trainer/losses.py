@@ -6,13 +6,68 @@ merged dataset) are masked out of the multi-label losses rather than treated as 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    import numpy as np
+
 
 def _smooth(target: torch.Tensor, eps: float) -> torch.Tensor:
     return target * (1.0 - eps) + 0.5 * eps if eps else target
+
+
+def _masked_mean(loss: torch.Tensor, known: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``loss`` over known targets; ``weight`` (same shape, mean about 1 over known cells)
+    scales each film's share (per-source weighting) without changing the loss's scale."""
+    w = known.to(loss.dtype) if weight is None else known * torch.nan_to_num(weight.to(loss.dtype), nan=0.0)
+    return (loss * w).sum() / known.sum().clamp_min(1)
+
+
+SOURCE_WEIGHTINGS = {"none": 0.0, "sqrt": 0.5, "equal": 1.0}
+
+
+def source_weights(
+    sources: "Sequence[str]", targets: "np.ndarray", scheme: str = "sqrt", max_weight: float = 5.0
+) -> "tuple[np.ndarray, dict[str, dict[str, float]]]":
+    """Per-film, per-label loss weights that keep one large source from dominating a label.
+
+    For label ``l`` with ``n_l`` known targets over ``S_l`` sources, a film of source ``s``
+    (``n_sl`` known targets) weighs ``(n_l / (S_l * n_sl)) ** p``: ``p = 1`` (``equal``) gives
+    every source the same total weight, ``p = 0.5`` (``sqrt``) goes half way, ``p = 0``
+    (``none``) weighs every film alike. Weights are clipped to ``[1/max_weight, max_weight]``
+    and rescaled so their mean over the known targets of each label is 1 (the loss keeps its
+    scale). Returns the ``(N, L)`` matrix (0 where unknown) and ``{label: {source: weight}}``.
+    """
+    import numpy as np
+
+    from cxr_viewer.core.errors import TrainingConfigError
+
+    if scheme not in SOURCE_WEIGHTINGS:
+        raise TrainingConfigError(f"Unknown source weighting {scheme!r}; use one of {', '.join(SOURCE_WEIGHTINGS)}.")
+    p = SOURCE_WEIGHTINGS[scheme]
+    src = np.asarray([str(s) for s in sources])
+    y = np.asarray(targets, dtype=np.float64)
+    known = ~np.isnan(y)
+    w = np.zeros_like(y, dtype=np.float32)
+    table: dict[str, dict[str, float]] = {}
+    for j in range(y.shape[1]):
+        names, counts = np.unique(src[known[:, j]], return_counts=True)
+        if not len(names):
+            table[str(j)] = {}
+            continue
+        n = counts.sum()
+        raw = np.clip((n / (len(names) * counts)) ** p, 1.0 / max_weight, max_weight)
+        raw = raw * n / float((raw * counts).sum())
+        per = dict(zip(names.tolist(), raw.tolist()))
+        for name, val in per.items():
+            w[(src == name) & known[:, j], j] = val
+        table[str(j)] = {k: round(float(v), 4) for k, v in per.items()}
+    return w, table
 
 
 class MaskedBCE(nn.Module):
@@ -23,11 +78,11 @@ class MaskedBCE(nn.Module):
         self.register_buffer("pos_weight", pos_weight if pos_weight is not None else None, persistent=False)
         self.eps = float(label_smoothing)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         known = ~torch.isnan(target)
         y = _smooth(torch.nan_to_num(target, nan=0.0), self.eps)
         loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=self.pos_weight, reduction="none")
-        return (loss * known).sum() / known.sum().clamp_min(1)
+        return _masked_mean(loss, known, weight)
 
 
 class FocalLoss(nn.Module):
@@ -40,7 +95,7 @@ class FocalLoss(nn.Module):
         super().__init__()
         self.gamma, self.alpha, self.eps = float(gamma), alpha, float(label_smoothing)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         known = ~torch.isnan(target)
         y = _smooth(torch.nan_to_num(target, nan=0.0), self.eps)
         ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
@@ -49,7 +104,7 @@ class FocalLoss(nn.Module):
         loss = ce * (1 - p_t).pow(self.gamma)
         if self.alpha is not None:
             loss = loss * (self.alpha * y + (1 - self.alpha) * (1 - y))
-        return (loss * known).sum() / known.sum().clamp_min(1)
+        return _masked_mean(loss, known, weight)
 
 
 class MulticlassLoss(nn.Module):
@@ -62,7 +117,9 @@ class MulticlassLoss(nn.Module):
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.eps, self.gamma = float(label_smoothing), float(focal_gamma)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if weight is not None:
+            raise ValueError("per-source weights apply to multi-label and binary losses only")
         idx = torch.nan_to_num(target, nan=0.0).argmax(dim=1)
         if not self.gamma:
             return F.cross_entropy(logits, idx, weight=self.class_weights, label_smoothing=self.eps)

@@ -180,6 +180,7 @@ def make_loader(
     augment: str | None = None,
     cache: Any = None,
     shuffle: bool | None = None,
+    weights: Any = None,
 ) -> Any:
     import torch
     from torch.utils.data import DataLoader
@@ -198,7 +199,7 @@ def make_loader(
         transform = RadiographAugment(replace(cfg, **overrides), spec)
     from trainer.distributed import SeededOrderSampler
 
-    ds = CXRDataset(frame, spec, labels, transform=transform, cache=cache, views=views)
+    ds = CXRDataset(frame, spec, labels, transform=transform, cache=cache, views=views, weights=weights)
     batch = min(int(args.batch_size), len(ds))
     order = train if shuffle is None else shuffle
     return DataLoader(
@@ -452,7 +453,15 @@ def run_finetune(args: argparse.Namespace) -> RunResult:
     if args.init and args.init != "random":
         init = init_classifier_from_bundle(module.model, args.init, labels)
     cache = make_cache(args)
-    tl = make_loader(train, spec, labels, args, train=True, augment=args.augment, cache=cache)
+    weights, weight_table = None, None
+    scheme = str(getattr(args, "source_weighting", "none") or "none")
+    if scheme != "none":
+        from trainer.losses import source_weights
+
+        weights, table = source_weights(train["dataset"].astype(str).to_numpy(), y_train, scheme)
+        weight_table = {labels[int(j)]: v for j, v in table.items()}
+        log.info("per-source loss weights (%s): %s", scheme, weight_table)
+    tl = make_loader(train, spec, labels, args, train=True, augment=args.augment, cache=cache, weights=weights)
     vl = make_loader(val, spec, labels, args, train=False, cache=cache)
     trainer = build_trainer(
         args, run_dir, monitor="val_auroc", mode="max", early_stop=args.early_stop, steps_per_epoch=len(tl)
@@ -480,6 +489,8 @@ def run_finetune(args: argparse.Namespace) -> RunResult:
                 "train_images": int(len(train)),
                 "train_patients": int(train["patient_id"].nunique()),
                 "best_checkpoint_epoch_metric": result.best_score,
+                "source_weighting": scheme,
+                "source_weights": weight_table,
             },
         )
         manifest = {

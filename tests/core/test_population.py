@@ -79,3 +79,61 @@ def test_engine_flags_an_out_of_population_image_from_its_pooled_features() -> N
     assert not any(q.code in ("not_radiograph", "blank_image", "not_chest") for q in res.qc)  # QC alone lets it in
     assert res.findings and all("features are unlike the training films" in f.outside for f in res.findings)
     assert not any(f.positive for f in res.findings)
+
+
+ADULT_ONLY = {"age_years": {"min": 18.0, "max": 90.0}, "children": False, "sources": {"nih14": 180}}
+WITH_CHILDREN = {"age_years": {"min": 1.0, "max": 90.0}, "children": True, "sources": {"nih14": 180, "kermany": 800}}
+
+
+def test_each_finding_has_its_own_population_by_dicom_age_or_the_age_head() -> None:
+    from cxr_viewer.core.inference.population import FilmAge, estimate_age, film_age, finding_outside
+
+    w = np.zeros(4)
+    w[0] = 10.0
+    pop = {"findings": {"Effusion": ADULT_ONLY, "Pneumonia": WITH_CHILDREN},
+           "age_head": {"weights": w.tolist(), "bias": 2.0, "child_below": 11.5}}  # fmt: skip
+    assert estimate_age([0.1, 5, 5, 5], pop) == 3.0 and estimate_age([5.0, 0, 0, 0], pop) == 52.0
+    # a DICOM age wins over the estimate; without one the age head decides child or adult
+    assert film_age({"patient_age_years": 40.0}, pop, [0.1, 0, 0, 0]) == FilmAge(40.0, "dicom")
+    child = film_age({}, pop, [0.1, 0, 0, 0])
+    assert child == FilmAge(3.0, "estimate")
+    assert "estimates a child" in finding_outside(pop, "Effusion", child)
+    assert finding_outside(pop, "Pneumonia", child) == ""
+    assert finding_outside(pop, "Effusion", film_age({}, pop, [5.0, 0, 0, 0])) == ""
+    assert "patient age 4" in finding_outside(pop, "Effusion", FilmAge(4.0, "dicom"))
+    assert finding_outside(pop, "Effusion", FilmAge(30.0, "dicom")) == ""
+    assert finding_outside(pop, "Hernia", child) == ""  # no population recorded for it: nothing says outside
+    assert finding_outside(pop, "Effusion", None) == ""
+    try:
+        estimate_age([1.0, 2.0], pop)
+    except ValueError as exc:
+        assert "age head" in str(exc)
+    else:
+        raise AssertionError("a feature vector of the wrong size must be refused")
+
+
+def test_engine_shows_adult_findings_outside_population_on_a_child_film(tmp_path: Path) -> None:
+    from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.core.models.bundle import load_bundle, make_untrained_bundle
+
+    bdir = make_untrained_bundle(tmp_path / "b", name="kids", labels=["Effusion", "Pneumonia"], size=(64, 64),
+                                 thresholds={"Effusion": 0.0, "Pneumonia": 0.0}, seed=3)  # fmt: skip
+    k = load_bundle(bdir).model.num_features
+    man = json.loads((bdir / "manifest.json").read_text())
+
+    def run(bias: float, metadata: dict) -> dict:
+        man["population"] = {**POP, "findings": {"Effusion": ADULT_ONLY, "Pneumonia": WITH_CHILDREN},
+                             "age_head": {"weights": [0.0] * k, "bias": bias, "child_below": 11.5}}  # fmt: skip
+        (bdir / "manifest.json").write_text(json.dumps(man))
+        engine = InferenceEngine([load_bundle(bdir)], device="cpu", backend="torch")
+        px = np.random.default_rng(0).random((300, 260)).astype(np.float32)
+        return {f.label: f for f in engine.analyze(ImageRecord(pixels=px, source=None, format="array", metadata=metadata)).findings}
+
+    kid = run(3.0, {})  # a PNG of a child: the age head says about 3 years
+    assert kid["Effusion"].state == "outside_population" and "estimates a child" in kid["Effusion"].outside
+    assert kid["Pneumonia"].state == "positive"
+    adult = run(45.0, {})
+    assert adult["Effusion"].state == "positive" and adult["Pneumonia"].state == "positive"
+    dicom_kid = run(45.0, {"patient_age_years": 4.0})  # the header's age beats the estimate
+    assert dicom_kid["Effusion"].state == "outside_population" and dicom_kid["Pneumonia"].state == "positive"

@@ -357,6 +357,7 @@ def covid(root: Path, include_lateral: bool = False, mask: str = "v7labs") -> "p
         out[REPORT] = notes.fillna("").astype(str).to_numpy()
     out["meta_finding"] = finding.to_numpy()
     out["meta_view"] = view.to_numpy()
+    _meta(raw, out, {"age": "age", "sex": "sex"})
     out[DATASET] = "covid"
     dup = out[IMAGE].duplicated()
     if dup.any():  # the collection lists a few images twice under two patient ids

@@ -131,6 +131,7 @@ class CXRDataset(Dataset):
         transform: Callable[["torch.Tensor"], "torch.Tensor"] | None = None,
         cache: ImageCache | None = None,
         views: int = 1,
+        weights: Any = None,
     ) -> None:
         import numpy as np
 
@@ -145,6 +146,8 @@ class CXRDataset(Dataset):
         self.transform = transform
         self.cache = cache
         self.views = views
+        # optional (N, L) per-film loss weights (per-source weighting); returned as "weight"
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -166,4 +169,7 @@ class CXRDataset(Dataset):
             return {"view1": t(x), "view2": t(x), "target": target, "index": i}
         if self.transform is not None:
             x = self.transform(x)
-        return {"image": x, "target": target, "index": i}
+        item = {"image": x, "target": target, "index": i}
+        if self.weights is not None:
+            item["weight"] = torch.from_numpy(self.weights[i].copy())
+        return item

@@ -200,3 +200,18 @@ def label_matrix(frame: "pd.DataFrame", labels: list[str]) -> "np.ndarray":  # n
             f"Label(s) {missing} are not columns of the manifest. Available labels: {label_columns(frame)}."
         )
     return np.stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float32) for c in labels], axis=1)
+
+
+def normal_means_normal(labels: "pd.DataFrame", normal: "pd.Series") -> "pd.DataFrame":
+    """The one label policy for films a source calls normal: negative (0) for every finding.
+
+    A source that labels one finding (Kermany: pneumonia) or none (Shenzhen: tuberculosis, the
+    COVID collection's "No Finding") still says of its normal films that nothing is there, so
+    every label of such a film is 0, not unknown. Findings of its abnormal films stay as the
+    source gives them (unknown where it does not say). ``normal``: True where the source
+    labels the film normal (NaN/False otherwise).
+    """
+    out = labels.copy()
+    is_normal = normal.fillna(False).astype(bool).to_numpy()
+    out.loc[is_normal, :] = 0.0
+    return out

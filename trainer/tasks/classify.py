@@ -120,7 +120,8 @@ class ClassifierTask(BaseTask):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self.model(batch["image"])
-        loss = self.criterion(logits, batch["target"])
+        weight = batch.get("weight")
+        loss = self.criterion(logits, batch["target"]) if weight is None else self.criterion(logits, batch["target"], weight)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits), sync_dist=True)
         return loss
 

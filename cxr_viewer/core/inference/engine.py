@@ -42,7 +42,7 @@ from cxr_viewer.core.errors import (
 )
 from cxr_viewer.core.inference.backends.base import ClassifierBackend
 from cxr_viewer.core.inference.inputs import ModelInputs, input_key
-from cxr_viewer.core.inference.population import outside_population
+from cxr_viewer.core.inference.population import film_age, finding_outside, outside_population
 from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
@@ -144,9 +144,11 @@ def derived_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
 
 
 def wants_features(bundle: "LoadedBundle") -> bool:
-    """Whether the bundle's population block carries fitted OOD statistics for its pooled features."""
-    ood = (bundle.manifest.extra.get("population") or {}).get("ood")
-    return bool(ood) and ood.get("threshold") is not None and ood.get("mean") is not None
+    """Whether the bundle's population block reads its pooled features (fitted OOD statistics or an age head)."""
+    pop = bundle.manifest.extra.get("population") or {}
+    ood = pop.get("ood")
+    has_ood = bool(ood) and ood.get("threshold") is not None and ood.get("mean") is not None
+    return has_ood or bool((pop.get("age_head") or {}).get("weights"))
 
 
 def _scores(logits: np.ndarray, task: str) -> np.ndarray:
@@ -525,12 +527,15 @@ class InferenceEngine:
                 timing[f"inference:{b.name}"] = (time.perf_counter() - t0 - dt) * 1e3
             backends[b.name] = self.backend_for(b)
             described.append({**b.describe(), "executed": self.executed(b)})
-            outside = outside_population(record.metadata, qc, b.manifest.extra.get("population"), pooled)
+            population = b.manifest.extra.get("population")
+            outside = outside_population(record.metadata, qc, population, pooled)
+            age = film_age(record.metadata, population, pooled)
             for label, p in zip(b.labels, _scores(logits, b.task)):
                 thr, method = self.threshold(b, label)
                 validated = (b.manifest.thresholds.get(label) or {}).get("validated")
                 findings.append(Finding(label, float(p), thr, b.name, b.version, method, b.manifest.trained,
-                                        validated=None if validated is None else bool(validated), outside=outside))  # fmt: skip
+                                        validated=None if validated is None else bool(validated),
+                                        outside=outside or finding_outside(population, label, age)))  # fmt: skip
         derived_warnings: list[str] = []
         for b in derived:
             ran = False

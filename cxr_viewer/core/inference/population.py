@@ -6,16 +6,23 @@ image's own header (DICOM PatientAge, ViewPosition) and the QC verdict are compa
 it. An image outside gets the finding state "outside the model's population" with the
 reason, never a POSITIVE badge. Images without the header fields (PNG, JPEG) are judged on
 QC alone: nothing says they are outside.
+
+Each finding also carries the population its threshold was validated on (the block's
+``findings``: ages, views, sources). A film outside a finding's population, judged by its
+DICOM PatientAge or, without one, by the model's own age head (``age_head``: a linear read of
+the pooled features, fitted by the trainer on the sources that record age), shows that
+finding as "outside population": the NIH findings were validated on adults only, so a child's
+film gets no POSITIVE badge from them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from cxr_viewer.core.inference.results import QCFlag
 
-__all__ = ["feature_distance", "outside_population"]
+__all__ = ["FilmAge", "estimate_age", "feature_distance", "film_age", "finding_outside", "outside_population"]
 
 #: QC codes that put an image outside every chest model's population.
 OUTSIDE_CODES = frozenset({"not_radiograph", "not_chest", "blank_image", "lateral_view", "possibly_inverted"})
@@ -72,4 +79,60 @@ def outside_population(
         if d > float(ood["threshold"]):
             return (f"outside the model's population: its features are unlike the training films "
                     f"(distance {d:.1f}, above the {ood.get('quantile', 0.995):g} quantile {float(ood['threshold']):.1f} of validation films)")  # fmt: skip
+    return ""
+
+
+class FilmAge(NamedTuple):
+    """A film's age in years and where it came from (``dicom`` or ``estimate``)."""
+
+    years: float
+    source: str
+
+
+def estimate_age(features: Any, population: Mapping[str, Any] | None) -> float | None:
+    """The age head's estimate (years) from the model's pooled features, or None without a head."""
+    head = (population or {}).get("age_head") or {}
+    if features is None or not head.get("weights"):
+        return None
+    import numpy as np
+
+    f = np.asarray(features, dtype=np.float64).reshape(-1)
+    w = np.asarray(head["weights"], dtype=np.float64)
+    if f.shape != w.shape:
+        raise ValueError(f"feature size {f.size} does not match the bundle's age head ({w.size})")
+    return float(np.clip(f @ w + float(head.get("bias", 0.0)), 0.0, 110.0))
+
+
+def film_age(metadata: Mapping[str, Any] | None, population: Mapping[str, Any] | None, features: Any = None) -> FilmAge | None:
+    """DICOM PatientAge when the header has one, else the model's age estimate, else None."""
+    age = (metadata or {}).get("patient_age_years")
+    if isinstance(age, (int, float)) and age >= 0:
+        return FilmAge(float(age), "dicom")
+    est = estimate_age(features, population)
+    return None if est is None else FilmAge(est, "estimate")
+
+
+def finding_outside(population: Mapping[str, Any] | None, label: str, age: FilmAge | None) -> str:
+    """Why this film is outside the population ``label``'s threshold was validated on ("" when inside).
+
+    With a recorded age: outside when it lies below the finding's validated ages (or far above).
+    With the age head's estimate (error of years): only the child/adult decision is trusted, so a
+    film the head calls a child (below its ``child_below`` cut-off) is outside every finding not
+    validated on children.
+    """
+    if age is None or not population:
+        return ""
+    fp = (population.get("findings") or {}).get(label) or {}
+    ages = fp.get("age_years") or {}
+    if ages.get("min") is None:
+        return ""
+    lo, hi = float(ages["min"]), float(ages.get("max") or 200.0)
+    where = f"{label} was validated on ages {lo:g}-{hi:g}"
+    if age.source == "dicom":
+        if age.years < lo or age.years > hi + AGE_MARGIN_YEARS:
+            return f"outside the finding's population: patient age {age.years:g} years; {where}"
+        return ""
+    cut = float(((population.get("age_head") or {}).get("child_below")) or 12.0)
+    if age.years < cut and not fp.get("children", lo < cut):
+        return f"outside the finding's population: the model estimates a child (about {age.years:.0f} years); {where}"
     return ""

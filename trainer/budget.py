@@ -1,0 +1,138 @@
+"""One false-alarm budget for every finding's operating threshold, spent where it buys the most.
+
+Per-finding specificity targets add up: 14 findings at specificity 0.95 can put most of a
+POSITIVE badge on every normal film. Here the budget is set once, as POSITIVE badges per
+normal film in total (``0.5``), separately for each population group (adults, children), and
+allocated across the validated findings to maximise the expected number of true findings
+badged on the validation films: a greedy walk down every finding's ROC curve that always
+takes the step buying the most true findings per unit of budget, while no group overspends.
+
+A film only counts for a finding where the viewer would judge it (``eligible``: inside the
+finding's population), so a child's film costs nothing for a finding validated on adults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def badge_counts(P: np.ndarray, thresholds: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """(N, L) POSITIVE badges: score at or above the threshold on a film inside the finding's population."""
+    return (P >= thresholds[None, :]) & eligible
+
+
+def allocate_budget(
+    P: np.ndarray,
+    Y: np.ndarray,
+    *,
+    normal: np.ndarray,
+    group: np.ndarray,
+    eligible: np.ndarray,
+    candidates: Sequence[int],
+    budget: float = 0.5,
+) -> dict[int, dict[str, Any]]:
+    """Thresholds for the ``candidates`` (label indices) under ``budget`` badges per normal film per group.
+
+    ``P``/``Y``: (N, L) validation scores and targets (NaN = unknown); ``normal``: (N,) films
+    labelled normal; ``group``: (N,) population group of each film (e.g. "adults", "children");
+    ``eligible``: (N, L) film inside the finding's population. Returns, per candidate, the
+    threshold (``inf`` when the budget buys nothing there), the true findings it badges and
+    the badges per normal film it spends in each group.
+    """
+    if budget <= 0:
+        raise ValueError(f"the false-alarm budget must be positive, got {budget}")
+    groups = sorted({str(g) for g in group[normal]})
+    n_norm = {g: int(((group == g) & normal).sum()) for g in groups}
+    spent = {g: 0.0 for g in groups}
+    state: dict[int, dict[str, Any]] = {}
+    for j in candidates:
+        pos = (Y[:, j] == 1) & eligible[:, j]
+        pos_scores = np.sort(P[pos, j])  # ascending
+        norm_scores = {g: np.sort(P[(group == g) & normal & eligible[:, j], j]) for g in groups}
+        steps = np.unique(pos_scores)[::-1]  # candidate thresholds: each positive's score, highest first
+        tp = len(pos_scores) - np.searchsorted(pos_scores, steps, side="left")
+        cost = {g: (len(s) - np.searchsorted(s, steps, side="left")) / max(n_norm[g], 1) for g, s in norm_scores.items()}
+        state[j] = {"steps": steps, "tp": tp, "cost": cost, "at": -1, "positives": int(pos.sum())}
+
+    def current(j: int, key: str, g: str | None = None) -> float:
+        s = state[j]
+        if s["at"] < 0:
+            return 0.0
+        return float(s[key][s["at"]] if g is None else s[key][g][s["at"]])
+
+    while True:
+        best: tuple[float, float, int, int] | None = None  # (ratio, gain, label, step)
+        for j, s in state.items():
+            nxt = np.arange(s["at"] + 1, len(s["steps"]))
+            if not nxt.size:
+                continue
+            gain = s["tp"][nxt] - current(j, "tp")
+            dcost = np.zeros(nxt.size)
+            feasible = np.ones(nxt.size, dtype=bool)
+            for g in groups:
+                d = s["cost"][g][nxt] - current(j, "cost", g)
+                feasible &= spent[g] + d <= budget + 1e-12
+                dcost = np.maximum(dcost, d / budget)
+            ok = feasible & (gain > 0)
+            if not ok.any():
+                continue
+            ratio = np.where(ok, gain / (dcost + 1e-9), -np.inf)
+            k = int(np.argmax(ratio))
+            cand = (float(ratio[k]), float(gain[k]), j, int(nxt[k]))
+            if best is None or cand[:2] > best[:2]:
+                best = cand
+        if best is None:
+            break
+        _, _, j, k = best
+        for g in groups:
+            spent[g] += float(state[j]["cost"][g][k]) - current(j, "cost", g)
+        state[j]["at"] = k
+    out: dict[int, dict[str, Any]] = {}
+    for j, s in state.items():
+        at = s["at"]
+        out[j] = {
+            "value": float(s["steps"][at]) if at >= 0 else float("inf"),
+            "true_badged": int(s["tp"][at]) if at >= 0 else 0,
+            "positives": s["positives"],
+            "badges_per_normal_film": {g: round(float(s["cost"][g][at]) if at >= 0 else 0.0, 4) for g in groups},
+        }
+    return out
+
+
+def badge_figures(
+    P: np.ndarray, Y: np.ndarray, thresholds: np.ndarray, eligible: np.ndarray, *, normal: np.ndarray,
+    group: np.ndarray, counted: np.ndarray, labels: Sequence[str], patients: np.ndarray, n_boot: int, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """What the budget buys on held-out films, with patient-bootstrap 95% CIs: POSITIVE badges per
+    normal film per group, and the fraction of true findings badged, per finding and overall
+    (``counted``: (L,) the labels that can wear a badge; a finding outside a film's population
+    counts as not badged)."""
+    from trainer.evaluate import _mean_ci
+
+    badges = badge_counts(P, thresholds, eligible) & counted[None, :]
+    out: dict[str, Any] = {"badges_per_normal_film": {}, "true_findings_badged": {}}
+    for g in sorted({str(x) for x in group[normal]}):
+        m = normal & (group == g)
+        out["badges_per_normal_film"][g] = _mean_ci(badges[m].sum(1).astype(float), patients[m], n_boot=n_boot, seed=seed)
+    pos = (Y == 1) & counted[None, :]
+    rows, cols = np.nonzero(pos)
+    if rows.size:
+        hit = badges[rows, cols].astype(float)
+        out["true_findings_badged"]["overall"] = _mean_ci(hit, patients[rows], n_boot=n_boot, seed=seed)
+        findings = np.isin(cols, [j for j, lab in enumerate(labels) if lab != "Abnormal"])
+        if findings.any() and not findings.all():
+            out["true_findings_badged"]["overall (findings, without Abnormal)"] = _mean_ci(
+                hit[findings], patients[rows[findings]], n_boot=n_boot, seed=seed
+            )
+        for g in sorted({str(x) for x in group}):
+            m = group[rows] == g
+            if m.any():
+                out["true_findings_badged"][f"overall ({g})"] = _mean_ci(hit[m], patients[rows[m]], n_boot=n_boot, seed=seed)
+        for j, lab in enumerate(labels):
+            m = cols == j
+            if m.any():
+                out["true_findings_badged"][lab] = _mean_ci(hit[m], patients[rows[m]], n_boot=n_boot, seed=seed)
+    return out
