@@ -39,8 +39,8 @@ def allocate_budget(
     ``P``/``Y``: (N, L) validation scores and targets (NaN = unknown); ``normal``: (N,) films
     labelled normal; ``group``: (N,) population group of each film (e.g. "adults", "children");
     ``eligible``: (N, L) film inside the finding's population. Returns, per candidate, the
-    threshold (``inf`` when the budget buys nothing there), the true findings it badges and
-    the badges per normal film it spends in each group.
+    threshold (without budget: just above every normal film's score, ``funded`` False), the true
+    findings it badges and the badges per normal film it spends in each group.
     """
     if budget <= 0:
         raise ValueError(f"the false-alarm budget must be positive, got {budget}")
@@ -93,8 +93,12 @@ def allocate_budget(
     out: dict[int, dict[str, Any]] = {}
     for j, s in state.items():
         at = s["at"]
+        norm = P[normal & eligible[:, j], j]
+        # no budget: just above every normal film's score (0 badges on validation), never the 1.0 no score reaches
+        unfunded = float(np.nextafter(norm.max(), np.inf)) if norm.size else 1.0
         out[j] = {
-            "value": float(s["steps"][at]) if at >= 0 else float("inf"),
+            "value": float(s["steps"][at]) if at >= 0 else min(unfunded, float(np.nextafter(1.0, 0.0))),
+            "funded": at >= 0,
             "true_badged": int(s["tp"][at]) if at >= 0 else 0,
             "positives": s["positives"],
             "badges_per_normal_film": {g: round(float(s["cost"][g][at]) if at >= 0 else 0.0, 4) for g in groups},

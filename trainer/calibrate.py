@@ -55,7 +55,7 @@ def calibrate(
     budget: float = 0.5,
     age_head: bool = False,
     cache_dir: str | Path | None = None,
-    age_films_per_source: int = 600,
+    age_films_per_source: int = 400,
 ) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Calibrate scores and choose thresholds on ``split``; save the bundle (in place, or a copy at ``out``).
 
@@ -228,11 +228,11 @@ def _spend_budget(loaded: Any, m: Any, frame: Any, P: np.ndarray, Y: np.ndarray,
         lab = labels[j]
         t = dict(m.thresholds.get(lab) or {})
         spent = ", ".join(f"{g} {v:.3f}" for g, v in a["badges_per_normal_film"].items())
-        if np.isfinite(a["value"]):
-            t.update(value=float(a["value"]), sensitivity=a["true_badged"] / max(a["positives"], 1),
-                     method=f"false-alarm budget {budget:g} badges per normal film (spends {spent})")  # fmt: skip
+        t.update(value=float(a["value"]), sensitivity=a["true_badged"] / max(a["positives"], 1))
+        if a["funded"]:
+            t["method"] = f"false-alarm budget {budget:g} badges per normal film (spends {spent})"
         else:
-            t.update(value=1.0, sensitivity=0.0, method=f"false-alarm budget {budget:g}: none allocated (never POSITIVE)")
+            t["method"] = f"false-alarm budget {budget:g}: none allocated (above every validation normal film)"
         t.update(budget_spent=a["badges_per_normal_film"], val_true_badged=a["true_badged"],
                  val_positives_in_population=a["positives"])  # fmt: skip
         t.pop("specificity", None)

@@ -506,7 +506,9 @@ def _report(loaded: "LoadedBundle", m: dict[str, Any], figures: dict[str, str], 
             f"{(_fmt(ci[0]) + ' - ' + _fmt(ci[1])) if ci else 'n/a'} | {o['threshold']:.3f} ({o['threshold_method']}) | "
             f"{_fmt(o['sensitivity'])} | {_fmt(o['specificity'])} | {_fmt(o['ppv'])} | {_fmt(o['f1'])} | {_fmt(m['ece'][lab])} |"
         )
-    lines += _badge_lines(m)
+    from cxr_viewer.core.models.card import badge_sections
+
+    lines += badge_sections(loaded.manifest.to_dict(), m)
     lines += ["", "## ROC", "", f"![ROC curves]({figures['roc']})", "", "## Precision-recall", "", f"![PR curves]({figures['pr']})"]
     lines += ["", "## Confusion at the operating thresholds", "", f"![confusion matrices]({figures['confusion']})"]
     lines += ["", "## Calibration", "", f"![reliability diagram]({figures['calibration']})"]
@@ -516,28 +518,3 @@ def _report(loaded: "LoadedBundle", m: dict[str, Any], figures: dict[str, str], 
             lines += [f"### {lab}", "", f"![{lab} gallery]({name})", ""]
     return "\n".join(lines) + "\n"
 
-
-def _ci_text(r: dict[str, Any] | None, nd: int = 3) -> str:
-    if not r:
-        return "n/a"
-    ci = r.get("ci95") or [math.nan, math.nan]
-    return f"{_fmt(r['value'], nd)} ({_fmt(ci[0], nd)} - {_fmt(ci[1], nd)})"
-
-
-def _badge_lines(m: dict[str, Any]) -> list[str]:
-    """The POSITIVE-badge and age-head figures of ``badge_metrics`` as markdown."""
-    b = m.get("badges")
-    if not b:
-        return []
-    lines = ["", "## POSITIVE badges (as the viewer shows them; 95% CIs)", "", "| | value (95% CI) | films / findings |", "|---|---|---|"]
-    for g, r in b["badges_per_normal_film"].items():
-        lines.append(f"| badges per normal film, {g} | {_ci_text(r)} | {r['n_images']} |")
-    for k, r in b["true_findings_badged"].items():
-        lines.append(f"| true findings badged, {k} | {_ci_text(r)} | {r['n_images']} |")
-    a = m.get("age_head")
-    if a:
-        lines += ["", "## Age head", "", "| | value (95% CI) | films |", "|---|---|---|"]
-        for k, r in a.items():
-            if isinstance(r, dict):
-                lines.append(f"| {k.replace('_', ' ')} | {_ci_text(r, 2)} | {r['n_images']} |")
-    return lines

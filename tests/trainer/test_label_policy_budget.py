@@ -86,6 +86,8 @@ def test_budget_is_spent_where_it_buys_the_most_true_findings_and_never_overspen
     # a budget of almost nothing buys only free steps (no normal film above the threshold)
     tiny = allocate_budget(P, Y, normal=normal, group=group, eligible=eligible, candidates=[0, 1, 2], budget=1e-6)
     assert all(v["badges_per_normal_film"]["adults"] == 0.0 for v in tiny.values())
+    for j, v in tiny.items():  # unfunded: just above every eligible normal film, still a score below 1
+        assert v["value"] < 1.0 and (P[normal & eligible[:, j], j] < v["value"]).all()
     with pytest.raises(ValueError):
         allocate_budget(P, Y, normal=normal, group=group, eligible=eligible, candidates=[0], budget=0.0)
 

@@ -29,9 +29,16 @@ def chest_manifest(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     assert set(nih["meta_folder"]) == {"nih14", "nih14_extra"}
     assert nih.groupby("patient_id")["split"].nunique().max() == 1
     assert counts["nih14"]["patients"] < len(nih)  # patients with films in both folders
-    # labels a source does not have are unknown (NaN), never negative
+    # labels a source does not have are unknown (NaN) on its abnormal films; its normal films are
+    # negative for every finding (normal means normal)
     kermany = frame[frame["dataset"] == "kermany"]
-    assert kermany["Effusion"].isna().all() and kermany["Pneumonia"].notna().all()
+    assert kermany["Pneumonia"].notna().all()
+    assert (kermany[kermany["Pneumonia"] == 0][LABELS] == 0).all().all()
+    assert kermany[kermany["Pneumonia"] == 1]["Effusion"].isna().all()
+    covid = frame[frame["dataset"] == "covid"]
+    assert (covid[covid["meta_finding"] == "No Finding"][LABELS] == 0).all().all()
+    assert (frame[frame["dataset"] == "shenzhen"][LABELS] == 0).all().all()
+    assert covid["meta_age"].notna().sum() > 100  # the COVID collection records ages: the age head learns from them
     assert (frame[frame["dataset"] == "tbx11k"]["Abnormal"] == 1).all()
     nofind = nih[nih[[c for c in LABELS if c != "Abnormal"]].sum(axis=1) == 0]
     assert (nofind["Abnormal"] == 0).all()
@@ -48,20 +55,20 @@ def test_one_model_every_source_calibrated_and_honest(
 
     runs = tmp_path / "runs"
     res = _run(["finetune", "--manifest", str(chest_manifest), "--max-epochs", "1", "--init", "random",
-                "--task", "multilabel", *common_args(runs, "chest")], capsys)  # fmt: skip
+                "--task", "multilabel", "--source-weighting", "sqrt", *common_args(runs, "chest")], capsys)  # fmt: skip
     bundle = Path(res["bundle"])
     before = load_bundle(bundle)
+    weights = before.manifest.provenance["source_weights"]
+    assert weights["Pneumonia"]["kermany"] < weights["Pneumonia"]["nih14"]  # the large source weighs less per film
     assert before.labels[-2:] == ["Hernia", "Abnormal"] and len(before.labels) == 15
     _run(["calibrate", "--bundle", str(bundle), "--manifest", str(chest_manifest), "--scaling", "platt",
-          "--method", "specificity", "--target", "0.95", "--label-method", "Abnormal=youden",
-          "--min-positives", "10"], capsys)  # fmt: skip
+          "--method", "budget", "--budget", "0.5", "--min-positives", "10"], capsys)  # fmt: skip
     after = load_bundle(bundle)
     m = after.manifest
     # calibration lives in the weights: a new hash, and the head really changed where a platt fit was chosen
     assert m.weights["sha256"] != before.manifest.weights["sha256"]
     cal = m.extra["calibration"]["labels"]
     assert cal and all(c["method"] in ("none", "temperature", "platt") for c in cal.values())
-    assert m.thresholds["Abnormal"]["method"] == "youden"
     for lab, t in m.thresholds.items():
         if "val_positives" in t:
             assert t["validated"] == (t["val_positives"] >= 10)
@@ -77,6 +84,23 @@ def test_one_model_every_source_calibrated_and_honest(
     assert "unlike the training films" in outside_population({}, [], pop, features=far)
     assert outside_population({}, [], pop, features=np.asarray(ood["mean"])) == ""
 
+    # one false-alarm budget: validated findings spend it (or get none), the rest keep a display threshold
+    assert m.extra["false_alarm_budget"]["badges_per_normal_film"] == 0.5
+    spent = {"adults": 0.0, "children": 0.0}
+    for lab, t in m.thresholds.items():
+        if t.get("validated") is not False:
+            assert t["method"].startswith("false-alarm budget")
+            for g, v in t["budget_spent"].items():
+                spent[g] += v
+    assert all(v <= 0.5 + 1e-3 for v in spent.values())
+    # the age head and each finding's validated population: NIH findings are adults-only
+    head = pop["age_head"]
+    assert len(head["weights"]) == 512 and {"nih14", "kermany", "covid"} <= set(head["fitted_on"])
+    findings = pop["findings"]
+    assert "kermany" in findings["Pneumonia"]["sources"]  # validated on children too (given enough positives)
+    assert findings["Pneumonia"]["age_years"]["min"] == (1.0 if findings["Pneumonia"]["children"] else 18.0)
+    nih_only = [lab for lab in findings if lab not in ("Pneumonia", "Abnormal")]
+    assert nih_only and all(findings[lab]["age_years"]["min"] >= 18 and not findings[lab]["children"] for lab in nih_only)
     ev = tmp_path / "eval"
     _run(["evaluate", "--bundle", str(bundle), "--manifest", str(chest_manifest), "--out", str(ev),
           "--bootstrap", "50", "--gallery", "0"], capsys)  # fmt: skip
@@ -88,6 +112,13 @@ def test_one_model_every_source_calibrated_and_honest(
     assert 0 <= fab["nih14"]["badged"]["value"] <= len(labels)
     sub = metrics["subgroups"]["Pneumonia"]
     assert {"kermany", "adults (nih14 + covid)"} <= set(sub)
+    badges = metrics["badges"]
+    assert set(badges["badges_per_normal_film"]) == {"adults", "children"}
+    assert 0 <= badges["true_findings_badged"]["overall"]["value"] <= 1
+    age = metrics["age_head"]
+    assert age["mae_years_recorded"]["value"] >= 0 and 0 <= age["child_adult_accuracy"]["value"] <= 1
+    card = (ev / "report.md").read_text()
+    assert "POSITIVE badges per normal film, children" in card and "Age head" in card
     for lab in metrics["ece_uncalibrated"]:
         assert cal[lab]["method"] in ("temperature", "platt")
     assert np.isfinite(list(metrics["ece"].values())[0])

@@ -159,6 +159,7 @@ def _population_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> l
                 f"- {ds}: {_fmt(b.get('value'), 2)} (95% CI {_ci(b.get('ci95'))}) on {b.get('n_images')} films; "
                 f"{_fmt(v.get('every_threshold'), 2)} if every threshold were badged"
             )
+    out += badge_sections(manifest, m)
     sub = m.get("subgroups")
     if sub:
         out += ["", "### Sub-groups (held-out test split)", "", "| finding | group | AUROC | 95% CI | pos / neg |", "|---|---|---|---|---|"]
@@ -199,6 +200,55 @@ def _population_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> l
     if wall:
         out += ["", "### Wall time of every build step", "", "| step | minutes |", "|---|---|"]
         out += [f"| {k} | {float(v) / 60:.1f} |" for k, v in wall.items()]
+    return out
+
+
+def _value_ci(r: Mapping[str, Any] | None, nd: int = 3) -> str:
+    if not r:
+        return "n/a"
+    return f"{_fmt(r.get('value'), nd)} ({_ci(r.get('ci95'))})"
+
+
+def badge_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> list[str]:
+    """The false-alarm budget, what it buys on held-out films, the age head and each finding's population."""
+    out: list[str] = []
+    budget = manifest.get("false_alarm_budget")
+    b = m.get("badges")
+    if budget or b:
+        out += ["", "### POSITIVE badges: one false-alarm budget (held-out test split, 95% CIs)", ""]
+        if budget:
+            out.append(
+                f"Thresholds spend one budget of at most {_fmt(budget.get('badges_per_normal_film'), 2)} POSITIVE badges "
+                f"per normal film in total, for adults and children separately ({budget.get('groups')}), allocated "
+                f"across the validated findings to maximise the {budget.get('objective')}; chosen on the "
+                f"{budget.get('split')} split only (normal films: "
+                + ", ".join(f"{g} {n}" for g, n in (budget.get("normal_films") or {}).items()) + ")."
+            )
+        if b:
+            out += ["", "| | value (95% CI) | films or findings |", "|---|---|---|"]
+            for g, r in b.get("badges_per_normal_film", {}).items():
+                out.append(f"| POSITIVE badges per normal film, {g} | {_value_ci(r)} | {r.get('n_images')} films |")
+            for k, r in b.get("true_findings_badged", {}).items():
+                out.append(f"| true findings badged, {k} | {_value_ci(r)} | {r.get('n_images')} findings |")
+    age = m.get("age_head")
+    if age:
+        out += ["", "### Age head (held-out test split, 95% CIs)", "",
+                "A linear read of the pooled features; the viewer uses it when a film's header records no age.", "",
+                "| | value (95% CI) | films |", "|---|---|---|"]  # fmt: skip
+        for k, r in age.items():
+            if isinstance(r, Mapping):
+                out.append(f"| {k.replace('_', ' ')} | {_value_ci(r, 2)} | {r.get('n_images')} |")
+    fp = (manifest.get("population") or {}).get("findings")
+    if fp:
+        out += ["", "### Population each finding's threshold was validated on", "",
+                "A film outside it (DICOM PatientAge, else the age head's child/adult call) shows the finding as "
+                "\"outside population\", never POSITIVE.", "",
+                "| finding | ages | children | views | validation films (positives) per source |", "|---|---|---|---|---|"]  # fmt: skip
+        for lab, v in fp.items():
+            a = v.get("age_years") or {}
+            src = ", ".join(f"{k} {n} ({v.get('positives', {}).get(k, 0)})" for k, n in v.get("sources", {}).items())
+            out.append(f"| {lab} | {_fmt(a.get('min'), 0)}-{_fmt(a.get('max'), 0)} | {'yes' if v.get('children') else 'no'} | "
+                       f"{', '.join(v.get('views', [])) or 'unrecorded'} | {src} |")  # fmt: skip
     return out
 
 
