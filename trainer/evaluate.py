@@ -333,6 +333,13 @@ def evaluate(
         metrics["ece"][lab] = expected_calibration_error(y, p)
     point, lo, hi = bootstrap_macro_auroc(Y, P, groups, n_boot=n_boot, seed=seed)
     metrics["auroc_macro"] = {"value": None if math.isnan(point) else point, "ci95": None if math.isnan(lo) else [lo, hi]}
+    if "dataset" in frame and (frame["dataset"] == "nih14").any() and "Abnormal" in labels:
+        # the NIH-14 goal: the NIH findings (every label but Abnormal) on NIH films only
+        nih = (frame["dataset"] == "nih14").to_numpy()
+        cols = [j for j, lab in enumerate(labels) if lab != "Abnormal"]
+        point, lo, hi = bootstrap_macro_auroc(Y[nih][:, cols], P[nih][:, cols], groups[nih], n_boot=n_boot, seed=seed)
+        metrics["auroc_macro_nih14"] = {"value": None if math.isnan(point) else point,
+                                        "ci95": None if math.isnan(lo) else [lo, hi], "n_images": int(nih.sum())}  # fmt: skip
     metrics.update(population_metrics(loaded, frame, Y, P, groups, n_boot=n_boot, seed=seed))
     metrics.update(badge_metrics(loaded, frame, Y, P, F, groups, n_boot=n_boot, seed=seed))
     if loaded.task == "multiclass":
@@ -354,6 +361,7 @@ def evaluate(
                 galleries[lab] = name
     metrics["figures"] = {**figures, **{f"gallery/{k}": v for k, v in galleries.items()}}
     (out / "metrics.json").write_text(dumps(finite_or_none(metrics), indent=2), encoding="utf-8")  # NaN -> null
+    np.savez_compressed(out / "predictions.npz", scores=P, targets=Y, patients=groups, labels=np.array(labels))
     (out / "report.md").write_text(_report(loaded, metrics, figures, galleries), encoding="utf-8")
     log.info("evaluation written to %s (macro AUROC %s)", out, _fmt(metrics["auroc_macro"]["value"]))
     return out

@@ -52,6 +52,10 @@ def _classifier_tables(
             f"**Macro AUROC {_fmt(mac.get('value'))}** (95% CI {_ci(mac.get('ci95'))}).",
             "",
         ]
+        nih = m.get("auroc_macro_nih14")
+        if nih:
+            out += [f"**NIH-14 macro AUROC** (every finding but Abnormal, on the {nih.get('n_images')} NIH films): "
+                    f"{_fmt(nih.get('value'))} (95% CI {_ci(nih.get('ci95'))}).", ""]  # fmt: skip
     out += [
         "| label | test pos / neg | AUROC | 95% CI | threshold | chosen by | sensitivity | specificity | PPV |",
         "|---|---|---|---|---|---|---|---|---|",
