@@ -119,18 +119,38 @@ def listen_main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=11112, help="TCP port (default 11112)")
     p.add_argument("--ae-title", default="CXRVIEWER", help="our AE title (default CXRVIEWER)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder the received files are written to")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
+    p.add_argument("--bind", "--host", dest="host", default="127.0.0.1", metavar="ADDRESS",
+                   help="address to listen on (default 127.0.0.1, this computer only; 0.0.0.0 for every network)")
+    p.add_argument("--allowed-ae", action="append", metavar="TITLE",
+                   help="accept only these calling AE titles (repeatable or comma separated; default any)")
+    p.add_argument("--max-size", type=float, default=256, metavar="MB",
+                   help="refuse a dataset larger than this many megabytes (default 256)")
+    p.add_argument("--max-associations", type=int, default=16, metavar="N",
+                   help="associations served at once; more are refused until one ends (default 16)")
+    p.add_argument("--acse-timeout", type=float, default=10.0, metavar="S",
+                   help="close a connection that sends no association request within S seconds (default 10)")
+    p.add_argument("--dimse-timeout", type=float, default=30.0, metavar="S", help="DIMSE timeout (default 30)")
+    p.add_argument("--network-timeout", type=float, default=30.0, metavar="S",
+                   help="close an association idle for S seconds (default 30)")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (default: Ctrl+C)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
     from cxr_viewer.core.pacs import LocalNode, StorageReceiver
+    from cxr_viewer.core.pacs.receiver import ReceiverLimits, allowed_titles
 
     def stored(item) -> None:  # no patient data on the console: the UIDs and the path only
         print(f"received {item.path}", flush=True)
 
+    if args.max_size <= 0 or args.max_associations < 1 or min(args.acse_timeout, args.dimse_timeout,
+                                                                  args.network_timeout) <= 0:
+        print("cxr-viewer listen: --max-size, --max-associations and the timeouts must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    limits = ReceiverLimits(max_bytes=int(args.max_size * (1 << 20)), max_associations=args.max_associations,
+                            acse_timeout=args.acse_timeout, dimse_timeout=args.dimse_timeout,
+                            network_timeout=args.network_timeout, allowed_ae=allowed_titles(args.allowed_ae))
     try:
-        rx = StorageReceiver(LocalNode(args.ae_title, args.port, args.host), args.out, on_stored=stored)
+        rx = StorageReceiver(LocalNode(args.ae_title, args.port, args.host), args.out, on_stored=stored, limits=limits)
         rx.start()
     except CXRError as exc:
         print(f"cxr-viewer listen: {exc.message}", file=sys.stderr)
@@ -145,7 +165,7 @@ def listen_main(argv: list[str]) -> int:
         pass
     finally:
         rx.stop()
-    print(f"stopped; {rx.count} file(s) received", flush=True)
+    print(f"stopped; {rx.count} file(s) received, {rx.refused} refused", flush=True)
     return EXIT_OK
 
 

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["STAGING_DIR", "recover", "staged_dir", "staged_file"]
+__all__ = ["STAGING_DIR", "recover", "staged_dir", "staged_file", "write_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +105,45 @@ def _tidy(dest: Path) -> None:
 
 @contextlib.contextmanager
 def staged_file(dest: str | Path) -> Iterator[Path]:
-    """Yield a path to write; on success it replaces ``dest`` with one rename, on failure it is removed."""
+    """Yield a path to write; on success it replaces ``dest`` with one rename, on failure it is removed.
+
+    The path is a hidden ``.NAME.XXXX.part`` in ``dest``'s own folder (same file system, so the
+    rename is atomic): a kill or an error at any point leaves either the old file or the new
+    one at ``dest``, never a part of one. Every output file the program writes goes through here.
+    """
     dest = Path(dest)
-    fd, name = tempfile.mkstemp(prefix=f"{dest.name}.", suffix=".part", dir=_staging_root(dest))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name[:80]}.", suffix=".part", dir=dest.parent)
     os.close(fd)
     part = Path(name)
+    with contextlib.suppress(OSError):  # mkstemp makes it private; an output gets the usual permissions
+        os.chmod(part, 0o666 & ~_umask())
     try:
         yield part
+        with open(part, "rb+") as fh:  # on disk before the rename: a power cut leaves no empty file
+            os.fsync(fh.fileno())
+        os.replace(part, dest)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    os.replace(part, dest)
-    _tidy(dest)
+
+
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def write_atomic(dest: str | Path, data: bytes | str, *, encoding: str = "utf-8") -> Path:
+    """Write ``data`` to ``dest`` through :func:`staged_file`; returns ``dest``."""
+    dest = Path(dest)
+    with staged_file(dest) as part:
+        if isinstance(data, str):
+            part.write_text(data, encoding=encoding)
+        else:
+            part.write_bytes(data)
+    return dest

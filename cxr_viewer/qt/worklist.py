@@ -467,7 +467,8 @@ class WorklistController(QObject):
         if self.receiver is not None:
             return True
         ae, port = self.local_node()
-        rx = StorageReceiver(LocalNode(ae, port), self.inbox(), on_stored=self._received.emit)
+        host = str(self.settings.value("pacs/listen_host", "127.0.0.1") or "127.0.0.1")  # loopback unless set
+        rx = StorageReceiver(LocalNode(ae, port, host), self.inbox(), on_stored=self._received.emit)
         try:
             rx.start()  # binding a socket: quick, no network wait
         except CXRError as exc:

@@ -19,7 +19,13 @@ from typing import Any
 
 from cxr_viewer.core.pacs.errors import PacsConnectionLostError, PacsError, PacsRefusedError, PacsUnreachableError
 from cxr_viewer.core.pacs.nodes import LocalNode, RemoteNode, check_ae_title
-from cxr_viewer.core.pacs.receiver import ReceivedFile, StorageReceiver, safe_uid
+from cxr_viewer.core.pacs.receiver import (
+    ReceivedFile,
+    ReceiverLimits,
+    StorageReceiver,
+    check_instance,
+    instance_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +233,10 @@ def move_study(remote: RemoteNode, study_uid: str, out_dir: str | Path | None = 
     if receiver is None:
         if out_dir is None:
             raise PacsError("A folder for the retrieved study is needed.")
-        receiver = StorageReceiver(LocalNode(calling_ae, listen_port), out_dir)
+        # the PACS calls us back: on loopback when it runs here, else on every address, accepting only its AE title
+        local = str(remote.host).strip() in ("localhost", "127.0.0.1", "::1")
+        receiver = StorageReceiver(LocalNode(calling_ae, listen_port, "127.0.0.1" if local else "0.0.0.0"), out_dir,
+                                   limits=ReceiverLimits(allowed_ae=(remote.ae_title,)))
     got: list[Path] = []
     lock = threading.Lock()
 
@@ -264,8 +273,6 @@ def move_study(remote: RemoteNode, study_uid: str, out_dir: str | Path | None = 
 def get_study(remote: RemoteNode, study_uid: str, out_dir: str | Path, *, calling_ae: str = "CXRVIEWER",
               timeout: float = DEFAULT_TIMEOUT) -> list[Path]:
     """C-GET a study over one association (no port for the PACS to call back); returns the files."""
-    import os
-
     from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GetModel
 
@@ -276,13 +283,20 @@ def get_study(remote: RemoteNode, study_uid: str, out_dir: str | Path, *, callin
     storage = [cx.abstract_syntax for cx in StoragePresentationContexts[:120]]  # 127 contexts at most, with GET
 
     def on_store(event: Any) -> int:
-        ds = event.dataset
-        folder = out / safe_uid(ds.get("StudyInstanceUID", ""))
-        folder.mkdir(parents=True, exist_ok=True)
-        sop = safe_uid(ds.get("SOPInstanceUID", ""))
-        tmp, path = folder / f".{sop}.part", folder / f"{sop}.dcm"
-        tmp.write_bytes(event.encoded_dataset())
-        os.replace(tmp, path)
+        from cxr_viewer.core.pacs.receiver import InstanceRefused
+        from cxr_viewer.core.staging import write_atomic
+
+        req = event.request
+        try:
+            ds = check_instance(req.DataSet.getvalue() if req.DataSet is not None else b"",
+                                event.context.transfer_syntax, str(req.AffectedSOPClassUID or ""),
+                                str(req.AffectedSOPInstanceUID or ""))
+        except InstanceRefused as exc:
+            log.warning("a retrieved instance was refused: %s", exc.comment)
+            return exc.status
+        path = instance_path(out, str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, event.encoded_dataset())
         got.append(path)
         return 0x0000
 

@@ -26,11 +26,11 @@ def _check_port(port: int, allow_zero: bool) -> int:
 
 @dataclass(frozen=True)
 class LocalNode:
-    """Our receiver: AE title, port (0: any free port) and the address it listens on."""
+    """Our receiver: AE title, port (0: any free port) and the address it listens on (loopback unless told)."""
 
     ae_title: str = "CXRVIEWER"
     port: int = 11112
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
 
     def check(self) -> None:
         check_ae_title(self.ae_title, "receiver AE title")
