@@ -465,13 +465,17 @@ def export_corrections_main(argv: list[str]) -> int:
     p.add_argument("--store", metavar="DIR", help="corrections folder (default: the user's)")
     p.add_argument("--label", action="append", metavar="FINDING", help="only these findings (repeatable)")
     p.add_argument("--dataset", default="site", help="value of the manifest's dataset column")
+    p.add_argument("--study-root", action="append", metavar="DIR",
+                   help="the study folders the corrected films lie in (repeatable): a correction naming a file "
+                   "outside them is left out")
     p.add_argument("-v", "--verbose", action="count", default=0)
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
     from cxr_viewer.core.corrections import CorrectionStore
 
     try:
-        summary = CorrectionStore(args.store).export_manifest(args.out, dataset=args.dataset, labels=args.label)
+        summary = CorrectionStore(args.store).export_manifest(args.out, dataset=args.dataset, labels=args.label,
+                                                              roots=args.study_root or ())
     except CXRError as exc:
         print(f"cxr-viewer export-corrections: {exc.message}", file=sys.stderr)
         return EXIT_FAILURES

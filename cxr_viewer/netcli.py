@@ -89,15 +89,12 @@ def worklist_main(argv: list[str]) -> int:
         print(f"cxr-viewer worklist: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     header, rows = worklist_table(entries, basis=wl.basis, hide_patient=args.hide_patient)
-    import csv
+    from cxr_viewer.core.csvio import write_csv_rows, write_csv_to
 
     if args.csv == "-":
-        csv.writer(sys.stdout).writerows([header, *rows])
+        write_csv_to(sys.stdout, header, rows)
     else:
-        out = Path(args.csv)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows([header, *rows])
+        write_csv_rows(args.csv, header, rows)
     computed = sum(1 for e in entries if e.computed)
     failed = sum(1 for e in entries if not e.ok)
     print(f"{len(entries)} image(s): {computed} analysed now, {len(entries) - computed - failed} from the store, "

@@ -50,7 +50,11 @@ def _site_manifest(args: argparse.Namespace, labels: list[str], run_dir: Path) -
             frame[lab] = np.nan
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "site_manifest.csv"
-    frame.to_csv(out, index=False)
+    from cxr_viewer.core.csvio import neutralise_frame
+    from cxr_viewer.core.staging import staged_file
+
+    with staged_file(out) as part:
+        neutralise_frame(frame).to_csv(part, index=False)
     return str(out)
 
 

@@ -16,12 +16,11 @@ never logged.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,10 @@ __all__ = ["KINDS", "Correction", "CorrectionStore", "CorrectionError"]
 
 KINDS = ("confirmed", "marked_wrong", "added", "mask_edit", "label")
 STORE_FILE = "corrections.jsonl"
+#: Limits on what a line of the store may hold: it is read back and exported, so it is checked like any input.
+MAX_LINE_BYTES = 64 << 10
+MAX_LINE_DEPTH = 4
+MAX_TEXT = 4096
 
 
 class CorrectionError(CXRError):
@@ -63,6 +66,16 @@ class Correction:
     time: str = ""
 
     def __post_init__(self) -> None:
+        texts = ("image", "label", "kind", "patient_id", "content_hash", "model_state", "site_profile", "mask",
+                 "reader", "note", "time")
+        if not all(isinstance(getattr(self, k), str) and len(getattr(self, k)) <= MAX_TEXT for k in texts):
+            raise CorrectionError(f"A correction's texts must be text of at most {MAX_TEXT} characters.")
+        if not isinstance(self.model, dict) or not all(isinstance(v, (str, int, float, type(None)))
+                                                       for v in self.model.values()):
+            raise CorrectionError("A correction's model must be an object of plain values.")
+        if self.model_score is not None and (isinstance(self.model_score, bool) or not isinstance(
+                self.model_score, (int, float)) or not 0.0 <= float(self.model_score) <= 1.0):
+            raise CorrectionError("A correction's model score must be a number in [0, 1].")
         if self.kind not in KINDS:
             raise CorrectionError(f"Unknown correction kind {self.kind!r}; use one of {', '.join(KINDS)}.")
         if self.value not in (None, 0.0, 1.0):
@@ -156,7 +169,10 @@ class CorrectionStore:
         stem = (content_hash or Path(image).stem)[:16]
         n = len(list(masks.glob(f"{stem}_*.png")))
         out = masks / f"{stem}_{''.join(c if c.isalnum() else '_' for c in label)}_{n}.png"
-        Image.fromarray(np.where(m > 0, 255, 0).astype(np.uint8), mode="L").save(out)
+        from cxr_viewer.core.staging import staged_file
+
+        with staged_file(out) as part:
+            Image.fromarray(np.where(m > 0, 255, 0).astype(np.uint8), mode="L").save(part, format="PNG")
         return self.add(Correction(str(Path(image).resolve()), label, 1.0 if (m > 0).any() else 0.0, "mask_edit",
                                    str(patient_id), content_hash, mask=str(out), reader=reader, note=note))  # fmt: skip
 
@@ -164,14 +180,20 @@ class CorrectionStore:
     def all(self) -> list[Correction]:
         if not self.path.is_file():
             return []
+        from cxr_viewer.core.jsonio import loads_limited
+
         out = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Correction(**json.loads(line)))
-            except (ValueError, TypeError, CXRError) as exc:
-                log.warning("corrections line %d skipped: %s", n, getattr(exc, "message", exc))
+        with open(self.path, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    d = loads_limited(raw, max_bytes=MAX_LINE_BYTES, max_depth=MAX_LINE_DEPTH)
+                    if not isinstance(d, dict):
+                        raise CorrectionError("a line must be a JSON object")
+                    out.append(Correction(**d))
+                except (ValueError, TypeError, CXRError) as exc:
+                    log.warning("corrections line %d skipped: %s", n, str(getattr(exc, "message", exc))[:200])
         return out
 
     def latest(self) -> dict[tuple[str, str], Correction]:
@@ -203,30 +225,70 @@ class CorrectionStore:
                 r["labels"].setdefault(lab, math.nan)
         return list(rows.values()), found
 
-    def export_manifest(self, out: str | Path, *, dataset: str = "site", labels: Iterable[str] | None = None) -> dict[str, Any]:
-        """Write the trainer manifest; returns counts. Unsure answers leave the cell blank."""
+    def refusal(self, c: Correction, roots: Sequence[Path] = ()) -> str:
+        """Why ``c``'s paths cannot go into a trainer manifest ("" when they can).
+
+        The image must be an absolute path without ``..``, inside one of ``roots`` (the study
+        folders) when given, and an image file the viewer can read; an edited mask must be a
+        PNG in this store's own ``masks`` folder.
+        """
+        from cxr_viewer.core.io.sniff import sniff_file
+
+        image = Path(c.image)
+        if not image.is_absolute() or ".." in image.parts or "\x00" in c.image:
+            return "the image path is not an absolute path of a study file"
+        real = image.resolve()
+        if roots and not any(real.is_relative_to(r) for r in roots):
+            return "the image lies outside the study folders"
+        try:
+            if not real.is_file() or sniff_file(real) is None:
+                return "the image is not an image file"
+        except OSError:
+            return "the image cannot be read"
+        if c.mask:
+            masks = (self.folder / "masks").resolve()
+            mask = Path(c.mask)
+            if ".." in mask.parts or "\x00" in c.mask or not mask.resolve().is_relative_to(masks) \
+                    or mask.suffix.lower() != ".png":
+                return "the mask lies outside the corrections' masks folder"
+        return ""
+
+    def export_manifest(self, out: str | Path, *, dataset: str = "site", labels: Iterable[str] | None = None,
+                        roots: Iterable[str | Path] = ()) -> dict[str, Any]:
+        """Write the trainer manifest; returns counts. Unsure answers leave the cell blank.
+
+        ``roots``: the study folders the corrected films belong to; a correction whose image lies
+        outside them (or is no image), or whose mask lies outside the store's masks folder, is left
+        out and counted under ``refused``.
+        """
         latest = self.latest()
         if not latest:
             raise CorrectionError(f"No corrections are stored yet (looked in {self.path}).")
+        study_roots = [Path(r).resolve() for r in roots]
         wanted = list(labels) if labels is not None else sorted({lab for _, lab in latest})
         rows: dict[str, dict[str, Any]] = {}
+        refused: dict[str, int] = {}
         for (image, lab), c in latest.items():
             if lab not in wanted:
+                continue
+            why = self.refusal(c, study_roots)
+            if why:
+                refused[why] = refused.get(why, 0) + 1
                 continue
             row = rows.setdefault(image, {"image": image, "patient_id": "", "dataset": dataset, "mask": ""})
             row["patient_id"] = c.patient_id or row["patient_id"] or c.content_hash or Path(image).stem
             if c.kind == "mask_edit":
                 row["mask"] = c.mask
             row[lab] = "" if c.value is None else int(c.value)
+        if not rows:
+            raise CorrectionError("No stored correction can be exported: " + "; ".join(
+                f"{n} refused ({why})" for why, n in refused.items()) + ".")
+        from cxr_viewer.core.csvio import write_csv_rows
+
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         cols = ["image", "patient_id", "dataset", *(["mask"] if any(r["mask"] for r in rows.values()) else []), *wanted]
-        with open(out, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            for r in rows.values():
-                w.writerow({c: r.get(c, "") for c in cols})
+        write_csv_rows(out, cols, ([r.get(c, "") for c in cols] for r in rows.values()))
         counts = {lab: {"positive": sum(1 for r in rows.values() if r.get(lab) == 1),
                         "negative": sum(1 for r in rows.values() if r.get(lab) == 0)} for lab in wanted}  # fmt: skip
         return {"manifest": str(out), "images": len(rows), "patients": len({r["patient_id"] for r in rows.values()}),
-                "labels": counts}  # fmt: skip
+                "labels": counts, "refused": refused}  # fmt: skip

@@ -214,20 +214,27 @@ class SiteProfile:
                 problems.append(f"finding {lab!r}: 'threshold' must be a number in [0, 1]")
                 continue
             try:
-                cal = Calibration.from_dict(f.get("calibration"))
-                if cal.method == "isotonic" and (len(cal.knots_x) != len(cal.knots_y) or not cal.knots_x):
-                    raise ValueError("isotonic calibration needs matching knots_x and knots_y")
+                cal = Calibration.from_dict(f.get("calibration"))  # checks every coefficient and knot
                 parse_target(str(f.get("target", "youden")))
             except (TypeError, ValueError, SiteProfileError) as exc:
                 problems.append(f"finding {lab!r}: {getattr(exc, 'message', exc)}")
                 continue
+            extra = {k: f.get(k) or {} for k in ("summary", "reference")}
+            if not all(isinstance(v, Mapping) for v in extra.values()) or not isinstance(f.get("target", ""), str):
+                problems.append(f"finding {lab!r}: 'summary' and 'reference' must be objects, 'target' a text")
+                continue
             findings[str(lab)] = FindingProfile(
                 label=str(lab), calibration=cal, threshold=float(thr), target=str(f.get("target", "youden")),
-                validated=bool(f.get("validated", False)), summary=dict(f.get("summary") or {}),
-                reference=dict(f.get("reference") or {}),
+                validated=bool(f.get("validated", False)), summary=dict(extra["summary"]),
+                reference=dict(extra["reference"]),
             )  # fmt: skip
+        if not isinstance(d.get("data") or {}, Mapping):
+            problems.append("'data' must be an object")
+        for key in ("created", "note"):
+            if not isinstance(d.get(key, ""), str):
+                problems.append(f"'{key}' must be a text")
         if problems:
-            raise SiteProfileError(f"The site profile{where} is invalid: " + "; ".join(problems) + ".", path=source)
+            raise SiteProfileError(f"The site profile{where} is invalid: " + "; ".join(problems[:8]) + ".", path=source)
         return cls(
             name=str(name), bundle={k: str(v) for k, v in bundle.items()}, findings=findings, version=int(version),
             created=str(d.get("created", "")), note=str(d.get("note", "")), data=dict(d.get("data") or {}),
@@ -303,10 +310,15 @@ def save_profile(profile: SiteProfile, folder: str | Path | None = None) -> Site
     created = profile.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     saved = replace(profile, version=version, created=created)
     path = root / f"{_safe(profile.name)}-v{version}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(saved.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from cxr_viewer.core.staging import write_atomic
+
+    write_atomic(path, json.dumps(saved.to_dict(), indent=2, allow_nan=False) + "\n")
     return replace(saved, path=path)
+
+
+#: A site profile is a few kilobytes of JSON; anything far beyond these is refused before it is parsed.
+MAX_PROFILE_BYTES = 4 << 20
+MAX_PROFILE_DEPTH = 16
 
 
 def load_profile(path_or_name: str | Path, folder: str | Path | None = None) -> SiteProfile:
@@ -321,10 +333,14 @@ def load_profile(path_or_name: str | Path, folder: str | Path | None = None) -> 
                 path=path_or_name,
             )
         return matches[-1]
+    from cxr_viewer.core.jsonio import read_json_limited
+
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SiteProfileError(f"The site profile {p} could not be read as JSON ({exc}).", path=p) from None
+        data = read_json_limited(p, max_bytes=MAX_PROFILE_BYTES, max_depth=MAX_PROFILE_DEPTH)
+    except OSError as exc:
+        raise SiteProfileError(f"The site profile {p} could not be read ({exc.strerror or exc}).", path=p) from None
+    except ValueError as exc:
+        raise SiteProfileError(f"The site profile {p} was refused: {exc}.", path=p) from None
     return SiteProfile.from_dict(data, source=p)
 
 

@@ -162,6 +162,9 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
         frame = pd.read_csv(path, dtype={IMAGE: str, PATIENT: str, SPLIT: str, MASK: str}, keep_default_na=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise TrainingDataError(f"Manifest {path} is not a readable CSV file ({exc}).", path=path) from None
+    from cxr_viewer.core.csvio import restore_frame
+
+    frame = restore_frame(frame)
     base = path.resolve().parent
     for col in (IMAGE, MASK):
         if col in frame.columns:
@@ -184,7 +187,11 @@ def write_manifest(frame: "pd.DataFrame", path: str | Path, *, check_files: bool
             out[col] = out[col].map(lambda v: _relativise(v, base))
     ordered = [c for c in RESERVED if c in out.columns]
     ordered += [c for c in out.columns if c not in RESERVED]
-    out[ordered].to_csv(path, index=False)
+    from cxr_viewer.core.csvio import neutralise_frame
+    from cxr_viewer.core.staging import staged_file
+
+    with staged_file(path) as part:
+        neutralise_frame(out[ordered]).to_csv(part, index=False)
     log.info("wrote manifest %s (%d images, labels: %s)", path, len(out), ", ".join(label_columns(out)))
     return path
 

@@ -503,7 +503,11 @@ def write_samples(frame: "pd.DataFrame", path: str | Path) -> Path:
     out = frame.copy()
     for col in ("image", "mask"):
         out[col] = [os.path.relpath(v, base) if isinstance(v, str) and v else "" for v in out[col]]
-    out.to_csv(path, index=False)
+    from cxr_viewer.core.csvio import neutralise_frame
+    from cxr_viewer.core.staging import staged_file
+
+    with staged_file(path) as part:
+        neutralise_frame(out).to_csv(part, index=False)
     return path
 
 
@@ -514,7 +518,9 @@ def read_samples(path: str | Path) -> "pd.DataFrame":
     path = Path(path)
     if not path.is_file():
         raise TrainingDataError(f"Segmentation sample table {path} not found.", path=path)
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    from cxr_viewer.core.csvio import restore_frame
+
+    frame = restore_frame(pd.read_csv(path, dtype=str, keep_default_na=False))
     missing = [c for c in SAMPLE_COLUMNS if c not in frame.columns]
     if missing:
         raise TrainingDataError(f"{path.name} lacks column(s) {missing}; it is not a segmentation sample table.")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -187,12 +186,12 @@ def write_split_file(frame: "pd.DataFrame", path: str | Path, *, write: bool = T
     check_patient_level(frame)
     cols = [SPLIT] + [c for c in frame.columns if str(c).startswith(FRACTION_PREFIX)]
     table = frame.assign(**{PATIENT: frame[PATIENT].astype(str)}).groupby(PATIENT, sort=True)[cols].max()
-    data = table.reset_index().to_csv(index=False, lineterminator="\n").encode("utf-8")
+    from cxr_viewer.core.csvio import neutralise_frame
+    from cxr_viewer.core.staging import write_atomic
+
+    data = neutralise_frame(table.reset_index()).to_csv(index=False, lineterminator="\n").encode("utf-8")
     if write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -211,7 +210,9 @@ def apply_split_file(frame: "pd.DataFrame", path: str | Path) -> "pd.DataFrame":
     path = Path(path)
     if not path.is_file():
         raise TrainingDataError(f"Split file {path} not found.", path=path)
-    table = pd.read_csv(path, dtype={PATIENT: str, SPLIT: str})
+    from cxr_viewer.core.csvio import restore_frame
+
+    table = restore_frame(pd.read_csv(path, dtype={PATIENT: str, SPLIT: str}))
     if not {PATIENT, SPLIT} <= set(table.columns):
         raise TrainingDataError(f"{path.name} is not a split file (needs patient_id and split columns).")
     table = table.set_index(PATIENT)

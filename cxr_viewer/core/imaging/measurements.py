@@ -316,6 +316,12 @@ def annotation_from_dict(d: dict[str, Any], record: ImageRecord | None) -> Any:
     raise ValueError(f"unknown annotation kind {kind!r}")
 
 
+#: An annotations sidecar is small; larger or deeper files are refused before they are parsed.
+MAX_SIDECAR_BYTES = 8 << 20
+MAX_SIDECAR_DEPTH = 8
+MAX_ANNOTATIONS = 10_000
+
+
 def sidecar_path(image_path: str | Path) -> Path:
     """Where an image's annotations live: ``NAME.annotations.json`` beside it."""
     p = Path(image_path)
@@ -349,8 +355,9 @@ def save_annotations(path: str | Path, annotations: list[Any], record: ImageReco
     }
     if report and report.strip():
         doc["report"] = report
-    path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    return path
+    from cxr_viewer.core.staging import write_atomic
+
+    return write_atomic(path, json.dumps(doc, indent=1))
 
 
 def save_report(path: str | Path, report: str, record: ImageRecord | None) -> Path:
@@ -367,7 +374,9 @@ def save_report(path: str | Path, report: str, record: ImageRecord | None) -> Pa
 
 def load_report(path: str | Path) -> str | None:
     """The report text stored with an image's annotations (None when there is none)."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    from cxr_viewer.core.jsonio import read_json_limited
+
+    doc = read_json_limited(path, max_bytes=MAX_SIDECAR_BYTES, max_depth=MAX_SIDECAR_DEPTH)
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ValueError(f"{Path(path).name} is not a cxr-viewer annotations file")
     text = doc.get("report")
@@ -376,10 +385,25 @@ def load_report(path: str | Path) -> str | None:
 
 def load_annotations(path: str | Path, record: ImageRecord | None) -> list[Any]:
     """Read a sidecar written by :func:`save_annotations`; a sidecar of another image is refused."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    if doc.get("schema") != SCHEMA:
+    from cxr_viewer.core.jsonio import read_json_limited
+
+    doc = read_json_limited(path, max_bytes=MAX_SIDECAR_BYTES, max_depth=MAX_SIDECAR_DEPTH)
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ValueError(f"{Path(path).name} is not a cxr-viewer annotations file")
     image = doc.get("image") or {}
-    if record is not None and image.get("shape") and tuple(image["shape"]) != record.shape:
+    image = image if isinstance(image, dict) else {}
+    shape = image.get("shape")
+    if record is not None and shape and (not isinstance(shape, list) or tuple(shape) != record.shape):
         raise ValueError(f"{Path(path).name} belongs to an image of another size")
-    return [annotation_from_dict(d, record) for d in doc.get("annotations", [])]
+    items = doc.get("annotations", [])
+    if not isinstance(items, list) or len(items) > MAX_ANNOTATIONS:
+        raise ValueError(f"{Path(path).name} holds no list of at most {MAX_ANNOTATIONS} annotations")
+    out = []
+    for d in items:
+        if not isinstance(d, dict):
+            raise ValueError(f"{Path(path).name}: an annotation is not an object")
+        try:
+            out.append(annotation_from_dict(d, record))
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"{Path(path).name}: an annotation is incomplete ({type(exc).__name__})") from None
+    return out

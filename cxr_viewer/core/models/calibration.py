@@ -45,6 +45,11 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
+#: Bounds of a valid calibration: logit coefficients and the number of isotonic knots.
+MAX_COEFFICIENT = 1e3
+MAX_KNOTS = 10_000
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One label's fitted calibration; ``to_dict``/``from_dict`` round-trip through a manifest or profile."""
@@ -60,18 +65,32 @@ class Calibration:
             raise ValueError(f"unknown calibration method {self.method!r}; use one of {', '.join(METHODS)}")
         if not (np.isfinite(self.a) and np.isfinite(self.b)):
             raise ValueError("calibration parameters must be finite")
+        if abs(self.a) > MAX_COEFFICIENT or abs(self.b) > MAX_COEFFICIENT:
+            raise ValueError(f"calibration coefficients must lie within +-{MAX_COEFFICIENT:g} (a={self.a:g}, b={self.b:g})")
+        if self.method == "isotonic":
+            x, y = np.asarray(self.knots_x, dtype=np.float64), np.asarray(self.knots_y, dtype=np.float64)
+            if x.size == 0 or x.size != y.size or x.size > MAX_KNOTS:
+                raise ValueError(f"isotonic calibration needs 1 to {MAX_KNOTS} matching knots_x and knots_y")
+            if not (np.isfinite(x).all() and np.isfinite(y).all()):
+                raise ValueError("isotonic knots must be finite numbers")
+            if x.min() < 0 or x.max() > 1 or y.min() < 0 or y.max() > 1:
+                raise ValueError("isotonic knots must lie in [0, 1] (they map a score to a probability)")
+            if (np.diff(x) < 0).any() or (np.diff(y) < 0).any():
+                raise ValueError("isotonic knots must be sorted and non-decreasing")
 
     @property
     def affine(self) -> bool:
         return self.method in ("none", "temperature", "platt")
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, always within [0, 1] (a NaN input stays NaN, to be reported)."""
         p = np.asarray(p, dtype=np.float64)
         if self.method == "none":
             return p
         if self.method == "isotonic":
-            return np.interp(p, self.knots_x, self.knots_y)
-        return _sigmoid(self.a * logit(p) + self.b)
+            return np.clip(np.interp(p, self.knots_x, self.knots_y), 0.0, 1.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.clip(_sigmoid(self.a * logit(p) + self.b), 0.0, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"method": self.method}
@@ -83,7 +102,13 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Calibration":
+        """A calibration from JSON; ``ValueError``/``TypeError`` name what is wrong (never a bad score later)."""
+        if d is not None and not isinstance(d, dict):
+            raise TypeError("a calibration must be an object")
         d = dict(d or {})
+        for key in ("knots_x", "knots_y"):
+            if not isinstance(d.get(key, ()), (list, tuple)):
+                raise TypeError(f"'{key}' must be a list of numbers")
         return cls(
             method=str(d.get("method", "none")),
             a=float(d.get("a", 1.0)),

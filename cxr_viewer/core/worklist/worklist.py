@@ -20,7 +20,6 @@ recomputes nothing.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import threading
@@ -435,11 +434,7 @@ def worklist_table(entries: Sequence[WorklistEntry], *, basis: str, hide_patient
 
 
 def write_csv(path: str | Path, entries: Sequence[WorklistEntry], *, basis: str, hide_patient: bool = False) -> Path:
+    from cxr_viewer.core.csvio import write_csv_rows
+
     header, rows = worklist_table(entries, basis=basis, hide_patient=hide_patient)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
+    return write_csv_rows(path, header, rows)
