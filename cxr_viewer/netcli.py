@@ -40,8 +40,8 @@ def worklist_main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(
         prog="cxr-viewer worklist",
-        description="Analyse every image under DIR (results kept in a local store keyed by pixel hash and "
-        "model sha256, so a second run recomputes nothing) and write the worklist, highest abnormality first. "
+        description="Analyse every image under DIR (results kept in a local store keyed by the image's analysis key (its pixels, window "
+        "and the header fields the analysis reads) and model sha256, so a second run recomputes nothing) and write the worklist, highest abnormality first. "
         "The abnormality is the score of a finding named 'Abnormal' when a model has one, otherwise the "
         "highest finding score; the CSV header says which. With --site-profile the profile's model's findings "
         "carry its calibrated scores (and thresholds), the order follows them, and the header names the profile.",
@@ -65,6 +65,9 @@ def worklist_main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     try:
         store = ResultStore(args.db or default_store_path())
+    except CXRError as exc:  # another schema, another program's database, no database at all
+        print(f"cxr-viewer worklist: {exc.message} (pass --db FILE)", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - sqlite3 raises several kinds
         print(f"cxr-viewer worklist: the result store cannot be opened ({exc}); pass --db FILE", file=sys.stderr)
         return EXIT_USAGE

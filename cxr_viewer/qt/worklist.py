@@ -301,7 +301,15 @@ class WorklistController(QObject):
         self.settings = settings
         self.runner = TaskRunner(Session(), self, max_threads=1)  # private session: the viewer stays un-busy
         path = store_path or Path(str(settings.value("worklist/db", "") or default_store_path()))
-        self.store = ResultStore(path)
+        from cxr_viewer.core.worklist.store import StoreError
+
+        self.store_problem = ""  # why the user's store could not be used (the worklist then keeps results in memory)
+        try:
+            self.store = ResultStore(path)
+        except StoreError as exc:
+            log.warning("worklist store refused: %s", exc.message)
+            self.store_problem = exc.message
+            self.store = ResultStore(":memory:")
         self.worklist = Worklist(self.store, model_dirs=model_dirs, disabled=disabled, device=device, backend=backend,
                                  enabled=enabled)
         self.receiver: StorageReceiver | None = None

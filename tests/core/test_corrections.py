@@ -17,6 +17,10 @@ from cxr_viewer.headless import export_corrections_main
 def test_store_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = CorrectionStore(tmp_path / "store")
     a, b, c = (tmp_path / f"{n}.png" for n in "abc")
+    from PIL import Image
+
+    for f in (a, b, c):  # the films exist: the export refuses a path that is no image
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(f)
     high = Finding("Pneumonia", 0.81, 0.5, "pneu", "1.0", "site profile ward v2: target sensitivity 0.9", raw_score=0.6)
     low = Finding("Pneumonia", 0.20, 0.5, "pneu", "1.0", "youden")
     wrong = store.add_for_finding(a, high, correct=False, patient_id="P1", model_sha256="ab" * 32, reader="dr x")

@@ -13,13 +13,38 @@ from cxr_viewer.core.models.preprocess import Preprocessing, preprocess
 if TYPE_CHECKING:
     from cxr_viewer.core.io.record import ImageRecord
 
-__all__ = ["ModelInputs", "input_key"]
+__all__ = ["ModelInputs", "analysis_key", "input_key"]
+
+#: Header fields that name the study or the patient and that no part of the analysis reads.
+IDENTITY_FIELDS = frozenset({
+    "patient_name", "patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
+    "study_date", "study_description", "series_description", "transfer_syntax",
+})
 
 
 def input_key(record: "ImageRecord", spec: Preprocessing) -> tuple[Any, ...]:
     """Everything the network input depends on: the pixels, the default window the spec applies, the spec."""
     window = record.default_window if spec.window == "default" else None
     return (record.content_hash, None if window is None else tuple(float(v) for v in window), spec)
+
+
+def analysis_key(record: "ImageRecord") -> str:
+    """The key of everything ``analyze`` derives from one record, as a hex digest.
+
+    It holds what :func:`input_key` keys a model input on (the pixel hash and the default
+    window; the spec is the model's, which the store keys by the model's sha256) and every
+    header field except those naming the study or patient (:data:`IDENTITY_FIELDS`): the QC
+    flags and the population check read the modality, view, body part and age, so two files
+    with the same pixels and another header never share findings or QC.
+    """
+    import hashlib
+    import json
+
+    window = record.default_window
+    header = {k: v for k, v in sorted((record.metadata or {}).items()) if k not in IDENTITY_FIELDS}
+    doc = {"pixels": record.content_hash, "format": record.format,
+           "window": None if window is None else [float(v) for v in window], "header": header}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=repr).encode("utf-8")).hexdigest()
 
 
 class ModelInputs:

@@ -1,7 +1,8 @@
 """A triage worklist: every image of a folder (or arriving over DICOM) analysed once, sorted by urgency.
 
 Results come from the :class:`~cxr_viewer.core.worklist.store.ResultStore`, keyed by
-(pixel hash, model sha256): an unchanged file is not even decoded again, a copied
+(analysis key, model sha256), the analysis key being the pixels, the default window and the header
+fields the analysis reads (:func:`~cxr_viewer.core.inference.inputs.analysis_key`): an unchanged file is not even decoded again, a copied
 file finds its results by content, and a changed model recomputes only its own
 findings. The engine is created only when something is missing, so reopening a
 folder that is fully analysed loads no model at all.
@@ -100,6 +101,7 @@ class WorklistEntry:
     error: str | None = None
     computed: tuple[str, ...] = ()
     site_profile: dict[str, Any] | None = None  # the site profile applied to ``findings`` (identity), if any
+    analysis_key: str | None = None  # what its findings and QC are stored under (pixels, window and header)
 
     @property
     def ok(self) -> bool:
@@ -306,8 +308,9 @@ class Worklist:
             return WorklistEntry(path, None, error=f"cannot be read ({exc.strerror or type(exc).__name__})")
         row = (known.get(str(path)) if known is not None else None) or self.store.file(path)
         record = None
-        if row is not None and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns:
-            content_hash, metadata, error = row.content_hash, row.metadata, row.error
+        if row is not None and row.size == st.st_size and row.mtime_ns == st.st_mtime_ns and (
+                row.error is not None or row.analysis_key):
+            content_hash, metadata, error, key = row.content_hash, row.metadata, row.error, row.analysis_key
         else:
             try:
                 record = read_image(path)
@@ -317,18 +320,20 @@ class Worklist:
             if _is_result_object(record):
                 self.store.put_file(path, st.st_size, st.st_mtime_ns, None, {}, "result_object: written by an analysis")
                 return None
-            content_hash = record.content_hash
+            from cxr_viewer.core.inference.inputs import analysis_key
+
+            content_hash, key = record.content_hash, analysis_key(record)
             metadata = {k: v for k, v in record.metadata.items() if isinstance(v, (str, int, float, type(None)))}
             metadata["format"] = record.format
             error = None
-            self.store.put_file(path, st.st_size, st.st_mtime_ns, content_hash, metadata)
+            self.store.put_file(path, st.st_size, st.st_mtime_ns, content_hash, metadata, analysis_key=key)
         if error is not None:
             code, _, message = error.partition(": ")
             return None if code in _NOT_AN_IMAGE else WorklistEntry(path, None, metadata, error=message or error)
-        assert content_hash is not None
+        assert content_hash is not None and key is not None
         models = self.models
-        have = self.store.findings(content_hash, [k.sha256 for k in models])
-        qc = self.store.qc(content_hash)
+        have = self.store.findings(key, [k.sha256 for k in models])
+        qc = self.store.qc(key)
         missing = [k for k in models if k.sha256 not in have]
         computed: tuple[str, ...] = ()
         if missing or qc is None:
@@ -337,15 +342,15 @@ class Worklist:
                     record = read_image(path)
                 except CXRError as exc:
                     return WorklistEntry(path, content_hash, metadata, error=exc.message)
-            computed, qc = self._compute(record, content_hash, missing, cancel)
-            have = self.store.findings(content_hash, [k.sha256 for k in self.models])
+            computed, qc = self._compute(record, key, missing, cancel)
+            have = self.store.findings(key, [k.sha256 for k in self.models])
         order = {k.sha256: i for i, k in enumerate(self.models)}
         findings = tuple(f for sha in sorted(have, key=lambda s: order.get(s, 1 << 30)) for f in have[sha])
         findings, _message, _stale, applied = self._adjust(findings, qc or ())
         return WorklistEntry(path, content_hash, metadata, tuple(qc or ()), findings,
-                             self.store.is_read(content_hash), None, computed, applied)
+                             self.store.is_read(content_hash), None, computed, applied, key)
 
-    def _compute(self, record: Any, content_hash: str, missing: list[ModelKey],
+    def _compute(self, record: Any, key: str, missing: list[ModelKey],
                  cancel: CancelToken | None) -> tuple[tuple[str, ...], tuple[QCFlag, ...]]:
         engine = self.engine()
         loaded = {b.sha256.lower(): b.name for b in engine.bundles}
@@ -353,8 +358,8 @@ class Worklist:
         result = engine.analyze(record, cancel=cancel, models=names)
         for m in result.models:
             if m["name"] in names:
-                self.store.put_findings(content_hash, m, [f for f in result.findings if f.model == m["name"]])
-        self.store.put_qc(content_hash, result.qc)
+                self.store.put_findings(key, m, [f for f in result.findings if f.model == m["name"]])
+        self.store.put_qc(key, result.qc)
         return tuple(names), tuple(result.qc)
 
     def iter_folder(self, folder: str | Path, *, cancel: CancelToken | None = None,
