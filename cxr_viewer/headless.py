@@ -106,14 +106,17 @@ def method_file_part(method: str) -> str:
 def _write_cam(values: Any, out_dir: Path, stem: str, label: str, method: str, fmt: str) -> Path:
     import numpy as np
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{_safe_name(stem)}_{_safe_name(label)}_{method_file_part(method)}.{fmt}"
-    if fmt == "npy":
-        np.save(path, values.astype(np.float32), allow_pickle=False)
-    else:
-        from PIL import Image
+    from cxr_viewer.core.staging import staged_file
 
-        Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), mode="L").save(path)
+    path = out_dir / f"{_safe_name(stem)}_{_safe_name(label)}_{method_file_part(method)}.{fmt}"
+    with staged_file(path) as part:
+        if fmt == "npy":
+            with part.open("wb") as fh:
+                np.save(fh, values.astype(np.float32), allow_pickle=False)
+        else:
+            from PIL import Image
+
+            Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), mode="L").save(part, format="PNG")
     return path
 
 
@@ -392,9 +395,9 @@ def analyze_main(argv: list[str]) -> int:
     if args.json == "-":
         sys.stdout.write(text + "\n")
     else:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n", encoding="utf-8")
+        from cxr_viewer.core.staging import write_atomic
+
+        write_atomic(args.json, text + "\n")
     if refused_all is not None:
         return EXIT_MODELS_REFUSED
     return EXIT_OK if all_done else EXIT_REJECTED

@@ -13,8 +13,17 @@ for it (:func:`~cxr_viewer.core.export.dicom_results.write_results` with
 is random and never written, so pseudonyms cannot be reversed from the output.
 
 What ``dicognito`` leaves and the profile removes (PS3.15 Table E.1-1 action "X"),
-we remove here: private tags (the profile's default, without the Retain Safe Private
-option) and the free-text attributes in :data:`PROFILE_REMOVE_EXTRA`. Burned-in text
+we remove here, at every nesting level: private tags (the profile's default, without the
+Retain Safe Private option), unknown-VR elements, the attributes in
+:data:`PROFILE_REMOVE_EXTRA`, every coded sequence that is not one of the concept
+sequences our objects are made of (``ProcedureCodeSequence`` and its free-text
+``CodeMeaning`` among them), and every free-text value (LO, SH, ST, LT, UT, UC, UR, AE)
+except the few in :data:`KEEP_TEXT` that are either pseudonyms dicognito wrote or text
+this program wrote itself. Removing all free text but a short list is stricter than
+the table's row by row actions and keeps holding when a modality fills an attribute the
+table does not name. The report PDF of an anonymised export is drawn again from a
+record stripped of every identifying value (:meth:`Anonymiser.deidentified_record`), so
+the page prints no name, ID or real date. Burned-in text
 cannot be removed by editing tags: :func:`burned_in_warnings` reads the Burned In
 Annotation attribute and runs a simple pixel check, and every warning is returned to
 the caller (shown in the GUI, printed by the CLI).
@@ -61,6 +70,41 @@ PROFILE_REMOVE_EXTRA: tuple[str, ...] = (
 #: Action X/Z/D attributes that some IODs require (type 1): replaced by a dummy value instead.
 PROFILE_DUMMY: dict[str, str] = {"DeviceSerialNumber": "removed"}
 
+#: Action Z attributes the result IODs require (type 2): kept, emptied.
+PROFILE_EMPTY = frozenset({"PatientSex", "StudyID", "AccessionNumber"})
+
+#: Value representations of free text, removed unless kept below.
+TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "UR", "AE"})
+
+#: Free text that stays: pseudonyms dicognito wrote, and what this program itself writes into results.
+KEEP_TEXT = frozenset({
+    "PatientID", "DeviceSerialNumber", "TextValue", "SegmentLabel", "SegmentDescription", "SegmentAlgorithmName",
+    "ContentDescription", "DocumentTitle", "MIMETypeOfEncapsulatedDocument", "AlgorithmName", "AlgorithmVersion",
+    "AlgorithmParameters", "AlgorithmSource", "CodingSchemeName", "CodingSchemeResponsibleOrganization",
+    "CodingSchemeVersion", "LongCodeValue", "CodeValue", "CodeMeaning", "CodingSchemeDesignator",
+    "ContextGroupVersion", "MappingResource", "ContextIdentifier", "TemplateIdentifier", "MappingResourceName",
+    "ContextGroupExtensionCreatorUID",
+})
+
+#: Our own equipment identity in result objects (kept only when the object says it is ours).
+OWN_EQUIPMENT = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions")
+
+#: Coded sequences our result objects are made of: their codes stay; any other coded sequence goes.
+KEEP_CODE_SEQUENCES = frozenset({
+    "ConceptNameCodeSequence", "ConceptCodeSequence", "MeasurementUnitsCodeSequence",
+    "SegmentedPropertyCategoryCodeSequence", "SegmentedPropertyTypeCodeSequence",
+    "SegmentedPropertyTypeModifierCodeSequence", "AnatomicRegionSequence", "AnatomicRegionModifierSequence",
+    "PrimaryAnatomicStructureSequence", "PurposeOfReferenceCodeSequence", "DeidentificationMethodCodeSequence",
+    "AlgorithmFamilyCodeSequence", "AlgorithmNameCodeSequence", "ViewCodeSequence", "ViewModifierCodeSequence",
+    "DerivationCodeSequence", "MeasurementMethodCodeSequence", "QuantityDefinitionSequence",
+    "ContentTemplateSequence", "CodingSchemeIdentificationSequence", "PatientOrientationCodeSequence",
+    "PatientOrientationModifierCodeSequence",
+})
+
+#: Header fields of an image record that identify nobody (what a de-identified record keeps).
+SAFE_RECORD_FIELDS = ("modality", "view_position", "body_part", "photometric", "bits_stored", "rows", "columns",
+                      "frames", "value_range", "value_inverted")
+
 #: Basic Application Confidentiality Profile + Retain Longitudinal Temporal Information with Modified Dates.
 _METHOD_CODES = (("113100", "Basic Application Confidentiality Profile"),
                  ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
@@ -92,13 +136,52 @@ class Anonymiser:
         ds.remove_private_tags()
         ds.walk(_remove_or_dummy)
         self._engine.anonymize(ds)
+        _clean(ds, own=_is_own(ds))
         _record_method(ds)
         if warnings:
             ds.PatientIdentityRemoved = "NO"
         return warnings
 
 
+    @staticmethod
+    def deidentified_record(record: "ImageRecord") -> "ImageRecord":
+        """``record`` without anything that identifies the patient or the study: no header, no file
+        name, and only the header fields in :data:`SAFE_RECORD_FIELDS` (no name, ID or date). What
+        the report of an anonymised export is drawn from."""
+        from dataclasses import replace
+
+        md = record.metadata or {}
+        return replace(record, source=None, header=None, notices=(),
+                       metadata={k: md[k] for k in SAFE_RECORD_FIELDS if k in md})
+
+
 _REMOVE = frozenset(PROFILE_REMOVE_EXTRA)
+
+
+def _is_own(ds: "Dataset") -> bool:
+    from cxr_viewer.core.export.dicom_results import MANUFACTURER
+
+    return str(ds.get("Manufacturer", "")) == MANUFACTURER
+
+
+def _clean(ds: "Dataset", *, own: bool, parent: str = "") -> None:
+    """The free-text and coded-sequence rules of this module, at every nesting level."""
+    for elem in list(ds):
+        kw = elem.keyword
+        if elem.tag.is_private or elem.VR == "UN" or kw in _REMOVE:
+            del ds[elem.tag]
+        elif elem.VR == "SQ":
+            if kw.endswith(("CodeSequence", "CodeSeq")) and kw not in KEEP_CODE_SEQUENCES:
+                elem.value = []  # emptied, not removed: some (PerformedProcedureCodeSequence) are type 2
+                continue
+            for item in elem.value:
+                _clean(item, own=own, parent=kw)
+        elif kw in PROFILE_EMPTY:
+            elem.value = ""
+        elif elem.VR in TEXT_VRS:
+            if kw in KEEP_TEXT or (own and kw in OWN_EQUIPMENT):
+                continue
+            del ds[elem.tag]
 
 
 def _remove_or_dummy(dataset: "Dataset", elem: Any) -> None:
@@ -225,7 +308,10 @@ def export_anonymised(
             warnings.append(f"image {i}: {w}")
         path = out / f"IMG_{ds.SOPInstanceUID}.dcm"
         try:
-            ds.save_as(path, enforce_file_format=False)
+            from cxr_viewer.core.staging import staged_file
+
+            with staged_file(path) as part:
+                ds.save_as(part, enforce_file_format=False)
         except OSError as exc:
             raise ExportError(f"Could not write {path.name}: {exc.strerror or exc}.") from exc
         files.append(path)

@@ -663,6 +663,8 @@ def _write_results(record: "ImageRecord", result: Any, src: "Dataset", out: Path
         view = _view_array(view_png)
         burned_identity = True  # a screenshot of the viewer may show the patient's name in a corner
     objects.append(("SC", build_sc(src, view, burned_in_identity=burned_identity)))
+    if anonymiser is not None:  # the page is drawn again from a record without identity or real dates
+        record, pdf = anonymiser.deidentified_record(record), None
     if pdf is None:
         import tempfile
 
@@ -685,7 +687,10 @@ def _write_results(record: "ImageRecord", result: Any, src: "Dataset", out: Path
             anonymiser.anonymise(ds, check_burned_in=kind == "SC" and burned_identity)
         path = out / f"{kind}_{ds.SOPInstanceUID}.dcm"
         try:
-            ds.save_as(path, enforce_file_format=True)
+            from cxr_viewer.core.staging import staged_file
+
+            with staged_file(path) as part:
+                ds.save_as(part, enforce_file_format=True)
         except OSError as exc:
             raise ExportError(f"Could not write {path.name}: {exc.strerror or exc}. Check the folder is writable.") from exc
         written.append(path)

@@ -144,8 +144,12 @@ def _gsps(**kwargs: Any) -> Any:
 
 def write_gsps(path: str | Path, record: ImageRecord, annotations: Sequence[Any], **kwargs: Any) -> Path:
     """Write the presentation state beside the study (``NAME.gsps.dcm`` by convention)."""
+    from cxr_viewer.core.staging import staged_file
+
     path = Path(path)
-    build_gsps(record, annotations, **kwargs).save_as(path, enforce_file_format=True)
+    ds = build_gsps(record, annotations, **kwargs)
+    with staged_file(path) as part:
+        ds.save_as(part, enforce_file_format=True)
     return path
 
 

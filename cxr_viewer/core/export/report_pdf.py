@@ -423,14 +423,17 @@ def write_record_pdf(rec: "ClinicalRecord", path: str | Path) -> Path:
     figures = [_page_one(rec, overlays, pages)]
     if pages == 2:
         figures.append(_page_two(rec, pages))
-    if fmt == "png":
-        figures[0].savefig(path, format="png", dpi=150)
-        return path
-    from matplotlib.backends.backend_pdf import PdfPages
+    from cxr_viewer.core.staging import staged_file
 
-    with PdfPages(path, metadata={"Title": rec.title, "Creator": "cxr-viewer"}) as pdf:
-        for fig in figures:
-            pdf.savefig(fig)
+    with staged_file(path) as part:  # a kill or a failure never leaves a part of a report at its name
+        if fmt == "png":
+            figures[0].savefig(part, format="png", dpi=150)
+            return path
+        from matplotlib.backends.backend_pdf import PdfPages
+
+        with PdfPages(part, metadata={"Title": rec.title, "Creator": "cxr-viewer"}) as pdf:
+            for fig in figures:
+                pdf.savefig(fig)
     return path
 
 

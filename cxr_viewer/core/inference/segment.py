@@ -68,9 +68,11 @@ class Mask:
         """Write the binary mask as an 8-bit PNG (0/255) the size of the image."""
         from PIL import Image
 
+        from cxr_viewer.core.staging import staged_file
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(self.mask.astype(np.uint8) * 255, mode="L").save(path)
+        with staged_file(path) as part:
+            Image.fromarray(self.mask.astype(np.uint8) * 255, mode="L").save(part, format="PNG")
         return path
 
     def summary(self) -> dict[str, Any]:

@@ -283,8 +283,9 @@ def write_model_card(bundle_dir: Any, notes: Mapping[str, Any] | None = None) ->
     if (bundle / "evaluation" / "report.md").is_file():
         card += EVALUATION_NOTE
     out = bundle / "model_card.md"
-    out.write_text(card, encoding="utf-8")
-    return out
+    from cxr_viewer.core.staging import write_atomic
+
+    return write_atomic(out, card)
 
 
 def model_card_markdown(manifest: "Manifest | Mapping[str, Any]", notes: Mapping[str, Any] | None = None) -> str:

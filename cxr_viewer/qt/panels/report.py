@@ -185,8 +185,10 @@ def export_tri_panel(
                    labelcolor="white", fontsize=9)
     fig.suptitle(title or "Report-conditioned regions — research use only, not for diagnosis", color="#bbbbbb", fontsize=10)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.06 + 0.035 * min(len(shown), 6), wspace=0.03)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), format="png", facecolor="black")
+    from cxr_viewer.core.staging import staged_file
+
+    with staged_file(path) as part:
+        fig.savefig(str(part), format="png", facecolor="black")
     return path
 
 
