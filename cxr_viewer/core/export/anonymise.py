@@ -65,6 +65,7 @@ PROFILE_REMOVE_EXTRA: tuple[str, ...] = (
     "InterpretationText", "TextComments", "AcquisitionComments", "ContentCreatorName",
     "PerformingPhysicianName", "IssuerOfPatientID", "OtherPatientIDsSequence", "PatientBirthTime",
     "PatientBirthName", "PatientMotherBirthName", "CountryOfResidence", "RegionOfResidence",
+    "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization", "AdmissionID",
 )
 
 #: Action X/Z/D attributes that some IODs require (type 1): replaced by a dummy value instead.
@@ -76,14 +77,21 @@ PROFILE_EMPTY = frozenset({"PatientSex", "StudyID", "AccessionNumber"})
 #: Value representations of free text, removed unless kept below.
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "UR", "AE"})
 
-#: Free text that stays: pseudonyms dicognito wrote, and what this program itself writes into results.
-KEEP_TEXT = frozenset({
-    "PatientID", "DeviceSerialNumber", "TextValue", "SegmentLabel", "SegmentDescription", "SegmentAlgorithmName",
-    "ContentDescription", "DocumentTitle", "MIMETypeOfEncapsulatedDocument", "AlgorithmName", "AlgorithmVersion",
-    "AlgorithmParameters", "AlgorithmSource", "CodingSchemeName", "CodingSchemeResponsibleOrganization",
-    "CodingSchemeVersion", "LongCodeValue", "CodeValue", "CodeMeaning", "CodingSchemeDesignator",
-    "ContextGroupVersion", "MappingResource", "ContextIdentifier", "TemplateIdentifier", "MappingResourceName",
-    "ContextGroupExtensionCreatorUID",
+#: Free text that stays: pseudonyms dicognito wrote (or dummies), in any object.
+KEEP_TEXT = frozenset({"PatientID", "DeviceSerialNumber"})
+
+#: Free text of coded concepts: kept inside the concept sequences our objects are made of
+#: (:data:`KEEP_CODE_SEQUENCES`), removed anywhere else.
+CODE_TEXT = frozenset({
+    "CodeValue", "CodeMeaning", "CodingSchemeDesignator", "CodingSchemeVersion", "LongCodeValue", "URNCodeValue",
+    "ContextIdentifier", "MappingResource", "ContextGroupVersion", "TemplateIdentifier", "MappingResourceName",
+    "CodingSchemeName", "CodingSchemeResponsibleOrganization",
+})
+
+#: Text this program writes into its result objects: kept only in an object that says it is ours.
+OWN_TEXT = frozenset({
+    "TextValue", "SegmentLabel", "SegmentDescription", "SegmentAlgorithmName", "ContentDescription", "DocumentTitle",
+    "MIMETypeOfEncapsulatedDocument", "AlgorithmName", "AlgorithmVersion", "AlgorithmParameters", "AlgorithmSource",
 })
 
 #: Our own equipment identity in result objects (kept only when the object says it is ours).
@@ -100,6 +108,9 @@ KEEP_CODE_SEQUENCES = frozenset({
     "ContentTemplateSequence", "CodingSchemeIdentificationSequence", "PatientOrientationCodeSequence",
     "PatientOrientationModifierCodeSequence",
 })
+
+#: Coded sequences that a result IOD requires (type 2): emptied, not removed.
+EMPTY_SEQUENCES = frozenset({"PerformedProcedureCodeSequence"})
 
 #: Header fields of an image record that identify nobody (what a de-identified record keeps).
 SAFE_RECORD_FIELDS = ("modality", "view_position", "body_part", "photometric", "bits_stored", "rows", "columns",
@@ -172,14 +183,18 @@ def _clean(ds: "Dataset", *, own: bool, parent: str = "") -> None:
             del ds[elem.tag]
         elif elem.VR == "SQ":
             if kw.endswith(("CodeSequence", "CodeSeq")) and kw not in KEEP_CODE_SEQUENCES:
-                elem.value = []  # emptied, not removed: some (PerformedProcedureCodeSequence) are type 2
+                if kw in EMPTY_SEQUENCES:
+                    elem.value = []
+                else:
+                    del ds[elem.tag]
                 continue
             for item in elem.value:
                 _clean(item, own=own, parent=kw)
         elif kw in PROFILE_EMPTY:
             elem.value = ""
         elif elem.VR in TEXT_VRS:
-            if kw in KEEP_TEXT or (own and kw in OWN_EQUIPMENT):
+            if kw in KEEP_TEXT or (own and (kw in OWN_EQUIPMENT or kw in OWN_TEXT)) or (
+                    kw in CODE_TEXT and parent in KEEP_CODE_SEQUENCES):
                 continue
             del ds[elem.tag]
 
