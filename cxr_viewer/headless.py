@@ -297,9 +297,23 @@ def _export_one(
     heat: Any, stem: str, path_text: str,
 ) -> bool:
     """``--pdf-out`` / ``--dicom-out`` (the record the Export menu writes) and ``--anonymised-out`` for one
-    analysed input, with the annotations saved beside it (Ctrl+S); failures become ``error`` objects."""
+    analysed input, with the annotations saved beside it (Ctrl+S); failures become ``error`` objects.
+
+    An export that fails for any reason (a full disk, a header no object can carry) is recorded on
+    that result as an export error; the findings already in ``obj`` are never lost to it.
+    """
     from cxr_viewer.core.export.measurements import measurement_rows
     from cxr_viewer.core.export.record import ClinicalRecord, Identification, annotations_beside, write_record
+
+    def failed(what: str, exc: BaseException) -> dict[str, Any]:
+        if isinstance(exc, CXRError):
+            return {"error": exc.to_dict()}
+        if not isinstance(exc, OSError):
+            log.error("export of %s failed: %s", what, type(exc).__name__)
+            log.debug("details", exc_info=True)
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        return {"error": {"code": "export_failed", "message": f"Could not write the {what} ({text}); "
+                          "the findings above are complete."}}
 
     done = True
     try:
@@ -309,22 +323,27 @@ def _export_one(
         obj.setdefault("warnings", []).append(f"The annotations saved beside this image were not read: {exc}")
     if annotations:
         obj["measurements"] = [{"kind": r.kind, "name": r.name, "value": r.value} for r in measurement_rows(annotations)]
-    rec = ClinicalRecord(record, judged, Identification.from_record(record), annotations, tuple(masks), heat,
-                         report_text=args.report or "")
+    try:
+        rec = ClinicalRecord(record, judged, Identification.from_record(record), annotations, tuple(masks), heat,
+                             report_text=args.report or "")
+    except Exception as exc:  # noqa: BLE001 - a header no record can be made of: the exports fail, not the result
+        rec, done = None, not (args.pdf_out or args.dicom_out)
+        for key, wanted, what in (("report_pdf", args.pdf_out, "PDF report"), ("dicom", args.dicom_out, "DICOM results")):
+            if wanted:
+                obj[key] = failed(what, exc)
     pdf_path: Path | None = None
-    if args.pdf_out:
+    if args.pdf_out and rec is not None:
         try:
             pdf_path = write_record(rec, pdf_path=Path(args.pdf_out) / f"{_safe_name(stem)}_report.pdf")[0]
             obj["report_pdf"] = str(pdf_path)
-        except (OSError, CXRError) as exc:
-            obj["report_pdf"] = {"error": exc.to_dict() if isinstance(exc, CXRError) else
-                                 {"code": "export_failed", "message": f"Could not write the PDF report: {exc}"}}
+        except Exception as exc:  # noqa: BLE001 - an export failure never costs the findings
+            obj["report_pdf"] = failed("PDF report", exc)
             done = False
-    if args.dicom_out:
+    if args.dicom_out and rec is not None:
         try:
             obj["dicom"] = [str(p) for p in write_record(rec, dicom_dir=Path(args.dicom_out))]
-        except CXRError as exc:
-            obj["dicom"] = {"error": exc.to_dict()}
+        except Exception as exc:  # noqa: BLE001 - an export failure never costs the findings
+            obj["dicom"] = failed("DICOM results", exc)
             done = False
     if args.anonymised_out:
         from cxr_viewer.core.export.anonymise import export_anonymised
@@ -337,8 +356,8 @@ def _export_one(
                                     results=[(record, judged, {"masks": [m for m in masks if not m.empty],
                                                                "annotations": annotations})])
             obj["anonymised"] = {"files": [str(p) for p in out.files], "warnings": out.warnings}
-        except CXRError as exc:
-            obj["anonymised"] = {"error": exc.to_dict()}
+        except Exception as exc:  # noqa: BLE001 - an export failure never costs the findings
+            obj["anonymised"] = failed("anonymised export", exc)
             done = False
     return done
 

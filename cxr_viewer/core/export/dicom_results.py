@@ -125,8 +125,112 @@ def source_dataset(record: "ImageRecord") -> "Dataset":
         )
     ds = ds.copy()
     _repair_age(ds)
+    valid_for_vr(ds)
     ds.Rows, ds.Columns = (int(ds.get("Rows") or record.shape[0]), int(ds.get("Columns") or record.shape[1]))
     return ds
+
+
+#: Longest value of each string VR (PS3.5 6.2); a PN limit is per component group.
+_VR_MAX = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "DS": 16, "IS": 12, "AS": 4, "ST": 1024,
+           "LT": 10240, "UC": 1 << 16, "UT": 1 << 20, "UR": 1 << 16}
+_MULTI_LINE = {"ST", "LT", "UT"}
+_CS = re.compile(r"[A-Z0-9 _]{0,16}")
+_TM = re.compile(r"([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?")
+
+
+def _valid_date(text: str) -> bool:
+    try:
+        _dt.datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return False
+    return len(text) == 8
+
+
+def _clean_text(text: str, vr: str) -> str:
+    keep = "\r\n\t\f" if vr in _MULTI_LINE else ""
+    text = "".join(c for c in text if c >= " " or c in keep).replace("\\", "/")
+    if vr == "PN":
+        groups = text.split("=")[:3]
+        return "=".join("^".join(part[:_VR_MAX["PN"]] for part in g.split("^")[:5])[:_VR_MAX["PN"]] for g in groups)
+    return text[: _VR_MAX.get(vr, len(text))].rstrip() if vr not in _MULTI_LINE else text[: _VR_MAX[vr]]
+
+
+def _one_valid(value: Any, vr: str) -> Any:
+    """``value`` valid for ``vr``, or None when it cannot be made valid (the element is then emptied)."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1", "replace")
+    text = _clean_text(str(value), vr)
+    if vr == "DA":
+        return text if _valid_date(text) else None
+    if vr == "TM":
+        return text if _TM.fullmatch(text) else None
+    if vr == "DT":
+        return text if re.fullmatch(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?", text) \
+            and (len(text) < 8 or _valid_date(text[:8])) else None
+    if vr == "CS":
+        return text.upper() if _CS.fullmatch(text.upper()) else None
+    if vr == "AS":
+        return text if re.fullmatch(r"\d{3}[DWMY]", text) else None
+    return text
+
+
+def _single_valued(tag: Any) -> bool:
+    from pydicom.datadict import dictionary_VM
+
+    try:
+        return dictionary_VM(tag) == "1"
+    except KeyError:
+        return False
+
+
+def valid_for_vr(ds: "Dataset") -> None:
+    """Make every string value of ``ds`` (nested too) valid for its VR, in place: decoded from its
+    character set (the objects we write are UTF-8), control characters and stray backslashes
+    removed, cut to the VR's length, and dates, times, ages and code strings that cannot be
+    repaired emptied. A hostile header (a 10,000-character name, markup, a garbage date, an
+    unknown character set) then never reaches a written object invalid."""
+    try:
+        ds.decode()
+    except Exception:  # noqa: BLE001 - an unknown or broken character set: values stay as read
+        log.debug("source header could not be decoded from its character set", exc_info=True)
+    from pydicom.datadict import dictionary_VR
+
+    for elem in list(ds):
+        if elem.VR == "UN" and not elem.tag.is_private and isinstance(elem.value, bytes):
+            try:  # a value the reader kept raw (too long to decode): back to its own VR, to be cut below
+                vr = dictionary_VR(elem.tag)
+            except KeyError:
+                continue
+            if vr in _VR_MAX or vr in ("DA", "TM", "DT"):
+                ds.add_new(elem.tag, vr, elem.value[: 1 << 16].decode("latin-1").rstrip("\x00 "))
+                elem = ds[elem.tag]
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                valid_for_vr(item)
+            continue
+        if elem.VR not in _VR_MAX and elem.VR not in ("DA", "TM", "DT"):
+            continue
+        if elem.value is None or elem.value == "":
+            continue
+        if elem.VR in ("DS", "IS"):
+            continue  # numbers: pydicom holds them as numbers already
+        values = list(elem.value) if elem.VM > 1 else [elem.value]
+        if len(values) > 1 and _single_valued(elem.tag):  # a stray backslash split one value in many
+            values = ["/".join(str(v) for v in values)]
+        fixed = [_one_valid(v, elem.VR) for v in values]
+        if elem.VR == "PN":
+            from pydicom.valuerep import PersonName
+
+            fixed = [None if v is None else PersonName(v) for v in fixed]
+        if elem.keyword == "Modality" and (len(fixed) != 1 or not fixed[0]):
+            elem.value = "OT"
+        elif elem.keyword == "PatientSex" and fixed != ["M"] and fixed != ["F"] and fixed != ["O"]:
+            elem.value = ""
+        elif any(v is None for v in fixed):
+            elem.value = ""
+        else:
+            elem.value = fixed if len(fixed) > 1 else fixed[0]
+    ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 def _repair_age(ds: "Dataset") -> None:
