@@ -238,6 +238,7 @@ class StorageReceiver:
         # pynetdicom's own logging handlers fail with a traceback on a request without a UID, and stop
         # the handlers after them (ours, which answer that request); they log nothing we need
         _config.LOG_HANDLER_LEVEL = "none"
+        _one_line_network_logs()
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS),
                     (evt.EVT_PDU_RECV, self._on_pdu), (evt.EVT_DIMSE_RECV, self._on_dimse),
                     (evt.EVT_RELEASED, self._forget),
@@ -405,6 +406,27 @@ class StorageReceiver:
             except Exception:  # noqa: BLE001 - a broken listener must not refuse the instance
                 log.exception("a receiver listener failed")
         return SUCCESS
+
+
+class _OneLine(logging.Filter):
+    """What a hostile or broken peer makes pynetdicom log (garbage PDUs, resets) becomes one warning line
+    without a traceback: the receiver's log stays readable, and the sender is told by its status."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if record.exc_info:
+            record.msg = f"{record.getMessage()} ({type(record.exc_info[1]).__name__})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def _one_line_network_logs() -> None:
+    for name in ("pynetdicom.dul", "pynetdicom.transport", "pynetdicom.association", "pynetdicom.acse",
+                 "pynetdicom.dimse", "pynetdicom.events", "pynetdicom.fsm"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _OneLine) for f in lg.filters):
+            lg.addFilter(_OneLine())
 
 
 def allowed_titles(text: Iterable[str] | None) -> tuple[str, ...]:
