@@ -234,7 +234,8 @@ class SiteProfile:
             if not isinstance(d.get(key, ""), str):
                 problems.append(f"'{key}' must be a text")
         if problems:
-            raise SiteProfileError(f"The site profile{where} is invalid: " + "; ".join(problems[:8]) + ".", path=source)
+            short = [" ".join(str(x).split())[:200] for x in problems[:8]]  # one line, however hostile the values
+            raise SiteProfileError(f"The site profile{where} is invalid: " + "; ".join(short) + ".", path=source)
         return cls(
             name=str(name), bundle={k: str(v) for k, v in bundle.items()}, findings=findings, version=int(version),
             created=str(d.get("created", "")), note=str(d.get("note", "")), data=dict(d.get("data") or {}),

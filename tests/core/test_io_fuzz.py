@@ -123,3 +123,46 @@ def test_mutate_is_deterministic_and_changes_the_input() -> None:
 def test_built_seeds_read_cleanly(tmp_path: Path, name: str) -> None:
     seeds = {p.name: p for p in seed_corpus(tmp_path / "c", with_real=False)}
     assert check_file(seeds[name]) == "ok"
+
+
+# --------------------------------------------------------------------------- the other parsers
+from benchmarks.fuzz_reader import TARGETS, _json_seeds, run_target  # noqa: E402
+
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=False),
+              st.text(max_size=40), st.sampled_from(["../../etc/passwd", "=HYPERLINK(1)", "isotonic", "platt"])),
+    lambda kids: st.one_of(st.lists(kids, max_size=5), st.dictionaries(st.text(max_size=12), kids, max_size=6)),
+    max_leaves=30,
+)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_parser_target_keeps_its_property_under_mutation(tmp_path: Path, target: str) -> None:
+    """Each new parser (site profiles, corrections, annotation sidecars, worklist rows), a seeded mutational run."""
+    stats = run_target(target, seconds=30.0, iterations=int(os.environ.get("CXR_FUZZ_ITERATIONS", "150")),
+                       out=tmp_path, seed=2)
+    bugs = {k: v for k, v in stats.items() if k.startswith("BUG")}
+    assert not bugs, f"{bugs}; inputs in {tmp_path / ('crashes-' + target)}"
+    assert len(stats) >= 2  # both refusals and accepted inputs were reached
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=_JSON, where=st.sampled_from(["root", "finding", "calibration", "annotation", "row"]))
+def test_parser_target_on_arbitrary_json(tmp_path: Path, target: str, doc: object, where: str) -> None:
+    """Arbitrary JSON values spliced into a valid document of each parser: its property holds."""
+    import json
+
+    text = _json_seeds(target)[0].decode()
+    seed = json.loads(text if target != "corrections" else text.splitlines()[0])
+    if where == "root" or not isinstance(seed, (dict, list)):
+        value = doc
+    elif isinstance(seed, list):
+        value = [doc, *seed]
+    else:
+        value = dict(seed)
+        key = {"finding": "findings", "calibration": "findings", "annotation": "annotations", "row": "model"}[where]
+        value[key] = {"Effusion": {"threshold": 0.5, "calibration": doc}} if where == "calibration" else doc
+    f = tmp_path / "input.json"
+    f.write_text(json.dumps(value))
+    TARGETS[target](f)
