@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,22 +183,29 @@ def check_file(path: Path) -> str:
     return "ok"
 
 
-def run_mutate(seeds: list[Path], *, seconds: float, iterations: int | None, out: Path, seed: int) -> dict[str, int]:
-    """Mutational fuzzing until the time or iteration budget is spent; crashing inputs go to ``out/crashes``."""
+def run_mutate(seeds: list[Path], *, seconds: float, iterations: int | None, out: Path, seed: int,
+               check: Callable[[Path], str] | None = None, mutator: Callable[[bytes, random.Random], bytes] | None = None,
+               corpus: list[bytes] | None = None, crash_dir: str = "crashes") -> dict[str, int]:
+    """Mutational fuzzing until the time or iteration budget is spent; crashing inputs go to ``out/crashes``.
+
+    ``check``/``mutator``/``corpus``: another target's property, edits and seeds (default: the reader's).
+    """
+    check = check or check_file
+    mutator = mutator or mutate
     rng = random.Random(seed)
-    corpus = [p.read_bytes() for p in seeds]
+    corpus = corpus if corpus is not None else [p.read_bytes() for p in seeds]
     work = Path(tempfile.mkdtemp(prefix="fuzz-", dir=out))
     stats: dict[str, int] = {}
-    crashes = out / "crashes"
+    crashes = out / crash_dir
     deadline = time.monotonic() + seconds
     n = 0
     try:
         while time.monotonic() < deadline and (iterations is None or n < iterations):
-            data = mutate(rng.choice(corpus), rng)
+            data = mutator(rng.choice(corpus), rng)
             f = work / "input"
             f.write_bytes(data)
             try:
-                outcome = check_file(f)
+                outcome = check(f)
             except Exception as exc:  # noqa: BLE001 - any bug: keep the input, carry on
                 crashes.mkdir(parents=True, exist_ok=True)
                 keep = crashes / f"crash-{n:06d}.bin"
@@ -383,31 +391,8 @@ def mutate_json(data: bytes, rng: random.Random) -> bytes:
 
 def run_target(target: str, *, seconds: float, iterations: int | None, out: Path, seed: int) -> dict[str, int]:
     """Mutational fuzzing of one parser target; crashing inputs go to ``out/crashes-<target>``."""
-    check = TARGETS[target]
-    rng = random.Random(seed)
-    corpus = _json_seeds(target)
-    work = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-", dir=out))
-    stats: dict[str, int] = {}
-    crashes = out / f"crashes-{target}"
-    deadline = time.monotonic() + seconds
-    n = 0
-    try:
-        while time.monotonic() < deadline and (iterations is None or n < iterations):
-            data = mutate_json(rng.choice(corpus), rng)
-            f = work / "input.json"
-            f.write_bytes(data)
-            try:
-                outcome = check(f)
-            except Exception as exc:  # noqa: BLE001 - any bug: keep the input, carry on
-                crashes.mkdir(parents=True, exist_ok=True)
-                (crashes / f"crash-{n:06d}.bin").write_bytes(data)
-                (crashes / f"crash-{n:06d}.txt").write_text(traceback.format_exc())
-                outcome = f"BUG {type(exc).__name__}"
-            stats[outcome] = stats.get(outcome, 0) + 1
-            n += 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return stats
+    return run_mutate([], seconds=seconds, iterations=iterations, out=out, seed=seed, check=TARGETS[target],
+                      mutator=mutate_json, corpus=_json_seeds(target), crash_dir=f"crashes-{target}")
 
 
 def run_atheris(seeds_dir: Path, libfuzzer_args: list[str]) -> None:  # pragma: no cover - long runs only
@@ -442,13 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.target != "reader":
         t0 = time.monotonic()
         stats = run_target(args.target, seconds=args.seconds, iterations=args.iterations, out=args.out, seed=args.seed)
-        total = sum(stats.values())
-        print(f"{args.target}: {total} inputs in {time.monotonic() - t0:.0f} s")
-        for outcome, count in sorted(stats.items(), key=lambda kv: -kv[1]):
-            print(f"  {count:7d}  {outcome}")
-        bugs = sum(c for o, c in stats.items() if o.startswith("BUG"))
-        print(f"{bugs} bug(s); inputs in {args.out / ('crashes-' + args.target)}" if bugs else "no bugs found")
-        return 1 if bugs else 0
+        return _report(stats, t0, args.out / f"crashes-{args.target}")
     seeds = seed_corpus(args.out / "corpus")
     print(f"seed corpus: {len(seeds)} files in {args.out / 'corpus'}")
     engine = args.engine
@@ -466,12 +445,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.monotonic()
     stats = run_mutate(seeds, seconds=args.seconds, iterations=args.iterations, out=args.out, seed=args.seed)
+    return _report(stats, t0, args.out / "crashes")
+
+
+def _report(stats: dict[str, int], t0: float, crashes: Path) -> int:
     total = sum(stats.values())
     print(f"{total} inputs in {time.monotonic() - t0:.0f} s ({total / max(time.monotonic() - t0, 1e-9):.1f}/s)")
     for outcome, count in sorted(stats.items(), key=lambda kv: -kv[1]):
         print(f"  {count:7d}  {outcome}")
     bugs = sum(c for o, c in stats.items() if o.startswith("BUG"))
-    print(f"{bugs} bug(s); inputs in {args.out / 'crashes'}" if bugs else "no bugs found")
+    print(f"{bugs} bug(s); inputs in {crashes}" if bugs else "no bugs found")
     return 1 if bugs else 0
 
 
