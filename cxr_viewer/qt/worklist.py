@@ -310,6 +310,10 @@ class WorklistController(QObject):
             log.warning("worklist store refused: %s", exc.message)
             self.store_problem = exc.message
             self.store = ResultStore(":memory:")
+            from PySide6.QtCore import QTimer
+
+            QTimer.singleShot(0, lambda: self.error.emit(  # once the panel listens
+                "Worklist store", f"{exc.message} Results are kept in memory until the viewer closes."))
         self.worklist = Worklist(self.store, model_dirs=model_dirs, disabled=disabled, device=device, backend=backend,
                                  enabled=enabled)
         self.receiver: StorageReceiver | None = None
