@@ -312,8 +312,8 @@ class WorklistController(QObject):
             self.store = ResultStore(":memory:")
             from PySide6.QtCore import QTimer
 
-            QTimer.singleShot(0, lambda: self.error.emit(  # once the panel listens
-                "Worklist store", f"{exc.message} Results are kept in memory until the viewer closes."))
+            text = f"{exc.message} Results are kept in memory until the viewer closes."
+            QTimer.singleShot(0, lambda: self.error.emit("Worklist store", text))  # once the panel listens
         self.worklist = Worklist(self.store, model_dirs=model_dirs, disabled=disabled, device=device, backend=backend,
                                  enabled=enabled)
         self.receiver: StorageReceiver | None = None

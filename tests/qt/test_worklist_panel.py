@@ -323,3 +323,19 @@ def test_labels_are_explicit_and_confirmed(qtbot, make_window, tiny_models, fold
     qtbot.keyClick(panel.table, Qt.Key.Key_1)
     assert win.statusBar().currentMessage() == f"Labelled {finding} positive on {panel.current_entry().path.name}"
     assert list(panel.controller.labels_of(panel.current_entry()).values()) == [1.0]
+
+
+def test_a_store_of_another_program_is_named_and_the_worklist_still_works(qtbot, tmp_path: Path) -> None:
+    from PySide6.QtCore import QSettings
+
+    from cxr_viewer.qt.worklist import WorklistController
+
+    bad = tmp_path / "not-a-store.sqlite"
+    bad.write_bytes(b"this is no database " * 50)
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    controller = WorklistController(settings, [], store_path=bad)
+    messages: list[tuple[str, str]] = []
+    controller.error.connect(lambda title, text: messages.append((title, text)))
+    qtbot.waitUntil(lambda: bool(messages), timeout=5000)
+    assert "not a database" in messages[0][1] and controller.store.path is None  # in memory meanwhile
+    assert bad.read_bytes().startswith(b"this is no database")  # the user's file is left as it was
