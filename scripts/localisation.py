@@ -160,7 +160,7 @@ def lung_field_study(engine: Any, frame: Any, targets: list[tuple[str, str | Non
     out: dict[str, Any] = {"films": len(frame), "targets": {}}
     for name, per in hits.items():
         table = {k: summary(v, n_boot, seed) for k, v in per.items()}
-        best = max((k for k in table if k != "none"), key=lambda k: (table[k]["value"] or 0.0, -float(k)))
+        best = max((k for k in table if k != "none"), key=lambda k: (table[k]["value"] or 0.0, float(k)))  # ties: wider
         out["targets"][name] = {"pointing": table, "best_dilation": float(best)}
     out["scorecam_coverage"] = {k: summary(v, n_boot, seed) for k, v in coverage.items()}
     out["scorecam_coverage"]["what"] = (f"share of the image at >= half the ScoreCAM map's maximum ({targets[0][0]}), "

@@ -137,6 +137,7 @@ class AnalysisController(QObject):
         self.auto_cam = True
         self.shown_cam: tuple[str, str | None] | None = None
         self._shown_patient: str | None = None  # the patient the "Show" choice was made on
+        self._asked_before_film = False  # chosen with no film open (--heatmap): drawn on the next film as asked
         settings.remove("heatmap/show")  # older versions persisted the choice across restarts
         self._sync = False
         self.generations = Generations()
@@ -378,8 +379,11 @@ class AnalysisController(QObject):
 
         In memory only, tied to the current patient: a film of another patient (or one whose
         patient is unknown) starts without it, and so does the next start of the viewer.
+        A choice made with no film open (``--heatmap``, a script) is the reader's request for the
+        next film: it is drawn there whatever the finding's state, then follows that film's patient.
         """
         self.shown_cam = None if label is None else (label, model)
+        self._asked_before_film = label is not None and self.session.record is None
         self._shown_patient = _patient_key(self.session.record) if label is not None else None
 
     def request_cam(self, label: str, model: str | None = None, method: str | None = None, *,
@@ -490,7 +494,9 @@ class AnalysisController(QObject):
         # Nothing of the previous image may land on this one.
         for channel in ("analysis", "cam", "segment"):
             self.generations.cancel(channel)
-        if self.shown_cam is not None and (self._shown_patient is None or _patient_key(record) != self._shown_patient):
+        if self.shown_cam is not None and self._asked_before_film:
+            self._shown_patient = _patient_key(record)  # the film the choice was made for
+        elif self.shown_cam is not None and (self._shown_patient is None or _patient_key(record) != self._shown_patient):
             self.shown_cam, self._shown_patient = None, None  # another patient: no map is carried over
         self._outcome = None
         self._heatmap = None
@@ -555,9 +561,10 @@ class AnalysisController(QObject):
         if self.shown_cam is None:
             return None, None
         label, model = self.shown_cam
+        asked, self._asked_before_film = self._asked_before_film, False
         same = [f for f in state.findings if f.label == label and model in (None, f.model)]
         for f in same or [f for f in state.findings if f.label == label]:  # or from another (updated) model
-            return (f.label, f.model) if f.positive or f.above_threshold else (None, None)
+            return (f.label, f.model) if asked or f.positive or f.above_threshold else (None, None)
         return None, None
 
     def _on_cam_item(self, gen: int, record: ImageRecord, item: tuple[str, Any]) -> None:
