@@ -193,3 +193,22 @@ def test_the_card_says_research_overlay_and_why() -> None:
     assert "Research overlay, not a finding" in card and "TB lesion map (research)" in card
     assert "share of validation normals scoring lower" in card
     assert "Where the heatmaps point" in card
+
+
+def test_headless_analyze_lists_no_tb_finding_and_draws_the_overlay_on_request(tmp_path: Path) -> None:
+    """`cxr-viewer analyze` with the shipped bundles: no TB row in the JSON; --cam names the research overlay."""
+    import json
+
+    from cxr_viewer.headless import analyze_main
+
+    out = tmp_path / "r.json"
+    rc = analyze_main([str(SAMPLE), "--no-default-models", "--models", str(MODELS), "--json", str(out),
+                       "--cam", "TB lesion map", "--cam-format", "npy", "--cam-out", str(tmp_path), "--no-faithfulness"])
+    assert rc == 0
+    (d,) = json.loads(out.read_text(encoding="utf-8"))
+    assert d["findings"] and not any("tb" in f["label"].lower().split() or "tuberculosis" in f["label"].lower()
+                                     for f in d["findings"])
+    cam = d["cam"]
+    assert cam["label"] == "TB lesion map (research)" and cam["research_overlay"] is True
+    assert 0.0 <= cam["reference_rank"] <= 1.0 and cam["region"].startswith("lung field")
+    assert np.load(cam["path"]).shape == read_image(SAMPLE).shape
