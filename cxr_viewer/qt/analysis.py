@@ -138,6 +138,7 @@ class AnalysisController(QObject):
         self.shown_cam: tuple[str, str | None] | None = None
         self._shown_patient: str | None = None  # the patient the "Show" choice was made on
         self._asked_before_film = False  # chosen with no film open (--heatmap): drawn on the next film as asked
+        self._asked_for: ImageRecord | None = None  # that next film
         settings.remove("heatmap/show")  # older versions persisted the choice across restarts
         self._sync = False
         self.generations = Generations()
@@ -494,8 +495,10 @@ class AnalysisController(QObject):
         # Nothing of the previous image may land on this one.
         for channel in ("analysis", "cam", "segment"):
             self.generations.cancel(channel)
+        self._asked_for = None
         if self.shown_cam is not None and self._asked_before_film:
-            self._shown_patient = _patient_key(record)  # the film the choice was made for
+            self._asked_before_film, self._asked_for = False, record  # the film the choice was made for
+            self._shown_patient = _patient_key(record)
         elif self.shown_cam is not None and (self._shown_patient is None or _patient_key(record) != self._shown_patient):
             self.shown_cam, self._shown_patient = None, None  # another patient: no map is carried over
         self._outcome = None
@@ -561,7 +564,7 @@ class AnalysisController(QObject):
         if self.shown_cam is None:
             return None, None
         label, model = self.shown_cam
-        asked, self._asked_before_film = self._asked_before_film, False
+        asked = self._asked_for is not None and self._asked_for is self.session.record
         same = [f for f in state.findings if f.label == label and model in (None, f.model)]
         for f in same or [f for f in state.findings if f.label == label]:  # or from another (updated) model
             return (f.label, f.model) if asked or f.positive or f.above_threshold else (None, None)
