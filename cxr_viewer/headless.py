@@ -245,6 +245,7 @@ def _analyze_one(
 
             names = [f["label"] for f in d.get("findings", [])
                      if args.cam_model is None or f.get("model") == args.cam_model]
+            names += [lab for lab, m in engine.research_overlays() if args.cam_model in (None, m)]  # opt-in maps
             label = match_label(args.cam, names) if names else args.cam
             heat = engine.cam(record, label, args.cam_method, model=args.cam_model,
                               faithfulness=not args.no_faithfulness)

@@ -18,10 +18,12 @@
 #              then 224 px); per-label calibration (folded into the head), an age head and each
 #              finding's validated population, thresholds from one false-alarm budget on validation;
 #              held-out test with CIs                                              -> chest-resnet18
-#   localise   pointing game (TBX11K and NIH boxes) and ROAD faithfulness on true positives
+#   localise   pointing game (TBX11K and NIH boxes) and ROAD faithfulness on true positives; then, with
+#              the report segmenter, the lung-field study (dilation chosen on validation, test read once)
 #   segment    report-conditioned U-Net (lungs, zones, TB lesions from boxes)       -> report-segmenter-resnet18
 #   tb         TB lesion score from the segmenter: threshold for 0.85 sensitivity on validation TBX11K,
-#              sensitivity + localisation on test, flag rate on held-out normals of every other source
+#              sensitivity + localisation on test, flag rate on held-out normals of every other source;
+#              not validated -> a research overlay whose scale is the validation normals' scores
 #   cards      model_card.md and notes for every bundle (configs/recipes/cards/*.yaml)
 #
 # --train-flags is appended to every training command, so it overrides the YAML recipes
@@ -123,6 +125,11 @@ if want localise; then
   timed localise python scripts/localisation.py --bundle "$OUT/chest-resnet18" --manifest "$D/chest.csv" \
     --tbx11k "$D/tbx11k.csv" --tbx11k-splits "$D/tbx11k-splits.csv" \
     --bbox "$DATA_DIR/labels_only/BBox_List_2017.csv.gz" --out "$RUNS/localisation" --seed "$SEED"
+  if [[ -d "$OUT/report-segmenter-resnet18" ]]; then
+    timed lung-field python scripts/localisation.py --lung-field --bundle "$OUT/chest-resnet18" \
+      --segmenter "$OUT/report-segmenter-resnet18" --manifest "$D/chest.csv" --tbx11k "$D/tbx11k.csv" \
+      --out "$RUNS/localisation" --seed "$SEED"
+  fi
 fi
 
 # ---------------------------------------------------------------- segmentation and TB
@@ -149,9 +156,11 @@ if want cards; then
   [[ -d "$OUT/ssl-encoder-resnet18" ]] && python scripts/model_card.py "$OUT/ssl-encoder-resnet18" --notes $C/ssl-encoder.yaml \
     --extra-metrics "wall_time_s=$RUNS/walltime.json"
   [[ -d "$OUT/chest-resnet18" ]] && python scripts/model_card.py "$OUT/chest-resnet18" --notes $C/chest.yaml \
-    --extra-metrics "localisation=$RUNS/localisation/localisation.json" --extra-metrics "wall_time_s=$RUNS/walltime.json"
+    --extra-metrics "localisation=$RUNS/localisation/localisation.json" --extra-metrics "wall_time_s=$RUNS/walltime.json" \
+    $([[ -f "$RUNS/localisation/lung_field.json" ]] && echo --extra-metrics "lung_field=$RUNS/localisation/lung_field.json")
   [[ -d "$SEG_OUT" ]] && python scripts/model_card.py "$SEG_OUT" --notes $C/segment.yaml \
     --extra-metrics "tuberculosis_lesion_score=$RUNS/tb/tb_metrics.json" \
+    $([[ -f "$RUNS/localisation/lung_field.json" ]] && echo --extra-metrics "lung_field=$RUNS/localisation/lung_field.json") \
     --derived-findings "$RUNS/tb/derived_findings.json"
   du -sh "$OUT"
 fi

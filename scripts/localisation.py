@@ -9,6 +9,13 @@
 - **ROAD faithfulness on true positives**: for the findings with the most held-out true
   positives, the ROAD combined score (pytorch-grad-cam; > 0 explains the score, ~0 is
   chance) of each true positive's Grad-CAM map.
+- **Lung-field constraint** (``--lung-field``, the viewer's own path: the engine with the chest
+  bundle and the report segmenter, ``inference.lung_field``): the pointing game on TBX11K boxes for
+  Abnormal's class maps and the segmenter's TB lesion map, unconstrained and constrained. The
+  dilation is chosen on the VALIDATION films (``--dilations``); the held-out TEST films (the chest
+  bundle's ``splits.csv``, whose TBX11K patients are the segmenter's too) are read once, with the
+  engine's default dilation, and reported with the within-lung chance level. ScoreCAM's coverage
+  (share of the image at >= half the map's maximum) is measured on the first validation films.
 
 Every figure carries a patient-bootstrap 95% CI. Usage:
   python scripts/localisation.py --bundle resources/models/chest-resnet18 --manifest runs/data/chest.csv \
@@ -79,6 +86,140 @@ def pointing(mapper: Mapper, record: Any, label: str, boxes: list[tuple[float, f
     return float(inside[peak]), float(inside.mean())
 
 
+def tbx11k_split(manifest: str, split_file: str, split: str) -> Any:
+    """TBX11K films (with boxes) of one split, the split taken per patient from ``split_file``.
+
+    The multi-source split files (the chest bundle's ``splits.csv``) name patients ``tbx11k:<id>``;
+    the TBX11K manifest names them ``<id>``: both are accepted.
+    """
+    import pandas as pd
+
+    from trainer.data.manifest import read_manifest
+    from trainer.data.splits import apply_split_file
+
+    frame = read_manifest(manifest).frame.copy()
+    ids = pd.read_csv(split_file, usecols=["patient_id"], dtype=str)["patient_id"]
+    if ids.str.startswith("tbx11k:").any():
+        frame["patient_id"] = "tbx11k:" + frame["patient_id"].astype(str).str.removeprefix("tbx11k:")
+        keep = frame["patient_id"].isin(set(ids))
+        frame = frame[keep]
+    frame = apply_split_file(frame, split_file)
+    return frame[frame["split"] == split]
+
+
+def _boxes(row: Any) -> list[tuple[float, float, float, float]]:
+    return [tuple(b[1:5]) for b in json.loads(row.boxes or "[]")]
+
+
+def _peak_hit(values: np.ndarray, inside: np.ndarray) -> float:
+    return float(inside[np.unravel_index(int(np.argmax(values)), values.shape)])
+
+
+def lung_field_study(engine: Any, frame: Any, targets: list[tuple[str, str | None, str]], *,
+                     dilations: list[float], scorecam_films: int, n_boot: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Validation: pointing with no constraint and with each dilation, per (label, model, method) target.
+
+    The unconstrained map comes from the engine (``lung_constraint`` off); each dilation's field is
+    built by ``lung_field_from_probabilities`` from the same lung probabilities and applied with
+    ``constrain_map``, at the original size.
+    """
+    from cxr_viewer.core.inference.lung_field import (
+        LUNG_PROMPTS,
+        UNCONSTRAINED,
+        constrain_map,
+        lung_field_from_probabilities,
+    )
+    from cxr_viewer.core.io import read_image
+
+    seg = engine.segmenter(engine.lung_segmenter())
+    hits: dict[str, dict[str, list[float]]] = {f"{lab} ({meth})": {} for lab, _, meth in targets}
+    coverage: dict[str, list[float]] = {"unconstrained": [], "constrained": []}
+    engine.lung_constraint = False
+    for n, row in enumerate(frame.itertuples(index=False)):
+        boxes = _boxes(row)
+        if not boxes:
+            continue
+        record = read_image(row.image)
+        probs = [m.prob for m in seg.segment(record, list(LUNG_PROMPTS))]
+        fields = {d: lung_field_from_probabilities(probs, seg.threshold, dilation=d).mask for d in dilations}
+        inside = box_mask(boxes, record.shape)
+        for label, model, method in targets:
+            values = engine.cam(record, label, method, model=model).values
+            per = hits[f"{label} ({method})"]
+            per.setdefault("none", []).append(_peak_hit(values, inside))
+            for d, field in fields.items():
+                m = values if label in UNCONSTRAINED else constrain_map(values, field)
+                per.setdefault(f"{d:g}", []).append(_peak_hit(m, inside))
+        if n < scorecam_films:
+            sc = engine.cam(record, targets[0][0], "scorecam", model=targets[0][1]).values
+            coverage["unconstrained"].append(float((sc >= 0.5 * sc.max()).mean()))
+            field = fields[max(dilations)]
+            c = constrain_map(sc, field)
+            coverage["constrained"].append(float((c >= 0.5 * c.max()).mean()))
+    engine.lung_constraint = True
+    out: dict[str, Any] = {"films": len(frame), "targets": {}}
+    for name, per in hits.items():
+        table = {k: summary(v, n_boot, seed) for k, v in per.items()}
+        best = max((k for k in table if k != "none"), key=lambda k: (table[k]["value"] or 0.0, float(k)))  # ties: wider
+        out["targets"][name] = {"pointing": table, "best_dilation": float(best)}
+    out["scorecam_coverage"] = {k: summary(v, n_boot, seed) for k, v in coverage.items()}
+    out["scorecam_coverage"]["what"] = (f"share of the image at >= half the ScoreCAM map's maximum ({targets[0][0]}), "
+                                        f"first {scorecam_films} validation films; constrained at dilation {max(dilations):g}")
+    return out
+
+
+def lung_field_test(engine: Any, frame: Any, targets: list[tuple[str, str | None, str]], *,
+                    n_boot: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Held-out test films, read once: pointing of each target through the engine, unconstrained and
+    constrained (the viewer's path), with the chance levels of a uniformly random peak."""
+    from cxr_viewer.core.io import read_image
+
+    res: dict[str, dict[str, list[float]]] = {f"{lab} ({meth})": {"unconstrained": [], "lung_field": []}
+                                              for lab, _, meth in targets}
+    chance: dict[str, list[float]] = {"image": [], "lung_field": []}
+    for row in frame.itertuples(index=False):
+        boxes = _boxes(row)
+        if not boxes:
+            continue
+        record = read_image(row.image)
+        inside = box_mask(boxes, record.shape)
+        field = engine.lung_field(record)
+        chance["image"].append(float(inside.mean()))
+        if field is not None and field.mask.any():
+            chance["lung_field"].append(float((inside & field.mask).sum() / field.mask.sum()))
+        for label, model, method in targets:
+            for key, on in (("unconstrained", False), ("lung_field", True)):
+                engine.lung_constraint = on
+                res[f"{label} ({method})"][key].append(_peak_hit(engine.cam(record, label, method, model=model).values,
+                                                                 inside))
+    engine.lung_constraint = True
+    return {
+        "films": len(frame),
+        "dilation": engine.lung_dilation,
+        "pointing": {name: {k: summary(v, n_boot, seed) for k, v in per.items()} for name, per in res.items()},
+        "chance": {k: float(np.mean(v)) if v else None for k, v in chance.items()},
+        "what": "peak of the map inside a TB lesion box; held-out TBX11K test films of the chest bundle's splits.csv",
+    }
+
+
+def lung_field_main(args: Any) -> dict[str, Any]:
+    from cxr_viewer.core.inference.engine import InferenceEngine, derived_specs
+
+    engine = InferenceEngine.from_dirs([args.bundle, *args.segmenter], device="cpu", backend=args.backend)
+    overlays = [(str(d["label"]), b.name, "lesion map") for b in engine.bundles for d in derived_specs(b)]
+    targets = [(args.tb_finding, engine.classifiers[0].name, m) for m in args.methods] + overlays[:1]
+    split_file = args.split_file or str(Path(args.bundle) / "splits.csv")
+    out: dict[str, Any] = {"split_file": split_file, "segmenter": engine.lung_segmenter().name,
+                           "backend": {b.name: engine.backend_for(b) for b in engine.bundles if b.task != "ssl_encoder"}}
+    val = tbx11k_split(args.tbx11k, split_file, "val")
+    out["validation"] = lung_field_study(engine, val, targets, dilations=args.dilations,
+                                         scorecam_films=args.scorecam_films, n_boot=args.bootstrap, seed=args.seed)
+    if not args.no_test:
+        test = tbx11k_split(args.tbx11k, split_file, "test")
+        out["test"] = lung_field_test(engine, test, targets, n_boot=args.bootstrap, seed=args.seed)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
@@ -91,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", required=True)
     p.add_argument("--manifest", required=True, help="the multi-source manifest (split column)")
     p.add_argument("--tbx11k", required=True, help="TBX11K manifest with the boxes column")
-    p.add_argument("--tbx11k-splits", required=True)
+    p.add_argument("--tbx11k-splits", help="required without --lung-field")
     p.add_argument("--bbox", help="NIH BBox_List_2017.csv(.gz)")
     p.add_argument("--tb-finding", default="Abnormal")
     p.add_argument("--road-findings", type=int, default=3, help="ROAD on the N findings with most true positives")
@@ -99,10 +240,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--lung-field", action="store_true",
+                   help="only the lung-field study (validation grid, then the test films once) -> lung_field.json")
+    p.add_argument("--segmenter", action="append", default=[], help="report segmenter bundle (lung field, TB map)")
+    p.add_argument("--split-file", help="default: the chest bundle's splits.csv")
+    p.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "layercam"])
+    p.add_argument("--dilations", nargs="+", type=float, default=[0.0, 0.02, 0.04, 0.08])
+    p.add_argument("--scorecam-films", type=int, default=20)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    p.add_argument("--no-test", action="store_true", help="validation grid only (choosing the dilation)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.lung_field:
+        result = lung_field_main(args)
+        (out / "lung_field.json").write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
+        print(json.dumps(result.get("test", result["validation"]), allow_nan=False))
+        return 0
     mapper = Mapper(args.bundle)
     result: dict[str, Any] = {"bundle": mapper.b.name, "weights_sha256": mapper.b.manifest.weights.get("sha256"), "method": "gradcam"}
 

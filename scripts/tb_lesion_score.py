@@ -18,7 +18,12 @@ What the data supports, and what this script measures:
   sensitivity of at least 0.85. These normals come from other hospitals, so this is a
   false-alarm rate across populations, not a same-source specificity. The derived
   finding is ``validated`` (may wear a POSITIVE badge) only when both goals are met on the
-  held-out films; otherwise the viewer shows the score and map without a badge, and says why;
+  held-out films; otherwise it is a research overlay (manifest ``role: research_overlay``): it
+  leaves the findings (badges, worklist, report, SR) and the viewer offers only its map, on request;
+- the reference scale of that overlay: the scores of the VALIDATION normal films of every other
+  source (the same selection as ``--normals``, validation split), stored as 101 quantiles, so the
+  viewer can say where a film's score falls among normals ("higher than 62% of validation normals")
+  instead of showing a raw score that reads 0.98-0.998 on nearly every adult film;
 - an exploratory flag rate on other sources' test films (``--others``).
 
 Usage: python scripts/tb_lesion_score.py --bundle resources/models/report-segmenter-resnet18 \
@@ -43,6 +48,9 @@ TARGET_SENSITIVITY = 0.85
 MAX_NORMAL_FLAG_RATE = 0.10
 #: The finding the viewer shows (manifest ``derived_findings``; see docs/bundle-format.md).
 DERIVED_LABEL = "Tuberculosis (lesion score)"
+#: Its name when not validated: an opt-in research overlay, never a finding.
+OVERLAY_LABEL = "TB lesion map (research)"
+REFERENCE_QUANTILES = 101
 DERIVED_NOTE = (
     "Localisation validated on held-out TBX11K; specificity not measured — not a screening result."
 )
@@ -63,8 +71,10 @@ def derived_finding(result: dict[str, Any]) -> dict[str, Any]:
     pixel-wise max map), so prompts and threshold come from here and nowhere else.
     """
     thr = result["threshold"]
-    return {
-        "label": DERIVED_LABEL,
+    validated = bool(result.get("validated", False))
+    out = {
+        "label": DERIVED_LABEL if validated else OVERLAY_LABEL,
+        "role": "finding" if validated else "research_overlay",
         "prompts": list(PROMPTS),
         "score": "max",
         "threshold": {
@@ -72,8 +82,28 @@ def derived_finding(result: dict[str, Any]) -> dict[str, Any]:
             "method": thr["method"],
             "source": thr["source"],
         },
-        "validated": bool(result.get("validated", False)),
+        "validated": validated,
         "note": result.get("note", DERIVED_NOTE),
+    }
+    if result.get("reference"):
+        out["reference"] = result["reference"]
+    return out
+
+
+def reference_scale(scores_by_source: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The overlay's scale: quantiles 0%, 1%, ..., 100% of the validation normals' scores (pooled)."""
+    pooled = np.concatenate([v for v in scores_by_source.values() if v.size]) if scores_by_source else np.zeros(0)
+    if pooled.size < 2:
+        return {}
+    q = np.quantile(pooled, np.linspace(0.0, 1.0, REFERENCE_QUANTILES))
+    return {
+        "what": f"TB lesion scores of {pooled.size} validation normal films of other sources "
+        "(NIH No Finding, Kermany normal, COVID-collection and Shenzhen normals)",
+        "split": "val",
+        "n_images": int(pooled.size),
+        "per_source": {k: int(v.size) for k, v in scores_by_source.items()},
+        "quantiles": [round(float(x), 7) for x in q],
+        "reads_as": "the share of validation normals scoring lower",
     }
 
 
@@ -230,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         result["other_sources"][name] = entry
     if args.normals:
         chest = read_manifest(args.normals).frame
+        ref = chest[(chest["split"] == "val") & (chest["Abnormal"] == 0)]
+        ref = ref[ref["dataset"].astype(str) != "tbx11k"]
+        result["reference"] = reference_scale({
+            str(name): np.array([r["score"] for r in score_rows(seg, part, with_boxes=False)])
+            for name, part in ref.groupby(ref["dataset"].astype(str))
+        })
         normal = chest[(chest["split"] == "test") & (chest["Abnormal"] == 0)]
         normal = normal[normal["dataset"].astype(str) != "tbx11k"]
         per: dict[str, Any] = {}
@@ -257,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             "of other hospitals flagged; validated for a POSITIVE badge." if ok else
             f"Not validated for a POSITIVE badge: at the threshold for sensitivity {sens:.2f} on held-out TBX11K "
             f"it flags {rate:.0%} of held-out normal films (goal: at most {MAX_NORMAL_FLAG_RATE:.0%} at "
-            f"sensitivity {args.target_sensitivity:.2f}); the lesion map and score are shown without a badge."
+            f"sensitivity {args.target_sensitivity:.2f}), and TBX11K has no same-source negatives to validate it on. "
+            "It is not a finding (no badge, worklist, report or SR entry): the lesion map is an opt-in research "
+            "overlay, its colours scaled to the share of validation normal films scoring lower."
         )
     (out / "tb_metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
     (out / "derived_findings.json").write_text(

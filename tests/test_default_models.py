@@ -166,6 +166,13 @@ def test_segmenter_reports_tb_as_localisation_not_screening() -> None:
     assert set(normals["per_source"]) >= {"nih14", "kermany"} and normals["pooled"]["n_images"] >= 100
     (derived,) = m["derived_findings"]
     assert derived["validated"] == normals["goal_met"]  # a POSITIVE badge only when the goal was met
+    # not validated: a research overlay (never a finding), read on the validation normals' scores
+    assert derived["role"] == ("finding" if derived["validated"] else "research_overlay")
+    ref = derived["reference"]
+    assert ref["split"] == "val" and ref["n_images"] >= 100 and len(ref["quantiles"]) == 101
+    assert ref["quantiles"] == sorted(ref["quantiles"])
+    lf = m["metrics"]["lung_field"]["test"]
+    assert lf["films"] == tb["test"]["n_images"] and lf["dilation"] > 0  # the same held-out TBX11K films
     assert 0.0 <= tb["test"]["pointing_game"]["value"] <= 1.0
     assert any("NOT VALIDATED AS TB SCREENING" in lim for lim in m["limitations"])
     assert m["text_encoder"]["name"]

@@ -163,6 +163,7 @@ class AnalysisOutcome:
     bundles: tuple[BundleSummary, ...]
     device: str
     unavailable_cam: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {method: why}
+    overlays: tuple[tuple[str, str], ...] = ()  # (label, model) of research overlays: maps on request, not findings
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class AnalysisState:
     message: str = ""
     device: str = ""
     unavailable_cam: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> {method: why}
+    overlays: tuple[tuple[str, str], ...] = ()  # (label, model) of research overlays: maps on request, not findings
     site_profile: dict[str, Any] | None = None  # the site profile applied to these findings (identity)
     site_profile_message: str = ""  # why the active site profile was not applied ("" when it was, or none is active)
     site_profile_stale: bool = False  # not applied because the bundle's weights changed since it was fitted
@@ -291,7 +293,7 @@ def run_analysis(pool: ModelPool, req: AnalysisRequest) -> Iterator[tuple[str, A
         yield "progress", "Analysing with " + ", ".join(names) + "…"
     result = engine.analyze(req.record, cancel=req.token)
     yield "outcome", AnalysisOutcome(req.generation, req.record, result, pool.summaries, str(engine.device),
-                                     unavailable_cam(engine))
+                                     unavailable_cam(engine), tuple(engine.research_overlays()))
 
 
 def unavailable_cam(engine: "InferenceEngine") -> dict[str, dict[str, str]]:

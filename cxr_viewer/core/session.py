@@ -81,13 +81,17 @@ class HeatmapLayer:
     """A saliency map over the image (e.g. Grad-CAM), in image pixel space.
 
     ``data`` is float HxW in [0, 1]; if its shape differs from the image it is
-    stretched over the whole image. Values below ``threshold`` are transparent.
+    stretched over the whole image. Values below ``threshold`` (a fraction of the map's
+    maximum) are transparent. ``peak`` is where the map's maximum sits on the colour scale:
+    the finding's score, so a map for a score of 0.1 is drawn in the scale's low colours and
+    one for 0.99 reaches its top.
     """
 
     data: np.ndarray
     label: str = ""
     method: str = ""
     faithfulness: float | None = None
+    peak: float = 1.0
     colormap: str = "jet"
     opacity: float = 0.45
     threshold: float | None = None
@@ -100,6 +104,13 @@ class HeatmapLayer:
         arr = np.nan_to_num(arr.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
         object.__setattr__(self, "data", np.clip(arr, 0.0, 1.0))
         object.__setattr__(self, "opacity", float(min(max(self.opacity, 0.0), 1.0)))
+        peak = float(self.peak) if np.isfinite(self.peak) else 1.0
+        object.__setattr__(self, "peak", float(min(max(peak, 0.0), 1.0)))
+
+    @property
+    def colour_values(self) -> np.ndarray:
+        """The values the colour map is read at: the map scaled so its maximum sits at ``peak``."""
+        return self.data * np.float32(self.peak)
 
 
 @dataclass(frozen=True, eq=False)

@@ -71,6 +71,8 @@ CAM_CHOICES: dict[str, str] = {
     "XGradCAM": "xgradcam",
     "HiResCAM": "hirescam",
 }
+#: A research overlay is drawn in a calm sequential colour map, never in alarm colours (jet's red).
+RESEARCH_COLORMAP = "cividis"
 #: Heatmap values under this fraction of the maximum are not drawn, so the hot regions stand out.
 DEFAULT_CUTOFF = 0.2
 NO_MODELS_MESSAGE = "No models installed — add a bundle in Tools › Models…"
@@ -129,9 +131,15 @@ class AnalysisController(QObject):
         self.backend = str(settings.value("analysis/backend", "auto"))
         self.faithfulness = str(settings.value("heatmap/faithfulness", "true")).lower() in ("true", "1")
         # Heatmaps are opt-in: none is drawn until the reader asks for one. The finding they chose
-        # ("Show") is remembered across images and restarts, and hiding the heatmap forgets it.
+        # ("Show") is remembered for the next films of the SAME patient only, in memory (never across
+        # a restart, never onto another patient's film), and is drawn there only where that finding
+        # is POSITIVE or above its threshold. Hiding the heatmap forgets it.
         self.auto_cam = True
-        self.shown_cam: tuple[str, str | None] | None = self._read_shown_cam()
+        self.shown_cam: tuple[str, str | None] | None = None
+        self._shown_patient: str | None = None  # the patient the "Show" choice was made on
+        self._asked_before_film = False  # chosen with no film open (--heatmap): drawn on the next film as asked
+        self._asked_for: ImageRecord | None = None  # that next film
+        settings.remove("heatmap/show")  # older versions persisted the choice across restarts
         self._sync = False
         self.generations = Generations()
         self.thresholds = UserThresholds(QtSettings(settings))
@@ -367,17 +375,17 @@ class AnalysisController(QObject):
         if self.session.record is None:
             self.refresh_models()
 
-    def _read_shown_cam(self) -> tuple[str, str | None] | None:
-        raw = str(self.settings.value("heatmap/show", "") or "")
-        if not raw:
-            return None
-        label, _, model = raw.partition("\t")
-        return label, (model or None)
-
     def set_shown_cam(self, label: str | None, model: str | None = None) -> None:
-        """Remember (or, with ``None``, forget) the finding whose heatmap is shown on every image."""
+        """Remember (or, with ``None``, forget) the finding whose heatmap is shown on this patient's films.
+
+        In memory only, tied to the current patient: a film of another patient (or one whose
+        patient is unknown) starts without it, and so does the next start of the viewer.
+        A choice made with no film open (``--heatmap``, a script) is the reader's request for the
+        next film: it is drawn there whatever the finding's state, then follows that film's patient.
+        """
         self.shown_cam = None if label is None else (label, model)
-        self.settings.setValue("heatmap/show", "" if label is None else f"{label}\t{model or ''}")
+        self._asked_before_film = label is not None and self.session.record is None
+        self._shown_patient = _patient_key(self.session.record) if label is not None else None
 
     def request_cam(self, label: str, model: str | None = None, method: str | None = None, *,
                     remember: bool = True) -> None:  # fmt: skip
@@ -487,6 +495,12 @@ class AnalysisController(QObject):
         # Nothing of the previous image may land on this one.
         for channel in ("analysis", "cam", "segment"):
             self.generations.cancel(channel)
+        self._asked_for = None
+        if self.shown_cam is not None and self._asked_before_film:
+            self._asked_before_film, self._asked_for = False, record  # the film the choice was made for
+            self._shown_patient = _patient_key(record)
+        elif self.shown_cam is not None and (self._shown_patient is None or _patient_key(record) != self._shown_patient):
+            self.shown_cam, self._shown_patient = None, None  # another patient: no map is carried over
         self._outcome = None
         self._heatmap = None
         self._masks = []
@@ -535,7 +549,7 @@ class AnalysisController(QObject):
         state = AnalysisState(
             status="done", findings=(), qc=r.qc, models=r.models, warnings=r.warnings,
             load_errors=load_errors, message=message, device=outcome.device,
-            unavailable_cam=dict(outcome.unavailable_cam), site_profile=r.site_profile,
+            unavailable_cam=dict(outcome.unavailable_cam), overlays=outcome.overlays, site_profile=r.site_profile,
             site_profile_message=profile_message, site_profile_stale=stale,
         )
         state = replace(state, findings=r.findings, judged=judged)
@@ -543,16 +557,17 @@ class AnalysisController(QObject):
         self._set_state(state)
 
     def _auto_cam_target(self, state: AnalysisState) -> tuple[str | None, str | None]:
-        """The finding the reader chose to show, if this image's findings have it (no guessing)."""
+        """The finding the reader chose to show, if this image has it POSITIVE or above its threshold.
+
+        No guessing: a finding below its threshold on this film gets no map unless the reader asks.
+        """
         if self.shown_cam is None:
             return None, None
         label, model = self.shown_cam
-        for f in state.findings:
-            if f.label == label and model in (None, f.model):
-                return f.label, f.model
-        for f in state.findings:  # the same finding from another (e.g. updated) model
-            if f.label == label:
-                return f.label, f.model
+        asked = self._asked_for is not None and self._asked_for is self.session.record
+        same = [f for f in state.findings if f.label == label and model in (None, f.model)]
+        for f in same or [f for f in state.findings if f.label == label]:  # or from another (updated) model
+            return (f.label, f.model) if asked or f.positive or f.above_threshold else (None, None)
         return None, None
 
     def _on_cam_item(self, gen: int, record: ImageRecord, item: tuple[str, Any]) -> None:
@@ -567,12 +582,14 @@ class AnalysisController(QObject):
         self.faithfulness_pending = kind == "heatmap"
         old = self.session.heatmap
         prefs = self.session
+        colormap = old.colormap if old is not None else str(prefs.preference("heatmap_colormap"))
         layer = HeatmapLayer(
             data=heat.values,
             label=heat.label,
             method=heat.method,
             faithfulness=heat.faithfulness,
-            colormap=old.colormap if old is not None else str(prefs.preference("heatmap_colormap")),
+            peak=1.0 if heat.colour_peak is None else float(heat.colour_peak),
+            colormap=RESEARCH_COLORMAP if heat.research else colormap,
             opacity=old.opacity if old is not None else float(prefs.preference("heatmap_opacity")),
             threshold=old.threshold if old is not None else self.heatmap_cutoff,
             visible=old.visible if old is not None else True,
@@ -610,6 +627,14 @@ class AnalysisController(QObject):
             log.error("unexpected error in a model request", exc_info=exc)
         self.progress.emit("")
         self.error.emit(title, _message(exc))
+
+
+def _patient_key(record: ImageRecord | None) -> str | None:
+    """The patient a film belongs to (its DICOM PatientID), or None when the file does not say."""
+    if record is None:
+        return None
+    pid = str((record.metadata or {}).get("patient_id") or "").strip()
+    return pid or None
 
 
 def _message(exc: BaseException) -> str:

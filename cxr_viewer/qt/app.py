@@ -198,9 +198,9 @@ def _screenshot(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         # A throwaway settings file: a screenshot neither reads nor changes the user's layout.
         settings = QSettings(str(Path(tmp) / "screenshot.ini"), QSettings.Format.IniFormat)
-        if args.heatmap:
-            settings.setValue("heatmap/show", f"{args.heatmap}\t")
         window = MainWindow(settings=settings, interactive=False, persist=False, models_dir=args.models)
+        if args.heatmap:
+            window.analysis.set_shown_cam(args.heatmap)  # asked before the film opens: drawn on it
         window.session.set_preference("show_demographics", bool(args.show_demographics))
         window.resize(*size)
         window.show()

@@ -65,8 +65,8 @@ def gray_to_qimage(gray: np.ndarray) -> QImage:
 
 
 def heatmap_rgba(layer: HeatmapLayer) -> np.ndarray:
-    """Colour the heatmap; pixels under the threshold are fully transparent."""
-    idx = np.clip(layer.data * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    """Colour the heatmap at its score-scaled values; pixels under the threshold are fully transparent."""
+    idx = np.clip(layer.colour_values * 255.0 + 0.5, 0, 255).astype(np.uint8)
     rgba = colormap_lut(layer.colormap)[idx]
     if layer.threshold is not None:
         # transparent below the cut-off, fading in over the next 0.1 so the map has no hard edge
@@ -373,7 +373,7 @@ def make_heatmap_contour_item(layer: HeatmapLayer, image_shape: tuple[int, int])
             for x, y in pts[1:]:
                 path.lineTo(QPointF(float(x), float(y)))
         item = QGraphicsPathItem(path)
-        r, g, b, _ = (int(v) for v in lut[int(min(max(level, 0.0), 1.0) * 255)])
+        r, g, b, _ = (int(v) for v in lut[int(min(max(level * layer.peak, 0.0), 1.0) * 255)])
         pen = QPen(QColor(r, g, b), 2.5 if i == 0 else 1.5)
         pen.setCosmetic(True)
         item.setPen(pen)

@@ -118,9 +118,10 @@ def test_quick_start_runs_without_torch(tmp_path: Path) -> None:
     res = json.loads((out / "cxr-viewer-output" / "analysis.json").read_text())
     res = res[0] if isinstance(res, list) else res
     assert res["status"] == "ok"
-    assert res["backend"] == {"chest-resnet18": "onnx", "report-segmenter-resnet18": "onnx"}
+    assert res["backend"]["chest-resnet18"] == "onnx"
     labels = {f["label"] for f in res["findings"]}
-    assert {"Pneumonia", "Abnormal", "Effusion"} <= labels and any(lab.startswith("Tuberculosis") for lab in labels)
+    assert {"Pneumonia", "Abnormal", "Effusion"} <= labels
+    assert not any("tuberculosis" in lab.lower() or "tb " in lab.lower() for lab in labels)  # a research overlay
     assert all(0.0 <= f["score"] <= 1.0 for f in res["findings"])
     a = json.loads((out / "a.json").read_text())[0]
     assert (out / a["cam"]["path"]).is_file()

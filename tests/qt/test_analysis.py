@@ -197,7 +197,10 @@ def test_switching_image_drops_stale_results(qtbot, make_window, tiny_models, si
     assert [v for rec, v in landed if rec is b and v] == [], "nothing computed for A reached B"
     win.analysis.analyze(b)
     assert win.wait_idle(WAIT_MS / 1000)
-    assert win.session.findings and win.session.heatmap.data.shape == b.shape
+    assert win.session.findings and win.session.heatmap is None  # B is another patient: A's choice is not carried
+    win.analysis.request_cam("Effusion")
+    assert win.wait_idle(WAIT_MS / 1000)
+    assert win.session.heatmap.data.shape == b.shape
     assert [v for rec, v in landed if rec is b and v], "B's own results do land"
 
 

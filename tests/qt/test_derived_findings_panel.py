@@ -60,9 +60,10 @@ def test_derived_row_has_note_marker_threshold_and_lesion_map(qtbot, make_window
     assert win.heatmap_panel.faithfulness_label.text() == "not applicable"
 
 
-def test_heatmaps_are_opt_in_and_the_show_choice_persists(qtbot, make_window, derived_models, nih_png,
-                                                          tmp_path) -> None:
-    """No heatmap until the reader asks; the finding they chose is shown on the next image and after a restart."""
+def test_heatmaps_are_opt_in_and_the_show_choice_stays_with_the_patient(qtbot, make_window, derived_models,
+                                                                         nih_png, tmp_path) -> None:
+    """No heatmap until the reader asks; the choice is not written to the settings, and a film whose
+    patient is unknown (a PNG) does not inherit it (see tests/qt/test_heatmap_rules.py for the same patient)."""
     import shutil
 
     import torch
@@ -82,19 +83,17 @@ def test_heatmaps_are_opt_in_and_the_show_choice_persists(qtbot, make_window, de
     win.findings_panel.show_heatmap("nih-tiny", "Effusion")  # the reader asks
     qtbot.waitUntil(lambda: win.analysis.heatmap is not None and not win.session.busy, timeout=WAIT_MS)
     assert win.analysis.heatmap.label == "Effusion"
-    assert win.settings.value("heatmap/show") == "Effusion\tnih-tiny"
-    # the next image (a flipped copy) gets the same finding's map without asking
+    assert win.analysis.shown_cam == ("Effusion", "nih-tiny") and not win.settings.value("heatmap/show")
+    # the next image (a flipped copy, no patient recorded) does not get the map
     from PIL import Image
 
     other = tmp_path / "other.png"
     Image.open(nih_png).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
     win.open_paths([other])
     qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == other
-                    and win.analysis.heatmap is not None and not win.session.busy, timeout=WAIT_MS)
-    assert win.analysis.heatmap.label == "Effusion"
-    # hiding the heatmap forgets the choice
-    win.reading.toggle_heatmap()
-    assert not win.session.heatmap.visible and win.settings.value("heatmap/show") == ""
+                    and win.analysis.state.status == "done" and not win.session.busy, timeout=WAIT_MS)
+    qtbot.wait(300)
+    assert win.analysis.heatmap is None and win.session.heatmap is None and win.analysis.shown_cam is None
 
 
 def test_start_up_warm_up_loads_models_and_encodes_the_stock_prompts(qtbot, make_window, derived_models) -> None:

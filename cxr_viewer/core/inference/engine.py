@@ -42,10 +42,13 @@ from cxr_viewer.core.errors import (
 )
 from cxr_viewer.core.inference.backends.base import ClassifierBackend
 from cxr_viewer.core.inference.inputs import ModelInputs, input_key
+from cxr_viewer.core.inference.lung_field import DILATION as LUNG_DILATION
+from cxr_viewer.core.inference.lung_field import UNCONSTRAINED, LungField
 from cxr_viewer.core.inference.population import film_age, finding_outside, outside_population
 from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.models.manifest import DERIVED_ROLES
 from cxr_viewer.core.runtime import configure_threads, torch_available
 
 if TYPE_CHECKING:
@@ -113,7 +116,9 @@ def derived_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
     """A ``text_segmentation`` bundle's ``derived_findings`` (see docs/bundle-format.md), checked.
 
     Each spec names a label, the prompts whose pixel-wise maximum is the lesion map, and the
-    threshold the image score (the map's maximum) is judged against. Other tasks have none.
+    threshold the image score (the map's maximum) is judged against; its ``role`` (default
+    ``finding``) says whether it is a finding or a research overlay (:func:`finding_specs`,
+    :func:`overlay_specs`). Other tasks have none.
     """
     if bundle.task != "text_segmentation":
         return []
@@ -133,14 +138,48 @@ def derived_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
             and d.get("score", "max") == "max"
             and isinstance((d.get("threshold") or {}).get("value"), (int, float))
             and 0.0 <= float(d["threshold"]["value"]) <= 1.0
+            and d.get("role", "finding") in DERIVED_ROLES
+            and _reference_ok(d.get("reference"))
         )
         if not ok:
             raise BundleError(
-                f"{where} with a broken entry: each needs a label, a list of prompts, score 'max' "
-                "and a threshold value between 0 and 1."
+                f"{where} with a broken entry: each needs a label, a list of prompts, score 'max', "
+                f"a threshold value between 0 and 1, a role among {', '.join(DERIVED_ROLES)} and, if it "
+                "has a reference, increasing quantiles between 0 and 1."
             )
         out.append(d)
     return out
+
+
+def _reference_ok(ref: Any) -> bool:
+    """A derived finding's ``reference`` (scores of validation normals, as quantiles) is absent or well formed."""
+    if ref is None:
+        return True
+    q = ref.get("quantiles") if isinstance(ref, dict) else None
+    return (isinstance(q, list) and len(q) >= 2 and all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in q)
+            and all(a <= b for a, b in zip(q, q[1:])))  # fmt: skip
+
+
+def finding_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
+    """Derived findings that are findings: scored by :meth:`InferenceEngine.analyze`, shown everywhere."""
+    return [d for d in derived_specs(bundle) if d.get("role", "finding") == "finding"]
+
+
+def overlay_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
+    """Derived findings that are research overlays: a map drawn on request, never a finding."""
+    return [d for d in derived_specs(bundle) if d.get("role", "finding") == "research_overlay"]
+
+
+def reference_rank(spec: dict[str, Any], score: float) -> float | None:
+    """The share of the reference films (validation normals) scoring lower than ``score``, or None.
+
+    The reference is stored as evenly spaced quantiles (0 %, ..., 100 %) of the normals' scores;
+    the share is read off them by linear interpolation.
+    """
+    q = np.asarray((spec.get("reference") or {}).get("quantiles") or [], dtype=np.float64)
+    if q.size < 2:
+        return None
+    return float(np.clip(np.interp(float(score), q, np.linspace(0.0, 1.0, q.size)), 0.0, 1.0))
 
 
 def wants_features(bundle: "LoadedBundle") -> bool:
@@ -190,6 +229,10 @@ class InferenceEngine:
             self.device = "cpu"
         self.threads = configure_threads(threads)
         self.backend = backend
+        # Heatmaps of lung findings are constrained to the lung field when a segmenter can draw it
+        # (see inference.lung_field); off only to measure what the constraint changes.
+        self.lung_constraint = True
+        self.lung_dilation = LUNG_DILATION
         self._lock = threading.RLock()
         self._bundles: list[LoadedBundle] = []
         self._backends: dict[str, ClassifierBackend] = {}  # weights sha -> the backend chosen once
@@ -274,8 +317,12 @@ class InferenceEngine:
 
     @property
     def derived_bundles(self) -> list["LoadedBundle"]:
-        """Segmentation bundles that declare derived findings (scored by :meth:`analyze`)."""
-        return [b for b in self.bundles if derived_specs(b)]
+        """Segmentation bundles that declare derived findings with the ``finding`` role (scored by :meth:`analyze`)."""
+        return [b for b in self.bundles if finding_specs(b)]
+
+    def research_overlays(self) -> list[tuple[str, str]]:
+        """(label, model) of every research overlay: a map drawn on request, never a finding."""
+        return [(str(d["label"]), b.name) for b in self.bundles for d in overlay_specs(b)]
 
     def bundles_for_task(self, task: str) -> list["LoadedBundle"]:
         """E.g. ``text_segmentation`` bundles for the segmentation step."""
@@ -377,7 +424,7 @@ class InferenceEngine:
             spec = b.preprocessing
             self._forward(b, np.zeros((1, spec.channels, *spec.size), np.float32))
         for b in self.derived_bundles:
-            prompts = [p for spec in derived_specs(b) for p in spec["prompts"]]
+            prompts = [p for spec in finding_specs(b) for p in spec["prompts"]]
             if cancel is not None:
                 cancel.raise_if_cancelled()
             try:
@@ -539,7 +586,7 @@ class InferenceEngine:
         derived_warnings: list[str] = []
         for b in derived:
             ran = False
-            for spec in derived_specs(b):
+            for spec in finding_specs(b):
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 t0 = time.perf_counter()
@@ -638,13 +685,25 @@ class InferenceEngine:
     ) -> tuple[Heatmap, bool]:
         label = str(spec["label"])
         seg = self.segmenter(bundle)
-        ckey = (input_key(record, bundle.preprocessing), seg.backend.executed, label, LESION_MAP_METHOD)
+        ckey = (input_key(record, bundle.preprocessing), seg.backend.executed, label, LESION_MAP_METHOD,
+                self.lung_constraint, self.lung_dilation)
         hit = self._recall(self._maps, ckey)
         if hit is not None:
             return hit, True
         t0 = time.perf_counter()
         masks = seg.segment(record, list(spec["prompts"]), cancel=cancel)
         values = np.maximum.reduce([m.prob for m in masks]).astype(np.float32, copy=False)
+        score = float(values.max()) if values.size else 0.0  # the image score: the whole map's maximum
+        field = self.lung_field(record, cancel=cancel) if self.lung_constraint else None
+        region = "whole image"
+        if field is not None and field.found:
+            values = np.where(field.mask, values, np.float32(0.0))
+            region = field.source
+        overlay = spec.get("role") == "research_overlay"
+        rank = reference_rank(spec, score)
+        if overlay and values.size and float(values.max()) > 0:
+            # a research overlay is drawn on its rank among validation normals, not on raw probabilities
+            values = values / float(values.max())
         hit = Heatmap(
             values=values,
             label=label,
@@ -654,8 +713,13 @@ class InferenceEngine:
             target_layer="segmenter output: " + " / ".join(spec["prompts"]),
             faithfulness=None,
             faithfulness_method="not applicable: the map is the segmenter's output, not an explanation",
-            score=float(values.max()) if values.size else 0.0,
+            score=score,
             timing_ms=(time.perf_counter() - t0) * 1e3,
+            region=region,
+            research=overlay,
+            reference_rank=rank,
+            reference=str((spec.get("reference") or {}).get("what") or ""),
+            colour_peak=rank if overlay else None,
         )
         self._remember(self._maps, ckey, hit, MAP_CACHE)
         return hit, False
@@ -672,8 +736,8 @@ class InferenceEngine:
         )
 
     def _derived_for_label(self, label: str, model: str | None) -> "tuple[LoadedBundle, dict[str, Any]] | None":
-        """The segmentation bundle and spec of a derived finding named ``label``, if any."""
-        for b in self.derived_bundles:
+        """The segmentation bundle and spec of a derived finding or research overlay named ``label``, if any."""
+        for b in self.bundles:
             if model is not None and b.name != model:
                 continue
             for spec in derived_specs(b):
@@ -716,7 +780,7 @@ class InferenceEngine:
         b = self._bundle_for_label(label, model)
         idx = b.labels.index(label)
         backend = self._explainer(b, key_method)
-        ckey = (input_key(record, b.preprocessing), backend.executed, label, key_method)
+        ckey = self._cam_key(record, b, backend, label, key_method)
         hit = self._recall(self._maps, ckey)
         if hit is None:
             t0 = time.perf_counter()
@@ -724,6 +788,7 @@ class InferenceEngine:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             net_map, logits = backend.cam(x, idx, key_method, cancel=cancel)
+            net_map, region = self._constrained(record, b, label, net_map, cancel=cancel)
             values = restore_map(net_map, b.preprocessing, record.shape)
             hi = float(values.max()) if values.size else 0.0
             if hi > 0:  # the peak may have sat in letterbox padding: rescale what is visible
@@ -739,6 +804,8 @@ class InferenceEngine:
                 score=float(_scores(logits, b.task)[idx]),
                 timing_ms=(time.perf_counter() - t0) * 1e3,
                 network_map=net_map,
+                region=region,
+                colour_peak=float(_scores(logits, b.task)[idx]),
                 **({} if b.torch_capable else {"faithfulness_method": NO_FAITHFULNESS}),
             )
             self._remember(self._maps, ckey, hit, MAP_CACHE)
@@ -763,10 +830,76 @@ class InferenceEngine:
             return heatmap
         done = heatmap.with_faithfulness(*self._road(record, heatmap, cancel=cancel))
         backend = self._explainer(b, heatmap.method)
-        ckey = (input_key(record, b.preprocessing), backend.executed, heatmap.label, heatmap.method)
+        ckey = self._cam_key(record, b, backend, heatmap.label, heatmap.method)
         if self._recall(self._maps, ckey) is not None:
             self._remember(self._maps, ckey, done, MAP_CACHE)
         return done
+
+    def _cam_key(self, record: ImageRecord, bundle: "LoadedBundle", backend: ClassifierBackend, label: str,
+                 method: str) -> tuple:  # fmt: skip
+        constrained = self.lung_constraint and label not in UNCONSTRAINED
+        return (input_key(record, bundle.preprocessing), backend.executed, label, method, constrained,
+                self.lung_dilation)
+
+    # ------------------------------------------------------------------ the lung field
+    def lung_segmenter(self) -> "LoadedBundle | None":
+        """The report-conditioned segmenter that draws the lung field (the first one loaded), if any."""
+        return next((b for b in self.bundles_for_task("text_segmentation") if b.manifest.text_encoder), None)
+
+    def lung_field(self, record: ImageRecord, *, cancel: CancelToken | None = None) -> "LungField | None":
+        """The dilated lung field of ``record`` at its original size (cached), or None without a segmenter.
+
+        A segmenter that fails here (no text encoder, a broken export) is logged and the maps stay
+        unconstrained: a heatmap never fails for want of a lung field.
+        """
+        from cxr_viewer.core.inference.lung_field import LUNG_PROMPTS, lung_field_from_probabilities
+
+        b = self.lung_segmenter()
+        if b is None:
+            return None
+        try:
+            seg = self.segmenter(b)
+            ckey = (input_key(record, b.preprocessing), seg.backend.executed, "lung field", self.lung_dilation)
+            hit = self._recall(self._maps, ckey)
+            if hit is None:
+                masks = seg.segment(record, list(LUNG_PROMPTS), cancel=cancel)
+                hit = lung_field_from_probabilities([m.prob for m in masks], seg.threshold,
+                                                    dilation=self.lung_dilation, source=f"lung field ({b.name})")
+                self._remember(self._maps, ckey, hit, MAP_CACHE)
+            return hit
+        except AnalysisCancelledError:
+            raise
+        except CXRError as exc:
+            log.warning("no lung field from %s, heatmaps stay unconstrained: %s", b.name, exc.message)
+            return None
+
+    def _constrained(self, record: ImageRecord, bundle: "LoadedBundle", label: str, net_map: np.ndarray, *,
+                     cancel: CancelToken | None = None) -> tuple[np.ndarray, str]:  # fmt: skip
+        """A classifier's network-space map constrained to the lung field, and a caption of the region.
+
+        The field is placed on the classifier's own input grid (the one preprocessing geometry), so
+        the map shown and the map ROAD scores are the same map.
+        """
+        from dataclasses import replace as _replace
+
+        from cxr_viewer.core.inference.lung_field import constrain_map
+        from cxr_viewer.core.models.preprocess import place
+
+        if not self.lung_constraint or label in UNCONSTRAINED:
+            return net_map, "whole image" + (" (a finding outside the lungs)" if label in UNCONSTRAINED else "")
+        field = self.lung_field(record, cancel=cancel)
+        if field is None:
+            return net_map, "whole image (no lung segmenter loaded)"
+        if not field.found:
+            return net_map, "whole image (no lung field found on this film)"
+        spec = _replace(bundle.preprocessing, pad_value=0.0, interpolation="bilinear")
+        grid = place(field.mask.astype(np.float32), spec)
+        net = np.asarray(net_map, dtype=np.float32)
+        if grid.shape != net.shape:
+            from cxr_viewer.core.models.preprocess import resize2d
+
+            grid = resize2d(grid, net.shape, "bilinear")
+        return constrain_map(net, grid >= 0.5), field.source
 
     def _road(self, record: ImageRecord, heatmap: Heatmap, *, cancel: CancelToken | None = None) -> tuple[float, str]:
         from cxr_viewer.core.inference.cam_methods import DEFAULT_ROAD_PERCENTILES

@@ -138,6 +138,16 @@ class Heatmap:
     score: float | None = None
     timing_ms: float = 0.0
     network_map: np.ndarray | None = field(default=None, repr=False)  # the map on the network's input grid
+    # Where the map may point: "lung field (<segmenter>), dilated 4%", or "whole image (why)".
+    region: str = ""
+    # Where the map's maximum sits on the colour scale: the finding's score for a class map (a map for
+    # a score of 0.1 must not look like one for 0.99), the rank among validation normals for a research
+    # overlay; None: the values are already on the scale (a lesion probability map).
+    colour_peak: float | None = None
+    # A research overlay (never a finding) and its scale: the share of validation normals scoring lower.
+    research: bool = False
+    reference_rank: float | None = None
+    reference: str = ""
 
     def with_faithfulness(self, value: float, method: str) -> "Heatmap":
         return replace(self, faithfulness=float(value), faithfulness_method=method)
@@ -155,6 +165,9 @@ class Heatmap:
             "faithfulness": None if self.faithfulness is None else round(float(self.faithfulness), 6),
             "faithfulness_method": self.faithfulness_method,
             "shape": list(self.shape),
+            "region": self.region,
+            **({"research_overlay": True, "reference_rank": self.reference_rank, "reference": self.reference}
+               if self.research else {}),
         }
 
 

@@ -273,6 +273,54 @@ def _noise_section(manifest: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _derived_line(d: Mapping[str, Any]) -> str:
+    """What the viewer does with a derived finding: a finding row, or a research overlay (and why)."""
+    thr = _fmt((d.get("threshold") or {}).get("value"))
+    if d.get("role", "finding") != "research_overlay":
+        return (f"- Shown in the viewer as the finding \"{d.get('label')}\" (threshold {thr}, validated: "
+                f"{str(bool(d.get('validated'))).lower()}): {d.get('note')}")
+    line = (f"- **Research overlay, not a finding**: the viewer offers only the opt-in map \"{d.get('label')}\"; "
+            f"it has no row among the findings, no badge, and no place in the worklist, the PDF report or the "
+            f"DICOM SR. Why: {d.get('note')}")
+    ref = d.get("reference") or {}
+    q = ref.get("quantiles") or []
+    if len(q) >= 2:
+        mid, p95 = q[len(q) // 2], q[min(len(q) - 1, round(0.95 * (len(q) - 1)))]
+        line += (f" Its scale: {ref.get('reads_as', 'the share of validation normals scoring lower')}, from "
+                 f"{ref.get('what')} (median {_fmt(mid, 4)}, 95th percentile {_fmt(p95, 4)}); the map's colours "
+                 "reach that share, never an alarm colour.")
+    return line
+
+
+def _lung_field_section(lf: Mapping[str, Any] | None) -> list[str]:
+    """Heatmap pointing on TBX11K lesion boxes, unconstrained and constrained to the lung field (scripts/localisation.py)."""
+    test = (lf or {}).get("test")
+    if not test:
+        return []
+    chance = test.get("chance", {})
+    lines = [
+        "",
+        "### Where the heatmaps point (TBX11K lesion boxes)",
+        "",
+        f"Peak of the map inside a TB lesion box on {test.get('films')} held-out TBX11K test films (patients of the "
+        f"`splits.csv` test split; the dilation, {_fmt(test.get('dilation'), 2)} of the image's longer side, was chosen on "
+        f"the validation films). Chance, a uniformly random peak: {_fmt(chance.get('image'))} of the image, "
+        f"{_fmt(chance.get('lung_field'))} inside the lung field. 95% CIs: patient bootstrap.",
+        "",
+        "| map | whole image | lung field (viewer default) |",
+        "|---|---|---|",
+    ]
+    for name, per in test.get("pointing", {}).items():
+        u, c = per.get("unconstrained", {}), per.get("lung_field", {})
+        lines.append(f"| {name} | {_fmt(u.get('value'))} ({_ci(u.get('ci95'))}) | {_fmt(c.get('value'))} ({_ci(c.get('ci95'))}) |")
+    cov = ((lf or {}).get("validation") or {}).get("scorecam_coverage")
+    if cov:
+        u, c = cov.get("unconstrained", {}), cov.get("constrained", {})
+        lines += ["", f"ScoreCAM coverage, {cov.get('what')}: {_fmt(u.get('value'))} unconstrained, "
+                      f"{_fmt(c.get('value'))} in the lung field."]
+    return lines
+
+
 def write_model_card(bundle_dir: Any, notes: Mapping[str, Any] | None = None) -> Any:
     """Render ``model_card.md`` of a bundle folder from its manifest (plus ``notes``); returns its path."""
     from pathlib import Path
@@ -417,12 +465,7 @@ def model_card_markdown(manifest: "Manifest | Mapping[str, Any]", notes: Mapping
             f"(95% CI {_ci(t.get('box_coverage', {}).get('ci95'))})."
         )
         lines.append(f"- Specificity: {tb.get('specificity')}")
-        for d in manifest.get("derived_findings", []):
-            lines.append(
-                f"- Shown in the viewer as the finding \"{d.get('label')}\" (threshold "
-                f"{_fmt((d.get('threshold') or {}).get('value'))}, validated: "
-                f"{str(bool(d.get('validated'))).lower()}): {d.get('note')}"
-            )
+        lines += [_derived_line(d) for d in manifest.get("derived_findings", [])]
         for name, o in tb.get("other_sources", {}).items():
             lines.append(
                 f"- Exploratory flag rate on {o.get('n_images')} {name} test films: {_fmt(o.get('flag_rate'))} "
@@ -439,6 +482,7 @@ def model_card_markdown(manifest: "Manifest | Mapping[str, Any]", notes: Mapping
         )
         for name, o in tbn.get("per_source", {}).items():
             lines.append(f"  - {name}: {_fmt(o.get('flag_rate'))} of {o.get('n_images')} (95% CI {_ci(o.get('ci95'))})")
+    lines += _lung_field_section(metrics.get("lung_field"))
     lines += _population_sections(manifest, metrics)
     for sec in notes.get("results", []):
         lines += ["", sec]

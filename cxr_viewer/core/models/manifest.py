@@ -74,6 +74,11 @@ def _manifest_paths(d: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
+#: ``derived_findings[].role`` of a ``text_segmentation`` bundle: a finding row (badge, worklist,
+#: report, SR) or an opt-in research overlay that only draws its map and is never a finding.
+DERIVED_ROLES: tuple[str, ...] = ("finding", "research_overlay")
+
+
 @dataclass
 class Manifest:
     """A validated bundle manifest. Unknown top-level keys are kept in ``extra`` and written back."""
@@ -261,6 +266,17 @@ class Manifest:
     @property
     def is_classifier(self) -> bool:
         return self.task in CLASSIFIER_TASKS
+
+    def derived(self, role: str = "finding") -> list[dict[str, Any]]:
+        """The ``derived_findings`` entries with ``role`` (default ``finding``; see :data:`DERIVED_ROLES`).
+
+        Entries are checked when a bundle is loaded (``inference.engine.derived_specs``); only
+        ``text_segmentation`` bundles have any.
+        """
+        raw = self.extra.get("derived_findings") if self.task == "text_segmentation" else None
+        if not isinstance(raw, list):
+            return []
+        return [dict(d) for d in raw if isinstance(d, Mapping) and d.get("role", "finding") == role]
 
     @property
     def cam_layers(self) -> list[str]:

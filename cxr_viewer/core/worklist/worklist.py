@@ -153,7 +153,7 @@ def abnormality(findings: Sequence[Finding]) -> tuple[float | None, str]:
 
 
 def _is_scoring(manifest: Any) -> bool:
-    return bool(manifest.is_classifier or (manifest.task == "text_segmentation" and manifest.extra.get("derived_findings")))
+    return bool(manifest.is_classifier or manifest.derived("finding"))
 
 
 class Worklist:
@@ -200,10 +200,10 @@ class Worklist:
 
     def _expected_models(self) -> list[ModelKey]:
         if self._engine is not None:
-            from cxr_viewer.core.inference.engine import derived_specs
+            from cxr_viewer.core.inference.engine import finding_specs
 
             return [ModelKey(b.name, b.version, b.sha256.lower()) for b in self._engine.bundles
-                    if (b.manifest.is_classifier or derived_specs(b)) and b.name not in self.disabled]
+                    if (b.manifest.is_classifier or finding_specs(b)) and b.name not in self.disabled]
         from cxr_viewer.core.analysis import model_enabled
         from cxr_viewer.core.models.bundle import find_bundles
 

@@ -33,6 +33,13 @@ FAITHFULNESS_TIP = (
 )
 
 
+RESEARCH_TIP = (
+    "A research overlay, not a finding: its score is not validated (no same-source TB-negative films exist), "
+    "so it has no badge and is left out of the worklist, the report and the SR. Its colours show the share "
+    "of validation normal films scoring lower."
+)
+
+
 def faithfulness_text(value: float | None) -> str:
     if value is None:
         return "—"
@@ -153,6 +160,10 @@ class HeatmapPanel(QWidget):
         self.finding_combo.clear()
         for f in sorted(state.findings, key=lambda f: -f.score):
             self.finding_combo.addItem(f"{f.label.replace('_', ' ')}  ({f.score:.2f}, {f.model})", (f.label, f.model))
+        if state.findings:
+            for label, model in state.overlays:  # opt-in research maps: last, never chosen for the reader
+                self.finding_combo.addItem(f"{label}  ({model})", (label, model))
+                self.finding_combo.setItemData(self.finding_combo.count() - 1, RESEARCH_TIP, Qt.ItemDataRole.ToolTipRole)
         label, model = self.controller.cam_target
         target = current if current is not None else (label, model)
         for i in range(self.finding_combo.count()):
@@ -168,8 +179,8 @@ class HeatmapPanel(QWidget):
             self.info_label.setText("Heatmaps appear once a model has scored the image."
                                     if state.status != "running" else "Waiting for the findings…")
         elif self.controller.heatmap is None:
-            self.info_label.setText("Heatmaps are off until you ask: click a finding (or press N). "
-                                    "The one you choose is shown on the next images too.")
+            self.info_label.setText("Heatmaps are off until you ask: click a finding (or press N). The one you "
+                                    "choose is shown on this patient's next films where it is above its threshold.")
 
     def _on_heatmap(self, heat: Heatmap | None) -> None:
         if heat is None:
@@ -198,14 +209,25 @@ class HeatmapPanel(QWidget):
         else:
             self.faithfulness_label.setText(faithfulness_text(heat.faithfulness))
         score = "" if heat.score is None else f", score {heat.score:.3f}"
-        if lesion_map:
+        region = f" Drawn in the {heat.region}." if heat.region.startswith("lung field") else (
+            f" Drawn over the {heat.region}." if heat.region else "")
+        if heat.research:
+            rank = ("no reference scale recorded" if heat.reference_rank is None else
+                    f"scores higher than {heat.reference_rank:.0%} of validation normal films")
+            self.info_label.setText(
+                f"{heat.label} — {heat.model}. RESEARCH ONLY, not a finding: this film {rank}; the colours "
+                f"reach that share (the scale's top = higher than every normal). Reference: {heat.reference}."
+                f"{region} Not validated: no same-source TB-negative films exist to check it on."
+            )
+        elif lesion_map:
             self.info_label.setText(
                 f"{heat.label.replace('_', ' ')} — {heat.model}{score}. Lesion probability from the "
                 f"{heat.target_layer}. A derived score, not validated for screening."
             )
         else:
             self.info_label.setText(
-                f"{heat.label.replace('_', ' ')} — {heat.model}{score}. Layer {heat.target_layer}. "
+                f"{heat.label.replace('_', ' ')} — {heat.model}{score}. Layer {heat.target_layer}.{region} "
+                "Colours scaled to the score (its maximum sits at the score on the colour bar). "
                 "Where the model looked; not a lesion outline."
             )
 
