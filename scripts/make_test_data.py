@@ -318,7 +318,7 @@ def write_dicom(data: Path, out: Path) -> None:
         ("pydicom-data_RG1_J2KI.dcm", JPEG2000, {"j2k_cr": [10]}),
     ):
         ds = _resized(pydicom.dcmread(src / name))
-        ds.compress(syntax, arr, encoding_plugin="pylibjpeg", **kw)
+        ds.compress(syntax, arr, encoding_plugin="pylibjpeg", generate_instance_uid=False, **kw)
         ds.save_as(dst / name, enforce_file_format=True)
 
 
