@@ -181,13 +181,13 @@ def write_rsna(data: Path, out: Path, per_class: int = 6) -> None:
 
 # --- Kermany --------------------------------------------------------------------------
 def write_kermany(data: Path, out: Path) -> None:
-    """35 normal and 35 pneumonia children (18 bacterial, 17 viral), one film each; already 224 px."""
+    """35 normal and 35 pneumonia children (18 bacterial, 17 viral: 70 patients), one film each; already 224 px."""
     root = data / "pneumonia_kermany"
     labels = pd.read_csv(root / "labels.csv")
+    bacterial = _first_patients(labels[labels["subtype"] == "bacteria"], 18)
+    viral = labels[(labels["subtype"] == "virus") & ~labels["patient_id"].isin(bacterial["patient_id"])]
     pick = pd.concat([
-        _first_patients(labels[labels["subtype"] == "none"], 35),
-        _first_patients(labels[labels["subtype"] == "bacteria"], 18),
-        _first_patients(labels[labels["subtype"] == "virus"], 17),
+        _first_patients(labels[labels["subtype"] == "none"], 35), bacterial, _first_patients(viral, 17),
     ]).sort_values("file")  # fmt: skip
     for f in pick["file"]:
         reduce_image(root / f, out / "pneumonia_kermany" / f)
