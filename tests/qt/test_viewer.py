@@ -255,7 +255,8 @@ def test_rotate_flip_keep_image_fitted(qtbot, window, helpers, rg1_dicom):
     # turned clockwise: the head now points to the right edge
     assert canvas.orientation_labels() == {"right": "H", "left": "F", "bottom": "L", "top": "R"}
     vp = canvas.viewport().rect()
-    for r, c in ((0, 0), (1954, 1840)):
+    rows, cols = window.session.record.shape
+    for r, c in ((0, 0), (rows - 1, cols - 1)):
         p = canvas.image_to_viewport(r, c)
         assert -1 <= p.x() <= vp.width() + 1 and -1 <= p.y() <= vp.height() + 1
     window.action_map["flip_h"].trigger()
