@@ -112,14 +112,15 @@ def _built_seeds() -> dict[str, bytes]:
     return out
 
 
-def seed_corpus(out_dir: Path, *, with_real: bool = True) -> list[Path]:
-    """Write the seed corpus into ``out_dir``: built files, then the real DICOMs (cut to SEED_MAX_BYTES)."""
+def seed_corpus(out_dir: Path, *, with_real: bool = True, real_dir: Path | None = None) -> list[Path]:
+    """Write the seed corpus into ``out_dir``: built files, then the real DICOMs (cut to SEED_MAX_BYTES)
+    of ``real_dir`` (default: the data folder's ``dicom/``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = []
     for name, data in _built_seeds().items():
         (out_dir / name).write_bytes(data)
         seeds.append(out_dir / name)
-    real = data_dir() / "dicom"
+    real = real_dir if real_dir is not None else data_dir() / "dicom"
     if with_real and real.is_dir():
         for f in sorted(real.glob("*.dcm")):
             with open(f, "rb") as fh:

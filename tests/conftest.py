@@ -1,4 +1,8 @@
-"""Shared fixtures. Real data comes from CXR_DATA_DIR (default: ../shared/data beside the repo)."""
+"""Shared fixtures.
+
+Real data comes from ``tests/data/`` (a small committed mirror of the shared data folder's
+layout, see its README); ``CXR_DATA_DIR`` points the data-driven tests at the full folder instead.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +25,19 @@ os.environ.setdefault("XDG_CACHE_HOME", os.path.join(_TEST_HOME, "cache"))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+TEST_DATA = REPO_ROOT / "tests" / "data"
+
+
 def data_root() -> Path:
-    return Path(os.environ.get("CXR_DATA_DIR", REPO_ROOT.parent / "shared" / "data")).resolve()
+    """``CXR_DATA_DIR`` when set (the full shared data folder: larger runs), else the committed ``tests/data``."""
+    return Path(os.environ.get("CXR_DATA_DIR") or TEST_DATA).resolve()
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     root = data_root()
-    if not root.is_dir():
-        pytest.fail(f"test data not found at {root}; set CXR_DATA_DIR to the shared data folder")
+    if not (root / "nih14" / "labels.csv").is_file():
+        pytest.fail(f"CXR_DATA_DIR={root} is not a data folder (no nih14/labels.csv); unset it to use tests/data")
     return root
 
 

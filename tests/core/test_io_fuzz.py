@@ -103,8 +103,9 @@ def test_header_fields_never_escape_the_domain_errors(tmp_path: Path, fields: di
 
 def test_mutations_of_real_and_built_files(tmp_path: Path, dicom_dir: Path) -> None:
     """A seeded mutational run over the corpus (real DICOMs from the shared data plus built files)."""
-    seeds = seed_corpus(tmp_path / "corpus")
-    assert any(p.name.startswith("real_") for p in seeds) and len(seeds) >= len(list(dicom_dir.glob("*.dcm")))
+    seeds = seed_corpus(tmp_path / "corpus", real_dir=dicom_dir)
+    real = [p for p in seeds if p.name.startswith("real_")]
+    assert len(real) == len(list(dicom_dir.glob("*.dcm"))) > 0
     stats = run_mutate(seeds, seconds=30.0, iterations=int(os.environ.get("CXR_FUZZ_ITERATIONS", "150")),
                        out=tmp_path, seed=1)
     bugs = {k: v for k, v in stats.items() if k.startswith("BUG")}

@@ -64,7 +64,8 @@ def window(make_window):
 
 @pytest.fixture(scope="session")
 def rg1_dicom(dicom_dir: Path) -> Path:
-    """NEMA RG1 CR: MONOCHROME1, 1955x1841, PixelSpacing 0 (so no usable spacing), orientation L/F."""
+    """NEMA RG1 CR: MONOCHROME1, 15 bits, 1955x1841 (a quarter of that in tests/data), PixelSpacing 0
+    (so no usable spacing), orientation L/F."""
     return dicom_dir / "pydicom-data_RG1_UNCR.dcm"
 
 

@@ -233,9 +233,12 @@ def test_device_preference_persists_and_errors_reach_the_ui(qtbot, make_window, 
 
 
 def test_status_bar_shows_window_in_the_files_units(qtbot, window, helpers, rg1_dicom) -> None:
+    import pydicom
+
     helpers.load(qtbot, window, rg1_dicom)
-    # RG1 stores WindowCenter 15000 / WindowWidth 30000 (MONOCHROME1, modality values 874..26479)
-    assert window.session.record.metadata["value_range"] == (874.0, 26479.0)
+    # RG1 stores WindowCenter 15000 / WindowWidth 30000 (MONOCHROME1, modality values 874..26479 in the full film)
+    stored = pydicom.dcmread(rg1_dicom).pixel_array
+    assert window.session.record.metadata["value_range"] == (float(stored.min()), float(stored.max()))
     assert window.window_label.text() == "C 15000  W 30000"
     assert any(line.startswith("C 15000  W 30000") for line in window.canvas.display_lines())
 

@@ -35,7 +35,7 @@ def _mask(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "rel",
-    ["shenzhen_sample/masks/CHNCXR_0001_0_mask.png", "covid_ieee8023/masks_lung_v7labs/lancet-case2a.png"],
+    ["shenzhen_sample/masks/CHNCXR_0001_0_mask.png", "covid_ieee8023/masks_lung_v7labs/12941_2020_358_Fig1_HTML.png"],
 )
 def test_split_real_lung_mask_into_patient_sides(data_dir: Path, rel: str) -> None:
     m = _mask(data_dir / rel)

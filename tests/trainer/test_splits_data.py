@@ -79,7 +79,9 @@ def test_fractions_nested_stratified_with_positives(nih: pd.DataFrame) -> None:
             assert s.loc[f1, lab].sum() >= 1, lab
     n_train = train["patient_id"].nunique()
     n10 = s.loc[f10, "patient_id"].nunique()
-    assert 0.08 * n_train <= n10 <= 0.2 * n_train
+    # about a tenth of the patients, plus at most one patient per label that still needed a positive
+    needed = sum(train[lab].sum() > 0 for lab in NIH_FINDINGS)
+    assert 0.08 * n_train <= n10 <= 0.2 * n_train + needed
     # stratified: the 10 % subset keeps the share of no-finding patients close to the full split
     none_full = (train[list(NIH_FINDINGS)].sum(axis=1) == 0).mean()
     sub = s[f10]
