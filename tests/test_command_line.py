@@ -88,20 +88,10 @@ def test_gradcam_plus_plus_does_not_overwrite_gradcam(tmp_path: Path, tiny_model
 
 
 def test_report_writes_masks_only_with_mask_out(tmp_path: Path, tiny_models: Path, monkeypatch, capsys) -> None:
-    import torch
+    from tests.qt.bundles import build_segmenter
 
-    from cxr_viewer.core.models import create_model
-    from cxr_viewer.core.models.bundle import save_bundle
-
-    torch.manual_seed(0)
     seg_dir = tmp_path / "seg_models"
-    save_bundle(create_model("text_unet_tiny", text_dim=384), {
-        "name": "seg-test", "version": "0.0.1", "task": "text_segmentation", "trained": False,
-        "architecture": {"name": "text_unet_tiny", "kwargs": {"text_dim": 384}},
-        "labels": ["region"], "thresholds": {"region": {"value": 0.5, "method": "test"}},
-        "preprocessing": {"size": [64, 64], "resize": "letterbox"},
-        "text_encoder": {"name": "all-MiniLM-L6-v2", "dim": 384},
-    }, seg_dir / "seg", dtype="float32")  # fmt: skip
+    build_segmenter(seg_dir / "seg")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
