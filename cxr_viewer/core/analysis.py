@@ -10,11 +10,18 @@ dropped. The Qt layer (:mod:`cxr_viewer.qt.analysis`) only adapts this to signal
 
 Models (and the text encoder) load lazily, in the worker, on first use. The
 :class:`ModelPool` that owns them is touched by the worker thread only.
+
+A process has ONE :class:`ModelService`: one pool, one engine, one model thread that
+runs every model call in the order asked (the viewer, the worklist, current | prior and
+the site wizard all queue on it). The window's composition root builds it and passes
+it to each feature. With a :class:`ResultCache` (the worklist's result store), a film
+whose results are stored is shown from the store instead of being scored again.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +46,8 @@ __all__ = [
     "Generations",
     "ModelConfig",
     "ModelPool",
+    "ModelService",
+    "ResultCache",
     "Settings",
     "UserThresholds",
     "default_model_dirs",
@@ -201,6 +210,16 @@ class AnalysisState:
 
 
 # --------------------------------------------------------------------------- worker side
+class ResultCache(Protocol):
+    """Results kept across requests and runs (the worklist's SQLite store), read before a film is scored."""
+
+    def stored_result(self, record: ImageRecord, engine: "InferenceEngine") -> AnalysisResult | None:
+        """The result ``engine`` would give ``record``, when every model's findings are stored; else None."""
+        ...
+
+    def keep_result(self, record: ImageRecord, result: AnalysisResult) -> None: ...
+
+
 class ModelPool:
     """Bundles found on disk and loaded on first use. Only the worker thread calls it."""
 
@@ -208,6 +227,7 @@ class ModelPool:
         self._engine: InferenceEngine | None = None
         self._config: ModelConfig | None = None
         self.summaries: tuple[BundleSummary, ...] = ()
+        self.results: ResultCache | None = None  # stored results, read before scoring a film
 
     @property
     def engine(self) -> "InferenceEngine | None":
@@ -280,6 +300,92 @@ class ModelPool:
             progress(f"Loading the text encoder for {b.manifest.display_name}…")
         return engine.segmenter(b)  # one segmenter per bundle, held by the engine
 
+    def stored(self, engine: "InferenceEngine", record: ImageRecord) -> AnalysisResult | None:
+        """``record``'s result as kept in :attr:`results` for the models ``engine`` holds, or None."""
+        return self.results.stored_result(record, engine) if self.results is not None else None
+
+    def result(self, engine: "InferenceEngine", record: ImageRecord, *,
+               cancel: CancelToken | None = None) -> AnalysisResult:  # fmt: skip
+        """``record``'s result: the stored one when every model's findings are kept, else scored (and kept)."""
+        stored = self.stored(engine, record)
+        if stored is not None:  # scored before (the worklist, an earlier visit): shown from the store
+            return stored
+        result = engine.analyze(record, cancel=cancel)
+        if self.results is not None:
+            self.results.keep_result(record, result)
+        return result
+
+    def engine_with(self, bundle_path: Path, config: ModelConfig | None = None) -> tuple["InferenceEngine", Any]:
+        """The pool's engine holding the bundle at ``bundle_path`` (loaded into it when it is not), and that bundle.
+
+        For a model the reader may have switched off (the site wizard measures any installed bundle):
+        it joins the same engine and leaves it at the next :meth:`sync` that does not want it.
+        """
+        from cxr_viewer.core.models.bundle import read_manifest
+
+        engine = self._engine
+        if engine is None:
+            engine = self.sync(config or ModelConfig(()))  # an empty engine on the default device
+        sha = str(read_manifest(bundle_path).weights.get("sha256", "")).lower()
+        for b in engine.bundles:
+            if b.sha256.lower() == sha:
+                return engine, b
+        bundle = engine.load(bundle_path)
+        engine.add_bundle(bundle)
+        return engine, bundle
+
+
+class ModelService:
+    """The process's one model pool and engine behind one worker queue (a single model thread).
+
+    :meth:`call` runs ``fn(pool, ...)`` on the model thread and waits for it; :meth:`iterate`
+    runs a ``run_*`` generator there one step at a time, so a long worklist batch and the
+    viewer's next film take turns, in the order asked, instead of running side by side.
+    Called from the model thread itself, both run inline.
+    """
+
+    def __init__(self, pool: ModelPool | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = pool if pool is not None else ModelPool()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-models",
+                                            initializer=self._mark_thread)
+        self._thread: int | None = None
+
+    def _mark_thread(self) -> None:
+        self._thread = threading.get_ident()
+
+    @property
+    def on_model_thread(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(pool, *args, **kwargs)`` on the model thread, after what was asked before it; its result."""
+        if self.on_model_thread:
+            return fn(self.pool, *args, **kwargs)
+        return self._executor.submit(fn, self.pool, *args, **kwargs).result()
+
+    def iterate(self, fn: Callable[..., Iterator[Any]], *args: Any) -> Iterator[Any]:
+        """The items of the generator ``fn(pool, *args)``, each step run on the model thread."""
+        gen = fn(self.pool, *args)
+        done = object()
+        try:
+            while True:
+                item = self.call(lambda _pool: next(gen, done))
+                if item is done:
+                    return
+                yield item
+        finally:
+            gen.close()
+
+    def use_results(self, cache: ResultCache | None) -> None:
+        """Read (and keep) results in ``cache`` before scoring a film (the worklist's store)."""
+        self.pool.results = cache
+
+    def shutdown(self) -> None:
+        """Drop what is queued; a model call already running finishes on its own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
 
 def run_analysis(pool: ModelPool, req: AnalysisRequest) -> Iterator[tuple[str, Any]]:
     """Worker: load what is needed, then score the image. Yields ("progress", text) then ("outcome", ...)."""
@@ -288,10 +394,12 @@ def run_analysis(pool: ModelPool, req: AnalysisRequest) -> Iterator[tuple[str, A
     engine = pool.sync(req.config, msgs.append)
     yield from (("progress", m) for m in msgs)
     req.token.raise_if_cancelled()
-    names = [b.name for b in engine.classifiers]
-    if names:
-        yield "progress", "Analysing with " + ", ".join(names) + "…"
-    result = engine.analyze(req.record, cancel=req.token)
+    stored = pool.stored(engine, req.record)
+    if stored is None:
+        names = [b.name for b in engine.classifiers]
+        if names:
+            yield "progress", "Analysing with " + ", ".join(names) + "…"
+    result = stored or pool.result(engine, req.record, cancel=req.token)
     yield "outcome", AnalysisOutcome(req.generation, req.record, result, pool.summaries, str(engine.device),
                                      unavailable_cam(engine), tuple(engine.research_overlays()))
 

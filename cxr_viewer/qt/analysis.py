@@ -31,6 +31,7 @@ from cxr_viewer.core.analysis import (  # noqa: F401  (re-exported: older import
     Generations,
     ModelConfig,
     ModelPool,
+    ModelService,
     UserThresholds,
     default_model_dirs,
     run_analysis,
@@ -46,7 +47,9 @@ from cxr_viewer.core.session import HeatmapLayer, MaskLayer, Session
 from cxr_viewer.qt.workers import TaskRunner
 
 if TYPE_CHECKING:
+    from cxr_viewer.core.inference.results import AnalysisResult
     from cxr_viewer.core.inference.segment import Mask
+    from cxr_viewer.core.judging import JudgedResult
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ class AnalysisController(QObject):
     progress = Signal(str)  # a line for the status bar; "" when nothing runs
     models_changed = Signal(object)  # tuple[BundleSummary, ...]
     enabled_changed = Signal()  # the user switched a model on or off (the worklist follows)
+    thresholds_changed = Signal()  # the reader set or reset a threshold (the worklist judges again)
     segment_failed = Signal(str)
     bundle_added = Signal(object)  # Path of the copied bundle
     error = Signal(str, str)  # title, message: for a non-blocking dialog
@@ -119,6 +123,7 @@ class AnalysisController(QObject):
         settings: QSettings,
         *,
         models_dir: Path | None = None,
+        models: ModelService | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -127,7 +132,9 @@ class AnalysisController(QObject):
         self.models_dir = models_dir
         self.runner = TaskRunner(session, self, max_threads=1)  # one worker: requests run in order
         self.runner.idle.connect(lambda: self.progress.emit(""))
-        self.pool = ModelPool()
+        # the process's one model service (built by the composition root); its queue runs every model call
+        self.models = models if models is not None else ModelService()
+        self.pool = self.models.pool
         self.backend = str(settings.value("analysis/backend", "auto"))
         self.faithfulness = str(settings.value("heatmap/faithfulness", "true")).lower() in ("true", "1")
         # Heatmaps are opt-in: none is drawn until the reader asks for one. The finding they chose
@@ -291,6 +298,7 @@ class AnalysisController(QObject):
         """Set (or with ``None`` reset to the model's) the threshold of one finding; persisted."""
         self.thresholds.set(model, self._state.model_sha(model), label, value)
         self.settings.sync()
+        self.thresholds_changed.emit()
         if self._outcome is not None:
             self._publish(self._outcome)
 
@@ -334,7 +342,7 @@ class AnalysisController(QObject):
         req = AnalysisRequest(gen, record, self.config(), token)
         self._outcome = None
         self._set_state(AnalysisState(status="running", message="Analysing…"))
-        self._submit("analysis", run_analysis, (self.pool, req),
+        self._submit("analysis", self.models.iterate, (run_analysis, req),
                      lambda item: self._on_analysis_item(req, item),
                      lambda exc: self._on_worker_error("analysis", gen, record, exc))
 
@@ -368,7 +376,7 @@ class AnalysisController(QObject):
             elif item[0] == "progress" and self.session.record is None:
                 self.progress.emit(item[1])
 
-        self._submit("models", scan, (self.pool, self.config()), on_item, lambda exc: self._report(exc, "Models"))
+        self._submit("models", self.models.iterate, (scan, self.config()), on_item, lambda exc: self._report(exc, "Models"))
 
     def warm_up(self) -> None:
         """Start-up: load and warm the models in the background before any image is opened."""
@@ -406,8 +414,8 @@ class AnalysisController(QObject):
         self._cam_label, self._cam_model = label, model
         method_now = self.usable_method(model, self._cam_method)
         gen, token = self.generations.start("cam")
-        self._submit("cam", run_cam,
-                     (self.pool, self.config(), record, label, model, method_now, self.faithfulness, token),
+        self._submit("cam", self.models.iterate,
+                     (run_cam, self.config(), record, label, model, method_now, self.faithfulness, token),
                      lambda item: self._on_cam_item(gen, record, item),
                      lambda exc: self._on_worker_error("cam", gen, record, exc))
 
@@ -423,7 +431,7 @@ class AnalysisController(QObject):
             self._masks = []
             self.masks_changed.emit([])
             return
-        self._submit("segment", run_segment, (self.pool, self.config(), record, phrases, token),
+        self._submit("segment", self.models.iterate, (run_segment, self.config(), record, phrases, token),
                      lambda item: self._on_segment_item(gen, record, item),
                      lambda exc: self._on_worker_error("segment", gen, record, exc))
 
@@ -526,12 +534,7 @@ class AnalysisController(QObject):
                 self.request_cam(label, model, remember=False)
 
     def _publish(self, outcome: AnalysisOutcome) -> None:
-        # THE judging step: the site profile (calibrated score, site threshold), then any threshold the user set
-        from cxr_viewer.core.judging import judge
-
-        models = {str(m.get("name")): str(m.get("sha256", "")) for m in outcome.result.models}
-        judged = judge(outcome.result, site_profile=self.site_profile,
-                       user_thresholds=lambda model, label: self.thresholds.get(model, models.get(model, ""), label))
+        judged = self.judge(outcome.result)
         r, profile_message, stale = judged.result, judged.site_profile_message, judged.site_profile_stale
         load_errors = tuple(f"{s.display_name or s.path.name}: {s.error}" for s in outcome.bundles if s.error)
         message = ""
@@ -555,6 +558,15 @@ class AnalysisController(QObject):
         state = replace(state, findings=r.findings, judged=judged)
         self.session.set_findings(state.findings)
         self._set_state(state)
+
+    def judge(self, result: AnalysisResult) -> "JudgedResult":
+        """THE judging step as the findings panel shows it: the site profile (calibrated score, site
+        threshold), then any threshold the reader set; current | prior judges the prior film with it too."""
+        from cxr_viewer.core.judging import judge
+
+        models = {str(m.get("name")): str(m.get("sha256", "")) for m in result.models}
+        return judge(result, site_profile=self.site_profile,
+                     user_thresholds=lambda model, label: self.thresholds.get(model, models.get(model, ""), label))
 
     def _auto_cam_target(self, state: AnalysisState) -> tuple[str | None, str | None]:
         """The finding the reader chose to show, if this image has it POSITIVE or above its threshold.

@@ -25,6 +25,7 @@ from cxr_viewer.core.session import Session
 from cxr_viewer.qt.canvas import ImageCanvas
 
 if TYPE_CHECKING:
+    from cxr_viewer.core.analysis import ModelService
     from cxr_viewer.qt.main_window import MainWindow
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ class PriorView(QWidget):
 class CompareController:
     """Owns the current | prior layout on a main window (installed by ReadingTools)."""
 
-    def __init__(self, window: "MainWindow") -> None:
+    def __init__(self, window: "MainWindow", *, models: "ModelService | None" = None) -> None:
         self.w = window
+        # the process's one model service: the prior is scored on its engine and queue, with the viewer's models
+        self.models = models if models is not None else window.analysis.models
         self.linked = True
         self.prior_path: Path | None = None
         self.prior_date = ""
@@ -59,8 +62,6 @@ class CompareController:
         self.noise: dict[tuple[str, str], float] = {}
         self.deltas: dict[tuple[str, str], Any] = {}
         self._syncing = False
-        self._engine: Any = None
-        self._engine_dirs: tuple[Path, ...] | None = None
         central = window.takeCentralWidget()  # the canvas, kept alive
         self.splitter = QSplitter(Qt.Orientation.Horizontal, window)
         self.splitter.setObjectName("compareSplitter")
@@ -162,30 +163,17 @@ class CompareController:
     def _on_prior_loaded(self, record: Any) -> None:
         self.prior.session.set_record(record)
         self._from_current(self.w.session.display)
-        dirs = self._model_dirs()
-        self.w.runner.submit(_score_prior, self, dirs, record, self.w.analysis.site_profile, on_result=self._on_scores,
+        self.w.runner.submit(_score_prior, self.models, self.w.analysis.config(), record, on_result=self._on_scores,
                              on_error=lambda exc: self.w.statusBar().showMessage(
                                  f"The prior could not be scored: {exc}", 10000))
         masks = self.w.analysis.masks
         if masks:
             self._on_current_masks(masks)
 
-    def _model_dirs(self) -> tuple[Path, ...]:
-        from cxr_viewer.qt.analysis import default_model_dirs
-
-        return tuple(default_model_dirs(self.w.models_dir))
-
-    def engine(self, dirs: tuple[Path, ...]) -> Any:
-        """One engine for the prior's scores and masks, built on first use (worker thread)."""
-        if self._engine is None or self._engine_dirs != dirs:
-            from cxr_viewer.core.inference.engine import InferenceEngine
-
-            self._engine = InferenceEngine.from_dirs(dirs, device="cpu")
-            self._engine_dirs = dirs
-        return self._engine
-
-    def _on_scores(self, result: tuple[list[Any], dict[tuple[str, str], float]]) -> None:
-        self.prior_findings, self.noise = result
+    def _on_scores(self, result: tuple[Any, dict[tuple[str, str], float]]) -> None:
+        scored, self.noise = result
+        # judged as the current film is (site profile, the reader's thresholds): one rule for both films
+        self.prior_findings = list(self.w.analysis.judge(scored).result.findings)
         self._update_deltas()
         unmeasured = sorted({m for (m, _lab), d in self.deltas.items() if not d.measured})
         if unmeasured:
@@ -212,7 +200,7 @@ class CompareController:
         if not phrases:
             self.prior.session.set_masks([])
             return
-        self.w.runner.submit(_segment_prior, self, self._model_dirs(), rec, phrases,
+        self.w.runner.submit(_segment_prior, self.models, self.w.analysis.config(), rec, phrases,
                              on_result=self._on_prior_masks,
                              on_error=lambda exc: self.w.statusBar().showMessage(f"No masks on the prior: {exc}", 8000))
 
@@ -287,22 +275,17 @@ def _read(path: Path) -> Any:
     return read_image(path)
 
 
-def _score_prior(ctl: CompareController, dirs: tuple[Path, ...], prior: Any, profile: Any = None) -> tuple[list[Any], dict]:
-    """Prior's findings judged as the current film's are (the same site profile), and each score's noise as
-    its bundle records it (worker thread)."""
-    from cxr_viewer.core.judging import judge
+def _score_prior(models: "ModelService", config: Any, prior: Any) -> tuple[Any, dict]:
+    """The prior's result (stored or scored, on the model service's queue) and each score's noise as its
+    bundle records it (worker thread); the GUI thread judges it as the current film's."""
 
-    engine = ctl.engine(dirs)
-    prior_findings = list(judge(engine.analyze(prior), site_profile=profile).result.findings)
-    noise = {(b.name, label): value for b in engine.bundles for label, value in recorded_noise(b.manifest).items()}
-    return prior_findings, noise
+    def work(pool: Any) -> tuple[Any, dict]:
+        engine = pool.sync(config)
+        noise = {(b.name, label): value for b in engine.bundles for label, value in recorded_noise(b.manifest).items()}
+        return pool.result(engine, prior), noise
+
+    return models.call(work)
 
 
-def _segment_prior(ctl: CompareController, dirs: tuple[Path, ...], record: Any, phrases: list[str]) -> Any:
-    from cxr_viewer.core.inference.segment import Segmenter
-
-    engine = ctl.engine(dirs)
-    bundles = engine.bundles_for_task("text_segmentation")
-    if not bundles:
-        raise RuntimeError("no segmentation model is installed")
-    return Segmenter(bundles[0]).segment(record, phrases)
+def _segment_prior(models: "ModelService", config: Any, record: Any, phrases: list[str]) -> Any:
+    return models.call(lambda pool: pool.segmenter(config).segment(record, phrases))

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from cxr_viewer.core.analysis import ModelService
 from cxr_viewer.core.errors import CXRError
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import DEFAULT_PREFERENCES, DisplayState, Session
@@ -99,6 +100,7 @@ class MainWindow(QMainWindow):
         interactive: bool = True,
         persist: bool = True,
         models_dir: Path | None = None,
+        models: ModelService | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -119,8 +121,12 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
         self.runner = TaskRunner(self.session, self)
-        # Models run on their own one-worker executor, so reading the next image never waits for them.
-        self.analysis = AnalysisController(self.session, self.settings, models_dir=models_dir, parent=self)
+        # THE model service of this process (one pool, one engine, one model queue): built by the composition
+        # root (cxr_viewer.qt.app) and handed to every feature that scores a film; reading never waits for it.
+        self._owns_models = models is None
+        self.models = models if models is not None else ModelService()
+        self.analysis = AnalysisController(self.session, self.settings, models_dir=models_dir, models=self.models,
+                                           parent=self)
         self.models_dialog: QDialog | None = None
 
         self.canvas = ImageCanvas(self.session, self)
@@ -134,12 +140,12 @@ class MainWindow(QMainWindow):
         self.export_actions = install_export_menu(self)  # Export menu: reports, DICOM results, anonymised
         from cxr_viewer.qt.worklist import install_worklist  # the triage worklist dock, self-contained
 
-        install_worklist(self)
-        self.reading = ReadingTools(self)  # measurement tools, overlays, navigation, annotations, compare
+        install_worklist(self, models=self.models)
+        self.reading = ReadingTools(self, models=self.models)  # measurement tools, overlays, navigation, annotations, compare
         self._connect()
         from cxr_viewer.qt.site_wizard import SiteCalibrationHook
 
-        self.site_calibration = SiteCalibrationHook(self)  # site profile: wizard action + drift banner
+        self.site_calibration = SiteCalibrationHook(self, models=self.models)  # site profile: wizard action + drift banner
         # every dock is in place: the film in the middle, every finding row and its badge on the right
         if getattr(self, "findings_dock", None) is not None:
             self.resizeDocks([self.studies_dock, self.findings_dock], [LEFT_DOCK_PX, self.findings_panel.preferred_width()],
@@ -819,6 +825,8 @@ class MainWindow(QMainWindow):
         self.analysis.shutdown(QUIT_WAIT_MS)
         self.runner.cancel_all()
         self.runner.wait(QUIT_WAIT_MS)
+        if self._owns_models:
+            self.models.shutdown()
         if self.error_dialog is not None:
             self.error_dialog.close()
         self._disconnect()

@@ -52,7 +52,7 @@ MOUSE_AND_HELD_KEYS = (
 class ReadingTools:
     """Installs the reading-room actions on a :class:`MainWindow` and handles them."""
 
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: MainWindow, *, models: Any = None) -> None:
         self.w = window
         self._loaded_from: Path | None = None
         self._last_list = "studies"  # the list the current film was opened from (PgUp/PgDn when both show)
@@ -60,7 +60,7 @@ class ReadingTools:
         self._build_menus()
         from cxr_viewer.qt.compare import CompareController
 
-        self.compare = CompareController(window)
+        self.compare = CompareController(window, models=models)
         window.canvas.navigate.connect(self.step_image)
         window.study_browser.open_requested.connect(lambda _p: self._opened_from("studies"))
         if getattr(window, "worklist_panel", None) is not None:

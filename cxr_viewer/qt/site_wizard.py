@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 if TYPE_CHECKING:
+    from cxr_viewer.core.analysis import ModelService
     from cxr_viewer.core.site_profile import DriftResult, SiteProfile
     from cxr_viewer.qt.workers import TaskRunner
 
@@ -45,23 +46,27 @@ METHODS = (("Best by cross-validated ECE", "auto"), ("Temperature", "temperature
 
 
 def score_site_films(bundle_path: str, rows: list[dict[str, Any]], found: list[str], folder: str, labels_csv: str,
-                     backend: str = "auto") -> Iterator[Any]:  # fmt: skip
-    """Worker: score every labelled film through the engine; yields progress, then ("scores", data)."""
+                     models: "ModelService") -> Iterator[Any]:  # fmt: skip
+    """Worker: score every labelled film on the process's one engine (the model service's queue, a film at a
+    time, so the viewer's next film never waits for the whole set); yields progress, then ("scores", data)."""
     import numpy as np
 
-    from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
-    from cxr_viewer.core.models.bundle import load_bundle
     from cxr_viewer.core.site_profile import card_prevalence
 
-    bundle = load_bundle(bundle_path, device="cpu")
-    engine = InferenceEngine([bundle], device="cpu", backend=backend, cache_size=0)
+    def score(pool: Any, record: Any) -> tuple[Any, Any]:
+        engine, b = pool.engine_with(Path(bundle_path))
+        return b, engine.analyze(record, models=[b.name])
+
     scores = np.full((len(rows), len(found)), np.nan)
+    bundle: Any = None
     for i, row in enumerate(rows):
-        result = engine.analyze(read_image(row["image"]))
+        bundle, result = models.call(score, read_image(row["image"]))
         by_label = {f.label: f.score for f in result.findings}
         scores[i] = [by_label.get(lab, np.nan) for lab in found]
         yield ("progress", i + 1, len(rows))
+    if bundle is None:  # no film: the bundle is still named in the data
+        bundle = models.call(lambda pool: pool.engine_with(Path(bundle_path))[1])
     yield ("scores", {
         "bundle": bundle.describe(), "labels": found, "scores": scores,
         "truth": np.array([[row["labels"].get(lab, np.nan) for lab in found] for row in rows], dtype=float),
@@ -104,14 +109,14 @@ class SiteCalibrationDialog(QDialog):
     profile_saved = Signal(object)  # SiteProfile
 
     def __init__(self, runner: "TaskRunner", model_dirs: list[Path] | None = None, parent: QWidget | None = None,
-                 *, backend: str = "auto", n_boot: int = 300, corrections: Any = None) -> None:  # fmt: skip
+                 *, models: "ModelService", n_boot: int = 300, corrections: Any = None) -> None:  # fmt: skip
         super().__init__(parent)
+        self.models = models  # the process's one model service: films are scored on its engine
         from cxr_viewer.core.corrections import CorrectionStore
 
         self.corrections = corrections if corrections is not None else CorrectionStore()
         self.setWindowTitle("Site calibration")
         self.runner = runner
-        self.backend = backend
         self.n_boot = n_boot
         self.data: dict[str, Any] | None = None
         self.fitted: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -295,7 +300,7 @@ class SiteCalibrationDialog(QDialog):
         self.score_button.setEnabled(False)
         self._set_fit_enabled(False)
         self.status.setText(f"Scoring {len(rows)} {_films(len(rows))}…")
-        self.runner.submit(score_site_films, path, rows, found, folder, labels, self.backend,
+        self.runner.submit(score_site_films, path, rows, found, folder, labels, self.models,
                            channel="site-score", on_progress=self._on_score_step, on_error=self._on_error)  # fmt: skip
 
     def _on_score_step(self, item: Any) -> None:
@@ -488,10 +493,11 @@ class SiteCalibrationHook:
 
     SETTING = "site/profile"
 
-    def __init__(self, window: Any) -> None:
+    def __init__(self, window: Any, *, models: "ModelService | None" = None) -> None:
         from PySide6.QtGui import QAction
 
         self.window = window
+        self.models = models if models is not None else window.analysis.models  # the one model service
         self.dialog: SiteCalibrationDialog | None = None
         self.profile: "SiteProfile | None" = None
         self.monitor: Any = None
@@ -545,7 +551,8 @@ class SiteCalibrationHook:
         if self.dialog is None:
             panel = getattr(self.window, "worklist_panel", None)
             store = panel.controller.corrections if panel is not None else None
-            self.dialog = SiteCalibrationDialog(self.window.runner, self.model_dirs(), self.window, corrections=store)
+            self.dialog = SiteCalibrationDialog(self.window.runner, self.model_dirs(), self.window, models=self.models,
+                                                corrections=store)
             self.dialog.profile_saved.connect(self.set_profile)
         if model is not None:
             box = self.dialog.model_box

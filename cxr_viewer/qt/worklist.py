@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ from cxr_viewer.core.worklist.worklist import column_titles
 from cxr_viewer.qt.workers import TaskRunner
 
 if TYPE_CHECKING:
+    from cxr_viewer.core.analysis import ModelConfig, ModelService
     from cxr_viewer.core.pacs import ReceivedFile, RemoteNode, StorageReceiver
     from cxr_viewer.qt.main_window import MainWindow
 
@@ -116,11 +117,10 @@ def _analyse(worklist: Worklist, folder: Path | None, paths: Sequence[Path], tok
 def _send_results(worklist: Worklist, remote: "RemoteNode", path: Path, calling_ae: str) -> int:
     from cxr_viewer.core.export.record import annotations_beside
     from cxr_viewer.core.io import read_image
-    from cxr_viewer.core.judging import judge
     from cxr_viewer.core.pacs import send_results
 
     record = read_image(path)
-    judged = judge(worklist.engine().analyze(record), site_profile=worklist.site_profile)  # the SR names the profile
+    judged = worklist.judge(worklist.analyze(record))  # as the row shows it: the SR names the profile
     try:
         annotations = annotations_beside(path, record)
     except (OSError, ValueError, KeyError, TypeError):
@@ -296,7 +296,10 @@ class WorklistController(QObject):
 
     def __init__(self, settings: QSettings, model_dirs: Sequence[Path] | None = None, *,
                  disabled: Sequence[str] = (), device: str = "auto", backend: str = "auto",
-                 store_path: Path | None = None, parent: QObject | None = None, enabled: Sequence[str] = ()) -> None:
+                 store_path: Path | None = None, parent: QObject | None = None, enabled: Sequence[str] = (),
+                 models: "ModelService | None" = None,
+                 user_thresholds: "Callable[[str, str, str], float | None] | None" = None,
+                 config: "Callable[[], ModelConfig] | None" = None) -> None:
         super().__init__(parent)
         self.settings = settings
         self.runner = TaskRunner(Session(), self, max_threads=1)  # private session: the viewer stays un-busy
@@ -314,8 +317,10 @@ class WorklistController(QObject):
 
             text = f"{exc.message} Results are kept in memory until the viewer closes."
             QTimer.singleShot(0, lambda: self.error.emit("Worklist store", text))  # once the panel listens
+        # ``models``: the process's one model service (its engine and queue); ``user_thresholds``: the
+        # reader's, as the findings panel judges with them
         self.worklist = Worklist(self.store, model_dirs=model_dirs, disabled=disabled, device=device, backend=backend,
-                                 enabled=enabled)
+                                 enabled=enabled, service=models, user_thresholds=user_thresholds, config=config)
         self.receiver: StorageReceiver | None = None
         from cxr_viewer.core.corrections import CorrectionStore
 
@@ -1028,13 +1033,24 @@ class _CloseWatcher(QObject):
         return False
 
 
-def install_worklist(window: "MainWindow") -> WorklistPanel:
-    """Add the worklist dock, its shortcuts and menu entries to ``window``; returns the panel."""
-    cfg = window.analysis.config()
+def install_worklist(window: "MainWindow", *, models: "ModelService | None" = None) -> WorklistPanel:
+    """Add the worklist dock, its shortcuts and menu entries to ``window``; returns the panel.
+
+    ``models``: the process's one model service; the worklist scores on its engine and queue, and its
+    result store becomes the service's cache (opening a listed study shows the stored result).
+    """
+    analysis = window.analysis
+    cfg = analysis.config()
     # a window that keeps nothing (a headless screenshot run) writes no result store into the user's cache
     controller = WorklistController(window.settings, list(cfg.dirs), disabled=sorted(cfg.disabled),
                                     device=cfg.device, backend=cfg.backend, parent=window, enabled=sorted(cfg.enabled),
-                                    store_path=None if window.persist else Path(":memory:"))
+                                    store_path=None if window.persist else Path(":memory:"), models=models,
+                                    user_thresholds=analysis.thresholds.get,
+                                    config=analysis.config if models is not None else None)
+    if models is not None:
+        models.use_results(controller.worklist)
+    # a threshold the reader sets in the findings panel judges the listed studies again (nothing is scored)
+    analysis.thresholds_changed.connect(lambda: controller.refresh())
     panel = WorklistPanel(controller, window)
     panel.open_requested.connect(window.open_file)
     # the model manager's choices reach the worklist at once (enable, disable, use a site version, roll back)

@@ -147,13 +147,17 @@ def test_worklist_cli_writes_sorted_csv(folder: Path, models: Path, tmp_path: Pa
     header = rows[0]
     assert header[:7] == ["file", "patient", "study date", "modality/view", "QC", "abnormality (max finding score)",
                           "read"]
-    assert header[7:] == ["Effusion", "Nodule", "Tuberculosis"]
+    assert header[7:] == ["Effusion", "Nodule", "Tuberculosis", "Effusion state", "Nodule state", "Tuberculosis state"]
     body = rows[1:]
     assert len(body) == 6
     scores = [float(r[5]) for r in body if r[5]]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
     for r in body[:5]:  # abnormality = the highest finding score of the row
-        assert float(r[5]) == pytest.approx(max(float(x) for x in r[7:]), abs=1e-4)
+        assert float(r[5]) == pytest.approx(max(float(x) for x in r[7:10]), abs=1e-4)
+        # each finding's judged state (the QC flags of these synthetic films put some outside the population)
+        from cxr_viewer.core.judging import STATE_TEXT
+
+        assert all(state in STATE_TEXT.values() for state in r[10:13])
     dicom_row = next(r for r in body if r[0].endswith("siim.dcm"))
     assert dicom_row[3] == "CR PA" or dicom_row[3].startswith("CR")
     assert body[-1][0].endswith("broken.png") and body[-1][4].startswith("error:")
@@ -251,12 +255,13 @@ def test_worklist_cli_applies_a_site_profile(folder: Path, models: Path, tmp_pat
     rows = list(csv.reader(out.open()))
     header, body = rows[0], rows[1:]
     assert header[5] == "abnormality (max finding score; site profile clinic v1)"
-    assert header[7:] == ["Effusion (site profile clinic v1)", "Nodule", "Tuberculosis"]
+    assert header[7:10] == ["Effusion (site profile clinic v1)", "Nodule", "Tuberculosis"]
+    assert header[10:] == ["Effusion state", "Nodule state", "Tuberculosis state"]
     fp = profile.findings["Effusion"]
     for r in body[:5]:
         want = float(fp.calibration(np.array([float(raw[r[0]][7])]))[0])
-        assert float(r[7]) == pytest.approx(want, abs=1e-4) and r[8:] == raw[r[0]][8:]
-        assert float(r[5]) == pytest.approx(max(float(x) for x in r[7:]), abs=1e-4)
+        assert float(r[7]) == pytest.approx(want, abs=1e-4) and r[8:10] == raw[r[0]][8:10] and r[11:] == raw[r[0]][11:]
+        assert float(r[5]) == pytest.approx(max(float(x) for x in r[7:10]), abs=1e-4)
     scores = [float(r[5]) for r in body if r[5]]
     assert scores == sorted(scores, reverse=True)
     # refused, like analyze: the model was updated since the profile was fitted

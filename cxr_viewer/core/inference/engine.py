@@ -190,6 +190,15 @@ def wants_features(bundle: "LoadedBundle") -> bool:
     return has_ood or bool((pop.get("age_head") or {}).get("weights"))
 
 
+def model_warnings(used: Sequence["LoadedBundle"]) -> tuple[str, ...]:
+    """What every result scored by ``used`` warns about: no model at all, or an untrained one."""
+    if not used:
+        return (NO_MODELS_WARNING,)
+    if any(not b.manifest.trained for b in used):
+        return ("Some models are UNTRAINED (random weights): their scores mean nothing.",)
+    return ()
+
+
 def _scores(logits: np.ndarray, task: str) -> np.ndarray:
     """Logits (L,) -> probabilities: softmax across labels for multiclass, else independent sigmoids."""
     z = logits.astype(np.float64)
@@ -614,12 +623,8 @@ class InferenceEngine:
                 backends[b.name] = self.backend_for(b)
         timing["preprocess"] = t_pre * 1e3
         timing["total"] = (time.perf_counter() - t_all) * 1e3
-        warnings: list[str] = list(derived_warnings)
         used = [*bundles, *derived]
-        if not used:
-            warnings.append(NO_MODELS_WARNING)
-        elif any(not b.manifest.trained for b in used):
-            warnings.append("Some models are UNTRAINED (random weights): their scores mean nothing.")
+        warnings = [*derived_warnings, *model_warnings(used)]
         return AnalysisResult(
             content_hash=record.content_hash,
             findings=tuple(findings),

@@ -35,7 +35,11 @@ from cxr_viewer.core.inference.results import CancelToken, Finding, QCFlag
 from cxr_viewer.core.worklist.store import ResultStore
 
 if TYPE_CHECKING:
+    from cxr_viewer.core.analysis import ModelConfig, ModelService
     from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.inference.results import AnalysisResult
+    from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.core.judging import JudgedResult
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,15 @@ class WorklistEntry:
     computed: tuple[str, ...] = ()
     site_profile: dict[str, Any] | None = None  # the site profile applied to ``findings`` (identity), if any
     analysis_key: str | None = None  # what its findings and QC are stored under (pixels, window and header)
+    judged: "JudgedResult | None" = field(default=None, repr=False, compare=False)  # what ``findings`` come from
+
+    def state(self, model: str, label: str) -> Any:
+        """The :class:`~cxr_viewer.core.inference.results.FindingState` of one finding (None when not scored)."""
+        if self.judged is not None:
+            j = self.judged.get(label, model)
+            return None if j is None else j.state
+        f = next((f for f in self.findings if f.model == model and f.label == label), None)
+        return None if f is None else f.state
 
     @property
     def ok(self) -> bool:
@@ -163,6 +176,12 @@ class Worklist:
     the bundles of ``model_dirs`` (default: the app's and the user's) are read by
     manifest only, and an engine is built from them the first time a result is missing.
     Models named in ``disabled`` (switched off in the viewer) are left out.
+
+    ``service``: the process's one :class:`~cxr_viewer.core.analysis.ModelService` (the window's);
+    missing results are then scored on its engine and queue, and no engine is built here.
+    ``user_thresholds``: ``(model, sha256, label) -> threshold or None``, the reader's thresholds,
+    the same source the viewer's findings panel judges with. ``config``: the viewer's current
+    :class:`~cxr_viewer.core.analysis.ModelConfig` (device, backend, folders, enabled set).
     """
 
     def __init__(
@@ -176,14 +195,20 @@ class Worklist:
         disabled: Iterable[str] = (),
         enabled: Iterable[str] = (),
         site_profile: Any = None,
+        service: "ModelService | None" = None,
+        user_thresholds: Callable[[str, str, str], float | None] | None = None,
+        config: "Callable[[], ModelConfig] | None" = None,
     ) -> None:
         self.store = store
+        self.service = service
+        self.user_thresholds = user_thresholds
+        self._config_source = config  # the viewer's model configuration, so both ask the service for one engine
         self.disabled = frozenset(disabled)
         self.enabled = frozenset(enabled)  # switched on by the user although the bundle ships switched off
         self.model_dirs = None if model_dirs is None else [Path(d) for d in model_dirs]
         self.site_profile = site_profile  # a SiteProfile applied to every entry's findings, or None
-        self._engine = engine
-        self._own_engine = engine is None  # built here from model_dirs: rebuilt when the enabled set changes
+        self._engine = engine if service is None else None
+        self._own_engine = engine is None and service is None  # built here from model_dirs: rebuilt when the enabled set changes
         self._device, self._backend = device, backend
         self._lock = threading.RLock()
         self._models: list[ModelKey] | None = None
@@ -237,31 +262,64 @@ class Worklist:
         ``message`` is "" when it applies (or there is none); ``stale`` says its bundle is
         installed with other weights (recalibrate). The same rule as every result's.
         """
-        message, stale = self._adjust(())[1:3]
-        return message, stale
+        judged = self.judged(())
+        return judged.site_profile_message, judged.site_profile_stale
 
-    def _adjust(self, findings: Sequence[Finding], qc: Sequence[Any] = ()) -> tuple[tuple[Finding, ...], str, bool, dict[str, Any] | None]:
-        """THE judging step (:func:`cxr_viewer.core.judging.judge`): the site profile, then the QC flags
-        that put the film outside every model's population."""
+    def judged(self, findings: Sequence[Finding], qc: Sequence[Any] = ()) -> "JudgedResult":
+        """The stored ``findings`` judged as the viewer's findings panel judges them (:meth:`judge`)."""
         from cxr_viewer.core.inference.results import AnalysisResult
-        from cxr_viewer.core.judging import judge
 
-        profile = self.site_profile
-        if profile is None:
-            return judge(AnalysisResult("", tuple(findings), tuple(qc), ())).result.findings, "", False, None
         models = tuple({"name": k.name, "version": k.version, "sha256": k.sha256} for k in self.models)
-        if not models:  # nothing enabled: say why rather than nothing
+        return self.judge(AnalysisResult("", tuple(findings), tuple(qc), models))
+
+    def judge(self, result: "AnalysisResult") -> "JudgedResult":
+        """THE judging step (:func:`cxr_viewer.core.judging.judge`) with this worklist's site profile and
+        the reader's thresholds: the same source the viewer's findings panel uses."""
+        from cxr_viewer.core.judging import JudgedResult, judge
+
+        sha = {str(m.get("name")): str(m.get("sha256", "")).lower() for m in result.models}
+        user = self.user_thresholds
+        lookup = None if user is None else (lambda model, label: user(model, sha.get(model, ""), label))
+        profile = self.site_profile
+        if profile is not None and not result.models:  # nothing enabled: say why rather than nothing
             from cxr_viewer.core.errors import SiteProfileError
 
             try:
                 profile.check_bundle(())
             except SiteProfileError as exc:
-                return tuple(findings), exc.message, False, None
-        judged = judge(AnalysisResult("", tuple(findings), tuple(qc), models), site_profile=profile)
-        return judged.result.findings, judged.site_profile_message, judged.site_profile_stale, judged.result.site_profile
+                judged = judge(result, user_thresholds=lookup)
+                return JudgedResult(judged.result, judged.findings, exc.message, False)
+        return judge(result, site_profile=profile, user_thresholds=lookup)
+
+    def config(self) -> "ModelConfig":
+        """The models this worklist asks of the model service (the viewer's, when it gave its own)."""
+        from cxr_viewer.core.analysis import ModelConfig, default_model_dirs
+
+        if self._config_source is not None:
+            return self._config_source()
+        dirs = tuple(self.model_dirs) if self.model_dirs is not None else default_model_dirs()
+        return ModelConfig(dirs, self.disabled, self._device, self._backend, self.enabled)
+
+    def analyze(self, record: "ImageRecord", *, cancel: CancelToken | None = None,
+                models: Sequence[str] | None = None) -> "AnalysisResult":
+        """``record`` scored by the enabled models (or those named): on the model service's queue when there is one."""
+        if self.service is not None:
+            config = self.config()
+            return self.service.call(lambda pool: pool.sync(config).analyze(record, cancel=cancel, models=models))
+        return self.engine().analyze(record, cancel=cancel, models=models)
 
     def engine(self) -> "InferenceEngine":
-        """The engine, built on first need (only when some result is missing)."""
+        """The engine, built on first need (only when some result is missing).
+
+        With a model service the service's engine is synced to :meth:`config` (on its thread) and given.
+        """
+        if self.service is not None:
+            config = self.config()
+            engine = self.service.call(lambda pool: pool.sync(config))
+            loaded = {b.sha256.lower() for b in engine.bundles}
+            with self._lock:  # a bundle that failed to load is not waited for on every film
+                self._models = [k for k in self.models if k.sha256 in loaded]
+            return engine
         with self._lock:
             if self._engine is None:
                 from cxr_viewer.core.inference.engine import InferenceEngine
@@ -280,7 +338,7 @@ class Worklist:
 
     def models_labels(self) -> set[str]:
         with self._lock:
-            if self._engine is not None:
+            if self._engine is not None and self.service is None:
                 return {lab for b in self._engine.classifiers for lab in b.labels}
         from cxr_viewer.core.models.bundle import find_bundles
 
@@ -346,21 +404,53 @@ class Worklist:
             have = self.store.findings(key, [k.sha256 for k in self.models])
         order = {k.sha256: i for i, k in enumerate(self.models)}
         findings = tuple(f for sha in sorted(have, key=lambda s: order.get(s, 1 << 30)) for f in have[sha])
-        findings, _message, _stale, applied = self._adjust(findings, qc or ())
-        return WorklistEntry(path, content_hash, metadata, tuple(qc or ()), findings,
-                             self.store.is_read(content_hash), None, computed, applied, key)
+        judged = self.judged(findings, qc or ())
+        return WorklistEntry(path, content_hash, metadata, tuple(qc or ()), judged.result.findings,
+                             self.store.is_read(content_hash), None, computed, judged.result.site_profile, key, judged)
 
     def _compute(self, record: Any, key: str, missing: list[ModelKey],
                  cancel: CancelToken | None) -> tuple[tuple[str, ...], tuple[QCFlag, ...]]:
         engine = self.engine()
         loaded = {b.sha256.lower(): b.name for b in engine.bundles}
         names = [loaded[k.sha256] for k in missing if k.sha256 in loaded]
-        result = engine.analyze(record, cancel=cancel, models=names)
+        result = self.analyze(record, cancel=cancel, models=names)
+        self._put(key, result, names)
+        return tuple(names), tuple(result.qc)
+
+    def _put(self, key: str, result: "AnalysisResult", names: Iterable[str] | None = None) -> None:
+        keep = None if names is None else set(names)
         for m in result.models:
-            if m["name"] in names:
+            if keep is None or m["name"] in keep:
                 self.store.put_findings(key, m, [f for f in result.findings if f.model == m["name"]])
         self.store.put_qc(key, result.qc)
-        return tuple(names), tuple(result.qc)
+
+    # ------------------------------------------------------------------ the model service's result cache
+    def stored_result(self, record: "ImageRecord", engine: "InferenceEngine") -> "AnalysisResult | None":
+        """The result ``engine`` gives ``record``, read from the store when every scoring model's findings
+        are there (None otherwise): opening a worklist study shows what the worklist scored."""
+        from cxr_viewer.core.inference.engine import model_warnings
+        from cxr_viewer.core.inference.inputs import analysis_key
+        from cxr_viewer.core.inference.results import AnalysisResult
+
+        used = [*engine.classifiers, *engine.derived_bundles]
+        if not used:
+            return None
+        key = analysis_key(record)  # the pixels and every header field the analysis reads, as the worklist keys it
+        have = self.store.findings(key, [b.sha256.lower() for b in used])
+        qc = self.store.qc(key)
+        if qc is None or any(b.sha256.lower() not in have for b in used):
+            return None
+        findings = tuple(f for b in used for f in have[b.sha256.lower()])
+        return AnalysisResult(record.content_hash, findings, tuple(qc), tuple(b.describe() for b in used),
+                              warnings=model_warnings(used), cached=True,
+                              backend={b.name: engine.backend_for(b) for b in used})
+
+    def keep_result(self, record: "ImageRecord", result: "AnalysisResult") -> None:
+        """Store what the viewer scored, so the worklist (and the next visit) finds it."""
+        if result.models:
+            from cxr_viewer.core.inference.inputs import analysis_key
+
+            self._put(analysis_key(record), result)
 
     def iter_folder(self, folder: str | Path, *, cancel: CancelToken | None = None,
                     progress: Callable[[int, int], None] | None = None) -> Iterator[WorklistEntry]:
@@ -420,12 +510,19 @@ def column_titles(columns: Sequence[tuple[str, str]]) -> list[str]:
 
 def worklist_table(entries: Sequence[WorklistEntry], *, basis: str, hide_patient: bool = False
                    ) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of the worklist, sorted highest abnormality first (what the CSV and the view show)."""
+    """Header and rows of the worklist, sorted highest abnormality first (what the CSV and the view show).
+
+    Each finding has its score column, then (after all scores) its state column: the one judged state
+    (:class:`~cxr_viewer.core.judging.JudgedResult`) the viewer's findings panel shows for the film.
+    """
+    from cxr_viewer.core.judging import STATE_TEXT
+
     cols = finding_columns(entries)
     profiles = sorted({str(e.site_profile.get("id", "")) for e in entries if e.site_profile})
     basis_text = basis + "".join(f"; site profile {p}" for p in profiles)
     header = ["file"] + ([] if hide_patient else ["patient"]) + [
         "study date", "modality/view", "QC", f"abnormality ({basis_text})", "read"] + site_column_titles(entries, cols)
+    header += [f"{t} state" for t in column_titles(cols)]  # the judged state, as the findings panel shows it
     rows = []
     for e in sorted(entries, key=WorklistEntry.sort_key):
         by = {(f.model, f.label): f for f in e.findings}
@@ -434,6 +531,8 @@ def worklist_table(entries: Sequence[WorklistEntry], *, basis: str, hide_patient
             e.study_date, e.modality_view, e.qc_text if e.ok else f"error: {e.error}",
             "" if score is None else f"{score:.4f}", "yes" if e.read else ""]
         row += [f"{by[c].score:.4f}" if c in by else "" for c in cols]
+        states = [e.state(*c) for c in cols]
+        row += [STATE_TEXT[st] if st is not None else "" for st in states]
         rows.append(row)
     return header, rows
 

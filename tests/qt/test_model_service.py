@@ -1,0 +1,185 @@
+"""One model service per window: the viewer, the worklist, current | prior and the site wizard share one engine.
+
+Real tiny bundles (tests/qt/bundles.py), real films, a real SQLite result store; engine
+constructions are counted on ``InferenceEngine.__init__`` itself, so an engine built anywhere
+in the process counts.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from cxr_viewer.core.inference.results import FindingState
+from tests.qt.bundles import NIH_LABELS, tiny_models  # noqa: F401  (fixture)
+
+SLOW_MS = 600_000  # the first analysis imports torch and loads the models: minutes on a busy 2-core machine
+
+
+def _png(path: Path, seed: int, size: int = 80) -> Path:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    img = 0.5 + 0.3 * np.sin(x / (2 + seed % 7)) * np.cos(y / (3 + seed % 5)) + 0.1 * rng.standard_normal((size, size))
+    Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8), mode="L").save(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_VIEWER_WORKLIST_DB", str(tmp_path / "worklist.sqlite"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+
+
+@pytest.fixture
+def engines_built(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every InferenceEngine constructed from now on (by any feature, on any thread)."""
+    from cxr_viewer.core.inference.engine import InferenceEngine
+
+    built: list[object] = []
+    real = InferenceEngine.__init__
+
+    def spy(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        built.append(self)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(InferenceEngine, "__init__", spy)
+    return built
+
+
+@pytest.fixture
+def studies(tmp_path: Path, siim_dicom: Path, dicom_dir: Path) -> Path:
+    """Three PNG films and a current / prior DICOM pair of one patient."""
+    from pydicom.uid import generate_uid
+
+    d = tmp_path / "studies"
+    d.mkdir()
+    for i in range(3):
+        _png(d / f"film_{i}.png", seed=i)
+    cur = pydicom.dcmread(siim_dicom)
+    cur.PatientID, cur.StudyDate = "P-1", "20240301"
+    cur.save_as(d / "current.dcm")
+    prior = pydicom.dcmread(dicom_dir / "siim_pneumothorax_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
+    prior.PatientID, prior.StudyDate = "P-1", "20230115"
+    prior.StudyInstanceUID, prior.SeriesInstanceUID, prior.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    prior.file_meta.MediaStorageSOPInstanceUID = prior.SOPInstanceUID
+    prior.save_as(d / "prior.dcm")
+    return d
+
+
+def _wait_listed(qtbot, panel, n: int) -> None:
+    qtbot.waitUntil(lambda: panel.model.rowCount() >= n and not panel.controller.running, timeout=SLOW_MS)
+
+
+def _count_analyze(monkeypatch: pytest.MonkeyPatch, engine) -> list[str]:  # noqa: ANN001
+    calls: list[str] = []
+    real = engine.analyze
+
+    def analyze(record, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(Path(str(record.source)).name)
+        return real(record, **kwargs)
+
+    monkeypatch.setattr(engine, "analyze", analyze)
+    return calls
+
+
+def test_one_engine_for_viewer_worklist_prior_and_wizard(qtbot, make_window, tiny_models, studies: Path,  # noqa: F811
+                                                         engines_built, monkeypatch, tmp_path: Path) -> None:
+    win = make_window(models_dir=tiny_models)
+    svc = win.models
+    assert win.analysis.models is svc and win.reading.compare.models is svc and win.site_calibration.models is svc
+    assert win.worklist_panel.controller.worklist.service is svc
+
+    # the viewer scores the current film
+    win.open_file(studies / "current.dcm")
+    qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done", timeout=SLOW_MS)
+    assert len(engines_built) == 1 and svc.pool.engine is engines_built[0]
+
+    # the worklist scores the folder on the same engine
+    panel = win.worklist_panel
+    panel.open_folder(studies)
+    _wait_listed(qtbot, panel, 5)
+    assert len(engines_built) == 1
+
+    # opening a listed study shows the stored result: the engine is not asked again
+    calls = _count_analyze(monkeypatch, svc.pool.engine)
+    row = next(r for r in range(panel.model.rowCount()) if panel.model.entry_at(r).path.name == "film_1.png")
+    entry = panel.model.entry_at(row)
+    win.open_file(entry.path)
+    qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == entry.path
+                    and win.analysis.state.status == "done", timeout=SLOW_MS)
+    assert calls == []
+    shown = {(f.model, f.label): f.score for f in win.analysis.state.findings}
+    assert shown == pytest.approx({(f.model, f.label): f.score for f in entry.findings})
+    assert win.analysis.state.judged.result.cached
+
+    # current | prior: the prior is scored on the same engine, judged as the current film
+    win.open_file(studies / "current.dcm")
+    qtbot.waitUntil(lambda: win.session.record is not None and win.session.record.source == studies / "current.dcm"
+                    and win.analysis.state.status == "done", timeout=SLOW_MS)
+    compare = win.reading.compare
+    assert compare.open(studies / "prior.dcm")
+    qtbot.waitUntil(lambda: bool(compare.deltas), timeout=SLOW_MS)
+    assert len(engines_built) == 1
+
+    # the site wizard scores labelled films with one of the bundles, on the same engine
+    from cxr_viewer.qt.site_wizard import score_site_films
+
+    rows = [{"image": str(studies / f"film_{i}.png"), "labels": {"Effusion": float(i % 2)}, "patient_id": f"p{i}"}
+            for i in range(3)]
+    items = list(score_site_films(str(tiny_models / "nih"), rows, ["Effusion"], str(studies), "labels.csv", svc))
+    data = items[-1][1]
+    assert data["n_images"] == 3 and np.isfinite(data["scores"]).all()
+    win.action_map["site_calibration"].trigger()
+    assert win.site_calibration.dialog.models is svc
+    assert len(engines_built) == 1, f"{len(engines_built)} engines in one window"
+
+
+def test_worklist_row_and_csv_judge_with_the_readers_threshold(qtbot, make_window, tiny_models,  # noqa: F811
+                                                               studies: Path, tmp_path: Path) -> None:
+    """A threshold the reader sets in the findings panel gives the same state in the worklist row and its CSV."""
+    from cxr_viewer.core.worklist import write_csv
+
+    win = make_window(models_dir=tiny_models)
+    panel = win.worklist_panel
+    film = studies / "film_2.png"
+    win.open_file(film)
+    qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done", timeout=SLOW_MS)
+    f = next(f for f in win.analysis.state.findings if f.model == "nih-tiny" and f.label == NIH_LABELS[0])
+    assert f.state is FindingState.NEGATIVE or f.state is FindingState.POSITIVE
+    # a threshold that flips the verdict: just below the score (POSITIVE) or just above it (negative)
+    flip = FindingState.POSITIVE if f.state is FindingState.NEGATIVE else FindingState.NEGATIVE
+    new = max(0.0, f.score - 1e-4) if flip is FindingState.POSITIVE else min(1.0, f.score + 1e-4)
+    win.analysis.set_threshold(f.model, f.label, new)
+    panel_state = win.analysis.state.judged.get(f.label, f.model).state
+    assert panel_state is flip
+
+    panel.open_folder(studies)
+    _wait_listed(qtbot, panel, 5)
+    entry = next(panel.model.entry_at(r) for r in range(panel.model.rowCount())
+                 if panel.model.entry_at(r).path.name == film.name)
+    assert entry.state(f.model, f.label) is flip
+    # every finding: the row's state is the panel's
+    assert {k: v for k, v in entry.judged.states().items()} == win.analysis.state.judged.states()
+
+    out = write_csv(tmp_path / "worklist.csv", [panel.model.entry_at(r) for r in range(panel.model.rowCount())],
+                    basis=panel.controller.worklist.basis)
+    with out.open(newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    row = next(r for r in table if Path(r["file"]).name == film.name)
+    title = next(k for k in table[0] if k.startswith(f"{f.label} state"))
+    from cxr_viewer.core.judging import STATE_TEXT
+
+    assert row[title] == STATE_TEXT[flip]
+    assert float(row[next(k for k in table[0] if k == f.label or k.startswith(f"{f.label} ("))]) == pytest.approx(
+        f.score, abs=1e-4)
+
+    # resetting the threshold judges the listed studies again (nothing is scored): the row follows
+    win.analysis.set_threshold(f.model, f.label, None)
+    qtbot.waitUntil(lambda: next(panel.model.entry_at(r) for r in range(panel.model.rowCount())
+                                 if panel.model.entry_at(r).path.name == film.name).state(f.model, f.label) is f.state,
+                    timeout=SLOW_MS)
