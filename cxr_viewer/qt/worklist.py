@@ -48,7 +48,8 @@ from PySide6.QtWidgets import (
 )
 
 from cxr_viewer.core.errors import AnalysisCancelledError, CXRError
-from cxr_viewer.core.inference.results import CancelToken
+from cxr_viewer.core.inference.results import CancelToken, FindingState
+from cxr_viewer.core.judging import STATE_TEXT
 from cxr_viewer.core.session import Session
 from cxr_viewer.core.worklist import ResultStore, Worklist, WorklistEntry, default_store_path
 from cxr_viewer.core.worklist.worklist import column_titles
@@ -259,8 +260,8 @@ class WorklistModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ForegroundRole:
             if not e.ok or (col == COL_QC and e.qc_text not in ("ok", "")):
                 return QBrush(QColor("#e0a040"))
-            if finding is not None and finding.positive:
-                return QBrush(QColor("#ff6b6b"))
+            if finding is not None and e.state(finding.model, finding.label) is FindingState.POSITIVE:
+                return QBrush(QColor("#ff6b6b"))  # the judged state, as the findings panel shows it
         if role == Qt.ItemDataRole.ToolTipRole:
             if not e.ok:
                 return e.error
@@ -271,8 +272,10 @@ class WorklistModel(QAbstractTableModel):
                         "press 1, 2 or 3")  # fmt: skip
             if finding is not None:
                 raw = "" if finding.raw_score is None else f"; the model's own score {finding.raw_score:.3f}"
+                state = e.state(finding.model, finding.label)
                 return (f"{finding.label}: {finding.score:.3f} (threshold {finding.threshold:.3f}, "
-                        f"{finding.threshold_method or 'default'}) from {finding.model}{raw}")
+                        f"{finding.threshold_method or 'default'}) from {finding.model}{raw}"
+                        + ("" if state is None else f": {STATE_TEXT[state]}"))
             return str(e.path)
         if role == Qt.ItemDataRole.TextAlignmentRole and (col in (COL_ABNORMAL, COL_READ) or col >= len(FIXED)):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from cxr_viewer.core.inference.results import FindingState
+from cxr_viewer.core.judging import STATE_TEXT
 from tests.qt.bundles import NIH_LABELS, tiny_models  # noqa: F401  (fixture)
 
 SLOW_MS = 600_000  # the first analysis imports torch and loads the models: minutes on a busy 2-core machine
@@ -163,6 +164,17 @@ def test_worklist_row_and_csv_judge_with_the_readers_threshold(qtbot, make_windo
     entry = next(panel.model.entry_at(r) for r in range(panel.model.rowCount())
                  if panel.model.entry_at(r).path.name == film.name)
     assert entry.state(f.model, f.label) is flip
+    # the row draws the judged state: red exactly when the panel says POSITIVE
+    from PySide6.QtCore import Qt
+
+    from cxr_viewer.qt.worklist import FIXED
+
+    model = panel.model
+    row = next(r for r in range(model.rowCount()) if model.entry_at(r).path.name == film.name)
+    col = len(FIXED) + model.findings.index((f.model, f.label))
+    brush = model.data(model.index(row, col), Qt.ItemDataRole.ForegroundRole)
+    assert (brush is not None and brush.color().name() == "#ff6b6b") == (flip is FindingState.POSITIVE)
+    assert STATE_TEXT[flip] in model.data(model.index(row, col), Qt.ItemDataRole.ToolTipRole)
     # every finding: the row's state is the panel's
     assert {k: v for k, v in entry.judged.states().items()} == win.analysis.state.judged.states()
 
@@ -172,7 +184,6 @@ def test_worklist_row_and_csv_judge_with_the_readers_threshold(qtbot, make_windo
         table = list(csv.DictReader(fh))
     row = next(r for r in table if Path(r["file"]).name == film.name)
     title = next(k for k in table[0] if k.startswith(f"{f.label} state"))
-    from cxr_viewer.core.judging import STATE_TEXT
 
     assert row[title] == STATE_TEXT[flip]
     assert float(row[next(k for k in table[0] if k == f.label or k.startswith(f"{f.label} ("))]) == pytest.approx(
