@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from cxr_viewer.core.inference.results import AnalysisResult
     from cxr_viewer.core.inference.segment import Mask
     from cxr_viewer.core.judging import JudgedResult
+    from cxr_viewer.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class AnalysisController(QObject):
         *,
         models_dir: Path | None = None,
         models: ModelService | None = None,
+        workspace: "Workspace | None" = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -149,7 +151,14 @@ class AnalysisController(QObject):
         settings.remove("heatmap/show")  # older versions persisted the choice across restarts
         self._sync = False
         self.generations = Generations()
-        self.thresholds = UserThresholds(QtSettings(settings))
+        # the reader's workspace (enabled models, site profile, thresholds): read here, never copied
+        from cxr_viewer.core.workspace import Workspace
+
+        self.workspace = workspace if workspace is not None else Workspace(QtSettings(settings))
+        self.thresholds = self.workspace.thresholds
+        self.workspace.models_changed.connect(self._on_models_changed)
+        self.workspace.site_profile_changed.connect(self._on_site_profile)
+        self.workspace.thresholds_changed.connect(self._on_threshold)
         self._outcome: AnalysisOutcome | None = None
         self._state = AnalysisState()
         self._heatmap: Heatmap | None = None
@@ -159,7 +168,6 @@ class AnalysisController(QObject):
         self._cam_model: str | None = None
         self._cam_method = str(settings.value("analysis/cam_method", "gradcam"))
         self._summaries: tuple[BundleSummary, ...] = ()
-        self.site_profile: Any = None  # the active SiteProfile (set by the site calibration hook)
         session.events.record_changed.connect(self._on_record_changed)
 
     # ------------------------------------------------------------------ configuration
@@ -184,19 +192,15 @@ class AnalysisController(QObject):
         return default_model_dirs(self.models_dir)
 
     def disabled_models(self) -> frozenset[str]:
-        value = self.settings.value("models/disabled", [], type=list) or []
-        return frozenset(str(v) for v in value if v)
+        return self.workspace.disabled_models
 
     def enabled_models(self) -> frozenset[str]:
         """Bundles shipped switched off (a site fine-tune) that the user switched on."""
-        value = self.settings.value("models/enabled", [], type=list) or []
-        return frozenset(str(v) for v in value if v)
+        return self.workspace.enabled_models
 
     def is_enabled(self, name: str, default: bool = True) -> bool:
         """The user's choice for ``name``; ``default`` (the manifest's ``enabled``) when they made none."""
-        if name in self.disabled_models():
-            return False
-        return True if name in self.enabled_models() else bool(default)
+        return self.workspace.is_enabled(name, default)
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         """Enable or disable a model by name (persisted); the current image is analysed again."""
@@ -204,13 +208,10 @@ class AnalysisController(QObject):
         self.rerun()
 
     def _set_enabled_many(self, choices: dict[str, bool]) -> None:
-        disabled, switched_on = set(self.disabled_models()), set(self.enabled_models())
-        for name, on in choices.items():
-            (disabled.discard if on else disabled.add)(name)
-            (switched_on.add if on else switched_on.discard)(name)
-        self.settings.setValue("models/disabled", sorted(disabled))
-        self.settings.setValue("models/enabled", sorted(switched_on))
+        self.workspace.set_enabled(choices)
         self.settings.sync()
+
+    def _on_models_changed(self) -> None:
         self.enabled_changed.emit()
 
     def switch_version(self, use: str, instead_of: str) -> None:
@@ -296,11 +297,18 @@ class AnalysisController(QObject):
 
     def set_threshold(self, model: str, label: str, value: float | None) -> None:
         """Set (or with ``None`` reset to the model's) the threshold of one finding; persisted."""
-        self.thresholds.set(model, self._state.model_sha(model), label, value)
+        self.workspace.set_threshold(model, self._state.model_sha(model), label, value)
         self.settings.sync()
+
+    def _on_threshold(self, _model: str = "", _label: str = "") -> None:
         self.thresholds_changed.emit()
         if self._outcome is not None:
             self._publish(self._outcome)
+
+    @property
+    def site_profile(self) -> Any:
+        """The active SiteProfile: the workspace's."""
+        return self.workspace.site_profile
 
     def set_site_profile(self, profile: Any) -> None:
         """Make ``profile`` (a :class:`~cxr_viewer.core.site_profile.SiteProfile`, or None) the one applied.
@@ -309,7 +317,9 @@ class AnalysisController(QObject):
         on, the current one included (judged again, not recomputed). A profile that does not
         fit the loaded weights is not applied; the state says why.
         """
-        self.site_profile = profile
+        self.workspace.set_site_profile(profile)
+
+    def _on_site_profile(self, _profile: Any) -> None:
         if self._outcome is not None:
             self._publish(self._outcome)
 
@@ -485,10 +495,14 @@ class AnalysisController(QObject):
     def shutdown(self, msecs: int = 3000) -> None:
         self.cancel_all()
         self.runner.wait(msecs)
-        try:
-            self.session.events.record_changed.disconnect(self._on_record_changed)
-        except (RuntimeError, TypeError, ValueError):
-            pass
+        ws = self.workspace
+        for sig, slot in ((self.session.events.record_changed, self._on_record_changed),
+                          (ws.models_changed, self._on_models_changed), (ws.site_profile_changed, self._on_site_profile),
+                          (ws.thresholds_changed, self._on_threshold)):
+            try:
+                sig.disconnect(slot)
+            except (RuntimeError, TypeError, ValueError):
+                pass
 
     # ------------------------------------------------------------------ results (GUI thread)
     def _set_state(self, state: AnalysisState) -> None:

@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,7 @@ def gui_main(argv: "list[str] | argparse.Namespace | None" = None) -> int:
         )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = _application()
-    from cxr_viewer.qt.main_window import MainWindow
-
-    window = MainWindow(models_dir=args.models)
+    window = compose(models_dir=args.models)
     window.show()
     if args.paths:
         window.open_paths(args.paths)  # the first analysis loads the models itself
@@ -119,6 +118,20 @@ def gui_main(argv: "list[str] | argparse.Namespace | None" = None) -> int:
     rc = int(app.exec())
     exit_now(rc)
     return rc  # pragma: no cover - exit_now does not return
+
+
+def compose(settings: Any = None, **kwargs: Any) -> Any:
+    """The composition root: the process's one model service and the reader's workspace, built once and
+    handed to the window, which hands them to every feature (viewer, worklist, current | prior, site wizard)."""
+    from PySide6.QtCore import QSettings
+
+    from cxr_viewer.core.analysis import ModelService
+    from cxr_viewer.core.workspace import Workspace
+    from cxr_viewer.qt.analysis import QtSettings
+    from cxr_viewer.qt.main_window import APPLICATION, ORGANIZATION, MainWindow
+
+    settings = settings if settings is not None else QSettings(ORGANIZATION, APPLICATION)
+    return MainWindow(settings=settings, models=ModelService(), workspace=Workspace(QtSettings(settings)), **kwargs)
 
 
 def exit_now(rc: int) -> None:
@@ -193,12 +206,10 @@ def _screenshot(args: argparse.Namespace) -> int:
     app = _application()
     from PySide6.QtCore import QSettings
 
-    from cxr_viewer.qt.main_window import MainWindow
-
     with tempfile.TemporaryDirectory() as tmp:
         # A throwaway settings file: a screenshot neither reads nor changes the user's layout.
         settings = QSettings(str(Path(tmp) / "screenshot.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(settings=settings, interactive=False, persist=False, models_dir=args.models)
+        window = compose(settings=settings, interactive=False, persist=False, models_dir=args.models)
         if args.heatmap:
             window.analysis.set_shown_cam(args.heatmap)  # asked before the film opens: drawn on it
         window.session.set_preference("show_demographics", bool(args.show_demographics))

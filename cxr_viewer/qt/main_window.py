@@ -41,7 +41,8 @@ from cxr_viewer.core.analysis import ModelService
 from cxr_viewer.core.errors import CXRError
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import DEFAULT_PREFERENCES, DisplayState, Session
-from cxr_viewer.qt.analysis import DEVICES, AnalysisController
+from cxr_viewer.core.workspace import Workspace
+from cxr_viewer.qt.analysis import DEVICES, AnalysisController, QtSettings
 from cxr_viewer.qt.canvas import ImageCanvas, PixelInfo, dropped_paths
 from cxr_viewer.qt.export_menu import install_export_menu
 from cxr_viewer.qt.icons import icon
@@ -101,6 +102,7 @@ class MainWindow(QMainWindow):
         persist: bool = True,
         models_dir: Path | None = None,
         models: ModelService | None = None,
+        workspace: Workspace | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -125,8 +127,10 @@ class MainWindow(QMainWindow):
         # root (cxr_viewer.qt.app) and handed to every feature that scores a film; reading never waits for it.
         self._owns_models = models is None
         self.models = models if models is not None else ModelService()
+        # the reader's workspace (enabled models, site profile, thresholds, corrections): one, read by every feature
+        self.workspace = workspace if workspace is not None else Workspace(QtSettings(self.settings))
         self.analysis = AnalysisController(self.session, self.settings, models_dir=models_dir, models=self.models,
-                                           parent=self)
+                                           workspace=self.workspace, parent=self)
         self.models_dialog: QDialog | None = None
 
         self.canvas = ImageCanvas(self.session, self)
@@ -140,12 +144,12 @@ class MainWindow(QMainWindow):
         self.export_actions = install_export_menu(self)  # Export menu: reports, DICOM results, anonymised
         from cxr_viewer.qt.worklist import install_worklist  # the triage worklist dock, self-contained
 
-        install_worklist(self, models=self.models)
+        install_worklist(self, models=self.models, workspace=self.workspace)
         self.reading = ReadingTools(self, models=self.models)  # measurement tools, overlays, navigation, annotations, compare
         self._connect()
         from cxr_viewer.qt.site_wizard import SiteCalibrationHook
 
-        self.site_calibration = SiteCalibrationHook(self, models=self.models)  # site profile: wizard action + drift banner
+        self.site_calibration = SiteCalibrationHook(self, models=self.models, workspace=self.workspace)  # site profile: wizard action + drift banner
         # every dock is in place: the film in the middle, every finding row and its badge on the right
         if getattr(self, "findings_dock", None) is not None:
             self.resizeDocks([self.studies_dock, self.findings_dock], [LEFT_DOCK_PX, self.findings_panel.preferred_width()],

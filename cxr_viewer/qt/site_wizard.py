@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 if TYPE_CHECKING:
     from cxr_viewer.core.analysis import ModelService
+    from cxr_viewer.core.workspace import Workspace
     from cxr_viewer.core.site_profile import DriftResult, SiteProfile
     from cxr_viewer.qt.workers import TaskRunner
 
@@ -493,13 +494,14 @@ class SiteCalibrationHook:
 
     SETTING = "site/profile"
 
-    def __init__(self, window: Any, *, models: "ModelService | None" = None) -> None:
+    def __init__(self, window: Any, *, models: "ModelService | None" = None, workspace: "Workspace | None" = None) -> None:
         from PySide6.QtGui import QAction
 
         self.window = window
         self.models = models if models is not None else window.analysis.models  # the one model service
+        # the reader's workspace holds the active profile; every surface follows it from there
+        self.workspace = workspace if workspace is not None else window.analysis.workspace
         self.dialog: SiteCalibrationDialog | None = None
-        self.profile: "SiteProfile | None" = None
         self.monitor: Any = None
         self._seen: set[str] = set()
         self.banner = DriftBanner(window)
@@ -537,6 +539,11 @@ class SiteCalibrationHook:
         if path:
             self.set_profile_path(path)
 
+    @property
+    def profile(self) -> "SiteProfile | None":
+        """The active site profile (the workspace's)."""
+        return self.workspace.site_profile
+
     def model_dirs(self) -> list[Path]:
         from cxr_viewer.core.paths import default_models_dir, user_models_dir
 
@@ -549,10 +556,8 @@ class SiteCalibrationHook:
             self.dialog.close()  # installed after the wizard was first built: list the models again
             self.dialog = None
         if self.dialog is None:
-            panel = getattr(self.window, "worklist_panel", None)
-            store = panel.controller.corrections if panel is not None else None
             self.dialog = SiteCalibrationDialog(self.window.runner, self.model_dirs(), self.window, models=self.models,
-                                                corrections=store)
+                                                corrections=self.workspace.corrections)
             self.dialog.profile_saved.connect(self.set_profile)
         if model is not None:
             box = self.dialog.model_box
@@ -587,17 +592,13 @@ class SiteCalibrationHook:
         """Make ``profile`` the active one (remembered, applied to the scores); drift is measured against it."""
         from cxr_viewer.core.site_profile import DriftMonitor
 
-        self.profile = profile
         self.monitor = DriftMonitor(profile) if profile is not None else None
         self._seen.clear()
         self.banner.hide()
+        self.workspace.set_site_profile(profile)  # the viewer, the worklist and current | prior judge with it
         self.window.settings.setValue(self.SETTING, str(profile.path) if profile is not None and profile.path else "")
         self.clear_action.setEnabled(profile is not None)
         self._show_status()
-        self.window.analysis.set_site_profile(profile)  # the current image is judged again with it
-        panel = getattr(self.window, "worklist_panel", None)
-        if panel is not None:
-            panel.controller.set_site_profile(profile)  # its scores and order; named in the labels' provenance
         if profile is not None:
             self.window.statusBar().showMessage(f"Active site profile: {profile.id} ({profile.bundle.get('name')})", 10000)
 

@@ -57,6 +57,7 @@ from cxr_viewer.qt.workers import TaskRunner
 
 if TYPE_CHECKING:
     from cxr_viewer.core.analysis import ModelConfig, ModelService
+    from cxr_viewer.core.workspace import Workspace
     from cxr_viewer.core.pacs import ReceivedFile, RemoteNode, StorageReceiver
     from cxr_viewer.qt.main_window import MainWindow
 
@@ -302,7 +303,7 @@ class WorklistController(QObject):
                  store_path: Path | None = None, parent: QObject | None = None, enabled: Sequence[str] = (),
                  models: "ModelService | None" = None,
                  user_thresholds: "Callable[[str, str, str], float | None] | None" = None,
-                 config: "Callable[[], ModelConfig] | None" = None) -> None:
+                 config: "Callable[[], ModelConfig] | None" = None, workspace: "Workspace | None" = None) -> None:
         super().__init__(parent)
         self.settings = settings
         self.runner = TaskRunner(Session(), self, max_threads=1)  # private session: the viewer stays un-busy
@@ -322,14 +323,26 @@ class WorklistController(QObject):
             QTimer.singleShot(0, lambda: self.error.emit("Worklist store", text))  # once the panel listens
         # ``models``: the process's one model service (its engine and queue); ``user_thresholds``: the
         # reader's, as the findings panel judges with them
+        # ``workspace``: the reader's (enabled models, site profile, thresholds, corrections), followed, not copied
+        self.workspace = workspace
+        if workspace is not None:
+            disabled, enabled = sorted(workspace.disabled_models), sorted(workspace.enabled_models)
+            user_thresholds = workspace.thresholds.get
         self.worklist = Worklist(self.store, model_dirs=model_dirs, disabled=disabled, device=device, backend=backend,
-                                 enabled=enabled, service=models, user_thresholds=user_thresholds, config=config)
+                                 enabled=enabled, service=models, user_thresholds=user_thresholds, config=config,
+                                 site_profile=None if workspace is None else workspace.site_profile)
         self.receiver: StorageReceiver | None = None
-        from cxr_viewer.core.corrections import CorrectionStore
+        if workspace is not None:
+            self.corrections = workspace.corrections  # the reader's labels, with their provenance
+            workspace.site_profile_changed.connect(self.set_site_profile)
+            workspace.models_changed.connect(self._follow_models)
+            workspace.thresholds_changed.connect(self._rejudge)
+        else:
+            from cxr_viewer.core.corrections import CorrectionStore
 
-        folder = str(settings.value("corrections/dir", "") or "")
-        self.corrections = CorrectionStore(folder or None)  # the reader's labels, with their provenance
-        self.site_profile: Any = None  # the viewer's active site profile (named in each label's provenance)
+            folder = str(settings.value("corrections/dir", "") or "")
+            self.corrections = CorrectionStore(folder or None)
+        self._site_profile: Any = None if workspace is None else workspace.site_profile
         self._labels: dict[str, dict[str, float | None]] = {}
         for c in self.corrections.all():
             if c.kind != "mask_edit":
@@ -359,12 +372,26 @@ class WorklistController(QObject):
         The store keeps the models' own scores, so nothing is computed again; the dock says which
         profile is active, or why it is not applied.
         """
-        self.site_profile = profile
+        self._site_profile = profile
 
         def apply(worklist: Worklist) -> None:
             worklist.site_profile = profile
 
         self.refresh(apply)
+
+    @property
+    def site_profile(self) -> Any:
+        """The active site profile (the workspace's when there is one), named in each label's provenance."""
+        return self.workspace.site_profile if self.workspace is not None else self._site_profile
+
+    def _follow_models(self) -> None:
+        ws = self.workspace
+        if ws is not None:
+            self.set_models(sorted(ws.disabled_models), sorted(ws.enabled_models))
+
+    def _rejudge(self, _model: str = "", _label: str = "") -> None:
+        """A threshold changed: the listed studies are judged again from the store (nothing is scored)."""
+        self.refresh()
 
     def set_models(self, disabled: Sequence[str], enabled: Sequence[str]) -> None:
         """Follow the model manager's enabled set now: the listed studies get the enabled models' results."""
@@ -550,6 +577,14 @@ class WorklistController(QObject):
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
+        ws = self.workspace
+        if ws is not None:
+            for sig, slot in ((ws.site_profile_changed, self.set_site_profile), (ws.models_changed, self._follow_models),
+                              (ws.thresholds_changed, self._rejudge)):
+                try:
+                    sig.disconnect(slot)
+                except (RuntimeError, TypeError, ValueError):
+                    pass
         self.runner.wait(msecs)
         self.store.close()
 
@@ -1036,11 +1071,13 @@ class _CloseWatcher(QObject):
         return False
 
 
-def install_worklist(window: "MainWindow", *, models: "ModelService | None" = None) -> WorklistPanel:
+def install_worklist(window: "MainWindow", *, models: "ModelService | None" = None,
+                     workspace: "Workspace | None" = None) -> WorklistPanel:
     """Add the worklist dock, its shortcuts and menu entries to ``window``; returns the panel.
 
     ``models``: the process's one model service; the worklist scores on its engine and queue, and its
     result store becomes the service's cache (opening a listed study shows the stored result).
+    ``workspace``: the reader's; the worklist follows its site profile, thresholds, models and corrections.
     """
     analysis = window.analysis
     cfg = analysis.config()
@@ -1048,17 +1085,12 @@ def install_worklist(window: "MainWindow", *, models: "ModelService | None" = No
     controller = WorklistController(window.settings, list(cfg.dirs), disabled=sorted(cfg.disabled),
                                     device=cfg.device, backend=cfg.backend, parent=window, enabled=sorted(cfg.enabled),
                                     store_path=None if window.persist else Path(":memory:"), models=models,
-                                    user_thresholds=analysis.thresholds.get,
-                                    config=analysis.config if models is not None else None)
+                                    config=analysis.config if models is not None else None,
+                                    workspace=workspace if workspace is not None else analysis.workspace)
     if models is not None:
         models.use_results(controller.worklist)
-    # a threshold the reader sets in the findings panel judges the listed studies again (nothing is scored)
-    analysis.thresholds_changed.connect(lambda: controller.refresh())
     panel = WorklistPanel(controller, window)
     panel.open_requested.connect(window.open_file)
-    # the model manager's choices reach the worklist at once (enable, disable, use a site version, roll back)
-    window.analysis.enabled_changed.connect(lambda: controller.set_models(sorted(window.analysis.disabled_models()),
-                                                                          sorted(window.analysis.enabled_models())))
     controller.error.connect(lambda title, message: window.show_error(message, title))
     # A full-width panel under the film (the findings keep the right edge whole): room for the patient, date and
     # view columns at 1400x900. Hidden until a folder is analysed or it is asked for (View > Panels, Ctrl+Shift+K).
