@@ -599,6 +599,7 @@ class SiteCalibrationHook:
         self.window.settings.setValue(self.SETTING, str(profile.path) if profile is not None and profile.path else "")
         self.clear_action.setEnabled(profile is not None)
         self._show_status()
+        self.on_state(self.window.analysis.state)  # the current film's word on it: applied, or why not
         if profile is not None:
             self.window.statusBar().showMessage(f"Active site profile: {profile.id} ({profile.bundle.get('name')})", 10000)
 

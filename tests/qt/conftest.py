@@ -16,12 +16,14 @@ LOAD_TIMEOUT_MS = 60_000
 @pytest.fixture(autouse=True)
 def _private_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Any QSettings built without a path lands in tmp_path, never in the user's config;
-    the user models folder and the model cache too."""
+    the user models folder, the model cache and the worklist's result store too."""
     QSettings.setDefaultFormat(QSettings.Format.IniFormat)
     for scope in (QSettings.Scope.UserScope, QSettings.Scope.SystemScope):
         QSettings.setPath(QSettings.Format.IniFormat, scope, str(tmp_path / "qsettings"))
     monkeypatch.setenv("CXR_VIEWER_MODELS", str(tmp_path / "user_models"))
     monkeypatch.setenv("CXR_VIEWER_CACHE", str(tmp_path / "cache"))
+    # the worklist's result store is the model service's cache: each test has its own, never the user's
+    monkeypatch.setenv("CXR_VIEWER_WORKLIST_DB", str(tmp_path / "worklist.sqlite"))
 
 
 @pytest.fixture

@@ -194,3 +194,37 @@ def test_worklist_row_and_csv_judge_with_the_readers_threshold(qtbot, make_windo
     qtbot.waitUntil(lambda: next(panel.model.entry_at(r) for r in range(panel.model.rowCount())
                                  if panel.model.entry_at(r).path.name == film.name).state(f.model, f.label) is f.state,
                     timeout=SLOW_MS)
+
+
+def test_one_workspace_carries_the_site_profile_and_corrections_to_every_surface(qtbot, make_window, tiny_models,  # noqa: F811
+                                                                                studies: Path, tmp_path: Path) -> None:
+    """The site profile is set once, on the workspace: the viewer, the worklist and its rows follow it."""
+    from cxr_viewer.core.models.bundle import read_manifest
+    from cxr_viewer.core.worklist import ModelKey
+    from tests.core.test_worklist import _site_profile
+
+    win = make_window(models_dir=tiny_models)
+    ws = win.workspace
+    controller = win.worklist_panel.controller
+    assert win.analysis.workspace is ws and controller.workspace is ws and win.site_calibration.workspace is ws
+    win.action_map["site_calibration"].trigger()
+    assert win.site_calibration.dialog.corrections is controller.corrections is ws.corrections  # one store
+
+    panel = win.worklist_panel
+    panel.open_folder(studies)
+    _wait_listed(qtbot, panel, 5)
+    assert all(panel.model.entry_at(r).site_profile is None for r in range(panel.model.rowCount()))
+    m = read_manifest(tiny_models / "nih")
+    key = ModelKey(m.name, m.version, str(m.weights["sha256"]).lower())
+    profile = _site_profile(key, "Effusion", tmp_path / "profiles")
+
+    win.site_calibration.set_profile(profile)
+    assert ws.site_profile is profile and win.analysis.site_profile is profile and controller.site_profile is profile
+    qtbot.waitUntil(lambda: not controller.running and controller.worklist.site_profile is profile
+                    and all(panel.model.entry_at(r).site_profile for r in range(panel.model.rowCount())
+                            if panel.model.entry_at(r).ok), timeout=SLOW_MS)
+    ws.set_site_profile(None)  # from the workspace alone: every surface drops it
+    assert win.analysis.site_profile is None and win.site_calibration.profile is None
+    qtbot.waitUntil(lambda: not controller.running and controller.worklist.site_profile is None
+                    and all(panel.model.entry_at(r).site_profile is None for r in range(panel.model.rowCount())),
+                    timeout=SLOW_MS)

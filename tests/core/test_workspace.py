@@ -1,0 +1,63 @@
+"""The Qt-free Workspace: one place for the enabled models, the site profile, the thresholds and the corrections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxr_viewer.core.analysis import MemorySettings, UserThresholds
+from cxr_viewer.core.corrections import CorrectionStore
+from cxr_viewer.core.inference.results import AnalysisResult, Finding, FindingState
+from cxr_viewer.core.worklist import ResultStore, Worklist
+from cxr_viewer.core.workspace import Workspace
+
+
+def test_workspace_persists_and_announces_every_change(tmp_path: Path) -> None:
+    settings = MemorySettings()
+    ws = Workspace(settings)
+    seen: list[tuple] = []
+    ws.models_changed.connect(lambda: seen.append(("models",)))
+    ws.site_profile_changed.connect(lambda p: seen.append(("profile", p)))
+    ws.thresholds_changed.connect(lambda m, lab: seen.append(("threshold", m, lab)))
+
+    ws.set_enabled({"tb": False, "site-tb": True})
+    assert ws.disabled_models == {"tb"} and ws.enabled_models == {"site-tb"}
+    assert not ws.is_enabled("tb") and ws.is_enabled("site-tb", default=False) and ws.is_enabled("nih")
+    ws.set_enabled({"tb": True})
+    assert ws.disabled_models == frozenset() and ws.is_enabled("tb")
+
+    ws.set_threshold("nih", "a" * 64, "Effusion", 0.3)
+    # persisted where the viewer has always kept it: a new workspace on the same settings reads it back
+    assert Workspace(settings).threshold("nih", "a" * 64, "Effusion") == pytest.approx(0.3)
+    assert UserThresholds(settings).get("nih", "a" * 64, "Effusion") == pytest.approx(0.3)
+    assert ws.threshold("nih", "b" * 64, "Effusion") is None  # other weights start fresh
+    with pytest.raises(ValueError):
+        ws.set_threshold("nih", "a" * 64, "Effusion", 1.5)
+
+    marker = object()
+    ws.set_site_profile(marker)
+    assert ws.site_profile is marker
+    ws.set_site_profile(None)
+    assert seen == [("models",), ("models",), ("threshold", "nih", "Effusion"), ("profile", marker), ("profile", None)]
+
+    settings.set_value("corrections/dir", str(tmp_path / "labels"))
+    store = Workspace(settings).corrections
+    assert isinstance(store, CorrectionStore) and store.folder == tmp_path / "labels"
+    assert ws.corrections is ws.corrections  # one store per workspace
+
+
+def test_worklist_judges_with_the_workspace_thresholds(tmp_path: Path) -> None:
+    """The worklist's judging reads the reader's thresholds from the same source the findings panel does."""
+    settings = MemorySettings()
+    ws = Workspace(settings)
+    wl = Worklist(ResultStore(tmp_path / "wl.sqlite"), model_dirs=[tmp_path / "none"],
+                  user_thresholds=ws.thresholds.get)
+    sha = "c" * 64
+    f = Finding("Effusion", 0.40, 0.5, "nih", "1", "fixed", True, validated=True)
+    result = AnalysisResult("h", (f,), (), ({"name": "nih", "version": "1", "sha256": sha},))
+    assert wl.judge(result).get("Effusion").state is FindingState.NEGATIVE
+    ws.set_threshold("nih", sha, "Effusion", 0.35)
+    judged = wl.judge(result).get("Effusion")
+    assert judged.state is FindingState.POSITIVE and judged.threshold_source == "user"
+    assert judged.threshold == pytest.approx(0.35)
