@@ -11,29 +11,15 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
-from PIL import Image
 
 from cxr_viewer.core.inference.results import FindingState
 from cxr_viewer.core.judging import STATE_TEXT
 from tests.qt.bundles import NIH_LABELS, tiny_models  # noqa: F401  (fixture)
+from tests.qt.test_reading_room import _study_pair
+from tests.qt.test_worklist_panel import _png
 
 SLOW_MS = 600_000  # the first analysis imports torch and loads the models: minutes on a busy 2-core machine
-
-
-def _png(path: Path, seed: int, size: int = 80) -> Path:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size]
-    img = 0.5 + 0.3 * np.sin(x / (2 + seed % 7)) * np.cos(y / (3 + seed % 5)) + 0.1 * rng.standard_normal((size, size))
-    Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8), mode="L").save(path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CXR_VIEWER_WORKLIST_DB", str(tmp_path / "worklist.sqlite"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
 
 
 @pytest.fixture
@@ -54,21 +40,11 @@ def engines_built(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
 @pytest.fixture
 def studies(tmp_path: Path, siim_dicom: Path, dicom_dir: Path) -> Path:
-    """Three PNG films and a current / prior DICOM pair of one patient."""
-    from pydicom.uid import generate_uid
-
+    """A current / prior DICOM pair of one patient and three PNG films."""
     d = tmp_path / "studies"
-    d.mkdir()
+    _study_pair(d, siim_dicom, dicom_dir)
     for i in range(3):
         _png(d / f"film_{i}.png", seed=i)
-    cur = pydicom.dcmread(siim_dicom)
-    cur.PatientID, cur.StudyDate = "P-1", "20240301"
-    cur.save_as(d / "current.dcm")
-    prior = pydicom.dcmread(dicom_dir / "siim_pneumothorax_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
-    prior.PatientID, prior.StudyDate = "P-1", "20230115"
-    prior.StudyInstanceUID, prior.SeriesInstanceUID, prior.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    prior.file_meta.MediaStorageSOPInstanceUID = prior.SOPInstanceUID
-    prior.save_as(d / "prior.dcm")
     return d
 
 
