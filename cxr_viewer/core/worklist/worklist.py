@@ -302,10 +302,18 @@ class Worklist:
 
     def analyze(self, record: "ImageRecord", *, cancel: CancelToken | None = None,
                 models: Sequence[str] | None = None) -> "AnalysisResult":
-        """``record`` scored by the enabled models (or those named): on the model service's queue when there is one."""
+        """``record`` scored by the enabled models (or those named), on the model service's queue when there is one;
+        for every model, with a service, the stored result when there is one (the film is not scored again)."""
         if self.service is not None:
             config = self.config()
-            return self.service.call(lambda pool: pool.sync(config).analyze(record, cancel=cancel, models=models))
+
+            def work(pool: Any) -> "AnalysisResult":
+                engine = pool.sync(config)
+                if models is None:
+                    return pool.result(engine, record, cancel=cancel)
+                return engine.analyze(record, cancel=cancel, models=models)
+
+            return self.service.call(work)
         return self.engine().analyze(record, cancel=cancel, models=models)
 
     def engine(self) -> "InferenceEngine":
