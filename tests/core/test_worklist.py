@@ -268,3 +268,19 @@ def test_worklist_cli_applies_a_site_profile(folder: Path, models: Path, tmp_pat
     stale = _site_profile(nih, "Effusion", tmp_path / "profiles", sha="0" * 64)
     assert cli_main([*args, "--site-profile", str(stale.path)]) == 2
     assert "the model was updated" in capsys.readouterr().err
+
+
+def test_the_store_keeps_each_findings_population_verdict(tmp_path: Path) -> None:
+    """A stored finding comes back "outside population" as it was scored, so the viewer (which opens a listed
+    study from the store) and the worklist row give the state a fresh analysis gives."""
+    from cxr_viewer.core.inference.results import Finding, FindingState
+
+    store = ResultStore(tmp_path / "wl.sqlite")
+    out = Finding("Effusion", 0.9, 0.5, "nih", "1", "fixed", True, validated=True,
+                  outside="outside the model's population: patient age 4 years, trained on 18-90 years")
+    inside = Finding("Nodule", 0.9, 0.5, "nih", "1", "fixed", True, validated=True)
+    store.put_findings("k", {"name": "nih", "version": "1", "sha256": "s"}, [out, inside])
+    store.close()
+    back = {f.label: f for f in ResultStore(tmp_path / "wl.sqlite").findings("k", ["s"])["s"]}
+    assert back["Effusion"].outside == out.outside and back["Effusion"].state is FindingState.OUTSIDE_POPULATION
+    assert back["Nodule"].outside == "" and back["Nodule"].state is FindingState.POSITIVE

@@ -112,7 +112,7 @@ class FileRow:
 def _finding_to_json(f: Finding) -> dict[str, Any]:
     return {"label": f.label, "score": f.score, "threshold": f.threshold, "model": f.model,
             "model_version": f.model_version, "threshold_method": f.threshold_method, "trained": f.trained,
-            "note": f.note, "validated": f.validated}
+            "note": f.note, "validated": f.validated, "outside": f.outside}  # the population verdict travels too
 
 
 def _unit(value: Any) -> float:
@@ -131,7 +131,8 @@ def _finding_from_json(d: Any) -> Finding:
     validated = d.get("validated")
     return Finding(d["label"], _unit(d["score"]), _unit(d["threshold"]), d["model"],
                    str(d.get("model_version", "")), str(d.get("threshold_method", "")), bool(d.get("trained", True)),
-                   note=str(d.get("note", "")), validated=validated if isinstance(validated, bool) else None)
+                   note=str(d.get("note", "")), validated=validated if isinstance(validated, bool) else None,
+                   outside=d["outside"] if isinstance(d.get("outside"), str) else "")
 
 
 def _qc_from_json(d: Any) -> QCFlag:
