@@ -418,10 +418,18 @@ class Worklist:
 
     def _compute(self, record: Any, key: str, missing: list[ModelKey],
                  cancel: CancelToken | None) -> tuple[tuple[str, ...], tuple[QCFlag, ...]]:
-        engine = self.engine()
-        loaded = {b.sha256.lower(): b.name for b in engine.bundles}
-        names = [loaded[k.sha256] for k in missing if k.sha256 in loaded]
-        result = self.analyze(record, cancel=cancel, models=names)
+        def score(engine: "InferenceEngine") -> tuple[set[str], list[str], "AnalysisResult"]:
+            loaded = {b.sha256.lower(): b.name for b in engine.bundles}
+            names = [loaded[k.sha256] for k in missing if k.sha256 in loaded]
+            return set(loaded), names, engine.analyze(record, cancel=cancel, models=names)
+
+        if self.service is not None:  # one turn on the model queue: the engine synced once, then the film scored
+            config = self.config()
+            loaded, names, result = self.service.call(lambda pool: score(pool.sync(config)))
+            with self._lock:  # a bundle that failed to load is not waited for on every film
+                self._models = [k for k in self.models if k.sha256 in loaded]
+        else:
+            _loaded, names, result = score(self.engine())
         self._put(key, result, names)
         return tuple(names), tuple(result.qc)
 
