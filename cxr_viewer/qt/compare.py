@@ -58,7 +58,8 @@ class CompareController:
         self.linked = True
         self.prior_path: Path | None = None
         self.prior_date = ""
-        self.prior_findings: list[Any] = []
+        self.prior_findings: list[Any] = []  # the prior's findings, judged as the current film's are now
+        self.prior_result: Any = None  # the prior's AnalysisResult (stored or scored), judged again on every change
         self.noise: dict[tuple[str, str], float] = {}
         self.deltas: dict[tuple[str, str], Any] = {}
         self._syncing = False
@@ -140,7 +141,7 @@ class CompareController:
         self.current_title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.current_title.hide()
         self.prior.session.set_record(None)
-        self.prior_findings, self.deltas = [], {}
+        self.prior_findings, self.deltas, self.prior_result = [], {}, None
         self.w.findings_panel.set_deltas({})
 
     def set_linked(self, linked: bool) -> None:
@@ -171,9 +172,7 @@ class CompareController:
             self._on_current_masks(masks)
 
     def _on_scores(self, result: tuple[Any, dict[tuple[str, str], float]]) -> None:
-        scored, self.noise = result
-        # judged as the current film is (site profile, the reader's thresholds): one rule for both films
-        self.prior_findings = list(self.w.analysis.judge(scored).result.findings)
+        self.prior_result, self.noise = result
         self._update_deltas()
         unmeasured = sorted({m for (m, _lab), d in self.deltas.items() if not d.measured})
         if unmeasured:
@@ -182,8 +181,10 @@ class CompareController:
                 "(scripts/score_noise.py measures it)", 10000)
 
     def _update_deltas(self) -> None:
-        if not self.is_open or not self.prior_findings:
+        if not self.is_open or self.prior_result is None:
             return
+        # judged as the current film is now (site profile, the reader's thresholds): one rule for both films
+        self.prior_findings = list(self.w.analysis.judge(self.prior_result).result.findings)
         self.deltas = score_deltas(self.w.analysis.state.findings, self.prior_findings, self.noise)
         self.w.findings_panel.set_deltas(self.deltas)
 

@@ -102,6 +102,12 @@ def test_one_engine_for_viewer_worklist_prior_and_wizard(qtbot, make_window, tin
     assert compare.open(studies / "prior.dcm")
     qtbot.waitUntil(lambda: bool(compare.deltas), timeout=SLOW_MS)
     assert len(engines_built) == 1
+    # both films judged by one rule: a threshold the reader sets reaches the prior's findings too
+    f = win.analysis.state.findings[0]
+    win.analysis.set_threshold(f.model, f.label, 0.37)
+    prior = next(p for p in compare.prior_findings if (p.model, p.label) == (f.model, f.label))
+    assert prior.threshold == pytest.approx(0.37) and prior.threshold_method == "user"
+    win.analysis.set_threshold(f.model, f.label, None)
 
     # the site wizard scores labelled films with one of the bundles, on the same engine
     from cxr_viewer.qt.site_wizard import score_site_films
