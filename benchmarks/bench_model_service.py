@@ -136,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"window peak RSS after a worklist of {a.studies} films ({a.models.name}), over the window before it:")
     for mode, r in rows.items():
         base, peak = r["base_kb"] / 1024, r["peak_kb"] / 1024
-        print(f"  {mode:8s}: baseline {base:7.0f} MB  peak {peak:7.0f} MB  (+{peak - base:6.0f} MB, x{peak / base:.2f})  "
-              f"engines built {r['engines']}  listed {r['listed']} in {r['worklist_s']:.0f} s  "
+        print(f"  {mode:8s}: baseline {base:7.0f} MB  peak {peak:7.0f} MB  (+{peak - base:6.0f} MB, "
+              f"x{peak / base:.2f})  engines built {r['engines']}  listed {r['listed']} in {r['worklist_s']:.0f} s  "
               f"row opened from the store: {r['row_from_store']}")
     s, o = rows["shared"], rows["separate"]
+    grow_s, grow_o = (s["peak_kb"] - s["base_kb"]) / 1024, (o["peak_kb"] - o["base_kb"]) / 1024
     print(f"shared / separate peak: {s['peak_kb'] / o['peak_kb']:.2f}; "
-          f"growth over baseline {((s['peak_kb'] - s['base_kb']) / 1024):.0f} MB vs {((o['peak_kb'] - o['base_kb']) / 1024):.0f} MB")
+          f"growth over baseline {grow_s:.0f} MB vs {grow_o:.0f} MB")
     return 0
 
 

@@ -386,7 +386,8 @@ class AnalysisController(QObject):
             elif item[0] == "progress" and self.session.record is None:
                 self.progress.emit(item[1])
 
-        self._submit("models", self.models.iterate, (scan, self.config()), on_item, lambda exc: self._report(exc, "Models"))
+        self._submit("models", self.models.iterate, (scan, self.config()), on_item,
+                     lambda exc: self._report(exc, "Models"))
 
     def warm_up(self) -> None:
         """Start-up: load and warm the models in the background before any image is opened."""

@@ -145,11 +145,13 @@ class MainWindow(QMainWindow):
         from cxr_viewer.qt.worklist import install_worklist  # the triage worklist dock, self-contained
 
         install_worklist(self, models=self.models, workspace=self.workspace)
-        self.reading = ReadingTools(self, models=self.models)  # measurement tools, overlays, navigation, annotations, compare
+        # measurement tools, overlays, navigation, annotations, compare
+        self.reading = ReadingTools(self, models=self.models)
         self._connect()
         from cxr_viewer.qt.site_wizard import SiteCalibrationHook
 
-        self.site_calibration = SiteCalibrationHook(self, models=self.models, workspace=self.workspace)  # site profile: wizard action + drift banner
+        # site profile: wizard action + drift banner
+        self.site_calibration = SiteCalibrationHook(self, models=self.models, workspace=self.workspace)
         # every dock is in place: the film in the middle, every finding row and its badge on the right
         if getattr(self, "findings_dock", None) is not None:
             self.resizeDocks([self.studies_dock, self.findings_dock], [LEFT_DOCK_PX, self.findings_panel.preferred_width()],

@@ -494,7 +494,8 @@ class SiteCalibrationHook:
 
     SETTING = "site/profile"
 
-    def __init__(self, window: Any, *, models: "ModelService | None" = None, workspace: "Workspace | None" = None) -> None:
+    def __init__(self, window: Any, *, models: "ModelService | None" = None,
+                 workspace: "Workspace | None" = None) -> None:
         from PySide6.QtGui import QAction
 
         self.window = window

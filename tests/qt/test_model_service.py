@@ -178,8 +178,8 @@ def test_worklist_row_and_csv_judge_with_the_readers_threshold(qtbot, make_windo
                     timeout=SLOW_MS)
 
 
-def test_one_workspace_carries_the_site_profile_and_corrections_to_every_surface(qtbot, make_window, tiny_models,  # noqa: F811
-                                                                                studies: Path, tmp_path: Path) -> None:
+def test_one_workspace_carries_the_site_profile_and_corrections_to_every_surface(
+        qtbot, make_window, tiny_models, studies: Path, tmp_path: Path) -> None:  # noqa: F811
     """The site profile is set once, on the workspace: the viewer, the worklist and its rows follow it."""
     from cxr_viewer.core.models.bundle import read_manifest
     from cxr_viewer.core.worklist import ModelKey

@@ -166,7 +166,7 @@ def test_keyboard_labels_in_the_worklist_feed_the_store_export_and_wizard(qtbot,
 
     # the wizard takes the same labels as its labelled set
     dlg = win.site_calibration.show_wizard()
-    dlg.backend, dlg.n_boot = "torch", 50
+    dlg.n_boot = 50
     dlg.model_box.setCurrentIndex(dlg.model_box.findText("nih-tiny 0.0.1"))
     dlg.source_box.setCurrentIndex(dlg.source_box.findData("worklist"))
     assert not dlg.folder_edit.isEnabled()

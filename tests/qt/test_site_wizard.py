@@ -45,7 +45,6 @@ def test_wizard_scores_fits_and_saves_a_profile(make_window, qtbot, nih_site, tm
     win.action_map["site_calibration"].trigger()
     dlg = win.site_calibration.dialog
     assert dlg is not None and dlg.isVisible()
-    dlg.backend = "torch"
     dlg.n_boot = 150
     dlg.model_box.setCurrentIndex(dlg.model_box.findData(str(PNEUMONIA)))
     dlg.folder_edit.setText(str(folder))

@@ -208,7 +208,8 @@ class Worklist:
         self.model_dirs = None if model_dirs is None else [Path(d) for d in model_dirs]
         self.site_profile = site_profile  # a SiteProfile applied to every entry's findings, or None
         self._engine = engine if service is None else None
-        self._own_engine = engine is None and service is None  # built here from model_dirs: rebuilt when the enabled set changes
+        # built here from model_dirs (no engine, no service): rebuilt when the enabled set changes
+        self._own_engine = engine is None and service is None
         self._device, self._backend = device, backend
         self._lock = threading.RLock()
         self._models: list[ModelKey] | None = None
