@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 SWAP_PROMPTS = ("left lung", "right lung")
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 EMPTY_AREA = 0.005  # a predicted mask under 0.5 % of the grid counts as "nothing drawn"
 
 
@@ -311,6 +311,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-encoder", default="all-MiniLM-L6-v2", help="all-MiniLM-L6-v2, or a name for --clip-path")
     g.add_argument("--clip-path", default=None, help="local CLIP model folder whose text tower embeds the phrases")
     g.add_argument("--encoder", default=None, help="start the U-Net encoder from this encoder bundle (recon / SimCLR pre-training)")
+    g.add_argument("--init", default=None,
+                   help="start the whole network from this text_segmentation bundle (same architecture and text encoder), "
+                        "e.g. to finish at a larger --image-size")  # fmt: skip
     c.add_optim_options(p, lr=3e-4, epochs=40, wd=1e-4)
     g = p.add_argument_group("loss")
     g.add_argument("--dice-weight", type=float, default=1.0)
@@ -411,6 +414,29 @@ def _init_encoder(model: Any, bundle: str) -> str:
     return f"{loaded.manifest.task} bundle {loaded.manifest.name} ({loaded.sha256[:12]})"
 
 
+def _init_segmenter(model: Any, bundle: str, arch: str, arch_kwargs: Mapping[str, Any], text_spec: Any) -> str:
+    """Load every weight of a text_segmentation bundle whose architecture and text encoder match this run's."""
+    from cxr_viewer.core.models.bundle import load_bundle
+
+    loaded = load_bundle(bundle)
+    m = loaded.manifest
+    if m.task != "text_segmentation":
+        raise TrainingConfigError(f"--init {Path(bundle).name} is a {m.task} bundle; it needs a text_segmentation bundle "
+                                  "(use --encoder for an encoder bundle).")  # fmt: skip
+    theirs = {"name": m.architecture.get("name"), "kwargs": dict(m.architecture.get("kwargs", {}))}
+    ours = {"name": arch, "kwargs": dict(arch_kwargs)}
+    if theirs != ours:
+        raise TrainingConfigError(f"--init {Path(bundle).name} holds {theirs} but this run builds {ours}; "
+                                  "pass the matching --arch/--backbone/--fusion.")  # fmt: skip
+    their_text = m.text_encoder or {}
+    if text_spec is not None and their_text.get("name") not in (None, text_spec.get("name")):
+        raise TrainingConfigError(f"--init {Path(bundle).name} was trained with the {their_text.get('name')} text encoder, "
+                                  f"this run uses {text_spec.get('name')}.")  # fmt: skip
+    model.load_state_dict(loaded.model.state_dict())
+    log.info("segmenter initialised from %s (every weight)", bundle)
+    return f"{m.task} bundle {m.name} {m.version} ({loaded.sha256[:12]})"
+
+
 def run_segment(args: argparse.Namespace) -> "RunResult":
     """Build targets, train, pick the threshold on validation, evaluate on test, export the bundle."""
     import lightning as L
@@ -488,7 +514,11 @@ def run_segment(args: argparse.Namespace) -> "RunResult":
         warmup_epochs=args.warmup_epochs,
     )  # fmt: skip
     init = "random"
-    if args.encoder:
+    if args.init and args.encoder:
+        raise TrainingConfigError("Give --init (a whole segmenter) or --encoder (an encoder bundle), not both.")
+    if args.init:
+        init = _init_segmenter(module.model, args.init, args.arch, arch_kwargs, text_spec)
+    elif args.encoder:
         init = _init_encoder(module.model, args.encoder)
     batch = min(int(args.batch_size), len(ds_train))
     workers = int(args.num_workers)
