@@ -20,7 +20,8 @@
 #              held-out test with CIs                                              -> chest-resnet18
 #   localise   pointing game (TBX11K and NIH boxes) and ROAD faithfulness on true positives; then, with
 #              the report segmenter, the lung-field study (dilation chosen on validation, test read once)
-#   segment    report-conditioned U-Net (lungs, zones, TB lesions from boxes)       -> report-segmenter-resnet18
+#   segment    report-conditioned U-Net (lungs, zones, TB lesions from boxes), finished at 256 px from
+#              the current report-segmenter-resnet18 (SEG_INIT; SEG_INIT= trains at 128 px first) -> report-segmenter-resnet18
 #   tb         TB lesion score from the segmenter: threshold for 0.85 sensitivity on validation TBX11K,
 #              sensitivity + localisation on test, flag rate on held-out normals of every other source;
 #              not validated -> a research overlay whose scale is the validation normals' scores
@@ -37,7 +38,7 @@ RUNS="runs"
 OUT="resources/models"
 TRAIN_FLAGS="${TRAIN_FLAGS:---accelerator auto}"
 EVAL_FLAGS="--bootstrap 1000 --seed 0"
-STEPS="data ssl chest localise tb cards"
+STEPS="data ssl chest segment localise tb cards"
 SEED=0
 
 while [[ $# -gt 0 ]]; do
@@ -120,6 +121,23 @@ if want chest; then
   cp "${CHEST%/bundle}/eval/report.md" "${CHEST%/bundle}/eval/"*.png "$OUT/chest-resnet18/evaluation/"
 fi
 
+# ---------------------------------------------------------------- segmentation
+SEG_OUT="$OUT/report-segmenter-resnet18"
+SEG_INIT="${SEG_INIT-$SEG_OUT}"   # finish at 256 px from these weights; "" = train at 128 px from the SSL encoder first
+if want segment; then
+  if [[ -z "$SEG_INIT" || ! -f "$SEG_INIT/manifest.json" ]]; then
+    log "report-conditioned segmentation, stage 1 (128 px) from the SSL encoder"
+    timed segment train segment --config $R/segment.yaml --data-root "$DATA_DIR" --split-file "$D/all-splits.csv" \
+      --encoder "$SSL" --runs-dir "$RUNS" --name segment
+    SEG_INIT="$RUNS/segment/bundle"
+  fi
+  log "report-conditioned segmentation, 256 px stage from $SEG_INIT"
+  timed segment-256 train segment --config $R/segment-256.yaml --data-root "$DATA_DIR" --split-file "$D/all-splits.csv" \
+    --init "$SEG_INIT" --runs-dir "$RUNS" --name segment-256
+  cxr-train export --bundle "$RUNS/segment-256/bundle" --out "$SEG_OUT" --name report-segmenter-resnet18 --version 0.2.0 --onnx
+fi
+
+# ---------------------------------------------------------------- localisation
 if want localise; then
   log "localisation: pointing game and ROAD on held-out films"
   timed localise python scripts/localisation.py --bundle "$OUT/chest-resnet18" --manifest "$D/chest.csv" \
@@ -132,15 +150,7 @@ if want localise; then
   fi
 fi
 
-# ---------------------------------------------------------------- segmentation and TB
-SEG_OUT="$OUT/report-segmenter-resnet18"
-if want segment; then
-  log "report-conditioned segmentation"
-  timed segment train segment --config $R/segment.yaml --data-root "$DATA_DIR" --split-file "$D/all-splits.csv" \
-    --encoder "$SSL" --runs-dir "$RUNS" --name segment
-  cxr-train export --bundle "$RUNS/segment/bundle" --out "$SEG_OUT" --name report-segmenter-resnet18 --version 0.1.0
-fi
-
+# ---------------------------------------------------------------- TB lesion score
 if want tb; then
   log "TB lesion score from the segmenter"
   timed tb python scripts/tb_lesion_score.py --bundle "$SEG_OUT" --manifest "$D/tbx11k.csv" \
