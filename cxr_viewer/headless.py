@@ -19,6 +19,7 @@ from cxr_viewer.core.jsonio import dumps, finite_or_none, non_finite_paths
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.core.workspace import Workspace
 
 log = logging.getLogger("cxr_viewer.headless")
 
@@ -55,6 +56,7 @@ def _analyze_parser() -> argparse.ArgumentParser:
                    "decodes and preprocesses the next files meanwhile")
     p.add_argument("--site-profile", metavar="PROFILE", help="site calibration profile (a file, or a name in the "
                    "profiles folder): its calibrated scores and thresholds replace the bundle's")
+    threshold_arg(p)
     g = p.add_argument_group("heatmaps")
     g.add_argument("--cam", metavar="LABEL", help="write a heatmap for this finding; case, punctuation and a "
                    "unique prefix are forgiven (e.g. 'tuberculosis', 'pleural')")
@@ -92,6 +94,37 @@ def site_profile_for(engine: "InferenceEngine", name: str | None) -> Any:
     profile = load_profile(name)
     profile.check_bundle(b.describe() for b in engine.classifiers)
     return profile
+
+
+def threshold_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", action="append", default=[], metavar="[MODEL:]LABEL=VALUE",
+                   help="the reader's operating threshold for a finding (repeatable); it wins over the model's "
+                   "and the site profile's, as a threshold set in the viewer's findings panel does")
+
+
+def classifier_labels(engine: "InferenceEngine") -> list[tuple[str, str, list[str]]]:
+    """(name, weights sha256, labels) of the engine's classifiers: what ``--threshold`` may name."""
+    return [(b.name, b.sha256, list(b.manifest.labels)) for b in engine.classifiers]
+
+
+def manifest_labels(dirs: Any) -> list[tuple[str, str, list[str]]]:
+    """(name, weights sha256, labels) of the classifier bundles in ``dirs`` (manifests only, no weights read)."""
+    from cxr_viewer.core.models.bundle import find_bundles
+
+    return [(i.manifest.name, str(i.manifest.weights.get("sha256", "")), list(i.manifest.labels))
+            for i in find_bundles(dirs) if i.ok and i.manifest is not None and i.manifest.is_classifier]
+
+
+def cli_workspace(profile: Any, thresholds: list[str], models: Any) -> "Workspace":
+    """The command line's workspace: the ``--site-profile`` and the ``--threshold`` values, judged with as the
+    viewer judges (:meth:`~cxr_viewer.core.workspace.Workspace.judge`). Raises ValueError on a bad threshold."""
+    from cxr_viewer.core.analysis import MemorySettings
+    from cxr_viewer.core.workspace import Workspace
+
+    ws = Workspace(MemorySettings())
+    ws.set_site_profile(profile)
+    ws.set_thresholds(thresholds, models)
+    return ws
 
 
 def _safe_name(text: str) -> str:
@@ -207,7 +240,7 @@ def _prefetched(engine: "InferenceEngine", files: list[str], depth: int) -> Any:
 
 def _analyze_one(
     engine: "InferenceEngine", path_text: str, args: argparse.Namespace, cam_dir: Path | None, used_stems: set[str],
-    profile: Any = None, read: "tuple[Any, float] | None" = None, result: Any = None,
+    workspace: "Workspace | None" = None, read: "tuple[Any, float] | None" = None, result: Any = None,
 ) -> tuple[dict[str, Any], bool]:
     """One input -> (JSON object, fully done?). ``read``: the reader thread's (record or error, ms);
     ``result``: its analysis when a batch already ran it."""
@@ -222,9 +255,10 @@ def _analyze_one(
     timing["read"] = read_ms
     if result is None:
         result = engine.analyze(record)
-    from cxr_viewer.core.judging import judge
-
-    judged = judge(result, site_profile=profile)  # THE judging step (site profile, validation, population)
+    if workspace is None:
+        workspace = cli_workspace(None, [], ())
+    judged = workspace.judge(result)  # THE judging step (site profile, the reader's thresholds, validation, population)
+    profile = workspace.site_profile
     result = judged.result
     d = judged.to_dict()
     timing.update(d.pop("timing_ms"))
@@ -386,9 +420,13 @@ def analyze_main(argv: list[str]) -> int:
     if refused_all is not None:
         print(f"cxr-viewer analyze: {refused_all['message']}", file=sys.stderr)
     try:
-        profile = site_profile_for(engine, args.site_profile)
+        workspace = cli_workspace(site_profile_for(engine, args.site_profile), args.threshold,
+                                  classifier_labels(engine))
     except CXRError as exc:
         print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
+        return EXIT_REJECTED
+    except ValueError as exc:
+        print(f"cxr-viewer analyze: {exc}", file=sys.stderr)
         return EXIT_REJECTED
     cam_dir: Path | None = None
     if args.cam:
@@ -406,7 +444,7 @@ def analyze_main(argv: list[str]) -> int:
             continue
         queue = _batched(engine, queue)
         for path_text, read, result in queue:
-            obj, done = _one_safely(engine, path_text, args, cam_dir, used_stems, profile, read, result,
+            obj, done = _one_safely(engine, path_text, args, cam_dir, used_stems, workspace, read, result,
                                     len(results), run_warnings, refused_all, no_models_warning)
             results.append(obj)
             all_done &= done
@@ -442,12 +480,12 @@ def _batched(engine: "InferenceEngine", queue: list[tuple[str, Any, Any]]) -> li
 
 def _one_safely(
     engine: "InferenceEngine", path_text: str, args: argparse.Namespace, cam_dir: Path | None, used_stems: set[str],
-    profile: Any, read: Any, result: Any, position: int, run_warnings: list[str], refused_all: Any,
+    workspace: Any, read: Any, result: Any, position: int, run_warnings: list[str], refused_all: Any,
     no_models_warning: Any,
 ) -> tuple[dict[str, Any], bool]:
     """One input's finished JSON object (errors become objects) and whether it was fully done."""
     try:
-        obj, done = _analyze_one(engine, path_text, args, cam_dir, used_stems, profile, read, result)
+        obj, done = _analyze_one(engine, path_text, args, cam_dir, used_stems, workspace, read, result)
     except CXRError as exc:
         obj, done = {"file": path_text, "status": "error", "error": exc.to_dict()}, False
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch

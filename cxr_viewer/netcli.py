@@ -36,7 +36,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- worklist
 def worklist_main(argv: list[str]) -> int:
-    from cxr_viewer.headless import model_dirs
+    from cxr_viewer.headless import model_dirs, threshold_arg
 
     p = argparse.ArgumentParser(
         prog="cxr-viewer worklist",
@@ -52,6 +52,7 @@ def worklist_main(argv: list[str]) -> int:
     p.add_argument("--hide-patient", action="store_true", help="leave the patient column out")
     p.add_argument("--site-profile", metavar="PROFILE", help="site calibration profile (a file, or a name in the "
                    "profiles folder): its calibrated scores and thresholds replace the bundle's, as in analyze")
+    threshold_arg(p)
     _model_args(p)
     p.add_argument("-v", "--verbose", action="count", default=0)
     args = p.parse_args(argv)
@@ -72,6 +73,14 @@ def worklist_main(argv: list[str]) -> int:
         print(f"cxr-viewer worklist: the result store cannot be opened ({exc}); pass --db FILE", file=sys.stderr)
         return EXIT_USAGE
     wl = Worklist(store, model_dirs=model_dirs(args), device=args.device, backend=args.backend)
+    try:  # the reader's thresholds, judged with as analyze and the viewer judge
+        from cxr_viewer.headless import cli_workspace, manifest_labels
+
+        wl.user_thresholds = cli_workspace(None, args.threshold, manifest_labels(wl.model_dirs)).threshold
+    except ValueError as exc:
+        print(f"cxr-viewer worklist: {exc}", file=sys.stderr)
+        store.close()
+        return EXIT_USAGE
     if args.site_profile:
         from cxr_viewer.core.site_profile import load_profile
 
@@ -175,17 +184,21 @@ def _send_results(args: argparse.Namespace, remote) -> int:
     from cxr_viewer.core import pacs
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
-    from cxr_viewer.headless import model_dirs, site_profile_for
+    from cxr_viewer.headless import classifier_labels, cli_workspace, model_dirs, site_profile_for
 
     files = pacs.dicom_files(args.files)
     if not files:
         print("cxr-viewer pacs send-results: no DICOM files given", file=sys.stderr)
         return EXIT_USAGE
     engine = InferenceEngine.from_dirs(model_dirs(args), device=args.device, backend=args.backend)
-    try:  # the same judging as analyze and the viewer
-        profile = site_profile_for(engine, args.site_profile)
+    try:  # the same judging as analyze and the viewer: the site profile, then the reader's thresholds
+        workspace = cli_workspace(site_profile_for(engine, args.site_profile), args.threshold,
+                                  classifier_labels(engine))
     except CXRError as exc:
         print(f"cxr-viewer pacs send-results: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"cxr-viewer pacs send-results: {exc}", file=sys.stderr)
         return EXIT_USAGE
     segs = engine.bundles_for_task("text_segmentation")
     if args.report and not segs:
@@ -196,10 +209,9 @@ def _send_results(args: argparse.Namespace, remote) -> int:
     for i, f in enumerate(files, start=1):
         try:
             from cxr_viewer.core.export.record import annotations_beside
-            from cxr_viewer.core.judging import judge
 
             record = read_image(f)
-            judged = judge(engine.analyze(record), site_profile=profile)
+            judged = workspace.judge(engine.analyze(record))
             masks = engine.segmenter(segs[0]).segment_report(record, args.report) if args.report else None
             out = Path(args.out) / f"{i:03d}" if args.out else None
             try:
@@ -260,6 +272,9 @@ def pacs_main(argv: list[str]) -> int:
     sr.add_argument("--out", metavar="DIR", help="also keep the written objects in this folder")
     sr.add_argument("--site-profile", metavar="PROFILE", help="site calibration profile (a file, or a name in the "
                     "profiles folder): findings are judged as analyze and the viewer judge them")
+    from cxr_viewer.headless import threshold_arg
+
+    threshold_arg(sr)
     _model_args(sr)
     args = p.parse_args(argv)
     _setup_logging(args.verbose)

@@ -102,7 +102,7 @@ def default_model_dirs(models_dir: Path | None = None) -> tuple[Path, ...]:
 def threshold_key(name: str, sha256: str, label: str) -> str:
     """QSettings key of a user threshold: per bundle name + weights hash, so new weights start fresh."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-    return f"thresholds/{name}@{sha256[:16]}/{safe}"
+    return f"thresholds/{name}@{str(sha256).lower()[:16]}/{safe}"
 
 
 # --------------------------------------------------------------------------- requests and results

@@ -9,19 +9,48 @@ or a threshold once reaches every surface. Persistence goes through a
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
 
 from cxr_viewer.core.analysis import Settings, UserThresholds
 
-__all__ = ["Workspace"]
+if TYPE_CHECKING:
+    from cxr_viewer.core.inference.results import AnalysisResult
+    from cxr_viewer.core.judging import JudgedResult
+
+__all__ = ["Workspace", "parse_threshold"]
+
+
+def parse_threshold(spec: str) -> tuple[str | None, str, float]:
+    """``[MODEL:]LABEL=VALUE`` (a command line's ``--threshold``) -> ``(model or None, label, value)``.
+
+    Raises ValueError with a message that names the expected form.
+    """
+    head, sep, value = str(spec).rpartition("=")
+    model, _, label = head.rpartition(":") if ":" in head else ("", "", head)
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    if not sep or not label.strip() or not 0.0 <= v <= 1.0:
+        raise ValueError(f"--threshold {spec!r}: write [MODEL:]LABEL=VALUE with a value between 0 and 1, "
+                         "e.g. --threshold Effusion=0.3 or --threshold chest-resnet18:Effusion=0.3")
+    return (model.strip() or None), label.strip(), v
 
 
 def _names(value: Any) -> frozenset[str]:
     if isinstance(value, str):
         value = [value] if value else []
     return frozenset(str(v) for v in (value or []) if v)
+
+
+def _same_label(a: str, b: str) -> bool:
+    def norm(text: str) -> str:
+        return " ".join(text.replace("_", " ").replace("-", " ").split()).casefold()
+
+    return norm(a) == norm(b)
 
 
 class Workspace:
@@ -87,6 +116,34 @@ class Workspace:
         """Set (or with ``None`` reset) the reader's threshold; persisted, then ``thresholds_changed``."""
         self.thresholds.set(model, sha256, label, value)
         self.thresholds_changed.emit(model, label)
+
+    def set_thresholds(self, specs: Sequence[str], models: Iterable[tuple[str, str, Sequence[str]]]) -> None:
+        """The reader's thresholds from ``[MODEL:]LABEL=VALUE`` texts (:func:`parse_threshold`), for each of
+        ``models`` (name, weights sha256, labels) that has the label (any case; ``_``, ``-`` or a space).
+
+        Raises ValueError when a text is malformed or names a finding no model has.
+        """
+        models = list(models)
+        for spec in specs:
+            model, label, value = parse_threshold(spec)
+            hits = [(name, sha, lab) for name, sha, labels in models if model in (None, name)
+                    for lab in labels if _same_label(lab, label)]
+            if not hits:
+                known = sorted({lab for name, _sha, labels in models if model in (None, name) for lab in labels})
+                raise ValueError(f"--threshold {spec!r}: no model{'' if model is None else ' ' + model} has a "
+                                 f"finding named {label!r}; the findings are: {', '.join(known) or 'none'}")
+            for name, sha, lab in hits:
+                self.set_threshold(name, sha, lab, value)
+
+    # ------------------------------------------------------------------ judging
+    def judge(self, result: "AnalysisResult") -> "JudgedResult":
+        """THE judging step (:func:`cxr_viewer.core.judging.judge`) with this workspace's site profile and the
+        reader's thresholds (looked up by each model's weights sha256): what every surface shows."""
+        from cxr_viewer.core.judging import judge
+
+        sha = {str(m.get("name")): str(m.get("sha256", "")) for m in result.models}
+        return judge(result, site_profile=self.site_profile,
+                     user_thresholds=lambda model, label: self.threshold(model, sha.get(model, ""), label))
 
     # ------------------------------------------------------------------ corrections
     @property

@@ -577,11 +577,7 @@ class AnalysisController(QObject):
     def judge(self, result: AnalysisResult) -> "JudgedResult":
         """THE judging step as the findings panel shows it: the site profile (calibrated score, site
         threshold), then any threshold the reader set; current | prior judges the prior film with it too."""
-        from cxr_viewer.core.judging import judge
-
-        models = {str(m.get("name")): str(m.get("sha256", "")) for m in result.models}
-        return judge(result, site_profile=self.site_profile,
-                     user_thresholds=lambda model, label: self.thresholds.get(model, models.get(model, ""), label))
+        return self.workspace.judge(result)
 
     def _auto_cam_target(self, state: AnalysisState) -> tuple[str | None, str | None]:
         """The finding the reader chose to show, if this image has it POSITIVE or above its threshold.
