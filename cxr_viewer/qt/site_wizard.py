@@ -532,6 +532,7 @@ class SiteCalibrationHook:
                 for a in (self.action, self.choose_action, self.clear_action):
                     menu_action.menu().addAction(a)
         window.analysis.state_changed.connect(self.on_state)
+        self.workspace.site_profile_changed.connect(self._on_profile)
         panel = getattr(window, "worklist_panel", None)
         if panel is not None:  # the worklist's scores feed the drift check too
             panel.controller.entry_ready.connect(self.on_worklist_entry)
@@ -591,12 +592,15 @@ class SiteCalibrationHook:
 
     def set_profile(self, profile: "SiteProfile | None") -> None:
         """Make ``profile`` the active one (remembered, applied to the scores); drift is measured against it."""
+        self.workspace.set_site_profile(profile)  # the viewer, the worklist and current | prior judge with it
+
+    def _on_profile(self, profile: "SiteProfile | None") -> None:
+        """The workspace's site profile changed (here or anywhere): measure drift against it, remember it."""
         from cxr_viewer.core.site_profile import DriftMonitor
 
         self.monitor = DriftMonitor(profile) if profile is not None else None
         self._seen.clear()
         self.banner.hide()
-        self.workspace.set_site_profile(profile)  # the viewer, the worklist and current | prior judge with it
         self.window.settings.setValue(self.SETTING, str(profile.path) if profile is not None and profile.path else "")
         self.clear_action.setEnabled(profile is not None)
         self._show_status()
