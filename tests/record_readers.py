@@ -45,12 +45,12 @@ def pdf_rows(text: str) -> dict[str, tuple[str, float | None, float]]:
 
 def sr_states(sr: Path) -> dict[str, str]:
     """Finding concept meaning -> the coded state value of its group."""
-    return {name: state for name, (state, _score) in sr_findings(sr).items()}
+    return {name: state for name, (state, _score, _presence) in sr_findings(sr).items()}
 
 
-def sr_findings(sr: Path) -> dict[str, tuple[str, float | None]]:
-    """Finding concept meaning -> (coded state value, stored probability or None) of each finding's group
-    (the SR file read back with highdicom)."""
+def sr_findings(sr: Path) -> dict[str, tuple[str, float | None, str]]:
+    """Finding concept meaning -> (coded state value, stored probability or None, presence: Present, Absent or
+    Indeterminate) of each finding's group (the SR file read back with highdicom)."""
     import highdicom as hd
 
     doc = hd.sr.srread(sr)
@@ -60,5 +60,5 @@ def sr_findings(sr: Path) -> dict[str, tuple[str, float | None]]:
         if "Finding state" not in ev:
             continue
         score = next((float(m.value) for m in g.get_measurements() if m.name.meaning == "Probability"), None)
-        out[g.finding_type.meaning] = (ev["Finding state"].value, score)
+        out[g.finding_type.meaning] = (ev["Finding state"].value, score, ev["Presence of property"].meaning)
     return out

@@ -14,7 +14,6 @@ dciodvfy clean, dsrdump renders the SR, and a real Orthanc stores every object.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from cxr_viewer.core.imaging.measurements import make_angle, make_ctr, make_dist
 from cxr_viewer.core.judging import STATE_BADGE, STATE_TEXT, FindingState, display_name
 from tests.core.dicom_check import dciodvfy_errors, need_tool
 from tests.orthanc import orthanc  # noqa: F401  (fixture)
+from tests.record_readers import pdf_states, pdf_text, sr_states
 from tests.qt.test_analysis import WAIT_MS
 
 REPORT = "FINDINGS: Right lower zone opacity. No pneumothorax."
@@ -63,43 +63,6 @@ def _study(folder: Path, sample: Path) -> tuple[Path, Path]:
     return folder / "current.dcm", folder / "prior.dcm"
 
 
-def _pdf_text(path: Path) -> str:
-    exe = need_tool("pdftotext", "poppler-utils")
-    return subprocess.run([exe, "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
-
-
-def _pdf_states(text: str) -> dict[str, str]:
-    """Finding display name -> the state text printed on its row."""
-    out = {}
-    states = sorted(STATE_TEXT.values(), key=len, reverse=True)
-    for line in text.splitlines():
-        for state in states:
-            m = re.match(r"\s*(.+?)\s{2,}\S.*?\s(" + re.escape(state) + r")(\s|$)", line)
-            if m:
-                out[m.group(1).strip()] = state
-                break
-    return out
-
-
-def _walk(items):
-    for item in items:
-        yield item
-        yield from _walk(getattr(item, "ContentSequence", []))
-
-
-def _sr_states(sr_path: Path) -> dict[str, str]:
-    """Finding concept meaning -> the coded state value of its group."""
-    import highdicom as hd
-
-    sr = hd.sr.srread(sr_path)
-    out = {}
-    for g in sr.content.get_image_measurement_groups():
-        ev = {e.name.meaning: e.value for e in g.get_qualitative_evaluations()}
-        if "Finding state" in ev:
-            out[g.finding_type.meaning] = ev["Finding state"].value
-    return out
-
-
 def _sr_measurements(sr_path: Path) -> list[tuple[str, float, str, str]]:
     """(name, value, UCUM unit, graphic type) of every measurement in the planar ROI groups."""
     import highdicom as hd
@@ -114,7 +77,7 @@ def _sr_measurements(sr_path: Path) -> list[tuple[str, float, str, str]]:
 
 
 def _check_sr(sr_path: Path, judged_states: dict[tuple[str, str], FindingState], annotations) -> None:
-    states = _sr_states(sr_path)
+    states = sr_states(sr_path)
     for (model, label), state in judged_states.items():
         assert states[finding_concept(label).meaning] == "STATE_" + state.value.upper(), label
     got = _sr_measurements(sr_path)
@@ -140,7 +103,7 @@ def _check_pdf(text: str, judged, annotations, *, prior: bool, empty_region: boo
     assert text.count("Patient: Doe Jane") == 2  # the header on both pages
     for value in IDENTIFICATION:
         assert value in text, value
-    printed = _pdf_states(text)
+    printed = pdf_states(text)
     for j in judged.findings:
         assert printed[j.display_name] == j.state_text, j.label
     assert "Pleural_Thickening" not in text and "Pleural thickening" in text
@@ -225,7 +188,7 @@ def test_the_record_says_what_the_screen_said(qtbot, make_window, repo_root, tmp
     assert win.wait_idle(WAIT_MS / 1000)
     menu_files = list(win.export_actions.last_files)
     assert [p.name.split("_")[0] for p in menu_files] == ["SR", "SEG", "SC", "DOC"]
-    text = _pdf_text(pdf)
+    text = pdf_text(pdf)
     _check_pdf(text, judged, anns, prior=True, empty_region=False)
     assert f"{heat.label} ({heat.method})" in text  # the heatmap's colour bar on the key image
     for p in menu_files:
@@ -236,7 +199,7 @@ def test_the_record_says_what_the_screen_said(qtbot, make_window, repo_root, tmp
     doc = pydicom.dcmread(menu_files[3])
     assert doc.BurnedInAnnotation == "YES"  # the identified page names the patient
     (tmp_path / "doc.pdf").write_bytes(bytes(doc.EncapsulatedDocument)[: doc.EncapsulatedDocumentLength])
-    _check_pdf(_pdf_text(tmp_path / "doc.pdf"), judged, anns, prior=True, empty_region=False)  # the same record as the menu's PDF
+    _check_pdf(pdf_text(tmp_path / "doc.pdf"), judged, anns, prior=True, empty_region=False)  # the same record as the menu's PDF
 
     # the anonymised export: the same findings, no identification on its page
     assert win.export_actions.export_anonymised(tmp_path / "anon")
@@ -244,27 +207,26 @@ def test_the_record_says_what_the_screen_said(qtbot, make_window, repo_root, tmp
     anon_doc = next(pydicom.dcmread(p) for p in win.export_actions.last_files
                     if pydicom.dcmread(p, stop_before_pixels=True).Modality == "DOC")
     (tmp_path / "anon.pdf").write_bytes(bytes(anon_doc.EncapsulatedDocument)[: anon_doc.EncapsulatedDocumentLength])
-    anon_text = _pdf_text(tmp_path / "anon.pdf")
+    anon_text = pdf_text(tmp_path / "anon.pdf")
     assert "Patient:" not in anon_text and "2024-03-11" not in anon_text
     for value in IDENTIFICATION:
         assert value not in anon_text, value
-    assert _pdf_states(anon_text) == _pdf_states(text)
+    assert pdf_states(anon_text) == pdf_states(text)
 
     # analyze: the same record from the command line, with the annotations saved beside the image
     out = tmp_path / "cli"
     rc = analyze_main([str(cur), "--json", str(out / "a.json"), "--models", str(models), "--no-default-models",
                        "--report", REPORT, "--mask-out", str(out / "masks"), "--pdf-out", str(out / "pdf"),
-                       "--dicom-out", str(out / "dicom")])
+                       "--dicom-out", str(out / "dicom"), "--threshold", f"{atel.model}:Atelectasis=0.01"])
     assert rc == 0
     (obj,) = json.loads((out / "a.json").read_text())
     assert [m["kind"] for m in obj["measurements"]] == ["distance", "angle", "roi", "ctr"]
     cli_states = {(f["model"], f["label"]): f["state"] for f in obj["findings"]}
     for j in judged.findings:
         f = next(x for x in obj["findings"] if (x["model"], x["label"]) == (j.model, j.label))
-        assert f["display_name"] == j.display_name and "threshold_source" in f
-        if j.label != "Atelectasis":  # the reader's own threshold lives in the viewer only
-            assert cli_states[(j.model, j.label)] == j.state.value and f["threshold_source"] == j.threshold_source
-    cli_text = _pdf_text(Path(obj["report_pdf"]))
+        assert f["display_name"] == j.display_name  # the reader's threshold given on the command line too
+        assert cli_states[(j.model, j.label)] == j.state.value and f["threshold_source"] == j.threshold_source
+    cli_text = pdf_text(Path(obj["report_pdf"]))
     assert "Patient: Doe Jane" in cli_text
     cli_files = [Path(p) for p in obj["dicom"]]
     assert [p.name.split("_")[0] for p in cli_files] == ["SR", "SEG", "SC", "DOC"]
@@ -272,7 +234,7 @@ def test_the_record_says_what_the_screen_said(qtbot, make_window, repo_root, tmp
         assert dciodvfy_errors(p) == [], p.name
     cli_judged = {(f["model"], f["label"]): FindingState(f["state"]) for f in obj["findings"]}
     _check_sr(cli_files[0], cli_judged, anns)
-    printed = _pdf_states(cli_text)
+    printed = pdf_states(cli_text)
     for f in obj["findings"]:
         assert printed[display_name(f["label"])] == STATE_TEXT[FindingState(f["state"])]
     assert "No pneumothorax.: nothing found" in cli_text  # the segmenter drew nothing for it here...

@@ -86,9 +86,24 @@ def _pdf_verdicts(path: Path, labels: list[str]) -> Verdicts:
     return {(MODEL, lab): (STATE_OF_TEXT[state], score) for lab, (state, score, _thr) in rows.items()}
 
 
+PRESENCE = {FindingState.POSITIVE: "Present", FindingState.NEGATIVE: "Absent"}  # any other state: Indeterminate
+
+
 def _sr_verdicts(path: Path, labels: list[str]) -> Verdicts:
     rows = _by_name(labels, sr_findings(path), lambda lab: finding_concept(lab).meaning)
-    return {(MODEL, lab): (STATE_OF_CODE[code], score) for lab, (code, score) in rows.items()}
+    out = {}
+    for lab, (code, score, presence) in rows.items():
+        state = STATE_OF_CODE[code]
+        assert presence == PRESENCE.get(state, "Indeterminate"), f"{path.name}, {lab}: {state.value} coded {presence}"
+        out[(MODEL, lab)] = (state, score)
+    return out
+
+
+def _judged(panel, film: Path) -> Verdicts:  # noqa: ANN001
+    """The worklist entry of ``film`` as judged now (state and score of each finding)."""
+    entry = next(panel.model.entry_at(r) for r in range(panel.model.rowCount())
+                 if panel.model.entry_at(r).path.name == film.name)
+    return {(j.model, j.label): (j.state, j.score) for j in entry.judged.findings}
 
 
 def _orthanc_file(server, instance: str, out: Path) -> Path:  # noqa: ANN001
@@ -138,6 +153,8 @@ def test_every_surface_shows_the_one_judged_result(qtbot, make_window, repo_root
             tip = table.data(table.index(r, c), Qt.ItemDataRole.ToolTipRole)
             score = table.data(table.index(r, c), SORT_ROLE)
             row[key] = (STATE_OF_TEXT[tip.rsplit(": ", 1)[1]], float(score))
+            brush = table.data(table.index(r, c), Qt.ItemDataRole.ForegroundRole)  # red exactly when POSITIVE
+            assert (brush is not None and brush.color().name() == "#ff6b6b") == (row[key][0] is FindingState.POSITIVE)
         worklist[entry.path.name] = row
 
     # the findings panel, film by film (each opened from the store), each with the film before it as its prior
@@ -173,9 +190,22 @@ def test_every_surface_shows_the_one_judged_result(qtbot, make_window, repo_root
     for film in films:
         truth = panel_truth[film.name]
         _agree("worklist row", film.name, worklist[film.name], truth, places=1e-6)
+        assert panel_truth[film.name] == _judged(win.worklist_panel, film)  # the row is the stored result, judged
         _agree("current | prior", film.name, prior_seen[film.name], truth, places=1e-6)
         _agree("Export menu PDF", film.name, _pdf_verdicts(tmp_path / "menu" / f"{film.stem}.pdf", labels), truth,
                places=5.1e-4)
+
+    # the reader resets their threshold on the workspace: the panel and every listed row follow, nothing is scored
+    flipped = [f for f in films if panel_truth[f.name][(MODEL, USER_LABEL)][0] is FindingState.POSITIVE
+               and panel_truth[f.name][(MODEL, USER_LABEL)][1] < manifest.thresholds[USER_LABEL]["value"]]
+    assert flipped, "the reader's threshold changed no verdict: choose another"
+    ws.set_threshold(MODEL, sha, USER_LABEL, None)
+    qtbot.waitUntil(lambda: not panel.controller.running and all(
+        _judged(panel, f)[(MODEL, USER_LABEL)][0] is FindingState.NEGATIVE for f in flipped), timeout=WAIT_MS)
+    assert win.analysis.state.judged.get(USER_LABEL, MODEL).threshold_source == "model"
+    ws.set_threshold(MODEL, sha, USER_LABEL, USER_THRESHOLD)
+    qtbot.waitUntil(lambda: not panel.controller.running and all(
+        _judged(panel, f) == panel_truth[f.name] for f in films), timeout=WAIT_MS)
 
     # the worklist's CSV, from the command line (the same store, the same judging)
     assert worklist_main([str(tmp_path / "films"), "--csv", str(tmp_path / "worklist.csv"), *cli_judging]) == 0

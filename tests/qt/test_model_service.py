@@ -7,15 +7,12 @@ in the process counts.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cxr_viewer.core.inference.results import FindingState
-from cxr_viewer.core.judging import STATE_TEXT
-from tests.qt.bundles import NIH_LABELS, tiny_models  # noqa: F401  (fixture)
+from tests.qt.bundles import tiny_models  # noqa: F401  (fixture)
 from tests.qt.test_reading_room import _study_pair
 from tests.qt.test_worklist_panel import _png
 
@@ -109,73 +106,19 @@ def test_one_engine_for_viewer_worklist_prior_and_wizard(qtbot, make_window, tin
     assert prior.threshold == pytest.approx(0.37) and prior.threshold_method == "user"
     win.analysis.set_threshold(f.model, f.label, None)
 
-    # the site wizard scores labelled films with one of the bundles, on the same engine
-    from cxr_viewer.qt.site_wizard import score_site_films
-
-    rows = [{"image": str(studies / f"film_{i}.png"), "labels": {"Effusion": float(i % 2)}, "patient_id": f"p{i}"}
-            for i in range(3)]
-    items = list(score_site_films(str(tiny_models / "nih"), rows, ["Effusion"], str(studies), "labels.csv", svc))
-    data = items[-1][1]
-    assert data["n_images"] == 3 and np.isfinite(data["scores"]).all()
+    # the site wizard (Tools › Site Calibration…) scores labelled films with one of the bundles, on the same engine
+    labels = tmp_path / "site_labels.csv"
+    labels.write_text("file,Effusion,patient_id\n" + "".join(f"film_{i}.png,{i % 2},p{i}\n" for i in range(3)))
     win.action_map["site_calibration"].trigger()
-    assert win.site_calibration.dialog.models is svc
+    dlg = win.site_calibration.dialog
+    assert dlg.models is svc
+    dlg.model_box.setCurrentIndex(dlg.model_box.findData(str(tiny_models / "nih")))
+    dlg.folder_edit.setText(str(studies))
+    dlg.labels_edit.setText(str(labels))
+    dlg.score_button.click()
+    qtbot.waitUntil(lambda: dlg.data is not None and dlg.data.get("n_images") == 3, timeout=SLOW_MS)
+    assert np.isfinite(dlg.data["scores"]).all()
     assert len(engines_built) == 1, f"{len(engines_built)} engines in one window"
-
-
-def test_worklist_row_and_csv_judge_with_the_readers_threshold(qtbot, make_window, tiny_models,  # noqa: F811
-                                                               studies: Path, tmp_path: Path) -> None:
-    """A threshold the reader sets in the findings panel gives the same state in the worklist row and its CSV."""
-    from cxr_viewer.core.worklist import write_csv
-
-    win = make_window(models_dir=tiny_models)
-    panel = win.worklist_panel
-    film = studies / "film_2.png"
-    win.open_file(film)
-    qtbot.waitUntil(lambda: win.session.record is not None and win.analysis.state.status == "done", timeout=SLOW_MS)
-    f = next(f for f in win.analysis.state.findings if f.model == "nih-tiny" and f.label == NIH_LABELS[0])
-    assert f.state is FindingState.NEGATIVE or f.state is FindingState.POSITIVE
-    # a threshold that flips the verdict: just below the score (POSITIVE) or just above it (negative)
-    flip = FindingState.POSITIVE if f.state is FindingState.NEGATIVE else FindingState.NEGATIVE
-    new = max(0.0, f.score - 1e-4) if flip is FindingState.POSITIVE else min(1.0, f.score + 1e-4)
-    win.analysis.set_threshold(f.model, f.label, new)
-    panel_state = win.analysis.state.judged.get(f.label, f.model).state
-    assert panel_state is flip
-
-    panel.open_folder(studies)
-    _wait_listed(qtbot, panel, 5)
-    entry = next(panel.model.entry_at(r) for r in range(panel.model.rowCount())
-                 if panel.model.entry_at(r).path.name == film.name)
-    assert entry.state(f.model, f.label) is flip
-    # the row draws the judged state: red exactly when the panel says POSITIVE
-    from PySide6.QtCore import Qt
-
-    from cxr_viewer.qt.worklist import FIXED
-
-    model = panel.model
-    row = next(r for r in range(model.rowCount()) if model.entry_at(r).path.name == film.name)
-    col = len(FIXED) + model.findings.index((f.model, f.label))
-    brush = model.data(model.index(row, col), Qt.ItemDataRole.ForegroundRole)
-    assert (brush is not None and brush.color().name() == "#ff6b6b") == (flip is FindingState.POSITIVE)
-    assert STATE_TEXT[flip] in model.data(model.index(row, col), Qt.ItemDataRole.ToolTipRole)
-    # every finding: the row's state is the panel's
-    assert {k: v for k, v in entry.judged.states().items()} == win.analysis.state.judged.states()
-
-    out = write_csv(tmp_path / "worklist.csv", [panel.model.entry_at(r) for r in range(panel.model.rowCount())],
-                    basis=panel.controller.worklist.basis)
-    with out.open(newline="", encoding="utf-8") as fh:
-        table = list(csv.DictReader(fh))
-    row = next(r for r in table if Path(r["file"]).name == film.name)
-    title = next(k for k in table[0] if k.startswith(f"{f.label} state"))
-
-    assert row[title] == STATE_TEXT[flip]
-    assert float(row[next(k for k in table[0] if k == f.label or k.startswith(f"{f.label} ("))]) == pytest.approx(
-        f.score, abs=1e-4)
-
-    # resetting the threshold judges the listed studies again (nothing is scored): the row follows
-    win.analysis.set_threshold(f.model, f.label, None)
-    qtbot.waitUntil(lambda: next(panel.model.entry_at(r) for r in range(panel.model.rowCount())
-                                 if panel.model.entry_at(r).path.name == film.name).state(f.model, f.label) is f.state,
-                    timeout=SLOW_MS)
 
 
 def test_one_workspace_carries_the_site_profile_and_corrections_to_every_surface(
