@@ -10,7 +10,8 @@ reader would, and every finding's state and score is read back from what it show
 * the findings panel of the real window (each film opened from the worklist's store),
 * the worklist's table model (the dock of the same window) and the CSV ``cxr-viewer worklist`` writes,
 * current | prior (each film opened as the prior of the next: the prior is judged as the current film),
-* the PDF the Export menu writes for each film (pdftotext),
+* the PDF the Export menu writes for each film (pdftotext), and its SR for each DICOM film (highdicom),
+* the SR the worklist's Send Results stores in a real Orthanc (fetched back over its REST API),
 * ``cxr-viewer analyze`` JSON, its PDF (pdftotext) and its SR (highdicom, read back),
 * the SR that ``cxr-viewer pacs send-results`` stores in a real Orthanc (fetched back over its REST API).
 
@@ -106,6 +107,11 @@ def _judged(panel, film: Path) -> Verdicts:  # noqa: ANN001
     return {(j.model, j.label): (j.state, j.score) for j in entry.judged.findings}
 
 
+def _stored_srs(server) -> list[str]:  # noqa: ANN001
+    """Orthanc's ids of every SR instance it stores."""
+    return list(server.post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SR"}}))
+
+
 def _orthanc_file(server, instance: str, out: Path) -> Path:  # noqa: ANN001
     with urllib.request.urlopen(f"{server.url}/instances/{instance}/file", timeout=30) as r:
         out.write_bytes(r.read())
@@ -160,6 +166,7 @@ def test_every_surface_shows_the_one_judged_result(qtbot, make_window, repo_root
     # the findings panel, film by film (each opened from the store), each with the film before it as its prior
     panel_truth: dict[str, Verdicts] = {}
     prior_seen: dict[str, Verdicts] = {}
+    menu_sr: dict[str, Path] = {}
     compare = win.reading.compare
     (tmp_path / "menu").mkdir()
     for i, film in enumerate(films):
@@ -176,9 +183,13 @@ def test_every_surface_shows_the_one_judged_result(qtbot, make_window, repo_root
         qtbot.waitUntil(lambda: compare.prior_result is not None and bool(compare.deltas), timeout=WAIT_MS)
         prior_seen[prior.name] = {(f.model, f.label): (f.state, compare.deltas[(f.model, f.label)].prior)
                                   for f in compare.prior_findings}
-        # the Export menu's report of what the window shows (with the prior beside it)
+        # the Export menu's report of what the window shows (with the prior beside it), and its DICOM results
         assert win.export_actions.export_report(tmp_path / "menu" / f"{film.stem}.pdf")
         assert win.wait_idle(WAIT_MS / 1000)
+        if film.suffix == ".dcm":
+            assert win.export_actions.export_dicom(tmp_path / "menu" / film.stem)
+            assert win.wait_idle(WAIT_MS / 1000)
+            menu_sr[film.name] = next(p for p in win.export_actions.last_files if p.name.startswith("SR_"))
 
     # the judging this test set up reached the films: the site profile's finding and the reader's threshold
     sources = {j.threshold_source for j in win.analysis.state.judged.findings}
@@ -194,6 +205,27 @@ def test_every_surface_shows_the_one_judged_result(qtbot, make_window, repo_root
         _agree("current | prior", film.name, prior_seen[film.name], truth, places=1e-6)
         _agree("Export menu PDF", film.name, _pdf_verdicts(tmp_path / "menu" / f"{film.stem}.pdf", labels), truth,
                places=5.1e-4)
+        if film.name in menu_sr:
+            _agree("Export menu SR", film.name, _sr_verdicts(menu_sr[film.name], labels), truth, places=1e-6)
+
+    # the worklist's Send Results: what the PACS stores for each DICOM study, as its row shows it
+    settings = panel.controller.settings
+    for key, value in (("pacs/remote_host", "127.0.0.1"), ("pacs/remote_port", orthanc.dicom_port),
+                       ("pacs/remote_ae", "ORTHANC")):
+        settings.setValue(key, value)
+    for film in films:
+        if film.suffix != ".dcm":
+            continue
+        before = set(_stored_srs(orthanc))
+        entry = next(panel.model.entry_at(r) for r in range(panel.model.rowCount())
+                     if panel.model.entry_at(r).path.name == film.name)
+        with qtbot.waitSignal(panel.controller.message, timeout=WAIT_MS,
+                              check_params_cb=lambda text: "stored on the PACS" in text):
+            panel.controller.send_results(entry)
+        (new,) = set(_stored_srs(orthanc)) - before
+        sr = _orthanc_file(orthanc, new, tmp_path / f"worklist_sent_{film.stem}.dcm")
+        _agree("worklist send, SR in the PACS", film.name, _sr_verdicts(sr, labels), panel_truth[film.name],
+               places=1e-6)
 
     # the reader resets their threshold on the workspace: the panel and every listed row follow, nothing is scored
     flipped = [f for f in films if panel_truth[f.name][(MODEL, USER_LABEL)][0] is FindingState.POSITIVE
@@ -249,10 +281,7 @@ def test_every_surface_shows_the_one_judged_result(qtbot, make_window, repo_root
     rc = pacs_main(["send-results", "--host", "127.0.0.1", "--port", str(orthanc.dicom_port), "--out", str(kept),
                     *map(str, dicoms), *cli_judging])
     assert rc == 0
-    stored = {}
-    for instance in orthanc.post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SR"}}):
-        uid = orthanc.get(f"/instances/{instance}/simplified-tags")["SOPInstanceUID"]
-        stored[uid] = instance
+    stored = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]: i for i in _stored_srs(orthanc)}
     import pydicom
 
     for i, film in enumerate(dicoms, start=1):  # send-results keeps the i-th file's objects in NNN/
