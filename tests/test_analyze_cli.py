@@ -174,3 +174,22 @@ def test_batched_analyze_with_reader_thread_equals_one_at_a_time(models: Path, d
             assert f3 == f1
         one.pop("findings", None)
         assert many == one
+
+
+def test_analyze_judges_with_the_readers_threshold_and_refuses_a_bad_one(models: Path, png: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    out = tmp_path / "a.json"
+    assert analyze_main([str(png), "--json", str(out), "--models", str(models), "--no-default-models"]) == 0
+    (plain,) = json.loads(out.read_text())
+    f = plain["findings"][0]
+    flip = max(0.0, f["score"] - 1e-3) if f["state"] != "positive" else min(1.0, f["score"] + 1e-3)
+    assert analyze_main([str(png), "--json", str(out), "--models", str(models), "--no-default-models",
+                         "--threshold", f"{f['model']}:{f['label']}={flip}"]) == 0
+    (mine,) = json.loads(out.read_text())
+    g = next(x for x in mine["findings"] if (x["model"], x["label"]) == (f["model"], f["label"]))
+    assert g["threshold"] == pytest.approx(flip) and g["threshold_source"] == "user" and g["score"] == f["score"]
+    assert g["above_threshold"] != f["above_threshold"]
+    capsys.readouterr()
+    assert analyze_main([str(png), "--json", str(out), "--models", str(models), "--no-default-models",
+                         "--threshold", "Nothing=0.2"]) == 2
+    assert "no model has a finding named 'Nothing'" in capsys.readouterr().err

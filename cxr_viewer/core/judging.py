@@ -27,7 +27,7 @@ from cxr_viewer.core.inference.results import AnalysisResult, Finding, FindingSt
 
 __all__ = [
     "FindingState", "JudgedFinding", "JudgedResult", "REPORT_ORDER", "STATE_BADGE", "STATE_FOOTNOTE", "STATE_TEXT",
-    "apply_site_profile_safely", "display_name", "judge", "judged_from", "threshold_source",
+    "apply_site_profile_safely", "by_weights", "display_name", "judge", "judged_from", "threshold_source",
 ]
 
 #: Plain text of each state (PDF, CSV, SR text); the viewer's badge adds a symbol.
@@ -230,6 +230,13 @@ def _user_lookup(user: UserThreshold | None) -> Callable[[str, str], float | Non
     if isinstance(user, Mapping):
         return lambda model, label: user.get((model, label))  # type: ignore[union-attr]
     return user
+
+
+def by_weights(result: AnalysisResult, lookup: Callable[[str, str, str], "float | None"]) -> Callable[[str, str], "float | None"]:
+    """The reader's thresholds, kept per model name + weights sha256 (``lookup(model, sha256, label)``), as
+    ``judge`` asks for them: ``(model, label) -> threshold or None`` for the models that made ``result``."""
+    sha = {str(m.get("name")): str(m.get("sha256", "")).lower() for m in result.models}
+    return lambda model, label: lookup(model, sha.get(model, ""), label)
 
 
 def _unreliable_qc(result: AnalysisResult) -> str:

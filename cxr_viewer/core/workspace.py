@@ -139,11 +139,9 @@ class Workspace:
     def judge(self, result: "AnalysisResult") -> "JudgedResult":
         """THE judging step (:func:`cxr_viewer.core.judging.judge`) with this workspace's site profile and the
         reader's thresholds (looked up by each model's weights sha256): what every surface shows."""
-        from cxr_viewer.core.judging import judge
+        from cxr_viewer.core.judging import by_weights, judge
 
-        sha = {str(m.get("name")): str(m.get("sha256", "")) for m in result.models}
-        return judge(result, site_profile=self.site_profile,
-                     user_thresholds=lambda model, label: self.threshold(model, sha.get(model, ""), label))
+        return judge(result, site_profile=self.site_profile, user_thresholds=by_weights(result, self.threshold))
 
     # ------------------------------------------------------------------ corrections
     @property

@@ -61,3 +61,32 @@ def test_worklist_judges_with_the_workspace_thresholds(tmp_path: Path) -> None:
     judged = wl.judge(result).get("Effusion")
     assert judged.state is FindingState.POSITIVE and judged.threshold_source == "user"
     assert judged.threshold == pytest.approx(0.35)
+
+
+def test_thresholds_from_the_command_line_reach_the_judged_result() -> None:
+    """``--threshold [MODEL:]LABEL=VALUE``: set on the workspace per weights, judged like the viewer's own."""
+    from cxr_viewer.core.workspace import parse_threshold
+
+    assert parse_threshold("Effusion=0.3") == (None, "Effusion", 0.3)
+    assert parse_threshold("chest-resnet18:Pleural_Thickening=0.05") == ("chest-resnet18", "Pleural_Thickening", 0.05)
+    for bad in ("Effusion", "Effusion=high", "Effusion=1.5", "=0.3", "Effusion=-0.1"):
+        with pytest.raises(ValueError, match=r"\[MODEL:\]LABEL=VALUE"):
+            parse_threshold(bad)
+
+    ws = Workspace(MemorySettings())
+    models = [("nih", "A" * 64, ["Effusion", "Pleural_Thickening"]), ("tb", "b" * 64, ["Tuberculosis", "Effusion"])]
+    ws.set_thresholds(["pleural thickening=0.2", "nih:effusion=0.4"], models)  # any case, space or _
+    assert ws.threshold("nih", "a" * 64, "Pleural_Thickening") == pytest.approx(0.2)
+    assert ws.threshold("nih", "a" * 64, "Effusion") == pytest.approx(0.4)
+    assert ws.threshold("tb", "b" * 64, "Effusion") is None  # MODEL: names one model only
+    with pytest.raises(ValueError, match="no model tb has a finding named 'Nodule'; the findings are: Effusion, Tuberculosis"):
+        ws.set_thresholds(["tb:Nodule=0.3"], models)
+
+    result = AnalysisResult("h", (Finding("Effusion", 0.45, 0.5, "nih", threshold_method="youden", validated=True),
+                                  Finding("Effusion", 0.45, 0.5, "tb", validated=True)), (),
+                            models=({"name": "nih", "sha256": "A" * 64}, {"name": "tb", "sha256": "b" * 64}))
+    judged = ws.judge(result)
+    assert judged.get("Effusion", "nih").state is FindingState.POSITIVE
+    assert judged.get("Effusion", "nih").threshold_source == "user"
+    assert judged.get("Effusion", "tb").state is FindingState.NEGATIVE
+    assert judged.get("Effusion", "tb").threshold_source == "model"

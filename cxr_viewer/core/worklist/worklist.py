@@ -276,11 +276,9 @@ class Worklist:
     def judge(self, result: "AnalysisResult") -> "JudgedResult":
         """THE judging step (:func:`cxr_viewer.core.judging.judge`) with this worklist's site profile and
         the reader's thresholds: the same source the viewer's findings panel uses."""
-        from cxr_viewer.core.judging import JudgedResult, judge
+        from cxr_viewer.core.judging import JudgedResult, by_weights, judge
 
-        sha = {str(m.get("name")): str(m.get("sha256", "")).lower() for m in result.models}
-        user = self.user_thresholds
-        lookup = None if user is None else (lambda model, label: user(model, sha.get(model, ""), label))
+        lookup = None if self.user_thresholds is None else by_weights(result, self.user_thresholds)
         profile = self.site_profile
         if profile is not None and not result.models:  # nothing enabled: say why rather than nothing
             from cxr_viewer.core.errors import SiteProfileError
