@@ -594,13 +594,22 @@ class SiteCalibrationHook:
         """Make ``profile`` the active one (remembered, applied to the scores); drift is measured against it."""
         self.workspace.set_site_profile(profile)  # the viewer, the worklist and current | prior judge with it
 
-    def _on_profile(self, profile: "SiteProfile | None") -> None:
-        """The workspace's site profile changed (here or anywhere): measure drift against it, remember it."""
+    def _follow_monitor(self) -> bool:
+        """Drift is measured against the workspace's profile (whichever of its listeners heard of it first);
+        True when the monitor was started again here."""
         from cxr_viewer.core.site_profile import DriftMonitor
 
+        profile = self.profile
+        if (self.monitor.profile if self.monitor is not None else None) is profile:
+            return False
         self.monitor = DriftMonitor(profile) if profile is not None else None
         self._seen.clear()
-        self.banner.hide()
+        return True
+
+    def _on_profile(self, profile: "SiteProfile | None") -> None:
+        """The workspace's site profile changed (here or anywhere): measure drift against it, remember it."""
+        if self._follow_monitor():  # (else the current film already fed the new monitor and set the banner)
+            self.banner.hide()
         self.window.settings.setValue(self.SETTING, str(profile.path) if profile is not None and profile.path else "")
         self.clear_action.setEnabled(profile is not None)
         self._show_status()
@@ -684,6 +693,7 @@ class SiteCalibrationHook:
         self._feed(entry.content_hash or str(entry.path), entry.findings)
 
     def _feed(self, key: str, findings: Any) -> None:
+        self._follow_monitor()
         if key in self._seen:  # the same image again (a threshold change, a re-run, opened from the worklist)
             return
         self._seen.add(key)
