@@ -53,6 +53,7 @@ def calibrate(
     label_methods: dict[str, str] | None = None,
     min_positives: int = 0,
     budget: float = 0.5,
+    budget_confidence: float = 0.0,
     age_head: bool = False,
     cache_dir: str | Path | None = None,
     age_films_per_source: int = 400,
@@ -65,7 +66,9 @@ def calibrate(
     The chosen affine calibration is folded into the linear head, so every backend shows
     calibrated scores. Thresholds are then chosen on the calibrated scores. A threshold
     resting on fewer than ``min_positives`` positives is marked ``validated: false``: the
-    viewer then shows the score without a POSITIVE badge.
+    viewer then shows the score without a POSITIVE badge. ``budget_confidence`` > 0: the budget
+    must hold at that quantile of patient-bootstrap replicates of the validation normal films
+    (:func:`trainer.budget.allocate_budget`).
     """
     from cxr_viewer.core.models.bundle import load_bundle
     from cxr_viewer.core.models.calibration import (
@@ -76,6 +79,8 @@ def calibrate(
     )
     from trainer.evaluate import pick_device, predict, split_frame
 
+    if not 0 <= budget_confidence < 1:
+        raise TrainingConfigError(f"--budget-confidence must lie in [0, 1), got {budget_confidence}.")
     if method == "budget":
         age_head = True  # the budget is spent per group (adults, children) inside each finding's population
     elif method != "youden" and not 0 < target < 1:
@@ -166,10 +171,11 @@ def calibrate(
 
             m.extra["population"]["ood"] = fit_feature_ood(loaded, frame, batch_size=batch_size, features=F)
         if age_head and "population" in m.extra and train_frame is not None:
-            _population_per_finding(loaded, m.extra["population"], train_frame, frame, Y, min_positives=min_positives,
-                                    per_source=age_films_per_source, batch_size=batch_size, cache_dir=cache_dir)  # fmt: skip
+            _population_per_finding(loaded, m.extra["population"], train_frame, frame, Y, F, min_positives=min_positives,
+                                    per_source=age_films_per_source, batch_size=batch_size, cache_dir=cache_dir,
+                                    split=split)  # fmt: skip
         if method == "budget":
-            _spend_budget(loaded, m, frame, P, Y, F, chosen, budget=budget, split=split)
+            _spend_budget(loaded, m, frame, P, Y, F, chosen, budget=budget, split=split, confidence=budget_confidence)
     dest = Path(out) if out else src
     if scaled or not src.is_dir():
         from cxr_viewer.core.models.bundle import save_bundle
@@ -182,18 +188,27 @@ def calibrate(
     return dest, chosen
 
 
-def _population_per_finding(loaded: Any, population: dict[str, Any], train: Any, val: Any, Y: np.ndarray, *,
-                            min_positives: int, per_source: int, batch_size: int, cache_dir: Any) -> None:  # fmt: skip
-    """The age head (fitted on training films that record age, at most ``per_source`` per source)
-    and each finding's validated population, into the bundle's population block."""
+def _population_per_finding(loaded: Any, population: dict[str, Any], train: Any, val: Any, Y: np.ndarray,
+                            F: np.ndarray | None, *, min_positives: int, per_source: int, batch_size: int,
+                            cache_dir: Any, split: str) -> None:  # fmt: skip
+    """The age head (fitted on training films that record age, at most ``per_source`` per source),
+    its child/adult cut-off (chosen on the ``split`` films of known age) and each finding's
+    validated population, into the bundle's population block."""
+    from cxr_viewer.core.inference.population import estimate_age
     from trainer.evaluate import predict
-    from trainer.population import film_ages, finding_populations, fit_age_head
+    from trainer.population import choose_child_cutoff, film_ages, finding_populations, fit_age_head
 
     aged = train[~np.isnan(film_ages(train))]
     keep = [i for _, g in aged.groupby("dataset") for i in g.sample(min(len(g), per_source), random_state=0).index]
     aged = aged.loc[sorted(keep)].reset_index(drop=True)
     _, _, F_train = predict(loaded, aged, batch_size=batch_size, with_features=True, cache_dir=cache_dir)
-    population["age_head"] = fit_age_head(F_train, aged)
+    head = population["age_head"] = fit_age_head(F_train, aged)
+    if F is not None:
+        try:  # the viewer reads the head's estimate exactly so: choose the cut-off on that
+            head.update(choose_child_cutoff(np.array([estimate_age(f, population) for f in F]), val, split=split))
+        except ValueError as exc:
+            log.warning("age head: child/adult cut-off left at %g years (%s)", head["child_below"], exc)
+            head["chosen_on"] = {"rule": f"fixed {head['child_below']:g} years ({exc})"}
     population["findings"] = finding_populations(val, loaded.labels, Y, min_positives=max(min_positives, 1))
 
 
@@ -212,9 +227,10 @@ def viewer_eligibility(population: dict[str, Any], labels: list[str], F: np.ndar
 
 
 def _spend_budget(loaded: Any, m: Any, frame: Any, P: np.ndarray, Y: np.ndarray, F: np.ndarray | None,
-                  chosen: dict[str, dict[str, Any]], *, budget: float, split: str) -> None:  # fmt: skip
+                  chosen: dict[str, dict[str, Any]], *, budget: float, split: str, confidence: float = 0.0,
+                  n_boot: int = 1000, seed: int = 0) -> None:  # fmt: skip
     """Replace the validated findings' thresholds by the false-alarm budget's allocation."""
-    from trainer.budget import allocate_budget
+    from trainer.budget import allocate_budget, badge_counts, budget_bound
     from trainer.population import is_child
 
     labels = loaded.labels
@@ -223,7 +239,9 @@ def _spend_budget(loaded: Any, m: Any, frame: Any, P: np.ndarray, Y: np.ndarray,
     group = np.where(is_child(frame), "children", "adults")
     normal = Y[:, labels.index("Abnormal")] == 0 if "Abnormal" in labels else np.all(np.nan_to_num(Y, nan=1.0) == 0, axis=1)
     cand = [j for j, lab in enumerate(labels) if m.thresholds.get(lab, {}).get("validated") is not False]
-    alloc = allocate_budget(P, Y, normal=normal, group=group, eligible=eligible, candidates=cand, budget=budget)
+    patients = frame["patient_id"].astype(str).to_numpy() if "patient_id" in frame else None
+    alloc = allocate_budget(P, Y, normal=normal, group=group, eligible=eligible, candidates=cand, budget=budget,
+                            confidence=confidence, patients=patients, n_boot=n_boot, seed=seed)  # fmt: skip
     for j, a in alloc.items():
         lab = labels[j]
         t = dict(m.thresholds.get(lab) or {})
@@ -243,3 +261,13 @@ def _spend_budget(loaded: Any, m: Any, frame: Any, P: np.ndarray, Y: np.ndarray,
         "groups": "children: recorded age under 18 or Kermany; adults: every other film",
         "objective": "expected true findings badged on validation (films inside each finding's population)",
     }  # fmt: skip
+    if confidence > 0:
+        thr = np.array([m.thresholds[lab]["value"] if j in alloc else np.inf for j, lab in enumerate(labels)])
+        badges = badge_counts(P, thr, eligible).sum(1)
+        m.extra["false_alarm_budget"].update(
+            confidence=confidence,
+            rule=(f"every group's validation badge rate per normal film stays within the budget at the {confidence:g} "
+                  f"quantile of {n_boot} patient-bootstrap replicates of its validation normal films (seed {seed})"),
+            validation=budget_bound(badges, normal, group, confidence=confidence, patients=patients, n_boot=n_boot,
+                                    seed=seed),
+        )  # fmt: skip

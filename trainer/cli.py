@@ -130,6 +130,9 @@ def calibrate_parser() -> argparse.ArgumentParser:
                         "separately) allocated across the validated findings")  # fmt: skip
     g.add_argument("--target", type=float, default=0.9, help="target sensitivity/specificity (e.g. WHO TB: 0.90)")
     g.add_argument("--budget", type=float, default=0.5, help="--method budget: POSITIVE badges per normal film in total")
+    g.add_argument("--budget-confidence", type=float, default=0.9,
+                   help="--method budget: the budget must hold at this quantile of patient-bootstrap replicates of "
+                        "each group's validation normal films (a margin for small validation sets; 0: on their mean)")
     g.add_argument("--age-head", action="store_true",
                    help="fit the age head and each finding's validated population (always with --method budget)")  # fmt: skip
     g.add_argument("--cache-dir", help="read preprocessed images from this training decode cache")
@@ -319,7 +322,7 @@ def cmd_calibrate(argv: Sequence[str]) -> int:
         split_file=args.split_file, out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
         scaling=args.scaling, min_positives=args.min_positives,
         label_methods=dict(r.split("=", 1) for r in args.label_method if "=" in r),
-        budget=args.budget, age_head=args.age_head, cache_dir=args.cache_dir,
+        budget=args.budget, budget_confidence=args.budget_confidence, age_head=args.age_head, cache_dir=args.cache_dir,
     )  # fmt: skip
     print(dumps(finite_or_none({"bundle": str(out), "thresholds": thresholds})))
     return 0

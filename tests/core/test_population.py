@@ -104,6 +104,10 @@ def test_each_finding_has_its_own_population_by_dicom_age_or_the_age_head() -> N
     assert finding_outside(pop, "Effusion", FilmAge(30.0, "dicom")) == ""
     assert finding_outside(pop, "Hernia", child) == ""  # no population recorded for it: nothing says outside
     assert finding_outside(pop, "Effusion", None) == ""
+    # the cut-off is the one the bundle's calibration chose, not a constant
+    teen = FilmAge(14.0, "estimate")
+    assert finding_outside(pop, "Effusion", teen) == ""
+    assert "estimates a child" in finding_outside({**pop, "age_head": {**pop["age_head"], "child_below": 16.0}}, "Effusion", teen)
     try:
         estimate_age([1.0, 2.0], pop)
     except ValueError as exc:

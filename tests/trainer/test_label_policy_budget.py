@@ -117,3 +117,80 @@ def test_finding_populations_and_the_age_head_from_recorded_ages() -> None:
     assert np.mean(np.abs(est - age)) < 5
     assert ((est < head["child_below"]) == (age < 18)).mean() > 0.95
     assert head["fitted_on"] == {"kermany": 60, "nih14": 60}
+
+
+def _budget_case(rng: np.random.Generator, n_adult_normal: int) -> tuple[np.ndarray, ...]:
+    """Validation-like films: few adult normals, many children; two adult findings, one shared."""
+    na, nc = n_adult_normal + 120, 400
+    group = np.array(["adults"] * na + ["children"] * nc)
+    Y = np.zeros((na + nc, 3))
+    Y[n_adult_normal:na, 0] = rng.random(120) < 0.5
+    Y[n_adult_normal:na, 1] = Y[n_adult_normal:na, 0] == 0
+    Y[na:, 2] = rng.random(nc) < 0.6
+    Y[:na, 2] = np.where(rng.random(na) < 0.2, 1, 0) * (np.arange(na) >= n_adult_normal)
+    Y[na:, :2] = np.nan  # adult findings are unknown on children
+    P = np.clip(0.25 * np.nan_to_num(Y) + rng.normal(0.4, 0.15, Y.shape), 0, 1)
+    normal = np.nan_to_num(Y).sum(1) == 0
+    eligible = np.ones_like(P, dtype=bool)
+    eligible[group == "children", :2] = False
+    return P, Y, normal, group, eligible
+
+
+def test_the_budget_holds_with_confidence_on_few_validation_normals() -> None:
+    """With --budget-confidence the budget's bootstrap upper quantile stays within it, so a small
+    adult validation set gets a margin and new normal films are overspent far less often."""
+    from trainer.budget import allocate_budget, badge_counts, budget_bound
+
+    rng = np.random.default_rng(3)
+    P, Y, normal, group, eligible = _budget_case(rng, 40)
+    patients = np.arange(len(P)) // 2  # two films per patient: the bootstrap draws patients
+    kw = dict(normal=normal, group=group, eligible=eligible, candidates=[0, 1, 2], budget=0.5)
+    plain = allocate_budget(P, Y, **kw)
+    sure = allocate_budget(P, Y, **kw, confidence=0.9, patients=patients, n_boot=400, seed=0)
+    thr = {name: np.array([a[j]["value"] for j in range(3)]) for name, a in (("plain", plain), ("sure", sure))}
+    per_film = {k: badge_counts(P, t, eligible).sum(1) for k, t in thr.items()}
+    bound = budget_bound(per_film["sure"], normal, group, confidence=0.9, patients=patients, n_boot=400, seed=0)
+    assert bound["adults"]["q0.9"] <= 0.5 + 1e-9 and bound["adults"]["normal_films"] == 40
+    loose = budget_bound(per_film["plain"], normal, group, confidence=0.9, patients=patients, n_boot=400, seed=0)
+    assert loose["adults"]["q0.9"] > 0.5  # spending it all on the mean leaves no margin
+    spent = {k: sum(a[j]["badges_per_normal_film"]["adults"] for j in range(3)) for k, a in (("plain", plain), ("sure", sure))}
+    assert spent["sure"] < spent["plain"] - 0.05
+    # the margin follows the group's size: 400 children lose far less of their budget than 40 adults
+    kids = {k: sum(a[j]["badges_per_normal_film"]["children"] for j in range(3)) for k, a in (("plain", plain), ("sure", sure))}
+    assert spent["plain"] - spent["sure"] > kids["plain"] - kids["sure"]
+    # on fresh normal adults from the same distribution, the confident thresholds overspend less often
+    over = {"plain": 0, "sure": 0}
+    for rep in range(30):
+        r = np.random.default_rng(100 + rep)
+        Pv, Yv, nv, gv, ev = _budget_case(r, 40)
+        a_p = allocate_budget(Pv, Yv, normal=nv, group=gv, eligible=ev, candidates=[0, 1, 2], budget=0.5)
+        a_s = allocate_budget(Pv, Yv, normal=nv, group=gv, eligible=ev, candidates=[0, 1, 2], budget=0.5,
+                              confidence=0.9, n_boot=200, seed=rep)  # fmt: skip
+        fresh = np.clip(r.normal(0.4, 0.15, (4000, 3)), 0, 1)  # normal adults, seen by findings 0-2
+        for k, a in (("plain", a_p), ("sure", a_s)):
+            t = np.array([a[j]["value"] for j in range(3)])
+            over[k] += (fresh >= t).sum(1).mean() > 0.5
+    assert over["plain"] >= 20 and over["sure"] <= over["plain"] // 2  # 27 and 9 of 30 here
+    with pytest.raises(ValueError):
+        allocate_budget(P, Y, **kw, confidence=1.0)
+
+
+def test_the_child_adult_cut_off_is_chosen_on_validation_films() -> None:
+    from trainer.population import choose_child_cutoff
+
+    rng = np.random.default_rng(4)
+    # a head that reads children too old (about 13) and adults around 45: 11.5 misses most children
+    frame = pd.DataFrame({
+        "dataset": ["kermany"] * 300 + ["nih14"] * 100 + ["tbx11k"] * 50,
+        "meta_age": [np.nan] * 300 + list(rng.integers(20, 80, 100).astype(float)) + [np.nan] * 50,
+    })  # fmt: skip
+    est = np.concatenate([rng.normal(13, 2, 300), rng.normal(45, 12, 100), rng.normal(3, 1, 50)])
+    out = choose_child_cutoff(est, frame)
+    cut, how = out["child_below"], out["chosen_on"]
+    assert 15 <= cut <= 18 and how["split"] == "val"
+    assert how["children"] == 300 and how["adults"] == 100  # TBX11K records no age: not counted
+    assert how["balanced_accuracy"] > how["balanced_accuracy_at_11.5"] + 0.2
+    child = np.arange(400) < 300
+    assert how["accuracy_children"] == pytest.approx(((est[:400] < cut) & child).sum() / 300, abs=1e-4)
+    with pytest.raises(ValueError):
+        choose_child_cutoff(est[:300], frame.iloc[:300])  # children only: nothing to balance

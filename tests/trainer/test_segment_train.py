@@ -128,3 +128,42 @@ def test_encoder_init_from_bundle_copies_weights(run: dict) -> None:
     other = create_model("text_unet_tiny", encoder="resnet34")
     with pytest.raises(TrainingConfigError, match="--backbone resnet18"):
         _init_encoder(other, str(run["tmp"] / "encoder"))
+
+
+def _tiny_args(run: dict, name: str, *extra: str) -> list[str]:
+    return [
+        "segment", "--data-root", str(run["data_dir"]), "--runs-dir", str(run["tmp"] / "runs"), "--name", name,
+        "--arch", "text_unet_tiny", "--max-images-per-source", "4", "--max-epochs", "1", "--batch-size", "8",
+        "--num-workers", "0", "--bootstrap", "20", "--progress", "none", "--accelerator", "cpu", "--cache", "memory",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_init_from_a_segmenter_bundle_finishes_at_another_size(run: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    """--init BUNDLE: a second stage starts every weight from the first stage's segmenter (at 80 px
+    where the first ran at 64), says so in its provenance, and refuses a bundle of another build."""
+    from cxr_viewer.core.models import create_model
+    from cxr_viewer.core.models.bundle import load_bundle
+    from trainer.cli import main
+    from trainer.tasks.segment import _init_segmenter
+
+    first = load_bundle(run["bundle"])
+    assert main(_tiny_args(run, "stage2", "--backbone", "resnet18", "--image-size", "80", "--init", str(run["bundle"]))) == 0
+    manifest = json.loads((run["tmp"] / "runs" / "stage2" / "bundle" / "manifest.json").read_text())
+    assert manifest["preprocessing"]["size"] == [80, 80]
+    assert manifest["architecture"] == json.loads((run["bundle"] / "manifest.json").read_text())["architecture"]
+    assert manifest["provenance"]["init"] == f"text_segmentation bundle {first.name} {first.manifest.version} ({first.sha256[:12]})"
+    # every weight, the text projection and the decoder too, comes from the bundle
+    fresh = create_model("text_unet_tiny", **first.manifest.architecture["kwargs"])
+    _init_segmenter(fresh, str(run["bundle"]), "text_unet_tiny", first.manifest.architecture["kwargs"], first.manifest.text_encoder)
+    for key, value in first.model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value)
+    # another backbone (or architecture) than the bundle's is refused before any training
+    capsys.readouterr()
+    assert main(_tiny_args(run, "wrong", "--backbone", "resnet34", "--image-size", "64", "--init", str(run["bundle"]))) == 1
+    assert "pass the matching --arch/--backbone/--fusion" in capsys.readouterr().err
+    assert not (run["tmp"] / "runs" / "wrong" / "bundle").exists()
+    with pytest.raises(TrainingConfigError, match="matching --arch"):
+        _init_segmenter(fresh, str(run["bundle"]), "text_unet", first.manifest.architecture["kwargs"], None)
+    with pytest.raises(TrainingConfigError, match="needs a text_segmentation bundle"):  # an encoder is no segmenter
+        _init_segmenter(fresh, str(run["tmp"] / "encoder"), "text_unet_tiny", first.manifest.architecture["kwargs"], None)

@@ -228,6 +228,10 @@ def badge_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> list[st
                 f"{budget.get('split')} split only (normal films: "
                 + ", ".join(f"{g} {n}" for g, n in (budget.get("normal_films") or {}).items()) + ")."
             )
+            if budget.get("rule"):
+                q = f"q{budget.get('confidence'):g}"
+                held = "; ".join(f"{g} {v.get('rate')} (bound {v.get(q)})" for g, v in (budget.get("validation") or {}).items())
+                out.append(f"Margin for small validation sets: {budget['rule']}. Validation badges per normal film: {held}.")
         if b:
             out += ["", "| | value (95% CI) | films or findings |", "|---|---|---|"]
             for g, r in b.get("badges_per_normal_film", {}).items():
@@ -237,8 +241,15 @@ def badge_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> list[st
     age = m.get("age_head")
     if age:
         out += ["", "### Age head (held-out test split, 95% CIs)", "",
-                "A linear read of the pooled features; the viewer uses it when a film's header records no age.", "",
-                "| | value (95% CI) | films |", "|---|---|---|"]  # fmt: skip
+                "A linear read of the pooled features; the viewer uses it when a film's header records no age."]
+        head = (manifest.get("population") or {}).get("age_head") or {}
+        how = head.get("chosen_on") or {}
+        if head.get("child_below") is not None:
+            out.append(f"A film it estimates under {_fmt(head['child_below'], 2)} years counts as a child's"
+                       + (f": chosen on the {how.get('split')} split to {how.get('rule')} ({how.get('children')} children, "
+                          f"{how.get('adults')} adults; balanced accuracy {_fmt(how.get('balanced_accuracy'))}, "
+                          f"{_fmt(how.get('balanced_accuracy_at_11.5'))} at 11.5 years)." if how.get("split") else "."))  # fmt: skip
+        out += ["", "| | value (95% CI) | films |", "|---|---|---|"]
         for k, r in age.items():
             if isinstance(r, Mapping):
                 out.append(f"| {k.replace('_', ' ')} | {_value_ci(r, 2)} | {r.get('n_images')} |")
