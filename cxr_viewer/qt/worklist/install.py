@@ -14,6 +14,7 @@ from cxr_viewer.qt.worklist.panel import WorklistPanel
 
 if TYPE_CHECKING:
     from cxr_viewer.core.analysis import ModelService
+    from cxr_viewer.qt.actions import ActionRegistry
     from cxr_viewer.core.workspace import Workspace
     from cxr_viewer.qt.main_window import MainWindow
 
@@ -31,9 +32,12 @@ class _CloseWatcher(QObject):
         return False
 
 
-def install_worklist(window: "MainWindow", *, models: "ModelService | None" = None,
+def install_worklist(window: "MainWindow", *, actions: "ActionRegistry", models: "ModelService | None" = None,
                      workspace: "Workspace | None" = None) -> WorklistPanel:
     """Add the worklist dock, its shortcuts and menu entries to ``window``; returns the panel.
+
+    ``actions``: the window's registry; the panel and its dock become its parts ``"worklist"`` and
+    ``"worklist_dock"``, which the reading tools and the site calibration find there.
 
     ``models``: the process's one model service; the worklist scores on its engine and queue, and its
     result store becomes the service's cache (opening a listed study shows the stored result).
@@ -56,9 +60,9 @@ def install_worklist(window: "MainWindow", *, models: "ModelService | None" = No
     # view columns at 1400x900. Hidden until a folder is analysed or it is asked for (View > Panels, Ctrl+Shift+K).
     window.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.BottomDockWidgetArea)
     window.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
-    dock = window.add_panel(panel, "Worklist", Qt.DockWidgetArea.BottomDockWidgetArea)
+    # hidden until asked for; a saved layout that showed it brings it back
+    dock = window.add_panel(panel, "Worklist", Qt.DockWidgetArea.BottomDockWidgetArea, hidden=True)
     dock.toggleViewAction().setShortcut("Ctrl+Shift+K")
-    dock.hide()  # a saved layout that showed it brings it back
 
     def bring_forward() -> None:
         if dock.isHidden():
@@ -68,7 +72,7 @@ def install_worklist(window: "MainWindow", *, models: "ModelService | None" = No
 
     panel.shown_requested.connect(bring_forward)
     panel.labelled.connect(lambda text: window.statusBar().showMessage(text, 6000))
-    a = window._act
+    a = actions.add
     a("worklist_next", "&Next Study in Worklist", panel.next_study, "Ctrl+PgDown", tip="Open the next study in the list order")
     a("worklist_previous", "&Previous Study in Worklist", panel.previous_study, "Ctrl+PgUp",
       tip="Open the previous study in the list order")
@@ -79,13 +83,13 @@ def install_worklist(window: "MainWindow", *, models: "ModelService | None" = No
     for (_key, value, word), n in zip(LABEL_KEYS, (1, 2, 3)):
         a(f"worklist_label_{word}", f"Label Finding {word.capitalize()}", lambda _=False, v=value: panel.label_selected(v),
           f"Alt+{n}", tip=f"Label the chosen finding {word} on the selected worklist study ({n} in the worklist)")
-    menu = window.menuBar().addMenu("&Worklist")
+    menu = actions.add_menu("worklist", window.menuBar().addMenu("&Worklist"))
     for key in ("worklist_open", "worklist_next", "worklist_previous", "worklist_mark_read", None,
                 "worklist_label_positive", "worklist_label_negative", "worklist_label_unsure"):
         if key is None:
             menu.addSeparator()
             continue
-        menu.addAction(window.action_map[key])
+        menu.addAction(actions[key])
     menu.addSeparator()
     menu.addAction("&Query PACS…", panel.show_query)
     menu.addAction("DICOM &Network Settings…", panel.show_settings)
@@ -93,8 +97,8 @@ def install_worklist(window: "MainWindow", *, models: "ModelService | None" = No
     recv.setCheckable(True)
     recv.toggled.connect(panel.receive_box.setChecked)
     controller.receiving_changed.connect(recv.setChecked)
-    window.worklist_panel = panel
-    window.worklist_dock = dock
+    actions.add_part("worklist", panel)
+    actions.add_part("worklist_dock", dock)
     window.installEventFilter(_CloseWatcher(controller, window))
     if str(window.settings.value("pacs/receive", "false")).lower() == "true" and window.interactive:
         panel.receive_box.setChecked(True)
