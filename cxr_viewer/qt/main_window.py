@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PySide6.QtCore import QByteArray, QEventLoop, QSettings, QSize, Qt, QThread, Signal
 from PySide6.QtGui import QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
@@ -56,12 +56,6 @@ from cxr_viewer.qt.panels.report import ReportPanel
 from cxr_viewer.qt.study_browser import StudyBrowser, make_thumbnail, thumbnail_array
 from cxr_viewer.qt.tag_browser import TagBrowser, TagWindow
 from cxr_viewer.qt.workers import Task, TaskRunner
-
-if TYPE_CHECKING:
-    from cxr_viewer.qt.export_menu import ExportActions
-    from cxr_viewer.qt.reading import ReadingTools
-    from cxr_viewer.qt.site_wizard import SiteCalibrationHook
-    from cxr_viewer.qt.worklist import WorklistPanel
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +170,17 @@ class MainWindow(QMainWindow):
         """Whether the reader's saved dock layout was restored (else features lay their docks out)."""
         return self._state_restored
 
-    # the features' parts, as the composition root installed them (None when one is not)
+    # The features' parts as the composition root installed them (None when one is not), for scripts and
+    # tests; features themselves look each other up in the registry. Typed loosely: the window (below the
+    # features in qt's layers) imports none of them.
     @property
-    def export_actions(self) -> "ExportActions | None":
+    def export_actions(self) -> Any:
+        """The Export menu's :class:`~cxr_viewer.qt.export_menu.ExportActions`."""
         return self.action_map.part("export")
 
     @property
-    def worklist_panel(self) -> "WorklistPanel | None":
+    def worklist_panel(self) -> Any:
+        """The worklist dock's :class:`~cxr_viewer.qt.worklist.WorklistPanel`."""
         return self.action_map.part("worklist")
 
     @property
@@ -190,11 +188,13 @@ class MainWindow(QMainWindow):
         return self.action_map.part("worklist_dock")
 
     @property
-    def reading(self) -> "ReadingTools | None":
+    def reading(self) -> Any:
+        """The reading room's :class:`~cxr_viewer.qt.reading.ReadingTools` (its ``compare``: current | prior)."""
         return self.action_map.part("reading")
 
     @property
-    def site_calibration(self) -> "SiteCalibrationHook | None":
+    def site_calibration(self) -> Any:
+        """The :class:`~cxr_viewer.qt.site_wizard.SiteCalibrationHook` (wizard, active profile, drift banner)."""
         return self.action_map.part("site_calibration")
 
     # ------------------------------------------------------------------ construction
