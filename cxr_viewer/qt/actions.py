@@ -77,10 +77,7 @@ class ActionRegistry(Mapping[str, QAction]):
         return action
 
     def __getitem__(self, key: str) -> QAction:
-        try:
-            return self._actions[key]
-        except KeyError:
-            raise KeyError(f"no action named {key!r}; known: {', '.join(sorted(self._actions))}") from None
+        return _named(self._actions, key, "action")
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._actions)
@@ -96,10 +93,7 @@ class ActionRegistry(Mapping[str, QAction]):
         return menu
 
     def menu(self, key: str) -> QMenu:
-        try:
-            return self._menus[key]
-        except KeyError:
-            raise KeyError(f"no menu named {key!r}; known: {', '.join(sorted(self._menus))}") from None
+        return _named(self._menus, key, "menu")
 
     # ------------------------------------------------------------------ parts
     def add_part(self, key: str, part: Any) -> Any:
@@ -125,6 +119,13 @@ class ActionRegistry(Mapping[str, QAction]):
     def _free(names: Mapping[str, Any], key: str, kind: str) -> None:
         if key in names:
             raise DuplicateNameError(f"an {kind} named {key!r} is already registered; each {kind} needs its own name")
+
+
+def _named(names: Mapping[str, Any], key: str, kind: str) -> Any:
+    try:
+        return names[key]
+    except KeyError:
+        raise KeyError(f"no {kind} named {key!r}; known: {', '.join(sorted(names))}") from None
 
 
 class RecentFiles(QObject):

@@ -88,6 +88,11 @@ def user_message(exc: BaseException, path: Path | None = None) -> str:
     return f"Could not open {name} because of an unexpected error ({type(exc).__name__}). Details are in the log."
 
 
+def _part(key: str, doc: str) -> Any:
+    """A read-only window attribute for the feature part registered under ``key`` (None when not installed)."""
+    return property(lambda self: self.action_map.part(key), doc=doc)
+
+
 class MainWindow(QMainWindow):
     """The viewer window. ``interactive=False`` (screenshots, batch) never opens dialogs."""
 
@@ -173,29 +178,12 @@ class MainWindow(QMainWindow):
     # The features' parts as the composition root installed them (None when one is not), for scripts and
     # tests; features themselves look each other up in the registry. Typed loosely: the window (below the
     # features in qt's layers) imports none of them.
-    @property
-    def export_actions(self) -> Any:
-        """The Export menu's :class:`~cxr_viewer.qt.export_menu.ExportActions`."""
-        return self.action_map.part("export")
-
-    @property
-    def worklist_panel(self) -> Any:
-        """The worklist dock's :class:`~cxr_viewer.qt.worklist.WorklistPanel`."""
-        return self.action_map.part("worklist")
-
-    @property
-    def worklist_dock(self) -> QDockWidget | None:
-        return self.action_map.part("worklist_dock")
-
-    @property
-    def reading(self) -> Any:
-        """The reading room's :class:`~cxr_viewer.qt.reading.ReadingTools` (its ``compare``: current | prior)."""
-        return self.action_map.part("reading")
-
-    @property
-    def site_calibration(self) -> Any:
-        """The :class:`~cxr_viewer.qt.site_wizard.SiteCalibrationHook` (wizard, active profile, drift banner)."""
-        return self.action_map.part("site_calibration")
+    export_actions = _part("export", "The Export menu's :class:`~cxr_viewer.qt.export_menu.ExportActions`.")
+    worklist_panel = _part("worklist", "The worklist dock's :class:`~cxr_viewer.qt.worklist.WorklistPanel`.")
+    worklist_dock = _part("worklist_dock", "The worklist's dock.")
+    reading = _part("reading", "The :class:`~cxr_viewer.qt.reading.ReadingTools` (``compare``: current | prior).")
+    site_calibration = _part("site_calibration", "The :class:`~cxr_viewer.qt.site_wizard.SiteCalibrationHook` "
+                             "(wizard, active profile, drift banner).")
 
     # ------------------------------------------------------------------ construction
     def _build_docks(self) -> None:
