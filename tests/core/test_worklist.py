@@ -286,13 +286,17 @@ def test_the_store_keeps_each_findings_population_verdict(tmp_path: Path) -> Non
     assert back["Nodule"].outside == "" and back["Nodule"].state is FindingState.POSITIVE
 
 
-def test_intake_lists_a_folder_entry_by_entry_and_stops_when_cancelled(folder: Path, models: Path, tmp_path: Path) -> None:
-    """The worklist dock's work without Qt: what it yields, in order; an unreadable file is an entry; Cancel stops it."""
+def test_intake_lists_a_folder_entry_by_entry_and_stops_when_cancelled(folder: Path, tmp_path: Path) -> None:
+    """The worklist dock's work without Qt: what it yields, in order; an unreadable file is an entry; Cancel stops it.
+
+    No models: the order of what is yielded, not the scores, is what the dock relies on here.
+    """
     from cxr_viewer.core.errors import AnalysisCancelledError
     from cxr_viewer.core.inference.results import CancelToken
     from cxr_viewer.core.worklist.intake import intake
 
-    wl = Worklist(ResultStore(tmp_path / "wl.sqlite"), model_dirs=[models], device="cpu", backend="torch")
+    (tmp_path / "no_models").mkdir()
+    wl = Worklist(ResultStore(tmp_path / "wl.sqlite"), model_dirs=[tmp_path / "no_models"], device="cpu", backend="torch")
     asked: list[str] = []
     events = list(intake(wl, folder, [], CancelToken(), reconfigure=lambda w: asked.append(w.basis)))
     assert asked == [wl.basis]  # reconfigured first, on the caller's thread
@@ -301,7 +305,8 @@ def test_intake_lists_a_folder_entry_by_entry_and_stops_when_cancelled(folder: P
     entries = [v for k, v in events if k == "entry"]
     assert len(entries) == 6 and kinds[3:] == ["entry", "progress"] * 6  # each entry followed by its progress
     assert [v for k, v in events if k == "progress"][-1] == (6, 6)
-    assert [e.path.name for e in entries if not e.ok] == ["broken.png"] and entries[-1].error
+    broken = [e for e in entries if not e.ok]
+    assert [e.path.name for e in broken] == ["broken.png"] and broken[0].error  # listed with its reason
 
     token = CancelToken()
     run = intake(wl, folder, [], token)
