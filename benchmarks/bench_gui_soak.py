@@ -73,10 +73,10 @@ def child(args: argparse.Namespace) -> int:
     os.environ["CXR_VIEWER_MODELS"] = str(tmp / "user_models")
     os.environ["CXR_VIEWER_WORKLIST_DB"] = str(tmp / "worklist.sqlite")
     folder = film_folder(args, tmp)
-    from cxr_viewer.qt.main_window import MainWindow
+    from cxr_viewer.qt.app import compose
 
-    win = MainWindow(settings=QSettings(str(tmp / "soak.ini"), QSettings.Format.IniFormat), interactive=False,
-                     persist=False, models_dir=args.models or REPO / "resources" / "models")
+    win = compose(settings=QSettings(str(tmp / "soak.ini"), QSettings.Format.IniFormat), interactive=False,
+                  persist=False, models_dir=args.models or REPO / "resources" / "models")
     win.analysis.faithfulness = False
     win.resize(1400, 900)
     win.show()

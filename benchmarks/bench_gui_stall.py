@@ -130,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             label = "  [random weights: timing only]"
             print(f"  built in {time.perf_counter() - t0:.1f} s")
 
-    from cxr_viewer.qt.main_window import MainWindow
+    from cxr_viewer.qt.app import compose
 
     settings = QSettings(str(tmp / "bench.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(settings=settings, interactive=False, persist=False, models_dir=models)
+    win = compose(settings=settings, interactive=False, persist=False, models_dir=models)
     win.analysis.backend = args.backend
     win.analysis.faithfulness = not args.no_faithfulness
     win.analysis.progress.connect(lambda text: STAGE.append(text or "(between requests)"))

@@ -65,11 +65,11 @@ InferenceEngine.__init__ = spy
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication
 
-from cxr_viewer.qt.main_window import MainWindow
+from cxr_viewer.qt.app import compose
 
 app = QApplication.instance() or QApplication([])
-win = MainWindow(settings=QSettings(ini, QSettings.Format.IniFormat), interactive=False, persist=False,
-                 models_dir=models)
+win = compose(settings=QSettings(ini, QSettings.Format.IniFormat), interactive=False, persist=False,
+             models_dir=models)
 win.show()
 
 

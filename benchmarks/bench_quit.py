@@ -26,8 +26,8 @@ import sys, time
 from PySide6.QtCore import QTimer
 from cxr_viewer.qt.app import _application, exit_now
 app = _application()
-from cxr_viewer.qt.main_window import MainWindow
-w = MainWindow(persist=False)
+from cxr_viewer.qt.app import compose
+w = compose(persist=False)
 w.resize(1400, 900); w.show(); w.open_paths([sys.argv[1]])
 def quit_now():
     print(f"QUIT {time.time():.4f}", flush=True)

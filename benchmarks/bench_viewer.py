@@ -33,8 +33,8 @@ t0 = float(sys.argv[2])
 from PySide6.QtCore import QSettings, QTimer
 from cxr_viewer.qt.app import _application
 app = _application()
-from cxr_viewer.qt.main_window import MainWindow
-w = MainWindow(settings=QSettings(sys.argv[3], QSettings.Format.IniFormat), persist=False)
+from cxr_viewer.qt.app import compose
+w = compose(settings=QSettings(sys.argv[3], QSettings.Format.IniFormat), persist=False)
 w.resize(1400, 900); w.show(); w.open_paths([sys.argv[1]])
 def poll():
     if w.analysis.state.status == "done" and w.session.findings:
@@ -90,12 +90,12 @@ def main() -> None:
 
     from cxr_viewer.core.imaging.windowing import quantize, window_to_uint8
     from cxr_viewer.qt.app import _application
-    from cxr_viewer.qt.main_window import MainWindow
+    from cxr_viewer.qt.app import compose
     from cxr_viewer.qt.overlays import gray_to_qimage
 
     app = _application()
     with tempfile.TemporaryDirectory() as tmp:
-        win = MainWindow(settings=QSettings(str(Path(tmp) / "b.ini"), QSettings.Format.IniFormat), persist=False)
+        win = compose(settings=QSettings(str(Path(tmp) / "b.ini"), QSettings.Format.IniFormat), persist=False)
         win.resize(1440, 900)
         win.show()
         app.processEvents()

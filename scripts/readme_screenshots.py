@@ -54,10 +54,10 @@ def settle(app, seconds: float = 0.5) -> None:
 def make_window(app, tmp: Path, name: str):
     from PySide6.QtCore import QSettings
 
-    from cxr_viewer.qt.main_window import MainWindow
+    from cxr_viewer.qt.app import compose
 
     settings = QSettings(str(tmp / f"{name}.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(settings=settings, interactive=False, persist=False)
+    win = compose(settings=settings, interactive=False, persist=False)
     win.session.set_preference("show_demographics", False)
     win.resize(*SIZE)
     win.show()

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,20 @@ def gui_main(argv: "list[str] | argparse.Namespace | None" = None) -> int:
     return rc  # pragma: no cover - exit_now does not return
 
 
-def compose(settings: Any = None, **kwargs: Any) -> Any:
-    """The composition root: the process's one model service and the reader's workspace, built once and
-    handed to the window, which hands them to every feature (viewer, worklist, current | prior, site wizard)."""
+#: The features installed on the window, in their default order (any order works: they find each other's
+#: parts through the window's action registry, whenever those are installed).
+FEATURES = ("export", "worklist", "reading", "site_calibration")
+
+
+def compose(settings: Any = None, *, models: Any = None, workspace: Any = None,
+            features: Sequence[str] = FEATURES, **kwargs: Any) -> Any:
+    """The composition root: the process's one model service and the reader's workspace, built once; the
+    window (the frame); then each feature, built with the services it needs (the window's action registry,
+    the recent files, the model service, the workspace); then the reader's saved layout.
+
+    ``models`` / ``workspace``: given ones are used instead (tests, benchmarks); ``features``: which to
+    install and in what order; ``kwargs`` go to :class:`~cxr_viewer.qt.main_window.MainWindow`.
+    """
     from PySide6.QtCore import QSettings
 
     from cxr_viewer.core.analysis import ModelService
@@ -130,8 +142,39 @@ def compose(settings: Any = None, **kwargs: Any) -> Any:
     from cxr_viewer.qt.analysis import QtSettings
     from cxr_viewer.qt.main_window import APPLICATION, ORGANIZATION, MainWindow
 
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown feature(s) {', '.join(unknown)}; known: {', '.join(FEATURES)}")
     settings = settings if settings is not None else QSettings(ORGANIZATION, APPLICATION)
-    return MainWindow(settings=settings, models=ModelService(), workspace=Workspace(QtSettings(settings)), **kwargs)
+    owns_models = models is None  # a service built here ends with the window; a given one with its giver
+    models = models if models is not None else ModelService()
+    workspace = workspace if workspace is not None else Workspace(QtSettings(settings))
+    window = MainWindow(settings=settings, models=models, workspace=workspace, owns_models=owns_models, **kwargs)
+    for name in features:
+        _install(name, window, models=models, workspace=workspace)
+    window.restore_layout()
+    return window
+
+
+def _install(name: str, window: Any, *, models: Any, workspace: Any) -> None:
+    """One feature on ``window``; each registers its actions, menus and parts in ``window.action_map``."""
+    actions = window.action_map
+    if name == "export":  # Export menu: reports, DICOM results, anonymised study
+        from cxr_viewer.qt.export_menu import install_export_menu
+
+        install_export_menu(window, actions=actions, recent=window.recent)
+    elif name == "worklist":  # the triage worklist dock: the one model service, its result store as the cache
+        from cxr_viewer.qt.worklist import install_worklist
+
+        install_worklist(window, actions=actions, models=models, workspace=workspace)
+    elif name == "reading":  # measurement tools, overlays, navigation, annotations, current | prior
+        from cxr_viewer.qt.reading import ReadingTools
+
+        ReadingTools(window, actions=actions, models=models)
+    elif name == "site_calibration":  # site profile: wizard, Tools entries, drift banner
+        from cxr_viewer.qt.site_wizard import SiteCalibrationHook
+
+        SiteCalibrationHook(window, actions=actions, models=models, workspace=workspace)
 
 
 def exit_now(rc: int) -> None:

@@ -114,7 +114,7 @@ class CompareController:
         if chosen is not None:
             match = PriorMatch(Path(chosen), "", pid)
         else:
-            match = find_prior(w.session.studies, pid, date, w._current_path)
+            match = find_prior(w.session.studies, pid, date, w.current_path)
         if match is None:
             if not pid or not date:
                 missing = " or ".join(x for x, v in (("patient ID", pid), ("study date", date)) if not v)

@@ -24,6 +24,7 @@ from cxr_viewer.core.errors import CXRError
 
 if TYPE_CHECKING:
     from cxr_viewer.core.export.record import ClinicalRecord
+    from cxr_viewer.qt.actions import ActionRegistry, RecentFiles
     from cxr_viewer.core.judging import JudgedResult
     from cxr_viewer.core.io.record import ImageRecord
     from cxr_viewer.qt.main_window import MainWindow
@@ -32,10 +33,16 @@ log = logging.getLogger(__name__)
 
 
 class ExportActions:
-    """The Export menu of one main window; the ``export_*`` methods take paths so tests skip the dialogs."""
+    """The Export menu of one main window; the ``export_*`` methods take paths so tests skip the dialogs.
 
-    def __init__(self, window: "MainWindow") -> None:
+    ``actions``: the window's registry (the menu's actions go there; current | prior is found there when
+    it is installed); ``recent``: the reader's recent files, where the file dialogs start.
+    """
+
+    def __init__(self, window: "MainWindow", *, actions: "ActionRegistry", recent: "RecentFiles") -> None:
         self.window = window
+        self.actions = actions
+        self.recent = recent
         self.last_files: list[Path] = []
         self.last_warnings: list[str] = []
         self.warning_dialog: QMessageBox | None = None
@@ -59,9 +66,9 @@ class ExportActions:
             if shortcut:
                 act.setShortcut(shortcut)
             act.triggered.connect(slot)
-            win.addAction(act)
-            win.action_map[key] = act
+            self.actions.register(key, act)
             menu.addAction(act)
+        self.actions.add_menu("export", menu)
         bar = win.menuBar()
         menus = [a for a in bar.actions() if a.menu() is not None]
         before = menus[1] if len(menus) > 1 else None  # right after File
@@ -101,30 +108,29 @@ class ExportActions:
             return None
         record, judged = current
         win, s = self.window, self.window.session
-        compare = getattr(getattr(win, "reading", None), "compare", None)
+        compare = self.actions.part("compare")
         prior = None
         if compare is not None and compare.is_open and compare.prior_date:
             prior = PriorComparison(compare.prior_date, dict(compare.deltas))
-        panel = getattr(win, "report_panel", None)
-        report = panel.editor.toPlainText() if panel is not None else ""
+        report = win.report_panel.editor.toPlainText()
         return ClinicalRecord(
             record, judged, Identification.from_record(record) if identified else None, tuple(s.measurements),
             tuple(m for m in s.masks if m.visible), s.heatmap, s.display.window, report, prior,
         )
 
     def _stem(self) -> str:
-        path = getattr(self.window, "_current_path", None)
+        path = self.window.current_path
         return Path(path).stem if path else "study"
 
     def _folder(self, title: str) -> str:
-        return QFileDialog.getExistingDirectory(self.window, title, self.window._last_dir())
+        return QFileDialog.getExistingDirectory(self.window, title, self.recent.last_dir())
 
     # ------------------------------------------------------------------ dialogs
     def report_dialog(self) -> None:
         if self._current() is None:
             return
         path, _ = QFileDialog.getSaveFileName(self.window, "Export report",
-                                              str(Path(self.window._last_dir()) / f"{self._stem()}_report.pdf"),
+                                              str(Path(self.recent.last_dir()) / f"{self._stem()}_report.pdf"),
                                               "PDF document (*.pdf);;PNG image (*.png)")
         if path:
             self.export_report(path)
@@ -211,6 +217,6 @@ class ExportActions:
         win.submit(job, on_result=done, on_error=failed)
 
 
-def install_export_menu(window: "MainWindow") -> ExportActions:
-    """Add the Export menu to ``window`` (called once from its constructor)."""
-    return ExportActions(window)
+def install_export_menu(window: "MainWindow", *, actions: "ActionRegistry", recent: "RecentFiles") -> ExportActions:
+    """Add the Export menu to ``window`` (called once by the composition root); its part is ``"export"``."""
+    return actions.add_part("export", ExportActions(window, actions=actions, recent=recent))

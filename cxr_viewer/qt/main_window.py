@@ -2,21 +2,25 @@
 
 All state lives in the :class:`Session`; this window wires widgets to it, sends
 slow work (reading, scanning, thumbnails) to a :class:`TaskRunner`, and turns
-errors into non-blocking messages. Other panels (findings, heatmap controls,
-report) attach with :meth:`MainWindow.add_panel` and may queue their own work
-with :meth:`MainWindow.submit`; :meth:`wait_idle` then waits for it as well.
+errors into non-blocking messages. The window is the frame: the features (Export
+menu, worklist, reading tools, site calibration) are installed on it by the
+composition root (:func:`cxr_viewer.qt.app.compose`), which hands each the services
+it needs. They dock panels with :meth:`MainWindow.add_panel`, add actions and menus
+to :attr:`MainWindow.action_map` (an :class:`~cxr_viewer.qt.actions.ActionRegistry`)
+and may queue their own work with :meth:`MainWindow.submit`; :meth:`wait_idle` then
+waits for it as well.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QByteArray, QEventLoop, QSettings, QSize, Qt, QThread, Signal
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDialog,
@@ -42,14 +46,13 @@ from cxr_viewer.core.errors import CXRError
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import DEFAULT_PREFERENCES, DisplayState, Session
 from cxr_viewer.core.workspace import Workspace
+from cxr_viewer.qt.actions import ActionRegistry, RecentFiles
 from cxr_viewer.qt.analysis import DEVICES, AnalysisController, QtSettings
 from cxr_viewer.qt.canvas import ImageCanvas, PixelInfo, dropped_paths
-from cxr_viewer.qt.export_menu import install_export_menu
 from cxr_viewer.qt.icons import icon
 from cxr_viewer.qt.panels.findings import FindingsPanel
 from cxr_viewer.qt.panels.heatmap import HeatmapPanel
 from cxr_viewer.qt.panels.report import ReportPanel
-from cxr_viewer.qt.reading import MOUSE_AND_HELD_KEYS, ReadingTools
 from cxr_viewer.qt.study_browser import StudyBrowser, make_thumbnail, thumbnail_array
 from cxr_viewer.qt.tag_browser import TagBrowser, TagWindow
 from cxr_viewer.qt.workers import Task, TaskRunner
@@ -58,21 +61,20 @@ log = logging.getLogger(__name__)
 
 ORGANIZATION = "cxr-viewer"
 APPLICATION = "cxr-viewer"
-MAX_RECENT = 10
 IMAGE_FILTER = "Chest X-rays (*.dcm *.dicom *.dic *.png *.jpg *.jpeg *.tif *.tiff);;All files (*)"
 PRESET_KEYS = ("1", "2", "3", "4", "5", "6")
 QUIT_WAIT_MS = 300  # how long closing waits for background work before leaving it behind
 #: Studies / worklist dock width at the default layout (thumbnail captions wrap; the findings get the rest they need).
 LEFT_DOCK_PX = 200
 
-#: Mouse gestures listed in the shortcuts dialog next to the keyboard actions.
+#: Mouse gestures listed in the shortcuts dialog next to the keyboard actions (features add theirs to
+#: :attr:`MainWindow.mouse_help`).
 MOUSE_HELP = (
     ("Window / level", "Right-drag (left/right: width, up/down: level)"),
     ("Zoom around the cursor", "Mouse wheel"),
     ("Pan", "Middle-drag, or left-drag with the Pan tool"),
     ("Measure a distance", "Measure tool: drag, or click start and end"),
     ("Fit to window", "Double-click"),
-    *MOUSE_AND_HELD_KEYS,
 )
 
 
@@ -86,10 +88,16 @@ def user_message(exc: BaseException, path: Path | None = None) -> str:
     return f"Could not open {name} because of an unexpected error ({type(exc).__name__}). Details are in the log."
 
 
+def _part(key: str, doc: str) -> Any:
+    """A read-only window attribute for the feature part registered under ``key`` (None when not installed)."""
+    return property(lambda self: self.action_map.part(key), doc=doc)
+
+
 class MainWindow(QMainWindow):
     """The viewer window. ``interactive=False`` (screenshots, batch) never opens dialogs."""
 
     idle = Signal()  # all background work has finished
+    closing = Signal()  # the window is closing (settings saved): features stop their work
     image_loaded = Signal(object)  # ImageRecord
     load_failed = Signal(str)  # the message shown to the user
 
@@ -103,6 +111,7 @@ class MainWindow(QMainWindow):
         models_dir: Path | None = None,
         models: ModelService | None = None,
         workspace: Workspace | None = None,
+        owns_models: bool | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -117,7 +126,10 @@ class MainWindow(QMainWindow):
         self._panels: list[QDockWidget] = []
         self._hidden_docks: list[QDockWidget] = []
         self._state_restored = False
-        self.action_map: dict[str, QAction] = {}  # every action by key; the shortcuts dialog lists them
+        # every action by key (the shortcuts dialog lists them), the menus, and the features' parts by name
+        self.action_map = ActionRegistry(self)
+        self.recent = RecentFiles(self.settings, persist=persist, parent=self)  # also where file dialogs start
+        self.mouse_help: list[tuple[str, str]] = list(MOUSE_HELP)  # (gesture, how) rows of the shortcuts dialog
 
         self.setWindowTitle("cxr-viewer")
         self.setAcceptDrops(True)
@@ -125,7 +137,7 @@ class MainWindow(QMainWindow):
         self.runner = TaskRunner(self.session, self)
         # THE model service of this process (one pool, one engine, one model queue): built by the composition
         # root (cxr_viewer.qt.app) and handed to every feature that scores a film; reading never waits for it.
-        self._owns_models = models is None
+        self._owns_models = models is None if owns_models is None else owns_models  # shut down on close
         self.models = models if models is not None else ModelService()
         # the reader's workspace (enabled models, site profile, thresholds, corrections): one, read by every feature
         self.workspace = workspace if workspace is not None else Workspace(QtSettings(self.settings))
@@ -141,23 +153,37 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._build_status_bar()
         self._build_analysis_panels()
-        self.export_actions = install_export_menu(self)  # Export menu: reports, DICOM results, anonymised
-        from cxr_viewer.qt.worklist import install_worklist  # the triage worklist dock, self-contained
-
-        install_worklist(self, models=self.models, workspace=self.workspace)
-        # measurement tools, overlays, navigation, annotations, compare
-        self.reading = ReadingTools(self, models=self.models)
         self._connect()
-        from cxr_viewer.qt.site_wizard import SiteCalibrationHook
+        # the features (Export menu, worklist, reading tools, site calibration) come from the composition root,
+        # which then calls restore_layout()
 
-        # site profile: wizard action + drift banner
-        self.site_calibration = SiteCalibrationHook(self, models=self.models, workspace=self.workspace)
-        # every dock is in place: the film in the middle, every finding row and its badge on the right
-        if getattr(self, "findings_dock", None) is not None:
-            self.resizeDocks([self.studies_dock, self.findings_dock], [LEFT_DOCK_PX, self.findings_panel.preferred_width()],
-                             Qt.Orientation.Horizontal)
+    def restore_layout(self) -> None:
+        """Every dock is in place: size them, then restore the reader's saved layout and preferences."""
+        # the film in the middle, every finding row and its badge on the right
+        self.resizeDocks([self.studies_dock, self.findings_dock], [LEFT_DOCK_PX, self.findings_panel.preferred_width()],
+                         Qt.Orientation.Horizontal)
         self._restore_settings()
         self.canvas.set_mode("pan")
+
+    @property
+    def current_path(self) -> Path | None:
+        """The file of the film on screen (None before the first one opens)."""
+        return self._current_path
+
+    @property
+    def layout_restored(self) -> bool:
+        """Whether the reader's saved dock layout was restored (else features lay their docks out)."""
+        return self._state_restored
+
+    # The features' parts as the composition root installed them (None when one is not), for scripts and
+    # tests; features themselves look each other up in the registry. Typed loosely: the window (below the
+    # features in qt's layers) imports none of them.
+    export_actions = _part("export", "The Export menu's :class:`~cxr_viewer.qt.export_menu.ExportActions`.")
+    worklist_panel = _part("worklist", "The worklist dock's :class:`~cxr_viewer.qt.worklist.WorklistPanel`.")
+    worklist_dock = _part("worklist_dock", "The worklist's dock.")
+    reading = _part("reading", "The :class:`~cxr_viewer.qt.reading.ReadingTools` (``compare``: current | prior).")
+    site_calibration = _part("site_calibration", "The :class:`~cxr_viewer.qt.site_wizard.SiteCalibrationHook` "
+                             "(wizard, active profile, drift banner).")
 
     # ------------------------------------------------------------------ construction
     def _build_docks(self) -> None:
@@ -186,54 +212,30 @@ class MainWindow(QMainWindow):
         self.session.apply_preset(name)
         self.statusBar().showMessage(f"Window preset: {name}", 3000)
 
-    def add_panel(self, widget: QWidget, title: str, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
-        """Dock a panel (findings, heatmap controls, report...) on the right; returns its dock."""
+    def add_panel(self, widget: QWidget, title: str, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea,
+                  *, hidden: bool = False) -> QDockWidget:
+        """Dock a panel (findings, heatmap controls, report...) on the right; returns its dock.
+
+        ``hidden``: not shown until asked for, unless the reader's saved layout shows it.
+        """
         slug = "".join(ch if ch.isalnum() else "_" for ch in title.lower())
         dock = self._dock(widget, title, f"panel_{slug}", area)
         self._panels.append(dock)
-        if not (self._state_restored and self.restoreDockWidget(dock)):
+        restored = self._state_restored and self.restoreDockWidget(dock)
+        if not restored:
             dock.show()  # a panel the saved layout does not know yet
         self._panels_menu.addAction(dock.toggleViewAction())
+        if hidden and not restored:
+            dock.hide()  # until its feature asks for it; a saved layout that showed it brings it back
         return dock
 
     @property
     def panels(self) -> list[QDockWidget]:
         return list(self._panels)
 
-    def _act(
-        self,
-        key: str,
-        text: str,
-        slot: Callable[..., Any] | None = None,
-        shortcut: str | QKeySequence.StandardKey | Sequence[str] | None = None,
-        icon_name: str | None = None,
-        tip: str | None = None,
-        checkable: bool = False,
-    ) -> QAction:
-        action = QAction(text, self)
-        if shortcut is not None:
-            if isinstance(shortcut, QKeySequence.StandardKey):
-                action.setShortcuts(shortcut)
-            elif isinstance(shortcut, str):
-                action.setShortcut(QKeySequence(shortcut))
-            else:
-                action.setShortcuts([QKeySequence(s) for s in shortcut])
-        if icon_name:
-            action.setIcon(icon(icon_name))
-        action.setCheckable(checkable)
-        keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in action.shortcuts())
-        action.setToolTip(f"{tip or text.replace('&', '')}" + (f"  ({keys})" if keys else ""))
-        action.setStatusTip(tip or text.replace("&", ""))
-        if slot is not None:
-            action.triggered.connect(slot)
-        action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
-        self.addAction(action)  # shortcuts work even with the menu bar hidden
-        self.action_map[key] = action
-        return action
-
     def _build_actions(self) -> None:
         s, c = self.session, self.canvas
-        a = self._act
+        a = self.action_map.add
         a("open_file", "&Open File…", self.open_file_dialog, QKeySequence.StandardKey.Open, "open", "Open a DICOM, PNG or JPEG file")
         a("open_folder", "Open &Folder…", self.open_folder_dialog, "Ctrl+Shift+O", "folder", "Scan a folder into the study browser")
         a("export_view", "&Export View as PNG…", self.export_view_dialog, "Ctrl+E", "export", "Save what the canvas shows as a PNG")
@@ -278,13 +280,11 @@ class MainWindow(QMainWindow):
         tags.setShortcut(QKeySequence("Ctrl+T"))
         tags.setIcon(icon("tags"))
         tags.setToolTip("DICOM tag browser  (Ctrl+T)")
-        self.addAction(tags)
-        self.action_map["tag_browser"] = tags
+        self.action_map.register("tag_browser", tags)
         studies = self.studies_dock.toggleViewAction()
         studies.setText("&Study Browser")
         studies.setShortcut(QKeySequence("Ctrl+Shift+B"))
-        self.addAction(studies)
-        self.action_map["study_browser"] = studies
+        self.action_map.register("study_browser", studies)
 
         a("models", "&Models…", self.show_models, "Ctrl+Shift+M", tip="Installed models: model cards, enable, add")
         a("reanalyze", "Analyse &Again", self.analysis.rerun, "Ctrl+R", tip="Run the models on this image again")
@@ -301,11 +301,11 @@ class MainWindow(QMainWindow):
         a("about", "&About cxr-viewer", self.show_about)
 
     def _build_menus(self) -> None:
-        bar = self.menuBar()
-        m = bar.addMenu("&File")
+        bar, menus = self.menuBar(), self.action_map
+        m = menus.add_menu("file", bar.addMenu("&File"))
         m.addAction(self.action_map["open_file"])
         m.addAction(self.action_map["open_folder"])
-        self.recent_menu = m.addMenu("Open &Recent")
+        self.recent_menu = menus.add_menu("recent", m.addMenu("Open &Recent"))
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         m.addSeparator()
         m.addAction(self.action_map["export_view"])
@@ -313,21 +313,21 @@ class MainWindow(QMainWindow):
         m.addAction(self.action_map["quit"])
         self.file_menu = m
 
-        m = bar.addMenu("&View")
+        m = menus.add_menu("view", bar.addMenu("&View"))
         for key in ("fit", "actual_size", "zoom_in", "zoom_out"):
             m.addAction(self.action_map[key])
         m.addSeparator()
         for key in ("rotate_cw", "rotate_ccw", "flip_h", "flip_v", "invert"):
             m.addAction(self.action_map[key])
         m.addSeparator()
-        presets = m.addMenu("Window &Presets")
+        presets = menus.add_menu("presets", m.addMenu("Window &Presets"))
         for act in self.preset_group.actions():
             presets.addAction(act)
         self.presets_menu = presets
         m.addAction(self.action_map["reset"])
         m.addSeparator()
         m.addAction(self.action_map["demographics"])
-        panels = m.addMenu("P&anels")
+        panels = menus.add_menu("panels", m.addMenu("P&anels"))
         panels.addAction(self.action_map["study_browser"])
         panels.addAction(self.action_map["tag_browser"])
         self._panels_menu = panels
@@ -335,7 +335,7 @@ class MainWindow(QMainWindow):
         m.addAction(self.action_map["fullscreen"])
         self.view_menu = m
 
-        m = bar.addMenu("&Tools")
+        m = menus.add_menu("tools", bar.addMenu("&Tools"))
         for act in self.mode_group.actions():
             m.addAction(act)
         m.addAction(self.action_map["clear_measurements"])
@@ -344,13 +344,13 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         m.addAction(self.action_map["models"])
         m.addAction(self.action_map["reanalyze"])
-        device = m.addMenu("Compute &Device")
+        device = menus.add_menu("device", m.addMenu("Compute &Device"))
         for act in self.device_group.actions():
             device.addAction(act)
         self.device_menu = device
         self.tools_menu = m
 
-        m = bar.addMenu("&Help")
+        m = menus.add_menu("help", bar.addMenu("&Help"))
         m.addAction(self.action_map["shortcuts"])
         m.addAction(self.action_map["about"])
 
@@ -563,12 +563,12 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ dialogs
     def open_file_dialog(self) -> None:
-        paths, _ = QFileDialog.getOpenFileNames(self, "Open chest X-ray", self._last_dir(), IMAGE_FILTER)
+        paths, _ = QFileDialog.getOpenFileNames(self, "Open chest X-ray", self.recent.last_dir(), IMAGE_FILTER)
         if paths:
             self.open_paths(paths)
 
     def open_folder_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open folder of studies", self._last_dir())
+        folder = QFileDialog.getExistingDirectory(self, "Open folder of studies", self.recent.last_dir())
         if folder:
             self.open_folder(folder)
 
@@ -577,7 +577,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Nothing to export: open an image first", 5000)
             return
         stem = self._current_path.stem if self._current_path else "view"
-        path, _ = QFileDialog.getSaveFileName(self, "Export view as PNG", str(Path(self._last_dir()) / f"{stem}_view.png"), "PNG image (*.png)")
+        path, _ = QFileDialog.getSaveFileName(self, "Export view as PNG", str(Path(self.recent.last_dir()) / f"{stem}_view.png"), "PNG image (*.png)")
         if path:
             self.export_view(path)
 
@@ -613,7 +613,7 @@ class MainWindow(QMainWindow):
             keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in act.shortcuts())
             if keys:
                 rows.append((act.text().replace("&", ""), keys))
-        return rows + list(MOUSE_HELP)
+        return rows + list(self.mouse_help)
 
     def show_shortcuts(self) -> QDialog:
         dlg = QDialog(self)
@@ -754,14 +754,10 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ recent files and settings
     def recent_files(self) -> list[Path]:
-        value = self.settings.value("recent_files", [], type=list) or []
-        return [Path(v) for v in value if v]
+        return self.recent.files()
 
     def add_recent(self, path: Path) -> None:
-        if not self.persist:
-            return
-        items = [str(path.resolve())] + [str(p) for p in self.recent_files() if str(p) != str(path.resolve())]
-        self.settings.setValue("recent_files", items[:MAX_RECENT])
+        self.recent.add(path)
 
     def _fill_recent_menu(self) -> None:
         menu: QMenu = self.recent_menu
@@ -776,11 +772,7 @@ class MainWindow(QMainWindow):
             menu.addAction("(none)").setEnabled(False)
         else:
             menu.addSeparator()
-            menu.addAction("Clear list", lambda: self.settings.remove("recent_files"))
-
-    def _last_dir(self) -> str:
-        recent = self.recent_files()
-        return str(recent[0].parent) if recent else str(Path.home())
+            menu.addAction("Clear list", self.recent.clear)
 
     def _restore_settings(self) -> None:
         st = self.settings
@@ -825,7 +817,7 @@ class MainWindow(QMainWindow):
         self.save_settings()  # first: nothing below may lose the user's layout
         self.hide()  # the window goes at once; the work it leaves is cancelled, not awaited
         self.tags_window.hide()
-        self.reading.shutdown()
+        self.closing.emit()  # the features stop their work (current | prior, annotations...)
         # A model call in flight cannot be interrupted; wait briefly, then leave it to the process exit
         # (cxr_viewer.qt.app.gui_main ends the process without joining such threads).
         self.analysis.shutdown(QUIT_WAIT_MS)

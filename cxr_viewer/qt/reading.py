@@ -21,6 +21,7 @@ from PySide6.QtWidgets import QMenu, QToolButton
 from cxr_viewer.core.imaging import measurements as marks
 
 if TYPE_CHECKING:
+    from cxr_viewer.qt.actions import ActionRegistry
     from cxr_viewer.qt.main_window import MainWindow
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,15 @@ MOUSE_AND_HELD_KEYS = (
 
 
 class ReadingTools:
-    """Installs the reading-room actions on a :class:`MainWindow` and handles them."""
+    """Installs the reading-room actions on a :class:`MainWindow` and handles them.
 
-    def __init__(self, window: MainWindow, *, models: Any = None) -> None:
+    ``actions``: the window's registry; the tools add their actions and menus there and find the
+    worklist there (PgUp/PgDn follow its order when it is the list shown), whenever it is installed.
+    """
+
+    def __init__(self, window: MainWindow, *, actions: "ActionRegistry", models: Any = None) -> None:
         self.w = window
+        self.actions = actions
         self._loaded_from: Path | None = None
         self._last_list = "studies"  # the list the current film was opened from (PgUp/PgDn when both show)
         self._build_actions()
@@ -63,20 +69,23 @@ class ReadingTools:
         self.compare = CompareController(window, models=models)
         window.canvas.navigate.connect(self.step_image)
         window.study_browser.open_requested.connect(lambda _p: self._opened_from("studies"))
-        if getattr(window, "worklist_panel", None) is not None:
-            window.worklist_panel.open_requested.connect(lambda _p: self._opened_from("worklist"))
+        actions.when_part("worklist", lambda panel: panel.open_requested.connect(lambda _p: self._opened_from("worklist")))
         window.image_loaded.connect(self._on_image_loaded)
+        window.closing.connect(self.shutdown)
+        window.mouse_help.extend(MOUSE_AND_HELD_KEYS)
         window.findings_panel.prior_column_toggled.connect(self._on_prior_column)
         self._shown_once = False
         self._auto_tabs_height: int | None = None
         self._auto_width: int | None = None
         self._filter = _ShowFilter(self._on_first_show, self._on_resize)
         window.installEventFilter(self._filter)
+        actions.add_part("reading", self)
+        actions.add_part("compare", self.compare)  # the Export menu reads the prior's date and changes from it
 
     # ------------------------------------------------------------------ construction
     def _build_actions(self) -> None:
         w, s, c = self.w, self.w.session, self.w.canvas
-        a = w._act
+        a = self.actions.add
         for mode, text, key in DRAWING_TOOLS:
             act = a(f"mode_{mode}", text, lambda _=False, m=mode: c.set_mode(m), key, checkable=True)
             w.mode_group.addAction(act)
@@ -108,15 +117,14 @@ class ReadingTools:
             act = dock.toggleViewAction()
             act.setText(text)
             act.setShortcut(keys)
-            w.addAction(act)
-            w.action_map[key] = act
+            self.actions.register(key, act)
         style = str(s.preference("heatmap_style") or "fill")
         w.action_map["heatmap_style"].setChecked(style == "contour")
         s.events.heatmap_changed.connect(self._on_heatmap)
 
     def _build_menus(self) -> None:
-        w = self.w
-        m: QMenu = w.tools_menu
+        w, menus = self.w, self.actions
+        m: QMenu = menus.menu("tools")
         first = m.actions()[3] if len(m.actions()) > 3 else None  # after pan / measure / window
         annotate = QMenu("&Measure and Annotate", m)
         for mode, _, _ in DRAWING_TOOLS:
@@ -126,14 +134,14 @@ class ReadingTools:
         annotate.addAction(w.action_map["save_annotations"])
         m.insertMenu(first, annotate) if first is not None else m.addMenu(annotate)
         self.annotate_menu = annotate
-        w.file_menu.insertAction(w.action_map["export_view"], w.action_map["save_annotations"])
-        v: QMenu = w.view_menu
+        menus.menu("file").insertAction(w.action_map["export_view"], w.action_map["save_annotations"])
+        v: QMenu = menus.menu("view")
         v.addSeparator()
         for key in ("compare", "compare_chosen", "link_views", "toggle_overlays", "heatmap_toggle", "heatmap_style", "next_finding", "prev_finding",
                     "next_image", "prev_image"):
             v.addAction(w.action_map[key])
         for key in ("panel_findings", "panel_heatmap", "panel_report"):
-            w._panels_menu.addAction(w.action_map[key])
+            menus.menu("panels").addAction(w.action_map[key])
         button = QToolButton(w.toolbar)
         button.setObjectName("annotateButton")
         button.setText("Annotate")
@@ -218,7 +226,7 @@ class ReadingTools:
         if path is None or isinstance(path, bool):
             from PySide6.QtWidgets import QFileDialog
 
-            start = str(self.w._current_path.parent) if self.w._current_path is not None else ""
+            start = str(self.w.current_path.parent) if self.w.current_path is not None else ""
             path, _ = QFileDialog.getOpenFileName(self.w, "Choose the prior film", start,
                                                   "Images (*.dcm *.png *.jpg *.jpeg *.tif *.tiff);;All files (*)")
             if not path:
@@ -255,7 +263,7 @@ class ReadingTools:
         both docks are shown side by side, the list the current film was opened from.
         """
         w = self.w
-        panel, dock = getattr(w, "worklist_panel", None), getattr(w, "worklist_dock", None)
+        panel, dock = self.actions.part("worklist"), self.actions.part("worklist_dock")
         if panel is None or dock is None or not _shown(dock) or panel.model.rowCount() == 0:
             return "studies"
         if not _shown(w.studies_dock) or not self.image_list():
@@ -268,7 +276,7 @@ class ReadingTools:
     def step_image(self, delta: int) -> Path | None:
         """Open the previous (-1) or next (+1) image of the active list (study browser or worklist)."""
         if self.active_list() == "worklist":
-            entry = self.w.worklist_panel.step(delta, self.w._current_path)
+            entry = self.actions.part("worklist").step(delta, self.w.current_path)
             if entry is None:
                 self.w.statusBar().showMessage("First study of the worklist" if delta < 0 else
                                                "Last study of the worklist", 4000)
@@ -277,7 +285,7 @@ class ReadingTools:
         paths = self.image_list()
         if not paths:
             return None
-        current = self.w._current_path
+        current = self.w.current_path
         if current in paths:
             i = paths.index(current) + delta
             if not 0 <= i < len(paths):
@@ -290,7 +298,7 @@ class ReadingTools:
 
     # ------------------------------------------------------------------ annotations beside the study
     def _on_image_loaded(self, record: Any) -> None:
-        path = self.w._current_path
+        path = self.w.current_path
         self._loaded_from = None
         if path is None:
             return
@@ -310,14 +318,14 @@ class ReadingTools:
     def save_annotations(self) -> list[Path]:
         """Write the current image's annotations beside it: JSON always, a GSPS for DICOM images."""
         w = self.w
-        record, path = w.session.record, w._current_path
+        record, path = w.session.record, w.current_path
         if record is None or path is None:
             w.statusBar().showMessage("Nothing to save: open an image first", 5000)
             return []
         anns = w.session.measurements
         written: list[Path] = []
         try:
-            report = w.report_panel.editor.toPlainText() if getattr(w, "report_panel", None) is not None else None
+            report = w.report_panel.editor.toPlainText()
             written.append(marks.save_annotations(marks.sidecar_path(path), anns, record, report=report or None))
             if record.format == "dicom" and anns:
                 from cxr_viewer.core.export.gsps import gsps_path, write_gsps
@@ -342,7 +350,7 @@ class ReadingTools:
         if self._shown_once:
             return
         self._shown_once = True
-        if not self.w._state_restored:
+        if not self.w.layout_restored:
             self.fit_docks()
         # the DICOM tag window is never reopened by itself at start-up: it opens when asked for (Ctrl+T)
 

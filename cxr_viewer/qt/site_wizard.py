@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from cxr_viewer.core.analysis import ModelService
     from cxr_viewer.core.workspace import Workspace
     from cxr_viewer.core.site_profile import DriftResult, SiteProfile
+    from cxr_viewer.qt.actions import ActionRegistry
     from cxr_viewer.qt.workers import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -494,11 +495,12 @@ class SiteCalibrationHook:
 
     SETTING = "site/profile"
 
-    def __init__(self, window: Any, *, models: "ModelService | None" = None,
+    def __init__(self, window: Any, *, actions: "ActionRegistry", models: "ModelService | None" = None,
                  workspace: "Workspace | None" = None) -> None:
         from PySide6.QtGui import QAction
 
         self.window = window
+        self.actions = actions  # the window's registry: the Tools entries go there, the worklist is found there
         self.models = models if models is not None else window.analysis.models  # the one model service
         # the reader's workspace holds the active profile; every surface follows it from there
         self.workspace = workspace if workspace is not None else window.analysis.workspace
@@ -523,19 +525,17 @@ class SiteCalibrationHook:
         self.clear_action = QAction("Stop Using the Site Profile", window)
         self.clear_action.setToolTip("Show the model's own scores and thresholds again")
         self.clear_action.triggered.connect(lambda: self.set_profile(None))
-        window.action_map["site_calibration"] = self.action
-        window.action_map["site_profile_choose"] = self.choose_action
-        window.action_map["site_profile_clear"] = self.clear_action
-        for menu_action in window.menuBar().actions():
-            if menu_action.text().replace("&", "") == "Tools" and menu_action.menu() is not None:
-                menu_action.menu().addSeparator()
-                for a in (self.action, self.choose_action, self.clear_action):
-                    menu_action.menu().addAction(a)
+        tools = actions.menu("tools")
+        tools.addSeparator()
+        for key, a in (("site_calibration", self.action), ("site_profile_choose", self.choose_action),
+                       ("site_profile_clear", self.clear_action)):
+            actions.register(key, a)
+            tools.addAction(a)
         window.analysis.state_changed.connect(self.on_state)
         self.workspace.site_profile_changed.connect(self._on_profile)
-        panel = getattr(window, "worklist_panel", None)
-        if panel is not None:  # the worklist's scores feed the drift check too
-            panel.controller.entry_ready.connect(self.on_worklist_entry)
+        # the worklist's scores feed the drift check too, whenever the worklist is installed
+        actions.when_part("worklist", lambda panel: panel.controller.entry_ready.connect(self.on_worklist_entry))
+        actions.add_part("site_calibration", self)
         self._show_status()
         path = window.settings.value(self.SETTING, "", type=str)
         if path:

@@ -284,3 +284,33 @@ def test_the_store_keeps_each_findings_population_verdict(tmp_path: Path) -> Non
     back = {f.label: f for f in ResultStore(tmp_path / "wl.sqlite").findings("k", ["s"])["s"]}
     assert back["Effusion"].outside == out.outside and back["Effusion"].state is FindingState.OUTSIDE_POPULATION
     assert back["Nodule"].outside == "" and back["Nodule"].state is FindingState.POSITIVE
+
+
+def test_intake_lists_a_folder_entry_by_entry_and_stops_when_cancelled(folder: Path, tmp_path: Path) -> None:
+    """The worklist dock's work without Qt: what it yields, in order; an unreadable file is an entry; Cancel stops it.
+
+    No models: the order of what is yielded, not the scores, is what the dock relies on here.
+    """
+    from cxr_viewer.core.errors import AnalysisCancelledError
+    from cxr_viewer.core.inference.results import CancelToken
+    from cxr_viewer.core.worklist.intake import intake
+
+    (tmp_path / "no_models").mkdir()
+    wl = Worklist(ResultStore(tmp_path / "wl.sqlite"), model_dirs=[tmp_path / "no_models"], device="cpu", backend="torch")
+    asked: list[str] = []
+    events = list(intake(wl, folder, [], CancelToken(), reconfigure=lambda w: asked.append(w.basis)))
+    assert asked == [wl.basis]  # reconfigured first, on the caller's thread
+    kinds = [k for k, _ in events]
+    assert kinds[:3] == ["site", "basis", "progress"] and events[0][1] == (None, "", False) and events[2][1] == (0, 6)
+    entries = [v for k, v in events if k == "entry"]
+    assert len(entries) == 6 and kinds[3:] == ["entry", "progress"] * 6  # each entry followed by its progress
+    assert [v for k, v in events if k == "progress"][-1] == (6, 6)
+    broken = [e for e in entries if not e.ok]
+    assert [e.path.name for e in broken] == ["broken.png"] and broken[0].error  # listed with its reason
+
+    token = CancelToken()
+    run = intake(wl, folder, [], token)
+    assert [next(run)[0] for _ in range(3)] == ["site", "basis", "progress"]
+    token.cancel()  # Cancel pressed before the first film
+    with pytest.raises(AnalysisCancelledError):
+        next(run)

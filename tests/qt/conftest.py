@@ -34,6 +34,7 @@ def settings_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_window(qtbot, settings_path: Path):
     """Factory for a shown MainWindow using a temp settings file; closed after the test."""
+    from cxr_viewer.qt.app import compose
     from cxr_viewer.qt.main_window import MainWindow
     from cxr_viewer.qt.theme import apply_dark_theme
 
@@ -44,7 +45,7 @@ def make_window(qtbot, settings_path: Path):
         settings = QSettings(str(settings_path), QSettings.Format.IniFormat)
         # Viewer tests run no models unless they bring their own folder of bundles.
         kwargs.setdefault("models_dir", settings_path.parent / "no_models")
-        win = MainWindow(settings=settings, **kwargs)
+        win = compose(settings=settings, **kwargs)  # the window as the app builds it, every feature on it
         qtbot.addWidget(win)
         win.resize(1200, 800)
         win.show()
