@@ -149,7 +149,7 @@ if want localise; then
   if [[ -d "$OUT/report-segmenter-resnet18" ]]; then
     timed lung-field python scripts/localisation.py --lung-field --bundle "$OUT/chest-resnet18" \
       --segmenter "$OUT/report-segmenter-resnet18" --manifest "$D/chest.csv" --tbx11k "$D/tbx11k.csv" \
-      --out "$RUNS/localisation" --seed "$SEED"
+      --split-file "$D/all-splits.csv" --out "$RUNS/localisation" --seed "$SEED"
   fi
 fi
 

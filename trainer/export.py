@@ -188,7 +188,7 @@ def _write_export(src: Any, m: dict[str, Any], out: Path, bundle: Path, *, dtype
         final = exported.manifest
         final.golden = m["golden"]
         rewrite_manifest(final, out)  # weights untouched: the recorded sha256 stays valid
-    for extra in ("report.md",):
+    for extra in ("report.md", "splits.csv"):
         p = bundle / extra
         if p.is_file():
             shutil.copy2(p, out / extra)
