@@ -18,6 +18,7 @@
 #              then 224 px); per-label calibration (folded into the head), an age head and each
 #              finding's validated population, thresholds from one false-alarm budget on validation;
 #              held-out test with CIs                                              -> chest-resnet18
+#              (CHEST_FINETUNE=0: no fine-tune, the CHEST_INIT weights calibrated again; 0.3.0 was built so)
 #   localise   pointing game (TBX11K and NIH boxes) and ROAD faithfulness on true positives; then, with
 #              the report segmenter, the lung-field study (dilation chosen on validation, test read once)
 #   segment    report-conditioned U-Net (lungs, zones, TB lesions from boxes), finished at 256 px from
@@ -93,8 +94,15 @@ fi
 GOLDEN=(resources/samples/nih_chest.png)
 CHEST_INIT="${CHEST_INIT-$OUT/chest-resnet18}"   # fine-tune from these weights; "" = from the SSL encoder
 CHEST="$RUNS/chest-finetune/bundle"
+CHEST_FINETUNE="${CHEST_FINETUNE-1}"            # 0: keep CHEST_INIT's weights, calibrate them again (how 0.3.0 was made)
+SCALING=auto
 if want chest; then
-  if [[ -n "$CHEST_INIT" && -f "$CHEST_INIT/manifest.json" ]]; then
+  if [[ "$CHEST_FINETUNE" == 0 && -f "$CHEST_INIT/manifest.json" ]]; then
+    log "chest model: the weights of $CHEST_INIT, calibrated again (no training)"
+    rm -rf "$RUNS/chest-recal" && mkdir -p "$RUNS/chest-recal" && cp -r "$CHEST_INIT" "$RUNS/chest-recal/bundle"
+    CHEST="$RUNS/chest-recal/bundle"
+    SCALING=none   # its scores are calibrated already (folded into the head); thresholds, age head and population are new
+  elif [[ -n "$CHEST_INIT" && -f "$CHEST_INIT/manifest.json" ]]; then
     log "chest model, fine-tune stage (224 px) from $CHEST_INIT: normal means normal, per-source loss weights"
     timed chest-finetune train finetune --config $R/chest-finetune.yaml --manifest "$D/chest.csv" \
       --split-file "$D/all-splits.csv" --runs-dir "$RUNS" --name chest-finetune --init "$CHEST_INIT"
@@ -115,7 +123,7 @@ if want chest; then
   # validation films of known age; a threshold resting on fewer than 10 validation positives gets no
   # POSITIVE badge.
   timed chest-calibrate cxr-train calibrate --bundle "$CHEST" --manifest "$D/chest.csv" --split-file "$D/all-splits.csv" \
-    --split val --scaling auto --method budget --budget 0.5 --budget-confidence 0.9 --min-positives 10 --cache-dir "$RUNS/.cache"
+    --split val --scaling $SCALING --method budget --budget 0.5 --budget-confidence 0.9 --min-positives 10 --cache-dir "$RUNS/.cache"
   timed chest-evaluate cxr-train evaluate --bundle "$CHEST" --manifest "$D/chest.csv" --split-file "$D/all-splits.csv" \
     --split test --out "${CHEST%/bundle}/eval" $EVAL_FLAGS --gallery 2 --cache-dir "$RUNS/.cache"
   cxr-train export --bundle "$CHEST" --metrics "${CHEST%/bundle}/eval/metrics.json" \
