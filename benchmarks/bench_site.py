@@ -91,7 +91,8 @@ def main() -> None:
 
     torch.set_num_threads(2)
     from cxr_viewer.core.models.bundle import read_manifest
-    from cxr_viewer.core.site_profile import card_prevalence, fit_site_finding
+    from cxr_viewer.core.site.fit import fit_site_finding
+    from cxr_viewer.core.site.stats import card_prevalence
 
     manifest = read_manifest(BUNDLE)
     splits = pd.read_csv(BUNDLE / "splits.csv")
@@ -135,9 +136,9 @@ def main() -> None:
         for w in r["warnings"]:
             print(f"   ! {w}")
     if args.json:
-        from cxr_viewer.core.site_profile import finite_json
+        from cxr_viewer.core.jsonio import finite_or_none
 
-        Path(args.json).write_text(json.dumps(finite_json(results), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(finite_or_none(results), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ Crashing inputs are written to ``--out/crashes/`` (mutate) or by libFuzzer (athe
 
 ``--target`` fuzzes the other parsers of files someone else may have written, with the
 mutational engine over JSON seeds (each with its own property, see :data:`TARGETS`):
-``site-profile`` (:func:`~cxr_viewer.core.site_profile.load_profile`: a profile or a
+``site-profile`` (:func:`~cxr_viewer.core.site.profile.load_profile`: a profile or a
 ``SiteProfileError``), ``corrections`` (the corrections store read back and exported: valid
 corrections or skipped lines, never an exception), ``annotations`` (the annotation sidecar
 beside an image, and the GSPS made from it: annotations or ``ValueError``) and
@@ -262,7 +262,8 @@ def check_site_profile(path: Path) -> str:
     """A valid profile (every calibrated score in [0, 1]) or a ``SiteProfileError`` with a one-line message."""
     import numpy as np
 
-    from cxr_viewer.core.site_profile import SiteProfileError, load_profile
+    from cxr_viewer.core.errors import SiteProfileError
+    from cxr_viewer.core.site.profile import load_profile
 
     try:
         prof = load_profile(path)

@@ -89,7 +89,7 @@ def site_profile_for(engine: "InferenceEngine", name: str | None) -> Any:
     classifiers; None without a name. Raises the CXRError that says what does not fit."""
     if not name:
         return None
-    from cxr_viewer.core.site_profile import load_profile
+    from cxr_viewer.core.site.profile import load_profile
 
     profile = load_profile(name)
     profile.check_bundle(b.describe() for b in engine.classifiers)

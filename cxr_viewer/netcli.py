@@ -82,7 +82,7 @@ def worklist_main(argv: list[str]) -> int:
         store.close()
         return EXIT_USAGE
     if args.site_profile:
-        from cxr_viewer.core.site_profile import load_profile
+        from cxr_viewer.core.site.profile import load_profile
 
         try:
             wl.site_profile = load_profile(args.site_profile)

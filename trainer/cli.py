@@ -279,11 +279,10 @@ def cmd_finetune(argv: Sequence[str]) -> int:
     args = parse_with_config(finetune_parser(), argv)
     _logging(args.verbose)
     if args.site:
-        from cxr_viewer.core.site_profile import finite_json
         from trainer.site_finetune import run_site_finetune
 
         report = run_site_finetune(args)
-        print(json.dumps(finite_json({k: report[k] for k in ("run", "candidate", "passed", "installed", "gates", "site_test")}),
+        print(json.dumps(finite_or_none({k: report[k] for k in ("run", "candidate", "passed", "installed", "gates", "site_test")}),
                          allow_nan=False))  # fmt: skip
         return 0 if report["passed"] or not args.install else 3
     res = run_finetune(args)
@@ -340,14 +339,13 @@ def cmd_calibrate_site(argv: Sequence[str]) -> int:
         holdout=args.holdout, seed=args.seed, n_boot=args.bootstrap, min_positives=args.min_positives,
         name=args.name, note=args.note, profiles_dir=args.profiles_dir, report=args.report, batch_size=args.batch_size,
     )  # fmt: skip
-    from cxr_viewer.core.site_profile import finite_json
 
     summary = {lab: {k: f.summary.get(k) for k in ("n_pos", "n_neg", "auroc", "ece_before", "ece_after", "sensitivity_before",
                                                   "sensitivity_after", "specificity_before", "specificity_after")}
                | {"threshold": f.threshold, "target": f.target, "calibration": f.calibration.method,
                   "validated": f.validated, "warnings": out["findings"][lab]["warnings"]}
                for lab, f in profile.findings.items()}  # fmt: skip
-    print(json.dumps(finite_json({"profile": str(profile.path), "id": profile.id, "findings": summary,
+    print(json.dumps(finite_or_none({"profile": str(profile.path), "id": profile.id, "findings": summary,
                                   "skipped": out["skipped"]}), allow_nan=False))  # fmt: skip
     return 0
 

@@ -4,7 +4,7 @@ The site gives a folder of films and a CSV of labels (``file`` relative to the f
 column per finding named like the bundle's labels, 1/0 or positive/negative, blank or
 ``unsure`` = unknown, optional ``patient_id``). The films are scored through the bundle
 with the viewer's preprocessing; per finding the analysis and the fit are
-:func:`cxr_viewer.core.site_profile.fit_site_finding` (the wizard in the viewer calls the
+:func:`cxr_viewer.core.site.fit.fit_site_finding` (the wizard in the viewer calls the
 same function), and the profile is saved, versioned, in the profiles folder.
 """
 
@@ -24,7 +24,7 @@ from cxr_viewer.core.errors import TrainingDataError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cxr_viewer.core.site_profile import SiteProfile
+    from cxr_viewer.core.site.profile import SiteProfile
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def site_frame(folder: str | Path, labels_csv: str | Path, model_labels: list[st
     import pandas as pd
 
     from cxr_viewer.core.errors import SiteProfileError
-    from cxr_viewer.core.site_profile import read_site_labels
+    from cxr_viewer.core.site.labels import read_site_labels
 
     try:
         rows, found = read_site_labels(folder, labels_csv, model_labels)
@@ -47,7 +47,7 @@ def site_frame(folder: str | Path, labels_csv: str | Path, model_labels: list[st
 
 def parse_targets(items: list[str], default: str = "youden") -> tuple[str, dict[str, str]]:
     """``--target sensitivity:0.9`` (every finding) and ``--target Pneumonia=specificity:0.8`` (one)."""
-    from cxr_viewer.core.site_profile import parse_target
+    from cxr_viewer.core.site.profile import parse_target
 
     per: dict[str, str] = {}
     for item in items:
@@ -83,7 +83,9 @@ def calibrate_site(
     """Score the site's films, fit each finding's profile on a calibration part, measure on the held-out part."""
     from cxr_viewer.core.errors import SiteProfileError
     from cxr_viewer.core.models.bundle import load_bundle, sha256_file
-    from cxr_viewer.core.site_profile import SiteProfile, card_prevalence, fit_site_finding, save_profile
+    from cxr_viewer.core.site.fit import fit_site_finding
+    from cxr_viewer.core.site.profile import SiteProfile, save_profile
+    from cxr_viewer.core.site.stats import card_prevalence
     from trainer.evaluate import pick_device, predict
 
     loaded = load_bundle(bundle, device=pick_device())
@@ -126,18 +128,18 @@ def calibrate_site(
         profile = save_profile(profile, profiles_dir)
     out = {"profile": profile.describe(), "findings": reports, "skipped": skipped, "data": data}
     if report:
-        from cxr_viewer.core.site_profile import finite_json
+        from cxr_viewer.core.jsonio import finite_or_none
 
         rp = Path(report)
         rp.parent.mkdir(parents=True, exist_ok=True)
-        rp.write_text(json.dumps(finite_json(out), indent=2, allow_nan=False), encoding="utf-8")
+        rp.write_text(json.dumps(finite_or_none(out), indent=2, allow_nan=False), encoding="utf-8")
         plot_site_report(reports, rp.with_suffix(".png"))
     return profile, out
 
 
 def plot_site_report(reports: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     """ROC with the bundle's and the site's operating points, and held-out reliability before/after, per finding."""
-    from cxr_viewer.core.site_profile import draw_site_axes
+    from cxr_viewer.core.export.site_figures import draw_site_axes
     from trainer.evaluate import _plt
 
     plt = _plt()

@@ -161,10 +161,10 @@ def install_site_version(candidate: Path, original: Any, report: dict[str, Any],
         raise TrainingConfigError(f"{dest} is already installed; remove it or fine-tune under another --name.")
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(candidate, dest)
-    from cxr_viewer.core.site_profile import finite_json
+    from cxr_viewer.core.jsonio import finite_or_none
 
     m.enabled = False
-    m.extra["site_version"] = finite_json({
+    m.extra["site_version"] = finite_or_none({
         "replaces": original.describe(), "installed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "gates": report["gates"], "site_test": report["site_test"],
         "rollback": f"the original {original.name} {original.version} stays installed; switch this one off to roll back",
@@ -221,7 +221,7 @@ def run_site_finetune(args: argparse.Namespace) -> dict[str, Any]:
         else:
             failed = [k for k, g in gates.items() if not g["passed"]]
             log.warning("not installed: gate(s) %s failed", ", ".join(failed))
-    from cxr_viewer.core.site_profile import finite_json
+    from cxr_viewer.core.jsonio import finite_or_none
 
-    (res.run_dir / "site_report.json").write_text(json.dumps(finite_json(report), indent=2, allow_nan=False), encoding="utf-8")
+    (res.run_dir / "site_report.json").write_text(json.dumps(finite_or_none(report), indent=2, allow_nan=False), encoding="utf-8")
     return report

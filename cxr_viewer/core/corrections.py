@@ -203,7 +203,7 @@ class CorrectionStore:
     def labelled_rows(self, model_labels: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
         """The films the reader labelled, as the site calibration's labelled set.
 
-        Same shape as :func:`cxr_viewer.core.site_profile.read_site_labels`:
+        Same shape as :func:`cxr_viewer.core.site.labels.read_site_labels`:
         ``[{image, patient_id, labels: {finding: 1.0 | 0.0 | nan}}]`` and the findings found
         (the model's labels the reader said something about, matched in any case). The latest
         word on each (image, finding) counts; unsure = unknown; films no longer on disk are left out.

@@ -50,15 +50,19 @@ def non_finite_paths(obj: Any) -> list[str]:
 
 
 def finite_or_none(obj: Any) -> Any:
-    """A copy of ``obj`` with every NaN or infinite float replaced by ``None``."""
+    """A copy of ``obj`` with every NaN or infinite float replaced by ``None`` (and NumPy scalars by Python numbers)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, Mapping):
         return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite_or_none(v) for v in obj]
-    if hasattr(obj, "dtype") and getattr(obj, "shape", None) == () and getattr(obj.dtype, "kind", "") == "f":
-        return float(obj) if math.isfinite(float(obj)) else None
+    if hasattr(obj, "dtype") and getattr(obj, "shape", None) == ():  # a NumPy scalar: a Python number
+        kind = getattr(obj.dtype, "kind", "")
+        if kind == "f":
+            return float(obj) if math.isfinite(float(obj)) else None
+        if kind in ("i", "u"):
+            return int(obj)
     return obj
 
 

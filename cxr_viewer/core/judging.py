@@ -209,7 +209,7 @@ def apply_site_profile_safely(profile: Any, result: AnalysisResult) -> tuple[Ana
     opposed to its bundle being absent or switched off. Nothing is raised.
     """
     from cxr_viewer.core.errors import SiteProfileError, SiteProfileMismatchError
-    from cxr_viewer.core.site_profile import apply_site_profile
+    from cxr_viewer.core.site.profile import apply_site_profile
 
     if profile is None or not result.models:
         return result, "", False
@@ -249,7 +249,7 @@ def _unreliable_qc(result: AnalysisResult) -> str:
 def judge(result: AnalysisResult, *, site_profile: Any = None, user_thresholds: UserThreshold | None = None) -> JudgedResult:
     """THE judging step: site profile, then the user's thresholds, then validation and population.
 
-    ``site_profile``: a :class:`~cxr_viewer.core.site_profile.SiteProfile` (None: none active);
+    ``site_profile``: a :class:`~cxr_viewer.core.site.profile.SiteProfile` (None: none active);
     ``user_thresholds``: ``(model, label) -> threshold or None`` (a callable or a mapping). A
     result that already carries a site profile (``result.site_profile``) is not adjusted twice.
     """

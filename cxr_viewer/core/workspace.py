@@ -99,7 +99,7 @@ class Workspace:
     # ------------------------------------------------------------------ site profile
     @property
     def site_profile(self) -> Any:
-        """The active :class:`~cxr_viewer.core.site_profile.SiteProfile`, or None."""
+        """The active :class:`~cxr_viewer.core.site.profile.SiteProfile`, or None."""
         return self._site_profile
 
     def set_site_profile(self, profile: Any) -> None:

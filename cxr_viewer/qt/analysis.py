@@ -311,7 +311,7 @@ class AnalysisController(QObject):
         return self.workspace.site_profile
 
     def set_site_profile(self, profile: Any) -> None:
-        """Make ``profile`` (a :class:`~cxr_viewer.core.site_profile.SiteProfile`, or None) the one applied.
+        """Make ``profile`` (a :class:`~cxr_viewer.core.site.profile.SiteProfile`, or None) the one applied.
 
         Its calibrated scores and site thresholds replace the bundle's on every image from now
         on, the current one included (judged again, not recomputed). A profile that does not

@@ -1,7 +1,7 @@
 """Tools › Site Calibration…: measure a model on this hospital's labelled films and save a site profile.
 
 Thin: the films are scored by the core engine and the analysis and fit are
-:func:`cxr_viewer.core.site_profile.fit_site_finding` (what ``cxr-train calibrate --site``
+:func:`cxr_viewer.core.site.fit.fit_site_finding` (what ``cxr-train calibrate --site``
 runs), both on the viewer's worker threads. The dialog shows, per finding, the ROC with
 the bundle's and the site's operating points, the reliability diagram before and after on
 the held-out films, the numbers with their CIs and the warnings, and saves the profile.
@@ -35,7 +35,8 @@ from PySide6.QtWidgets import (
 if TYPE_CHECKING:
     from cxr_viewer.core.analysis import ModelService
     from cxr_viewer.core.workspace import Workspace
-    from cxr_viewer.core.site_profile import DriftResult, SiteProfile
+    from cxr_viewer.core.site.drift import DriftResult
+    from cxr_viewer.core.site.profile import SiteProfile
     from cxr_viewer.qt.actions import ActionRegistry
     from cxr_viewer.qt.workers import TaskRunner
 
@@ -54,7 +55,7 @@ def score_site_films(bundle_path: str, rows: list[dict[str, Any]], found: list[s
     import numpy as np
 
     from cxr_viewer.core.io import read_image
-    from cxr_viewer.core.site_profile import card_prevalence
+    from cxr_viewer.core.site.stats import card_prevalence
 
     def score(pool: Any, record: Any) -> tuple[Any, Any]:
         engine, b = pool.engine_with(Path(bundle_path))
@@ -83,7 +84,7 @@ def fit_one(data: dict[str, Any], label: str, target: str, method: str, n_boot: 
     """Worker: the site analysis and fit of one finding."""
     import numpy as np
 
-    from cxr_viewer.core.site_profile import fit_site_finding
+    from cxr_viewer.core.site.fit import fit_site_finding
 
     j = data["labels"].index(label)
     y, p = data["truth"][:, j], data["scores"][:, j]
@@ -249,7 +250,7 @@ class SiteCalibrationDialog(QDialog):
 
     def problems(self) -> dict[str, str]:
         """Finding -> why its fitted threshold is not a usable operating point (only the unusable ones)."""
-        from cxr_viewer.core.site_profile import operating_point_problem
+        from cxr_viewer.core.site.fit import operating_point_problem
 
         out = {}
         for label, (_fp, report) in self.fitted.items():
@@ -279,7 +280,7 @@ class SiteCalibrationDialog(QDialog):
             self._fail("No classifier model is installed to calibrate.")
             return
         from cxr_viewer.core.errors import SiteProfileError
-        from cxr_viewer.core.site_profile import read_site_labels
+        from cxr_viewer.core.site.labels import read_site_labels
 
         path = self.model_box.currentData()
         if self.source_box.currentData() == "worklist":
@@ -358,7 +359,7 @@ class SiteCalibrationDialog(QDialog):
         self.show_report(label, report)
 
     def show_report(self, label: str, r: dict[str, Any]) -> None:
-        from cxr_viewer.core.site_profile import draw_site_axes
+        from cxr_viewer.core.export.site_figures import draw_site_axes
 
         if self.canvas.isHidden():
             self.plot_hint.hide()
@@ -391,7 +392,7 @@ class SiteCalibrationDialog(QDialog):
     # ------------------------------------------------------------------ saving
     def save(self) -> "SiteProfile | None":
         from cxr_viewer.core.errors import CXRError
-        from cxr_viewer.core.site_profile import SiteProfile, save_profile
+        from cxr_viewer.core.site.profile import SiteProfile, save_profile
 
         if self.data is None or not self.fitted:
             self._fail("Score the films and fit at least one finding first.")
@@ -581,7 +582,7 @@ class SiteCalibrationHook:
 
     def set_profile_path(self, path: str) -> None:
         from cxr_viewer.core.errors import SiteProfileError
-        from cxr_viewer.core.site_profile import load_profile
+        from cxr_viewer.core.site.profile import load_profile
 
         try:
             self.set_profile(load_profile(path))
@@ -597,7 +598,7 @@ class SiteCalibrationHook:
     def _follow_monitor(self) -> bool:
         """Drift is measured against the workspace's profile (whichever of its listeners heard of it first);
         True when the monitor was started again here."""
-        from cxr_viewer.core.site_profile import DriftMonitor
+        from cxr_viewer.core.site.drift import DriftMonitor
 
         profile = self.profile
         if (self.monitor.profile if self.monitor is not None else None) is profile:

@@ -189,7 +189,8 @@ def test_sr_json_and_pdf_name_the_site_profile(analysed, tmp_path: Path) -> None
     """A site profile applied to the result: the SR (TEXT item + algorithm parameter), JSON and PDF name it."""
     import highdicom as hd
 
-    from cxr_viewer.core.site_profile import SiteProfile, apply_site_profile, fit_site_finding, save_profile
+    from cxr_viewer.core.site.fit import fit_site_finding
+    from cxr_viewer.core.site.profile import SiteProfile, apply_site_profile, save_profile
 
     record, result, _ = analysed
     chest = next(m for m in result.models if any(f.label == "Pneumonia" and f.model == m["name"] for f in result.findings))

@@ -252,7 +252,7 @@ HOSTILE_PROFILES = {
 @pytest.mark.parametrize("case", sorted(HOSTILE_PROFILES))
 def test_hostile_site_profile_is_refused_in_one_line(tmp_path: Path, case: str) -> None:
     from cxr_viewer.core.errors import CXRError
-    from cxr_viewer.core.site_profile import load_profile
+    from cxr_viewer.core.site.profile import load_profile
 
     p = tmp_path / "bad.json"
     p.write_text(HOSTILE_PROFILES[case])

@@ -57,7 +57,8 @@ def test_unreliable_qc_puts_every_finding_outside_the_population() -> None:
 
 
 def test_user_threshold_wins_over_the_site_profile(tmp_path) -> None:
-    from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
+    from cxr_viewer.core.site.fit import fit_site_finding
+    from cxr_viewer.core.site.profile import SiteProfile, save_profile
 
     rng = np.random.default_rng(0)
     z = rng.normal(0, 1.3, 300)

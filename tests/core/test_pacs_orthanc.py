@@ -220,7 +220,8 @@ def test_send_results_command_files_results_under_the_study(orthanc, samples, tm
     import numpy as np
 
     from cxr_viewer.core.models.bundle import load_bundle
-    from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
+    from cxr_viewer.core.site.fit import fit_site_finding
+    from cxr_viewer.core.site.profile import SiteProfile, save_profile
 
     desc = load_bundle(models / "tiny", device="cpu").describe()
     rng = np.random.default_rng(0)

@@ -10,17 +10,17 @@ import pytest
 
 from cxr_viewer.core.errors import SiteProfileError, SiteProfileMismatchError
 from cxr_viewer.core.inference.results import AnalysisResult, Finding
-from cxr_viewer.core.site_profile import (
+from cxr_viewer.core.site.drift import check_drift
+from cxr_viewer.core.site.fit import fit_site_finding
+from cxr_viewer.core.site.profile import (
     SiteProfile,
     apply_site_profile,
-    check_drift,
-    fit_site_finding,
     list_profiles,
     load_profile,
     parse_target,
     save_profile,
-    split_patients,
 )
+from cxr_viewer.core.site.stats import split_patients
 
 SHA = "ab" * 32
 

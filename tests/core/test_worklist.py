@@ -189,7 +189,8 @@ def test_result_objects_beside_the_films_are_left_out(folder: Path, models: Path
 def _site_profile(model, label: str, folder: Path, sha: str | None = None):
     """A real profile of ``label``: Platt and a target-sensitivity threshold fitted to an overconfident model's
     scores (they move up by about 0.1 near 0.5), bound to ``model``'s weights (or to ``sha``)."""
-    from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
+    from cxr_viewer.core.site.fit import fit_site_finding
+    from cxr_viewer.core.site.profile import SiteProfile, save_profile
 
     rng = np.random.default_rng(3)
     z = rng.normal(0, 1.3, 400)

@@ -122,7 +122,7 @@ def _orthanc_file(server, instance: str, out: Path) -> Path:  # noqa: ANN001
 def test_every_surface_shows_the_one_judged_result(qtbot, make_window, repo_root: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch, orthanc) -> None:  # noqa: F811
     from cxr_viewer.core.models.bundle import read_manifest
-    from cxr_viewer.core.site_profile import load_profile
+    from cxr_viewer.core.site.profile import load_profile
     from cxr_viewer.core.worklist import ModelKey
     from cxr_viewer.headless import analyze_main
     from cxr_viewer.netcli import pacs_main, worklist_main

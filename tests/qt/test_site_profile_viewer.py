@@ -37,7 +37,8 @@ def _open(qtbot, make_window, models: Path, path: Path):
 def _profile(bundle: dict, label: str = "Effusion", sha: str | None = None):
     """A profile for ``label`` of ``bundle``: Platt recalibration and a target-sensitivity threshold fitted on
     scores of an overconfident model (the real fit), bound to the bundle's weights (or to ``sha``)."""
-    from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
+    from cxr_viewer.core.site.fit import fit_site_finding
+    from cxr_viewer.core.site.profile import SiteProfile, save_profile
 
     rng = np.random.default_rng(3)
     z = rng.normal(0, 1.3, 400)

@@ -38,7 +38,7 @@ def nih_site(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 def test_wizard_scores_fits_and_saves_a_profile(make_window, qtbot, nih_site, tmp_path: Path) -> None:
     from cxr_viewer.core.models.bundle import load_bundle
-    from cxr_viewer.core.site_profile import load_profile
+    from cxr_viewer.core.site.profile import load_profile
 
     folder, labels = nih_site
     win = make_window(models_dir=default_models_dir())
@@ -85,7 +85,8 @@ def test_wizard_scores_fits_and_saves_a_profile(make_window, qtbot, nih_site, tm
 def test_drift_banner(make_window, qtbot, tmp_path: Path) -> None:
     from cxr_viewer.core.analysis import site_adjusted
     from cxr_viewer.core.inference.results import AnalysisResult, Finding
-    from cxr_viewer.core.site_profile import SiteProfile, fit_site_finding, save_profile
+    from cxr_viewer.core.site.fit import fit_site_finding
+    from cxr_viewer.core.site.profile import SiteProfile, save_profile
     from cxr_viewer.qt.analysis import AnalysisState
 
     sha = "ab" * 32
@@ -143,7 +144,7 @@ def _site_data(n: int = 40) -> dict:
 def test_wizard_refuses_an_unusable_operating_point_and_says_why(make_window, qtbot, tmp_path: Path) -> None:
     """Two positives: the proposed threshold is 1.00 (sensitivity 0). Save is disabled with the reason, until
     "Save anyway"; the status speaks of the finding on screen; no blank plot before scoring; plurals right."""
-    from cxr_viewer.core.site_profile import operating_point_problem
+    from cxr_viewer.core.site.fit import operating_point_problem
 
     win = make_window(models_dir=default_models_dir())
     win.action_map["site_calibration"].trigger()

@@ -87,7 +87,7 @@ def test_whole_site_loop(original: Path, site: tuple[Path, Path], runs: Path, ad
     from cxr_viewer.core.inference.results import Finding
     from cxr_viewer.core.io import read_image
     from cxr_viewer.core.models.bundle import find_bundles, load_bundle, read_manifest
-    from cxr_viewer.core.site_profile import load_profile
+    from cxr_viewer.core.site.profile import load_profile
 
     folder, labels_csv = site
     frame = pd.read_csv(labels_csv)

@@ -485,7 +485,7 @@ def build_sr(src: "Dataset", result: Any, *, series_uid: str | None = None, sop_
         imaging_measurements=groups,
     )
     if judged.site_profile is not None:  # which site calibration the scores and thresholds come from
-        from cxr_viewer.core.site_profile import profile_text
+        from cxr_viewer.core.site.profile import profile_text
 
         report[0].ContentSequence.append(TextContentItem(
             name=_code("SITE_PROFILE", "Site calibration profile"), value=_lo_text(profile_text(judged.site_profile)),

@@ -318,7 +318,7 @@ def _side_column(fig: "Figure", rec: "ClinicalRecord", y: float) -> None:
             y -= 0.011
         y -= 0.004
     if result.site_profile is not None:  # the scores and thresholds are the site's: say whose
-        from cxr_viewer.core.site_profile import profile_text
+        from cxr_viewer.core.site.profile import profile_text
 
         fig.text(0.60, y, "Site calibration profile", fontsize=10, weight="bold", va="top")
         y -= 0.018

@@ -211,7 +211,7 @@ class WorklistPanel(QWidget):
         self.proxy.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
 
     def _on_site(self, value: tuple[Any, str, bool]) -> None:
-        from cxr_viewer.core.site_profile import profile_text
+        from cxr_viewer.core.site.profile import profile_text
 
         profile, message, _stale = value
         self.model.set_site(profile if profile is not None and not message else None)
