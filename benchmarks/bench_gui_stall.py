@@ -85,7 +85,7 @@ def summary(name: str, lat: np.ndarray, seconds: float) -> dict[str, float]:
 
 
 def random_bundles(root: Path) -> Path:
-    from cxr_viewer.core.models.bundle import make_untrained_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
 
     nih = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
            "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]

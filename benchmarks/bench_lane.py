@@ -71,7 +71,8 @@ def main() -> int:
     from cxr_viewer.core.inference.segment import Segmenter
     from cxr_viewer.core.io.record import ImageRecord
     from cxr_viewer.core.models import create_model
-    from cxr_viewer.core.models.bundle import load_bundle, make_untrained_bundle, save_bundle
+    from cxr_viewer.core.models.bundle import load_bundle, save_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
     from cxr_viewer.core.models.text import get_text_encoder
 
     rng = np.random.default_rng(0)

@@ -103,7 +103,7 @@ def make_inputs(work: Path, side: int) -> dict[str, tuple[Path, int]]:
 def _tiny_models(work: Path) -> tuple[Path, Path]:
     from PIL import Image
 
-    from cxr_viewer.core.models.bundle import make_untrained_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
 
     models = work / "models"
     if not (models / "tiny" / "manifest.json").exists():

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=100, help="RSS sample interval in rows")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from cxr_viewer.core.models.bundle import make_untrained_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
 
     with tempfile.TemporaryDirectory(prefix="bench-worklist-") as tmp:
         root = Path(tmp)

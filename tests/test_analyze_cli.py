@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_viewer.core.models.bundle import make_untrained_bundle
+from cxr_viewer.core.models.testing import make_untrained_bundle
 from cxr_viewer.headless import analyze_main, self_test_main
 
 SIIM = "siim_pneumothorax_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"

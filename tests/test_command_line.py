@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cxr_viewer.cli import main as cli_main
-from cxr_viewer.core.models.bundle import make_untrained_bundle
+from cxr_viewer.core.models.testing import make_untrained_bundle
 from cxr_viewer.headless import analyze_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_viewer.core.models.bundle import make_untrained_bundle
+from cxr_viewer.core.models.testing import make_untrained_bundle
 from cxr_viewer.headless import EXIT_MODELS_REFUSED, analyze_main
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cxr_viewer.core.models.bundle import make_untrained_bundle
+from cxr_viewer.core.models.testing import make_untrained_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = (".cache/cxr-viewer", ".local/share/cxr-viewer", ".config/cxr-viewer")

@@ -95,7 +95,7 @@ def test_export_of_samples_keeps_no_identifying_tag(repo_root: Path, dicom_dir: 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> Path:
     """A tiny real classifier and report segmenter (random weights): fast, and loaded like trained ones."""
-    from cxr_viewer.core.models.bundle import make_untrained_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
     from tests.qt.bundles import build_segmenter
 
     models = tmp_path_factory.mktemp("anon_models")

@@ -17,11 +17,11 @@ from cxr_viewer.core.models.bundle import (
     Manifest,
     find_bundles,
     load_bundle,
-    make_untrained_bundle,
     model_card_markdown,
     read_manifest,
     save_bundle,
 )
+from cxr_viewer.core.models.testing import make_untrained_bundle
 
 torch.set_num_threads(2)
 

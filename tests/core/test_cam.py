@@ -13,7 +13,7 @@ from cxr_viewer.core.inference.cam import CAM_METHODS, canonical_method, compute
 from cxr_viewer.core.inference.engine import InferenceEngine
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.models import create_model
-from cxr_viewer.core.models.bundle import make_untrained_bundle
+from cxr_viewer.core.models.testing import make_untrained_bundle
 
 torch.set_num_threads(2)
 

@@ -14,7 +14,8 @@ import torch
 from cxr_viewer.core.errors import BundleError, BundleHashMismatchError
 from cxr_viewer.core.inference.engine import InferenceEngine
 from cxr_viewer.core.io import read_image
-from cxr_viewer.core.models.bundle import find_bundles, load_bundle, make_untrained_bundle, read_manifest, sha256_file
+from cxr_viewer.core.models.bundle import find_bundles, load_bundle, read_manifest, sha256_file
+from cxr_viewer.core.models.testing import make_untrained_bundle
 
 torch.set_num_threads(1)
 

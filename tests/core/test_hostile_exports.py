@@ -38,7 +38,7 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cxr_viewer.core.models.bundle import make_untrained_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
     from tests.qt.bundles import build_segmenter
 
     models = tmp_path_factory.mktemp("hostile_models")

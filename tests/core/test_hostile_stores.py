@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from cxr_viewer.core.csvio import FORMULA_STARTS, neutralise, restore
-from cxr_viewer.core.models.bundle import make_untrained_bundle
+from cxr_viewer.core.models.testing import make_untrained_bundle
 from cxr_viewer.core.models.calibration import Calibration
 from cxr_viewer.core.worklist import ResultStore, Worklist
 from cxr_viewer.core.worklist.store import SCHEMA_VERSION, StoreError

@@ -15,7 +15,8 @@ from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import CancelToken
 from cxr_viewer.core.io import read_image
 from cxr_viewer.core.io.record import ImageRecord
-from cxr_viewer.core.models.bundle import load_bundle, make_untrained_bundle
+from cxr_viewer.core.models.bundle import load_bundle
+from cxr_viewer.core.models.testing import make_untrained_bundle
 from cxr_viewer.core.models.preprocess import preprocess
 
 torch.set_num_threads(2)

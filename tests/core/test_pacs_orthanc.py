@@ -200,7 +200,7 @@ def test_listen_command_receives_what_orthanc_pushes(orthanc, samples, tmp_path:
 
 
 def test_send_results_command_files_results_under_the_study(orthanc, samples, tmp_path: Path) -> None:  # noqa: F811
-    from cxr_viewer.core.models.bundle import make_untrained_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
 
     models = tmp_path / "models"
     make_untrained_bundle(models / "tiny", name="tiny", labels=["Effusion"], size=(64, 64), backbone="resnet10t")

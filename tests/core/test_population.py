@@ -39,7 +39,8 @@ def test_badge_states() -> None:
 def test_engine_applies_validated_thresholds_and_population(tmp_path: Path) -> None:
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io.record import ImageRecord
-    from cxr_viewer.core.models.bundle import load_bundle, make_untrained_bundle
+    from cxr_viewer.core.models.bundle import load_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
 
     bdir = make_untrained_bundle(tmp_path / "b", name="pop", labels=["Effusion", "Hernia"], size=(64, 64),
                                  thresholds={"Effusion": 0.0, "Hernia": 0.0}, seed=3)  # fmt: skip
@@ -119,7 +120,8 @@ def test_each_finding_has_its_own_population_by_dicom_age_or_the_age_head() -> N
 def test_engine_shows_adult_findings_outside_population_on_a_child_film(tmp_path: Path) -> None:
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io.record import ImageRecord
-    from cxr_viewer.core.models.bundle import load_bundle, make_untrained_bundle
+    from cxr_viewer.core.models.bundle import load_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
 
     bdir = make_untrained_bundle(tmp_path / "b", name="kids", labels=["Effusion", "Pneumonia"], size=(64, 64),
                                  thresholds={"Effusion": 0.0, "Pneumonia": 0.0}, seed=3)  # fmt: skip

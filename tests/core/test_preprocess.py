@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.io.record import ImageRecord, to_unit_gray
 from cxr_viewer.core.models.preprocess import (
     Preprocessing,
     compute_geometry,
     preprocess,
     preprocess_batch,
     restore_map,
-    to_unit_gray,
 )
 
 MODES = ["letterbox", "stretch", "center_crop"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cxr_viewer.cli import main as cli_main
 from cxr_viewer.core.inference.engine import InferenceEngine
-from cxr_viewer.core.models.bundle import make_untrained_bundle
+from cxr_viewer.core.models.testing import make_untrained_bundle
 from cxr_viewer.core.worklist import ResultStore, Worklist, abnormality
 
 SAMPLES = Path(__file__).resolve().parents[2] / "resources" / "samples"

@@ -36,7 +36,8 @@ def lane_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cxr_viewer.core.inference.golden import add_golden
     from cxr_viewer.core.inference.onnx_export import export_bundle
     from cxr_viewer.core.models import create_model
-    from cxr_viewer.core.models.bundle import make_untrained_bundle, save_bundle
+    from cxr_viewer.core.models.bundle import save_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
 
     root = tmp_path_factory.mktemp("lane_models")
     clf = make_untrained_bundle(root / "findings", name="findings", labels=LABELS, size=(96, 96), seed=1)

@@ -26,7 +26,8 @@ def _load_script(name: str):
 def test_stage_ships_viewer_bundles_with_verified_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from cxr_viewer.core.models import create_model
-    from cxr_viewer.core.models.bundle import load_bundle, make_untrained_bundle, read_manifest, save_bundle
+    from cxr_viewer.core.models.bundle import load_bundle, read_manifest, save_bundle
+    from cxr_viewer.core.models.testing import make_untrained_bundle
 
     models = tmp_path / "models"
     make_untrained_bundle(models / "clf", name="clf", labels=["A", "B"], size=(64, 64))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cxr_viewer.core.errors import ImageReadError
-from cxr_viewer.core.models.bundle import find_bundles, load_bundle, make_untrained_bundle
+from cxr_viewer.core.models.bundle import find_bundles, load_bundle
+from cxr_viewer.core.models.testing import make_untrained_bundle
 from trainer.export import export_bundle, write_bundle
 
 

@@ -1,4 +1,5 @@
-"""The one canonical image record every reader produces and every model consumes."""
+"""The one canonical image record every reader produces and every model consumes, and THE array rule
+(:func:`to_unit_gray`) by which any in-memory array becomes its pixels."""
 
 from __future__ import annotations
 
@@ -9,6 +10,41 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def to_unit_gray(image: np.ndarray) -> np.ndarray:
+    """THE array rule: any decoded image array -> float32 HxW in [0, 1], bright = dense.
+
+    - integers are scaled by their dtype's range (uint8 / 255, uint16 / 65535);
+    - booleans become 0/1;
+    - floats already inside [0, 1] are kept; other floats are scaled by their own
+      min..max (a float array has no intrinsic range);
+    - colour is reduced to luminance (ITU-R 601) first.
+
+    Non-finite values (NaN, Inf) are refused: they would reach the scores.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
+        luma = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if np.issubdtype(arr.dtype, np.integer):
+            return np.clip(luma / float(np.iinfo(arr.dtype).max), 0.0, 1.0).astype(np.float32)
+        arr = luma
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got an array of shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        out = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        return np.clip(out, 0.0, 1.0) if np.issubdtype(arr.dtype, np.signedinteger) else out
+    out = arr.astype(np.float32, copy=False)
+    if not np.isfinite(out).all():
+        raise ValueError("the image holds non-finite values (NaN or infinity)")
+    lo, hi = (float(out.min()), float(out.max())) if out.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return out
+    return ((out - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,8 +100,6 @@ class ImageRecord:
     @classmethod
     def from_array(cls, pixels: np.ndarray, **kwargs: Any) -> "ImageRecord":
         """Wrap an in-memory array (any dtype), scaled to [0, 1] by THE array rule (:func:`to_unit_gray`)."""
-        from cxr_viewer.core.models.preprocess import to_unit_gray
-
         arr = to_unit_gray(pixels)
         kwargs.setdefault("source", None)
         kwargs.setdefault("format", "array")

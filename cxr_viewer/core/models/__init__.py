@@ -7,7 +7,7 @@ this package imports no torch: a start-up that runs ONNX Runtime exports never p
 
 from __future__ import annotations
 
-from cxr_viewer.core.models.registry import create_model, list_models, register_model
+from cxr_viewer.core.models.registry import create_model, list_models, register_model, set_builtin_loader
 
 __all__ = ["create_model", "list_models", "register_builtin_models", "register_model"]
 
@@ -19,3 +19,6 @@ def register_builtin_models() -> None:
     if torch_available():
         from cxr_viewer.core.models import classifier as _classifier  # noqa: F401  (registers models)
         from cxr_viewer.core.models import segmenter as _segmenter  # noqa: F401  (registers text_unet)
+
+
+set_builtin_loader(register_builtin_models)

@@ -56,7 +56,6 @@ __all__ = [
     "Manifest",
     "find_bundles",
     "load_bundle",
-    "make_untrained_bundle",
     "model_card_markdown",
     "read_manifest",
     "save_bundle",
@@ -631,13 +630,9 @@ def _scan(cand: Path) -> BundleInfo:
 
 
 def __getattr__(name: str) -> Any:
-    """The model card and the testing factory moved to their own modules; old imports keep working."""
+    """The model card moved to its own module; the old import keeps working."""
     if name == "model_card_markdown":
         from cxr_viewer.core.models.card import model_card_markdown
 
         return model_card_markdown
-    if name == "make_untrained_bundle":
-        from cxr_viewer.core.models.testing import make_untrained_bundle
-
-        return make_untrained_bundle
     raise AttributeError(name)

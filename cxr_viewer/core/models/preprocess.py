@@ -42,7 +42,6 @@ __all__ = [
     "place",
     "resize2d",
     "restore_map",
-    "to_unit_gray",
     "unit_pixels",
 ]
 
@@ -158,41 +157,6 @@ def compute_geometry(original_shape: Sequence[int], spec: Preprocessing) -> Geom
     return Geometry((h, w), (H, W), (nh, nw), (-((nh - H) // 2), -((nw - W) // 2)))
 
 
-def to_unit_gray(image: np.ndarray) -> np.ndarray:
-    """THE array rule: any decoded image array -> float32 HxW in [0, 1], bright = dense.
-
-    - integers are scaled by their dtype's range (uint8 / 255, uint16 / 65535);
-    - booleans become 0/1;
-    - floats already inside [0, 1] are kept; other floats are scaled by their own
-      min..max (a float array has no intrinsic range);
-    - colour is reduced to luminance (ITU-R 601) first.
-
-    Non-finite values (NaN, Inf) are refused: they would reach the scores.
-    """
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
-        luma = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        if np.issubdtype(arr.dtype, np.integer):
-            return np.clip(luma / float(np.iinfo(arr.dtype).max), 0.0, 1.0).astype(np.float32)
-        arr = luma
-    if arr.ndim != 2:
-        raise ValueError(f"expected a 2-D grayscale image, got an array of shape {arr.shape}")
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        out = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
-        return np.clip(out, 0.0, 1.0) if np.issubdtype(arr.dtype, np.signedinteger) else out
-    out = arr.astype(np.float32, copy=False)
-    if not np.isfinite(out).all():
-        raise ValueError("the image holds non-finite values (NaN or infinity)")
-    lo, hi = (float(out.min()), float(out.max())) if out.size else (0.0, 0.0)
-    if lo >= 0.0 and hi <= 1.0:
-        return out
-    return ((out - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(out)
-
-
 def resize2d(img: np.ndarray, size: Sequence[int], interpolation: str = "bilinear") -> np.ndarray:
     """Resize a 2-D float32 array to ``size`` (H, W) with the policy's kernel (see the module doc)."""
     import cv2
@@ -224,8 +188,9 @@ def _spec(spec: "Preprocessing | Mapping[str, Any]") -> Preprocessing:
 
 
 def unit_pixels(item: "ImageRecord | np.ndarray", spec: Preprocessing | Mapping[str, Any]) -> np.ndarray:
-    """What the network looks at before geometry: records windowed per ``spec.window``; arrays by :func:`to_unit_gray`."""
-    from cxr_viewer.core.io.record import ImageRecord
+    """What the network looks at before geometry: records windowed per ``spec.window``; arrays by
+    :func:`~cxr_viewer.core.io.record.to_unit_gray`."""
+    from cxr_viewer.core.io.record import ImageRecord, to_unit_gray
 
     spec = _spec(spec)
     if isinstance(item, ImageRecord):
@@ -264,7 +229,7 @@ def preprocess(item: "ImageRecord | np.ndarray", spec: Preprocessing | Mapping[s
     """Record or decoded array -> float32 array (C, H, W), normalised per ``spec``.
 
     Records are windowed with their default (DICOM VOI) window when
-    ``spec.window == "default"``; arrays follow :func:`to_unit_gray`.
+    ``spec.window == "default"``; arrays follow :func:`~cxr_viewer.core.io.record.to_unit_gray`.
     """
     spec = _spec(spec)
     return normalise(place(unit_pixels(item, spec), spec), spec)

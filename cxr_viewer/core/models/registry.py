@@ -42,11 +42,21 @@ def register_model(name: str) -> Callable[[F], F]:
     return deco
 
 
-def _ensure_builtin() -> None:
-    """Register the built-in architectures (the package knows its members; they import torch)."""
-    from cxr_viewer.core import models
+#: Imports the modules of the built-in architectures (they need torch). The package sets it: it knows its
+#: members, and the registry stays below them (they import ``register_model`` from here).
+_builtin_loader: Callable[[], None] | None = None
 
-    models.register_builtin_models()
+
+def set_builtin_loader(loader: Callable[[], None]) -> None:
+    """Name the function that registers the built-in architectures on first use (the package's)."""
+    global _builtin_loader
+    _builtin_loader = loader
+
+
+def _ensure_builtin() -> None:
+    """Register the built-in architectures before a name is looked up."""
+    if _builtin_loader is not None:
+        _builtin_loader()
 
 
 def list_models() -> list[str]:
