@@ -1,7 +1,9 @@
 """Headless commands: ``cxr-viewer analyze FILE... --json OUT`` and ``cxr-viewer --self-test``.
 
-No Qt. Models load once per run; every input gets a JSON object, and bad input
-becomes an ``error`` object (code + message), never a traceback.
+No Qt. Argument parsing and output over the core use case (:mod:`cxr_viewer.core.usecase`:
+each film analysed and judged with one workspace, its record exported). Models load once per
+run; every input gets a JSON object, and bad input becomes an ``error`` object (code +
+message), never a traceback.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxr_viewer.core.errors import CXRError, ExportError, NoSegmentationModelError
+from cxr_viewer.core.errors import CXRError
 from cxr_viewer.core.jsonio import dumps, finite_or_none, non_finite_paths
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.engine import InferenceEngine
-    from cxr_viewer.core.io.record import ImageRecord
     from cxr_viewer.core.workspace import Workspace
 
 log = logging.getLogger("cxr_viewer.headless")
@@ -163,30 +164,6 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
     return [*extra, *(d for d in (default_models_dir(), user_models_dir()) if d not in extra)]
 
 
-def segment_request(
-    engine: "InferenceEngine", record: "ImageRecord", report: str, mask_out: Path | None, stem: str
-) -> dict[str, Any]:
-    """Report-conditioned masks: one 0/255 PNG per report sentence, at the input's size, written into
-    ``mask_out`` (nothing is written without it)."""
-    from cxr_viewer.core.inference.segment import write_report_masks
-
-    bundles = engine.bundles_for_task("text_segmentation")
-    if not bundles:
-        raise NoSegmentationModelError(
-            "No segmentation model is installed, so the report text cannot be turned into masks. "
-            "Install a text-segmentation model bundle or drop --report."
-        )
-    bundle = bundles[0]
-    seg = engine.segmenter(bundle)  # one per bundle, held by the engine
-    objects = seg.segment_report(record, report)
-    if mask_out is None:  # masks are written only when asked for (--mask-out); the JSON still lists them
-        masks = [m.summary() for m in objects]
-    else:
-        masks = write_report_masks(seg, record, report, mask_out, stem, masks=objects)
-    return {"model": {**bundle.describe(), "executed": seg.backend.executed.to_dict()}, "masks": masks,
-            "mask_objects": objects}
-
-
 def _unique_stem(path_text: str, used: set[str], kind: str = "mask") -> str:
     """A file-name stem per input that two inputs with the same name never share."""
     stem = Path(path_text).stem
@@ -196,119 +173,90 @@ def _unique_stem(path_text: str, used: set[str], kind: str = "mask") -> str:
     return stem
 
 
-def _read_ahead(engine: "InferenceEngine", path_text: str) -> tuple[Any, float]:
-    """Reader thread: decode one input and prepare what the engine will need (content hash, windowed
-    pixels, every model's input); returns (record or the CXRError, read ms)."""
-    from cxr_viewer.core.io import read_image
-
-    t0 = time.perf_counter()
-    try:
-        record = read_image(Path(path_text))
-    except Exception as exc:  # noqa: BLE001 - handed to the main thread, which reports it for this input
-        return exc, 0.0
-    read_ms = (time.perf_counter() - t0) * 1e3
-    try:
-        windowed = record.model_pixels()
-        for b in engine.bundles:
-            if b.manifest.is_classifier or b.task == "text_segmentation":
-                engine.inputs.get(record, b.preprocessing, windowed)
-    except Exception:  # noqa: BLE001 - the engine meets (and reports) the same problem on the main thread
-        log.debug("preparing %s ahead failed", path_text, exc_info=True)
-    return record, read_ms
-
-
-def _prefetched(engine: "InferenceEngine", files: list[str], depth: int) -> Any:
-    """(path, record or CXRError, read ms) in input order, decoded and preprocessed ``depth`` files ahead on
-    one reader thread, so the models never wait for a decode."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-reader") as pool:
-        pending: deque = deque()
-        it = iter(files)
-        for path_text in it:
-            pending.append((path_text, pool.submit(_read_ahead, engine, path_text)))
-            if len(pending) >= depth:
-                break
-        while pending:
-            path_text, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_read_ahead, engine, nxt)))
-            yield (path_text, *fut.result())
-
-
 def _analyze_one(
     engine: "InferenceEngine", path_text: str, args: argparse.Namespace, cam_dir: Path | None, used_stems: set[str],
     workspace: "Workspace | None" = None, read: "tuple[Any, float] | None" = None, result: Any = None,
 ) -> tuple[dict[str, Any], bool]:
     """One input -> (JSON object, fully done?). ``read``: the reader thread's (record or error, ms);
     ``result``: its analysis when a batch already ran it."""
+    from cxr_viewer.core.usecase import CamRequest, analyse, export_record, read_ahead
+
     obj: dict[str, Any] = {"file": path_text}
     timing: dict[str, float] = {}
-    record, read_ms = read if read is not None else _read_ahead(engine, path_text)
+    record, read_ms = read if read is not None else read_ahead(engine, path_text)
     if isinstance(record, CXRError):
         obj.update(status="error", error=record.to_dict())
         return obj, False
     if isinstance(record, BaseException):
         raise record
     timing["read"] = read_ms
-    if result is None:
-        result = engine.analyze(record)
     if workspace is None:
         workspace = cli_workspace(None, [], ())
-    judged = workspace.judge(result)  # THE judging step (site profile, the reader's thresholds, validation, population)
-    profile = workspace.site_profile
-    result = judged.result
+    cam = CamRequest(args.cam, args.cam_method, args.cam_model, not args.no_faithfulness) if args.cam else None
+    # THE use case: scored, judged by the workspace (site profile, the reader's thresholds, validation,
+    # population), with the heatmap and masks asked for
+    analysed = analyse(record, workspace, engine, result=result, cam=cam, report=args.report)
+    judged = analysed.judged
     d = judged.to_dict()
     timing.update(d.pop("timing_ms"))
     obj.update(status="ok")
     obj["image"] = {"rows": record.shape[0], "columns": record.shape[1], "format": record.format,
                     "notices": list(record.notices)}
     obj.update(d)
-    if profile is not None:
-        obj["site_profile"] = profile.describe()
-    obj["backend"] = dict(result.backend)
+    if workspace.site_profile is not None:
+        obj["site_profile"] = workspace.site_profile.describe()
+    obj["backend"] = dict(judged.result.backend)
     done = True
-    mask_objects: list[Any] = []
-    heat = None
-    if args.cam:
+    if cam is not None:
         t0 = time.perf_counter()
+        heat = analysed.heatmap
         try:
-            from cxr_viewer.core.labels import match_label
-
-            names = [f["label"] for f in d.get("findings", [])
-                     if args.cam_model is None or f.get("model") == args.cam_model]
-            names += [lab for lab, m in engine.research_overlays() if args.cam_model in (None, m)]  # opt-in maps
-            label = match_label(args.cam, names) if names else args.cam
-            heat = engine.cam(record, label, args.cam_method, model=args.cam_model,
-                              faithfulness=not args.no_faithfulness)
-            stem = _unique_stem(path_text, used_stems, "cam")
-            out = _write_cam(heat.values, cam_dir or Path("."), stem, heat.label, heat.method, args.cam_format)
+            if analysed.cam_error is not None:
+                raise analysed.cam_error
+            out = _write_cam(heat.values, cam_dir or Path("."), _unique_stem(path_text, used_stems, "cam"), heat.label,
+                             heat.method, args.cam_format)
             obj["cam"] = {**heat.to_dict(), "path": str(out)}
         except CXRError as exc:
             obj["cam"] = {"label": args.cam, "method": args.cam_method, "error": exc.to_dict()}
             done = False
-        timing["cam"] = (time.perf_counter() - t0) * 1e3
+        timing["cam"] = analysed.timing_ms["cam"] + (time.perf_counter() - t0) * 1e3
     if args.report is not None:
+        t0 = time.perf_counter()
+        stem = _unique_stem(path_text, used_stems)
         try:
-            t0 = time.perf_counter()
-            seg = segment_request(engine, record, args.report,
-                                  Path(args.mask_out) if args.mask_out else None, _unique_stem(path_text, used_stems))
-            obj["masks"] = seg.pop("masks")
-            mask_objects = seg.pop("mask_objects")  # the record lists an empty region as "nothing found"
-            obj["segmentation"] = seg
-            timing["segment"] = (time.perf_counter() - t0) * 1e3
+            if analysed.segmentation_error is not None:
+                raise analysed.segmentation_error
+            obj["masks"] = _mask_rows(analysed, args, stem)
+            obj["segmentation"] = {"model": analysed.segmentation_model}
+            timing["segment"] = analysed.timing_ms["segment"] + (time.perf_counter() - t0) * 1e3
         except CXRError as exc:
             obj["segmentation"] = {"error": exc.to_dict()}
             done = False
     if args.pdf_out or args.dicom_out or args.anonymised_out:
         t0 = time.perf_counter()
-        done &= _export_one(record, judged, args, obj, mask_objects, heat, _unique_stem(path_text, used_stems, "report"),
-                            path_text)
+        stem = _safe_name(_unique_stem(path_text, used_stems, "report"))
+        exported = export_record(analysed, path_text,
+                                 pdf_path=Path(args.pdf_out) / f"{stem}_report.pdf" if args.pdf_out else None,
+                                 dicom_dir=args.dicom_out, anonymised_dir=args.anonymised_out,
+                                 report_text=args.report or "")
+        if exported.warnings:
+            obj.setdefault("warnings", []).extend(exported.warnings)
+        obj.update(exported.outputs)
+        done &= exported.done
         timing["export"] = (time.perf_counter() - t0) * 1e3
     obj["timing_ms"] = {k: round(v, 3) for k, v in timing.items()}
     return obj, done
+
+
+def _mask_rows(analysed: Any, args: argparse.Namespace, stem: str) -> list[dict[str, Any]]:
+    """The report's masks as the JSON lists them: one 0/255 PNG per report sentence, at the input's size,
+    written into ``--mask-out`` (without it the masks are only described)."""
+    if not args.mask_out:
+        return [m.summary() for m in analysed.masks]
+    from cxr_viewer.core.inference.segment import write_report_masks
+
+    return write_report_masks(analysed.segmenter, analysed.record, args.report, Path(args.mask_out), stem,
+                              masks=analysed.masks)
 
 
 def _finite_result(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -327,76 +275,6 @@ def _finite_result(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return clean, False
 
 
-def _export_one(
-    record: "ImageRecord", judged: Any, args: argparse.Namespace, obj: dict[str, Any], masks: list[Any],
-    heat: Any, stem: str, path_text: str,
-) -> bool:
-    """``--pdf-out`` / ``--dicom-out`` (the record the Export menu writes) and ``--anonymised-out`` for one
-    analysed input, with the annotations saved beside it (Ctrl+S); failures become ``error`` objects.
-
-    An export that fails for any reason (a full disk, a header no object can carry) is recorded on
-    that result as an export error; the findings already in ``obj`` are never lost to it.
-    """
-    from cxr_viewer.core.export.measurements import measurement_rows
-    from cxr_viewer.core.export.record import ClinicalRecord, Identification, annotations_beside, write_record
-
-    def failed(what: str, exc: BaseException) -> dict[str, Any]:
-        if isinstance(exc, CXRError):
-            return {"error": exc.to_dict()}
-        if not isinstance(exc, OSError):
-            log.error("export of %s failed: %s", what, type(exc).__name__)
-            log.debug("details", exc_info=True)
-        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        return {"error": {"code": "export_failed", "message": f"Could not write the {what} ({text}); "
-                          "the findings above are complete."}}
-
-    done = True
-    try:
-        annotations = tuple(annotations_beside(path_text, record))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        annotations = ()
-        obj.setdefault("warnings", []).append(f"The annotations saved beside this image were not read: {exc}")
-    if annotations:
-        obj["measurements"] = [{"kind": r.kind, "name": r.name, "value": r.value} for r in measurement_rows(annotations)]
-    try:
-        rec = ClinicalRecord(record, judged, Identification.from_record(record), annotations, tuple(masks), heat,
-                             report_text=args.report or "")
-    except Exception as exc:  # noqa: BLE001 - a header no record can be made of: the exports fail, not the result
-        rec, done = None, not (args.pdf_out or args.dicom_out)
-        for key, wanted, what in (("report_pdf", args.pdf_out, "PDF report"), ("dicom", args.dicom_out, "DICOM results")):
-            if wanted:
-                obj[key] = failed(what, exc)
-    pdf_path: Path | None = None
-    if args.pdf_out and rec is not None:
-        try:
-            pdf_path = write_record(rec, pdf_path=Path(args.pdf_out) / f"{_safe_name(stem)}_report.pdf")[0]
-            obj["report_pdf"] = str(pdf_path)
-        except Exception as exc:  # noqa: BLE001 - an export failure never costs the findings
-            obj["report_pdf"] = failed("PDF report", exc)
-            done = False
-    if args.dicom_out and rec is not None:
-        try:
-            obj["dicom"] = [str(p) for p in write_record(rec, dicom_dir=Path(args.dicom_out))]
-        except Exception as exc:  # noqa: BLE001 - an export failure never costs the findings
-            obj["dicom"] = failed("DICOM results", exc)
-            done = False
-    if args.anonymised_out:
-        from cxr_viewer.core.export.anonymise import export_anonymised
-
-        try:
-            if record.format != "dicom" or record.source is None:
-                raise ExportError("Anonymised export needs a DICOM image; this input carries no DICOM header.")
-            # no identified PDF here: the anonymised objects get a page drawn without identification
-            out = export_anonymised([record.source], Path(args.anonymised_out),
-                                    results=[(record, judged, {"masks": [m for m in masks if not m.empty],
-                                                               "annotations": annotations})])
-            obj["anonymised"] = {"files": [str(p) for p in out.files], "warnings": out.warnings}
-        except Exception as exc:  # noqa: BLE001 - an export failure never costs the findings
-            obj["anonymised"] = failed("anonymised export", exc)
-            done = False
-    return done
-
-
 def analyze_main(argv: list[str]) -> int:
     """``cxr-viewer analyze``: see ``--help``. Returns the process exit status."""
     args = _analyze_parser().parse_args(argv)
@@ -406,6 +284,7 @@ def analyze_main(argv: list[str]) -> int:
         return EXIT_REJECTED
     from cxr_viewer.core.inference import engine as engine_module
     from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.usecase import scored_files
 
     no_models_warning = getattr(engine_module, "NO_MODELS_WARNING", None)
     try:
@@ -434,21 +313,11 @@ def analyze_main(argv: list[str]) -> int:
     results: list[dict[str, Any]] = []
     all_done = True
     used_stems: set[str] = set()
-    batch = max(1, int(args.batch))
-    engine.inputs.reserve(4 * batch * max(1, len(engine.bundles)))  # what the reader prepares ahead stays cached
-    reads = _prefetched(engine, list(args.files), depth=2 * batch)
-    queue: list[tuple[str, Any, Any]] = []  # (path, (record or error, ms), batched result or None)
-    for path_text, record, read_ms in reads:
-        queue.append((path_text, (record, read_ms), None))
-        if len(queue) < batch and len(results) + len(queue) < len(args.files):
-            continue
-        queue = _batched(engine, queue)
-        for path_text, read, result in queue:
-            obj, done = _one_safely(engine, path_text, args, cam_dir, used_stems, workspace, read, result,
-                                    len(results), run_warnings, refused_all, no_models_warning)
-            results.append(obj)
-            all_done &= done
-        queue = []
+    for path_text, read, result in scored_files(engine, args.files, batch=args.batch):
+        obj, done = _one_safely(engine, path_text, args, cam_dir, used_stems, workspace, read, result,
+                                len(results), run_warnings, refused_all, no_models_warning)
+        results.append(obj)
+        all_done &= done
     text = dumps(results, indent=2)
     if args.json == "-":
         sys.stdout.write(text + "\n")
@@ -459,23 +328,6 @@ def analyze_main(argv: list[str]) -> int:
     if refused_all is not None:
         return EXIT_MODELS_REFUSED
     return EXIT_OK if all_done else EXIT_REJECTED
-
-
-def _batched(engine: "InferenceEngine", queue: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
-    """The queued inputs that were read, analysed together (batched forwards); a batch that fails is
-    left to the one-at-a-time path, which reports each input's own error."""
-    ok = [i for i, (_, (record, _ms), _r) in enumerate(queue) if not isinstance(record, BaseException)]
-    if len(ok) < 2:
-        return queue
-    try:
-        results = engine.analyze_batch([queue[i][1][0] for i in ok])
-    except Exception:  # noqa: BLE001 - one bad file must not stop the batch
-        log.debug("batched analysis failed; analysing one at a time", exc_info=True)
-        return queue
-    out = list(queue)
-    for i, res in zip(ok, results):
-        out[i] = (queue[i][0], queue[i][1], res)
-    return out
 
 
 def _one_safely(

@@ -182,8 +182,10 @@ def listen_main(argv: list[str]) -> int:
 def _send_results(args: argparse.Namespace, remote) -> int:
     """The headless analysis (same engine and models as ``analyze``), then the result objects to the PACS."""
     from cxr_viewer.core import pacs
+    from cxr_viewer.core.export.record import annotations_beside
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
+    from cxr_viewer.core.usecase import analyse
     from cxr_viewer.headless import classifier_labels, cli_workspace, model_dirs, site_profile_for
 
     files = pacs.dicom_files(args.files)
@@ -208,19 +210,19 @@ def _send_results(args: argparse.Namespace, remote) -> int:
     failed = 0
     for i, f in enumerate(files, start=1):
         try:
-            from cxr_viewer.core.export.record import annotations_beside
-
             record = read_image(f)
-            judged = workspace.judge(engine.analyze(record))
-            masks = engine.segmenter(segs[0]).segment_report(record, args.report) if args.report else None
+            analysed = analyse(record, workspace, engine, report=args.report or None)  # the use case analyze runs
+            if analysed.segmentation_error is not None:
+                raise analysed.segmentation_error
             out = Path(args.out) / f"{i:03d}" if args.out else None
             try:
                 annotations = annotations_beside(f, record)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 annotations = []
                 print(f"{f.name}: the annotations saved beside it were not read ({exc})", file=sys.stderr)
-            sent = pacs.send_results(remote, record, judged, masks=masks, out_dir=out, calling_ae=args.ae_title,
-                                     timeout=args.timeout, annotations=annotations, report_text=args.report or "")
+            sent = pacs.send_results(remote, record, analysed.judged, masks=analysed.masks, out_dir=out,
+                                     calling_ae=args.ae_title, timeout=args.timeout, annotations=annotations,
+                                     report_text=args.report or "")
             print(f"{f.name}: {len(sent)} result object(s) stored on {remote.ae_title}")
         except (pacs.PacsConnectionLostError, pacs.PacsUnreachableError, pacs.PacsRefusedError):
             raise  # the PACS, not this file: stop here
