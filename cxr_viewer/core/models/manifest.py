@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from cxr_viewer.core.errors import BundleError
+from cxr_viewer.core.models.blocks import (
+    DERIVED_ROLES,
+    CalibrationRecord,
+    DerivedFinding,
+    OnnxRecord,
+    Population,
+    SiteVersion,
+)
 from cxr_viewer.core.models.preprocess import Preprocessing
+from cxr_viewer.core.models.ref import ModelRef
 
 __all__ = [
     "CLASSIFIER_TASKS",
@@ -45,7 +54,8 @@ ONNX_RECORD_SCHEMA = 2
 _KNOWN_KEYS = (
     "schema_version", "name", "version", "task", "trained", "architecture", "labels", "thresholds",
     "preprocessing", "cam", "text_encoder", "provenance", "metrics", "intended_use", "limitations",
-    "golden", "weights", "enabled", "description",
+    "golden", "weights", "enabled", "description", *(
+        "population", "derived_findings", "calibration", "site_version", "onnx"),
 )  # fmt: skip
 
 
@@ -74,14 +84,24 @@ def _manifest_paths(d: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
-#: ``derived_findings[].role`` of a ``text_segmentation`` bundle: a finding row (badge, worklist,
-#: report, SR) or an opt-in research overlay that only draws its map and is never a finding.
-DERIVED_ROLES: tuple[str, ...] = ("finding", "research_overlay")
+#: The typed blocks: manifest key -> how it is read (each names the field it refuses).
+_BLOCKS: dict[str, Any] = {
+    "population": Population.from_dict,
+    "calibration": CalibrationRecord.from_dict,
+    "site_version": SiteVersion.from_dict,
+    "onnx": OnnxRecord.from_dict,
+    "derived_findings": DerivedFinding.list_from,
+}
 
 
 @dataclass
 class Manifest:
-    """A validated bundle manifest. Unknown top-level keys are kept in ``extra`` and written back."""
+    """A validated bundle manifest. Unknown top-level keys are kept in ``extra`` and written back.
+
+    The blocks a consumer reads (``population``, ``derived_findings``, ``calibration``,
+    ``site_version``, ``onnx``) are typed (:mod:`cxr_viewer.core.models.blocks`); the
+    top-level key order read is kept, so a manifest loaded and saved is the same JSON.
+    """
 
     name: str
     version: str
@@ -102,7 +122,13 @@ class Manifest:
     enabled: bool = True
     description: str = ""
     schema_version: int = SCHEMA_VERSION
+    population: Population | None = None
+    derived_findings: tuple[DerivedFinding, ...] = ()
+    calibration: CalibrationRecord | None = None
+    site_version: SiteVersion | None = None
+    onnx: OnnxRecord | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    key_order: tuple[str, ...] = field(default=(), repr=False, compare=False)  # top-level keys as read
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -204,11 +230,19 @@ class Manifest:
         te = d.get("text_encoder")
         if te is not None and not isinstance(te, Mapping):
             problems.append("'text_encoder' must be an object or null")
+        blocks: dict[str, Any] = {}
+        for key, read in _BLOCKS.items():
+            if d.get(key) is None or d.get(key) == []:
+                continue  # written back as read (see ``extra``)
+            try:
+                blocks[key] = read(d[key])
+            except (TypeError, ValueError) as exc:
+                problems.append(str(exc))
         if problems:
             raise BundleError(
                 f"The model bundle{where} has an invalid manifest: " + "; ".join(problems) + ".", path=source
             )
-        extra = {k: v for k, v in d.items() if k not in _KNOWN_KEYS}
+        extra = {k: v for k, v in d.items() if k not in _KNOWN_KEYS or (k in _BLOCKS and k not in blocks)}
         return cls(
             name=name,
             version=version,
@@ -230,6 +264,8 @@ class Manifest:
             description=str(d.get("description", "")),
             schema_version=int(sv),
             extra=extra,
+            key_order=tuple(str(k) for k in d),
+            **blocks,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,7 +290,16 @@ class Manifest:
             "enabled": self.enabled,
             "weights": dict(self.weights),
         }
-        d.update(self.extra)
+        blocks = {"derived_findings": self.derived_findings or None, "calibration": self.calibration,
+                  "population": self.population, "site_version": self.site_version, "onnx": self.onnx}  # fmt: skip
+        for key, block in blocks.items():
+            if block is not None:
+                d[key] = [b.to_dict() for b in block] if isinstance(block, tuple) else block.to_dict()
+        for key, value in self.extra.items():  # a block read as null or [] sits in extra until it is set
+            d.setdefault(key, value)
+        if self.key_order:  # the order read; keys added since go last
+            first = [k for k in self.key_order if k in d]
+            d = {**{k: d[k] for k in first}, **{k: v for k, v in d.items() if k not in first}}
         return d
 
     # ------------------------------------------------------------------ helpers
@@ -267,16 +312,24 @@ class Manifest:
     def is_classifier(self) -> bool:
         return self.task in CLASSIFIER_TASKS
 
-    def derived(self, role: str = "finding") -> list[dict[str, Any]]:
-        """The ``derived_findings`` entries with ``role`` (default ``finding``; see :data:`DERIVED_ROLES`).
+    def derived(self, role: str | None = "finding") -> list[DerivedFinding]:
+        """The ``derived_findings`` entries with ``role`` (default ``finding``, None: all; see :data:`DERIVED_ROLES`).
 
-        Entries are checked when a bundle is loaded (``inference.engine.derived_specs``); only
-        ``text_segmentation`` bundles have any.
+        Only ``text_segmentation`` bundles have any (other tasks' entries are ignored).
         """
-        raw = self.extra.get("derived_findings") if self.task == "text_segmentation" else None
-        if not isinstance(raw, list):
+        if self.task != "text_segmentation":
             return []
-        return [dict(d) for d in raw if isinstance(d, Mapping) and d.get("role", "finding") == role]
+        return [d for d in self.derived_findings if role is None or d.role == role]
+
+    @property
+    def ref(self) -> ModelRef:
+        """The model's identity as its manifest records it (weights hash as recorded)."""
+        return ModelRef.from_manifest(self)
+
+    @property
+    def replaces(self) -> str:
+        """The name of the bundle a site version was fine-tuned from ("" for any other bundle)."""
+        return "" if self.site_version is None else self.site_version.replaces_name
 
     @property
     def cam_layers(self) -> list[str]:
