@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from cxr_viewer.core.errors import TrainingConfigError
+from cxr_viewer.core.models.blocks import CalibrationRecord, Population
 from cxr_viewer.core.models.metrics import THRESHOLD_METHODS as METHODS
 from cxr_viewer.core.models.metrics import choose_threshold  # written once, in core
 
@@ -130,10 +131,10 @@ def calibrate(
             head.weight.copy_(torch.from_numpy(W).to(head.weight))
             head.bias.copy_(torch.from_numpy(b).to(head.bias))
         P = apply_calibration(P, cals)
-        m.extra["calibration"] = {
+        m.calibration = CalibrationRecord.from_dict({
             "split": split, "method": "per-label choice by 5-fold cross-validated ECE (folded into the head)",
             "labels": cal_report,
-        }  # fmt: skip
+        })  # fmt: skip
     chosen: dict[str, dict[str, Any]] = {}
     base_method = "specificity" if method == "budget" else method
     base_target = 0.95 if method == "budget" else target  # display thresholds of findings the budget cannot use
@@ -161,19 +162,22 @@ def calibrate(
         from trainer.population import describe_population
 
         train_frame = None
+        population: dict[str, Any] | None = None
         try:
             train_frame = split_frame(manifest, "train", split_file, loaded)
-            m.extra["population"] = describe_population(train_frame)
+            population = describe_population(train_frame)
         except Exception as exc:  # noqa: BLE001 - a manifest without a train split still calibrates
             log.info("population not described: %s", exc)
-        if "population" in m.extra and len(frame) >= 20:
+        if population is not None and len(frame) >= 20:
             from trainer.population import fit_feature_ood
 
-            m.extra["population"]["ood"] = fit_feature_ood(loaded, frame, batch_size=batch_size, features=F)
-        if age_head and "population" in m.extra and train_frame is not None:
-            _population_per_finding(loaded, m.extra["population"], train_frame, frame, Y, F, min_positives=min_positives,
+            population["ood"] = fit_feature_ood(loaded, frame, batch_size=batch_size, features=F)
+        if age_head and population is not None and train_frame is not None:
+            _population_per_finding(loaded, population, train_frame, frame, Y, F, min_positives=min_positives,
                                     per_source=age_films_per_source, batch_size=batch_size, cache_dir=cache_dir,
                                     split=split)  # fmt: skip
+        if population is not None:
+            m.population = Population.from_dict(population)
         if method == "budget":
             _spend_budget(loaded, m, frame, P, Y, F, chosen, budget=budget, split=split, confidence=budget_confidence)
     dest = Path(out) if out else src
@@ -205,14 +209,15 @@ def _population_per_finding(loaded: Any, population: dict[str, Any], train: Any,
     head = population["age_head"] = fit_age_head(F_train, aged)
     if F is not None:
         try:  # the viewer reads the head's estimate exactly so: choose the cut-off on that
-            head.update(choose_child_cutoff(np.array([estimate_age(f, population) for f in F]), val, split=split))
+            typed = Population.from_dict(population)
+            head.update(choose_child_cutoff(np.array([estimate_age(f, typed) for f in F]), val, split=split))
         except ValueError as exc:
             log.warning("age head: child/adult cut-off left at %g years (%s)", head["child_below"], exc)
             head["chosen_on"] = {"rule": f"fixed {head['child_below']:g} years ({exc})"}
     population["findings"] = finding_populations(val, loaded.labels, Y, min_positives=max(min_positives, 1))
 
 
-def viewer_eligibility(population: dict[str, Any], labels: list[str], F: np.ndarray | None) -> np.ndarray:
+def viewer_eligibility(population: Population | None, labels: list[str], F: np.ndarray | None) -> np.ndarray:
     """(N, L): the viewer would judge finding L on film N (inside its population), by the age
     head's estimate, as for a film whose header records no age."""
     from cxr_viewer.core.inference.population import film_age, finding_outside
@@ -234,8 +239,7 @@ def _spend_budget(loaded: Any, m: Any, frame: Any, P: np.ndarray, Y: np.ndarray,
     from trainer.population import is_child
 
     labels = loaded.labels
-    population = m.extra.get("population") or {}
-    eligible = viewer_eligibility(population, labels, F)
+    eligible = viewer_eligibility(m.population, labels, F)
     group = np.where(is_child(frame), "children", "adults")
     normal = Y[:, labels.index("Abnormal")] == 0 if "Abnormal" in labels else np.all(np.nan_to_num(Y, nan=1.0) == 0, axis=1)
     cand = [j for j, lab in enumerate(labels) if m.thresholds.get(lab, {}).get("validated") is not False]

@@ -440,10 +440,11 @@ def population_metrics(
                 "every_threshold": float(pos[m].sum(1).mean()),
                 "labels_counted": [lab for lab, v in zip(labels, validated) if v],
             }
-    cal = (loaded.manifest.extra.get("calibration") or {}).get("labels", {})
+    record = loaded.manifest.calibration
+    cal = {} if record is None else record.labels
     for j, lab in enumerate(labels):
         known = ~np.isnan(Y[:, j])
-        c = Calibration.from_dict(cal.get(lab))
+        c = cal[lab].calibration if lab in cal else Calibration()
         if c.method in ("temperature", "platt") and known.any():
             raw = 1.0 / (1.0 + np.exp(-(logit(P[known, j]) - c.b) / c.a))
             out["ece_uncalibrated"][lab] = expected_calibration_error(Y[known, j], raw)
@@ -468,7 +469,7 @@ def badge_metrics(
     labels = loaded.labels
     if "Abnormal" not in labels or "dataset" not in frame:
         return {}
-    population = loaded.manifest.extra.get("population") or {}
+    population = loaded.manifest.population
     eligible = viewer_eligibility(population, labels, F) if F is not None else np.ones(P.shape, dtype=bool)
     thr = np.array([loaded.manifest.threshold(lab) for lab in labels])
     counted = np.array([loaded.manifest.thresholds.get(lab, {}).get("validated", True) is not False for lab in labels])
@@ -480,13 +481,13 @@ def badge_metrics(
         )
     }
     out["badges"]["labels_counted"] = [lab for lab, c in zip(labels, counted) if c]
-    head = population.get("age_head")
-    if head and F is not None:
+    head = None if population is None else population.age_head
+    if head is not None and F is not None:
         from cxr_viewer.core.inference.population import estimate_age
 
         est = np.array([estimate_age(f, population) for f in F])
         out["age_head"] = age_head_metrics(est, frame, groups, n_boot=n_boot, seed=seed,
-                                           child_below=float(head.get("child_below", 11.5)))  # fmt: skip
+                                           child_below=float(11.5 if head.child_below is None else head.child_below))  # fmt: skip
     return out
 
 
@@ -516,7 +517,7 @@ def _report(loaded: "LoadedBundle", m: dict[str, Any], figures: dict[str, str], 
         )
     from cxr_viewer.core.models.card import badge_sections
 
-    lines += badge_sections(loaded.manifest.to_dict(), m)
+    lines += badge_sections(loaded.manifest, m)
     lines += ["", "## ROC", "", f"![ROC curves]({figures['roc']})", "", "## Precision-recall", "", f"![PR curves]({figures['pr']})"]
     lines += ["", "## Confusion at the operating thresholds", "", f"![confusion matrices]({figures['confusion']})"]
     lines += ["", "## Calibration", "", f"![reliability diagram]({figures['calibration']})"]

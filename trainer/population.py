@@ -57,6 +57,7 @@ def fit_feature_ood(loaded: Any, frame: "pd.DataFrame", *, quantile: float = 0.9
     and the ``quantile`` of :func:`~cxr_viewer.core.inference.population.feature_distance` on the other
     half: films farther than that are "outside the model's population"."""
     from cxr_viewer.core.inference.population import feature_distance
+    from cxr_viewer.core.models.blocks import OodStats
 
     if features is not None:
         F = np.asarray(features, dtype=np.float64)
@@ -73,11 +74,12 @@ def fit_feature_ood(loaded: Any, frame: "pd.DataFrame", *, quantile: float = 0.9
     fit, held = F[order[: len(F) // 2]], F[order[len(F) // 2 :]]
     std = fit.std(0)
     # a feature nearly constant on the fitting half (a unit that rarely fires) must not dominate the distance
-    stats = {"mean": fit.mean(0), "std": np.maximum(std, 0.1 * float(np.median(std)) + 1e-6)}
+    mean, std = fit.mean(0), np.maximum(std, 0.1 * float(np.median(std)) + 1e-6)
+    stats = OodStats(mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
     d = np.array([feature_distance(f, stats) for f in held])
     return {
-        "mean": [round(float(v), 5) for v in stats["mean"]],
-        "std": [round(float(v), 5) for v in stats["std"]],
+        "mean": [round(float(v), 5) for v in mean],
+        "std": [round(float(v), 5) for v in std],
         "quantile": quantile,
         "threshold": float(np.quantile(d, quantile)),
         "fitted_on": f"{len(fit)} validation films (statistics) and {len(held)} others (threshold)",

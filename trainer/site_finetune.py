@@ -162,13 +162,14 @@ def install_site_version(candidate: Path, original: Any, report: dict[str, Any],
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(candidate, dest)
     from cxr_viewer.core.jsonio import finite_or_none
+    from cxr_viewer.core.models.blocks import SiteVersion
 
     m.enabled = False
-    m.extra["site_version"] = finite_or_none({
-        "replaces": original.describe(), "installed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    m.site_version = SiteVersion.from_dict(finite_or_none({
+        "replaces": original.ref.to_dict(), "installed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "gates": report["gates"], "site_test": report["site_test"],
         "rollback": f"the original {original.name} {original.version} stays installed; switch this one off to roll back",
-    })  # fmt: skip
+    }))  # fmt: skip
     rewrite_manifest(m, dest)
     return dest
 

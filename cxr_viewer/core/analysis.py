@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cxr_viewer.core.errors import CXRError, NoSegmentationModelError
 from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.models.ref import ModelRef
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.engine import InferenceEngine
@@ -52,7 +53,6 @@ __all__ = [
     "UserThresholds",
     "default_model_dirs",
     "model_enabled",
-    "replaces",
     "site_adjusted",
     "run_analysis",
     "run_cam",
@@ -128,30 +128,24 @@ def model_enabled(manifest: Any, disabled: frozenset[str] | set[str] = frozenset
     return True if manifest.name in enabled else bool(manifest.enabled)
 
 
-def replaces(manifest: Any) -> str:
-    """The name of the bundle a site version was fine-tuned from ("" for any other bundle)."""
-    sv = (getattr(manifest, "extra", None) or {}).get("site_version") or {}
-    return str((sv.get("replaces") or {}).get("name") or "")
-
-
 @dataclass(frozen=True)
 class BundleSummary:
-    """What the GUI needs to know about an available bundle (no weights, no torch)."""
+    """What the GUI needs to know about an available bundle (no weights, no torch): its identity
+    (:class:`~cxr_viewer.core.models.ref.ModelRef`; an unusable bundle is named by its folder) and its state."""
 
-    name: str
-    version: str
-    task: str
-    trained: bool
-    sha256: str
+    ref: ModelRef
     path: Path
     enabled: bool = True
     loaded: bool = False
     error: str | None = None
     replaces: str = ""  # a site version: the name of the bundle it was fine-tuned from (kept for rollback)
 
-    @property
-    def display_name(self) -> str:
-        return f"{self.name} {self.version}".strip()
+    name = property(lambda self: self.ref.name)
+    version = property(lambda self: self.ref.version)
+    task = property(lambda self: self.ref.task)
+    trained = property(lambda self: self.ref.trained)
+    sha256 = property(lambda self: self.ref.sha256)
+    display_name = property(lambda self: self.ref.display_name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -254,11 +248,11 @@ class ModelPool:
         for info in infos:
             m = info.manifest
             if m is None:
-                summaries.append(BundleSummary(info.path.name, "", "", False, "", info.path, False, False, info.error))
+                summaries.append(BundleSummary(ModelRef(info.path.name, "", "", trained=False), info.path, False, False,
+                                               info.error))  # fmt: skip
                 continue
             enabled = model_enabled(m, config.disabled, config.enabled)
-            summaries.append(BundleSummary(m.name, m.version, m.task, m.trained, str(m.weights.get("sha256", "")),
-                                           info.path, enabled, replaces=replaces(m)))
+            summaries.append(BundleSummary(m.ref, info.path, enabled, replaces=m.replaces))
             if enabled:
                 wanted.append(info)
         wanted_keys = {(i.manifest.name, str(i.manifest.weights.get("sha256", "")).lower()) for i in wanted}
@@ -282,7 +276,7 @@ class ModelPool:
             engine.prepare()  # the new models' sessions side by side, before the first image needs them
         names = {(b.name, b.sha256) for b in engine.bundles}
         self.summaries = tuple(
-            replace(s, loaded=(s.name, s.sha256.lower()) in names, error=errors.get(s.path, s.error)) for s in summaries
+            replace(s, loaded=(s.name, s.sha256) in names, error=errors.get(s.path, s.error)) for s in summaries
         )
         return engine
 

@@ -209,7 +209,7 @@ def test_onnx_export_recorded_in_the_manifest_matches_torch(model, tmp_path: Pat
     out = save_bundle(model, _manifest(), tmp_path / "b")
     rec = export_bundle(out)
     man = read_manifest(out)
-    assert man.extra["onnx"] == rec and rec["weights_sha256"] == man.weights["sha256"]
+    assert man.onnx.to_dict() == rec and man.onnx.weights_sha256 == man.weights["sha256"]
     assert rec["file"] == "onnx/classifier.onnx" and rec["verified"]["inputs"]["samples"] == 2
     b = load_bundle(out)
     assert b.onnx is not None and b.onnx.sha256 == rec["sha256"]
@@ -220,7 +220,7 @@ def test_onnx_export_recorded_in_the_manifest_matches_torch(model, tmp_path: Pat
     assert np.abs(got - ref).max() <= 1e-4
     # saving other weights over the bundle drops the now-stale record
     save_bundle(create_model("classifier", **KW), _manifest(), out)
-    assert "onnx" not in read_manifest(out).extra
+    assert read_manifest(out).onnx is None and "onnx" not in json.loads((out / "manifest.json").read_text())
 
 
 def test_find_bundles_rereads_only_changed_manifests(tmp_path: Path, monkeypatch) -> None:

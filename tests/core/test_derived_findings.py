@@ -118,21 +118,30 @@ def test_bundle_without_derived_findings_adds_no_finding(tmp_path: Path, record:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "named"),
     [
-        [{"label": LABEL, "prompts": [], "threshold": {"value": 0.5}}],
-        [{"label": LABEL, "prompts": PROMPTS, "threshold": {"value": 1.5}}],
-        [{"label": LABEL, "prompts": PROMPTS, "score": "mean", "threshold": {"value": 0.5}}],
-        {"label": LABEL},
+        ([{"label": LABEL, "prompts": [], "threshold": {"value": 0.5}}], r"'derived_findings\[0\]\.prompts'"),
+        ([{"label": LABEL, "prompts": PROMPTS, "threshold": {"value": 1.5}}], r"'derived_findings\[0\]\.threshold\.value' is 1\.5"),
+        ([{"label": LABEL, "prompts": PROMPTS, "score": "mean", "threshold": {"value": 0.5}}], r"'derived_findings\[0\]\.score' is 'mean'"),
+        ([_spec(0.5), {"label": LABEL, "prompts": PROMPTS}], r"'derived_findings\[1\]\.threshold' is missing"),
+        ([{**_spec(0.5), "role": "badge"}], r"'derived_findings\[0\]\.role' is 'badge'"),
+        ([{**_spec(0.5), "reference": {"quantiles": [0.9, 0.1]}}], r"'derived_findings\[0\]\.reference\.quantiles'"),
+        ({"label": LABEL}, r"'derived_findings' must be a list"),
     ],
 )
-def test_broken_derived_block_is_refused_by_name(tmp_path: Path, bad: object) -> None:
-    from cxr_viewer.core.inference.engine import InferenceEngine
+def test_broken_derived_block_is_refused_by_name(tmp_path: Path, bad: object, named: str) -> None:
+    """The manifest refuses a broken entry when it is read, naming the bundle folder and the field."""
     from cxr_viewer.core.models.bundle import load_bundle
 
-    bundle = load_bundle(_save(tmp_path, bad))
-    with pytest.raises(BundleError, match="seg-derived"):
-        InferenceEngine([bundle], device="cpu", backend="torch")
+    bdir = _save(tmp_path, [_spec(0.5)])
+    man = json.loads((bdir / "manifest.json").read_text(encoding="utf-8"))
+    man["derived_findings"] = bad
+    (bdir / "manifest.json").write_text(json.dumps(man), encoding="utf-8")
+    with pytest.raises(BundleError, match=named) as err:
+        load_bundle(bdir)
+    assert "bundle in seg " in str(err.value) and err.value.path is not None
+    with pytest.raises(BundleError, match=named):  # nor can the trainer save one
+        _save(tmp_path, bad, name="again")
 
 
 def test_default_segmenter_scores_real_tbx11k_test_films(repo_root: Path, data_dir: Path) -> None:

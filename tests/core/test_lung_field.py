@@ -108,17 +108,15 @@ def test_findings_outside_the_lungs_keep_the_whole_map(shipped) -> None:
 
 
 def test_shipped_tb_score_is_a_research_overlay_not_a_finding(shipped) -> None:
-    from cxr_viewer.core.inference.engine import reference_rank
-
     engine, record = shipped
     seg = engine.bundle("report-segmenter-resnet18")
-    (spec,) = seg.manifest.extra["derived_findings"]
-    assert spec["role"] == "research_overlay" and spec["validated"] is False
+    (spec,) = seg.manifest.derived_findings
+    assert spec.role == "research_overlay" and spec.validated is False
     assert seg.manifest.derived("finding") == [] and seg.manifest.derived("research_overlay")
     result = engine.analyze(record)
     assert not any("tuberculosis" in f.label.lower() or "tb " in f.label.lower() for f in result.findings)
-    assert engine.research_overlays() == [(spec["label"], seg.name)]
-    heat = engine.cam(record, spec["label"], model=seg.name)
+    assert engine.research_overlays() == [(spec.label, seg.name)]
+    heat = engine.cam(record, spec.label, model=seg.name)
     assert heat.research and heat.method == "lesion map"
     assert heat.reference_rank == pytest.approx(reference_rank(spec, heat.score))
     assert heat.colour_peak == heat.reference_rank and 0.0 <= heat.reference_rank <= 1.0
@@ -165,8 +163,6 @@ def test_a_research_overlay_is_never_a_finding(tmp_path: Path) -> None:
 
 
 def test_reference_rank_reads_the_quantiles() -> None:
-    from cxr_viewer.core.inference.engine import reference_rank
-
     spec = {"reference": {"quantiles": [0.1, 0.2, 0.3, 0.4, 0.5]}}
     assert reference_rank(spec, 0.05) == 0.0 and reference_rank(spec, 0.9) == 1.0
     assert reference_rank(spec, 0.3) == pytest.approx(0.5)

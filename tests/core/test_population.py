@@ -9,8 +9,10 @@ import numpy as np
 
 from cxr_viewer.core.inference.population import outside_population
 from cxr_viewer.core.inference.results import Finding, QCFlag
+from cxr_viewer.core.models.blocks import Population
 
-POP = {"age_years": {"min": 1.0, "max": 95.0}, "accepted_views": ["PA", "AP", "AP SUPINE"]}
+POP_DICT = {"age_years": {"min": 1.0, "max": 95.0}, "accepted_views": ["PA", "AP", "AP SUPINE"]}
+POP = Population.from_dict(POP_DICT)
 
 
 def test_population_rules() -> None:
@@ -46,7 +48,7 @@ def test_engine_applies_validated_thresholds_and_population(tmp_path: Path) -> N
                                  thresholds={"Effusion": 0.0, "Hernia": 0.0}, seed=3)  # fmt: skip
     man = json.loads((bdir / "manifest.json").read_text())
     man["thresholds"]["Hernia"].update(validated=False, val_positives=3)
-    man["population"] = POP
+    man["population"] = POP_DICT
     (bdir / "manifest.json").write_text(json.dumps(man))
     engine = InferenceEngine([load_bundle(bdir)], device="cpu", backend="torch")
     rng = np.random.default_rng(0)
@@ -70,7 +72,7 @@ def test_engine_flags_an_out_of_population_image_from_its_pooled_features() -> N
 
     repo = Path(__file__).resolve().parents[2]
     bundle = load_bundle(repo / "resources" / "models" / "chest-resnet18")
-    assert bundle.manifest.extra["population"]["ood"]["threshold"] is not None
+    assert bundle.manifest.population.ood.threshold is not None
     engine = InferenceEngine([bundle], device="cpu", backend="torch")
     film = engine.analyze(read_image(repo / "resources" / "samples" / "nih_chest.png"))
     assert all(f.outside == "" for f in film.findings)
@@ -91,8 +93,8 @@ def test_each_finding_has_its_own_population_by_dicom_age_or_the_age_head() -> N
 
     w = np.zeros(4)
     w[0] = 10.0
-    pop = {"findings": {"Effusion": ADULT_ONLY, "Pneumonia": WITH_CHILDREN},
-           "age_head": {"weights": w.tolist(), "bias": 2.0, "child_below": 11.5}}  # fmt: skip
+    pop = Population.from_dict({"findings": {"Effusion": ADULT_ONLY, "Pneumonia": WITH_CHILDREN},
+                                "age_head": {"weights": w.tolist(), "bias": 2.0, "child_below": 11.5}})  # fmt: skip
     assert estimate_age([0.1, 5, 5, 5], pop) == 3.0 and estimate_age([5.0, 0, 0, 0], pop) == 52.0
     # a DICOM age wins over the estimate; without one the age head decides child or adult
     assert film_age({"patient_age_years": 40.0}, pop, [0.1, 0, 0, 0]) == FilmAge(40.0, "dicom")
@@ -129,7 +131,7 @@ def test_engine_shows_adult_findings_outside_population_on_a_child_film(tmp_path
     man = json.loads((bdir / "manifest.json").read_text())
 
     def run(bias: float, metadata: dict) -> dict:
-        man["population"] = {**POP, "findings": {"Effusion": ADULT_ONLY, "Pneumonia": WITH_CHILDREN},
+        man["population"] = {**POP_DICT, "findings": {"Effusion": ADULT_ONLY, "Pneumonia": WITH_CHILDREN},
                              "age_head": {"weights": [0.0] * k, "bias": bias, "child_below": 11.5}}  # fmt: skip
         (bdir / "manifest.json").write_text(json.dumps(man))
         engine = InferenceEngine([load_bundle(bdir)], device="cpu", backend="torch")

@@ -96,7 +96,7 @@ def _onnx_engine(bundles, monkeypatch: pytest.MonkeyPatch, **kw):
 def test_export_records_the_gap_linear_identity(lane_models: Path) -> None:
     from cxr_viewer.core.models.bundle import read_manifest
 
-    rec = read_manifest(lane_models / "findings").extra["onnx"]
+    rec = read_manifest(lane_models / "findings").onnx.to_dict()
     assert rec["cam"]["exact"] is True and rec["cam"]["layer"] == "backbone.layer4"
     assert rec["cam"]["gap_linear_max_diff"] < 1e-4
     assert rec["verified"]["logits_max_abs_diff"] < 1e-4

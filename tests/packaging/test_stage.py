@@ -56,12 +56,12 @@ def test_stage_ships_viewer_bundles_with_verified_exports(tmp_path: Path, capsys
     assert failures == 1 and re.search(r"FAIL  broken: .*not valid JSON", out)
     assert "SKIP  ssl 0: task ssl_encoder is not run by the viewer" in out
     assert sorted(p.name for p in (res / "models").iterdir()) == ["clf", "seg"]
-    assert read_manifest(res / "models" / "clf").extra["onnx"]["cam"]["exact"] is True
-    assert read_manifest(res / "models" / "seg").extra["onnx"]["conditioned"] is True
+    assert read_manifest(res / "models" / "clf").onnx.exact_cam is True
+    assert read_manifest(res / "models" / "seg").onnx.conditioned is True
     assert re.search(r"OK    clf 0[^:]*: onnx/classifier.onnx recorded, re-verified", out), out
     assert re.search(r"OK    seg 0[^:]*: onnx/segmenter.onnx exported, verified", out), out
-    staged = read_manifest(res / "models" / "clf").extra["onnx"]
-    assert staged["sha256"] == clf_rec["sha256"]  # the frozen app runs the very file a normal install runs
+    staged = read_manifest(res / "models" / "clf").onnx
+    assert staged.sha256 == clf_rec["sha256"]  # the frozen app runs the very file a normal install runs
     assert "text encoder all-MiniLM-L6-v2: recorded, re-verified" in out  # the repository's resources/text
     text_rec = json.loads((res / "text" / "all-MiniLM-L6-v2" / "onnx.json").read_text())
     assert text_rec["verified"]["embedding_max_abs_diff"] <= TEXT_FLOAT16_ATOL

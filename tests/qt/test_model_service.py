@@ -125,7 +125,6 @@ def test_one_workspace_carries_the_site_profile_and_corrections_to_every_surface
         qtbot, make_window, tiny_models, studies: Path, tmp_path: Path) -> None:  # noqa: F811
     """The site profile is set once, on the workspace: the viewer, the worklist and its rows follow it."""
     from cxr_viewer.core.models.bundle import read_manifest
-    from cxr_viewer.core.worklist import ModelKey
     from tests.core.test_worklist import _site_profile
 
     win = make_window(models_dir=tiny_models)
@@ -140,7 +139,7 @@ def test_one_workspace_carries_the_site_profile_and_corrections_to_every_surface
     _wait_listed(qtbot, panel, 5)
     assert all(panel.model.entry_at(r).site_profile is None for r in range(panel.model.rowCount()))
     m = read_manifest(tiny_models / "nih")
-    key = ModelKey(m.name, m.version, str(m.weights["sha256"]).lower())
+    key = m.ref
     profile = _site_profile(key, "Effusion", tmp_path / "profiles")
 
     win.site_calibration.set_profile(profile)

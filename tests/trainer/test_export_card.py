@@ -21,7 +21,7 @@ def test_export_writes_card_and_recorded_onnx(tmp_path: Path) -> None:
     card = (out / "model_card.md").read_text(encoding="utf-8")
     assert card == model_card_markdown(m)  # the one renderer, from the final manifest
     assert card.startswith("# Model card: tiny-final 1.0.0") and m.weights["sha256"] in card
-    rec = m.extra["onnx"]
-    assert rec["weights_sha256"] == m.weights["sha256"] and (out / rec["file"]).is_file()
+    rec = m.onnx
+    assert rec.weights_sha256 == m.weights["sha256"] and (out / rec.file).is_file()
     b = load_bundle(out)
-    assert b.onnx is not None and b.onnx.sha256 == rec["sha256"]
+    assert b.onnx is not None and b.onnx.sha256 == rec.sha256

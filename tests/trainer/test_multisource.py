@@ -73,22 +73,22 @@ def test_one_model_every_source_calibrated_and_honest(
     m = after.manifest
     # calibration lives in the weights: a new hash, and the head really changed where a platt fit was chosen
     assert m.weights["sha256"] != before.manifest.weights["sha256"]
-    cal = m.extra["calibration"]["labels"]
-    assert cal and all(c["method"] in ("none", "temperature", "platt") for c in cal.values())
+    cal = m.calibration.labels
+    assert cal and all(c.method in ("none", "temperature", "platt") for c in cal.values())
     for lab, t in m.thresholds.items():
         if "val_positives" in t:
             assert t["validated"] == (t["val_positives"] >= 10)
     assert any(t.get("validated") is False for t in m.thresholds.values())  # 12 films per split: rare findings
-    pop = m.extra["population"]
-    assert set(pop["sources"]) == {"nih14", "kermany", "covid", "tbx11k", "shenzhen"}
-    assert pop["age_years"]["min"] == 1.0 and "PA" in pop["accepted_views"]
-    ood = pop["ood"]
-    assert len(ood["mean"]) == len(ood["std"]) == 512 and ood["threshold"] > 0
+    pop = m.population
+    assert set(pop.sources) == {"nih14", "kermany", "covid", "tbx11k", "shenzhen"}
+    assert pop.age_years.min == 1.0 and "PA" in pop.accepted_views
+    ood = pop.ood
+    assert len(ood.mean) == len(ood.std) == 512 and ood.threshold > 0
     from cxr_viewer.core.inference.population import outside_population
 
-    far = np.asarray(ood["mean"]) + 50 * np.asarray(ood["std"])
+    far = np.asarray(ood.mean) + 50 * np.asarray(ood.std)
     assert "unlike the training films" in outside_population({}, [], pop, features=far)
-    assert outside_population({}, [], pop, features=np.asarray(ood["mean"])) == ""
+    assert outside_population({}, [], pop, features=np.asarray(ood.mean)) == ""
 
     # one false-alarm budget: validated findings spend it (or get none), the rest keep a display threshold
     assert m.extra["false_alarm_budget"]["badges_per_normal_film"] == 0.5

@@ -188,7 +188,7 @@ def test_whole_site_loop(original: Path, site: tuple[Path, Path], runs: Path, ad
     assert rc == 0, out.err[-3000:]
     new = read_manifest(rep["installed"])
     assert new.name == "orig-site" and not new.enabled and load_bundle(rep["installed"]).manifest.golden
-    assert new.extra["site_version"]["replaces"]["sha256"] == orig.sha256
+    assert new.site_version.replaces == orig.ref
     assert (original / "manifest.json").is_file()  # the old version stays for rollback
     # installed switched off: nothing loads it until the user enables it (Tools › Models…, tested in the viewer)
     shelf = [original.parent, install]

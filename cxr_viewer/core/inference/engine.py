@@ -48,13 +48,13 @@ from cxr_viewer.core.inference.population import film_age, finding_outside, outs
 from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
-from cxr_viewer.core.models.manifest import DERIVED_ROLES
 from cxr_viewer.core.runtime import configure_threads, torch_available
 
 if TYPE_CHECKING:
     import torch
 
     from cxr_viewer.core.inference.segment import Segmenter
+    from cxr_viewer.core.models.blocks import DerivedFinding
     from cxr_viewer.core.models.bundle import LoadedBundle
 
 log = logging.getLogger(__name__)
@@ -112,82 +112,30 @@ def select_device(preference: "str | torch.device" = "auto") -> "torch.device | 
 LESION_MAP_METHOD = "lesion map"
 
 
-def derived_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
-    """A ``text_segmentation`` bundle's ``derived_findings`` (see docs/bundle-format.md), checked.
+def derived_specs(bundle: "LoadedBundle") -> list["DerivedFinding"]:
+    """A ``text_segmentation`` bundle's ``derived_findings`` (see docs/bundle-format.md); other tasks have none.
 
-    Each spec names a label, the prompts whose pixel-wise maximum is the lesion map, and the
-    threshold the image score (the map's maximum) is judged against; its ``role`` (default
-    ``finding``) says whether it is a finding or a research overlay (:func:`finding_specs`,
-    :func:`overlay_specs`). Other tasks have none.
+    Each names a label, the prompts whose pixel-wise maximum is the lesion map, and the threshold
+    the image score (the map's maximum) is judged against; its ``role`` says whether it is a
+    finding or a research overlay. The manifest checked every entry when it was read.
     """
-    if bundle.task != "text_segmentation":
-        return []
-    raw = bundle.manifest.extra.get("derived_findings") or []
-    where = f"The model {bundle.name!r} lists derived findings"
-    if not isinstance(raw, list):
-        raise BundleError(f"{where} that are not a list; fix 'derived_findings' in its manifest.")
-    out: list[dict[str, Any]] = []
-    for d in raw:
-        ok = (
-            isinstance(d, dict)
-            and isinstance(d.get("label"), str)
-            and d["label"]
-            and isinstance(d.get("prompts"), list)
-            and d["prompts"]
-            and all(isinstance(p, str) and p.strip() for p in d["prompts"])
-            and d.get("score", "max") == "max"
-            and isinstance((d.get("threshold") or {}).get("value"), (int, float))
-            and 0.0 <= float(d["threshold"]["value"]) <= 1.0
-            and d.get("role", "finding") in DERIVED_ROLES
-            and _reference_ok(d.get("reference"))
-        )
-        if not ok:
-            raise BundleError(
-                f"{where} with a broken entry: each needs a label, a list of prompts, score 'max', "
-                f"a threshold value between 0 and 1, a role among {', '.join(DERIVED_ROLES)} and, if it "
-                "has a reference, increasing quantiles between 0 and 1."
-            )
-        out.append(d)
-    return out
+    return bundle.manifest.derived(None)
 
 
-def _reference_ok(ref: Any) -> bool:
-    """A derived finding's ``reference`` (scores of validation normals, as quantiles) is absent or well formed."""
-    if ref is None:
-        return True
-    q = ref.get("quantiles") if isinstance(ref, dict) else None
-    return (isinstance(q, list) and len(q) >= 2 and all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in q)
-            and all(a <= b for a, b in zip(q, q[1:])))  # fmt: skip
-
-
-def finding_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
+def finding_specs(bundle: "LoadedBundle") -> list["DerivedFinding"]:
     """Derived findings that are findings: scored by :meth:`InferenceEngine.analyze`, shown everywhere."""
-    return [d for d in derived_specs(bundle) if d.get("role", "finding") == "finding"]
+    return bundle.manifest.derived("finding")
 
 
-def overlay_specs(bundle: "LoadedBundle") -> list[dict[str, Any]]:
+def overlay_specs(bundle: "LoadedBundle") -> list["DerivedFinding"]:
     """Derived findings that are research overlays: a map drawn on request, never a finding."""
-    return [d for d in derived_specs(bundle) if d.get("role", "finding") == "research_overlay"]
-
-
-def reference_rank(spec: dict[str, Any], score: float) -> float | None:
-    """The share of the reference films (validation normals) scoring lower than ``score``, or None.
-
-    The reference is stored as evenly spaced quantiles (0 %, ..., 100 %) of the normals' scores;
-    the share is read off them by linear interpolation.
-    """
-    q = np.asarray((spec.get("reference") or {}).get("quantiles") or [], dtype=np.float64)
-    if q.size < 2:
-        return None
-    return float(np.clip(np.interp(float(score), q, np.linspace(0.0, 1.0, q.size)), 0.0, 1.0))
+    return bundle.manifest.derived("research_overlay")
 
 
 def wants_features(bundle: "LoadedBundle") -> bool:
     """Whether the bundle's population block reads its pooled features (fitted OOD statistics or an age head)."""
-    pop = bundle.manifest.extra.get("population") or {}
-    ood = pop.get("ood")
-    has_ood = bool(ood) and ood.get("threshold") is not None and ood.get("mean") is not None
-    return has_ood or bool((pop.get("age_head") or {}).get("weights"))
+    pop = bundle.manifest.population
+    return pop is not None and pop.wants_features
 
 
 def model_warnings(used: Sequence["LoadedBundle"]) -> tuple[str, ...]:
@@ -299,7 +247,6 @@ class InferenceEngine:
                 return
             if any(b.name == bundle.name for b in self._bundles):
                 raise BundleError(f"Two loaded models are both named {bundle.name!r}; remove one of them.")
-            derived_specs(bundle)  # a broken derived_findings block fails here, by name
             if bundle.model is not None and str(bundle.device) != str(self.device):
                 bundle.model.to(self.device)
                 bundle.device = self.device
@@ -331,7 +278,7 @@ class InferenceEngine:
 
     def research_overlays(self) -> list[tuple[str, str]]:
         """(label, model) of every research overlay: a map drawn on request, never a finding."""
-        return [(str(d["label"]), b.name) for b in self.bundles for d in overlay_specs(b)]
+        return [(d.label, b.name) for b in self.bundles for d in overlay_specs(b)]
 
     def bundles_for_task(self, task: str) -> list["LoadedBundle"]:
         """E.g. ``text_segmentation`` bundles for the segmentation step."""
@@ -433,7 +380,7 @@ class InferenceEngine:
             spec = b.preprocessing
             self._forward(b, np.zeros((1, spec.channels, *spec.size), np.float32))
         for b in self.derived_bundles:
-            prompts = [p for spec in finding_specs(b) for p in spec["prompts"]]
+            prompts = [p for spec in finding_specs(b) for p in spec.prompts]
             if cancel is not None:
                 cancel.raise_if_cancelled()
             try:
@@ -455,15 +402,15 @@ class InferenceEngine:
         if user is not None:
             return user, "user"
         for spec in derived_specs(bundle):
-            if spec["label"] == label:
-                return float(spec["threshold"]["value"]), str(spec["threshold"].get("method") or "default")
+            if spec.label == label:
+                return float(spec.threshold.value), spec.threshold.method or "default"
         t = bundle.manifest.thresholds.get(label) or {}
         return bundle.manifest.threshold(label), str(t.get("method") or "default")
 
     def set_threshold(self, model: str, label: str, value: float | None) -> None:
         """Override (or with ``None`` restore) a label's operating threshold."""
         b = self.bundle(model)
-        if label not in b.labels and label not in {d["label"] for d in derived_specs(b)}:
+        if label not in b.labels and label not in {d.label for d in derived_specs(b)}:
             raise UnknownLabelError(f"Model {model!r} has no label {label!r}.")
         if value is not None and not 0.0 <= float(value) <= 1.0:
             raise InferenceError("A threshold must lie between 0 and 1.")
@@ -583,7 +530,7 @@ class InferenceEngine:
                 timing[f"inference:{b.name}"] = (time.perf_counter() - t0 - dt) * 1e3
             backends[b.name] = self.backend_for(b)
             described.append({**b.describe(), "executed": self.executed(b)})
-            population = b.manifest.extra.get("population")
+            population = b.manifest.population
             outside = outside_population(record.metadata, qc, population, pooled)
             age = film_age(record.metadata, population, pooled)
             for label, p in zip(b.labels, _scores(logits, b.task)):
@@ -604,18 +551,18 @@ class InferenceEngine:
                 except AnalysisCancelledError:
                     raise
                 except CXRError as exc:  # e.g. no text encoder here: the classifiers' findings still stand
-                    log.warning("derived finding %r of %s skipped: %s", spec["label"], b.name, exc.message)
-                    derived_warnings.append(f"{spec['label']} could not be computed: {exc.message}")
+                    log.warning("derived finding %r of %s skipped: %s", spec.label, b.name, exc.message)
+                    derived_warnings.append(f"{spec.label} could not be computed: {exc.message}")
                     continue
                 ran = True
                 all_cached &= cached
                 timing[f"inference:{b.name}"] = timing.get(f"inference:{b.name}", 0.0) + (time.perf_counter() - t0) * 1e3
-                thr, method = self.threshold(b, spec["label"])
+                thr, method = self.threshold(b, spec.label)
                 findings.append(
                     Finding(
-                        spec["label"], float(heat.score or 0.0), thr, b.name, b.version, method, b.manifest.trained,
-                        note=str(spec.get("note") or ""), validated=bool(spec.get("validated", False)),
-                        outside=outside_population(record.metadata, qc, b.manifest.extra.get("population")),
+                        spec.label, float(heat.score or 0.0), thr, b.name, b.version, method, b.manifest.trained,
+                        note=spec.note, validated=bool(spec.validated),
+                        outside=outside_population(record.metadata, qc, b.manifest.population),
                     )
                 )
             described.append({**b.describe(), **({"executed": self.executed(b)} if ran else {})})
@@ -680,15 +627,15 @@ class InferenceEngine:
 
     # ------------------------------------------------------------------ maps
     def lesion_map(
-        self, record: ImageRecord, bundle: "LoadedBundle", spec: dict[str, Any], *, cancel: CancelToken | None = None
+        self, record: ImageRecord, bundle: "LoadedBundle", spec: "DerivedFinding", *, cancel: CancelToken | None = None
     ) -> Heatmap:
         """The derived finding's map: pixel-wise max of the prompts' masks, at the original size; cached."""
         return self._lesion_map(record, bundle, spec, cancel=cancel)[0]
 
     def _lesion_map(
-        self, record: ImageRecord, bundle: "LoadedBundle", spec: dict[str, Any], *, cancel: CancelToken | None = None
+        self, record: ImageRecord, bundle: "LoadedBundle", spec: "DerivedFinding", *, cancel: CancelToken | None = None
     ) -> tuple[Heatmap, bool]:
-        label = str(spec["label"])
+        label = spec.label
         seg = self.segmenter(bundle)
         ckey = (input_key(record, bundle.preprocessing), seg.backend.executed, label, LESION_MAP_METHOD,
                 self.lung_constraint, self.lung_dilation)
@@ -696,7 +643,7 @@ class InferenceEngine:
         if hit is not None:
             return hit, True
         t0 = time.perf_counter()
-        masks = seg.segment(record, list(spec["prompts"]), cancel=cancel)
+        masks = seg.segment(record, list(spec.prompts), cancel=cancel)
         values = np.maximum.reduce([m.prob for m in masks]).astype(np.float32, copy=False)
         score = float(values.max()) if values.size else 0.0  # the image score: the whole map's maximum
         field = self.lung_field(record, cancel=cancel) if self.lung_constraint else None
@@ -704,8 +651,8 @@ class InferenceEngine:
         if field is not None and field.found:
             values = np.where(field.mask, values, np.float32(0.0))
             region = field.source
-        overlay = spec.get("role") == "research_overlay"
-        rank = reference_rank(spec, score)
+        overlay = not spec.is_finding
+        rank = spec.reference_rank(score)
         if overlay and values.size and float(values.max()) > 0:
             # a research overlay is drawn on its rank among validation normals, not on raw probabilities
             values = values / float(values.max())
@@ -715,7 +662,7 @@ class InferenceEngine:
             method=LESION_MAP_METHOD,
             model=bundle.name,
             target_index=-1,
-            target_layer="segmenter output: " + " / ".join(spec["prompts"]),
+            target_layer="segmenter output: " + " / ".join(spec.prompts),
             faithfulness=None,
             faithfulness_method="not applicable: the map is the segmenter's output, not an explanation",
             score=score,
@@ -723,7 +670,7 @@ class InferenceEngine:
             region=region,
             research=overlay,
             reference_rank=rank,
-            reference=str((spec.get("reference") or {}).get("what") or ""),
+            reference="" if spec.reference is None else spec.reference.what,
             colour_peak=rank if overlay else None,
         )
         self._remember(self._maps, ckey, hit, MAP_CACHE)
@@ -740,13 +687,13 @@ class InferenceEngine:
             f"No heatmap for {label!r}: {where} do not predict it. Available: {', '.join(known) or 'none'}."
         )
 
-    def _derived_for_label(self, label: str, model: str | None) -> "tuple[LoadedBundle, dict[str, Any]] | None":
+    def _derived_for_label(self, label: str, model: str | None) -> "tuple[LoadedBundle, DerivedFinding] | None":
         """The segmentation bundle and spec of a derived finding or research overlay named ``label``, if any."""
         for b in self.bundles:
             if model is not None and b.name != model:
                 continue
             for spec in derived_specs(b):
-                if spec["label"] == label:
+                if spec.label == label:
                     return b, spec
         return None
 

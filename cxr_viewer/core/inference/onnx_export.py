@@ -49,6 +49,7 @@ from cxr_viewer.core.inference.onnx_runtime import (
     OrtMiniLMEncoder,
     ort_session,
 )
+from cxr_viewer.core.models.blocks import OnnxRecord
 from cxr_viewer.core.models.bundle import MANIFEST_FILE, _write_json, bundle_file, sha256_file
 
 if TYPE_CHECKING:
@@ -449,13 +450,13 @@ def _regenerate(bundle: "LoadedBundle", *, atol: float, seed: int) -> "OnnxArtif
         path = Path(tmp) / "model.onnx"
         fields = _export_file(bundle, path, atol=atol, seed=seed)
         graph = path.read_bytes()
-    rec = _record(_kind(bundle) or "", "", hashlib.sha256(graph).hexdigest(), bundle, source="regenerated", **fields)
+    rec = OnnxRecord.from_dict(_record(_kind(bundle) or "", "", hashlib.sha256(graph).hexdigest(), bundle,
+                                       source="regenerated", **fields))  # fmt: skip
     return OnnxArtifact(graph=graph, record=rec, head=_torch_head(bundle, rec))
 
 
-def _torch_head(bundle: "LoadedBundle", rec: dict[str, Any]) -> "tuple[np.ndarray, np.ndarray] | None":
-    cam = rec.get("cam") or {}
-    if not cam.get("exact"):
+def _torch_head(bundle: "LoadedBundle", rec: OnnxRecord) -> "tuple[np.ndarray, np.ndarray] | None":
+    if not rec.exact_cam:
         return None
     head = bundle.model.head
     return (head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy())
@@ -474,7 +475,7 @@ def ort_artifact_for(bundle: "LoadedBundle", *, atol: float = ATOL) -> "OnnxArti
     x, _ = verification_inputs(bundle)
     session = ort_session(art.graph, threads=1)
     if bundle.manifest.is_classifier:
-        layer = str((art.record.get("cam") or {}).get("layer") or "") or None
+        layer = art.record.cam_layer
         with bundle.lock:
             verify_classifier(session, bundle.model, x, layer, atol=atol)
     else:

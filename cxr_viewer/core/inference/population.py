@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from cxr_viewer.core.inference.results import QCFlag
+from cxr_viewer.core.models.blocks import OodStats, Population
 
 __all__ = ["FilmAge", "estimate_age", "feature_distance", "film_age", "finding_outside", "outside_population"]
 
@@ -29,7 +30,7 @@ OUTSIDE_CODES = frozenset({"not_radiograph", "not_chest", "blank_image", "latera
 AGE_MARGIN_YEARS = 5.0
 
 
-def feature_distance(features: Any, ood: Mapping[str, Any]) -> float:
+def feature_distance(features: Any, ood: OodStats) -> float:
     """The model's own out-of-distribution signal: mean squared z-score of its pooled features.
 
     ``ood`` (the manifest's ``population.ood`` block, fitted by the trainer on validation
@@ -39,8 +40,8 @@ def feature_distance(features: Any, ood: Mapping[str, Any]) -> float:
     import numpy as np
 
     f = np.asarray(features, dtype=np.float64).reshape(-1)
-    mean = np.asarray(ood["mean"], dtype=np.float64)
-    std = np.maximum(np.asarray(ood["std"], dtype=np.float64), 1e-6)
+    mean = np.asarray(ood.mean, dtype=np.float64)
+    std = np.maximum(np.asarray(ood.std, dtype=np.float64), 1e-6)
     if f.shape != mean.shape:
         raise ValueError(f"feature size {f.size} does not match the bundle's OOD statistics ({mean.size})")
     return float(np.mean(((f - mean) / std) ** 2))
@@ -49,7 +50,7 @@ def feature_distance(features: Any, ood: Mapping[str, Any]) -> float:
 def outside_population(
     metadata: Mapping[str, Any] | None,
     qc: Iterable[QCFlag],
-    population: Mapping[str, Any] | None,
+    population: Population | None,
     features: Any = None,
 ) -> str:
     """The reason this image is outside ``population`` ("" when it is inside or nothing says otherwise).
@@ -63,22 +64,23 @@ def outside_population(
     if not population:
         return ""
     meta = metadata or {}
-    ages = population.get("age_years") or {}
+    ages = population.age_years
     age = meta.get("patient_age_years")
-    if isinstance(age, (int, float)) and ages.get("min") is not None:
-        lo, hi = float(ages["min"]), float(ages.get("max") or 200.0)
+    if isinstance(age, (int, float)) and ages is not None and ages.min is not None:
+        lo, hi = float(ages.min), ages.upper
         if age < lo or age > hi + AGE_MARGIN_YEARS:
             return f"outside the model's population: patient age {age:g} years, trained on {lo:g}-{hi:g} years"
     view = str(meta.get("view_position") or "").upper().strip()
-    accepted = [str(v).upper() for v in population.get("accepted_views") or ()]
+    accepted = [v.upper() for v in population.accepted_views]
     if view and accepted and view not in accepted:
         return f"outside the model's population: view {view}, trained on {', '.join(accepted)}"
-    ood = population.get("ood")
-    if features is not None and ood and ood.get("threshold") is not None:
+    ood = population.ood
+    if features is not None and ood is not None and ood.threshold is not None:
         d = feature_distance(features, ood)
-        if d > float(ood["threshold"]):
+        if d > float(ood.threshold):
+            q = 0.995 if ood.quantile is None else ood.quantile
             return (f"outside the model's population: its features are unlike the training films "
-                    f"(distance {d:.1f}, above the {ood.get('quantile', 0.995):g} quantile {float(ood['threshold']):.1f} of validation films)")  # fmt: skip
+                    f"(distance {d:.1f}, above the {q:g} quantile {float(ood.threshold):.1f} of validation films)")  # fmt: skip
     return ""
 
 
@@ -89,21 +91,21 @@ class FilmAge(NamedTuple):
     source: str
 
 
-def estimate_age(features: Any, population: Mapping[str, Any] | None) -> float | None:
+def estimate_age(features: Any, population: Population | None) -> float | None:
     """The age head's estimate (years) from the model's pooled features, or None without a head."""
-    head = (population or {}).get("age_head") or {}
-    if features is None or not head.get("weights"):
+    head = None if population is None else population.age_head
+    if features is None or head is None or not head.weights:
         return None
     import numpy as np
 
     f = np.asarray(features, dtype=np.float64).reshape(-1)
-    w = np.asarray(head["weights"], dtype=np.float64)
+    w = np.asarray(head.weights, dtype=np.float64)
     if f.shape != w.shape:
         raise ValueError(f"feature size {f.size} does not match the bundle's age head ({w.size})")
-    return float(np.clip(f @ w + float(head.get("bias", 0.0)), 0.0, 110.0))
+    return float(np.clip(f @ w + float(head.bias), 0.0, 110.0))
 
 
-def film_age(metadata: Mapping[str, Any] | None, population: Mapping[str, Any] | None, features: Any = None) -> FilmAge | None:
+def film_age(metadata: Mapping[str, Any] | None, population: Population | None, features: Any = None) -> FilmAge | None:
     """DICOM PatientAge when the header has one, else the model's age estimate, else None."""
     age = (metadata or {}).get("patient_age_years")
     if isinstance(age, (int, float)) and age >= 0:
@@ -112,7 +114,7 @@ def film_age(metadata: Mapping[str, Any] | None, population: Mapping[str, Any] |
     return None if est is None else FilmAge(est, "estimate")
 
 
-def finding_outside(population: Mapping[str, Any] | None, label: str, age: FilmAge | None) -> str:
+def finding_outside(population: Population | None, label: str, age: FilmAge | None) -> str:
     """Why this film is outside the population ``label``'s threshold was validated on ("" when inside).
 
     With a recorded age: outside when it lies below the finding's validated ages (or far above).
@@ -122,17 +124,19 @@ def finding_outside(population: Mapping[str, Any] | None, label: str, age: FilmA
     """
     if age is None or not population:
         return ""
-    fp = (population.get("findings") or {}).get(label) or {}
-    ages = fp.get("age_years") or {}
-    if ages.get("min") is None:
+    fp = population.findings.get(label)
+    ages = None if fp is None else fp.age_years
+    if fp is None or ages is None or ages.min is None:
         return ""
-    lo, hi = float(ages["min"]), float(ages.get("max") or 200.0)
+    lo, hi = float(ages.min), ages.upper
     where = f"{label} was validated on ages {lo:g}-{hi:g}"
     if age.source == "dicom":
         if age.years < lo or age.years > hi + AGE_MARGIN_YEARS:
             return f"outside the finding's population: patient age {age.years:g} years; {where}"
         return ""
-    cut = float(((population.get("age_head") or {}).get("child_below")) or 12.0)
-    if age.years < cut and not fp.get("children", lo < cut):
+    head = population.age_head
+    cut = float((head.child_below if head is not None else None) or 12.0)
+    children = lo < cut if fp.children is None else fp.children
+    if age.years < cut and not children:
         return f"outside the finding's population: the model estimates a child (about {age.years:.0f} years); {where}"
     return ""

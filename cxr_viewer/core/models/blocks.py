@@ -164,6 +164,9 @@ class AgeRange(Block):
 
     min: float | None = None
     max: float | None = None
+    recorded_p5: float | None = None  # 5th-95th percentile of the ages films record
+    recorded_p95: float | None = None
+    documented: Mapping[str, Any] = field(default_factory=dict)  # source -> [min, max] from its publication
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "age_years") -> "AgeRange | None":
@@ -173,7 +176,8 @@ class AgeRange(Block):
         lo, hi = _num(d, "min", where, lo=0.0, hi=200.0), _num(d, "max", where, lo=0.0, hi=200.0)
         if lo is not None and hi is not None and hi < lo:
             raise ValueError(f"'{where}.max' ({hi!r}) is below '{where}.min' ({lo!r})")
-        return cls(lo, hi, raw=d)
+        return cls(lo, hi, _num(d, "recorded_p5", where), _num(d, "recorded_p95", where),
+                   dict(_obj(d.get("documented") or {}, f"{where}.documented")), raw=d)  # fmt: skip
 
     @property
     def upper(self) -> float:

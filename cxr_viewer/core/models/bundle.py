@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxr_viewer.core.errors import BundleError, BundleHashMismatchError, UnknownModelError, UnsafeWeightsError
+from cxr_viewer.core.models.blocks import OnnxRecord
 from cxr_viewer.core.models.preprocess import Preprocessing
+from cxr_viewer.core.models.ref import ModelRef
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,12 +101,12 @@ class OnnxArtifact:
     """A bundle's recorded ONNX export, read once and checked: these bytes are what was hashed and what runs."""
 
     graph: bytes = field(repr=False)
-    record: dict[str, Any]
+    record: OnnxRecord
     head: "tuple[np.ndarray, np.ndarray] | None" = field(default=None, repr=False)  # linear head for exact CAMs
 
     @property
     def sha256(self) -> str:
-        return str(self.record["sha256"])
+        return self.record.sha256
 
 
 @dataclass
@@ -160,15 +162,14 @@ class LoadedBundle:
     def preprocessing(self) -> Preprocessing:
         return self.manifest.preprocessing
 
+    @property
+    def ref(self) -> ModelRef:
+        """The model's identity, with the hash of the weights verified on load."""
+        return ModelRef.from_manifest(self.manifest, self.sha256)
+
     def describe(self) -> dict[str, Any]:
-        """The short model identity written into results and JSON output."""
-        return {
-            "name": self.manifest.name,
-            "version": self.manifest.version,
-            "sha256": self.sha256,
-            "trained": self.manifest.trained,
-            "task": self.manifest.task,
-        }
+        """The short model identity written into results and JSON output (:meth:`ModelRef.to_dict`)."""
+        return self.ref.to_dict()
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,11 @@ class BundleInfo:
     @property
     def enabled(self) -> bool:
         return self.ok and self.manifest is not None and self.manifest.enabled
+
+    @property
+    def ref(self) -> ModelRef | None:
+        """The model's identity as its manifest records it (None for an unusable bundle)."""
+        return None if self.manifest is None else self.manifest.ref
 
 
 # ---------------------------------------------------------------------- saving
@@ -247,7 +253,8 @@ def save_bundle(
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, weights)
     m.weights = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights), "dtype": dtype}
-    m.extra.pop("onnx", None)  # an export of other weights must not be carried over
+    m.onnx = None  # an export of other weights must not be carried over
+    m.extra.pop("onnx", None)
     _write_json(out / MANIFEST_FILE, m.to_dict())
     log.info("saved bundle %s %s to %s", m.name, m.version, out)
     return out
@@ -437,24 +444,23 @@ def read_onnx_export(bdir: Path, manifest: Manifest, weights_sha256: str, weight
     the recorded one. An export made from other weights is refused too (``stale``: the caller
     decides whether to regenerate instead). The returned bytes are the ones hashed.
     """
-    rec = manifest.extra.get("onnx")
-    if not isinstance(rec, Mapping) or rec.get("schema") != ONNX_RECORD_SCHEMA:
+    rec = manifest.onnx
+    if rec is None or rec.schema != ONNX_RECORD_SCHEMA:
         return None
-    rec = dict(rec)
-    if rec.get("weights_sha256") != weights_sha256:
+    if rec.weights_sha256 != weights_sha256:
         raise BundleError(
             f"The ONNX export of '{manifest.name}' was made from other weights; re-export it "
             "(python -m cxr_viewer.core.inference.onnx_export BUNDLE; packaging/build.sh does this for the shipped models).",
             path=bdir,
         )
-    name = str(rec.get("file") or "")
+    name = rec.file
     if Path(name).suffix != ".onnx":
         raise BundleError(f"The ONNX export record of '{manifest.name}' names no .onnx file.", path=bdir)
     path = bundle_file(bdir, name, "ONNX export")
     if not path.is_file():
         raise BundleError(f"The ONNX file {name} of '{manifest.name}' is missing; re-export the bundle.", path=path)
     graph = path.read_bytes()
-    if hashlib.sha256(graph).hexdigest() != rec.get("sha256"):
+    if hashlib.sha256(graph).hexdigest() != rec.sha256:
         raise BundleHashMismatchError(
             f"The ONNX file {path.name} of '{manifest.name}' does not match its recorded checksum: it was changed "
             "or damaged. Reinstall the model bundle.",
@@ -463,11 +469,10 @@ def read_onnx_export(bdir: Path, manifest: Manifest, weights_sha256: str, weight
     return OnnxArtifact(graph=graph, record=rec, head=_onnx_head(weights, rec, manifest.name))
 
 
-def _onnx_head(weights: bytes, rec: Mapping[str, Any], name: str) -> "tuple[np.ndarray, np.ndarray] | None":
+def _onnx_head(weights: bytes, rec: OnnxRecord, name: str) -> "tuple[np.ndarray, np.ndarray] | None":
     """The linear head (W, b) an exact-CAM export names, from the verified safetensors bytes."""
-    cam = rec.get("cam") or {}
-    keys = cam.get("head") if isinstance(cam, Mapping) else None
-    if not (isinstance(cam, Mapping) and cam.get("exact") and isinstance(keys, Mapping)):
+    keys = rec.cam.get("head")
+    if not (rec.exact_cam and isinstance(keys, Mapping)):
         return None
     import numpy as np
     from safetensors import SafetensorError

@@ -7,7 +7,10 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from cxr_viewer.core.models.blocks import AgeRange
+
 if TYPE_CHECKING:
+    from cxr_viewer.core.models.blocks import DerivedFinding
     from cxr_viewer.core.models.manifest import Manifest
 
 __all__ = ["model_card_markdown", "write_model_card"]
@@ -123,7 +126,7 @@ def _segmentation_tables(m: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _population_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> list[str]:
+def _population_sections(manifest: Mapping[str, Any], m: Mapping[str, Any], typed: "Manifest") -> list[str]:
     """Calibration, false alarms on normal films, sub-groups, population, localisation, wall times."""
     out: list[str] = []
     thr = manifest.get("thresholds", {})
@@ -141,16 +144,16 @@ def _population_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> l
                 else "All are validated."
             )
         )
-    cal = manifest.get("calibration")
-    if cal:
-        out += ["", "### Calibration", "", f"Fitted on the {cal.get('split')} split: {cal.get('method')}. "
+    cal = typed.calibration
+    if cal is not None:
+        out += ["", "### Calibration", "", f"Fitted on the {cal.split} split: {cal.method}. "
                 "ECE on the held-out test split before (raw scores) and after (what the viewer shows):", "",
                 "| label | method | ECE validation before | ECE validation after (5-fold CV) | isotonic (5-fold CV) | ECE test before | ECE test after |",
                 "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for lab, c in cal.get("labels", {}).items():
-            cv = c.get("ece_cv", {})
+        for lab, c in cal.labels.items():
+            cv = c.ece_cv
             out.append(
-                f"| {lab} | {c.get('method')} | {_fmt(c.get('ece_before'))} | {_fmt(cv.get(c.get('method')))} | "
+                f"| {lab} | {c.method} | {_fmt(c.ece_before)} | {_fmt(cv.get(c.method))} | "
                 f"{_fmt(cv.get('isotonic'))} | {_fmt(m.get('ece_uncalibrated', {}).get(lab))} | {_fmt(m.get('ece', {}).get(lab))} |"
             )
     fab = m.get("false_alarm_burden")
@@ -163,21 +166,21 @@ def _population_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> l
                 f"- {ds}: {_fmt(b.get('value'), 2)} (95% CI {_ci(b.get('ci95'))}) on {b.get('n_images')} films; "
                 f"{_fmt(v.get('every_threshold'), 2)} if every threshold were badged"
             )
-    out += badge_sections(manifest, m)
+    out += badge_sections(typed, m)
     sub = m.get("subgroups")
     if sub:
         out += ["", "### Sub-groups (held-out test split)", "", "| finding | group | AUROC | 95% CI | pos / neg |", "|---|---|---|---|---|"]
         for lab, groups in sub.items():
             for g, v in groups.items():
                 out.append(f"| {lab} | {g} | {_fmt(v.get('value'))} | {_ci(v.get('ci95'))} | {v.get('n_pos')} / {v.get('n_neg')} |")
-    pop = manifest.get("population")
-    if pop:
-        ages = pop.get("age_years") or {}
-        out += ["", "### Population", "", f"- {pop.get('note')}",
-                f"- Training images per source: {', '.join(f'{k} {v}' for k, v in pop.get('sources', {}).items())}",
-                f"- Ages: {_fmt(ages.get('min'), 0)}-{_fmt(ages.get('max'), 0)} years (recorded ages 5th-95th percentile "
-                f"{_fmt(ages.get('recorded_p5'), 0)}-{_fmt(ages.get('recorded_p95'), 0)}; documented: {ages.get('documented')})",
-                f"- Views: {', '.join(f'{k} {v}' for k, v in pop.get('views', {}).items())}",
+    pop = typed.population
+    if pop is not None:
+        ages = pop.age_years or AgeRange()
+        out += ["", "### Population", "", f"- {pop.note}",
+                f"- Training images per source: {', '.join(f'{k} {v}' for k, v in pop.sources.items())}",
+                f"- Ages: {_fmt(ages.min, 0)}-{_fmt(ages.max, 0)} years (recorded ages 5th-95th percentile "
+                f"{_fmt(ages.recorded_p5, 0)}-{_fmt(ages.recorded_p95, 0)}; documented: {ages.documented})",
+                f"- Views: {', '.join(f'{k} {v}' for k, v in pop.views.items())}",
                 "- The viewer compares each image with this population (DICOM PatientAge, ViewPosition) and shows "
                 "\"outside the model's population\" instead of a POSITIVE badge when it falls outside."]  # fmt: skip
     loc = m.get("localisation")
@@ -213,10 +216,10 @@ def _value_ci(r: Mapping[str, Any] | None, nd: int = 3) -> str:
     return f"{_fmt(r.get('value'), nd)} ({_ci(r.get('ci95'))})"
 
 
-def badge_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> list[str]:
+def badge_sections(typed: "Manifest", m: Mapping[str, Any]) -> list[str]:
     """The false-alarm budget, what it buys on held-out films, the age head and each finding's population."""
     out: list[str] = []
-    budget = manifest.get("false_alarm_budget")
+    budget = typed.extra.get("false_alarm_budget")
     b = m.get("badges")
     if budget or b:
         out += ["", "### POSITIVE badges: one false-alarm budget (held-out test split, 95% CIs)", ""]
@@ -253,17 +256,17 @@ def badge_sections(manifest: Mapping[str, Any], m: Mapping[str, Any]) -> list[st
         for k, r in age.items():
             if isinstance(r, Mapping):
                 out.append(f"| {k.replace('_', ' ')} | {_value_ci(r, 2)} | {r.get('n_images')} |")
-    fp = (manifest.get("population") or {}).get("findings")
+    fp = {} if typed.population is None else typed.population.findings
     if fp:
         out += ["", "### Population each finding's threshold was validated on", "",
                 "A film outside it (DICOM PatientAge, else the age head's child/adult call) shows the finding as "
                 "\"outside population\", never POSITIVE.", "",
                 "| finding | ages | children | views | validation films (positives) per source |", "|---|---|---|---|---|"]  # fmt: skip
         for lab, v in fp.items():
-            a = v.get("age_years") or {}
-            src = ", ".join(f"{k} {n} ({v.get('positives', {}).get(k, 0)})" for k, n in v.get("sources", {}).items())
-            out.append(f"| {lab} | {_fmt(a.get('min'), 0)}-{_fmt(a.get('max'), 0)} | {'yes' if v.get('children') else 'no'} | "
-                       f"{', '.join(v.get('views', [])) or 'unrecorded'} | {src} |")  # fmt: skip
+            a = v.age_years or AgeRange()
+            src = ", ".join(f"{k} {n} ({v.positives.get(k, 0)})" for k, n in v.sources.items())
+            out.append(f"| {lab} | {_fmt(a.min, 0)}-{_fmt(a.max, 0)} | {'yes' if v.children else 'no'} | "
+                       f"{', '.join(v.views) or 'unrecorded'} | {src} |")  # fmt: skip
     return out
 
 
@@ -284,21 +287,21 @@ def _noise_section(manifest: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _derived_line(d: Mapping[str, Any]) -> str:
+def _derived_line(d: "DerivedFinding") -> str:
     """What the viewer does with a derived finding: a finding row, or a research overlay (and why)."""
-    thr = _fmt((d.get("threshold") or {}).get("value"))
-    if d.get("role", "finding") != "research_overlay":
-        return (f"- Shown in the viewer as the finding \"{d.get('label')}\" (threshold {thr}, validated: "
-                f"{str(bool(d.get('validated'))).lower()}): {d.get('note')}")
-    line = (f"- **Research overlay, not a finding**: the viewer offers only the opt-in map \"{d.get('label')}\"; "
+    thr = _fmt(d.threshold.value)
+    if d.is_finding:
+        return (f"- Shown in the viewer as the finding \"{d.label}\" (threshold {thr}, validated: "
+                f"{str(bool(d.validated)).lower()}): {d.note}")
+    line = (f"- **Research overlay, not a finding**: the viewer offers only the opt-in map \"{d.label}\"; "
             f"it has no row among the findings, no badge, and no place in the worklist, the PDF report or the "
-            f"DICOM SR. Why: {d.get('note')}")
-    ref = d.get("reference") or {}
-    q = ref.get("quantiles") or []
-    if len(q) >= 2:
+            f"DICOM SR. Why: {d.note}")
+    ref = d.reference
+    q = () if ref is None else ref.quantiles
+    if ref is not None and len(q) >= 2:
         mid, p95 = q[len(q) // 2], q[min(len(q) - 1, round(0.95 * (len(q) - 1)))]
-        line += (f" Its scale: {ref.get('reads_as', 'the share of validation normals scoring lower')}, from "
-                 f"{ref.get('what')} (median {_fmt(mid, 4)}, 95th percentile {_fmt(p95, 4)}); the map's colours "
+        line += (f" Its scale: {ref.reads_as or 'the share of validation normals scoring lower'}, from "
+                 f"{ref.what} (median {_fmt(mid, 4)}, 95th percentile {_fmt(p95, 4)}); the map's colours "
                  "reach that share, never an alarm colour.")
     return line
 
@@ -356,7 +359,8 @@ def model_card_markdown(manifest: "Manifest | Mapping[str, Any]", notes: Mapping
     """
     from cxr_viewer.core.models.manifest import Manifest
 
-    manifest = (manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)).to_dict()
+    typed = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)
+    manifest = typed.to_dict()
     notes = notes or {}
     prov = manifest.get("provenance", {})
     cfg = prov.get("config", {})
@@ -476,7 +480,7 @@ def model_card_markdown(manifest: "Manifest | Mapping[str, Any]", notes: Mapping
             f"(95% CI {_ci(t.get('box_coverage', {}).get('ci95'))})."
         )
         lines.append(f"- Specificity: {tb.get('specificity')}")
-        lines += [_derived_line(d) for d in manifest.get("derived_findings", [])]
+        lines += [_derived_line(d) for d in typed.derived_findings]
         for name, o in tb.get("other_sources", {}).items():
             lines.append(
                 f"- Exploratory flag rate on {o.get('n_images')} {name} test films: {_fmt(o.get('flag_rate'))} "
@@ -494,7 +498,7 @@ def model_card_markdown(manifest: "Manifest | Mapping[str, Any]", notes: Mapping
         for name, o in tbn.get("per_source", {}).items():
             lines.append(f"  - {name}: {_fmt(o.get('flag_rate'))} of {o.get('n_images')} (95% CI {_ci(o.get('ci95'))})")
     lines += _lung_field_section(metrics.get("lung_field"))
-    lines += _population_sections(manifest, metrics)
+    lines += _population_sections(manifest, metrics, typed)
     for sec in notes.get("results", []):
         lines += ["", sec]
     lines += ["", "## Limitations", ""]

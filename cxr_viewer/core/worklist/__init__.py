@@ -3,7 +3,6 @@
 from cxr_viewer.core.worklist.store import ResultStore
 from cxr_viewer.core.worklist.worklist import (
     ABNORMAL_LABEL,
-    ModelKey,
     Worklist,
     WorklistEntry,
     abnormality,
@@ -14,7 +13,6 @@ from cxr_viewer.core.worklist.worklist import (
 
 __all__ = [
     "ABNORMAL_LABEL",
-    "ModelKey",
     "ResultStore",
     "Worklist",
     "WorklistEntry",

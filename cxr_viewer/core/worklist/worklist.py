@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr_viewer.core.errors import AnalysisCancelledError, CXRError
 from cxr_viewer.core.inference.results import CancelToken, Finding, QCFlag
+from cxr_viewer.core.models.ref import ModelRef
 from cxr_viewer.core.worklist.store import ResultStore
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ABNORMAL_LABEL",
-    "ModelKey",
     "Worklist",
     "WorklistEntry",
     "abnormality",
@@ -81,15 +81,6 @@ def default_store_path() -> Path:
         return Path(env)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "cxr-viewer" / "worklist.sqlite"
-
-
-@dataclass(frozen=True)
-class ModelKey:
-    """A model's identity as far as the store is concerned."""
-
-    name: str
-    version: str
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -212,23 +203,23 @@ class Worklist:
         self._own_engine = engine is None and service is None
         self._device, self._backend = device, backend
         self._lock = threading.RLock()
-        self._models: list[ModelKey] | None = None
+        self._models: list[ModelRef] | None = None
         self.load_errors: list[str] = []
 
     # ------------------------------------------------------------------ models
     @property
-    def models(self) -> list[ModelKey]:
+    def models(self) -> list[ModelRef]:
         """The scoring models every image should have results from."""
         with self._lock:
             if self._models is None:
                 self._models = self._expected_models()
             return list(self._models)
 
-    def _expected_models(self) -> list[ModelKey]:
+    def _expected_models(self) -> list[ModelRef]:
         if self._engine is not None:
             from cxr_viewer.core.inference.engine import finding_specs
 
-            return [ModelKey(b.name, b.version, b.sha256.lower()) for b in self._engine.bundles
+            return [b.ref for b in self._engine.bundles
                     if (b.manifest.is_classifier or finding_specs(b)) and b.name not in self.disabled]
         from cxr_viewer.core.analysis import model_enabled
         from cxr_viewer.core.models.bundle import find_bundles
@@ -237,7 +228,7 @@ class Worklist:
         for info in find_bundles(self.model_dirs):
             m = info.manifest
             if info.ok and m is not None and _is_scoring(m) and model_enabled(m, self.disabled, self.enabled):
-                out.append(ModelKey(m.name, m.version, str(m.weights.get("sha256", "")).lower()))
+                out.append(m.ref)
         return out
 
     def set_models(self, disabled: Iterable[str], enabled: Iterable[str]) -> bool:
@@ -270,7 +261,7 @@ class Worklist:
         """The stored ``findings`` judged as the viewer's findings panel judges them (:meth:`judge`)."""
         from cxr_viewer.core.inference.results import AnalysisResult
 
-        models = tuple({"name": k.name, "version": k.version, "sha256": k.sha256} for k in self.models)
+        models = tuple(k.to_dict() for k in self.models)
         return self.judge(AnalysisResult("", tuple(findings), tuple(qc), models))
 
     def judge(self, result: "AnalysisResult") -> "JudgedResult":
@@ -415,7 +406,7 @@ class Worklist:
         return WorklistEntry(path, content_hash, metadata, tuple(qc or ()), judged.result.findings,
                              self.store.is_read(content_hash), None, computed, judged.result.site_profile, key, judged)
 
-    def _compute(self, record: Any, key: str, missing: list[ModelKey],
+    def _compute(self, record: Any, key: str, missing: list[ModelRef],
                  cancel: CancelToken | None) -> tuple[tuple[str, ...], tuple[QCFlag, ...]]:
         def score(engine: "InferenceEngine") -> tuple[set[str], list[str], "AnalysisResult"]:
             loaded = {b.sha256.lower(): b.name for b in engine.bundles}

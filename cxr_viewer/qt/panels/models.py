@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent
@@ -31,6 +32,9 @@ from PySide6.QtWidgets import (
 )
 
 from cxr_viewer.qt.analysis import AnalysisController
+
+if TYPE_CHECKING:
+    from cxr_viewer.core.models.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +118,6 @@ class ModelManagerDialog(QDialog):
         self.list.clear()
         self._cards = {}
         self._manifests = {}
-        from cxr_viewer.core.analysis import replaces
-
         infos = find_bundles(dirs)
         names = {i.manifest.name for i in infos if i.manifest is not None}
         for info in infos:
@@ -129,7 +131,7 @@ class ModelManagerDialog(QDialog):
                 tags = [m.task]
                 if not m.trained:
                     tags.append("UNTRAINED")
-                original = replaces(m)
+                original = m.replaces
                 if original:
                     tags.append(f"site version of {original}" + ("" if original in names else ", original missing"))
                 if (m.name, str(m.weights.get("sha256", "")).lower()) in loaded:
@@ -188,8 +190,6 @@ class ModelManagerDialog(QDialog):
 
     def _offer_switch(self, item: QListWidgetItem) -> None:
         """A site version and its original: offer to use the selected one instead of the other."""
-        from cxr_viewer.core.analysis import replaces
-
         self._switch = None
         self.version_button.hide()
         m = self._manifests.get(str(item.data(ROLE_PATH)))
@@ -197,14 +197,14 @@ class ModelManagerDialog(QDialog):
             return
         mine = {str(x.name): x for x in self._manifests.values()}  # type: ignore[attr-defined]
         on = self.controller.is_enabled(m.name, m.enabled)  # type: ignore[attr-defined]
-        original = replaces(m)
+        original = m.replaces
         if original and original in mine:
             other = mine[original]
             if not on or self.controller.is_enabled(other.name, other.enabled):  # type: ignore[attr-defined]
                 self._switch = (m.name, original)  # type: ignore[attr-defined]
                 self.version_button.setText(f"Use this site version (switch {original} off, kept for rollback)")
         else:
-            site = [x for x in mine.values() if replaces(x) == m.name]  # type: ignore[attr-defined]
+            site = [x for x in mine.values() if x.replaces == m.name]  # type: ignore[attr-defined]
             active = [x for x in site if self.controller.is_enabled(x.name, x.enabled)]  # type: ignore[attr-defined]
             if active:
                 self._switch = (m.name, active[0].name)  # type: ignore[attr-defined]
@@ -285,14 +285,16 @@ class ModelManagerDialog(QDialog):
         super().closeEvent(event)  # type: ignore[arg-type]
 
 
-def _site_version_card(m: object) -> str:
+def _site_version_card(m: "Manifest") -> str:
     """What the site fine-tune's gates said, above its model card."""
-    sv = (getattr(m, "extra", None) or {}).get("site_version") or {}
-    rep = sv.get("replaces") or {}
-    lines = [f"> **Site version** of {rep.get('name', '?')} {rep.get('version', '')} "
-             f"(weights {str(rep.get('sha256', ''))[:12]}), installed {str(sv.get('installed', ''))[:10]}.", ">"]
-    for gate, g in (sv.get("gates") or {}).items():
+    sv = m.site_version
+    if sv is None:
+        return ""
+    rep = sv.replaces
+    lines = [f"> **Site version** of {rep.name if rep else '?'} {rep.version if rep else ''} "
+             f"(weights {(rep.sha256 if rep else '')[:12]}), installed {sv.installed[:10]}.", ">"]
+    for gate, g in sv.gates.items():
         lines.append(f"> - gate `{gate}`: {'passed' if g.get('passed') else 'FAILED'}")
-    if sv.get("rollback"):
-        lines += [">", f"> {sv['rollback']}."]
+    if sv.rollback:
+        lines += [">", f"> {sv.rollback}."]
     return "\n".join(lines) + "\n\n"

@@ -45,12 +45,11 @@ class OrtClassifier:
         dims = list(self.session.get_inputs()[0].shape)[-2:]
         #: (H, W) when the graph takes only that input size (ScoreCAM then cannot shrink its masked inputs)
         self.fixed_size = tuple(dims) if len(dims) == 2 and all(isinstance(d, int) for d in dims) else None
-        cam = dict(artifact.record.get("cam") or {})
         self.head = artifact.head
-        self.cam_exact = bool(cam.get("exact")) and self.head is not None
-        self.cam_layer = str(cam.get("layer") or "")
+        self.cam_exact = artifact.record.exact_cam and self.head is not None
+        self.cam_layer = artifact.record.cam_layer or ""
         self.model = model
-        self.executed = Executed("onnx", artifact.sha256, str(artifact.record.get("source") or "bundle"))
+        self.executed = Executed("onnx", artifact.sha256, artifact.record.source or "bundle")
 
     def _run(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(names, {self.input_name: np.ascontiguousarray(x, np.float32)})
@@ -93,9 +92,9 @@ class OrtSegmentation:
 
     def __init__(self, artifact: "OnnxArtifact", *, threads: int | None = None) -> None:
         self.session = ort_session(artifact.graph, threads=threads)
-        self.conditioned = bool(artifact.record.get("conditioned", True))
+        self.conditioned = artifact.record.conditioned is not False
         self.text_dim = int(next((i.shape[-1] for i in self.session.get_inputs() if i.name == "text"), 0) or 0)
-        self.executed = Executed("onnx", artifact.sha256, str(artifact.record.get("source") or "bundle"))
+        self.executed = Executed("onnx", artifact.sha256, artifact.record.source or "bundle")
 
     def probabilities(self, x: np.ndarray, emb: np.ndarray, *, max_batch: int, cancel: Any = None) -> np.ndarray:
         n = emb.shape[0] if self.conditioned else 1
