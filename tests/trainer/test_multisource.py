@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.core.test_manifest_blocks import assert_written_back
 from tests.trainer.conftest import common_args
 from tests.trainer.test_pipeline import _run
 
@@ -71,6 +72,7 @@ def test_one_model_every_source_calibrated_and_honest(
           "--method", "budget", "--budget", "0.5", "--min-positives", "10"], capsys)  # fmt: skip
     after = load_bundle(bundle)
     m = after.manifest
+    assert_written_back(bundle)  # population, calibration and budget blocks as the trainer wrote them
     # calibration lives in the weights: a new hash, and the head really changed where a platt fit was chosen
     assert m.weights["sha256"] != before.manifest.weights["sha256"]
     cal = m.calibration.labels

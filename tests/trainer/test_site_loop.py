@@ -23,6 +23,7 @@ import pydicom
 import pytest
 
 from tests.core.dicom_check import dciodvfy_errors
+from tests.core.test_manifest_blocks import assert_written_back
 from tests.trainer.conftest import common_args
 from trainer.cli import main as train_main
 
@@ -189,6 +190,7 @@ def test_whole_site_loop(original: Path, site: tuple[Path, Path], runs: Path, ad
     new = read_manifest(rep["installed"])
     assert new.name == "orig-site" and not new.enabled and load_bundle(rep["installed"]).manifest.golden
     assert new.site_version.replaces == orig.ref
+    assert_written_back(Path(rep["installed"]))
     assert (original / "manifest.json").is_file()  # the old version stays for rollback
     # installed switched off: nothing loads it until the user enables it (Tools › Models…, tested in the viewer)
     shelf = [original.parent, install]
