@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     for b in derived:
         seg = engine.segmenter(b)
         xs = engine.inputs.get(rec, b.preprocessing)
-        emb = seg.embed([q for spec in b.manifest.extra["derived_findings"] for q in spec["prompts"]])
+        emb = seg.embed([q for spec in b.manifest.derived_findings for q in spec.prompts])
         seg_parts.append((seg, xs, emb))
         fwd[b.name] = (lambda s, xx, ee: (lambda _i: s.probabilities(xx, ee)))(seg, xs, emb)
     bare_ms = alternating(fwd, args.repeats)

@@ -206,7 +206,7 @@ def lung_field_main(args: Any) -> dict[str, Any]:
     from cxr_viewer.core.inference.engine import InferenceEngine, derived_specs
 
     engine = InferenceEngine.from_dirs([args.bundle, *args.segmenter], device="cpu", backend=args.backend)
-    overlays = [(str(d["label"]), b.name, "lesion map") for b in engine.bundles for d in derived_specs(b)]
+    overlays = [(d.label, b.name, "lesion map") for b in engine.bundles for d in derived_specs(b)]
     targets = [(args.tb_finding, engine.classifiers[0].name, m) for m in args.methods] + overlays[:1]
     split_file = args.split_file or str(Path(args.bundle) / "splits.csv")
     out: dict[str, Any] = {"split_file": split_file, "segmenter": engine.lung_segmenter().name,
