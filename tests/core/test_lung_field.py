@@ -118,10 +118,10 @@ def test_shipped_tb_score_is_a_research_overlay_not_a_finding(shipped) -> None:
     assert engine.research_overlays() == [(spec.label, seg.name)]
     heat = engine.cam(record, spec.label, model=seg.name)
     assert heat.research and heat.method == "lesion map"
-    assert heat.reference_rank == pytest.approx(reference_rank(spec, heat.score))
+    assert heat.reference_rank == pytest.approx(spec.reference_rank(heat.score))
     assert heat.colour_peak == heat.reference_rank and 0.0 <= heat.reference_rank <= 1.0
-    ref = spec["reference"]
-    assert ref["split"] == "val" and ref["n_images"] >= 100 and len(ref["quantiles"]) == 101
+    ref = spec.reference
+    assert ref.raw["split"] == "val" and ref.raw["n_images"] >= 100 and len(ref.quantiles) == 101
 
 
 # ---------------------------------------------------------------- a tiny research overlay
@@ -143,7 +143,7 @@ def _tiny_overlay(tmp_path: Path, **changes) -> Path:
 
 
 def test_a_research_overlay_is_never_a_finding(tmp_path: Path) -> None:
-    from cxr_viewer.core.inference.engine import InferenceEngine, reference_rank
+    from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.models.bundle import find_bundles, load_bundle
     from cxr_viewer.core.worklist.worklist import _is_scoring
 
@@ -156,29 +156,31 @@ def test_a_research_overlay_is_never_a_finding(tmp_path: Path) -> None:
     assert engine.research_overlays() == [("TB lesion map (research)", "seg-derived")]
     heat = engine.cam(record, "TB lesion map (research)")
     assert heat.research and heat.values.max() == pytest.approx(1.0)  # drawn on its rank, not raw probabilities
-    assert heat.reference_rank == reference_rank(bundle.manifest.derived("research_overlay")[0], heat.score)
+    assert heat.reference_rank == bundle.manifest.derived("research_overlay")[0].reference_rank(heat.score)
     assert heat.to_dict()["research_overlay"] is True
     (info,) = find_bundles([tmp_path])
     assert not _is_scoring(info.manifest), "the worklist does not wait for a model that scores nothing"
 
 
 def test_reference_rank_reads_the_quantiles() -> None:
-    spec = {"reference": {"quantiles": [0.1, 0.2, 0.3, 0.4, 0.5]}}
-    assert reference_rank(spec, 0.05) == 0.0 and reference_rank(spec, 0.9) == 1.0
-    assert reference_rank(spec, 0.3) == pytest.approx(0.5)
-    assert reference_rank(spec, 0.25) == pytest.approx(0.375)
-    assert reference_rank({}, 0.3) is None
+    from cxr_viewer.core.models.blocks import DerivedFinding
+
+    base = {"label": "x", "prompts": ["p"], "threshold": {"value": 0.5}}
+    spec = DerivedFinding.from_dict({**base, "reference": {"quantiles": [0.1, 0.2, 0.3, 0.4, 0.5]}}, "d")
+    assert spec.reference_rank(0.05) == 0.0 and spec.reference_rank(0.9) == 1.0
+    assert spec.reference_rank(0.3) == pytest.approx(0.5)
+    assert spec.reference_rank(0.25) == pytest.approx(0.375)
+    assert DerivedFinding.from_dict(base, "d").reference_rank(0.3) is None
 
 
 @pytest.mark.parametrize("change", [{"role": "alarm"}, {"reference": {"quantiles": [0.5, 0.2]}},
                                     {"reference": {"quantiles": [0.1, 1.5]}}])
 def test_a_broken_role_or_reference_is_refused_by_name(tmp_path: Path, change: dict) -> None:
-    from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.models.bundle import load_bundle
 
-    bundle = load_bundle(_tiny_overlay(tmp_path, **change))
-    with pytest.raises(BundleError, match="seg-derived.*role"):
-        InferenceEngine([bundle], device="cpu", backend="torch")
+    field = "role" if "role" in change else "reference.quantiles"
+    with pytest.raises(BundleError, match=rf"bundle in seg .*'derived_findings\[0\]\.{field}'"):
+        load_bundle(_tiny_overlay(tmp_path, **change))
 
 
 def test_the_card_says_research_overlay_and_why() -> None:

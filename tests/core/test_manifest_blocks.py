@@ -103,6 +103,7 @@ def test_every_block_round_trips_with_unknown_keys_and_original_order() -> None:
     assert out["future_top"] == 1 and list(out)[0] == "future_top"
     assert isinstance(out["population"]["age_years"]["max"], int) and out["population"]["age_head"]["bias"] == 2  # ints stay ints
     assert m.population.findings["Effusion"].children is False and m.population.age_head.child_below == 11.5
+    assert isinstance(m.site_version, SiteVersion) and m.site_version.gates["auroc"]["passed"] is True
     assert m.site_version.replaces == ModelRef("chest", "0.3.0", "ab" * 32, "multilabel") and m.replaces == "chest"
     seg = Manifest.from_dict(_base(task="text_segmentation", labels=["region"], thresholds={}, derived_findings=DERIVED))
     assert seg.to_dict()["derived_findings"] == DERIVED

@@ -13,7 +13,6 @@ from typing import Any
 
 from cxr_viewer.core.errors import BundleError
 from cxr_viewer.core.models.blocks import (
-    DERIVED_ROLES,
     CalibrationRecord,
     DerivedFinding,
     OnnxRecord,
@@ -313,7 +312,7 @@ class Manifest:
         return self.task in CLASSIFIER_TASKS
 
     def derived(self, role: str | None = "finding") -> list[DerivedFinding]:
-        """The ``derived_findings`` entries with ``role`` (default ``finding``, None: all; see :data:`DERIVED_ROLES`).
+        """The ``derived_findings`` entries with ``role`` (default ``finding``, None: all; see :data:`~cxr_viewer.core.models.blocks.DERIVED_ROLES`).
 
         Only ``text_segmentation`` bundles have any (other tasks' entries are ignored).
         """
