@@ -72,13 +72,13 @@ def stage(models: list[Path], out: Path, *, samples: Path | None = None, text_so
             failures += 1
             continue
         dest = res / "models" / info.path.name
-        recorded = isinstance(m.extra.get("onnx"), dict)
+        recorded = m.onnx is not None
         ignore = ("lane", "__pycache__") if recorded else (ONNX_DIR, "lane", "*.onnx", "__pycache__")
         shutil.copytree(info.path, dest, ignore=shutil.ignore_patterns(*ignore))
         try:
             if recorded:  # the export a normal install runs: hash-checked on load, re-verified against torch
                 art = ort_artifact_for(load_bundle(dest, device="cpu"))
-                rec, how = art.record, "recorded, re-verified"
+                rec, how = art.record.to_dict(), "recorded, re-verified"
             else:
                 rec, how = export_bundle(dest), "exported, verified"
         except CXRError as exc:

@@ -74,7 +74,7 @@ def test_recorded_exports_reproduce_the_torch_weights() -> None:
 
     for name in ("chest-resnet18", "report-segmenter-resnet18"):
         b = load_bundle(MODELS / name, device="cpu")
-        assert b.onnx is not None and b.onnx.record.get("source") != "regenerated"
+        assert b.onnx is not None and b.onnx.record.source != "regenerated"
         art = ort_artifact_for(b)  # raises if any output differs beyond the one rule
         assert art is b.onnx
 

@@ -123,7 +123,6 @@ def test_every_surface_shows_the_one_judged_result(qtbot, make_window, repo_root
                                                    monkeypatch: pytest.MonkeyPatch, orthanc) -> None:  # noqa: F811
     from cxr_viewer.core.models.bundle import read_manifest
     from cxr_viewer.core.site.profile import load_profile
-    from cxr_viewer.core.worklist import ModelKey
     from cxr_viewer.headless import analyze_main
     from cxr_viewer.netcli import pacs_main, worklist_main
     from cxr_viewer.qt.worklist import FIXED, SORT_ROLE
@@ -132,9 +131,9 @@ def test_every_surface_shows_the_one_judged_result(qtbot, make_window, repo_root
     films = _films(tmp_path / "films", repo_root)
     models = repo_root / "resources" / "models"
     manifest = read_manifest(models / MODEL)
-    sha = str(manifest.weights["sha256"]).lower()
+    sha = manifest.ref.sha256
     labels = list(manifest.labels)
-    profile = _site_profile(ModelKey(manifest.name, manifest.version, sha), SITE_LABEL, tmp_path / "profiles")
+    profile = _site_profile(manifest.ref, SITE_LABEL, tmp_path / "profiles")
     cli_judging = ["--models", str(models), "--no-default-models", "--site-profile", str(profile.path),
                    "--threshold", f"{MODEL}:{USER_LABEL}={USER_THRESHOLD}"]
 
