@@ -172,3 +172,15 @@ def test_model_ref_is_the_one_identity() -> None:
         ModelRef.from_dict({"name": "m", "version": "1", "trained": "yes"})
     with pytest.raises(ValueError, match="needs a text 'version'"):
         ModelRef.from_dict({"name": "m"})
+
+
+def test_the_card_reads_the_age_head_cut_off_from_the_typed_population() -> None:
+    from cxr_viewer.core.models.card import model_card_markdown
+
+    chosen = {"split": "val", "rule": "balance children and adults", "children": 30, "adults": 70, "balanced_accuracy": 0.9}
+    pop = {**POPULATION, "age_head": {**POPULATION["age_head"], "chosen_on": chosen}}
+    metrics = {"age_head": {"mae_years_recorded": {"value": 5.0, "ci95": [4.0, 6.0], "n_images": 50}}}
+    card = model_card_markdown(_base(population=pop, metrics=metrics))
+    assert "counts as a child's: chosen on the val split to balance children and adults (30 children, 70 adults" in card
+    assert "| Effusion | 18-80 | no | PA | nih14 90 (12) |" in card  # each finding's population, from the typed block
+    assert "'population.age_head.chosen_on' must be an object" in _bad("population", {**POPULATION, "age_head": {"chosen_on": 3}})

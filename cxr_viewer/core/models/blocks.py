@@ -217,6 +217,7 @@ class AgeHead(Block):
     weights: tuple[float, ...] = ()
     bias: float = 0.0
     child_below: float | None = None
+    chosen_on: Mapping[str, Any] = field(default_factory=dict)  # how the child/adult cut-off was chosen
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "population.age_head") -> "AgeHead | None":
@@ -225,7 +226,8 @@ class AgeHead(Block):
         d = _obj(d, where)
         bias = _num(d, "bias", where)
         return cls(_numbers(d, "weights", where), 0.0 if bias is None else bias,
-                   _num(d, "child_below", where, lo=0.0, hi=120.0), raw=d)  # fmt: skip
+                   _num(d, "child_below", where, lo=0.0, hi=120.0),
+                   dict(_obj(d.get("chosen_on") or {}, f"{where}.chosen_on")), raw=d)  # fmt: skip
 
 
 @dataclass(frozen=True)

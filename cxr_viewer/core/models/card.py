@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cxr_viewer.core.models.blocks import AgeRange
+from cxr_viewer.core.models.blocks import AgeHead, AgeRange
 
 if TYPE_CHECKING:
     from cxr_viewer.core.models.blocks import DerivedFinding
@@ -245,10 +245,10 @@ def badge_sections(typed: "Manifest", m: Mapping[str, Any]) -> list[str]:
     if age:
         out += ["", "### Age head (held-out test split, 95% CIs)", "",
                 "A linear read of the pooled features; the viewer uses it when a film's header records no age."]
-        head = (manifest.get("population") or {}).get("age_head") or {}
-        how = head.get("chosen_on") or {}
-        if head.get("child_below") is not None:
-            out.append(f"A film it estimates under {_fmt(head['child_below'], 2)} years counts as a child's"
+        head = (typed.population.age_head if typed.population is not None else None) or AgeHead()
+        how = head.chosen_on
+        if head.child_below is not None:
+            out.append(f"A film it estimates under {_fmt(head.child_below, 2)} years counts as a child's"
                        + (f": chosen on the {how.get('split')} split to {how.get('rule')} ({how.get('children')} children, "
                           f"{how.get('adults')} adults; balanced accuracy {_fmt(how.get('balanced_accuracy'))}, "
                           f"{_fmt(how.get('balanced_accuracy_at_11.5'))} at 11.5 years)." if how.get("split") else "."))  # fmt: skip
