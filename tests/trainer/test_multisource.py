@@ -102,13 +102,13 @@ def test_one_model_every_source_calibrated_and_honest(
                 spent[g] += v
     assert all(v <= 0.5 + 1e-3 for v in spent.values())
     # the age head and each finding's validated population: NIH findings are adults-only
-    head = pop["age_head"]
-    assert len(head["weights"]) == 512 and {"nih14", "kermany", "covid"} <= set(head["fitted_on"])
-    findings = pop["findings"]
-    assert "kermany" in findings["Pneumonia"]["sources"]  # validated on children too (given enough positives)
-    assert findings["Pneumonia"]["age_years"]["min"] == (1.0 if findings["Pneumonia"]["children"] else 18.0)
+    head = pop.age_head
+    assert len(head.weights) == 512 and {"nih14", "kermany", "covid"} <= set(head.raw["fitted_on"])
+    findings = pop.findings
+    assert "kermany" in findings["Pneumonia"].sources  # validated on children too (given enough positives)
+    assert findings["Pneumonia"].age_years.min == (1.0 if findings["Pneumonia"].children else 18.0)
     nih_only = [lab for lab in findings if lab not in ("Pneumonia", "Abnormal")]
-    assert nih_only and all(findings[lab]["age_years"]["min"] >= 18 and not findings[lab]["children"] for lab in nih_only)
+    assert nih_only and all(findings[lab].age_years.min >= 18 and not findings[lab].children for lab in nih_only)
     ev = tmp_path / "eval"
     _run(["evaluate", "--bundle", str(bundle), "--manifest", str(chest_manifest), "--out", str(ev),
           "--bootstrap", "50", "--gallery", "0"], capsys)  # fmt: skip
