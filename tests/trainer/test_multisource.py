@@ -128,5 +128,5 @@ def test_one_model_every_source_calibrated_and_honest(
     card = (ev / "report.md").read_text()
     assert "POSITIVE badges per normal film, children" in card and "Age head" in card
     for lab in metrics["ece_uncalibrated"]:
-        assert cal[lab]["method"] in ("temperature", "platt")
+        assert cal[lab].method in ("temperature", "platt")
     assert np.isfinite(list(metrics["ece"].values())[0])
