@@ -1,12 +1,12 @@
 """The analysis service without Qt: requests, generations, cancellation, per-image results, user thresholds.
 
 Shaped like napari's layer slicer: an immutable request is built on the caller's thread (the
-record, the model folders, the disabled models, the device); a one-worker executor runs it
-(the ``run_*`` generators below, which yield ``(kind, value)`` items); a newer request of
-the same kind supersedes the older one (:class:`Generations`: its :class:`CancelToken` fires
-and its generation is no longer current), and whatever an old request still returns is
-dropped. The Qt layer (:mod:`cxr_viewer.qt.analysis`) only adapts this to signals and fills
-:class:`Settings` with QSettings.
+record, the model folders, the disabled models, the device); the one executor of long work
+(:class:`cxr_viewer.core.executor.Executor`) runs it (the ``run_*`` generators below, which
+yield ``(kind, value)`` items); a newer request of the same kind supersedes the older one
+(its :class:`CancelToken` fires and its generation is no longer current), and whatever an
+old request still returns is dropped. The Qt layer (:mod:`cxr_viewer.qt.analysis`) only
+adapts this to signals and fills :class:`Settings` with QSettings.
 
 Models (and the text encoder) load lazily, in the worker, on first use. The
 :class:`ModelPool` that owns them is touched by the worker thread only.
@@ -43,7 +43,6 @@ __all__ = [
     "AnalysisRequest",
     "AnalysisState",
     "BundleSummary",
-    "Generations",
     "ModelConfig",
     "ModelPool",
     "ModelService",
@@ -494,36 +493,3 @@ class UserThresholds:
             user = self.get(f.model, sha_of(f.model), f.label)
             out.append(f.with_threshold(user, "user") if user is not None else f)
         return tuple(out)
-
-
-class Generations:
-    """One cancel shape for every kind of request: a new one supersedes (and cancels) the last of its channel."""
-
-    def __init__(self) -> None:
-        import itertools
-
-        self._counter = itertools.count(1)
-        self._tokens: dict[str, CancelToken] = {}
-        self._current: dict[str, int] = {}
-
-    def start(self, channel: str, token: CancelToken | None = None) -> tuple[int, CancelToken]:
-        """Cancel the channel's running request; a new generation and its token."""
-        self.cancel(channel)
-        gen = next(self._counter)
-        self._current[channel] = gen
-        token = token or CancelToken()
-        self._tokens[channel] = token
-        return gen, token
-
-    def cancel(self, channel: str) -> None:
-        old = self._tokens.pop(channel, None)
-        if old is not None:
-            old.cancel()
-        self._current[channel] = next(self._counter)
-
-    def cancel_all(self) -> None:
-        for channel in list(self._tokens):
-            self.cancel(channel)
-
-    def is_current(self, channel: str, gen: int) -> bool:
-        return self._current.get(channel) == gen

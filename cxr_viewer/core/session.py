@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from psygnal import Signal, SignalGroup
 
+from cxr_viewer.core.executor import BusyCounter
 from cxr_viewer.core.imaging.geometry import DisplayTransform
 from cxr_viewer.core.imaging.measurements import Measurement, make_distance
 
@@ -175,7 +176,9 @@ class Session:
         self._preferences: dict[str, Any] = dict(DEFAULT_PREFERENCES)
         if preferences:
             self._preferences.update(preferences)
-        self._busy = 0
+        #: long work running for this viewer (reading, scanning, analysis): the executor counts it here
+        self.work = BusyCounter()
+        self.work.changed.connect(self.events.busy_changed.emit)
 
     # --- image -------------------------------------------------------------
     @property
@@ -385,21 +388,14 @@ class Session:
     # --- background work ---------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self._busy > 0
+        return self.work.busy
 
     def begin_work(self) -> None:
         """Count a running background task (loading, scanning, analysis)."""
-        self._busy += 1
-        if self._busy == 1:
-            self.events.busy_changed.emit(True)
+        self.work.begin()
 
     def end_work(self) -> None:
-        if self._busy == 0:
-            log.warning("end_work called with no work running")
-            return
-        self._busy -= 1
-        if self._busy == 0:
-            self.events.busy_changed.emit(False)
+        self.work.end()
 
     def report_error(self, exc: BaseException) -> None:
         """Hand an error to whatever front end listens; the session itself stays usable."""

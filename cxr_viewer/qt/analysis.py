@@ -1,9 +1,9 @@
 """The Qt adapter of the analysis service (:mod:`cxr_viewer.core.analysis`): signals, QSettings, the worker.
 
-The requests, generations, cancellation, model pool, runners and user thresholds are
-the core's; this module turns viewer events into those requests, runs them on a
-one-worker :class:`TaskRunner`, drops what a superseded request still returns, and
-publishes results to the :class:`Session` on the GUI thread only.
+The requests, generations, cancellation (the core executor, bridged by a one-worker
+:class:`TaskRunner`), model pool, runners and user thresholds are the core's; this module
+turns viewer events into those requests, drops what a request still returns for a film no
+longer shown, and publishes results to the :class:`Session` on the GUI thread only.
 :meth:`AnalysisController.set_sync` runs everything inline for tests.
 
 User thresholds and the enabled state of each model live in QSettings (through
@@ -28,7 +28,6 @@ from cxr_viewer.core.analysis import (  # noqa: F401  (re-exported: older import
     AnalysisRequest,
     AnalysisState,
     BundleSummary,
-    Generations,
     ModelConfig,
     ModelPool,
     ModelService,
@@ -44,7 +43,7 @@ from cxr_viewer.core.errors import AnalysisCancelledError, CXRError, NoSegmentat
 from cxr_viewer.core.inference.results import Heatmap
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import HeatmapLayer, MaskLayer, Session
-from cxr_viewer.qt.workers import TaskRunner
+from cxr_viewer.qt.workers import Task, TaskRunner
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.results import AnalysisResult
@@ -132,8 +131,11 @@ class AnalysisController(QObject):
         self.session = session
         self.settings = settings
         self.models_dir = models_dir
-        self.runner = TaskRunner(session, self, max_threads=1)  # one worker: requests run in order
+        # one worker: requests run in order; a newer request of a channel (analysis, cam, segment, models)
+        # supersedes the last, whose results are dropped
+        self.runner = TaskRunner(session.work, self, max_threads=1)
         self.runner.idle.connect(lambda: self.progress.emit(""))
+        self.runner.error.connect(lambda exc: self._report(exc, "Analysis failed"))
         # the process's one model service (built by the composition root); its queue runs every model call
         self.models = models if models is not None else ModelService()
         self.pool = self.models.pool
@@ -149,8 +151,6 @@ class AnalysisController(QObject):
         self._asked_before_film = False  # chosen with no film open (--heatmap): drawn on the next film as asked
         self._asked_for: ImageRecord | None = None  # that next film
         settings.remove("heatmap/show")  # older versions persisted the choice across restarts
-        self._sync = False
-        self.generations = Generations()
         # the reader's workspace (enabled models, site profile, thresholds): read here, never copied
         from cxr_viewer.core.workspace import Workspace
 
@@ -173,7 +173,7 @@ class AnalysisController(QObject):
     # ------------------------------------------------------------------ configuration
     def set_sync(self, sync: bool = True) -> None:
         """Run requests inline on the calling thread (tests), like napari's ``force_sync``."""
-        self._sync = bool(sync)
+        self.runner.set_sync(sync)
 
     @property
     def device(self) -> str:
@@ -324,37 +324,26 @@ class AnalysisController(QObject):
             self._publish(self._outcome)
 
     # ------------------------------------------------------------------ requests
-    def _is_current(self, channel: str, gen: int, record: ImageRecord) -> bool:
-        return self.generations.is_current(channel, gen) and self.session.record is record
+    def _is_current(self, job: Task, record: ImageRecord) -> bool:
+        return self.runner.is_current(job) and self.session.record is record
 
-    def _submit(self, channel: str | None, fn: Callable[..., Iterator[tuple[str, Any]]], args: tuple[Any, ...],
+    def _submit(self, job: Task, fn: Callable[..., Iterator[tuple[str, Any]]], args: tuple[Any, ...],
                 on_item: Callable[[tuple[str, Any]], None], on_error: Callable[[BaseException], None]) -> None:
-        if self._sync:
-            self.session.begin_work()
-            try:
-                for item in fn(*args):
-                    on_item(item)
-            except BaseException as exc:  # noqa: BLE001 - same contract as the worker path
-                on_error(exc)
-            finally:
-                self.session.end_work()
-                self.progress.emit("")
-            return
-        self.runner.submit(fn, *args, channel=channel, on_progress=on_item, on_error=on_error)
+        self.runner.submit(fn, *args, job=job, on_progress=on_item, on_error=on_error)
 
     def analyze(self, record: ImageRecord | None = None) -> None:
         """Score ``record`` (default: the session's image) with every enabled classifier."""
         record = record if record is not None else self.session.record
         if record is None:
             return
-        gen, token = self.generations.start("analysis")
-        self.generations.cancel("cam")
-        req = AnalysisRequest(gen, record, self.config(), token)
+        job = self.runner.request("analysis")
+        self.runner.cancel("cam")
+        req = AnalysisRequest(job.generation, record, self.config(), job.token)
         self._outcome = None
         self._set_state(AnalysisState(status="running", message="Analysing…"))
-        self._submit("analysis", self.models.iterate, (run_analysis, req),
-                     lambda item: self._on_analysis_item(req, item),
-                     lambda exc: self._on_worker_error("analysis", gen, record, exc))
+        self._submit(job, self.models.iterate, (run_analysis, req),
+                     lambda item: self._on_analysis_item(job, req, item),
+                     lambda exc: self._on_worker_error(job, record, exc))
 
     def rerun(self) -> None:
         """Analyse the current image again (models or device changed)."""
@@ -371,7 +360,8 @@ class AnalysisController(QObject):
         image waits for none of it. A newer refresh cancels this one between steps; quitting
         never waits for it (see ``cxr_viewer.qt.app.exit_now``).
         """
-        _gen, token = self.generations.start("models")
+        job = self.runner.request("models")
+        token = job.token
 
         def scan(pool: ModelPool, config: ModelConfig) -> Iterator[tuple[str, Any]]:
             token.raise_if_cancelled()
@@ -386,7 +376,7 @@ class AnalysisController(QObject):
             elif item[0] == "progress" and self.session.record is None:
                 self.progress.emit(item[1])
 
-        self._submit("models", self.models.iterate, (scan, self.config()), on_item,
+        self._submit(job, self.models.iterate, (scan, self.config()), on_item,
                      lambda exc: self._report(exc, "Models"))
 
     def warm_up(self) -> None:
@@ -424,27 +414,27 @@ class AnalysisController(QObject):
             self.settings.setValue("analysis/cam_method", self._cam_method)
         self._cam_label, self._cam_model = label, model
         method_now = self.usable_method(model, self._cam_method)
-        gen, token = self.generations.start("cam")
-        self._submit("cam", self.models.iterate,
-                     (run_cam, self.config(), record, label, model, method_now, self.faithfulness, token),
-                     lambda item: self._on_cam_item(gen, record, item),
-                     lambda exc: self._on_worker_error("cam", gen, record, exc))
+        job = self.runner.request("cam")
+        self._submit(job, self.models.iterate,
+                     (run_cam, self.config(), record, label, model, method_now, self.faithfulness, job.token),
+                     lambda item: self._on_cam_item(job, record, item),
+                     lambda exc: self._on_worker_error(job, record, exc))
 
     def segment(self, phrases: Sequence[str]) -> None:
         """Masks for ``phrases`` on the current image (replacing the previous set)."""
         record = self.session.record
         phrases = tuple(p.strip() for p in phrases if p and p.strip())
-        gen, token = self.generations.start("segment")
+        job = self.runner.request("segment")
         if record is None:
             return
         if not phrases:
-            self.generations.cancel("segment")
+            self.runner.cancel("segment")
             self._masks = []
             self.masks_changed.emit([])
             return
-        self._submit("segment", self.models.iterate, (run_segment, self.config(), record, phrases, token),
-                     lambda item: self._on_segment_item(gen, record, item),
-                     lambda exc: self._on_worker_error("segment", gen, record, exc))
+        self._submit(job, self.models.iterate, (run_segment, self.config(), record, phrases, job.token),
+                     lambda item: self._on_segment_item(job, record, item),
+                     lambda exc: self._on_worker_error(job, record, exc))
 
     def add_bundle(self, path: str | Path) -> None:
         """Validate a bundle (hash, no pickle) off-thread, then copy it into the user models folder."""
@@ -461,7 +451,7 @@ class AnalysisController(QObject):
                 self._install_bundle(path, item[1])
 
         # no channel: two bundles dropped together must both be installed, not supersede each other
-        self._submit(None, job, (path,), on_item, lambda exc: self._report(exc, "Model not added"))
+        self._submit(self.runner.request(None), job, (path,), on_item, lambda exc: self._report(exc, "Model not added"))
 
     def _install_bundle(self, src: Path, manifest: Any) -> None:
         from cxr_viewer.core.paths import user_models_dir
@@ -490,7 +480,6 @@ class AnalysisController(QObject):
         self.rerun()
 
     def cancel_all(self) -> None:
-        self.generations.cancel_all()
         self.runner.cancel_all()
 
     def shutdown(self, msecs: int = 3000) -> None:
@@ -517,7 +506,7 @@ class AnalysisController(QObject):
     def _on_record_changed(self, record: ImageRecord | None) -> None:
         # Nothing of the previous image may land on this one.
         for channel in ("analysis", "cam", "segment"):
-            self.generations.cancel(channel)
+            self.runner.cancel(channel)
         self._asked_for = None
         if self.shown_cam is not None and self._asked_before_film:
             self._asked_before_film, self._asked_for = False, record  # the film the choice was made for
@@ -531,9 +520,9 @@ class AnalysisController(QObject):
         self.masks_changed.emit([])
         self._set_state(AnalysisState())
 
-    def _on_analysis_item(self, req: AnalysisRequest, item: tuple[str, Any]) -> None:
+    def _on_analysis_item(self, job: Task, req: AnalysisRequest, item: tuple[str, Any]) -> None:
         kind, value = item
-        if not self._is_current("analysis", req.generation, req.record):
+        if not self._is_current(job, req.record):
             return
         if kind == "progress":
             self.progress.emit(value)
@@ -593,9 +582,9 @@ class AnalysisController(QObject):
             return (f.label, f.model) if asked or f.positive or f.above_threshold else (None, None)
         return None, None
 
-    def _on_cam_item(self, gen: int, record: ImageRecord, item: tuple[str, Any]) -> None:
+    def _on_cam_item(self, job: Task, record: ImageRecord, item: tuple[str, Any]) -> None:
         kind, value = item
-        if not self._is_current("cam", gen, record):
+        if not self._is_current(job, record):
             return
         if kind == "progress":
             self.progress.emit(value)
@@ -620,9 +609,9 @@ class AnalysisController(QObject):
         self.session.set_heatmap(layer)
         self.heatmap_changed.emit(heat)
 
-    def _on_segment_item(self, gen: int, record: ImageRecord, item: tuple[str, Any]) -> None:
+    def _on_segment_item(self, job: Task, record: ImageRecord, item: tuple[str, Any]) -> None:
         kind, value = item
-        if not self._is_current("segment", gen, record):
+        if not self._is_current(job, record):
             return
         if kind == "progress":
             self.progress.emit(value)
@@ -630,8 +619,9 @@ class AnalysisController(QObject):
         self._masks = list(value)
         self.masks_changed.emit(list(self._masks))
 
-    def _on_worker_error(self, channel: str, gen: int, record: ImageRecord, exc: BaseException) -> None:
-        if isinstance(exc, AnalysisCancelledError) or not self._is_current(channel, gen, record):
+    def _on_worker_error(self, job: Task, record: ImageRecord, exc: BaseException) -> None:
+        channel = job.channel
+        if isinstance(exc, AnalysisCancelledError) or not self._is_current(job, record):
             return
         self.progress.emit("")
         if channel == "segment" and isinstance(exc, NoSegmentationModelError):

@@ -134,7 +134,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("cxr-viewer")
         self.setAcceptDrops(True)
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
-        self.runner = TaskRunner(self.session, self)
+        self.runner = TaskRunner(self.session.work, self)  # counted on the viewer's busy counter
+        self.runner.error.connect(self.session.report_error)
         # THE model service of this process (one pool, one engine, one model queue): built by the composition
         # root (cxr_viewer.qt.app) and handed to every feature that scores a film; reading never waits for it.
         self._owns_models = models is None if owns_models is None else owns_models  # shut down on close
