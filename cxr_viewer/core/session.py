@@ -1,8 +1,10 @@
 """Evented viewer state, free of Qt, so the display logic is testable headless.
 
 The Qt layer (canvas, panels, status bar) only listens to :class:`Session` events
-and calls its methods; analysis code (the inference engine) writes findings,
-heatmaps and masks here and never touches a widget. Everything is meant to be
+and calls its methods; the analysis controller draws heatmap and mask layers here
+(the findings themselves are the workspace's study analysis, held once there:
+:class:`cxr_viewer.core.analysis.StudyAnalysis`) and never touches a widget. It is
+part of the :class:`~cxr_viewer.core.workspace.Workspace`. Everything is meant to be
 mutated from one thread (the GUI thread): background work hands its results back
 to that thread before they reach the session.
 """
@@ -151,7 +153,6 @@ class SessionEvents(SignalGroup):
     display_changed = Signal(object)  # DisplayState
     studies_changed = Signal(object)  # list of scanned Patients
     open_files_changed = Signal(object)  # list[Path]
-    findings_changed = Signal(object)  # sequence of findings from the engine
     heatmap_changed = Signal(object)  # HeatmapLayer | None
     masks_changed = Signal(object)  # list[MaskLayer]
     measurements_changed = Signal(object)  # list of Measurement and other core.imaging.measurements
@@ -161,7 +162,7 @@ class SessionEvents(SignalGroup):
 
 
 class Session:
-    """The viewer's state: open studies, the current image, display and analysis results."""
+    """The viewer's state: open studies, the current image, its display and drawn layers, busy work."""
 
     def __init__(self, preferences: dict[str, Any] | None = None) -> None:
         self.events = SessionEvents()
@@ -169,7 +170,6 @@ class Session:
         self._display = DisplayState()
         self._studies: list[Any] = []
         self._open_files: list[Path] = []
-        self._findings: list[Any] = []
         self._heatmap: HeatmapLayer | None = None
         self._masks: list[MaskLayer] = []
         self._measurements: list[Measurement] = []
@@ -188,13 +188,12 @@ class Session:
     def set_record(self, record: "ImageRecord | None") -> None:
         """Show a new image: results and measurements of the previous one are dropped."""
         self._record = record
-        self._findings, self._heatmap, self._masks, self._measurements = [], None, [], []
+        self._heatmap, self._masks, self._measurements = None, [], []
         if record is not None and record.source is not None:
             self.add_open_file(record.source)
         self._display = self._initial_display(record)
         self.events.record_changed.emit(record)
         self.events.display_changed.emit(self._display)
-        self.events.findings_changed.emit([])
         self.events.heatmap_changed.emit(None)
         self.events.masks_changed.emit([])
         self.events.measurements_changed.emit([])
@@ -301,14 +300,6 @@ class Session:
             self.events.open_files_changed.emit(self.open_files)
 
     # --- analysis results --------------------------------------------------
-    @property
-    def findings(self) -> list[Any]:
-        return list(self._findings)
-
-    def set_findings(self, findings: Sequence[Any]) -> None:
-        self._findings = list(findings)
-        self.events.findings_changed.emit(self.findings)
-
     @property
     def heatmap(self) -> HeatmapLayer | None:
         return self._heatmap

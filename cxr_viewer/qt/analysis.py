@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,9 +77,6 @@ CAM_CHOICES: dict[str, str] = {
 RESEARCH_COLORMAP = "cividis"
 #: Heatmap values under this fraction of the maximum are not drawn, so the hot regions stand out.
 DEFAULT_CUTOFF = 0.2
-NO_MODELS_MESSAGE = "No models installed — add a bundle in Tools › Models…"
-NO_ENABLED_MESSAGE = "All finding models are switched off — enable one in Tools › Models…"
-NOT_LOADED_MESSAGE = "No finding model could be loaded — see Tools › Models… for the reason"
 UNTRAINED_MESSAGE = (
     "UNTRAINED model (random weights): its scores are meaningless and must not be read as findings."
 )
@@ -104,7 +100,11 @@ class QtSettings:
 
 
 class AnalysisController(QObject):
-    """Turns viewer events into engine requests and engine results into session state."""
+    """Turns viewer events into engine requests and engine results into the workspace's study analysis.
+
+    The film's outcome, judged state, heatmap and masks are the workspace's
+    (:class:`~cxr_viewer.core.analysis.StudyAnalysis`); this controller relays their events as Qt signals.
+    """
 
     state_changed = Signal(object)  # AnalysisState
     heatmap_changed = Signal(object)  # core Heatmap | None (the session holds the drawn layer)
@@ -151,23 +151,26 @@ class AnalysisController(QObject):
         self._asked_before_film = False  # chosen with no film open (--heatmap): drawn on the next film as asked
         self._asked_for: ImageRecord | None = None  # that next film
         settings.remove("heatmap/show")  # older versions persisted the choice across restarts
-        # the reader's workspace (enabled models, site profile, thresholds): read here, never copied
+        # the reader's workspace (the film and its analysis, enabled models, site profile, thresholds): read
+        # here, never copied
         from cxr_viewer.core.workspace import Workspace
 
-        self.workspace = workspace if workspace is not None else Workspace(QtSettings(settings))
+        self.workspace = workspace if workspace is not None else Workspace(QtSettings(settings), session=session)
+        if self.workspace.session is not session:
+            raise ValueError("the analysis controller follows its workspace's session")
         self.thresholds = self.workspace.thresholds
+        self.study = self.workspace.analysis
         self.workspace.models_changed.connect(self._on_models_changed)
-        self.workspace.site_profile_changed.connect(self._on_site_profile)
         self.workspace.thresholds_changed.connect(self._on_threshold)
-        self._outcome: AnalysisOutcome | None = None
-        self._state = AnalysisState()
-        self._heatmap: Heatmap | None = None
-        self.faithfulness_pending = False  # a score for the heatmap shown is still being computed
-        self._masks: list[Mask] = []
+        self._relays = ((self.study.state_changed, self.state_changed.emit),
+                        (self.study.heatmap_changed, self.heatmap_changed.emit),
+                        (self.study.masks_changed, self.masks_changed.emit),
+                        (self.study.models_changed, self.models_changed.emit))
+        for event, relay in self._relays:
+            event.connect(relay)
         self._cam_label: str | None = None
         self._cam_model: str | None = None
         self._cam_method = str(settings.value("analysis/cam_method", "gradcam"))
-        self._summaries: tuple[BundleSummary, ...] = ()
         session.events.record_changed.connect(self._on_record_changed)
 
     # ------------------------------------------------------------------ configuration
@@ -228,15 +231,20 @@ class AnalysisController(QObject):
 
     @property
     def state(self) -> AnalysisState:
-        return self._state
+        return self.study.state
 
     @property
     def heatmap(self) -> Heatmap | None:
-        return self._heatmap
+        return self.study.heatmap
 
     @property
     def masks(self) -> list["Mask"]:
-        return list(self._masks)
+        return self.study.masks
+
+    @property
+    def faithfulness_pending(self) -> bool:
+        """A score for the heatmap shown is still being computed."""
+        return self.study.faithfulness_pending
 
     @property
     def heatmap_cutoff(self) -> float | None:
@@ -261,7 +269,7 @@ class AnalysisController(QObject):
 
     def unavailable_methods(self, model: str | None) -> dict[str, str]:
         """Heatmap methods ``model`` cannot draw in this process, with the reason (empty with torch)."""
-        table = self._state.unavailable_cam
+        table = self.state.unavailable_cam
         if model is None:
             return {m: why for per in table.values() for m, why in per.items()}
         return dict(table.get(model, {}))
@@ -282,28 +290,23 @@ class AnalysisController(QObject):
 
     @property
     def bundles(self) -> tuple[BundleSummary, ...]:
-        return self._summaries
+        return self.study.bundles
 
     # ------------------------------------------------------------------ thresholds
     def threshold_override(self, model: str, label: str) -> float | None:
-        return self.thresholds.get(model, self._state.model_sha(model), label)
+        return self.thresholds.get(model, self.state.model_sha(model), label)
 
     def model_threshold(self, model: str, label: str) -> float | None:
         """The threshold the model itself ships for ``label`` (None before any result)."""
-        if self._outcome is None:
-            return None
-        raw = self._outcome.result.finding(label, model)
-        return None if raw is None else raw.threshold
+        return self.study.model_threshold(model, label)
 
     def set_threshold(self, model: str, label: str, value: float | None) -> None:
         """Set (or with ``None`` reset to the model's) the threshold of one finding; persisted."""
-        self.workspace.set_threshold(model, self._state.model_sha(model), label, value)
+        self.workspace.set_threshold(model, self.state.model_sha(model), label, value)
         self.settings.sync()
 
     def _on_threshold(self, _model: str = "", _label: str = "") -> None:
-        self.thresholds_changed.emit()
-        if self._outcome is not None:
-            self._publish(self._outcome)
+        self.thresholds_changed.emit()  # the workspace has judged the film again already
 
     @property
     def site_profile(self) -> Any:
@@ -318,10 +321,6 @@ class AnalysisController(QObject):
         fit the loaded weights is not applied; the state says why.
         """
         self.workspace.set_site_profile(profile)
-
-    def _on_site_profile(self, _profile: Any) -> None:
-        if self._outcome is not None:
-            self._publish(self._outcome)
 
     # ------------------------------------------------------------------ requests
     def _is_current(self, job: Task, record: ImageRecord) -> bool:
@@ -339,8 +338,7 @@ class AnalysisController(QObject):
         job = self.runner.request("analysis")
         self.runner.cancel("cam")
         req = AnalysisRequest(job.generation, record, self.config(), job.token)
-        self._outcome = None
-        self._set_state(AnalysisState(status="running", message="Analysing…"))
+        self.study.start("Analysing…")
         self._submit(job, self.models.iterate, (run_analysis, req),
                      lambda item: self._on_analysis_item(job, req, item),
                      lambda exc: self._on_worker_error(job, record, exc))
@@ -372,7 +370,7 @@ class AnalysisController(QObject):
 
         def on_item(item: tuple[str, Any]) -> None:
             if item[0] == "models":
-                self._set_summaries(item[1])
+                self.study.set_bundles(item[1])
             elif item[0] == "progress" and self.session.record is None:
                 self.progress.emit(item[1])
 
@@ -429,8 +427,7 @@ class AnalysisController(QObject):
             return
         if not phrases:
             self.runner.cancel("segment")
-            self._masks = []
-            self.masks_changed.emit([])
+            self.study.set_masks([])
             return
         self._submit(job, self.models.iterate, (run_segment, self.config(), record, phrases, job.token),
                      lambda item: self._on_segment_item(job, record, item),
@@ -487,22 +484,14 @@ class AnalysisController(QObject):
         self.runner.wait(msecs)
         ws = self.workspace
         for sig, slot in ((self.session.events.record_changed, self._on_record_changed),
-                          (ws.models_changed, self._on_models_changed), (ws.site_profile_changed, self._on_site_profile),
-                          (ws.thresholds_changed, self._on_threshold)):
+                          (ws.models_changed, self._on_models_changed), (ws.thresholds_changed, self._on_threshold),
+                          *self._relays):
             try:
                 sig.disconnect(slot)
             except (RuntimeError, TypeError, ValueError):
                 pass
 
     # ------------------------------------------------------------------ results (GUI thread)
-    def _set_state(self, state: AnalysisState) -> None:
-        self._state = state
-        self.state_changed.emit(state)
-
-    def _set_summaries(self, summaries: tuple[BundleSummary, ...]) -> None:
-        self._summaries = tuple(summaries)
-        self.models_changed.emit(self._summaries)
-
     def _on_record_changed(self, record: ImageRecord | None) -> None:
         # Nothing of the previous image may land on this one.
         for channel in ("analysis", "cam", "segment"):
@@ -513,12 +502,7 @@ class AnalysisController(QObject):
             self._shown_patient = _patient_key(record)
         elif self.shown_cam is not None and (self._shown_patient is None or _patient_key(record) != self._shown_patient):
             self.shown_cam, self._shown_patient = None, None  # another patient: no map is carried over
-        self._outcome = None
-        self._heatmap = None
-        self._masks = []
-        self.heatmap_changed.emit(None)
-        self.masks_changed.emit([])
-        self._set_state(AnalysisState())
+        # the workspace has cleared the film's analysis (its own listener of the same event)
 
     def _on_analysis_item(self, job: Task, req: AnalysisRequest, item: tuple[str, Any]) -> None:
         kind, value = item
@@ -526,46 +510,18 @@ class AnalysisController(QObject):
             return
         if kind == "progress":
             self.progress.emit(value)
-            self._set_state(replace(self._state, message=value))
+            self.study.progress(value)
             return
         outcome: AnalysisOutcome = value
-        self._set_summaries(outcome.bundles)
-        self._outcome = outcome
-        self._publish(outcome)
+        self.study.set_outcome(outcome, self.judge(outcome.result))
         if self.auto_cam and self.shown_cam is not None:
-            label, model = self._auto_cam_target(self._state)
+            label, model = self._auto_cam_target(self.state)
             if label is not None:
                 self.request_cam(label, model, remember=False)
 
-    def _publish(self, outcome: AnalysisOutcome) -> None:
-        judged = self.judge(outcome.result)
-        r, profile_message, stale = judged.result, judged.site_profile_message, judged.site_profile_stale
-        load_errors = tuple(f"{s.display_name or s.path.name}: {s.error}" for s in outcome.bundles if s.error)
-        message = ""
-        if not r.models:
-            classifiers = [s for s in outcome.bundles if s.task in ("multilabel", "binary", "multiclass")]
-            if any(s.enabled and s.error for s in outcome.bundles) and not any(s.loaded for s in classifiers):
-                message = NOT_LOADED_MESSAGE
-            elif classifiers and not any(s.enabled for s in classifiers):
-                message = NO_ENABLED_MESSAGE
-            elif outcome.bundles:
-                others = ", ".join(s.display_name for s in outcome.bundles)
-                message = f"No finding model installed (only {others}) — add one in Tools › Models…"
-            else:
-                message = NO_MODELS_MESSAGE
-        state = AnalysisState(
-            status="done", findings=(), qc=r.qc, models=r.models, warnings=r.warnings,
-            load_errors=load_errors, message=message, device=outcome.device,
-            unavailable_cam=dict(outcome.unavailable_cam), overlays=outcome.overlays, site_profile=r.site_profile,
-            site_profile_message=profile_message, site_profile_stale=stale,
-        )
-        state = replace(state, findings=r.findings, judged=judged)
-        self.session.set_findings(state.findings)
-        self._set_state(state)
-
     def judge(self, result: AnalysisResult) -> "JudgedResult":
-        """THE judging step as the findings panel shows it: the site profile (calibrated score, site
-        threshold), then any threshold the reader set; current | prior judges the prior film with it too."""
+        """THE judging step (the workspace's): the site profile, then any threshold the reader set;
+        current | prior judges the prior film with it too."""
         return self.workspace.judge(result)
 
     def _auto_cam_target(self, state: AnalysisState) -> tuple[str | None, str | None]:
@@ -590,8 +546,6 @@ class AnalysisController(QObject):
             self.progress.emit(value)
             return
         heat: Heatmap = value
-        self._heatmap = heat
-        self.faithfulness_pending = kind == "heatmap"
         old = self.session.heatmap
         prefs = self.session
         colormap = old.colormap if old is not None else str(prefs.preference("heatmap_colormap"))
@@ -607,7 +561,7 @@ class AnalysisController(QObject):
             visible=old.visible if old is not None else True,
         )
         self.session.set_heatmap(layer)
-        self.heatmap_changed.emit(heat)
+        self.study.set_heatmap(heat, pending=kind == "heatmap")
 
     def _on_segment_item(self, job: Task, record: ImageRecord, item: tuple[str, Any]) -> None:
         kind, value = item
@@ -616,8 +570,7 @@ class AnalysisController(QObject):
         if kind == "progress":
             self.progress.emit(value)
             return
-        self._masks = list(value)
-        self.masks_changed.emit(list(self._masks))
+        self.study.set_masks(value)
 
     def _on_worker_error(self, job: Task, record: ImageRecord, exc: BaseException) -> None:
         channel = job.channel
@@ -628,7 +581,7 @@ class AnalysisController(QObject):
             self.segment_failed.emit(exc.message)
             return
         if channel == "analysis":
-            self._set_state(AnalysisState(status="error", message=_message(exc)))
+            self.study.fail(_message(exc))
         if channel == "segment":
             self.segment_failed.emit(_message(exc))
         self._report(exc, {"analysis": "Analysis failed", "cam": "Heatmap failed"}.get(channel, "Report masks failed"))
