@@ -47,6 +47,7 @@ class TaskRunner(QObject):
         self.executor = Executor(threads=max_threads, name="cxr-qt", busy=busy, deliver=self._deliver)
         self.executor.idle.connect(self._on_idle)
         self.executor.error.connect(self._on_error)
+        self.destroyed.connect(self.executor.shutdown)  # idle threads end with their runner
 
     @property
     def busy(self) -> BusyCounter:
