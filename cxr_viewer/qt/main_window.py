@@ -120,6 +120,8 @@ class MainWindow(QMainWindow):
         # models, site profile, thresholds and corrections; one, read by every feature
         self.workspace = workspace if workspace is not None else Workspace(QtSettings(self.settings), session=session)
         self.session = self.workspace.session
+        if session is not None and session is not self.session:
+            raise ValueError("a window shows its workspace's session: pass the session to the Workspace")
         self.interactive = interactive
         self.persist = persist
         self.models_dir = models_dir
