@@ -10,7 +10,7 @@ nothing and is dropped only when it is cancelled itself.
 The work runs on a small private thread pool; what it hands back (items, the result,
 errors) reaches the caller through ``deliver``, a function that runs a callback where the
 caller wants it: inline here, on the GUI thread in the Qt bridge
-(:class:`cxr_viewer.qt.workers.TaskRunner`, with superqt's ``ensure_main_thread``). Whether a
+(:class:`cxr_viewer.qt.workers.TaskRunner`, through a queued Qt signal). Whether a
 request is still current is decided there, at delivery, so a request made while a result
 was on its way still wins. :meth:`Executor.force_sync` runs everything inline on the
 calling thread (tests), like napari's ``force_sync``.

@@ -2,7 +2,12 @@
 
 Requests, generations, cancellation, stale results and the busy counter are the core
 :class:`~cxr_viewer.core.executor.Executor`'s; this module only makes its callbacks run on the
-GUI thread (superqt's ``ensure_main_thread``) and turns its events into Qt signals.
+GUI thread and turns its events into Qt signals.
+
+The callbacks travel through one queued signal of the runner (what superqt's
+``ensure_main_thread`` does with a new QObject per call; those per-call objects, made on a
+worker thread and moved to the GUI thread, crashed the process under the every-surface test).
+A runner deleted while its work ran (the window closed) receives nothing: the work's result is dropped.
 """
 
 from __future__ import annotations
@@ -11,9 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from shiboken6 import isValid
-from superqt.utils import ensure_main_thread
 
 from cxr_viewer.core.executor import BusyCounter, Executor, Job
 
@@ -23,11 +27,6 @@ __all__ = ["Task", "TaskRunner"]
 
 #: what :meth:`TaskRunner.submit` returns: the request (its channel, generation and cancel token)
 Task = Job
-
-
-@ensure_main_thread
-def _on_main_thread(callback: Callable[[], None]) -> None:
-    callback()
 
 
 class TaskRunner(QObject):
@@ -40,9 +39,11 @@ class TaskRunner(QObject):
     idle = Signal()
     #: a request without ``on_error`` failed, or a callback raised: the exception
     error = Signal(object)
+    _posted = Signal(object)  # a callback from a worker thread, run on the runner's (the GUI) thread
 
     def __init__(self, busy: BusyCounter | None = None, parent: QObject | None = None, max_threads: int = 2) -> None:
         super().__init__(parent)
+        self._posted.connect(self._run_posted, Qt.ConnectionType.QueuedConnection)
         busy = getattr(busy, "work", busy)  # a Session: its busy counter
         self.executor = Executor(threads=max_threads, name="cxr-qt", busy=busy, deliver=self._deliver)
         self.executor.idle.connect(self._on_idle)
@@ -95,17 +96,14 @@ class TaskRunner(QObject):
     # ------------------------------------------------------------------ the bridge
     def _deliver(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the GUI thread, unless the runner is gone by then (the window closed)."""
-
-        def guarded() -> None:
-            if isValid(self):
-                callback()
-            else:
-                log.debug("work finished after its runner was deleted; result dropped")
-
         try:
-            _on_main_thread(guarded)
-        except (AttributeError, RuntimeError):  # the application itself is gone
-            log.debug("work finished after the application ended; result dropped")
+            self._posted.emit(callback)
+        except RuntimeError:  # the runner was deleted while a model call could not be interrupted
+            log.debug("work finished after its runner was deleted; result dropped")
+
+    def _run_posted(self, callback: Callable[[], None]) -> None:
+        if isValid(self):
+            callback()
 
     def _on_idle(self) -> None:
         if isValid(self):
