@@ -44,7 +44,6 @@ class TaskRunner(QObject):
     def __init__(self, busy: BusyCounter | None = None, parent: QObject | None = None, max_threads: int = 2) -> None:
         super().__init__(parent)
         self._posted.connect(self._run_posted, Qt.ConnectionType.QueuedConnection)
-        busy = getattr(busy, "work", busy)  # a Session: its busy counter
         self.executor = Executor(threads=max_threads, name="cxr-qt", busy=busy, deliver=self._deliver)
         self.executor.idle.connect(self._on_idle)
         self.executor.error.connect(self._on_error)
