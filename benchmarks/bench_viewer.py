@@ -37,8 +37,8 @@ from cxr_viewer.qt.app import compose
 w = compose(settings=QSettings(sys.argv[3], QSettings.Format.IniFormat), persist=False)
 w.resize(1400, 900); w.show(); w.open_paths([sys.argv[1]])
 def poll():
-    if w.analysis.state.status == "done" and w.session.findings:
-        print(f"FIRST_SCORES {time.time() - t0:.3f} {len(w.session.findings)}", flush=True)
+    if w.analysis.state.status == "done" and w.analysis.state.findings:
+        print(f"FIRST_SCORES {time.time() - t0:.3f} {len(w.analysis.state.findings)}", flush=True)
         app.quit()
     elif w.analysis.state.status == "error":
         print("ERROR " + w.analysis.state.message, flush=True); app.quit()
@@ -172,10 +172,10 @@ def _model_figures(app, win, summary: list[tuple[str, str, str]]) -> None:
         old = win.session.record
         t = time.perf_counter()
         win.open_file(film)
-        lat.append(measure(app, lambda: win.session.record is not old and bool(win.session.findings)
+        lat.append(measure(app, lambda: win.session.record is not old and bool(win.analysis.state.findings)
                            and win.analysis.state.status in ("done", "error"), min_s=0.0, max_s=120))  # fmt: skip
         warm.append(time.perf_counter() - t)
-        label = max(win.session.findings, key=lambda f: f.score)
+        label = max(win.analysis.state.findings, key=lambda f: f.score)
         win.analysis.faithfulness = True
         win.analysis.request_cam(label.label, label.model, "gradcam", remember=False)
         lat.append(measure(app, lambda: not win.session.busy, min_s=0.2, max_s=120))

@@ -1,12 +1,12 @@
 """The analysis service without Qt: requests, generations, cancellation, per-image results, user thresholds.
 
 Shaped like napari's layer slicer: an immutable request is built on the caller's thread (the
-record, the model folders, the disabled models, the device); a one-worker executor runs it
-(the ``run_*`` generators below, which yield ``(kind, value)`` items); a newer request of
-the same kind supersedes the older one (:class:`Generations`: its :class:`CancelToken` fires
-and its generation is no longer current), and whatever an old request still returns is
-dropped. The Qt layer (:mod:`cxr_viewer.qt.analysis`) only adapts this to signals and fills
-:class:`Settings` with QSettings.
+record, the model folders, the disabled models, the device); the one executor of long work
+(:class:`cxr_viewer.core.executor.Executor`) runs it (the ``run_*`` generators below, which
+yield ``(kind, value)`` items); a newer request of the same kind supersedes the older one
+(its :class:`CancelToken` fires and its generation is no longer current), and whatever an
+old request still returns is dropped. The Qt layer (:mod:`cxr_viewer.qt.analysis`) only
+adapts this to signals and fills :class:`Settings` with QSettings.
 
 Models (and the text encoder) load lazily, in the worker, on first use. The
 :class:`ModelPool` that owns them is touched by the worker thread only.
@@ -27,13 +27,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from psygnal import Signal
+
 from cxr_viewer.core.errors import CXRError, NoSegmentationModelError
-from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, QCFlag
+from cxr_viewer.core.inference.results import AnalysisResult, CancelToken, Finding, Heatmap, QCFlag
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.models.ref import ModelRef
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.engine import InferenceEngine
+    from cxr_viewer.core.judging import JudgedResult
     from cxr_viewer.core.inference.segment import Segmenter
 
 log = logging.getLogger(__name__)
@@ -44,12 +47,12 @@ __all__ = [
     "AnalysisRequest",
     "AnalysisState",
     "BundleSummary",
-    "Generations",
     "ModelConfig",
     "ModelPool",
     "ModelService",
     "ResultCache",
     "Settings",
+    "StudyAnalysis",
     "UserThresholds",
     "default_model_dirs",
     "model_enabled",
@@ -201,6 +204,123 @@ class AnalysisState:
             if m["name"] == name:
                 return str(m.get("sha256", ""))
         return ""
+
+
+NO_MODELS_MESSAGE = "No models installed — add a bundle in Tools › Models…"
+NO_ENABLED_MESSAGE = "All finding models are switched off — enable one in Tools › Models…"
+NOT_LOADED_MESSAGE = "No finding model could be loaded — see Tools › Models… for the reason"
+
+
+def analysis_state(outcome: AnalysisOutcome, judged: "JudgedResult") -> AnalysisState:
+    """What the findings panel shows for ``outcome`` as ``judged``; a message says why no finding model ran."""
+    r = judged.result
+    load_errors = tuple(f"{s.display_name or s.path.name}: {s.error}" for s in outcome.bundles if s.error)
+    message = ""
+    if not r.models:
+        classifiers = [s for s in outcome.bundles if s.task in ("multilabel", "binary", "multiclass")]
+        if any(s.enabled and s.error for s in outcome.bundles) and not any(s.loaded for s in classifiers):
+            message = NOT_LOADED_MESSAGE
+        elif classifiers and not any(s.enabled for s in classifiers):
+            message = NO_ENABLED_MESSAGE
+        elif outcome.bundles:
+            others = ", ".join(s.display_name for s in outcome.bundles)
+            message = f"No finding model installed (only {others}) — add one in Tools › Models…"
+        else:
+            message = NO_MODELS_MESSAGE
+    return AnalysisState(
+        status="done", findings=r.findings, qc=r.qc, models=r.models, warnings=r.warnings,
+        load_errors=load_errors, message=message, device=outcome.device,
+        unavailable_cam=dict(outcome.unavailable_cam), overlays=outcome.overlays, site_profile=r.site_profile,
+        site_profile_message=judged.site_profile_message, site_profile_stale=judged.site_profile_stale, judged=judged,
+    )
+
+
+class StudyAnalysis:
+    """The current film's analysis state, held once: the outcome, its judged state, the heatmap and the masks.
+
+    Part of the :class:`~cxr_viewer.core.workspace.Workspace`; the findings panel, the canvas,
+    the exports and current | prior read it, and the Qt controller only adapts its events.
+    Mutated from one thread (the GUI thread), like the session.
+    """
+
+    state_changed = Signal(object)  # AnalysisState
+    heatmap_changed = Signal(object)  # core Heatmap | None
+    masks_changed = Signal(object)  # list[Mask] of the current report phrases
+    models_changed = Signal(object)  # tuple[BundleSummary, ...]
+
+    def __init__(self) -> None:
+        self.outcome: AnalysisOutcome | None = None  # the model outputs, kept to judge again (never rescored)
+        self._state = AnalysisState()
+        self._heatmap: Heatmap | None = None
+        self.faithfulness_pending = False  # a score for the heatmap shown is still being computed
+        self._masks: list[Any] = []
+        self._bundles: tuple[BundleSummary, ...] = ()
+
+    @property
+    def state(self) -> AnalysisState:
+        return self._state
+
+    @property
+    def heatmap(self) -> Heatmap | None:
+        return self._heatmap
+
+    @property
+    def masks(self) -> list[Any]:
+        return list(self._masks)
+
+    @property
+    def bundles(self) -> tuple[BundleSummary, ...]:
+        return self._bundles
+
+    def set_state(self, state: AnalysisState) -> None:
+        self._state = state
+        self.state_changed.emit(state)
+
+    def clear(self) -> None:
+        """A new film: nothing of the previous one stays."""
+        self.outcome, self._heatmap, self._masks, self.faithfulness_pending = None, None, [], False
+        self.heatmap_changed.emit(None)
+        self.masks_changed.emit([])
+        self.set_state(AnalysisState())
+
+    def start(self, message: str = "Analysing…") -> None:
+        self.outcome = None
+        self.set_state(AnalysisState(status="running", message=message))
+
+    def progress(self, message: str) -> None:
+        self.set_state(replace(self._state, message=message))
+
+    def fail(self, message: str) -> None:
+        self.set_state(AnalysisState(status="error", message=message))
+
+    def set_outcome(self, outcome: AnalysisOutcome, judged: "JudgedResult") -> None:
+        """The worker's outcome for the current film, as judged now (and again with :meth:`rejudge`)."""
+        self.set_bundles(outcome.bundles)
+        self.outcome = outcome
+        self.set_state(analysis_state(outcome, judged))
+
+    def rejudge(self, judge: Callable[[AnalysisResult], "JudgedResult"]) -> None:
+        """Judge the kept outcome again (a threshold or the site profile changed): nothing is scored."""
+        if self.outcome is not None:
+            self.set_state(analysis_state(self.outcome, judge(self.outcome.result)))
+
+    def model_threshold(self, model: str, label: str) -> float | None:
+        """The threshold the model itself ships for ``label`` (None before any result)."""
+        raw = None if self.outcome is None else self.outcome.result.finding(label, model)
+        return None if raw is None else raw.threshold
+
+    def set_bundles(self, bundles: Sequence[BundleSummary]) -> None:
+        self._bundles = tuple(bundles)
+        self.models_changed.emit(self._bundles)
+
+    def set_heatmap(self, heatmap: Heatmap | None, *, pending: bool = False) -> None:
+        """The heatmap shown (``pending``: its faithfulness score is still being computed)."""
+        self._heatmap, self.faithfulness_pending = heatmap, bool(pending and heatmap is not None)
+        self.heatmap_changed.emit(heatmap)
+
+    def set_masks(self, masks: Sequence[Any]) -> None:
+        self._masks = list(masks)
+        self.masks_changed.emit(list(self._masks))
 
 
 # --------------------------------------------------------------------------- worker side
@@ -488,36 +608,3 @@ class UserThresholds:
             user = self.get(f.model, sha_of(f.model), f.label)
             out.append(f.with_threshold(user, "user") if user is not None else f)
         return tuple(out)
-
-
-class Generations:
-    """One cancel shape for every kind of request: a new one supersedes (and cancels) the last of its channel."""
-
-    def __init__(self) -> None:
-        import itertools
-
-        self._counter = itertools.count(1)
-        self._tokens: dict[str, CancelToken] = {}
-        self._current: dict[str, int] = {}
-
-    def start(self, channel: str, token: CancelToken | None = None) -> tuple[int, CancelToken]:
-        """Cancel the channel's running request; a new generation and its token."""
-        self.cancel(channel)
-        gen = next(self._counter)
-        self._current[channel] = gen
-        token = token or CancelToken()
-        self._tokens[channel] = token
-        return gen, token
-
-    def cancel(self, channel: str) -> None:
-        old = self._tokens.pop(channel, None)
-        if old is not None:
-            old.cancel()
-        self._current[channel] = next(self._counter)
-
-    def cancel_all(self) -> None:
-        for channel in list(self._tokens):
-            self.cancel(channel)
-
-    def is_current(self, channel: str, gen: int) -> bool:
-        return self._current.get(channel) == gen

@@ -1,8 +1,10 @@
 """Evented viewer state, free of Qt, so the display logic is testable headless.
 
 The Qt layer (canvas, panels, status bar) only listens to :class:`Session` events
-and calls its methods; analysis code (the inference engine) writes findings,
-heatmaps and masks here and never touches a widget. Everything is meant to be
+and calls its methods; the analysis controller draws heatmap and mask layers here
+(the findings themselves are the workspace's study analysis, held once there:
+:class:`cxr_viewer.core.analysis.StudyAnalysis`) and never touches a widget. It is
+part of the :class:`~cxr_viewer.core.workspace.Workspace`. Everything is meant to be
 mutated from one thread (the GUI thread): background work hands its results back
 to that thread before they reach the session.
 """
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from psygnal import Signal, SignalGroup
 
+from cxr_viewer.core.executor import BusyCounter
 from cxr_viewer.core.imaging.geometry import DisplayTransform
 from cxr_viewer.core.imaging.measurements import Measurement, make_distance
 
@@ -150,7 +153,6 @@ class SessionEvents(SignalGroup):
     display_changed = Signal(object)  # DisplayState
     studies_changed = Signal(object)  # list of scanned Patients
     open_files_changed = Signal(object)  # list[Path]
-    findings_changed = Signal(object)  # sequence of findings from the engine
     heatmap_changed = Signal(object)  # HeatmapLayer | None
     masks_changed = Signal(object)  # list[MaskLayer]
     measurements_changed = Signal(object)  # list of Measurement and other core.imaging.measurements
@@ -160,7 +162,7 @@ class SessionEvents(SignalGroup):
 
 
 class Session:
-    """The viewer's state: open studies, the current image, display and analysis results."""
+    """The viewer's state: open studies, the current image, its display and drawn layers, busy work."""
 
     def __init__(self, preferences: dict[str, Any] | None = None) -> None:
         self.events = SessionEvents()
@@ -168,14 +170,15 @@ class Session:
         self._display = DisplayState()
         self._studies: list[Any] = []
         self._open_files: list[Path] = []
-        self._findings: list[Any] = []
         self._heatmap: HeatmapLayer | None = None
         self._masks: list[MaskLayer] = []
         self._measurements: list[Measurement] = []
         self._preferences: dict[str, Any] = dict(DEFAULT_PREFERENCES)
         if preferences:
             self._preferences.update(preferences)
-        self._busy = 0
+        #: long work running for this viewer (reading, scanning, analysis): the executor counts it here
+        self.work = BusyCounter()
+        self.work.changed.connect(self.events.busy_changed.emit)
 
     # --- image -------------------------------------------------------------
     @property
@@ -185,13 +188,12 @@ class Session:
     def set_record(self, record: "ImageRecord | None") -> None:
         """Show a new image: results and measurements of the previous one are dropped."""
         self._record = record
-        self._findings, self._heatmap, self._masks, self._measurements = [], None, [], []
+        self._heatmap, self._masks, self._measurements = None, [], []
         if record is not None and record.source is not None:
             self.add_open_file(record.source)
         self._display = self._initial_display(record)
         self.events.record_changed.emit(record)
         self.events.display_changed.emit(self._display)
-        self.events.findings_changed.emit([])
         self.events.heatmap_changed.emit(None)
         self.events.masks_changed.emit([])
         self.events.measurements_changed.emit([])
@@ -299,14 +301,6 @@ class Session:
 
     # --- analysis results --------------------------------------------------
     @property
-    def findings(self) -> list[Any]:
-        return list(self._findings)
-
-    def set_findings(self, findings: Sequence[Any]) -> None:
-        self._findings = list(findings)
-        self.events.findings_changed.emit(self.findings)
-
-    @property
     def heatmap(self) -> HeatmapLayer | None:
         return self._heatmap
 
@@ -385,21 +379,14 @@ class Session:
     # --- background work ---------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self._busy > 0
+        return self.work.busy
 
     def begin_work(self) -> None:
         """Count a running background task (loading, scanning, analysis)."""
-        self._busy += 1
-        if self._busy == 1:
-            self.events.busy_changed.emit(True)
+        self.work.begin()
 
     def end_work(self) -> None:
-        if self._busy == 0:
-            log.warning("end_work called with no work running")
-            return
-        self._busy -= 1
-        if self._busy == 0:
-            self.events.busy_changed.emit(False)
+        self.work.end()
 
     def report_error(self, exc: BaseException) -> None:
         """Hand an error to whatever front end listens; the session itself stays usable."""

@@ -1,10 +1,14 @@
-"""The reader's workspace without Qt: which models run, the active site profile, the thresholds, the corrections.
+"""The reader's workspace without Qt: the current study and its analysis, which models run, the active site
+profile, the thresholds, the corrections.
 
 One :class:`Workspace` per window, evented with psygnal (like napari's ``ViewerModel``):
 the Qt controllers (the analysis controller, the worklist, the site calibration hook)
 read it and listen to it instead of holding their own copies, so setting the site profile
-or a threshold once reaches every surface. Persistence goes through a
-:class:`~cxr_viewer.core.analysis.Settings` (the Qt layer passes QSettings).
+or a threshold once reaches every surface. It holds the :class:`~cxr_viewer.core.session.Session`
+(the film shown, its display, overlays and measurements) and the film's
+:class:`~cxr_viewer.core.analysis.StudyAnalysis` (its outcome, judged once by :meth:`Workspace.judge`,
+its heatmap and masks); a new threshold or site profile judges that outcome again here.
+Persistence goes through a :class:`~cxr_viewer.core.analysis.Settings` (the Qt layer passes QSettings).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
 
-from cxr_viewer.core.analysis import Settings, UserThresholds
+from cxr_viewer.core.analysis import Settings, StudyAnalysis, UserThresholds
+from cxr_viewer.core.session import Session
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.results import AnalysisResult
@@ -54,7 +59,8 @@ def _same_label(a: str, b: str) -> bool:
 
 
 class Workspace:
-    """The enabled models, the active site profile, the user's thresholds and the corrections store."""
+    """The current study and its analysis, the enabled models, the active site profile, the user's thresholds
+    and the corrections store."""
 
     #: the enabled set changed (a model switched on or off, a site version used or rolled back)
     models_changed = Signal()
@@ -63,11 +69,25 @@ class Workspace:
     #: a threshold was set or reset: (model, label)
     thresholds_changed = Signal(str, str)
 
-    def __init__(self, settings: Settings, *, corrections: Any = None) -> None:
+    def __init__(self, settings: Settings, *, corrections: Any = None, session: Session | None = None) -> None:
         self.settings = settings
         self.thresholds = UserThresholds(settings)
         self._site_profile: Any = None
         self._corrections = corrections
+        #: the film shown: record, display, overlays, measurements, busy work
+        self.session = session if session is not None else Session()
+        #: that film's analysis: the outcome, its judged state, the heatmap and the masks
+        self.analysis = StudyAnalysis()
+        self.session.events.record_changed.connect(self._on_record)
+        self.thresholds_changed.connect(self._rejudge)
+        self.site_profile_changed.connect(self._rejudge)
+
+    # ------------------------------------------------------------------ the current study
+    def _on_record(self, _record: Any) -> None:
+        self.analysis.clear()  # nothing of the previous film stays
+
+    def _rejudge(self, *_args: Any) -> None:
+        self.analysis.rejudge(self.judge)
 
     # ------------------------------------------------------------------ models
     @property

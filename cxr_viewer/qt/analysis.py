@@ -1,9 +1,9 @@
 """The Qt adapter of the analysis service (:mod:`cxr_viewer.core.analysis`): signals, QSettings, the worker.
 
-The requests, generations, cancellation, model pool, runners and user thresholds are
-the core's; this module turns viewer events into those requests, runs them on a
-one-worker :class:`TaskRunner`, drops what a superseded request still returns, and
-publishes results to the :class:`Session` on the GUI thread only.
+The requests, generations, cancellation (the core executor, bridged by a one-worker
+:class:`TaskRunner`), model pool, runners and user thresholds are the core's; this module
+turns viewer events into those requests, drops what a request still returns for a film no
+longer shown, and publishes results to the :class:`Session` on the GUI thread only.
 :meth:`AnalysisController.set_sync` runs everything inline for tests.
 
 User thresholds and the enabled state of each model live in QSettings (through
@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,6 @@ from cxr_viewer.core.analysis import (  # noqa: F401  (re-exported: older import
     AnalysisRequest,
     AnalysisState,
     BundleSummary,
-    Generations,
     ModelConfig,
     ModelPool,
     ModelService,
@@ -44,7 +42,7 @@ from cxr_viewer.core.errors import AnalysisCancelledError, CXRError, NoSegmentat
 from cxr_viewer.core.inference.results import Heatmap
 from cxr_viewer.core.io.record import ImageRecord
 from cxr_viewer.core.session import HeatmapLayer, MaskLayer, Session
-from cxr_viewer.qt.workers import TaskRunner
+from cxr_viewer.qt.workers import Task, TaskRunner
 
 if TYPE_CHECKING:
     from cxr_viewer.core.inference.results import AnalysisResult
@@ -79,9 +77,6 @@ CAM_CHOICES: dict[str, str] = {
 RESEARCH_COLORMAP = "cividis"
 #: Heatmap values under this fraction of the maximum are not drawn, so the hot regions stand out.
 DEFAULT_CUTOFF = 0.2
-NO_MODELS_MESSAGE = "No models installed — add a bundle in Tools › Models…"
-NO_ENABLED_MESSAGE = "All finding models are switched off — enable one in Tools › Models…"
-NOT_LOADED_MESSAGE = "No finding model could be loaded — see Tools › Models… for the reason"
 UNTRAINED_MESSAGE = (
     "UNTRAINED model (random weights): its scores are meaningless and must not be read as findings."
 )
@@ -105,7 +100,11 @@ class QtSettings:
 
 
 class AnalysisController(QObject):
-    """Turns viewer events into engine requests and engine results into session state."""
+    """Turns viewer events into engine requests and engine results into the workspace's study analysis.
+
+    The film's outcome, judged state, heatmap and masks are the workspace's
+    (:class:`~cxr_viewer.core.analysis.StudyAnalysis`); this controller relays their events as Qt signals.
+    """
 
     state_changed = Signal(object)  # AnalysisState
     heatmap_changed = Signal(object)  # core Heatmap | None (the session holds the drawn layer)
@@ -132,8 +131,11 @@ class AnalysisController(QObject):
         self.session = session
         self.settings = settings
         self.models_dir = models_dir
-        self.runner = TaskRunner(session, self, max_threads=1)  # one worker: requests run in order
+        # one worker: requests run in order; a newer request of a channel (analysis, cam, segment, models)
+        # supersedes the last, whose results are dropped
+        self.runner = TaskRunner(session.work, self, max_threads=1)
         self.runner.idle.connect(lambda: self.progress.emit(""))
+        self.runner.error.connect(lambda exc: self._report(exc, "Analysis failed"))
         # the process's one model service (built by the composition root); its queue runs every model call
         self.models = models if models is not None else ModelService()
         self.pool = self.models.pool
@@ -149,31 +151,32 @@ class AnalysisController(QObject):
         self._asked_before_film = False  # chosen with no film open (--heatmap): drawn on the next film as asked
         self._asked_for: ImageRecord | None = None  # that next film
         settings.remove("heatmap/show")  # older versions persisted the choice across restarts
-        self._sync = False
-        self.generations = Generations()
-        # the reader's workspace (enabled models, site profile, thresholds): read here, never copied
+        # the reader's workspace (the film and its analysis, enabled models, site profile, thresholds): read
+        # here, never copied
         from cxr_viewer.core.workspace import Workspace
 
-        self.workspace = workspace if workspace is not None else Workspace(QtSettings(settings))
+        self.workspace = workspace if workspace is not None else Workspace(QtSettings(settings), session=session)
+        if self.workspace.session is not session:
+            raise ValueError("the analysis controller follows its workspace's session")
         self.thresholds = self.workspace.thresholds
+        self.study = self.workspace.analysis
         self.workspace.models_changed.connect(self._on_models_changed)
-        self.workspace.site_profile_changed.connect(self._on_site_profile)
         self.workspace.thresholds_changed.connect(self._on_threshold)
-        self._outcome: AnalysisOutcome | None = None
-        self._state = AnalysisState()
-        self._heatmap: Heatmap | None = None
-        self.faithfulness_pending = False  # a score for the heatmap shown is still being computed
-        self._masks: list[Mask] = []
+        self._relays = ((self.study.state_changed, self.state_changed.emit),
+                        (self.study.heatmap_changed, self.heatmap_changed.emit),
+                        (self.study.masks_changed, self.masks_changed.emit),
+                        (self.study.models_changed, self.models_changed.emit))
+        for event, relay in self._relays:
+            event.connect(relay)
         self._cam_label: str | None = None
         self._cam_model: str | None = None
         self._cam_method = str(settings.value("analysis/cam_method", "gradcam"))
-        self._summaries: tuple[BundleSummary, ...] = ()
         session.events.record_changed.connect(self._on_record_changed)
 
     # ------------------------------------------------------------------ configuration
     def set_sync(self, sync: bool = True) -> None:
         """Run requests inline on the calling thread (tests), like napari's ``force_sync``."""
-        self._sync = bool(sync)
+        self.runner.set_sync(sync)
 
     @property
     def device(self) -> str:
@@ -228,15 +231,20 @@ class AnalysisController(QObject):
 
     @property
     def state(self) -> AnalysisState:
-        return self._state
+        return self.study.state
 
     @property
     def heatmap(self) -> Heatmap | None:
-        return self._heatmap
+        return self.study.heatmap
 
     @property
     def masks(self) -> list["Mask"]:
-        return list(self._masks)
+        return self.study.masks
+
+    @property
+    def faithfulness_pending(self) -> bool:
+        """A score for the heatmap shown is still being computed."""
+        return self.study.faithfulness_pending
 
     @property
     def heatmap_cutoff(self) -> float | None:
@@ -261,7 +269,7 @@ class AnalysisController(QObject):
 
     def unavailable_methods(self, model: str | None) -> dict[str, str]:
         """Heatmap methods ``model`` cannot draw in this process, with the reason (empty with torch)."""
-        table = self._state.unavailable_cam
+        table = self.state.unavailable_cam
         if model is None:
             return {m: why for per in table.values() for m, why in per.items()}
         return dict(table.get(model, {}))
@@ -282,28 +290,23 @@ class AnalysisController(QObject):
 
     @property
     def bundles(self) -> tuple[BundleSummary, ...]:
-        return self._summaries
+        return self.study.bundles
 
     # ------------------------------------------------------------------ thresholds
     def threshold_override(self, model: str, label: str) -> float | None:
-        return self.thresholds.get(model, self._state.model_sha(model), label)
+        return self.thresholds.get(model, self.state.model_sha(model), label)
 
     def model_threshold(self, model: str, label: str) -> float | None:
         """The threshold the model itself ships for ``label`` (None before any result)."""
-        if self._outcome is None:
-            return None
-        raw = self._outcome.result.finding(label, model)
-        return None if raw is None else raw.threshold
+        return self.study.model_threshold(model, label)
 
     def set_threshold(self, model: str, label: str, value: float | None) -> None:
         """Set (or with ``None`` reset to the model's) the threshold of one finding; persisted."""
-        self.workspace.set_threshold(model, self._state.model_sha(model), label, value)
+        self.workspace.set_threshold(model, self.state.model_sha(model), label, value)
         self.settings.sync()
 
     def _on_threshold(self, _model: str = "", _label: str = "") -> None:
-        self.thresholds_changed.emit()
-        if self._outcome is not None:
-            self._publish(self._outcome)
+        self.thresholds_changed.emit()  # the workspace has judged the film again already
 
     @property
     def site_profile(self) -> Any:
@@ -319,42 +322,26 @@ class AnalysisController(QObject):
         """
         self.workspace.set_site_profile(profile)
 
-    def _on_site_profile(self, _profile: Any) -> None:
-        if self._outcome is not None:
-            self._publish(self._outcome)
-
     # ------------------------------------------------------------------ requests
-    def _is_current(self, channel: str, gen: int, record: ImageRecord) -> bool:
-        return self.generations.is_current(channel, gen) and self.session.record is record
+    def _is_current(self, job: Task, record: ImageRecord) -> bool:
+        return self.runner.is_current(job) and self.session.record is record
 
-    def _submit(self, channel: str | None, fn: Callable[..., Iterator[tuple[str, Any]]], args: tuple[Any, ...],
+    def _submit(self, job: Task, fn: Callable[..., Iterator[tuple[str, Any]]], args: tuple[Any, ...],
                 on_item: Callable[[tuple[str, Any]], None], on_error: Callable[[BaseException], None]) -> None:
-        if self._sync:
-            self.session.begin_work()
-            try:
-                for item in fn(*args):
-                    on_item(item)
-            except BaseException as exc:  # noqa: BLE001 - same contract as the worker path
-                on_error(exc)
-            finally:
-                self.session.end_work()
-                self.progress.emit("")
-            return
-        self.runner.submit(fn, *args, channel=channel, on_progress=on_item, on_error=on_error)
+        self.runner.submit(fn, *args, job=job, on_progress=on_item, on_error=on_error)
 
     def analyze(self, record: ImageRecord | None = None) -> None:
         """Score ``record`` (default: the session's image) with every enabled classifier."""
         record = record if record is not None else self.session.record
         if record is None:
             return
-        gen, token = self.generations.start("analysis")
-        self.generations.cancel("cam")
-        req = AnalysisRequest(gen, record, self.config(), token)
-        self._outcome = None
-        self._set_state(AnalysisState(status="running", message="Analysing…"))
-        self._submit("analysis", self.models.iterate, (run_analysis, req),
-                     lambda item: self._on_analysis_item(req, item),
-                     lambda exc: self._on_worker_error("analysis", gen, record, exc))
+        job = self.runner.request("analysis")
+        self.runner.cancel("cam")
+        req = AnalysisRequest(job.generation, record, self.config(), job.token)
+        self.study.start("Analysing…")
+        self._submit(job, self.models.iterate, (run_analysis, req),
+                     lambda item: self._on_analysis_item(job, req, item),
+                     lambda exc: self._on_worker_error(job, record, exc))
 
     def rerun(self) -> None:
         """Analyse the current image again (models or device changed)."""
@@ -371,7 +358,8 @@ class AnalysisController(QObject):
         image waits for none of it. A newer refresh cancels this one between steps; quitting
         never waits for it (see ``cxr_viewer.qt.app.exit_now``).
         """
-        _gen, token = self.generations.start("models")
+        job = self.runner.request("models")
+        token = job.token
 
         def scan(pool: ModelPool, config: ModelConfig) -> Iterator[tuple[str, Any]]:
             token.raise_if_cancelled()
@@ -382,11 +370,11 @@ class AnalysisController(QObject):
 
         def on_item(item: tuple[str, Any]) -> None:
             if item[0] == "models":
-                self._set_summaries(item[1])
+                self.study.set_bundles(item[1])
             elif item[0] == "progress" and self.session.record is None:
                 self.progress.emit(item[1])
 
-        self._submit("models", self.models.iterate, (scan, self.config()), on_item,
+        self._submit(job, self.models.iterate, (scan, self.config()), on_item,
                      lambda exc: self._report(exc, "Models"))
 
     def warm_up(self) -> None:
@@ -424,27 +412,26 @@ class AnalysisController(QObject):
             self.settings.setValue("analysis/cam_method", self._cam_method)
         self._cam_label, self._cam_model = label, model
         method_now = self.usable_method(model, self._cam_method)
-        gen, token = self.generations.start("cam")
-        self._submit("cam", self.models.iterate,
-                     (run_cam, self.config(), record, label, model, method_now, self.faithfulness, token),
-                     lambda item: self._on_cam_item(gen, record, item),
-                     lambda exc: self._on_worker_error("cam", gen, record, exc))
+        job = self.runner.request("cam")
+        self._submit(job, self.models.iterate,
+                     (run_cam, self.config(), record, label, model, method_now, self.faithfulness, job.token),
+                     lambda item: self._on_cam_item(job, record, item),
+                     lambda exc: self._on_worker_error(job, record, exc))
 
     def segment(self, phrases: Sequence[str]) -> None:
         """Masks for ``phrases`` on the current image (replacing the previous set)."""
         record = self.session.record
         phrases = tuple(p.strip() for p in phrases if p and p.strip())
-        gen, token = self.generations.start("segment")
+        job = self.runner.request("segment")
         if record is None:
             return
         if not phrases:
-            self.generations.cancel("segment")
-            self._masks = []
-            self.masks_changed.emit([])
+            self.runner.cancel("segment")
+            self.study.set_masks([])
             return
-        self._submit("segment", self.models.iterate, (run_segment, self.config(), record, phrases, token),
-                     lambda item: self._on_segment_item(gen, record, item),
-                     lambda exc: self._on_worker_error("segment", gen, record, exc))
+        self._submit(job, self.models.iterate, (run_segment, self.config(), record, phrases, job.token),
+                     lambda item: self._on_segment_item(job, record, item),
+                     lambda exc: self._on_worker_error(job, record, exc))
 
     def add_bundle(self, path: str | Path) -> None:
         """Validate a bundle (hash, no pickle) off-thread, then copy it into the user models folder."""
@@ -461,7 +448,7 @@ class AnalysisController(QObject):
                 self._install_bundle(path, item[1])
 
         # no channel: two bundles dropped together must both be installed, not supersede each other
-        self._submit(None, job, (path,), on_item, lambda exc: self._report(exc, "Model not added"))
+        self._submit(self.runner.request(None), job, (path,), on_item, lambda exc: self._report(exc, "Model not added"))
 
     def _install_bundle(self, src: Path, manifest: Any) -> None:
         from cxr_viewer.core.paths import user_models_dir
@@ -490,7 +477,6 @@ class AnalysisController(QObject):
         self.rerun()
 
     def cancel_all(self) -> None:
-        self.generations.cancel_all()
         self.runner.cancel_all()
 
     def shutdown(self, msecs: int = 3000) -> None:
@@ -498,85 +484,44 @@ class AnalysisController(QObject):
         self.runner.wait(msecs)
         ws = self.workspace
         for sig, slot in ((self.session.events.record_changed, self._on_record_changed),
-                          (ws.models_changed, self._on_models_changed), (ws.site_profile_changed, self._on_site_profile),
-                          (ws.thresholds_changed, self._on_threshold)):
+                          (ws.models_changed, self._on_models_changed), (ws.thresholds_changed, self._on_threshold),
+                          *self._relays):
             try:
                 sig.disconnect(slot)
             except (RuntimeError, TypeError, ValueError):
                 pass
 
     # ------------------------------------------------------------------ results (GUI thread)
-    def _set_state(self, state: AnalysisState) -> None:
-        self._state = state
-        self.state_changed.emit(state)
-
-    def _set_summaries(self, summaries: tuple[BundleSummary, ...]) -> None:
-        self._summaries = tuple(summaries)
-        self.models_changed.emit(self._summaries)
-
     def _on_record_changed(self, record: ImageRecord | None) -> None:
         # Nothing of the previous image may land on this one.
         for channel in ("analysis", "cam", "segment"):
-            self.generations.cancel(channel)
+            self.runner.cancel(channel)
         self._asked_for = None
         if self.shown_cam is not None and self._asked_before_film:
             self._asked_before_film, self._asked_for = False, record  # the film the choice was made for
             self._shown_patient = _patient_key(record)
         elif self.shown_cam is not None and (self._shown_patient is None or _patient_key(record) != self._shown_patient):
             self.shown_cam, self._shown_patient = None, None  # another patient: no map is carried over
-        self._outcome = None
-        self._heatmap = None
-        self._masks = []
-        self.heatmap_changed.emit(None)
-        self.masks_changed.emit([])
-        self._set_state(AnalysisState())
+        # the workspace has cleared the film's analysis (its own listener of the same event)
 
-    def _on_analysis_item(self, req: AnalysisRequest, item: tuple[str, Any]) -> None:
+    def _on_analysis_item(self, job: Task, req: AnalysisRequest, item: tuple[str, Any]) -> None:
         kind, value = item
-        if not self._is_current("analysis", req.generation, req.record):
+        if not self._is_current(job, req.record):
             return
         if kind == "progress":
             self.progress.emit(value)
-            self._set_state(replace(self._state, message=value))
+            self.study.progress(value)
             return
         outcome: AnalysisOutcome = value
-        self._set_summaries(outcome.bundles)
-        self._outcome = outcome
-        self._publish(outcome)
+        self.study.set_outcome(outcome, self.judge(outcome.result))
         if self.auto_cam and self.shown_cam is not None:
-            label, model = self._auto_cam_target(self._state)
+            label, model = self._auto_cam_target(self.state)
             if label is not None:
                 self.request_cam(label, model, remember=False)
 
-    def _publish(self, outcome: AnalysisOutcome) -> None:
-        judged = self.judge(outcome.result)
-        r, profile_message, stale = judged.result, judged.site_profile_message, judged.site_profile_stale
-        load_errors = tuple(f"{s.display_name or s.path.name}: {s.error}" for s in outcome.bundles if s.error)
-        message = ""
-        if not r.models:
-            classifiers = [s for s in outcome.bundles if s.task in ("multilabel", "binary", "multiclass")]
-            if any(s.enabled and s.error for s in outcome.bundles) and not any(s.loaded for s in classifiers):
-                message = NOT_LOADED_MESSAGE
-            elif classifiers and not any(s.enabled for s in classifiers):
-                message = NO_ENABLED_MESSAGE
-            elif outcome.bundles:
-                others = ", ".join(s.display_name for s in outcome.bundles)
-                message = f"No finding model installed (only {others}) — add one in Tools › Models…"
-            else:
-                message = NO_MODELS_MESSAGE
-        state = AnalysisState(
-            status="done", findings=(), qc=r.qc, models=r.models, warnings=r.warnings,
-            load_errors=load_errors, message=message, device=outcome.device,
-            unavailable_cam=dict(outcome.unavailable_cam), overlays=outcome.overlays, site_profile=r.site_profile,
-            site_profile_message=profile_message, site_profile_stale=stale,
-        )
-        state = replace(state, findings=r.findings, judged=judged)
-        self.session.set_findings(state.findings)
-        self._set_state(state)
-
     def judge(self, result: AnalysisResult) -> "JudgedResult":
-        """THE judging step as the findings panel shows it: the site profile (calibrated score, site
-        threshold), then any threshold the reader set; current | prior judges the prior film with it too."""
+        """THE judging step (the workspace's): the site profile, then any threshold the reader set;
+        current | prior judges the prior film with it too."""
         return self.workspace.judge(result)
 
     def _auto_cam_target(self, state: AnalysisState) -> tuple[str | None, str | None]:
@@ -593,16 +538,14 @@ class AnalysisController(QObject):
             return (f.label, f.model) if asked or f.positive or f.above_threshold else (None, None)
         return None, None
 
-    def _on_cam_item(self, gen: int, record: ImageRecord, item: tuple[str, Any]) -> None:
+    def _on_cam_item(self, job: Task, record: ImageRecord, item: tuple[str, Any]) -> None:
         kind, value = item
-        if not self._is_current("cam", gen, record):
+        if not self._is_current(job, record):
             return
         if kind == "progress":
             self.progress.emit(value)
             return
         heat: Heatmap = value
-        self._heatmap = heat
-        self.faithfulness_pending = kind == "heatmap"
         old = self.session.heatmap
         prefs = self.session
         colormap = old.colormap if old is not None else str(prefs.preference("heatmap_colormap"))
@@ -618,27 +561,27 @@ class AnalysisController(QObject):
             visible=old.visible if old is not None else True,
         )
         self.session.set_heatmap(layer)
-        self.heatmap_changed.emit(heat)
+        self.study.set_heatmap(heat, pending=kind == "heatmap")
 
-    def _on_segment_item(self, gen: int, record: ImageRecord, item: tuple[str, Any]) -> None:
+    def _on_segment_item(self, job: Task, record: ImageRecord, item: tuple[str, Any]) -> None:
         kind, value = item
-        if not self._is_current("segment", gen, record):
+        if not self._is_current(job, record):
             return
         if kind == "progress":
             self.progress.emit(value)
             return
-        self._masks = list(value)
-        self.masks_changed.emit(list(self._masks))
+        self.study.set_masks(value)
 
-    def _on_worker_error(self, channel: str, gen: int, record: ImageRecord, exc: BaseException) -> None:
-        if isinstance(exc, AnalysisCancelledError) or not self._is_current(channel, gen, record):
+    def _on_worker_error(self, job: Task, record: ImageRecord, exc: BaseException) -> None:
+        channel = job.channel
+        if isinstance(exc, AnalysisCancelledError) or not self._is_current(job, record):
             return
         self.progress.emit("")
         if channel == "segment" and isinstance(exc, NoSegmentationModelError):
             self.segment_failed.emit(exc.message)
             return
         if channel == "analysis":
-            self._set_state(AnalysisState(status="error", message=_message(exc)))
+            self.study.fail(_message(exc))
         if channel == "segment":
             self.segment_failed.emit(_message(exc))
         self._report(exc, {"analysis": "Analysis failed", "cam": "Heatmap failed"}.get(channel, "Report masks failed"))

@@ -148,7 +148,9 @@ def compose(settings: Any = None, *, models: Any = None, workspace: Any = None,
     settings = settings if settings is not None else QSettings(ORGANIZATION, APPLICATION)
     owns_models = models is None  # a service built here ends with the window; a given one with its giver
     models = models if models is not None else ModelService()
-    workspace = workspace if workspace is not None else Workspace(QtSettings(settings))
+    # the workspace holds the film shown (its session) and that film's analysis
+    if workspace is None:
+        workspace = Workspace(QtSettings(settings), session=kwargs.pop("session", None))
     window = MainWindow(settings=settings, models=models, workspace=workspace, owns_models=owns_models, **kwargs)
     for name in features:
         _install(name, window, models=models, workspace=workspace)

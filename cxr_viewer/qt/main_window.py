@@ -115,8 +115,13 @@ class MainWindow(QMainWindow):
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
-        self.session = session if session is not None else Session()
         self.settings = settings if settings is not None else QSettings(ORGANIZATION, APPLICATION)
+        # the reader's workspace: the film shown and its analysis (the session is the workspace's), the enabled
+        # models, site profile, thresholds and corrections; one, read by every feature
+        self.workspace = workspace if workspace is not None else Workspace(QtSettings(self.settings), session=session)
+        self.session = self.workspace.session
+        if session is not None and session is not self.session:
+            raise ValueError("a window shows its workspace's session: pass the session to the Workspace")
         self.interactive = interactive
         self.persist = persist
         self.models_dir = models_dir
@@ -134,13 +139,12 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("cxr-viewer")
         self.setAcceptDrops(True)
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
-        self.runner = TaskRunner(self.session, self)
+        self.runner = TaskRunner(self.session.work, self)  # counted on the viewer's busy counter
+        self.runner.error.connect(self.session.report_error)
         # THE model service of this process (one pool, one engine, one model queue): built by the composition
         # root (cxr_viewer.qt.app) and handed to every feature that scores a film; reading never waits for it.
         self._owns_models = models is None if owns_models is None else owns_models  # shut down on close
         self.models = models if models is not None else ModelService()
-        # the reader's workspace (enabled models, site profile, thresholds, corrections): one, read by every feature
-        self.workspace = workspace if workspace is not None else Workspace(QtSettings(self.settings))
         self.analysis = AnalysisController(self.session, self.settings, models_dir=models_dir, models=self.models,
                                            workspace=self.workspace, parent=self)
         self.models_dialog: QDialog | None = None

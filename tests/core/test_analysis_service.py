@@ -1,4 +1,4 @@
-"""The Qt-free analysis service: generations, one cancel shape, user thresholds through a settings interface."""
+"""The Qt-free analysis service: requests, user thresholds through a settings interface (supersede: test_executor)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from cxr_viewer.core.analysis import (
     AnalysisRequest,
-    Generations,
     MemorySettings,
     ModelConfig,
     ModelPool,
@@ -19,19 +18,6 @@ from cxr_viewer.core.errors import AnalysisCancelledError
 from cxr_viewer.core.inference.results import Finding
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_a_new_request_supersedes_and_cancels_the_last_of_its_channel() -> None:
-    gens = Generations()
-    g1, t1 = gens.start("cam")
-    s1, u1 = gens.start("segment")
-    assert gens.is_current("cam", g1) and not t1.cancelled
-    g2, t2 = gens.start("cam")
-    assert t1.cancelled and not t2.cancelled and g2 != g1
-    assert not gens.is_current("cam", g1) and gens.is_current("cam", g2)
-    assert gens.is_current("segment", s1) and not u1.cancelled  # other channels untouched
-    gens.cancel_all()
-    assert t2.cancelled and u1.cancelled and not gens.is_current("cam", g2) and not gens.is_current("segment", s1)
 
 
 def test_user_thresholds_persist_per_weights_and_judge_findings() -> None:

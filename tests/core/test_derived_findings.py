@@ -17,6 +17,7 @@ import pytest
 from cxr_viewer.core.errors import BundleError
 from cxr_viewer.core.io import read_image
 from cxr_viewer.core.io.record import ImageRecord
+from cxr_viewer.core.judging import judge
 
 LABEL = "Tuberculosis (lesion score)"
 PROMPTS = ["tuberculosis in the right lung", "tuberculosis in the left lung"]
@@ -96,8 +97,7 @@ def test_threshold_decides_positive_and_user_override(tmp_path: Path, record: Im
     engine = _engine(_save(tmp_path, [_spec(1.0)]))
     f = engine.analyze(record).finding(LABEL)
     assert f.threshold == 1.0 and not f.above_threshold  # a sigmoid never reaches exactly 1 in float32 here
-    engine.set_threshold("seg-derived", LABEL, 0.0)
-    g = engine.analyze(record).finding(LABEL)
+    g = judge(engine.analyze(record), user_thresholds={("seg-derived", LABEL): 0.0}).result.finding(LABEL)
     assert g.above_threshold and not g.positive and g.threshold_method == "user" and g.score == f.score
     h = g.with_threshold(0.99)
     assert h.note == NOTE and h.validated is False  # the Qt panel's site thresholds keep the note

@@ -11,6 +11,7 @@ import torch
 
 from cxr_viewer.core.errors import AnalysisCancelledError, InferenceError
 from cxr_viewer.core.inference.engine import InferenceEngine, select_device
+from cxr_viewer.core.judging import judge
 from cxr_viewer.core.inference.qc import check_quality
 from cxr_viewer.core.inference.results import CancelToken
 from cxr_viewer.core.io import read_image
@@ -73,13 +74,11 @@ def test_cache_hit_on_same_content_and_threshold_override(engine: InferenceEngin
     again = engine.analyze(same_pixels)
     assert again.cached and again.findings == first.findings
     score = first.finding("Nodule").score
-    engine.set_threshold("nih", "Nodule", min(1.0, score + 0.1))
     changed = engine.analyze(dicom_record)
-    assert changed.cached  # the model outputs are reused; the findings are judged anew
-    nod = changed.finding("Nodule")
+    assert changed.cached  # the model outputs are reused; the reader's threshold judges them anew
+    nod = judge(changed, user_thresholds={("nih", "Nodule"): min(1.0, score + 0.1)}).result.finding("Nodule")
     assert nod.score == pytest.approx(score) and nod.threshold_method == "user" and not nod.positive
-    engine.set_threshold("nih", "Nodule", None)
-    assert engine.analyze(dicom_record).finding("Nodule").threshold == pytest.approx(0.5)
+    assert engine.analyze(dicom_record).finding("Nodule").threshold == pytest.approx(0.5)  # the engine keeps none
 
 
 def test_same_pixels_other_header_never_share_a_result(engine: InferenceEngine, dicom_record: ImageRecord) -> None:
@@ -102,11 +101,11 @@ def test_same_pixels_other_header_never_share_a_result(engine: InferenceEngine, 
     assert [f.score for f in third.findings] != pytest.approx([f.score for f in first.findings], abs=1e-6)
     # a user threshold applies to a cached result at once, and is undone at once
     eff = first.finding("Effusion")
-    engine.set_threshold("nih", "Effusion", 0.0 if not eff.positive else 1.0)
-    flipped = engine.analyze(adult).finding("Effusion")
-    assert flipped.positive != eff.positive and flipped.threshold_method == "user"
-    engine.set_threshold("nih", "Effusion", None)
-    assert engine.analyze(adult).finding("Effusion").positive == eff.positive
+    again = engine.analyze(adult)
+    flipped = judge(again, user_thresholds={("nih", "Effusion"): 0.0 if not eff.positive else 1.0}).result
+    assert flipped.finding("Effusion").positive != eff.positive
+    assert flipped.finding("Effusion").threshold_method == "user"
+    assert judge(again).result.finding("Effusion").positive == eff.positive
 
 
 def test_other_pixels_are_not_a_cache_hit(engine: InferenceEngine, dicom_record: ImageRecord) -> None:

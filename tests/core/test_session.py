@@ -17,7 +17,7 @@ from cxr_viewer.core.session import HeatmapLayer, MaskLayer, Session
 class Recorder:
     def __init__(self, session: Session) -> None:
         self.events: list[tuple[str, object]] = []
-        for name in ("record_changed", "display_changed", "findings_changed", "heatmap_changed", "masks_changed",
+        for name in ("record_changed", "display_changed", "heatmap_changed", "masks_changed",
                      "measurements_changed", "busy_changed", "error", "open_files_changed"):
             getattr(session.events, name).connect(lambda *a, n=name: self.events.append((n, a[0] if len(a) == 1 else a)))
         session.events.preferences_changed.connect(lambda k, v: self.events.append(("preferences_changed", (k, v))))
@@ -38,11 +38,10 @@ def test_new_record_resets_display_and_drops_old_results(gradient):
     s.set_record(gradient)
     assert s.display.window == pytest.approx((0.25, 0.75)), "opens in the file's own window"
     s.set_heatmap(HeatmapLayer(np.ones((10, 10), np.float32)))
-    s.set_findings(["finding"])
     s.add_measurement((0, 0), (3, 4))
     s.rotate(90)
     s.set_record(ImageRecord.from_array(np.eye(8), source=Path("/tmp/other.png")))
-    assert s.heatmap is None and s.findings == [] and s.measurements == []
+    assert s.heatmap is None and s.measurements == []
     assert s.display.rotation == 0 and s.display.window == pytest.approx((0.0, 1.0))
     assert s.open_files == [Path("/tmp/gradient.png"), Path("/tmp/other.png")]
     assert rec.names().count("record_changed") == 2

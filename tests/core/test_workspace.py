@@ -90,3 +90,39 @@ def test_thresholds_from_the_command_line_reach_the_judged_result() -> None:
     assert judged.get("Effusion", "nih").threshold_source == "user"
     assert judged.get("Effusion", "tb").state is FindingState.NEGATIVE
     assert judged.get("Effusion", "tb").threshold_source == "model"
+
+
+def test_the_workspace_holds_the_film_and_its_analysis_once_and_judges_it_again(tmp_path: Path) -> None:
+    """The session is the workspace's; a new threshold judges the kept outcome again; a new film clears it."""
+    import numpy as np
+
+    from cxr_viewer.core.analysis import AnalysisOutcome, BundleSummary
+    from cxr_viewer.core.io.record import ImageRecord
+    from cxr_viewer.core.session import Session
+
+    session = Session()
+    ws = Workspace(MemorySettings(), session=session)
+    assert ws.session is session and Workspace(MemorySettings()).session is not session
+    record = ImageRecord.from_array(np.eye(16, dtype=np.float32), source=tmp_path / "a.png")
+    session.set_record(record)
+    sha = "d" * 64
+    f = Finding("Effusion", 0.40, 0.5, "nih", "1", "fixed", True, validated=True)
+    result = AnalysisResult("h", (f,), (), ({"name": "nih", "version": "1", "sha256": sha, "trained": True},))
+    bundle = BundleSummary("nih", "1", "multilabel", True, sha, tmp_path / "nih", loaded=True)
+    states: list[object] = []
+    ws.analysis.state_changed.connect(states.append)
+    ws.analysis.set_outcome(AnalysisOutcome(1, record, result, (bundle,), "cpu"), ws.judge(result))
+    first = ws.analysis.state
+    assert first.status == "done" and first.judged.get("Effusion").state is FindingState.NEGATIVE
+    assert ws.analysis.model_threshold("nih", "Effusion") == pytest.approx(0.5)
+
+    ws.set_threshold("nih", sha, "Effusion", 0.35)  # judged again from the kept outcome, nothing scored
+    again = ws.analysis.state
+    assert again is not first and again.judged.get("Effusion").state is FindingState.POSITIVE
+    assert [x.threshold_method for x in again.findings] == ["user"] and again.findings[0].score == pytest.approx(0.40)
+    assert ws.analysis.outcome.result is result
+
+    session.set_record(ImageRecord.from_array(np.eye(8, dtype=np.float32), source=tmp_path / "b.png"))
+    assert ws.analysis.outcome is None and ws.analysis.state.status == "idle" and ws.analysis.state.findings == ()
+    ws.set_threshold("nih", sha, "Effusion", None)  # nothing kept: nothing to judge
+    assert ws.analysis.state.status == "idle" and len(states) == 3

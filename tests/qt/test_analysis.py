@@ -79,7 +79,7 @@ def test_dicom_fills_findings_with_marks_and_heatmap(qtbot, make_window, tiny_mo
     # the untrained model is called out plainly
     assert panel.banner.isVisible() and "UNTRAINED" in panel.banner.text() and "tb-tiny" in panel.banner.text()
     # the session holds the same findings; the heatmap the reader chose to show came at the image's size
-    assert {(f.model, f.label) for f in win.session.findings} == {(r[0], r[1]) for r in rows}
+    assert {(f.model, f.label) for f in list(win.analysis.state.findings)} == {(r[0], r[1]) for r in rows}
     heat = win.session.heatmap
     assert heat is not None and heat.data.shape == win.session.record.shape
     assert heat.label == "Effusion", "the heatmap is the finding the reader chose to show"
@@ -130,7 +130,7 @@ def test_threshold_edit_flips_mark_persists_and_resets(qtbot, make_window, tiny_
     qtbot.waitUntil(lambda: next(r for r in panel.rows() if r[1] == label)[3] == pytest.approx(new), timeout=5000)
     row = next(r for r in panel.rows() if r[1] == label)
     assert row[4] != mark and row[4] == ("● POSITIVE" if score >= new else "○ negative")
-    f = next(f for f in win.session.findings if f.label == label)
+    f = next(f for f in list(win.analysis.state.findings) if f.label == label)
     assert f.threshold == pytest.approx(new) and f.threshold_method == "user" and f.score == pytest.approx(score)
     sha = win.analysis.state.model_sha(model)
     from cxr_viewer.qt.analysis import threshold_key
@@ -179,25 +179,25 @@ def test_switching_image_drops_stale_results(qtbot, make_window, tiny_models, si
     win.analysis.backend = "torch"
     a, b = read_image(siim_dicom), read_image(nih_png)
     landed: list[tuple[object, object]] = []
-    win.session.events.findings_changed.connect(lambda f: landed.append((win.session.record, tuple(f))))
+    win.workspace.analysis.state_changed.connect(lambda st: landed.append((win.session.record, st.findings)))
     win.session.events.heatmap_changed.connect(lambda h: landed.append((win.session.record, h)))
     win.session.set_record(a)
     win.analysis.analyze(a)
     assert win.analysis.runner.wait(WAIT_MS)  # A's result is computed and waits in the event queue...
     win.session.set_record(b)  # ...but the user has moved on to B
     assert win.wait_idle(WAIT_MS / 1000)
-    assert win.session.findings == [] and win.session.heatmap is None
+    assert list(win.analysis.state.findings) == [] and win.session.heatmap is None
     assert win.analysis.state.status == "idle"
     # a request still running when the image changes is cancelled and dropped too
     win.session.set_record(a)
     win.analysis.analyze(a)
     win.session.set_record(b)
     assert win.wait_idle(WAIT_MS / 1000)
-    assert win.session.findings == [] and win.session.heatmap is None
+    assert list(win.analysis.state.findings) == [] and win.session.heatmap is None
     assert [v for rec, v in landed if rec is b and v] == [], "nothing computed for A reached B"
     win.analysis.analyze(b)
     assert win.wait_idle(WAIT_MS / 1000)
-    assert win.session.findings and win.session.heatmap is None  # B is another patient: A's choice is not carried
+    assert list(win.analysis.state.findings) and win.session.heatmap is None  # B is another patient: A's choice is not carried
     win.analysis.request_cam("Effusion")
     assert win.wait_idle(WAIT_MS / 1000)
     assert win.session.heatmap.data.shape == b.shape
@@ -210,7 +210,7 @@ def test_no_models_banner(qtbot, make_window, tmp_path, nih_png) -> None:
     win = analysed_window(qtbot, make_window, empty, nih_png)
     panel = win.findings_panel
     assert panel.banner.isVisible() and panel.banner.text().startswith("No models installed")
-    assert panel.rows() == [] and win.session.findings == [] and win.session.heatmap is None
+    assert panel.rows() == [] and list(win.analysis.state.findings) == [] and win.session.heatmap is None
 
 
 def test_device_preference_persists_and_errors_reach_the_ui(qtbot, make_window, tiny_models, nih_png,
@@ -273,6 +273,6 @@ def test_sync_switch_runs_requests_inline(qtbot, make_window, tiny_models, nih_p
     rec = read_image(nih_png)
     win.session.set_record(rec)
     win.analysis.analyze(rec)  # returns with everything done: no event loop, no worker
-    assert win.analysis.state.status == "done" and len(win.session.findings) == len(NIH_LABELS) + 1
+    assert win.analysis.state.status == "done" and len(list(win.analysis.state.findings)) == len(NIH_LABELS) + 1
     assert win.session.heatmap is not None and win.session.heatmap.faithfulness is not None
     assert not win.session.busy and win.analysis.runner.pending == 0

@@ -141,7 +141,7 @@ def test_research_overlay_is_offered_last_never_preselected_and_never_a_finding(
     win = _window(make_window, rule_models)
     _open(qtbot, win, films["P1"])
     assert sorted(r[1] for r in win.findings_panel.rows()) == ["Atelectasis", "Effusion"]
-    assert all(f.label != OVERLAY for f in win.session.findings)
+    assert all(f.label != OVERLAY for f in list(win.analysis.state.findings))
     combo = win.heatmap_panel.finding_combo
     items = [combo.itemData(i) for i in range(combo.count())]
     assert items[-1] == (OVERLAY, "seg-derived") and items.count((OVERLAY, "seg-derived")) == 1

@@ -44,7 +44,7 @@ def test_disabling_a_model_removes_its_findings_and_persists(qtbot, make_window,
     dlg.set_enabled("tb-tiny", False)  # what unticking the box does
     assert win.wait_idle(WAIT_MS / 1000)
     assert _models_in_findings(win) == {"nih-tiny"}
-    assert all(f.model == "nih-tiny" for f in win.session.findings)
+    assert all(f.model == "nih-tiny" for f in list(win.analysis.state.findings))
     assert not win.findings_panel.banner.isVisible(), "no untrained model is in use any more"
     assert QSettings(str(settings_path), QSettings.Format.IniFormat).value("models/disabled", [], type=list) == ["tb-tiny"]
     win.close()

@@ -121,7 +121,7 @@ def test_heatmap_drawing_controls(qtbot, make_window, tiny_models, nih_png) -> N
     assert np.array_equal(win.session.heatmap.data, heat.data), "drawing changes never recompute the map"
     # the finding selector lists every finding, highest score first
     items = [hp.finding_combo.itemData(i) for i in range(hp.finding_combo.count())]
-    scores = {(f.label, f.model): f.score for f in win.session.findings}
+    scores = {(f.label, f.model): f.score for f in list(win.analysis.state.findings)}
     assert set(items) == set(scores) and [scores[i] for i in items] == sorted(scores.values(), reverse=True)
     # the faithfulness score can be switched off (it costs seconds of CPU) and back on
     hp.faithfulness_check.setChecked(False)

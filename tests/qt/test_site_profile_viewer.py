@@ -68,7 +68,7 @@ def test_viewer_applies_the_active_profile_and_names_it(qtbot, make_window, tiny
     for key in raw:  # other findings and other models: the model's own scores and thresholds
         if key != ("nih-tiny", "Effusion"):
             assert rows[key][:2] == pytest.approx(raw[key])
-    f = next(f for f in win.session.findings if f.label == "Effusion")
+    f = next(f for f in list(win.analysis.state.findings) if f.label == "Effusion")
     assert f.raw_score == pytest.approx(raw_score) and f.threshold_method.startswith("site profile clinic v1")
     header = win.findings_panel.profile_label
     assert header.isVisible() and header.text().startswith(f"Site profile clinic v1, {profile.created[:10]}")
@@ -82,7 +82,7 @@ def test_viewer_applies_the_active_profile_and_names_it(qtbot, make_window, tiny
 
     # a user threshold still wins over the site's, on the recalibrated score
     win.analysis.set_threshold("nih-tiny", "Effusion", 0.42)
-    f = next(f for f in win.session.findings if f.label == "Effusion")
+    f = next(f for f in list(win.analysis.state.findings) if f.label == "Effusion")
     assert f.threshold == 0.42 and f.score == pytest.approx(score)
     win.analysis.set_threshold("nih-tiny", "Effusion", None)
 

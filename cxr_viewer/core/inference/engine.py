@@ -195,7 +195,6 @@ class InferenceEngine:
         self._backends: dict[str, ClassifierBackend] = {}  # weights sha -> the backend chosen once
         self._torch: dict[str, ClassifierBackend] = {}  # weights sha -> torch, for ROAD / gradient-only CAMs
         self._segmenters: dict[str, Segmenter] = {}
-        self._user_thresholds: dict[tuple[str, str], float] = {}
         self.inputs = ModelInputs(size=8)
         self._outputs: OrderedDict[tuple, tuple] = OrderedDict()  # (input key, what ran) -> (logits, pooled features)
         self._maps: OrderedDict[tuple, Heatmap] = OrderedDict()
@@ -397,28 +396,17 @@ class InferenceEngine:
 
     # ------------------------------------------------------------------ thresholds
     def threshold(self, bundle: "LoadedBundle", label: str) -> tuple[float, str]:
-        """The threshold in force for ``label``: the user's if set, else the bundle's."""
-        user = self._user_thresholds.get((bundle.name, label))
-        if user is not None:
-            return user, "user"
+        """The bundle's threshold for ``label`` and how it was chosen.
+
+        The reader's own thresholds are not the engine's: they are applied when a result is judged
+        (:func:`cxr_viewer.core.judging.judge`, from the workspace's settings), so a cached result
+        serves every threshold.
+        """
         for spec in derived_specs(bundle):
             if spec.label == label:
                 return float(spec.threshold.value), spec.threshold.method or "default"
         t = bundle.manifest.thresholds.get(label) or {}
         return bundle.manifest.threshold(label), str(t.get("method") or "default")
-
-    def set_threshold(self, model: str, label: str, value: float | None) -> None:
-        """Override (or with ``None`` restore) a label's operating threshold."""
-        b = self.bundle(model)
-        if label not in b.labels and label not in {d.label for d in derived_specs(b)}:
-            raise UnknownLabelError(f"Model {model!r} has no label {label!r}.")
-        if value is not None and not 0.0 <= float(value) <= 1.0:
-            raise InferenceError("A threshold must lie between 0 and 1.")
-        with self._lock:
-            if value is None:
-                self._user_thresholds.pop((model, label), None)
-            else:
-                self._user_thresholds[(model, label)] = float(value)
 
     # ------------------------------------------------------------------ caches
     def _remember(self, cache: OrderedDict, key: tuple, value: Any, limit: int) -> None:

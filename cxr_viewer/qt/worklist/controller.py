@@ -2,7 +2,7 @@
 
 The work is the core :class:`~cxr_viewer.core.worklist.Worklist` (store keyed by pixel hash
 and model sha256), listed by :func:`~cxr_viewer.core.worklist.intake.intake` on a one-worker
-:class:`TaskRunner` of its own with a private :class:`Session`, so a long analysis never marks
+:class:`TaskRunner` of its own with a private busy counter, so a long analysis never marks
 the viewer busy and never delays opening an image. The C-STORE receiver runs on pynetdicom's
 threads and hands each stored file to the GUI thread through a queued signal; PACS queries,
 retrievals and sends run on the same worker.
@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject, QSettings, Signal
 
 from cxr_viewer.core.errors import AnalysisCancelledError, CXRError
-from cxr_viewer.core.inference.results import CancelToken
-from cxr_viewer.core.session import Session
 from cxr_viewer.core.worklist import ResultStore, Worklist, WorklistEntry, default_store_path
 from cxr_viewer.core.worklist.intake import default_inbox, intake
 from cxr_viewer.core.worklist.intake import send_results as send_study_results
@@ -57,7 +55,7 @@ class WorklistController(QObject):
                  config: "Callable[[], ModelConfig] | None" = None, workspace: "Workspace | None" = None) -> None:
         super().__init__(parent)
         self.settings = settings
-        self.runner = TaskRunner(Session(), self, max_threads=1)  # private session: the viewer stays un-busy
+        self.runner = TaskRunner(None, self, max_threads=1)  # a private busy counter: the viewer stays un-busy
         path = store_path or Path(str(settings.value("worklist/db", "") or default_store_path()))
         from cxr_viewer.core.worklist.store import StoreError
 
@@ -98,7 +96,6 @@ class WorklistController(QObject):
         for c in self.corrections.all():
             if c.kind != "mask_edit":
                 self._labels.setdefault(c.image, {})[c.label] = c.value
-        self._token = CancelToken()
         self._done = self._total = 0
         self._folder: Path | None = None  # what is listed: the folder opened and the files added since
         self._added: list[Path] = []
@@ -155,17 +152,14 @@ class WorklistController(QObject):
 
     def refresh(self, reconfigure: Any = None) -> None:
         """List what is listed again (after ``reconfigure(worklist)`` on the worker), superseding a running batch."""
-        self._token.cancel()
-        self.runner.cancel_all()
-        self._token = CancelToken()
+        self.runner.cancel_all()  # the running batch stops at its next film; what it still hands back is dropped
         self._done = self._total = 0
         self._start(self._folder, list(self._added), reconfigure=reconfigure, refresh=True)
 
     def _start(self, folder: Path | None, paths: list[Path], *, reconfigure: Any = None, refresh: bool = False) -> None:
         if not self.running:
-            self._token = CancelToken()
             self._done = self._total = 0
-        token = self._token
+        job = self.runner.request()  # its token stops the batch between films (Cancel, a refresh)
         seen = [0, 0]
 
         def on_item(item: tuple[str, Any]) -> None:
@@ -185,12 +179,10 @@ class WorklistController(QObject):
 
         def on_error(exc: BaseException) -> None:
             if isinstance(exc, AnalysisCancelledError):
-                if token is self._token:  # not when a refresh superseded it
-                    self.message.emit("Worklist analysis cancelled")
                 return
             self.error.emit("Worklist", exc.message if isinstance(exc, CXRError) else f"{type(exc).__name__}: {exc}")
 
-        self.runner.submit(intake, self.worklist, folder, paths, token, reconfigure, on_progress=on_item,
+        self.runner.submit(intake, self.worklist, folder, paths, job.token, reconfigure, job=job, on_progress=on_item,
                            on_error=on_error, on_result=lambda _r: self._batch_done(refresh))
 
     def _batch_done(self, refresh: bool = False) -> None:
@@ -200,7 +192,8 @@ class WorklistController(QObject):
             self.refreshed.emit()
 
     def cancel(self) -> None:
-        self._token.cancel()
+        if self.running:
+            self.message.emit("Worklist analysis cancelled")
         self.runner.cancel_all()
         self.progress.emit(0, 0)
 
