@@ -46,9 +46,9 @@ def _install_gui_check() -> None:
     original = QWidget.grab
 
     def grab(self: QWidget, *args: object) -> object:
-        session = getattr(self, "session", None)
-        if session is not None:
-            findings = sorted(session.findings, key=lambda f: -f.score)
+        analysis = getattr(self, "analysis", None)  # the window's analysis controller: the film's judged state
+        if analysis is not None and hasattr(analysis, "state"):
+            findings = sorted(analysis.state.findings, key=lambda f: -f.score)
             print(f"GUI_FINDINGS {len(findings)} " + " ".join(f"{f.label}={f.score:.4f}" for f in findings[:5]), flush=True)
             print(f"GUI_ERROR {getattr(self, 'last_error', None)!r}", flush=True)
         return original(self, *args)

@@ -97,6 +97,7 @@ def test_the_workspace_holds_the_film_and_its_analysis_once_and_judges_it_again(
     import numpy as np
 
     from cxr_viewer.core.analysis import AnalysisOutcome, BundleSummary
+    from cxr_viewer.core.models.ref import ModelRef
     from cxr_viewer.core.io.record import ImageRecord
     from cxr_viewer.core.session import Session
 
@@ -108,7 +109,7 @@ def test_the_workspace_holds_the_film_and_its_analysis_once_and_judges_it_again(
     sha = "d" * 64
     f = Finding("Effusion", 0.40, 0.5, "nih", "1", "fixed", True, validated=True)
     result = AnalysisResult("h", (f,), (), ({"name": "nih", "version": "1", "sha256": sha, "trained": True},))
-    bundle = BundleSummary("nih", "1", "multilabel", True, sha, tmp_path / "nih", loaded=True)
+    bundle = BundleSummary(ModelRef("nih", "1", sha, "multilabel", True), tmp_path / "nih", loaded=True)
     states: list[object] = []
     ws.analysis.state_changed.connect(states.append)
     ws.analysis.set_outcome(AnalysisOutcome(1, record, result, (bundle,), "cpu"), ws.judge(result))
