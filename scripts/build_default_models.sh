@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild every default model bundle in resources/models/ from the public data, with cxr-train.
 #
-#   scripts/build_default_models.sh                       # everything, CPU recipe (~1.5 h on 2 busy cores)
+#   scripts/build_default_models.sh                       # everything, CPU recipe (about 3.5 h on 2 busy cores)
 #   scripts/build_default_models.sh --data-dir /data/cxr --runs /scratch/runs \
 #       --train-flags "--accelerator gpu --devices 4 --image-size 224 --max-epochs 30 --max-time 00:02:00:00"
 #   scripts/build_default_models.sh --steps "pneumonia cards"   # some steps only (later steps reuse earlier runs)
