@@ -128,6 +128,18 @@ def cli_workspace(profile: Any, thresholds: list[str], models: Any) -> "Workspac
     return ws
 
 
+def command_workspace(engine: "InferenceEngine", args: argparse.Namespace, command: str) -> "Workspace | None":
+    """:func:`cli_workspace` from ``--site-profile`` and ``--threshold`` for ``engine``; None after saying on
+    stderr, as ``cxr-viewer COMMAND: ...``, why the profile or a threshold was refused."""
+    try:
+        return cli_workspace(site_profile_for(engine, args.site_profile), args.threshold, classifier_labels(engine))
+    except CXRError as exc:
+        print(f"cxr-viewer {command}: {exc.message}", file=sys.stderr)
+    except ValueError as exc:
+        print(f"cxr-viewer {command}: {exc}", file=sys.stderr)
+    return None
+
+
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "x"
 
@@ -298,14 +310,8 @@ def analyze_main(argv: list[str]) -> int:
         engine.prepare()  # every model's session at once, while nothing else runs
     if refused_all is not None:
         print(f"cxr-viewer analyze: {refused_all['message']}", file=sys.stderr)
-    try:
-        workspace = cli_workspace(site_profile_for(engine, args.site_profile), args.threshold,
-                                  classifier_labels(engine))
-    except CXRError as exc:
-        print(f"cxr-viewer analyze: {exc.message}", file=sys.stderr)
-        return EXIT_REJECTED
-    except ValueError as exc:
-        print(f"cxr-viewer analyze: {exc}", file=sys.stderr)
+    workspace = command_workspace(engine, args, "analyze")
+    if workspace is None:
         return EXIT_REJECTED
     cam_dir: Path | None = None
     if args.cam:

@@ -186,21 +186,16 @@ def _send_results(args: argparse.Namespace, remote) -> int:
     from cxr_viewer.core.inference.engine import InferenceEngine
     from cxr_viewer.core.io import read_image
     from cxr_viewer.core.usecase import analyse
-    from cxr_viewer.headless import classifier_labels, cli_workspace, model_dirs, site_profile_for
+    from cxr_viewer.headless import command_workspace, model_dirs
 
     files = pacs.dicom_files(args.files)
     if not files:
         print("cxr-viewer pacs send-results: no DICOM files given", file=sys.stderr)
         return EXIT_USAGE
     engine = InferenceEngine.from_dirs(model_dirs(args), device=args.device, backend=args.backend)
-    try:  # the same judging as analyze and the viewer: the site profile, then the reader's thresholds
-        workspace = cli_workspace(site_profile_for(engine, args.site_profile), args.threshold,
-                                  classifier_labels(engine))
-    except CXRError as exc:
-        print(f"cxr-viewer pacs send-results: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as exc:
-        print(f"cxr-viewer pacs send-results: {exc}", file=sys.stderr)
+    # the same judging as analyze and the viewer: the site profile, then the reader's thresholds
+    workspace = command_workspace(engine, args, "pacs send-results")
+    if workspace is None:
         return EXIT_USAGE
     segs = engine.bundles_for_task("text_segmentation")
     if args.report and not segs:
